@@ -1,0 +1,89 @@
+//! Versioned publication of snapshots with "last known good" per resource.
+//!
+//! A resource that was valid and becomes invalid keeps serving in its last valid form (with a
+//! warning); a file that cannot be read or parsed keeps all its previous resources. Only real
+//! changes move the version and wake the gateway.
+
+use crate::diagnostics::{Diagnostics, Level};
+use crate::snapshot::Snapshot;
+use crate::store::Store;
+use crate::translate::{translate, Options};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// What one `apply` did, for logs and metrics.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub version: u64,
+    pub changed: bool,
+    pub diagnostics: Diagnostics,
+    /// Resources left out (or kept at their last good version) because of errors.
+    pub rejected: usize,
+}
+
+pub struct Publisher {
+    options: Options,
+    tx: watch::Sender<Arc<Snapshot>>,
+    version: u64,
+    last_good: Option<Store>,
+}
+
+impl Publisher {
+    /// The receiver starts at an empty version-0 snapshot, which means "nothing served yet".
+    pub fn new(options: Options) -> (Publisher, watch::Receiver<Arc<Snapshot>>) {
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        (Publisher { options, tx, version: 0, last_good: None }, rx)
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.tx.subscribe()
+    }
+
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.tx.borrow().clone()
+    }
+
+    /// Translates `store` (after restoring last good versions of rejected resources) and
+    /// publishes the result if it differs from what is served.
+    pub fn apply(&mut self, mut store: Store) -> Outcome {
+        let mut notes = Vec::new();
+        if let Some(prev) = &self.last_good {
+            notes.extend(store.restore_unreadable_files(prev));
+        }
+        let (mut snapshot, mut diagnostics) = translate(&store, &self.options);
+        let rejected_refs = rejected(&diagnostics);
+        if let Some(prev) = &self.last_good {
+            let restored = store.restore_resources(prev, &rejected_refs);
+            if !restored.is_empty() {
+                let (s, d) = translate(&store, &self.options);
+                snapshot = s;
+                diagnostics = d;
+                notes.extend(restored);
+            }
+        }
+        diagnostics.extend(notes);
+        let rejected = rejected(&diagnostics).len();
+        self.last_good = Some(store);
+
+        let changed = self.version == 0 || !self.tx.borrow().same_content(&snapshot);
+        if changed {
+            self.version += 1;
+            snapshot.version = self.version;
+            self.tx.send_replace(Arc::new(snapshot));
+        }
+        Outcome { version: self.version, changed, diagnostics, rejected }
+    }
+}
+
+/// kind, namespace, name of every resource an error rejected.
+fn rejected(diagnostics: &Diagnostics) -> Vec<(String, String, String)> {
+    let mut out: Vec<_> = diagnostics
+        .iter()
+        .filter(|d| d.level == Level::Error)
+        .filter_map(|d| d.resource.as_ref())
+        .map(|r| (r.kind.clone(), r.namespace.clone(), r.name.clone()))
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}

@@ -1,0 +1,124 @@
+//! One YAML/JSON document → typed object, with field paths for every problem.
+
+use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use crate::api::{Kind, ObjectMeta};
+use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
+use crate::store::{Object, Store, DEFAULT_NAMESPACE};
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+/// Adds one parsed document to the store. `kubectl apply` style: `kind: List` holds `items`.
+pub fn add_document(store: &mut Store, value: Value, origin: &Origin) {
+    add_value(store, value, origin, "");
+}
+
+fn add_value(store: &mut Store, value: Value, origin: &Origin, prefix: &str) {
+    if value.is_null() {
+        return; // empty document between `---` separators
+    }
+    let Value::Mapping(map) = &value else {
+        store
+            .diagnostics
+            .push(Diagnostic::error(codes::SCHEMA, prefix, "document is not a YAML mapping").at(origin, None));
+        return;
+    };
+    let text = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    let api_version = text("apiVersion");
+    let kind_name = text("kind");
+
+    if kind_name == "List" || kind_name.ends_with("List") && map.contains_key("items") {
+        let items = match map.get("items") {
+            Some(Value::Sequence(items)) => items.clone(),
+            _ => Vec::new(),
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            add_value(store, item, origin, &format!("{prefix}items[{i}]."));
+        }
+        return;
+    }
+
+    let meta: ObjectMeta = match map.get("metadata") {
+        Some(m) => match serde_yaml::from_value(m.clone()) {
+            Ok(meta) => meta,
+            Err(e) => {
+                store.diagnostics.push(
+                    Diagnostic::error(codes::SCHEMA, format!("{prefix}metadata"), e.to_string()).at(origin, None),
+                );
+                return;
+            }
+        },
+        None => ObjectMeta::default(),
+    };
+
+    let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
+        tracing::debug!(%origin, api_version, kind = kind_name, name = meta.name, "skipping kind meshgate does not use");
+        return;
+    };
+    let namespace = meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+    let reference = ResourceRef::new(kind, &namespace, &meta.name);
+    if meta.name.is_empty() {
+        store.diagnostics.push(
+            Diagnostic::error(codes::SCHEMA, format!("{prefix}metadata.name"), "name is required")
+                .at(origin, Some(reference)),
+        );
+        return;
+    }
+
+    let mut problems = Vec::new();
+    let object = match kind {
+        Kind::Gateway => spec::<GatewaySpec>(map, prefix, &mut problems).map(Object::Gateway),
+        Kind::VirtualService => spec::<VirtualServiceSpec>(map, prefix, &mut problems).map(Object::VirtualService),
+        Kind::DestinationRule => spec::<DestinationRuleSpec>(map, prefix, &mut problems).map(Object::DestinationRule),
+        Kind::ServiceEntry => spec::<ServiceEntrySpec>(map, prefix, &mut problems).map(Object::ServiceEntry),
+        Kind::WorkloadEntry => spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(Object::WorkloadEntry),
+        Kind::Service => whole(&value, prefix, &mut problems).map(|o| Object::Service(Box::new(o))),
+        Kind::Pod => whole(&value, prefix, &mut problems).map(|o| Object::Pod(Box::new(o))),
+        Kind::Secret => whole(&value, prefix, &mut problems).map(|o| Object::Secret(Box::new(o))),
+        Kind::EndpointSlice => whole(&value, prefix, &mut problems).map(|o| Object::EndpointSlice(Box::new(o))),
+    };
+    for p in problems {
+        store.diagnostics.push(p.at(origin, Some(reference.clone())));
+    }
+    if let Some(object) = object {
+        store.insert(kind, meta, origin.clone(), object);
+    }
+}
+
+/// Decodes `spec` of an Istio resource. Unknown fields are warnings (Istio's CRD schema would
+/// prune them, so the resource still applies); wrong shapes reject the resource.
+fn spec<T: DeserializeOwned>(map: &serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
+    let value = map.get("spec").cloned().unwrap_or(Value::Mapping(Default::default()));
+    let mut unknown = Vec::new();
+    let mut record = |path: serde_ignored::Path| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(value, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(de);
+    for path in unknown {
+        problems.push(Diagnostic::warning(
+            codes::UNKNOWN_FIELD,
+            format!("{prefix}spec.{path}"),
+            "unknown field, ignored",
+        ));
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." { format!("{prefix}spec") } else { format!("{prefix}spec.{path}") };
+            problems.push(Diagnostic::error(codes::SCHEMA, field, e.into_inner().to_string()));
+            None
+        }
+    }
+}
+
+/// Decodes a whole Kubernetes object with k8s-openapi types.
+fn whole<T: DeserializeOwned>(value: &Value, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
+    match serde_path_to_error::deserialize(value.clone()) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
+            problems.push(Diagnostic::error(codes::SCHEMA, field, e.into_inner().to_string()));
+            None
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! Loading a set of files and folders (`kubectl apply -f` style) into a [`Store`].
+
+use crate::diagnostics::{codes, Diagnostic, Origin};
+use crate::source::decode::add_document;
+use crate::store::Store;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Expands files and folders (recursively, sorted, `.yaml`/`.yml`/`.json`) into the files to read.
+pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    for path in paths {
+        collect(path, true, &mut files, &mut problems);
+    }
+    (files, problems)
+}
+
+fn collect(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, problems: &mut Vec<Diagnostic>) {
+    let origin = Origin { file: Some(path.to_path_buf()), document: None };
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => match std::fs::read_dir(path) {
+            Ok(entries) => {
+                let mut children: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+                children.sort();
+                for child in children {
+                    collect(&child, false, files, problems);
+                }
+            }
+            Err(e) => problems.push(Diagnostic::error(codes::IO, "", e.to_string()).at(&origin, None)),
+        },
+        Ok(_) => {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let is_config = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
+            // Hidden files are editor swap files and atomic-write temporaries.
+            if explicit || (is_config && !name.starts_with('.')) {
+                files.push(path.to_path_buf());
+            }
+        }
+        Err(e) => problems.push(Diagnostic::error(codes::IO, "", e.to_string()).at(&origin, None)),
+    }
+}
+
+/// Reads every file and document into a fresh store. Parse problems are diagnostics in the
+/// store; a file that cannot be read at all is reported and contributes nothing.
+pub fn load(paths: &[PathBuf]) -> Store {
+    let mut store = Store::default();
+    let (files, problems) = expand(paths);
+    store.diagnostics.extend(problems);
+    for file in files {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => load_text(&mut store, &text, Some(&file)),
+            Err(e) => store.diagnostics.push(
+                Diagnostic::error(codes::IO, "", e.to_string())
+                    .at(&Origin { file: Some(file.clone()), document: None }, None),
+            ),
+        }
+    }
+    store
+}
+
+/// Adds every document of one YAML (or JSON) text.
+pub fn load_text(store: &mut Store, text: &str, file: Option<&Path>) {
+    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let origin = Origin { file: file.map(Path::to_path_buf), document: Some(index) };
+        match serde_yaml::Value::deserialize(document) {
+            Ok(value) => add_document(store, value, &origin),
+            Err(e) => {
+                // A syntax error ends the stream: later documents of this file cannot be
+                // located reliably, so the file's remaining documents are not applied.
+                store
+                    .diagnostics
+                    .push(Diagnostic::error(codes::SCHEMA, "", format!("invalid YAML: {e}")).at(&origin, None));
+                break;
+            }
+        }
+    }
+}

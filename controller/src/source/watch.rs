@@ -1,0 +1,61 @@
+//! Watching config files: a change anywhere under the given paths wakes the reload loop.
+//!
+//! Files are watched through their parent folder because editors and `kubectl`-style tools
+//! replace files by rename, which a watch on the file itself would lose.
+
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub struct FileWatcher {
+    _watcher: RecommendedWatcher,
+    rx: mpsc::Receiver<()>,
+}
+
+impl FileWatcher {
+    pub fn new(paths: &[PathBuf]) -> notify::Result<FileWatcher> {
+        let (tx, rx) = mpsc::channel();
+        let wanted: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
+        let filter = wanted.clone();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            let Ok(event) = event else { return };
+            if event.kind.is_access() {
+                return;
+            }
+            let relevant = event.paths.iter().any(|p| filter.iter().any(|w| p.starts_with(w)));
+            if relevant {
+                let _ = tx.send(());
+            }
+        })?;
+        for path in &wanted {
+            if path.is_dir() {
+                watcher.watch(path, RecursiveMode::Recursive)?;
+            } else {
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                watcher.watch(parent, RecursiveMode::NonRecursive)?;
+            }
+        }
+        Ok(FileWatcher { _watcher: watcher, rx })
+    }
+
+    /// Blocks until something changed, then waits for `quiet` without further events so a
+    /// burst of writes becomes one reload. Returns false when the watcher is gone.
+    pub fn wait(&self, quiet: Duration) -> bool {
+        if self.rx.recv().is_err() {
+            return false;
+        }
+        loop {
+            match self.rx.recv_timeout(quiet) {
+                Ok(()) => continue,
+                Err(mpsc::RecvTimeoutError::Timeout) => return true,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()))
+}

@@ -1,0 +1,227 @@
+//! Typed resources by kind/namespace/name, as loaded from files or the Kubernetes API.
+//!
+//! The store is the only input of translation, so file mode and cluster mode share one
+//! translation (and its tests).
+
+use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use crate::api::{Kind, ObjectMeta};
+use crate::diagnostics::{codes, Diagnostic, Diagnostics, Origin, ResourceRef};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use std::collections::BTreeMap;
+
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+/// `namespace/name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjectKey { namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+/// One resource with where it came from. `seq` keeps load order so "first defined wins"
+/// orderings (Istio orders by creation time) are stable in file mode too.
+#[derive(Debug, Clone)]
+pub struct Resource<T> {
+    pub meta: ObjectMeta,
+    pub namespace: String,
+    pub origin: Origin,
+    pub seq: u64,
+    pub spec: T,
+}
+
+impl<T> Resource<T> {
+    pub fn reference(&self, kind: Kind) -> ResourceRef {
+        ResourceRef::new(kind, &self.namespace, &self.meta.name)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.meta.name
+    }
+
+    /// Istio orders competing resources by creation time, then by name; files add load order.
+    pub fn order_key(&self) -> (String, u64, String, String) {
+        (
+            self.meta.creation_timestamp.clone().unwrap_or_default(),
+            self.seq,
+            self.namespace.clone(),
+            self.meta.name.clone(),
+        )
+    }
+}
+
+pub type Objects<T> = BTreeMap<ObjectKey, Resource<T>>;
+
+#[derive(Debug, Clone, Default)]
+pub struct Store {
+    pub gateways: Objects<GatewaySpec>,
+    pub virtual_services: Objects<VirtualServiceSpec>,
+    pub destination_rules: Objects<DestinationRuleSpec>,
+    pub service_entries: Objects<ServiceEntrySpec>,
+    pub workload_entries: Objects<WorkloadEntrySpec>,
+    pub services: Objects<Service>,
+    pub pods: Objects<Pod>,
+    pub secrets: Objects<Secret>,
+    pub endpoint_slices: Objects<EndpointSlice>,
+    /// Messages produced while loading (parse and schema errors).
+    pub diagnostics: Diagnostics,
+    next_seq: u64,
+}
+
+/// A typed object ready to be inserted (short-lived; size differences do not matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Object {
+    Gateway(GatewaySpec),
+    VirtualService(VirtualServiceSpec),
+    DestinationRule(DestinationRuleSpec),
+    ServiceEntry(ServiceEntrySpec),
+    WorkloadEntry(WorkloadEntrySpec),
+    Service(Box<Service>),
+    Pod(Box<Pod>),
+    Secret(Box<Secret>),
+    EndpointSlice(Box<EndpointSlice>),
+}
+
+impl Store {
+    /// Inserts or replaces an object. A second definition of the same kind/namespace/name in
+    /// one load replaces the first with a warning, as a later `kubectl apply` would.
+    pub fn insert(&mut self, kind: Kind, meta: ObjectMeta, origin: Origin, object: Object) {
+        let namespace =
+            meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let name = meta.name.clone();
+        let key = ObjectKey::new(&namespace, &name);
+        self.next_seq += 1;
+        let seq = self.next_seq;
+        let replaced_origin = match object {
+            Object::Gateway(s) => put(&mut self.gateways, key, meta, namespace.clone(), origin.clone(), seq, s),
+            Object::VirtualService(s) => {
+                put(&mut self.virtual_services, key, meta, namespace.clone(), origin.clone(), seq, s)
+            }
+            Object::DestinationRule(s) => {
+                put(&mut self.destination_rules, key, meta, namespace.clone(), origin.clone(), seq, s)
+            }
+            Object::ServiceEntry(s) => {
+                put(&mut self.service_entries, key, meta, namespace.clone(), origin.clone(), seq, s)
+            }
+            Object::WorkloadEntry(s) => {
+                put(&mut self.workload_entries, key, meta, namespace.clone(), origin.clone(), seq, s)
+            }
+            Object::Service(s) => put(&mut self.services, key, meta, namespace.clone(), origin.clone(), seq, *s),
+            Object::Pod(s) => put(&mut self.pods, key, meta, namespace.clone(), origin.clone(), seq, *s),
+            Object::Secret(s) => put(&mut self.secrets, key, meta, namespace.clone(), origin.clone(), seq, *s),
+            Object::EndpointSlice(s) => {
+                put(&mut self.endpoint_slices, key, meta, namespace.clone(), origin.clone(), seq, *s)
+            }
+        };
+        if let Some(previous) = replaced_origin {
+            self.diagnostics.push(
+                Diagnostic::warning(
+                    codes::DUPLICATE,
+                    "metadata.name",
+                    format!("defined again; this definition replaces the one at {previous}"),
+                )
+                .at(&origin, Some(ResourceRef::new(kind, &namespace, &name))),
+            );
+        }
+    }
+
+    /// Number of resources the store holds (for logs and metrics).
+    pub fn len(&self) -> usize {
+        self.gateways.len()
+            + self.virtual_services.len()
+            + self.destination_rules.len()
+            + self.service_entries.len()
+            + self.workload_entries.len()
+            + self.services.len()
+            + self.pods.len()
+            + self.secrets.len()
+            + self.endpoint_slices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Store {
+    /// After a load in which some files could not be read or parsed, brings back every
+    /// resource those files held in `prev`, so a half-saved file never empties the config.
+    pub fn restore_unreadable_files(&mut self, prev: &Store) -> Vec<Diagnostic> {
+        let broken: Vec<std::path::PathBuf> = self
+            .diagnostics
+            .iter()
+            .filter(|d| d.is_error() && d.resource.is_none())
+            .filter_map(|d| d.origin.file.clone())
+            .collect();
+        if broken.is_empty() {
+            return Vec::new();
+        }
+        self.restore_where(prev, &|origin, _, _, _| origin.file.as_ref().is_some_and(|f| broken.contains(f)))
+    }
+
+    /// Puts back the previous version of each rejected resource (kind, namespace, name).
+    pub fn restore_resources(&mut self, prev: &Store, refs: &[(String, String, String)]) -> Vec<Diagnostic> {
+        self.restore_where(prev, &|_, kind, ns, name| {
+            refs.iter().any(|(k, n, m)| k == kind.as_str() && n == ns && m == name)
+        })
+    }
+
+    fn restore_where(&mut self, prev: &Store, pred: &Selector) -> Vec<Diagnostic> {
+        let mut notes = Vec::new();
+        restore_map(&mut self.gateways, &prev.gateways, Kind::Gateway, pred, &mut notes);
+        restore_map(&mut self.virtual_services, &prev.virtual_services, Kind::VirtualService, pred, &mut notes);
+        restore_map(&mut self.destination_rules, &prev.destination_rules, Kind::DestinationRule, pred, &mut notes);
+        restore_map(&mut self.service_entries, &prev.service_entries, Kind::ServiceEntry, pred, &mut notes);
+        restore_map(&mut self.workload_entries, &prev.workload_entries, Kind::WorkloadEntry, pred, &mut notes);
+        restore_map(&mut self.services, &prev.services, Kind::Service, pred, &mut notes);
+        restore_map(&mut self.pods, &prev.pods, Kind::Pod, pred, &mut notes);
+        restore_map(&mut self.secrets, &prev.secrets, Kind::Secret, pred, &mut notes);
+        restore_map(&mut self.endpoint_slices, &prev.endpoint_slices, Kind::EndpointSlice, pred, &mut notes);
+        notes
+    }
+}
+
+/// Which previous resources to bring back: (origin, kind, namespace, name).
+type Selector<'a> = dyn Fn(&Origin, Kind, &str, &str) -> bool + 'a;
+
+fn restore_map<T: Clone + PartialEq>(
+    map: &mut Objects<T>,
+    old: &Objects<T>,
+    kind: Kind,
+    pred: &Selector,
+    notes: &mut Vec<Diagnostic>,
+) {
+    for (key, r) in old {
+        if !pred(&r.origin, kind, &r.namespace, &r.meta.name) {
+            continue;
+        }
+        let same = map.get(key).is_some_and(|cur| cur.spec == r.spec && cur.meta == r.meta);
+        if same {
+            continue;
+        }
+        let origin = map.get(key).map(|c| c.origin.clone()).unwrap_or_else(|| r.origin.clone());
+        map.insert(key.clone(), r.clone());
+        notes.push(
+            Diagnostic::warning(codes::KEPT, "", "rejected; the last valid version keeps serving until this is fixed")
+                .at(&origin, Some(ResourceRef::new(kind, &r.namespace, &r.meta.name))),
+        );
+    }
+}
+
+fn put<T>(
+    map: &mut Objects<T>,
+    key: ObjectKey,
+    meta: ObjectMeta,
+    namespace: String,
+    origin: Origin,
+    seq: u64,
+    spec: T,
+) -> Option<Origin> {
+    map.insert(key, Resource { meta, namespace, origin, seq, spec }).map(|old| old.origin)
+}

@@ -1,0 +1,347 @@
+//! Destinations → clusters: service port, subset endpoints and load-balancer policy from the
+//! DestinationRule (subset port level > subset > port level > top level > LEAST_REQUEST).
+
+use super::services::{Registry, ServiceInfo};
+use crate::api::istio::{DestinationRuleSpec, LoadBalancerSettings, TrafficPolicy};
+use crate::api::Kind;
+use crate::diagnostics::{codes, Diagnostic};
+use crate::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, ServiceRef};
+use crate::store::{Resource, Store};
+use std::collections::HashMap;
+
+/// DestinationRules by resolved host.
+pub struct Rules<'a> {
+    by_host: HashMap<String, &'a Resource<DestinationRuleSpec>>,
+}
+
+impl<'a> Rules<'a> {
+    /// Indexes valid DestinationRules; invalid policies are reported here, once per rule.
+    pub fn build(store: &'a Store, problems: &mut Vec<Diagnostic>) -> Rules<'a> {
+        let mut rules: Vec<&Resource<DestinationRuleSpec>> = Vec::new();
+        for dr in store.destination_rules.values() {
+            let mut local = Vec::new();
+            check_policy(dr.spec.traffic_policy.as_ref(), "spec.trafficPolicy", &mut local);
+            for (i, s) in dr.spec.subsets.iter().enumerate() {
+                check_policy(s.traffic_policy.as_ref(), &format!("spec.subsets[{i}].trafficPolicy"), &mut local);
+            }
+            let rejected = local.iter().any(Diagnostic::is_error);
+            problems.extend(local.into_iter().map(|d| d.at(&dr.origin, Some(dr.reference(Kind::DestinationRule)))));
+            if !rejected {
+                rules.push(dr);
+            }
+        }
+        // Oldest first so the first definition for a host wins, as in Istio.
+        rules.sort_by_key(|r| r.order_key());
+        let mut by_host = HashMap::new();
+        for dr in rules {
+            let host = super::hosts::resolve_short_name(&dr.spec.host, &dr.namespace);
+            by_host.entry(host).or_insert(dr);
+        }
+        Rules { by_host }
+    }
+
+    /// The rule for a host: exact name first, then the most specific wildcard.
+    pub fn for_host(&self, host: &str) -> Option<&'a Resource<DestinationRuleSpec>> {
+        if let Some(r) = self.by_host.get(host) {
+            return Some(r);
+        }
+        self.by_host
+            .iter()
+            .filter(|(pattern, _)| pattern.starts_with('*') && super::hosts::covers(pattern, host))
+            .max_by_key(|(pattern, _)| pattern.len())
+            .map(|(_, r)| *r)
+    }
+}
+
+fn check_policy(policy: Option<&TrafficPolicy>, field: &str, problems: &mut Vec<Diagnostic>) {
+    let Some(policy) = policy else { return };
+    if let Some(lb) = &policy.load_balancer {
+        let _ = load_balancer(lb, &format!("{field}.loadBalancer"), problems);
+    }
+    for (i, p) in policy.port_level_settings.iter().enumerate() {
+        if let Some(lb) = &p.load_balancer {
+            let _ = load_balancer(lb, &format!("{field}.portLevelSettings[{i}].loadBalancer"), problems);
+        }
+    }
+    for (name, set) in [
+        ("connectionPool", policy.connection_pool.is_some()),
+        ("outlierDetection", policy.outlier_detection.is_some()),
+        ("tunnel", policy.tunnel.is_some()),
+        ("proxyProtocol", policy.proxy_protocol.is_some()),
+    ] {
+        if set {
+            problems.push(Diagnostic::warning(
+                codes::UNSUPPORTED,
+                format!("{field}.{name}"),
+                "not supported yet, ignored",
+            ));
+        }
+    }
+    if let Some(tls) = &policy.tls {
+        let mode = tls.get("mode").and_then(|m| m.as_str()).unwrap_or("DISABLE");
+        if mode != "DISABLE" {
+            problems.push(Diagnostic::warning(
+                codes::UNSUPPORTED,
+                format!("{field}.tls.mode"),
+                format!("TLS origination ({mode}) is not supported yet; connections to upstreams are plain text"),
+            ));
+        }
+    }
+}
+
+/// Translates Istio's loadBalancer settings. `None` means "not set here" (inherit).
+pub fn load_balancer(lb: &LoadBalancerSettings, field: &str, problems: &mut Vec<Diagnostic>) -> Option<LoadBalancer> {
+    if let Some(ch) = &lb.consistent_hash {
+        let field = format!("{field}.consistentHash");
+        let key = if let Some(h) = &ch.http_header_name {
+            HashKey::Header(h.to_ascii_lowercase())
+        } else if let Some(c) = &ch.http_cookie {
+            let ttl_seconds = match c.ttl.as_deref().map(parse_duration_ms) {
+                None => None,
+                Some(Some(ms)) => Some(ms / 1000),
+                Some(None) => {
+                    problems.push(Diagnostic::error(
+                        codes::SCHEMA,
+                        format!("{field}.httpCookie.ttl"),
+                        format!("invalid duration {:?}", c.ttl.as_deref().unwrap_or("")),
+                    ));
+                    return None;
+                }
+            };
+            HashKey::Cookie { name: c.name.clone(), path: c.path.clone(), ttl_seconds }
+        } else if ch.use_source_ip == Some(true) {
+            HashKey::SourceIp
+        } else if let Some(q) = &ch.http_query_parameter_name {
+            HashKey::QueryParameter(q.clone())
+        } else {
+            problems.push(Diagnostic::error(
+                codes::SCHEMA,
+                field,
+                "one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName is required",
+            ));
+            return None;
+        };
+        let algorithm = if let Some(m) = &ch.maglev {
+            HashAlgorithm::Maglev { table_size: m.table_size.unwrap_or(65537) }
+        } else {
+            let minimum_ring_size =
+                ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).or(ch.minimum_ring_size).unwrap_or(1024);
+            HashAlgorithm::RingHash { minimum_ring_size }
+        };
+        return Some(LoadBalancer::ConsistentHash { key, algorithm });
+    }
+    match lb.simple.as_deref() {
+        None | Some("UNSPECIFIED") => None,
+        Some("ROUND_ROBIN") => Some(LoadBalancer::RoundRobin),
+        Some("RANDOM") => Some(LoadBalancer::Random),
+        // Istio maps LEAST_CONN to Envoy's LEAST_REQUEST; PASSTHROUGH needs an original
+        // destination cluster, which a gateway does not have, so we balance by least request.
+        Some("LEAST_REQUEST") | Some("LEAST_CONN") | Some("PASSTHROUGH") => Some(LoadBalancer::LeastRequest),
+        Some(other) => {
+            problems.push(Diagnostic::error(
+                codes::SCHEMA,
+                format!("{field}.simple"),
+                format!("unknown load balancer {other:?}; expected ROUND_ROBIN, LEAST_REQUEST, LEAST_CONN, RANDOM or PASSTHROUGH"),
+            ));
+            None
+        }
+    }
+}
+
+/// Protobuf duration text as Istio accepts it: `1s`, `0.5s`, `100ms`, `1m`, `1h`.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = text.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        return None;
+    };
+    let value: f64 = number.parse().ok()?;
+    if !value.is_finite() || value < 0.0 {
+        return None;
+    }
+    Some((value * unit_ms).round() as u64)
+}
+
+/// The policy for one cluster: most specific setting wins.
+fn effective_lb(dr: Option<&DestinationRuleSpec>, subset: Option<&str>, port: u16) -> LoadBalancer {
+    let mut sink = Vec::new(); // already reported by Rules::build
+    let from =
+        |p: Option<&TrafficPolicy>, sink: &mut Vec<Diagnostic>| -> (Option<LoadBalancer>, Option<LoadBalancer>) {
+            let Some(p) = p else { return (None, None) };
+            let port_level = p
+                .port_level_settings
+                .iter()
+                .find(|s| s.port.as_ref().map(|x| x.number) == Some(u32::from(port)))
+                .and_then(|s| s.load_balancer.as_ref())
+                .and_then(|lb| load_balancer(lb, "", sink));
+            let top = p.load_balancer.as_ref().and_then(|lb| load_balancer(lb, "", sink));
+            (port_level, top)
+        };
+    let Some(dr) = dr else { return LoadBalancer::LeastRequest };
+    let subset_policy =
+        subset.and_then(|s| dr.subsets.iter().find(|x| x.name == s)).and_then(|s| s.traffic_policy.as_ref());
+    let (sub_port, sub_top) = from(subset_policy, &mut sink);
+    let (port_level, top) = from(dr.traffic_policy.as_ref(), &mut sink);
+    sub_port.or(sub_top).or(port_level).or(top).unwrap_or(LoadBalancer::LeastRequest)
+}
+
+/// Cluster name as Istio's Envoy names outbound clusters.
+pub fn cluster_name(host: &str, port: u16, subset: Option<&str>) -> String {
+    format!("outbound|{port}|{}|{host}", subset.unwrap_or(""))
+}
+
+/// Builds the cluster for a destination; problems are relative to the destination's field.
+pub struct Resolved {
+    pub cluster: Cluster,
+}
+
+pub fn resolve(
+    registry: &Registry,
+    rules: &Rules,
+    host: &str,
+    port: Option<u16>,
+    subset: Option<&str>,
+    field: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<Resolved> {
+    let service = registry.get(host);
+    let rule = rules.for_host(host);
+    let port = match (port, service) {
+        (Some(p), Some(svc)) => {
+            if !svc.ports.is_empty() && !svc.ports.iter().any(|sp| sp.number == p) {
+                problems.push(Diagnostic::warning(
+                    codes::NOT_FOUND,
+                    format!("{field}.port.number"),
+                    format!("service {host:?} has no port {p} (ports: {})", port_list(svc)),
+                ));
+            }
+            p
+        }
+        (Some(p), None) => p,
+        (None, Some(svc)) if svc.ports.len() == 1 => svc.ports[0].number,
+        (None, Some(svc)) => {
+            problems.push(Diagnostic::error(
+                codes::SCHEMA,
+                format!("{field}.port.number"),
+                format!(
+                    "service {host:?} has {} ports ({}); the destination must name one",
+                    svc.ports.len(),
+                    port_list(svc)
+                ),
+            ));
+            return None;
+        }
+        (None, None) => 80,
+    };
+    if service.is_none() {
+        problems.push(Diagnostic::warning(
+            codes::NOT_FOUND,
+            format!("{field}.host"),
+            format!("unknown host {host:?}: no Service or ServiceEntry defines it; requests get 503"),
+        ));
+    }
+    let subset_labels = match subset {
+        None => None,
+        Some(name) => match rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == name)) {
+            Some(s) => Some(&s.labels),
+            None => {
+                problems.push(Diagnostic::warning(
+                    codes::NOT_FOUND,
+                    format!("{field}.subset"),
+                    format!(
+                        "subset {name:?} is not defined by any DestinationRule for host {host:?}; requests get 503"
+                    ),
+                ));
+                None
+            }
+        },
+    };
+    let subset_known = subset.is_none() || subset_labels.is_some();
+    let endpoints = match service {
+        Some(svc) if subset_known => endpoints_of(svc, port, subset_labels),
+        _ => Vec::new(),
+    };
+    let (name, namespace) = match service {
+        Some(s) => (s.name.clone(), s.namespace.clone()),
+        None => (host.split('.').next().unwrap_or(host).to_string(), "unknown".to_string()),
+    };
+    Some(Resolved {
+        cluster: Cluster {
+            name: cluster_name(host, port, subset),
+            service: ServiceRef { host: host.to_string(), name, namespace },
+            port,
+            subset: subset.map(str::to_string),
+            load_balancer: effective_lb(rule.map(|r| &r.spec), subset, port),
+            endpoints,
+        },
+    })
+}
+
+fn port_list(svc: &ServiceInfo) -> String {
+    svc.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+fn endpoints_of(
+    svc: &ServiceInfo,
+    port: u16,
+    subset: Option<&std::collections::BTreeMap<String, String>>,
+) -> Vec<Endpoint> {
+    let mut out: Vec<Endpoint> = svc
+        .endpoints
+        .iter()
+        .filter(|e| subset.is_none_or(|labels| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+        .filter_map(|e| {
+            let target = if svc.ports.is_empty() { Some(port) } else { e.ports.get(&port).copied() }?;
+            Some(Endpoint {
+                address: e.address.clone(),
+                port: target,
+                weight: e.weight,
+                labels: e.labels.clone(),
+                workload: e.workload.clone(),
+                workload_namespace: e.workload_namespace.clone(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration_ms("1s"), Some(1000));
+        assert_eq!(parse_duration_ms("0.5s"), Some(500));
+        assert_eq!(parse_duration_ms("250ms"), Some(250));
+        assert_eq!(parse_duration_ms("2m"), Some(120_000));
+        assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
+        assert_eq!(parse_duration_ms("abc"), None);
+        assert_eq!(parse_duration_ms("-1s"), None);
+    }
+
+    #[test]
+    fn simple_policies() {
+        let mut p = Vec::new();
+        let lb = |s: &str, p: &mut Vec<Diagnostic>| {
+            load_balancer(&LoadBalancerSettings { simple: Some(s.into()), ..Default::default() }, "f", p)
+        };
+        assert_eq!(lb("ROUND_ROBIN", &mut p), Some(LoadBalancer::RoundRobin));
+        assert_eq!(lb("LEAST_CONN", &mut p), Some(LoadBalancer::LeastRequest));
+        assert_eq!(lb("PASSTHROUGH", &mut p), Some(LoadBalancer::LeastRequest));
+        assert_eq!(lb("RANDOM", &mut p), Some(LoadBalancer::Random));
+        assert!(p.is_empty());
+        assert_eq!(lb("FASTEST", &mut p), None);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].field, "f.simple");
+    }
+}

@@ -1,0 +1,376 @@
+//! VirtualService → routes bound to gateway servers.
+
+use super::clusters::{parse_duration_ms, resolve, Rules};
+use super::hosts::{intersect, resolve_short_name, split_server_host};
+use super::services::Registry;
+use super::{BoundServer, Options};
+use crate::api::istio::{HttpMatchRequest, HttpRoute, StringMatch as WireMatch, VirtualServiceSpec};
+use crate::diagnostics::{codes, Diagnostic};
+use crate::snapshot::{Cluster, KeyMatch, Route, RouteAction, RouteMatch, StringMatch, WeightedCluster};
+use crate::store::Resource;
+use std::collections::{BTreeSet, HashMap};
+
+pub(super) struct Translated {
+    /// (listener port, virtual host domain, routes for it)
+    pub bindings: Vec<(u16, String, Vec<Route>)>,
+    pub clusters: Vec<Cluster>,
+}
+
+/// A route before per-gateway filtering: each match block remembers the `gateways` it is
+/// limited to (empty = all the VirtualService's gateways).
+struct Candidate {
+    route: Route,
+    match_gateways: Vec<Vec<String>>,
+}
+
+pub(super) fn translate_virtual_service(
+    vs: &Resource<VirtualServiceSpec>,
+    servers: &[BoundServer],
+    known_gateways: &HashMap<String, bool>,
+    registry: &Registry,
+    rules: &Rules,
+    options: &Options,
+    problems: &mut Vec<Diagnostic>,
+) -> Translated {
+    let spec = &vs.spec;
+    let ns = vs.namespace.as_str();
+    let mut out = Translated { bindings: Vec::new(), clusters: Vec::new() };
+
+    if spec.hosts.is_empty() {
+        problems.push(Diagnostic::error(codes::SCHEMA, "spec.hosts", "at least one host is required"));
+        return out;
+    }
+    let gateway_keys: Vec<String> =
+        spec.gateways.iter().filter(|g| g.as_str() != "mesh").map(|g| gateway_key(g, ns)).collect();
+    for (i, g) in spec.gateways.iter().enumerate() {
+        if g == "mesh" {
+            continue;
+        }
+        let key = gateway_key(g, ns);
+        if !known_gateways.contains_key(&key) {
+            problems.push(Diagnostic::warning(
+                codes::NOT_FOUND,
+                format!("spec.gateways[{i}]"),
+                format!("gateway {key:?} does not exist (write ns/name for a Gateway in another namespace)"),
+            ));
+        }
+    }
+    if !spec.tls.is_empty() {
+        problems.push(Diagnostic::warning(codes::UNSUPPORTED, "spec.tls", "tls routes are not supported yet, ignored"));
+    }
+    if !spec.tcp.is_empty() {
+        problems.push(Diagnostic::warning(codes::UNSUPPORTED, "spec.tcp", "tcp routes are not supported yet, ignored"));
+    }
+
+    // Routes and their clusters, validated once.
+    let mut candidates = Vec::new();
+    let mut seen_clusters = BTreeSet::new();
+    for (i, http) in spec.http.iter().enumerate() {
+        let field = format!("spec.http[{i}]");
+        let Some((route, match_gateways, clusters)) = http_route(vs, http, &field, registry, rules, options, problems)
+        else {
+            continue;
+        };
+        for c in clusters {
+            if seen_clusters.insert(c.name.clone()) {
+                out.clusters.push(c);
+            }
+        }
+        candidates.push(Candidate { route, match_gateways });
+    }
+
+    // Bindings: every selected server of a referenced gateway whose hosts meet ours.
+    let hosts: Vec<String> = spec.hosts.iter().map(|h| resolve_short_name(h, ns)).collect();
+    let mut bound_any: HashMap<&str, bool> = HashMap::new();
+    let mut seen = BTreeSet::new();
+    for s in servers.iter().filter(|s| gateway_keys.contains(&s.gateway_key)) {
+        let bound = bound_any.entry(s.gateway_key.as_str()).or_insert(false);
+        for entry in &s.server.hosts {
+            let (ns_filter, server_host) = split_server_host(entry, &s.gateway.namespace);
+            if ns_filter.is_some_and(|f| f != ns) {
+                continue;
+            }
+            for host in &hosts {
+                let Some(domain) = intersect(host, &server_host.to_ascii_lowercase()) else { continue };
+                *bound = true;
+                if !seen.insert((s.port, domain.clone(), s.gateway_key.clone())) {
+                    continue;
+                }
+                let routes: Vec<Route> = candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).collect();
+                out.bindings.push((s.port, domain, routes));
+            }
+        }
+    }
+    for (key, bound) in bound_any {
+        if !bound {
+            problems.push(Diagnostic::warning(
+                codes::HOST_NOT_IN_GATEWAY,
+                "spec.hosts",
+                format!(
+                    "none of the hosts {:?} is served by gateway {key:?}; the VirtualService has no effect there",
+                    spec.hosts
+                ),
+            ));
+        }
+    }
+    out
+}
+
+fn gateway_key(reference: &str, namespace: &str) -> String {
+    match reference.split_once('/') {
+        Some((ns, name)) => format!("{ns}/{name}"),
+        None => format!("{namespace}/{reference}"),
+    }
+}
+
+/// The route as it applies to one gateway: match blocks limited to other gateways drop out;
+/// a route whose every block dropped out does not apply.
+fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
+    if c.route.matches.is_empty() {
+        return Some(c.route.clone());
+    }
+    let matches: Vec<RouteMatch> = c
+        .route
+        .matches
+        .iter()
+        .zip(&c.match_gateways)
+        .filter(|(_, gws)| gws.is_empty() || gws.iter().any(|g| g == gateway))
+        .map(|(m, _)| m.clone())
+        .collect();
+    if matches.is_empty() {
+        return None;
+    }
+    Some(Route { matches, ..c.route.clone() })
+}
+
+type HttpTranslation = (Route, Vec<Vec<String>>, Vec<Cluster>);
+
+fn http_route(
+    vs: &Resource<VirtualServiceSpec>,
+    http: &HttpRoute,
+    field: &str,
+    registry: &Registry,
+    rules: &Rules,
+    options: &Options,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<HttpTranslation> {
+    let ns = vs.namespace.as_str();
+    let unsupported = [
+        ("redirect", http.redirect.is_some()),
+        ("directResponse", http.direct_response.is_some()),
+        ("delegate", http.delegate.is_some()),
+        ("rewrite", http.rewrite.is_some()),
+        ("retries", http.retries.is_some()),
+        ("fault", http.fault.is_some()),
+        ("mirror", http.mirror.is_some() || http.mirrors.is_some()),
+        ("mirrorPercentage", http.mirror_percentage.is_some() || http.mirror_percent.is_some()),
+        ("corsPolicy", http.cors_policy.is_some()),
+        ("headers", http.headers.is_some()),
+    ];
+    for (name, set) in unsupported {
+        if set {
+            problems.push(Diagnostic::warning(
+                codes::UNSUPPORTED,
+                format!("{field}.{name}"),
+                "not supported yet, ignored",
+            ));
+        }
+    }
+    if http.route.is_empty() {
+        if http.redirect.is_some() || http.direct_response.is_some() || http.delegate.is_some() {
+            // Reported above as unsupported; without a destination the route cannot apply.
+            return None;
+        }
+        problems.push(Diagnostic::error(
+            codes::SCHEMA,
+            format!("{field}.route"),
+            "at least one destination is required",
+        ));
+        return None;
+    }
+
+    let mut matches = Vec::new();
+    let mut match_gateways = Vec::new();
+    for (j, m) in http.matches.iter().enumerate() {
+        let mfield = format!("{field}.match[{j}]");
+        // The gateway is the source workload: sourceLabels / sourceNamespace compare with it.
+        if !m.source_labels.iter().all(|(k, v)| options.labels.get(k) == Some(v)) {
+            continue;
+        }
+        if m.source_namespace.as_deref().is_some_and(|s| s != options.namespace) {
+            continue;
+        }
+        let gws: Vec<String> = m.gateways.iter().map(|g| gateway_key(g, ns)).collect();
+        if !m.gateways.is_empty() && gws.iter().all(|g| g.ends_with("/mesh")) {
+            continue;
+        }
+        match route_match(m, &mfield, problems) {
+            Some(rm) => {
+                matches.push(rm);
+                match_gateways.push(gws);
+            }
+            None => return None,
+        }
+    }
+    if !http.matches.is_empty() && matches.is_empty() {
+        return None; // every match block is for other sources
+    }
+
+    let timeout_ms = match &http.timeout {
+        None => None,
+        Some(t) => match parse_duration_ms(t) {
+            Some(0) => None,
+            Some(ms) => Some(ms),
+            None => {
+                problems.push(Diagnostic::error(
+                    codes::SCHEMA,
+                    format!("{field}.timeout"),
+                    format!("invalid duration {t:?}; write e.g. \"2s\" or \"500ms\""),
+                ));
+                return None;
+            }
+        },
+    };
+
+    let mut destinations = Vec::new();
+    let mut clusters = Vec::new();
+    let weights: Vec<Option<i64>> = http.route.iter().map(|d| d.weight).collect();
+    for (k, dest) in http.route.iter().enumerate() {
+        let dfield = format!("{field}.route[{k}].destination");
+        if dest.destination.host.is_empty() {
+            problems.push(Diagnostic::error(codes::SCHEMA, format!("{dfield}.host"), "host is required"));
+            return None;
+        }
+        let weight = match dest.weight {
+            Some(w) if !(0..=i64::from(u32::MAX)).contains(&w) => {
+                problems.push(Diagnostic::error(
+                    codes::SCHEMA,
+                    format!("{field}.route[{k}].weight"),
+                    format!("weight {w} must be between 0 and 100"),
+                ));
+                return None;
+            }
+            Some(w) => w as u32,
+            // One destination takes all traffic; several without weights share it evenly.
+            None if weights.iter().all(Option::is_none) => 1,
+            None => 0,
+        };
+        let host = resolve_short_name(&dest.destination.host, ns);
+        let port = match dest.destination.port.as_ref().map(|p| u16::try_from(p.number)) {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(_)) => {
+                problems.push(Diagnostic::error(codes::SCHEMA, format!("{dfield}.port.number"), "not a valid port"));
+                return None;
+            }
+        };
+        let resolved = resolve(registry, rules, &host, port, dest.destination.subset.as_deref(), &dfield, problems)?;
+        destinations.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight });
+        clusters.push(resolved.cluster);
+    }
+    if http.route.len() > 1 && weights.iter().any(Option::is_some) {
+        let sum: i64 = weights.iter().map(|w| w.unwrap_or(0)).sum();
+        if sum != 100 {
+            problems.push(Diagnostic::warning(
+                codes::WEIGHTS,
+                format!("{field}.route"),
+                format!("weights sum to {sum}, not 100; traffic is split in proportion to them"),
+            ));
+        }
+        if sum == 0 {
+            problems.push(Diagnostic::error(codes::SCHEMA, format!("{field}.route"), "all weights are 0"));
+            return None;
+        }
+    }
+
+    let name = http.name.clone().unwrap_or_else(|| format!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
+    let route = Route {
+        name,
+        virtual_service: format!("{ns}/{}", vs.meta.name),
+        matches,
+        action: RouteAction::Route { destinations },
+        timeout_ms,
+    };
+    Some((route, match_gateways, clusters))
+}
+
+fn field_index(field: &str) -> &str {
+    field.rsplit('[').next().unwrap_or("").trim_end_matches(']')
+}
+
+fn route_match(m: &HttpMatchRequest, field: &str, problems: &mut Vec<Diagnostic>) -> Option<RouteMatch> {
+    let mut ok = true;
+    let mut one = |w: &Option<WireMatch>, name: &str, problems: &mut Vec<Diagnostic>| -> Option<StringMatch> {
+        let w = w.as_ref()?;
+        match string_match(w, &format!("{field}.{name}"), problems) {
+            Ok(v) => v,
+            Err(()) => {
+                ok = false;
+                None
+            }
+        }
+    };
+    let uri = one(&m.uri, "uri", problems);
+    let scheme = one(&m.scheme, "scheme", problems);
+    let method = one(&m.method, "method", problems);
+    let authority = one(&m.authority, "authority", problems);
+    let mut keyed = |map: &indexmap::IndexMap<String, WireMatch>,
+                     name: &str,
+                     lower: bool,
+                     problems: &mut Vec<Diagnostic>| {
+        let mut out = Vec::new();
+        for (k, w) in map {
+            match string_match(w, &format!("{field}.{name}.{k}"), problems) {
+                Ok(value) => out.push(KeyMatch { name: if lower { k.to_ascii_lowercase() } else { k.clone() }, value }),
+                Err(()) => ok = false,
+            }
+        }
+        out
+    };
+    let headers = keyed(&m.headers, "headers", true, problems);
+    let without_headers = keyed(&m.without_headers, "withoutHeaders", true, problems);
+    let query_params = keyed(&m.query_params, "queryParams", false, problems);
+    let port = match m.port.map(u16::try_from) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(_)) => {
+            problems.push(Diagnostic::error(codes::SCHEMA, format!("{field}.port"), "not a valid port"));
+            return None;
+        }
+    };
+    if !ok {
+        return None;
+    }
+    Some(RouteMatch {
+        uri,
+        scheme,
+        method,
+        authority,
+        headers,
+        without_headers,
+        query_params,
+        port,
+        ignore_uri_case: m.ignore_uri_case,
+    })
+}
+
+/// Exactly one of exact/prefix/regex; none means "present" (headers) or "any".
+fn string_match(w: &WireMatch, field: &str, problems: &mut Vec<Diagnostic>) -> Result<Option<StringMatch>, ()> {
+    let set = [w.exact.is_some(), w.prefix.is_some(), w.regex.is_some()].iter().filter(|b| **b).count();
+    if set > 1 {
+        problems.push(Diagnostic::error(codes::SCHEMA, field, "set only one of exact, prefix, regex"));
+        return Err(());
+    }
+    if let Some(r) = &w.regex {
+        if let Err(e) = regex::Regex::new(&format!("^(?:{r})$")) {
+            problems.push(Diagnostic::error(
+                codes::SCHEMA,
+                format!("{field}.regex"),
+                format!("invalid RE2 regex: {e}"),
+            ));
+            return Err(());
+        }
+        return Ok(Some(StringMatch::Regex(r.clone())));
+    }
+    Ok(w.exact.clone().map(StringMatch::Exact).or_else(|| w.prefix.clone().map(StringMatch::Prefix)))
+}

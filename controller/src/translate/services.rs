@@ -1,0 +1,270 @@
+//! The service registry: every host a destination can name (Kubernetes Services and
+//! ServiceEntry hosts) with its ports and ready endpoints, labels included.
+
+use crate::api::istio::ServiceEntrySpec;
+use crate::diagnostics::{codes, Diagnostic};
+use crate::store::{Resource, Store};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+#[derive(Debug, Clone)]
+pub struct ServiceInfo {
+    pub host: String,
+    pub name: String,
+    pub namespace: String,
+    pub ports: Vec<ServicePort>,
+    pub endpoints: Vec<RegistryEndpoint>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServicePort {
+    pub number: u16,
+    pub name: String,
+}
+
+/// An endpoint of a service with its port per service port name.
+#[derive(Debug, Clone)]
+pub struct RegistryEndpoint {
+    pub address: String,
+    /// Service port number → endpoint port.
+    pub ports: BTreeMap<u16, u16>,
+    pub labels: BTreeMap<String, String>,
+    pub workload: String,
+    pub workload_namespace: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Registry {
+    pub services: HashMap<String, ServiceInfo>,
+}
+
+impl Registry {
+    pub fn build(store: &Store, problems: &mut Vec<Diagnostic>) -> Registry {
+        let mut registry = Registry::default();
+        for svc in store.services.values() {
+            let info = kube_service(store, svc);
+            registry.services.insert(info.host.clone(), info);
+        }
+        for se in store.service_entries.values() {
+            for info in service_entry(store, se, problems) {
+                // Kubernetes Services win over ServiceEntries for the same host, as in Istio.
+                registry.services.entry(info.host.clone()).or_insert(info);
+            }
+        }
+        registry
+    }
+
+    pub fn get(&self, host: &str) -> Option<&ServiceInfo> {
+        self.services.get(host)
+    }
+}
+
+fn kube_service(store: &Store, svc: &Resource<Service>) -> ServiceInfo {
+    let name = svc.meta.name.clone();
+    let ns = svc.namespace.clone();
+    let spec = svc.spec.spec.clone().unwrap_or_default();
+    let ports: Vec<(ServicePort, Option<IntOrString>)> = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|p| {
+            let number = u16::try_from(p.port).ok()?;
+            Some((ServicePort { number, name: p.name.unwrap_or_default() }, p.target_port))
+        })
+        .collect();
+
+    let slices: Vec<_> = store
+        .endpoint_slices
+        .values()
+        .filter(|s| s.namespace == ns && s.meta.labels.get("kubernetes.io/service-name") == Some(&name))
+        .collect();
+
+    let mut endpoints = Vec::new();
+    if !slices.is_empty() {
+        for slice in slices {
+            let slice_ports = slice.spec.ports.clone().unwrap_or_default();
+            for ep in &slice.spec.endpoints {
+                let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+                if !ready {
+                    continue;
+                }
+                let pod =
+                    ep.target_ref.as_ref().filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod").and_then(|r| {
+                        let pns = r.namespace.clone().unwrap_or_else(|| ns.clone());
+                        let pname = r.name.clone()?;
+                        store.pods.get(&crate::store::ObjectKey::new(&pns, &pname))
+                    });
+                let mut mapped = BTreeMap::new();
+                for (sp, _) in &ports {
+                    let found = slice_ports.iter().find(|p| p.name.clone().unwrap_or_default() == sp.name);
+                    if let Some(port) = found.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) {
+                        mapped.insert(sp.number, port);
+                    }
+                }
+                for address in &ep.addresses {
+                    endpoints.push(RegistryEndpoint {
+                        address: address.clone(),
+                        ports: mapped.clone(),
+                        labels: pod.map(|p| p.meta.labels.clone()).unwrap_or_default(),
+                        workload: pod.map(workload_of).unwrap_or_else(|| name.clone()),
+                        workload_namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| ns.clone()),
+                        weight: 1,
+                    });
+                }
+            }
+        }
+    } else if let Some(selector) = spec.selector.filter(|s| !s.is_empty()) {
+        // No EndpointSlices in the config: derive endpoints from Pods as the endpoints
+        // controller would (file mode convenience: Pods with status.podIP).
+        for pod in store.pods.values().filter(|p| p.namespace == ns) {
+            if !selector.iter().all(|(k, v)| pod.meta.labels.get(k) == Some(v)) {
+                continue;
+            }
+            let status = pod.spec.status.clone().unwrap_or_default();
+            let Some(ip) = status.pod_ip.clone() else { continue };
+            let ready = status
+                .conditions
+                .unwrap_or_default()
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .map(|c| c.status == "True")
+                .unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            let mut mapped = BTreeMap::new();
+            for (sp, target) in &ports {
+                if let Some(port) = target_port(&pod.spec, sp.number, target.as_ref()) {
+                    mapped.insert(sp.number, port);
+                }
+            }
+            endpoints.push(RegistryEndpoint {
+                address: ip,
+                ports: mapped,
+                labels: pod.meta.labels.clone(),
+                workload: workload_of(pod),
+                workload_namespace: pod.namespace.clone(),
+                weight: 1,
+            });
+        }
+    }
+
+    ServiceInfo {
+        host: format!("{name}.{ns}.svc.cluster.local"),
+        name,
+        namespace: ns,
+        ports: ports.into_iter().map(|(p, _)| p).collect(),
+        endpoints,
+    }
+}
+
+fn target_port(pod: &Pod, port: u16, target: Option<&IntOrString>) -> Option<u16> {
+    match target {
+        None => Some(port),
+        Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+        Some(IntOrString::String(name)) => pod
+            .spec
+            .as_ref()?
+            .containers
+            .iter()
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|p| p.name.as_deref() == Some(name))
+            .and_then(|p| u16::try_from(p.container_port).ok()),
+    }
+}
+
+/// The workload a pod belongs to: Deployment name when the pod was made by a ReplicaSet
+/// (strip the pod-template-hash), else the owner's name, else the pod's own name.
+fn workload_of(pod: &Resource<Pod>) -> String {
+    let owner =
+        pod.spec.metadata.owner_references.as_ref().and_then(|o| o.first()).map(|o| (o.kind.clone(), o.name.clone()));
+    let hash = pod.meta.labels.get("pod-template-hash");
+    match (owner, hash) {
+        (Some((kind, name)), Some(hash)) if kind == "ReplicaSet" => {
+            name.strip_suffix(&format!("-{hash}")).map(str::to_string).unwrap_or(name)
+        }
+        (Some((_, name)), _) => name,
+        (None, _) => pod.meta.name.clone(),
+    }
+}
+
+fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut Vec<Diagnostic>) -> Vec<ServiceInfo> {
+    let spec = &se.spec;
+    let resolution = spec.resolution.as_deref().unwrap_or("NONE");
+    let ports: Vec<ServicePort> = spec
+        .ports
+        .iter()
+        .filter_map(|p| Some(ServicePort { number: u16::try_from(p.number).ok()?, name: p.name.clone() }))
+        .collect();
+    let target_of = |number: u16| {
+        spec.ports
+            .iter()
+            .find(|p| p.number == u32::from(number))
+            .and_then(|p| p.target_port)
+            .and_then(|t| u16::try_from(t).ok())
+            .unwrap_or(number)
+    };
+
+    // Inline endpoints and WorkloadEntries selected by workloadSelector, same namespace.
+    let mut workloads: Vec<(String, &crate::api::istio::WorkloadEntrySpec, String)> = spec
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (format!("spec.endpoints[{i}]"), e, se.meta.name.clone()))
+        .collect();
+    if let Some(selector) = &spec.workload_selector {
+        for we in store.workload_entries.values().filter(|w| w.namespace == se.namespace) {
+            if selector.labels.iter().all(|(k, v)| we.spec.labels.get(k) == Some(v)) {
+                workloads.push((String::new(), &we.spec, we.meta.name.clone()));
+            }
+        }
+    }
+
+    let mut endpoints = Vec::new();
+    for (field, w, workload) in workloads {
+        if w.address.parse::<IpAddr>().is_err() {
+            problems.push(
+                Diagnostic::warning(
+                    codes::UNSUPPORTED,
+                    format!("{field}.address").trim_start_matches('.').to_string(),
+                    format!(
+                        "endpoint address {:?} is not an IP address; DNS endpoints are not supported yet, endpoint ignored",
+                        w.address
+                    ),
+                )
+                .at(&se.origin, Some(se.reference(crate::api::Kind::ServiceEntry))),
+            );
+            continue;
+        }
+        let mut mapped = BTreeMap::new();
+        for p in &ports {
+            let port = w.ports.get(&p.name).and_then(|n| u16::try_from(*n).ok()).unwrap_or_else(|| target_of(p.number));
+            mapped.insert(p.number, port);
+        }
+        endpoints.push(RegistryEndpoint {
+            address: w.address.clone(),
+            ports: mapped,
+            labels: w.labels.clone(),
+            workload,
+            workload_namespace: se.namespace.clone(),
+            weight: w.weight.unwrap_or(1).max(1),
+        });
+    }
+    if resolution == "NONE" && !endpoints.is_empty() {
+        tracing::debug!(serviceentry = se.meta.name, "resolution NONE with endpoints: using them");
+    }
+
+    spec.hosts
+        .iter()
+        .map(|h| ServiceInfo {
+            host: h.to_ascii_lowercase(),
+            name: h.to_ascii_lowercase(),
+            namespace: se.namespace.clone(),
+            ports: ports.clone(),
+            endpoints: endpoints.clone(),
+        })
+        .collect()
+}

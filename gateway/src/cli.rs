@@ -1,0 +1,120 @@
+//! Command-line contract (users' scripts and the Helm chart rely on it).
+
+use crate::access_log::Target;
+use clap::{Args, Parser, Subcommand};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version, about = "meshgate: an istio-ingressgateway replacement on Pingora")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Report problems in Istio YAML like `istioctl analyze`; exits 1 on errors.
+    Analyze {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        identity: Identity,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Identity {
+    /// This instance's labels; a Gateway applies when its selector is a subset of them.
+    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = parse_labels)]
+    pub labels: BTreeMap<String, String>,
+    /// The gateway's own namespace (for `./host` in Gateway servers and credentials).
+    #[arg(long, default_value = "istio-system")]
+    pub namespace: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Files or folders of Istio/Kubernetes YAML; repeatable; watched for changes.
+    #[arg(long = "config", value_name = "PATH", num_args = 1..)]
+    pub config: Vec<PathBuf>,
+    /// Gateway server port -> listen address, e.g. 80=127.0.0.1:18080. Defaults follow
+    /// istio-ingressgateway: 80=0.0.0.0:8080, 443=0.0.0.0:8443; any other port P listens on 0.0.0.0:P.
+    #[arg(long = "port-map", value_name = "PORT=ADDR", value_parser = parse_port_map, num_args = 1..)]
+    pub port_map: Vec<(u16, SocketAddr)>,
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    pub status_addr: SocketAddr,
+    #[arg(long, default_value = "0.0.0.0:15090")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub identity: Identity,
+    /// Access log: off, stdout, or a file path.
+    #[arg(long, default_value = "stdout")]
+    pub access_log: Target,
+    /// On SIGTERM, how long in-flight requests may take before the process exits.
+    #[arg(long, default_value_t = 5)]
+    pub drain_seconds: u64,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// `source_workload` label of the metrics (Istio names the ingress gateway this way).
+    #[arg(long, default_value = "istio-ingressgateway")]
+    pub workload_name: String,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| format!("label {pair:?} is not key=value"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
+fn parse_port_map(s: &str) -> Result<(u16, SocketAddr), String> {
+    let (port, addr) = s.split_once('=').ok_or_else(|| format!("{s:?} is not PORT=ADDR"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{port:?} is not a port"))?;
+    let addr: SocketAddr = addr.parse().map_err(|_| format!("{addr:?} is not an address like 0.0.0.0:8080"))?;
+    Ok((port, addr))
+}
+
+impl RunArgs {
+    /// Where the gateway listens for a Gateway server port.
+    pub fn listen_addr(&self, port: u16) -> SocketAddr {
+        if let Some((_, addr)) = self.port_map.iter().rev().find(|(p, _)| *p == port) {
+            return *addr;
+        }
+        let target = match port {
+            80 => 8080,
+            443 => 8443,
+            p => p,
+        };
+        SocketAddr::from(([0, 0, 0, 0], target))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_map_defaults_and_overrides() {
+        let cli = Cli::parse_from(["gateway", "--config", "x", "--port-map", "80=127.0.0.1:18080"]);
+        assert_eq!(cli.run.listen_addr(80), "127.0.0.1:18080".parse().unwrap());
+        assert_eq!(cli.run.listen_addr(443), "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(cli.run.listen_addr(15029), "0.0.0.0:15029".parse().unwrap());
+        assert_eq!(cli.run.identity.labels.get("istio").map(String::as_str), Some("ingressgateway"));
+    }
+
+    #[test]
+    fn analyze_subcommand() {
+        let cli = Cli::parse_from(["gateway", "analyze", "a", "b"]);
+        assert!(matches!(cli.command, Some(Command::Analyze { paths, .. }) if paths.len() == 2));
+    }
+}

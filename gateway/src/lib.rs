@@ -1,0 +1,12 @@
+//! meshgate gateway: a Pingora edge proxy serving Istio Gateway/VirtualService/DestinationRule.
+#![forbid(unsafe_code)]
+
+pub mod access_log;
+pub mod admin;
+pub mod balance;
+pub mod cli;
+pub mod listeners;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod server;

@@ -1,0 +1,237 @@
+//! Istio's standard request metrics (so Kiali and Istio's Grafana dashboards work unchanged)
+//! and meshgate's own `meshgate_*` metrics, in one Prometheus registry.
+
+use crate::runtime::cluster::DestinationLabels;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Istio's bucket boundaries for `istio_request_duration_milliseconds`.
+const DURATION_BUCKETS_MS: &[f64] = &[
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
+];
+/// Istio's bucket boundaries for request/response sizes (powers of ten up to 1 GB).
+const SIZE_BUCKETS: &[f64] =
+    &[1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0, 100000000.0, 1000000000.0];
+
+/// Label names of Istio's standard HTTP metrics, in Istio's order.
+const LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_code",
+    "grpc_response_status",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// Who the gateway is, as the `source_*` labels say.
+#[derive(Debug, Clone)]
+pub struct SourceIdentity {
+    pub workload: String,
+    pub namespace: String,
+    pub app: String,
+    pub version: String,
+}
+
+pub struct Metrics {
+    pub registry: Registry,
+    source: SourceIdentity,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    request_bytes: HistogramVec,
+    response_bytes: HistogramVec,
+    pub config_version: IntGauge,
+    pub config_rejected: IntGauge,
+    pub config_swaps: IntCounter,
+    pub config_reloads: IntCounterVec,
+    pub downstream_active: IntGauge,
+    pub downstream_total: IntCounter,
+    pub listeners: IntGauge,
+    pub access_log_dropped: IntCounter,
+}
+
+/// One finished request, as metrics see it.
+pub struct RequestRecord<'a> {
+    pub destination: Option<&'a DestinationLabels>,
+    pub protocol: &'a str,
+    pub code: u16,
+    pub flags: &'a str,
+    pub duration_ms: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+}
+
+impl Metrics {
+    pub fn new(source: SourceIdentity) -> Metrics {
+        let registry = Registry::new();
+        let requests =
+            IntCounterVec::new(Opts::new("istio_requests_total", "Requests processed by the gateway"), LABELS)
+                .expect("static metric definition");
+        let duration = HistogramVec::new(
+            HistogramOpts::new("istio_request_duration_milliseconds", "Request duration in milliseconds")
+                .buckets(DURATION_BUCKETS_MS.to_vec()),
+            LABELS,
+        )
+        .expect("static metric definition");
+        let request_bytes = HistogramVec::new(
+            HistogramOpts::new("istio_request_bytes", "Request body sizes in bytes").buckets(SIZE_BUCKETS.to_vec()),
+            LABELS,
+        )
+        .expect("static metric definition");
+        let response_bytes = HistogramVec::new(
+            HistogramOpts::new("istio_response_bytes", "Response body sizes in bytes").buckets(SIZE_BUCKETS.to_vec()),
+            LABELS,
+        )
+        .expect("static metric definition");
+        let config_version = IntGauge::new("meshgate_config_version", "Version of the snapshot being served")
+            .expect("static metric definition");
+        let config_rejected = IntGauge::new(
+            "meshgate_config_rejected_resources",
+            "Resources rejected (or kept at their last valid version) in the latest config load",
+        )
+        .expect("static metric definition");
+        let config_swaps = IntCounter::new("meshgate_config_swaps_total", "Snapshots swapped into the request path")
+            .expect("static metric definition");
+        let config_reloads =
+            IntCounterVec::new(Opts::new("meshgate_config_reloads_total", "Config loads by result"), &["result"])
+                .expect("static metric definition");
+        let downstream_active = IntGauge::new("meshgate_downstream_connections_active", "Open downstream connections")
+            .expect("static metric definition");
+        let downstream_total =
+            IntCounter::new("meshgate_downstream_connections_total", "Accepted downstream connections")
+                .expect("static metric definition");
+        let listeners =
+            IntGauge::new("meshgate_listeners", "Listening data-plane ports").expect("static metric definition");
+        let access_log_dropped = IntCounter::new(
+            "meshgate_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind",
+        )
+        .expect("static metric definition");
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(request_bytes.clone()),
+            Box::new(response_bytes.clone()),
+            Box::new(config_version.clone()),
+            Box::new(config_rejected.clone()),
+            Box::new(config_swaps.clone()),
+            Box::new(config_reloads.clone()),
+            Box::new(downstream_active.clone()),
+            Box::new(downstream_total.clone()),
+            Box::new(listeners.clone()),
+            Box::new(access_log_dropped.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            source,
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            config_version,
+            config_rejected,
+            config_swaps,
+            config_reloads,
+            downstream_active,
+            downstream_total,
+            listeners,
+            access_log_dropped,
+        }
+    }
+
+    pub fn record(&self, r: &RequestRecord) {
+        let mut code_buf = [0u8; 5];
+        let code = code_str(&mut code_buf, r.code);
+        let unknown = "unknown";
+        let d = r.destination;
+        let s = &self.source;
+        let values: [&str; 25] = [
+            "source",
+            &s.workload,
+            &s.workload,
+            &s.version,
+            &s.namespace,
+            unknown,
+            &s.app,
+            &s.version,
+            "Kubernetes",
+            d.map_or(unknown, |d| &d.workload),
+            d.map_or(unknown, |d| &d.workload_namespace),
+            unknown,
+            d.map_or(unknown, |d| &d.app),
+            d.map_or(unknown, |d| &d.version),
+            d.map_or(unknown, |d| &d.service),
+            d.map_or(unknown, |d| if d.app == "unknown" { &d.service_name } else { &d.app }),
+            d.map_or(unknown, |d| if d.version == "unknown" { "latest" } else { &d.version }),
+            d.map_or(unknown, |d| &d.service_name),
+            d.map_or(unknown, |d| &d.service_namespace),
+            "Kubernetes",
+            r.protocol,
+            code,
+            "-",
+            r.flags,
+            "none",
+        ];
+        self.requests.with_label_values(&values).inc();
+        self.duration.with_label_values(&values).observe(r.duration_ms);
+        self.request_bytes.with_label_values(&values).observe(r.request_bytes as f64);
+        self.response_bytes.with_label_values(&values).observe(r.response_bytes as f64);
+    }
+
+    /// Prometheus text exposition of everything registered.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// Formats a status code without allocating.
+fn code_str(buf: &mut [u8; 5], code: u16) -> &str {
+    let mut n = code;
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_format() {
+        let mut b = [0u8; 5];
+        assert_eq!(code_str(&mut b, 200), "200");
+        assert_eq!(code_str(&mut b, 0), "0");
+        assert_eq!(code_str(&mut b, 503), "503");
+    }
+}

@@ -1,0 +1,314 @@
+//! The HTTP data path: one [`MeshProxy`] per listener port, implementing Pingora's `ProxyHttp`.
+//!
+//! ```text
+//!  request_filter ── host → virtual host → first matching route → weighted cluster
+//!       │            → endpoint (LB pick, guard held in ctx); 404 NR / 503 UH answered here
+//!  upstream_peer ─── HttpPeer for the picked endpoint (pool reuse keyed by address)
+//!  upstream_request_filter ── x-forwarded-for/-proto, x-request-id; start upstream timer
+//!  upstream_response_filter ─ x-envoy-upstream-service-time
+//!  response_filter ── server header, consistent-hash cookie
+//!  fail_to_connect / fail_to_proxy ── UF → 503, UT → 504, Envoy-style bodies
+//!  logging ───────── istio_* metrics, access log line, LB guard released (ctx drop)
+//! ```
+
+mod local_reply;
+mod request;
+
+use crate::access_log::{AccessLog, Entry};
+use crate::balance::{hash_key, Pick};
+use crate::metrics::{Metrics, RequestRecord};
+use crate::runtime::cluster::ClusterRuntime;
+use crate::runtime::matcher::RequestView;
+use crate::runtime::{Current, Route, Runtime};
+use async_trait::async_trait;
+use controller::snapshot::HashKey;
+use local_reply::LocalReply;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Envoy's default connect timeout in Istio (DestinationRule connectionPool.tcp.connectTimeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle upstream connections are kept this long for reuse.
+const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Shared by every listener's proxy.
+pub struct Shared {
+    pub current: Arc<Current>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: AccessLog,
+}
+
+pub struct MeshProxy {
+    /// The Gateway server port (Service port) this listener serves.
+    pub port: u16,
+    pub shared: Arc<Shared>,
+}
+
+/// Per-request state (pingora `CTX`).
+pub struct Ctx {
+    start: Instant,
+    runtime: Option<Arc<Runtime>>,
+    route: Option<Arc<Route>>,
+    cluster: Option<Arc<ClusterRuntime>>,
+    endpoint: Option<usize>,
+    /// Holds the endpoint's in-flight count until the request ends.
+    pick: Option<Pick>,
+    flags: &'static str,
+    local_code: Option<u16>,
+    request_id: Option<String>,
+    set_cookie: Option<String>,
+    upstream_start: Option<Instant>,
+    upstream_time_ms: Option<u64>,
+}
+
+#[async_trait]
+impl ProxyHttp for MeshProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            runtime: None,
+            route: None,
+            cluster: None,
+            endpoint: None,
+            pick: None,
+            flags: "-",
+            local_code: None,
+            request_id: None,
+            set_cookie: None,
+            upstream_start: None,
+            upstream_time_ms: None,
+        }
+    }
+
+    /// Routing: host, route, cluster, endpoint. Answers 404/503 locally when any step fails.
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let runtime = self.shared.current.load();
+        let decision = route_request(&runtime, self.port, session, ctx);
+        ctx.runtime = Some(runtime);
+        ensure_request_id(session, ctx);
+        match decision {
+            Ok(()) => Ok(false),
+            Err(reply) => {
+                ctx.flags = reply.flags;
+                ctx.local_code = Some(reply.code);
+                reply.send(session).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The endpoint picked in `request_filter`.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(cluster), Some(i)) = (&ctx.cluster, ctx.endpoint) else {
+            return Err(Error::explain(ErrorType::InternalError, "no endpoint picked"));
+        };
+        let endpoint = &cluster.endpoints[i];
+        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        if let Some(timeout) = ctx.route.as_ref().and_then(|r| r.timeout) {
+            peer.options.read_timeout = Some(timeout);
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// Headers Envoy adds on the way up (use_remote_address = true, as Istio configures).
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
+                _ => ip.to_string(),
+            };
+            upstream.insert_header("x-forwarded-for", xff)?;
+        }
+        upstream.insert_header("x-forwarded-proto", "http")?;
+        ctx.upstream_start = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(start) = ctx.upstream_start {
+            let ms = start.elapsed().as_millis() as u64;
+            ctx.upstream_time_ms = Some(ms);
+            resp.insert_header("x-envoy-upstream-service-time", ms.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        // Envoy overwrites the server header by default; scripts that look for it keep working.
+        resp.insert_header("server", "istio-envoy")?;
+        if let Some(cookie) = ctx.set_cookie.take() {
+            resp.append_header("set-cookie", cookie)?;
+        }
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.flags = "UF";
+        e.set_retry(false);
+        e
+    }
+
+    /// Envoy-compatible status and body for upstream failures.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let reply = match e.esource() {
+            pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, ctx.flags)),
+            pingora_error::ErrorSource::Downstream => {
+                ctx.flags = "DC";
+                None
+            }
+            _ => Some(LocalReply::internal()),
+        };
+        let mut code = 0;
+        if let Some(reply) = reply {
+            ctx.flags = reply.flags;
+            code = reply.code;
+            ctx.local_code = Some(code);
+            if session.response_written().is_none() {
+                let _ = reply.send(session).await;
+            }
+        }
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    /// Metrics and access log; the LB guard in `ctx` is released when ctx drops after this.
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let code = session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0);
+        let duration = ctx.start.elapsed();
+        let endpoint = ctx.cluster.as_ref().zip(ctx.endpoint).map(|(c, i)| &c.endpoints[i]);
+        let destination = endpoint.map(|e| &*e.labels).or_else(|| ctx.cluster.as_ref().map(|c| &*c.service_labels));
+        let req = session.req_header();
+        let protocol = request::protocol_label(req);
+        let request_bytes = session.body_bytes_read() as u64;
+        let response_bytes = session.body_bytes_sent() as u64;
+        self.shared.metrics.record(&RequestRecord {
+            destination,
+            protocol,
+            code,
+            flags: ctx.flags,
+            duration_ms: duration.as_secs_f64() * 1000.0,
+            request_bytes,
+            response_bytes,
+        });
+        if self.shared.access_log.enabled() {
+            let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+            self.shared.access_log.log(Entry {
+                start_time: request::rfc3339_now_minus(duration),
+                method: req.method.as_str().to_string(),
+                authority: request::authority(req).unwrap_or_default().to_string(),
+                path: req.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
+                protocol: request::protocol_name(req),
+                response_code: code,
+                response_flags: ctx.flags,
+                bytes_received: request_bytes,
+                bytes_sent: response_bytes,
+                duration: duration.as_millis() as u64,
+                upstream_service_time: ctx.upstream_time_ms,
+                upstream_host: endpoint.map(|e| e.addr.to_string()),
+                upstream_cluster: ctx.cluster.as_ref().map(|c| c.definition.name.clone()),
+                route_name: ctx.route.as_ref().map(|r| r.name.clone()),
+                request_id: ctx.request_id.clone(),
+                x_forwarded_for: header("x-forwarded-for"),
+                user_agent: header("user-agent"),
+                downstream_remote_address: session.client_addr().map(|a| a.to_string()),
+            });
+        }
+        ctx.pick = None;
+    }
+}
+
+/// Finds route, cluster and endpoint for the request, or the local reply to send.
+fn route_request(
+    runtime: &Runtime,
+    port: u16,
+    session: &mut Session,
+    ctx: &mut Ctx,
+) -> std::result::Result<(), LocalReply> {
+    let listener = runtime.listeners.get(&port).ok_or_else(LocalReply::no_route)?;
+    let req = session.req_header();
+    let host = request::host_without_port(req);
+    let host = request::lowercase(host);
+    let vhost = listener.hosts.find(&host).ok_or_else(LocalReply::no_route)?;
+    let view = RequestView {
+        path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        method: req.method.as_str(),
+        scheme: "http",
+        authority: &host,
+        headers: &req.headers,
+        port,
+    };
+    let route = vhost.routes.iter().find(|r| r.matches(&view)).ok_or_else(LocalReply::no_route)?.clone();
+    let cluster = route.pick_cluster().cloned();
+    ctx.route = Some(route);
+    let cluster = cluster.ok_or_else(LocalReply::no_cluster)?;
+    let hash = request_hash(&cluster, session, ctx);
+    ctx.cluster = Some(cluster.clone());
+    let pick = cluster.balancer.pick(hash, None).ok_or_else(LocalReply::no_healthy_upstream)?;
+    ctx.endpoint = Some(pick.index());
+    ctx.pick = Some(pick);
+    Ok(())
+}
+
+/// The consistent-hash input for clusters that use one. A missing cookie is generated and
+/// set on the response, so the client sticks from its next request on.
+fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Ctx) -> Option<u64> {
+    let key = cluster.hash_key.as_ref()?;
+    let req = session.req_header();
+    match key {
+        HashKey::Header(name) => req.headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
+        HashKey::QueryParameter(name) => request::query_param(req, name).map(|v| hash_key(v.as_bytes())),
+        HashKey::SourceIp => session.client_addr().and_then(|a| a.as_inet()).map(|a| match a.ip() {
+            std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
+            std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
+        }),
+        HashKey::Cookie { name, path, ttl_seconds } => {
+            if let Some(value) = request::cookie(req, name) {
+                return Some(hash_key(value.as_bytes()));
+            }
+            let value = format!("{:016x}", fastrand::u64(..));
+            let mut cookie = format!("{name}=\"{value}\"");
+            if let Some(ttl) = ttl_seconds.filter(|t| *t > 0) {
+                cookie.push_str(&format!("; Max-Age={ttl}"));
+            }
+            if let Some(path) = path {
+                cookie.push_str(&format!("; Path={path}"));
+            }
+            cookie.push_str("; HttpOnly");
+            ctx.set_cookie = Some(cookie);
+            Some(hash_key(value.as_bytes()))
+        }
+    }
+}
+
+fn ensure_request_id(session: &mut Session, ctx: &mut Ctx) {
+    let existing = session.req_header().headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let id = existing.unwrap_or_else(|| {
+        let id = request::uuid_v4();
+        let _ = session.req_header_mut().insert_header("x-request-id", id.clone());
+        id
+    });
+    ctx.request_id = Some(id);
+}

@@ -1,0 +1,150 @@
+//! Small readers over the request header, allocation-free where the request path needs it.
+
+use pingora_http::RequestHeader;
+use std::borrow::Cow;
+
+/// `Host` (HTTP/1) or the URI authority (HTTP/2).
+pub fn authority(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// Host without `:port` (IPv6 literals keep their brackets), as Istio gateways match it.
+pub fn host_without_port(req: &RequestHeader) -> &str {
+    let host = authority(req).unwrap_or("");
+    strip_port(host)
+}
+
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}
+
+pub fn lowercase(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then_some(v)
+    })
+}
+
+pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+    req.headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
+        line.split(';').find_map(|c| {
+            let (k, v) = c.trim().split_once('=')?;
+            (k == name).then(|| v.trim_matches('"'))
+        })
+    })
+}
+
+/// `request_protocol` label: Istio reports `http` or `grpc`.
+pub fn protocol_label(req: &RequestHeader) -> &'static str {
+    let grpc = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if grpc {
+        "grpc"
+    } else {
+        "http"
+    }
+}
+
+/// Envoy's %PROTOCOL%.
+pub fn protocol_name(req: &RequestHeader) -> &'static str {
+    match req.version {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Random (version 4) UUID, as Envoy generates for x-request-id.
+pub fn uuid_v4() -> String {
+    let mut b = fastrand::u128(..).to_be_bytes();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = |r: std::ops::Range<usize>| b[r].iter().map(|x| format!("{x:02x}")).collect::<String>();
+    format!("{}-{}-{}-{}-{}", h(0..4), h(4..6), h(6..8), h(8..10), h(10..16))
+}
+
+/// Start time of a request that has run for `elapsed`, RFC 3339 UTC with milliseconds.
+pub fn rfc3339_now_minus(elapsed: std::time::Duration) -> String {
+    let start = std::time::SystemTime::now() - elapsed;
+    httpdate_like_rfc3339(start)
+}
+
+fn httpdate_like_rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+}
+
+/// Days since 1970-01-01 → (year, month, day), Howard Hinnant's civil calendar algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("demoapp.magedu.com:32070"), "demoapp.magedu.com");
+        assert_eq!(strip_port("demoapp.magedu.com"), "demoapp.magedu.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn cookies_and_query() {
+        let mut req = RequestHeader::build("GET", b"/x?user=7&b", None).unwrap();
+        req.insert_header("cookie", "a=1; session=\"abc\"").unwrap();
+        assert_eq!(cookie(&req, "session"), Some("abc"));
+        assert_eq!(cookie(&req, "missing"), None);
+        assert_eq!(query_param(&req, "user"), Some("7"));
+        assert_eq!(query_param(&req, "b"), Some(""));
+        assert_eq!(query_param(&req, "c"), None);
+    }
+
+    #[test]
+    fn uuid_shape() {
+        let id = uuid_v4();
+        assert_eq!(id.len(), 36);
+        assert_eq!(&id[14..15], "4");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+    }
+}

@@ -1,0 +1,248 @@
+//! Compiled route matchers. Regexes are compiled once per snapshot; matching never allocates
+//! for the common cases (exact and prefix on path and headers).
+
+use controller::snapshot::{KeyMatch, RouteMatch, StringMatch};
+use http::HeaderMap;
+use regex::Regex;
+
+/// What a route match looks at, borrowed from the request.
+pub struct RequestView<'a> {
+    /// `:path` as received, query included.
+    pub path: &'a str,
+    pub method: &'a str,
+    pub scheme: &'a str,
+    /// Host without port, lowercase.
+    pub authority: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The Gateway server port the request arrived on.
+    pub port: u16,
+}
+
+impl RequestView<'_> {
+    fn path_without_query(&self) -> &str {
+        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+    }
+
+    fn query(&self) -> &str {
+        self.path.split_once('?').map_or("", |(_, q)| q)
+    }
+}
+
+#[derive(Debug)]
+enum Matcher {
+    Exact(String),
+    Prefix(String),
+    /// Case-insensitive variants hold the lowercase pattern.
+    ExactNoCase(String),
+    PrefixNoCase(String),
+    Regex(Regex),
+}
+
+impl Matcher {
+    fn compile(m: &StringMatch, ignore_case: bool) -> Result<Matcher, regex::Error> {
+        Ok(match (m, ignore_case) {
+            (StringMatch::Exact(s), false) => Matcher::Exact(s.clone()),
+            (StringMatch::Prefix(s), false) => Matcher::Prefix(s.clone()),
+            (StringMatch::Exact(s), true) => Matcher::ExactNoCase(s.to_ascii_lowercase()),
+            (StringMatch::Prefix(s), true) => Matcher::PrefixNoCase(s.to_ascii_lowercase()),
+            // Envoy's safe_regex must match the whole value; anchor explicitly.
+            (StringMatch::Regex(r), ci) => {
+                let flags = if ci { "(?i)" } else { "" };
+                Matcher::Regex(Regex::new(&format!("{flags}^(?:{r})$"))?)
+            }
+        })
+    }
+
+    fn matches(&self, value: &str) -> bool {
+        match self {
+            Matcher::Exact(s) => value == s,
+            Matcher::Prefix(s) => value.starts_with(s.as_str()),
+            Matcher::ExactNoCase(s) => value.eq_ignore_ascii_case(s),
+            Matcher::PrefixNoCase(s) => {
+                value.len() >= s.len() && value.is_char_boundary(s.len()) && value[..s.len()].eq_ignore_ascii_case(s)
+            }
+            Matcher::Regex(r) => r.is_match(value),
+        }
+    }
+
+    fn is_prefix(&self) -> bool {
+        matches!(self, Matcher::Prefix(_) | Matcher::PrefixNoCase(_))
+    }
+}
+
+#[derive(Debug)]
+struct Keyed {
+    name: String,
+    value: Option<Matcher>,
+}
+
+impl Keyed {
+    fn compile(k: &KeyMatch) -> Result<Keyed, regex::Error> {
+        Ok(Keyed { name: k.name.clone(), value: k.value.as_ref().map(|v| Matcher::compile(v, false)).transpose()? })
+    }
+}
+
+/// One Istio `HTTPMatchRequest`: every condition must hold.
+#[derive(Debug)]
+pub struct CompiledMatch {
+    uri: Option<Matcher>,
+    scheme: Option<Matcher>,
+    method: Option<Matcher>,
+    authority: Option<Matcher>,
+    headers: Vec<Keyed>,
+    without_headers: Vec<Keyed>,
+    query_params: Vec<Keyed>,
+    port: Option<u16>,
+}
+
+impl CompiledMatch {
+    pub fn compile(m: &RouteMatch) -> Result<CompiledMatch, regex::Error> {
+        let one = |s: &Option<StringMatch>, ci: bool| s.as_ref().map(|s| Matcher::compile(s, ci)).transpose();
+        let many = |v: &[KeyMatch]| v.iter().map(Keyed::compile).collect::<Result<Vec<_>, _>>();
+        Ok(CompiledMatch {
+            uri: one(&m.uri, m.ignore_uri_case)?,
+            scheme: one(&m.scheme, false)?,
+            method: one(&m.method, false)?,
+            authority: one(&m.authority, false)?,
+            headers: many(&m.headers)?,
+            without_headers: many(&m.without_headers)?,
+            query_params: many(&m.query_params)?,
+            port: m.port,
+        })
+    }
+
+    pub fn matches(&self, req: &RequestView) -> bool {
+        if self.port.is_some_and(|p| p != req.port) {
+            return false;
+        }
+        if let Some(uri) = &self.uri {
+            // Envoy: prefix matches the raw :path; exact and regex ignore the query string.
+            let subject = if uri.is_prefix() { req.path } else { req.path_without_query() };
+            if !uri.matches(subject) {
+                return false;
+            }
+        }
+        if self.method.as_ref().is_some_and(|m| !m.matches(req.method))
+            || self.scheme.as_ref().is_some_and(|m| !m.matches(req.scheme))
+            || self.authority.as_ref().is_some_and(|m| !m.matches(req.authority))
+        {
+            return false;
+        }
+        if !self.headers.iter().all(|h| header_matches(h, req.headers)) {
+            return false;
+        }
+        if self.without_headers.iter().any(|h| header_matches(h, req.headers)) {
+            return false;
+        }
+        if !self.query_params.is_empty() {
+            let query = req.query();
+            if !self.query_params.iter().all(|q| query_matches(q, query)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+fn header_matches(k: &Keyed, headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(k.name.as_str()) else { return false };
+    match &k.value {
+        None => true,
+        Some(m) => value.to_str().is_ok_and(|v| m.matches(v)),
+    }
+}
+
+fn query_matches(k: &Keyed, query: &str) -> bool {
+    query.split('&').any(|pair| {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        name == k.name && k.value.as_ref().is_none_or(|m| m.matches(value))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView { path, method: "GET", scheme: "http", authority: "bookinfo.com", headers, port: 80 }
+    }
+
+    fn compile(m: RouteMatch) -> CompiledMatch {
+        CompiledMatch::compile(&m).unwrap()
+    }
+
+    #[test]
+    fn uri_kinds() {
+        let h = HeaderMap::new();
+        let exact = compile(RouteMatch { uri: Some(StringMatch::Exact("/productpage".into())), ..Default::default() });
+        assert!(exact.matches(&view("/productpage", &h)));
+        assert!(exact.matches(&view("/productpage?u=1", &h)));
+        assert!(!exact.matches(&view("/productpage/x", &h)));
+        let prefix = compile(RouteMatch { uri: Some(StringMatch::Prefix("/static".into())), ..Default::default() });
+        assert!(prefix.matches(&view("/static/css", &h)));
+        assert!(!prefix.matches(&view("/stat", &h)));
+        let regex =
+            compile(RouteMatch { uri: Some(StringMatch::Regex("/api/v[0-9]+/.*".into())), ..Default::default() });
+        assert!(regex.matches(&view("/api/v1/products", &h)));
+        assert!(!regex.matches(&view("/x/api/v1/products", &h)), "regex is a full match");
+        let ci = compile(RouteMatch {
+            uri: Some(StringMatch::Prefix("/Static".into())),
+            ignore_uri_case: true,
+            ..Default::default()
+        });
+        assert!(ci.matches(&view("/STATIC/a", &h)));
+    }
+
+    #[test]
+    fn headers_presence_and_absence() {
+        let mut h = HeaderMap::new();
+        h.insert("end-user", "jason".parse().unwrap());
+        let m = compile(RouteMatch {
+            headers: vec![KeyMatch { name: "end-user".into(), value: Some(StringMatch::Exact("jason".into())) }],
+            ..Default::default()
+        });
+        assert!(m.matches(&view("/", &h)));
+        let present = compile(RouteMatch {
+            headers: vec![KeyMatch { name: "end-user".into(), value: None }],
+            ..Default::default()
+        });
+        assert!(present.matches(&view("/", &h)));
+        assert!(!present.matches(&view("/", &HeaderMap::new())));
+        let without = compile(RouteMatch {
+            without_headers: vec![KeyMatch { name: "end-user".into(), value: None }],
+            ..Default::default()
+        });
+        assert!(!without.matches(&view("/", &h)));
+        assert!(without.matches(&view("/", &HeaderMap::new())));
+    }
+
+    #[test]
+    fn query_params_and_port() {
+        let h = HeaderMap::new();
+        let m = compile(RouteMatch {
+            query_params: vec![KeyMatch { name: "v".into(), value: Some(StringMatch::Exact("2".into())) }],
+            port: Some(80),
+            ..Default::default()
+        });
+        assert!(m.matches(&view("/x?a=1&v=2", &h)));
+        assert!(!m.matches(&view("/x?v=3", &h)));
+        assert!(!m.matches(&view("/x", &h)));
+        let mut other_port = view("/x?v=2", &h);
+        other_port.port = 81;
+        assert!(!m.matches(&other_port));
+    }
+
+    #[test]
+    fn method_and_authority() {
+        let h = HeaderMap::new();
+        let m = compile(RouteMatch {
+            method: Some(StringMatch::Exact("POST".into())),
+            authority: Some(StringMatch::Prefix("book".into())),
+            ..Default::default()
+        });
+        let mut v = view("/", &h);
+        assert!(!m.matches(&v));
+        v.method = "POST";
+        assert!(m.matches(&v));
+    }
+}

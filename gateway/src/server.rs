@@ -1,0 +1,212 @@
+//! Wiring of the embedded default: config files → controller (in-process) → snapshots →
+//! compiled runtime → listeners; plus status/metrics/admin servers, signals and draining.
+
+use crate::access_log::AccessLog;
+use crate::admin::{AdminApp, Role};
+use crate::cli::RunArgs;
+use crate::listeners::{self, Acceptor, Connections};
+use crate::metrics::{Metrics, SourceIdentity};
+use crate::proxy::{MeshProxy, Shared};
+use crate::runtime::Current;
+use anyhow::{Context, Result};
+use controller::publish::{Outcome, Publisher};
+use controller::snapshot::Snapshot;
+use controller::source::{files, watch::FileWatcher};
+use controller::{Level, Options};
+use pingora_core::apps::ServerApp;
+use pingora_core::server::configuration::ServerConf;
+use pingora_proxy::HttpProxy;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+type Proxy = HttpProxy<MeshProxy>;
+
+/// The data-plane listeners: one accept loop and one pingora proxy per Gateway port.
+struct DataPlane {
+    args: RunArgs,
+    conf: Arc<ServerConf>,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+    connections: Connections,
+    running: BTreeMap<u16, (Acceptor, Arc<Proxy>)>,
+}
+
+impl DataPlane {
+    /// Opens listeners for new ports and closes those no snapshot listener needs any more.
+    /// Listeners whose port stays are not touched.
+    fn sync(&mut self, snapshot: &Snapshot) {
+        let wanted: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
+        let gone: Vec<u16> = self.running.keys().filter(|p| !wanted.contains(p)).copied().collect();
+        for port in gone {
+            if let Some((acceptor, _)) = self.running.remove(&port) {
+                tracing::info!(port, addr = %acceptor.addr, "listener closed");
+                acceptor.stop();
+            }
+        }
+        for port in wanted {
+            if self.running.contains_key(&port) {
+                continue;
+            }
+            let addr = self.args.listen_addr(port);
+            let proxy =
+                Arc::new(pingora_proxy::http_proxy(&self.conf, MeshProxy { port, shared: self.shared.clone() }));
+            match listeners::start(addr, proxy.clone(), self.shutdown.clone(), self.connections.clone()) {
+                Ok(acceptor) => {
+                    tracing::info!(port, addr = %acceptor.addr, "listener open");
+                    self.running.insert(port, (acceptor, proxy));
+                }
+                // A port we cannot bind must not take the others down; the next snapshot retries.
+                Err(e) => tracing::error!(port, %addr, error = %e, "cannot listen for gateway port"),
+            }
+        }
+        self.shared.metrics.listeners.set(self.running.len() as i64);
+    }
+
+    /// Stops accepting everywhere and tells idle keep-alive connections to close.
+    async fn stop_accepting(&mut self) {
+        for (_, (acceptor, proxy)) in std::mem::take(&mut self.running) {
+            acceptor.stop();
+            proxy.cleanup().await;
+        }
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    anyhow::ensure!(!args.config.is_empty(), "--config PATH is required (a folder or file of Istio YAML)");
+    let identity = &args.identity;
+    let metrics = Arc::new(Metrics::new(SourceIdentity {
+        workload: args.workload_name.clone(),
+        namespace: identity.namespace.clone(),
+        app: identity.labels.get("app").cloned().unwrap_or_else(|| "istio-ingressgateway".into()),
+        version: "unknown".into(),
+    }));
+    let access_log =
+        AccessLog::start(&args.access_log, metrics.access_log_dropped.clone()).context("opening the access log")?;
+    let current = Arc::new(Current::new());
+    let shared = Arc::new(Shared { current: current.clone(), metrics: metrics.clone(), access_log });
+    let draining = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let connections = Connections::new(metrics.downstream_active.clone(), metrics.downstream_total.clone());
+
+    // Status, metrics and admin servers come up first so probes answer (503) while loading.
+    let mut side = Vec::new();
+    for (role, addr) in
+        [(Role::Status, args.status_addr), (Role::Metrics, args.metrics_addr), (Role::Admin, args.admin_addr)]
+    {
+        let app =
+            Arc::new(AdminApp { role, current: current.clone(), metrics: metrics.clone(), draining: draining.clone() });
+        let side_conns = Connections::new(
+            prometheus::IntGauge::new("side_active", "-")?,
+            prometheus::IntCounter::new("side_total", "-")?,
+        );
+        let acceptor = listeners::start(addr, app, shutdown_rx.clone(), side_conns)
+            .with_context(|| format!("listening on {addr} for {role:?}"))?;
+        tracing::info!(?role, addr = %acceptor.addr, "admin listener open");
+        side.push(acceptor);
+    }
+
+    let options = Options { labels: identity.labels.clone(), namespace: identity.namespace.clone() };
+    let (publisher, mut snapshots) = Publisher::new(options);
+    spawn_config_loop(args.config.clone(), publisher, metrics.clone())?;
+
+    // Pingora's max_retries counts attempts (1 = no retry). Retries come from VirtualService
+    // policy, not from a blanket count.
+    let conf = ServerConf { max_retries: 1, ..Default::default() };
+    let mut data = DataPlane {
+        args: args.clone(),
+        conf: Arc::new(conf),
+        shared,
+        shutdown: shutdown_rx.clone(),
+        connections: connections.clone(),
+        running: BTreeMap::new(),
+    };
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let snapshot = snapshots.borrow_and_update().clone();
+                if snapshot.version == 0 {
+                    continue;
+                }
+                // Compile off the async workers: large configs must not stall requests.
+                let cur = current.clone();
+                let snap = snapshot.clone();
+                let version = tokio::task::spawn_blocking(move || cur.swap(snap)).await?;
+                data.sync(&snapshot);
+                metrics.config_version.set(version as i64);
+                metrics.config_swaps.inc();
+                tracing::info!(version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "snapshot serving");
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    // Drain: fail readiness, stop accepting, close idle keep-alives, wait for in-flight work.
+    tracing::info!(drain_seconds = args.drain_seconds, open = connections.count(), "draining");
+    draining.store(true, Ordering::Release);
+    let _ = shutdown_tx.send(true);
+    data.stop_accepting().await;
+    let drained = tokio::time::timeout(Duration::from_secs(args.drain_seconds), connections.wait_idle()).await.is_ok();
+    tracing::info!(drained, open = connections.count(), "exiting");
+    for s in side {
+        s.stop();
+    }
+    Ok(())
+}
+
+/// Loads, translates and publishes on a plain thread (file reads block), then again on every
+/// change under the config paths.
+fn spawn_config_loop(paths: Vec<std::path::PathBuf>, mut publisher: Publisher, metrics: Arc<Metrics>) -> Result<()> {
+    let watcher = match FileWatcher::new(&paths) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch config paths; changes need a restart");
+            None
+        }
+    };
+    std::thread::Builder::new().name("config".into()).spawn(move || {
+        let reload = |publisher: &mut Publisher| {
+            let outcome = publisher.apply(files::load(&paths));
+            report(&outcome, &metrics);
+        };
+        reload(&mut publisher);
+        if let Some(watcher) = watcher {
+            while watcher.wait(Duration::from_millis(30)) {
+                reload(&mut publisher);
+            }
+        }
+    })?;
+    Ok(())
+}
+
+fn report(outcome: &Outcome, metrics: &Metrics) {
+    for d in outcome.diagnostics.iter() {
+        match d.level {
+            Level::Error => tracing::error!("{d}"),
+            Level::Warning => tracing::warn!("{d}"),
+            Level::Info => tracing::info!("{d}"),
+        }
+    }
+    metrics.config_rejected.set(outcome.rejected as i64);
+    let result = if outcome.rejected > 0 { "partial" } else { "ok" };
+    metrics.config_reloads.with_label_values(&[result]).inc();
+    if outcome.changed {
+        tracing::info!(
+            version = outcome.version,
+            errors = outcome.diagnostics.errors(),
+            warnings = outcome.diagnostics.warnings(),
+            "config translated"
+        );
+    } else {
+        tracing::debug!(version = outcome.version, "config unchanged");
+    }
+}

@@ -1,0 +1,54 @@
+//! End-to-end test harness for meshgate.
+//!
+//! The gateway is exercised as a black box: real upstream HTTP servers
+//! ([`upstream`]), the real `gateway` binary launched as a child process
+//! ([`gateway`]), a plain HTTP client ([`client`]) and config folders with
+//! Kubernetes YAML builders ([`config`]). This crate deliberately does not
+//! depend on the `gateway` or `controller` crates, so suites test only the
+//! shipped contract and keep compiling while those crates change.
+//!
+//! Typical suite:
+//!
+//! ```ignore
+//! use meshgate_e2e::prelude::*;
+//!
+//! let v1 = Upstream::new("reviews").version("v1").start().await;
+//! let cfg = ConfigDir::new()?;
+//! cfg.write("svc.yaml", &service_named("reviews", "default", "http", 9080, 9080))?;
+//! cfg.write("ep.yaml", &endpoints_for("reviews", "default", Some("http"), &[(&v1, &[("version", "v1")])]))?;
+//! cfg.write("gw.yaml", GATEWAY_AND_VIRTUALSERVICE_YAML)?;
+//! let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).start().await?;
+//! let r = get(gw.addr(80), "/reviews/1").host("bookinfo.example.com").send().await?;
+//! assert_eq!(r.echo()?.version, "v1");
+//! ```
+
+pub mod client;
+pub mod config;
+pub mod gateway;
+pub mod manifest;
+pub mod upstream;
+
+pub use client::{
+    admin_get, get, metric_sum, metric_value, metrics, post, raw_http, raw_http_timeout, request, HttpClient,
+    RequestBuilder, Response,
+};
+pub use config::{
+    docs, endpoint_slice, endpoints_for, namespace, pod, service, service_named, service_ports, BackendAddr, ConfigDir,
+};
+pub use gateway::{free_addr, gateway_bin, run_analyze, GatewayBuilder, GatewayProcess};
+pub use upstream::{pattern_bytes, Echo, Upstream, UpstreamBuilder};
+
+/// Everything a suite usually needs, plus `Duration`, `SocketAddr` and
+/// `StatusCode`.
+pub mod prelude {
+    pub use crate::client::*;
+    pub use crate::config::*;
+    pub use crate::gateway::*;
+    pub use crate::upstream::*;
+    pub use http::{Method, StatusCode};
+    pub use std::net::SocketAddr;
+    pub use std::time::Duration;
+}
+
+#[cfg(test)]
+mod selftest;
