@@ -1,0 +1,85 @@
+//! YAML and setup shared by the suites.
+#![allow(dead_code)]
+
+use meshgate_e2e::prelude::*;
+
+/// A Gateway in istio-system selecting the default ingress gateway labels.
+pub fn gateway(name: &str, port: u16, hosts: &[&str]) -> String {
+    let hosts: String = hosts.iter().map(|h| format!("\n    - \"{h}\"")).collect();
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata:
+  name: {name}
+  namespace: istio-system
+spec:
+  selector:
+    istio: ingressgateway
+  servers:
+  - port:
+      number: {port}
+      name: http-{port}
+      protocol: HTTP
+    hosts:{hosts}
+"#
+    )
+}
+
+/// A service `name` in `default` on port 9080 backed by the upstreams, labelled by version.
+pub fn backends(name: &str, upstreams: &[&Upstream]) -> String {
+    let svc = service_named(name, "default", "http", 9080, 9080);
+    let list: Vec<(&Upstream, Vec<(&str, &str)>)> =
+        upstreams.iter().map(|u| (*u, vec![("version", u.version())])).collect();
+    let refs: Vec<(&Upstream, &[(&str, &str)])> = list.iter().map(|(u, l)| (*u, l.as_slice())).collect();
+    docs(&[svc, endpoints_for(name, "default", Some("http"), &refs)])
+}
+
+/// DestinationRule with subsets v1..vN by `version` label and an optional traffic policy block.
+pub fn destination_rule(host: &str, versions: &[&str], policy: &str) -> String {
+    let subsets: String =
+        versions.iter().map(|v| format!("\n  - name: {v}\n    labels:\n      version: {v}")).collect();
+    let policy = if policy.is_empty() { String::new() } else { format!("\n  trafficPolicy:\n{policy}") };
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata:
+  name: {host}
+  namespace: default
+spec:
+  host: {host}{policy}
+  subsets:{subsets}
+"#
+    )
+}
+
+/// Starts the gateway on `cfg` with the given Gateway ports.
+pub async fn start(cfg: &ConfigDir, ports: &[u16]) -> GatewayProcess {
+    GatewayProcess::builder().config(cfg.path()).ports(ports).start().await.expect("gateway starts")
+}
+
+/// Polls `check` until it returns true or `deadline` passes (readiness-style waiting).
+pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Which upstream pod/version answered, via the echo body.
+pub async fn version_of(gw: &GatewayProcess, port: u16, path: &str, host: &str) -> String {
+    let r = get(gw.addr(port), path).host(host).send().await.expect("request");
+    match r.echo() {
+        Ok(e) => e.version,
+        Err(_) => format!("status {}", r.status.as_u16()),
+    }
+}
