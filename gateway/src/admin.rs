@@ -21,12 +21,14 @@ pub struct AdminApp {
     pub role: Role,
     pub current: Arc<Current>,
     pub metrics: Arc<Metrics>,
+    /// Set once the first snapshot is compiled and its listeners are open.
+    pub serving: Arc<AtomicBool>,
     pub draining: Arc<AtomicBool>,
 }
 
 impl AdminApp {
     fn ready(&self) -> bool {
-        self.current.version() > 0 && !self.draining.load(Ordering::Acquire)
+        self.serving.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 
     fn route(&self, path: &str) -> (StatusCode, &'static str, Vec<u8>) {

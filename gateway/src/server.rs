@@ -88,6 +88,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let current = Arc::new(Current::new());
     let shared = Arc::new(Shared { current: current.clone(), metrics: metrics.clone(), access_log });
     let draining = Arc::new(AtomicBool::new(false));
+    let serving = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let connections = Connections::new(metrics.downstream_active.clone(), metrics.downstream_total.clone());
 
@@ -96,8 +97,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for (role, addr) in
         [(Role::Status, args.status_addr), (Role::Metrics, args.metrics_addr), (Role::Admin, args.admin_addr)]
     {
-        let app =
-            Arc::new(AdminApp { role, current: current.clone(), metrics: metrics.clone(), draining: draining.clone() });
+        let app = Arc::new(AdminApp {
+            role,
+            current: current.clone(),
+            metrics: metrics.clone(),
+            serving: serving.clone(),
+            draining: draining.clone(),
+        });
         let side_conns = Connections::new(
             prometheus::IntGauge::new("side_active", "-")?,
             prometheus::IntCounter::new("side_total", "-")?,
@@ -141,6 +147,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let snap = snapshot.clone();
                 let version = tokio::task::spawn_blocking(move || cur.swap(snap)).await?;
                 data.sync(&snapshot);
+                serving.store(true, Ordering::Release);
                 metrics.config_version.set(version as i64);
                 metrics.config_swaps.inc();
                 tracing::info!(version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "snapshot serving");
