@@ -17,7 +17,8 @@ pub struct Outcome {
     pub version: u64,
     pub changed: bool,
     pub diagnostics: Diagnostics,
-    /// Resources left out (or kept at their last good version) because of errors.
+    /// Resources left out (or kept at their last good version) because of errors, plus files
+    /// that could not be read or parsed.
     pub rejected: usize,
 }
 
@@ -55,14 +56,25 @@ impl Publisher {
         if let Some(prev) = &self.last_good {
             let restored = store.restore_resources(prev, &rejected_refs);
             if !restored.is_empty() {
-                let (s, d) = translate(&store, &self.options);
+                // Translate again with the restored versions, but keep the errors that
+                // rejected the new versions: they are what the user has to fix.
+                let first_errors: Vec<_> = diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
+                let (s, mut d) = translate(&store, &self.options);
+                d.items.retain(|x| !first_errors.contains(x));
+                d.extend(first_errors);
                 snapshot = s;
                 diagnostics = d;
                 notes.extend(restored);
             }
         }
         diagnostics.extend(notes);
-        let rejected = rejected(&diagnostics).len();
+        // Rejected resources plus files that could not be read or parsed at all.
+        let broken_files: std::collections::BTreeSet<_> = diagnostics
+            .iter()
+            .filter(|d| d.is_error() && d.resource.is_none())
+            .filter_map(|d| d.origin.file.clone())
+            .collect();
+        let rejected = rejected(&diagnostics).len() + broken_files.len();
         self.last_good = Some(store);
 
         let changed = self.version == 0 || !self.tx.borrow().same_content(&snapshot);
