@@ -22,7 +22,7 @@ fn example(name: &str) -> PathBuf {
 }
 
 /// `gateway analyze` must accept the files (exit 0: no errors).
-fn assert_analyze_clean(paths: &[PathBuf]) {
+fn assert_analyze_clean(paths: &[&Path]) {
     let (code, stdout, stderr) = run_analyze(paths);
     assert_eq!(code, 0, "gateway analyze {paths:?} failed:\n{stdout}{stderr}");
 }
@@ -53,7 +53,7 @@ async fn start_upstreams(dir: &Path) -> Vec<Upstream> {
 }
 
 /// The gateway serving `configs`, Gateway port 80 on a free loopback port.
-async fn start_gateway(configs: &[PathBuf]) -> GatewayProcess {
+async fn start_gateway(configs: &[&Path]) -> GatewayProcess {
     let mut b = GatewayProcess::builder().port(80);
     for c in configs {
         b = b.config(c);
@@ -105,9 +105,9 @@ async fn tally(
 #[tokio::test]
 async fn demoapp() {
     let dir = example("demoapp");
-    assert_analyze_clean(&[dir.clone()]);
+    assert_analyze_clean(&[&dir]);
     let _ups = start_upstreams(&dir).await;
-    let gw = start_gateway(&[dir]).await;
+    let gw = start_gateway(&[&dir]).await;
 
     let e = echo(&gw, "demoapp.magedu.com", "/", &[]).await;
     assert_eq!((e.service.as_str(), e.version.as_str()), ("demoapp", "v1.0"));
@@ -130,9 +130,9 @@ async fn demoapp() {
 #[tokio::test]
 async fn kiali_grafana() {
     let dir = example("kiali-grafana");
-    assert_analyze_clean(&[dir.clone()]);
+    assert_analyze_clean(&[&dir]);
     let ups = start_upstreams(&dir).await;
-    let gw = start_gateway(&[dir]).await;
+    let gw = start_gateway(&[&dir]).await;
 
     let e = echo(&gw, "kiali.magedu.com", "/kiali/", &[]).await;
     assert_eq!(e.service, "kiali");
@@ -160,14 +160,14 @@ async fn bookinfo_and_scenarios() {
     let base = example("bookinfo");
     let jason = example("bookinfo-scenarios").join("jason-v2.yaml");
     let shift = example("bookinfo-scenarios").join("shift-50-v3.yaml");
-    assert_analyze_clean(&[base.clone()]);
-    assert_analyze_clean(&[base.clone(), jason.clone()]);
-    assert_analyze_clean(&[base.clone(), shift.clone()]);
+    assert_analyze_clean(&[&base]);
+    assert_analyze_clean(&[&base, &jason]);
+    assert_analyze_clean(&[&base, &shift]);
     let _ups = start_upstreams(&base).await;
 
     // Base: the product page paths, any host.
     {
-        let gw = start_gateway(&[base.clone()]).await;
+        let gw = start_gateway(&[&base]).await;
         for (host, path) in [
             ("bookinfo.example.com", "/productpage"),
             ("192.0.2.1", "/static/x"),
@@ -188,7 +188,7 @@ async fn bookinfo_and_scenarios() {
 
     // jason-v2: end-user jason -> reviews v2, everyone else -> v1.
     {
-        let gw = start_gateway(&[base.clone(), jason]).await;
+        let gw = start_gateway(&[&base, &jason]).await;
         let e = echo(&gw, "bookinfo.example.com", "/reviews/0", &[("end-user", "jason")]).await;
         assert_eq!((e.service.as_str(), e.version.as_str()), ("reviews", "v2"));
         assert_eq!(e.pod.as_deref(), Some("reviews-v2-d7d75fff8-cvwjj"));
@@ -204,7 +204,7 @@ async fn bookinfo_and_scenarios() {
 
     // shift-50-v3: /reviews split evenly between v1 and v3.
     {
-        let gw = start_gateway(&[base.clone(), shift]).await;
+        let gw = start_gateway(&[&base, &shift]).await;
         let n = 400;
         let versions =
             tally(&gw, "bookinfo.example.com", "/reviews/0", n, |e| format!("{}/{}", e.service, e.version)).await;
@@ -225,9 +225,9 @@ async fn bookinfo_and_scenarios() {
 #[tokio::test]
 async fn nginx() {
     let dir = example("nginx");
-    assert_analyze_clean(&[dir.clone()]);
+    assert_analyze_clean(&[&dir]);
     let _ups = start_upstreams(&dir).await;
-    let gw = start_gateway(&[dir]).await;
+    let gw = start_gateway(&[&dir]).await;
 
     for (host, path) in [
         ("a6f037.eu-west-3.elb.amazonaws.com", "/"),

@@ -1,0 +1,80 @@
+//! Readiness and shutdown: SIGTERM stops accepting, lets in-flight requests finish within
+//! --drain-seconds, then exits 0.
+
+mod common;
+
+use common::*;
+use meshgate_e2e::prelude::*;
+
+async fn setup() -> (Upstream, ConfigDir) {
+    let up = Upstream::new("app").start().await;
+    let cfg = ConfigDir::new().unwrap();
+    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
+    cfg.write("svc.yaml", &backends("app", &[&up])).unwrap();
+    cfg.write(
+        "vs.yaml",
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: app, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: ["istio-system/gw"]
+  http:
+  - route: [{destination: {host: app}}]
+"#,
+    )
+    .unwrap();
+    (up, cfg)
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let (up, cfg) = setup().await;
+    let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).drain_seconds(5).start().await.unwrap();
+    let at = gw.addr(80);
+    let in_flight = tokio::spawn(async move { get(at, "/delay/700").send().await });
+    assert!(up.wait_for_hits(1, Duration::from_secs(5)).await);
+
+    gw.sigterm().unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || async { gw.ready_status().await != Some(200) }).await,
+        "readiness fails while draining"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || async { get(at, "/").send().await.is_err() }).await,
+        "new connections are refused while draining"
+    );
+    let r = in_flight.await.unwrap().unwrap();
+    assert_eq!(r.status, StatusCode::OK, "the in-flight request completed");
+    let status = gw.wait_exit(Duration::from_secs(10)).await.expect("gateway exited");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[tokio::test]
+async fn drain_deadline_bounds_shutdown() {
+    let (up, cfg) = setup().await;
+    let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).drain_seconds(1).start().await.unwrap();
+    let at = gw.addr(80);
+    let stuck = tokio::spawn(async move { get(at, "/delay/30000").timeout(Duration::from_secs(40)).send().await });
+    assert!(up.wait_for_hits(1, Duration::from_secs(5)).await);
+    let t0 = std::time::Instant::now();
+    gw.sigterm().unwrap();
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("gateway exited after the drain deadline");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(15));
+    assert!(stuck.await.unwrap().is_err(), "the request that outlived the deadline was cut");
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_do_not_hold_shutdown() {
+    let (_up, cfg) = setup().await;
+    let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).drain_seconds(20).start().await.unwrap();
+    let client = HttpClient::pooled();
+    assert_eq!(client.get(gw.addr(80), "/").send().await.unwrap().status, 200);
+    // The pooled connection stays open and idle; shutdown must close it rather than wait 20 s.
+    let t0 = std::time::Instant::now();
+    gw.sigterm().unwrap();
+    let status = gw.wait_exit(Duration::from_secs(15)).await.expect("exited without waiting for the idle connection");
+    assert!(status.success());
+    assert!(t0.elapsed() < Duration::from_secs(15));
+}
