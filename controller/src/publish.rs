@@ -99,3 +99,74 @@ fn rejected(diagnostics: &Diagnostics) -> Vec<(String, String, String)> {
     out.dedup();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::files::load_text;
+
+    const GOOD: &str = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: vs}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{uri: {prefix: /good}}]
+    route: [{destination: {host: a.example.com}}]
+"#;
+
+    fn store(text: &str, file: &str) -> Store {
+        let mut s = Store::default();
+        load_text(&mut s, text, Some(std::path::Path::new(file)));
+        s
+    }
+
+    #[test]
+    fn versions_move_only_on_change() {
+        let (mut p, rx) = Publisher::new(Options::default());
+        assert_eq!(rx.borrow().version, 0);
+        assert_eq!(p.apply(store(GOOD, "a.yaml")).version, 1);
+        let again = p.apply(store(GOOD, "a.yaml"));
+        assert!(!again.changed);
+        assert_eq!(again.version, 1);
+        assert_eq!(p.apply(store(&GOOD.replace("/good", "/better"), "a.yaml")).version, 2);
+        assert_eq!(rx.borrow().version, 2);
+    }
+
+    #[test]
+    fn rejected_resources_keep_their_last_good_version() {
+        let (mut p, rx) = Publisher::new(Options::default());
+        p.apply(store(GOOD, "a.yaml"));
+        let bad = GOOD.replace("{prefix: /good}", "{regex: \"([\"}");
+        let outcome = p.apply(store(&bad, "a.yaml"));
+        assert_eq!(outcome.rejected, 1);
+        assert!(outcome.diagnostics.iter().any(|d| d.is_error() && d.field.ends_with("uri.regex")));
+        assert!(outcome.diagnostics.iter().any(|d| d.code == crate::diagnostics::codes::KEPT));
+        assert!(!outcome.changed, "the served snapshot did not change");
+        let snap = rx.borrow().clone();
+        assert_eq!(snap.listeners[0].virtual_hosts[0].routes.len(), 1);
+    }
+
+    #[test]
+    fn unparseable_files_keep_their_resources() {
+        let (mut p, rx) = Publisher::new(Options::default());
+        p.apply(store(GOOD, "a.yaml"));
+        let outcome = p.apply(store("kind: [oops\n", "a.yaml"));
+        assert_eq!(outcome.rejected, 1);
+        assert_eq!(rx.borrow().listeners.len(), 1, "the Gateway from the broken file still serves");
+        // Removing the file's content on purpose (an empty file) does remove the resources.
+        let outcome = p.apply(store("", "a.yaml"));
+        assert!(outcome.changed);
+        assert!(rx.borrow().listeners.is_empty());
+    }
+}

@@ -70,6 +70,7 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
         }
         let mut local = Vec::new();
         let mut accepted = Vec::new();
+        let mut accepted_here: Vec<(u16, String)> = Vec::new();
         for (i, server) in gw.spec.servers.iter().enumerate() {
             let field = format!("spec.servers[{i}]");
             let Ok(port) = u16::try_from(server.port.number) else {
@@ -85,6 +86,22 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
                 continue;
             }
             let protocol = server.port.protocol.to_ascii_uppercase();
+            // The first server on a port fixes its protocol; conflicting later ones are
+            // ignored, as Istio does. Checked before support so the conflict is reported.
+            let claimed = port_protocol.get(&port).cloned().or_else(|| {
+                accepted_here.iter().find(|(p, _)| *p == port).map(|(_, proto)| (proto.clone(), key.clone()))
+            });
+            if let Some((other_proto, other_gw)) = claimed {
+                if other_proto != protocol {
+                    local.push(Diagnostic::warning(
+                        codes::CONFLICT,
+                        format!("{field}.port"),
+                        format!("port {port} is already served as {other_proto} by gateway {other_gw}; this {protocol} server is ignored"),
+                    ));
+                    continue;
+                }
+            }
+            accepted_here.push((port, protocol.clone()));
             if protocol != "HTTP" {
                 local.push(Diagnostic::warning(
                     codes::UNSUPPORTED,
@@ -107,16 +124,6 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
                     "bind is not supported; the gateway listens on its port map",
                 ));
             }
-            if let Some((other_proto, other_gw)) = port_protocol.get(&port) {
-                if *other_proto != protocol {
-                    local.push(Diagnostic::warning(
-                        codes::CONFLICT,
-                        format!("{field}.port"),
-                        format!("port {port} is already served as {other_proto} by gateway {other_gw}; this {protocol} server is ignored"),
-                    ));
-                    continue;
-                }
-            }
             accepted.push((port, protocol, server));
         }
         let rejected = local.iter().any(Diagnostic::is_error);
@@ -125,8 +132,10 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
             known_gateways.insert(key, false);
             continue;
         }
-        for (port, protocol, server) in accepted {
+        for (port, protocol) in accepted_here {
             port_protocol.entry(port).or_insert((protocol, key.clone()));
+        }
+        for (port, _, server) in accepted {
             servers.push(BoundServer { gateway: gw, gateway_key: key.clone(), server, port });
         }
     }
