@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs one example end to end on this machine: its upstreams (one per Pod / ServiceEntry
 # endpoint in the YAML) and the gateway serving the example's folder.
-#   examples/run.sh demoapp        then, in another terminal, the curl from its README
+#   examples/run.sh demoapp [gateway flags...]     then the curl from the example's README
+#
+# Gateway port 80 is served on 127.0.0.1:8080 here (not 0.0.0.0:8080 as in a pod): the
+# stand-in pods listen on 127.0.0.x:8080 like the seed's containers, and Linux does not let a
+# wildcard listener share a port with them. Pass --port-map 80=ADDR to choose another address.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 name=${1:-demoapp}
@@ -12,6 +16,7 @@ cd "$here/.."
 cargo build --release -q -p gateway -p meshgate-e2e
 ./target/release/upstreams "$dir" &
 upstreams=$!
-trap 'kill $upstreams 2>/dev/null || true' EXIT
-exec_args=(--config "$dir" "$@")
-./target/release/gateway "${exec_args[@]}"
+./target/release/gateway --config "$dir" --port-map 80=127.0.0.1:8080 "$@" &
+gateway=$!
+trap 'kill $gateway $upstreams 2>/dev/null || true; wait' INT TERM EXIT
+wait $gateway

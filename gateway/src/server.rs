@@ -36,8 +36,8 @@ struct DataPlane {
 
 impl DataPlane {
     /// Opens listeners for new ports and closes those no snapshot listener needs any more.
-    /// Listeners whose port stays are not touched.
-    fn sync(&mut self, snapshot: &Snapshot) {
+    /// Listeners whose port stays are not touched. Returns true when every wanted port is open.
+    fn sync(&mut self, snapshot: &Snapshot) -> bool {
         let wanted: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
         let gone: Vec<u16> = self.running.keys().filter(|p| !wanted.contains(p)).copied().collect();
         for port in gone {
@@ -58,11 +58,13 @@ impl DataPlane {
                     tracing::info!(port, addr = %acceptor.addr, "listener open");
                     self.running.insert(port, (acceptor, proxy));
                 }
-                // A port we cannot bind must not take the others down; the next snapshot retries.
-                Err(e) => tracing::error!(port, %addr, error = %e, "cannot listen for gateway port"),
+                // A port we cannot bind must not take the others down; it is retried every
+                // second and readiness stays false until it opens.
+                Err(e) => tracing::error!(port, %addr, error = %e, "cannot listen for gateway port; retrying"),
             }
         }
         self.shared.metrics.listeners.set(self.running.len() as i64);
+        snapshot.listeners.iter().all(|l| self.running.contains_key(&l.port))
     }
 
     /// Stops accepting everywhere and tells idle keep-alive connections to close.
@@ -130,6 +132,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         running: BTreeMap::new(),
     };
 
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    let mut all_open = true;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
@@ -146,11 +150,16 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let cur = current.clone();
                 let snap = snapshot.clone();
                 let version = tokio::task::spawn_blocking(move || cur.swap(snap)).await?;
-                data.sync(&snapshot);
-                serving.store(true, Ordering::Release);
+                all_open = data.sync(&snapshot);
+                serving.store(all_open, Ordering::Release);
                 metrics.config_version.set(version as i64);
                 metrics.config_swaps.inc();
                 tracing::info!(version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "snapshot serving");
+            }
+            _ = retry.tick(), if !all_open => {
+                let snapshot = current.load().snapshot.clone();
+                all_open = data.sync(&snapshot);
+                serving.store(all_open, Ordering::Release);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
