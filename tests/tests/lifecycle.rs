@@ -78,3 +78,19 @@ async fn idle_keep_alive_connections_do_not_hold_shutdown() {
     assert!(status.success());
     assert!(t0.elapsed() < Duration::from_secs(15));
 }
+
+#[tokio::test]
+async fn not_ready_until_every_listener_is_open() {
+    let (_up, cfg) = setup().await;
+    let addr = free_addr();
+    let squatter = std::net::TcpListener::bind(addr).unwrap();
+    let gw = GatewayProcess::builder().config(cfg.path()).port_addr(80, addr).start_unready().await.unwrap();
+    let logged =
+        eventually(Duration::from_secs(10), || async { gw.stderr().contains("cannot listen for gateway port") }).await;
+    assert!(logged, "bind failure reported: {}", gw.stderr());
+    assert_eq!(gw.ready_status().await, Some(503), "not ready while port 80 cannot open");
+
+    drop(squatter);
+    gw.wait_ready(Duration::from_secs(10)).await.expect("ready once the port is free");
+    assert_eq!(get(addr, "/").send().await.unwrap().status, StatusCode::OK);
+}
