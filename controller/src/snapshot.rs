@@ -15,12 +15,106 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     /// Keyed by cluster name (`outbound|PORT|SUBSET|HOST`, as Envoy in Istio names them).
     pub clusters: BTreeMap<String, Cluster>,
+    /// TLS material by name (`kubernetes://ns/secret` or `file://path`), referenced by
+    /// listeners and clusters. Private keys are never printed (see [`Secret`]'s serializer).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
 }
 
+/// PEM certificate material. `Debug` and the default serializer redact the private key so a
+/// config dump never leaks it; the wire format for remote gateways uses [`Secret::key_pem`].
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Secret {
+    /// Certificate chain, leaf first.
+    pub cert_pem: Option<String>,
+    #[serde(serialize_with = "redact", default)]
+    pub key_pem: Option<String>,
+    /// Trust anchors for verifying the peer (client certificates downstream, servers upstream).
+    pub ca_pem: Option<String>,
+}
+
+fn redact<S: serde::Serializer>(key: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match key {
+        Some(_) => s.serialize_some("[redacted]"),
+        None => s.serialize_none(),
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Secret")
+            .field("cert_pem", &self.cert_pem.as_ref().map(|c| c.len()))
+            .field("key_pem", &self.key_pem.as_ref().map(|_| "[redacted]"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(|c| c.len()))
+            .finish()
+    }
+}
+
+/// What a listener speaks on its socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Protocol {
+    /// Plain HTTP/1.1, and HTTP/2 with prior knowledge (h2c), HTTP routes.
     Http,
+    /// TLS on the socket. Per server (chosen by SNI): terminated then HTTP/1.1 or HTTP/2 by
+    /// ALPN (HTTP routes), terminated then TCP (tcp routes), or passed through (tls routes).
+    Https,
+    /// Raw TCP, tcp routes.
+    Tcp,
+}
+
+/// Downstream TLS of one Gateway server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerTls {
+    /// SNI names this server answers (exact, `*.suffix`, `*`); lowercase.
+    pub hosts: Vec<String>,
+    pub mode: ServerTlsMode,
+    /// After termination the server speaks HTTP (HTTPS, HTTP2, GRPC servers) rather than raw
+    /// TCP (TLS servers with SIMPLE/MUTUAL).
+    pub http: bool,
+    /// Key into [`Snapshot::secrets`] for the certificate and key (unset for passthrough).
+    pub credential: Option<String>,
+    /// Key into [`Snapshot::secrets`] for the client CA (MUTUAL, OPTIONAL_MUTUAL).
+    pub client_ca: Option<String>,
+    pub min_version: Option<TlsVersion>,
+    pub max_version: Option<TlsVersion>,
+    /// Cipher suite names as rustls spells them; empty means rustls's defaults.
+    pub cipher_suites: Vec<String>,
+    /// Accepted client certificate SANs (MUTUAL); empty accepts any certificate the CA signed.
+    pub subject_alt_names: Vec<String>,
+    /// `gateway ns/name`, `servers[i]` for diagnostics and metrics.
+    pub server: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ServerTlsMode {
+    Simple,
+    Mutual,
+    OptionalMutual,
+    Passthrough,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum TlsVersion {
+    #[serde(rename = "TLSV1_2")]
+    V1_2,
+    #[serde(rename = "TLSV1_3")]
+    V1_3,
+}
+
+/// A tcp (or tls passthrough) route: the first whose match applies wins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct L4Route {
+    pub name: String,
+    pub virtual_service: String,
+    /// A tls route for passthrough servers (matched by SNI) rather than a tcp route.
+    pub passthrough: bool,
+    /// SNI patterns (tls routes only); empty matches any.
+    pub sni_hosts: Vec<String>,
+    /// Gateway port the match is limited to.
+    pub port: Option<u16>,
+    pub destinations: Vec<WeightedCluster>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,6 +127,12 @@ pub struct Listener {
     /// The Gateway servers that make up this listener, for diagnostics (`gateway ns/name`).
     pub servers: Vec<ServerInfo>,
     pub virtual_hosts: Vec<VirtualHost>,
+    /// TLS servers of an HTTPS or TLS listener, in Gateway order; chosen by SNI.
+    #[serde(default)]
+    pub tls: Vec<ServerTls>,
+    /// Routes of TCP listeners and TLS listeners (passthrough or terminated).
+    #[serde(default)]
+    pub l4_routes: Vec<L4Route>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,6 +150,9 @@ pub struct VirtualHost {
     pub domains: Vec<String>,
     /// In order; the first whose match applies wins.
     pub routes: Vec<Route>,
+    /// `tls.httpsRedirect` on the Gateway server: every request gets a 301 to https.
+    #[serde(default)]
+    pub https_redirect: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +220,37 @@ pub struct Cluster {
     pub load_balancer: LoadBalancer,
     /// Ready endpoints only, after subset selection.
     pub endpoints: Vec<Endpoint>,
+    /// What the upstream speaks (Istio's protocol selection from the service port).
+    #[serde(default)]
+    pub upstream_protocol: UpstreamProtocol,
+    /// TLS origination from the DestinationRule; `None` is plain text.
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 (h2c in plain text, ALPN h2 over TLS): ports named `grpc*`/`http2*` or with
+    /// appProtocol grpc/http2/kubernetes.io/h2c.
+    Http2,
+    /// Raw TCP (tcp routes).
+    Tcp,
+}
+
+/// DestinationRule `trafficPolicy.tls` (SIMPLE or MUTUAL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpstreamTls {
+    /// SNI to send; default is the destination host.
+    pub sni: String,
+    /// Key into [`Snapshot::secrets`] for the CA; `None` means the system roots.
+    pub ca: Option<String>,
+    /// Key into [`Snapshot::secrets`] for the client certificate (MUTUAL).
+    pub client_certificate: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
 }
 
 /// Identity of the destination service, for metrics labels and diagnostics.
@@ -199,6 +333,6 @@ impl Endpoint {
 impl Snapshot {
     /// A snapshot with everything but the version; used to publish only real changes.
     pub fn same_content(&self, other: &Snapshot) -> bool {
-        self.listeners == other.listeners && self.clusters == other.clusters
+        self.listeners == other.listeners && self.clusters == other.clusters && self.secrets == other.secrets
     }
 }

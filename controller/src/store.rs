@@ -69,6 +69,9 @@ pub struct Store {
     pub pods: Objects<Pod>,
     pub secrets: Objects<Secret>,
     pub endpoint_slices: Objects<EndpointSlice>,
+    /// Contents of files that Gateways and DestinationRules name by path (certificates, keys,
+    /// CAs), read by the source so translation stays pure. `Err` holds the read error.
+    pub files: BTreeMap<std::path::PathBuf, Result<String, String>>,
     /// Messages produced while loading (parse and schema errors).
     pub diagnostics: Diagnostics,
     next_seq: u64,
@@ -146,6 +149,35 @@ impl Store {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Every certificate/key/CA file path Gateway servers and DestinationRules reference.
+    pub fn referenced_files(&self) -> Vec<std::path::PathBuf> {
+        let mut out = Vec::new();
+        for gw in self.gateways.values() {
+            for tls in gw.spec.servers.iter().filter_map(|s| s.tls.as_ref()) {
+                out.extend(
+                    [&tls.server_certificate, &tls.private_key, &tls.ca_certificates].into_iter().flatten().cloned(),
+                );
+            }
+        }
+        for dr in self.destination_rules.values() {
+            let mut policies: Vec<&crate::api::istio::TrafficPolicy> = dr.spec.traffic_policy.iter().collect();
+            policies.extend(dr.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+            for p in policies {
+                let mut tls: Vec<_> = p.tls.iter().collect();
+                tls.extend(p.port_level_settings.iter().filter_map(|x| x.tls.as_ref()));
+                for t in tls {
+                    out.extend(
+                        [&t.client_certificate, &t.private_key, &t.ca_certificates].into_iter().flatten().cloned(),
+                    );
+                }
+            }
+        }
+        let mut out: Vec<std::path::PathBuf> = out.into_iter().filter(|p| !p.is_empty()).map(Into::into).collect();
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

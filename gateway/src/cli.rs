@@ -31,7 +31,8 @@ pub struct Identity {
     /// This instance's labels; a Gateway applies when its selector is a subset of them.
     #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = parse_labels)]
     pub labels: BTreeMap<String, String>,
-    /// The gateway's own namespace (for `./host` in Gateway servers and credentials).
+    /// The gateway's own namespace: where `credentialName` Secrets live, what `sourceNamespace`
+    /// matches compare with, and the `source_workload_namespace` metric label.
     #[arg(long, default_value = "istio-system")]
     pub namespace: String,
 }

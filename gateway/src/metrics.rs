@@ -44,6 +44,47 @@ const LABELS: &[&str] = &[
     "connection_security_policy",
 ];
 
+/// Istio's TCP metrics carry the same labels minus the HTTP-only ones.
+const TCP_LABELS: &[&str] = &[
+    "reporter",
+    "source_workload",
+    "source_canonical_service",
+    "source_canonical_revision",
+    "source_workload_namespace",
+    "source_principal",
+    "source_app",
+    "source_version",
+    "source_cluster",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_principal",
+    "destination_app",
+    "destination_version",
+    "destination_service",
+    "destination_canonical_service",
+    "destination_canonical_revision",
+    "destination_service_name",
+    "destination_service_namespace",
+    "destination_cluster",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+];
+
+/// Per-connection TCP counters, resolved once when the connection opens so byte updates do
+/// not hash label sets.
+pub struct TcpCounters {
+    pub sent: prometheus::IntCounter,
+    pub received: prometheus::IntCounter,
+    closed: prometheus::IntCounter,
+}
+
+impl TcpCounters {
+    pub fn close(&self) {
+        self.closed.inc();
+    }
+}
+
 /// Who the gateway is, as the `source_*` labels say.
 #[derive(Debug, Clone)]
 pub struct SourceIdentity {
@@ -68,6 +109,11 @@ pub struct Metrics {
     pub downstream_total: IntCounter,
     pub listeners: IntGauge,
     pub access_log_dropped: IntCounter,
+    tcp_sent: IntCounterVec,
+    tcp_received: IntCounterVec,
+    tcp_opened: IntCounterVec,
+    tcp_closed: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
 }
 
 /// One finished request, as metrics see it.
@@ -79,6 +125,8 @@ pub struct RequestRecord<'a> {
     pub duration_ms: f64,
     pub request_bytes: u64,
     pub response_bytes: u64,
+    /// `mutual_tls` when the upstream connection used a client certificate, else `none`.
+    pub security_policy: &'a str,
 }
 
 impl Metrics {
@@ -122,6 +170,22 @@ impl Metrics {
                 .expect("static metric definition");
         let listeners =
             IntGauge::new("meshgate_listeners", "Listening data-plane ports").expect("static metric definition");
+        let tcp = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), TCP_LABELS).expect("static metric definition")
+        };
+        let tcp_sent = tcp("istio_tcp_sent_bytes_total", "Bytes sent to the downstream on TCP connections");
+        let tcp_received =
+            tcp("istio_tcp_received_bytes_total", "Bytes received from the downstream on TCP connections");
+        let tcp_opened = tcp("istio_tcp_connections_opened_total", "TCP connections opened to upstreams");
+        let tcp_closed = tcp("istio_tcp_connections_closed_total", "TCP connections closed");
+        let tls_handshake_failures = IntCounterVec::new(
+            Opts::new(
+                "meshgate_tls_handshake_failures_total",
+                "Downstream TLS connections that failed before a request",
+            ),
+            &["port", "reason"],
+        )
+        .expect("static metric definition");
         let access_log_dropped = IntCounter::new(
             "meshgate_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
@@ -140,6 +204,11 @@ impl Metrics {
             Box::new(downstream_total.clone()),
             Box::new(listeners.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(tcp_sent.clone()),
+            Box::new(tcp_received.clone()),
+            Box::new(tcp_opened.clone()),
+            Box::new(tcp_closed.clone()),
+            Box::new(tls_handshake_failures.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -158,6 +227,49 @@ impl Metrics {
             downstream_total,
             listeners,
             access_log_dropped,
+            tcp_sent,
+            tcp_received,
+            tcp_opened,
+            tcp_closed,
+            tls_handshake_failures,
+        }
+    }
+
+    /// Counts an opened TCP connection and returns its byte/close counters.
+    pub fn tcp_open(&self, destination: Option<&DestinationLabels>, flags: &str, security_policy: &str) -> TcpCounters {
+        let unknown = "unknown";
+        let d = destination;
+        let s = &self.source;
+        let values: [&str; 23] = [
+            "source",
+            &s.workload,
+            &s.workload,
+            &s.version,
+            &s.namespace,
+            unknown,
+            &s.app,
+            &s.version,
+            "Kubernetes",
+            d.map_or(unknown, |d| &d.workload),
+            d.map_or(unknown, |d| &d.workload_namespace),
+            unknown,
+            d.map_or(unknown, |d| &d.app),
+            d.map_or(unknown, |d| &d.version),
+            d.map_or(unknown, |d| &d.service),
+            d.map_or(unknown, |d| if d.app == "unknown" { &d.service_name } else { &d.app }),
+            d.map_or(unknown, |d| if d.version == "unknown" { "latest" } else { &d.version }),
+            d.map_or(unknown, |d| &d.service_name),
+            d.map_or(unknown, |d| &d.service_namespace),
+            "Kubernetes",
+            "tcp",
+            flags,
+            security_policy,
+        ];
+        self.tcp_opened.with_label_values(&values).inc();
+        TcpCounters {
+            sent: self.tcp_sent.with_label_values(&values),
+            received: self.tcp_received.with_label_values(&values),
+            closed: self.tcp_closed.with_label_values(&values),
         }
     }
 
@@ -192,7 +304,7 @@ impl Metrics {
             code,
             "-",
             r.flags,
-            "none",
+            r.security_policy,
         ];
         self.requests.with_label_values(&values).inc();
         self.duration.with_label_values(&values).observe(r.duration_ms);

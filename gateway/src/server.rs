@@ -4,16 +4,18 @@
 use crate::access_log::AccessLog;
 use crate::admin::{AdminApp, Role};
 use crate::cli::RunArgs;
-use crate::listeners::{self, Acceptor, Connections};
+use crate::listeners::tcp::TcpHandler;
+use crate::listeners::tls::TlsHandler;
+use crate::listeners::{self, Acceptor, AppHandler, ConnectionHandler, Connections};
 use crate::metrics::{Metrics, SourceIdentity};
 use crate::proxy::{MeshProxy, Shared};
 use crate::runtime::Current;
 use anyhow::{Context, Result};
 use controller::publish::{Outcome, Publisher};
-use controller::snapshot::Snapshot;
+use controller::snapshot::{Protocol, Snapshot};
 use controller::source::{files, watch::FileWatcher};
 use controller::{Level, Options};
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
 use std::collections::BTreeMap;
@@ -24,39 +26,83 @@ use tokio::sync::watch;
 
 type Proxy = HttpProxy<MeshProxy>;
 
-/// The data-plane listeners: one accept loop and one pingora proxy per Gateway port.
+/// What runs on one port: the accept loop and the handler for the listener's protocol.
+struct Running {
+    acceptor: Acceptor,
+    protocol: Protocol,
+    tls: Option<Arc<TlsHandler>>,
+}
+
+/// The data-plane listeners: one accept loop per Gateway port, with a handler that follows
+/// the port's protocol (HTTP proxy, TLS by SNI, TCP).
 struct DataPlane {
     args: RunArgs,
     conf: Arc<ServerConf>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     connections: Connections,
-    running: BTreeMap<u16, (Acceptor, Arc<Proxy>)>,
+    running: BTreeMap<u16, Running>,
 }
 
 impl DataPlane {
-    /// Opens listeners for new ports and closes those no snapshot listener needs any more.
-    /// Listeners whose port stays are not touched. Returns true when every wanted port is open.
+    fn handler(&self, port: u16, protocol: Protocol) -> (Arc<dyn ConnectionHandler>, Option<Arc<TlsHandler>>) {
+        match protocol {
+            Protocol::Http => {
+                let mut proxy = pingora_proxy::http_proxy(
+                    &self.conf,
+                    MeshProxy { port, shared: self.shared.clone(), tls_server: None },
+                );
+                // Envoy's codec is AUTO on gateways: HTTP/2 with prior knowledge works on
+                // plain ports too (h2c, for gRPC without TLS).
+                let mut options = HttpServerOptions::default();
+                options.h2c = true;
+                proxy.server_options = Some(options);
+                let proxy: Arc<Proxy> = Arc::new(proxy);
+                (Arc::new(AppHandler(proxy)), None)
+            }
+            Protocol::Https => {
+                let tls = Arc::new(TlsHandler::new(port, self.shared.clone(), self.conf.clone()));
+                tls.sync();
+                (tls.clone(), Some(tls))
+            }
+            Protocol::Tcp => (Arc::new(TcpHandler { port, shared: self.shared.clone() }), None),
+        }
+    }
+
+    /// Opens listeners for new ports, closes those no snapshot listener needs any more, and
+    /// swaps handlers where a port's protocol changed. Listeners whose port and protocol stay
+    /// are not touched. Returns true when every wanted port is open.
     fn sync(&mut self, snapshot: &Snapshot) -> bool {
-        let wanted: Vec<u16> = snapshot.listeners.iter().map(|l| l.port).collect();
-        let gone: Vec<u16> = self.running.keys().filter(|p| !wanted.contains(p)).copied().collect();
+        let wanted: BTreeMap<u16, Protocol> = snapshot.listeners.iter().map(|l| (l.port, l.protocol)).collect();
+        let gone: Vec<u16> = self.running.keys().filter(|p| !wanted.contains_key(p)).copied().collect();
         for port in gone {
-            if let Some((acceptor, _)) = self.running.remove(&port) {
-                tracing::info!(port, addr = %acceptor.addr, "listener closed");
-                acceptor.stop();
+            if let Some(r) = self.running.remove(&port) {
+                tracing::info!(port, addr = %r.acceptor.addr, "listener closed");
+                r.acceptor.stop();
             }
         }
-        for port in wanted {
-            if self.running.contains_key(&port) {
+        for (&port, &protocol) in &wanted {
+            if let Some(r) = self.running.get_mut(&port) {
+                if r.protocol == protocol {
+                    if let Some(tls) = &r.tls {
+                        tls.sync();
+                    }
+                    continue;
+                }
+            }
+            let (handler, tls) = self.handler(port, protocol);
+            if let Some(r) = self.running.get_mut(&port) {
+                tracing::info!(port, ?protocol, "listener protocol changed");
+                r.acceptor.set_handler(handler);
+                r.protocol = protocol;
+                r.tls = tls;
                 continue;
             }
             let addr = self.args.listen_addr(port);
-            let proxy =
-                Arc::new(pingora_proxy::http_proxy(&self.conf, MeshProxy { port, shared: self.shared.clone() }));
-            match listeners::start(addr, proxy.clone(), self.shutdown.clone(), self.connections.clone()) {
+            match listeners::start(addr, handler, self.shutdown.clone(), self.connections.clone()) {
                 Ok(acceptor) => {
-                    tracing::info!(port, addr = %acceptor.addr, "listener open");
-                    self.running.insert(port, (acceptor, proxy));
+                    tracing::info!(port, ?protocol, addr = %acceptor.addr, "listener open");
+                    self.running.insert(port, Running { acceptor, protocol, tls });
                 }
                 // A port we cannot bind must not take the others down; it is retried every
                 // second and readiness stays false until it opens.
@@ -64,14 +110,15 @@ impl DataPlane {
             }
         }
         self.shared.metrics.listeners.set(self.running.len() as i64);
-        snapshot.listeners.iter().all(|l| self.running.contains_key(&l.port))
+        wanted.keys().all(|p| self.running.contains_key(p))
     }
 
     /// Stops accepting everywhere and tells idle keep-alive connections to close.
     async fn stop_accepting(&mut self) {
-        for (_, (acceptor, proxy)) in std::mem::take(&mut self.running) {
-            acceptor.stop();
-            proxy.cleanup().await;
+        for (_, r) in std::mem::take(&mut self.running) {
+            let handler = r.acceptor.handler();
+            r.acceptor.stop();
+            handler.cleanup().await;
         }
     }
 }
@@ -110,7 +157,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             prometheus::IntGauge::new("side_active", "-")?,
             prometheus::IntCounter::new("side_total", "-")?,
         );
-        let acceptor = listeners::start(addr, app, shutdown_rx.clone(), side_conns)
+        let acceptor = listeners::start(addr, Arc::new(AppHandler(app)), shutdown_rx.clone(), side_conns)
             .with_context(|| format!("listening on {addr} for {role:?}"))?;
         tracing::info!(?role, addr = %acceptor.addr, "admin listener open");
         side.push(acceptor);
@@ -182,23 +229,26 @@ pub async fn run(args: RunArgs) -> Result<()> {
 /// Loads, translates and publishes on a plain thread (file reads block), then again on every
 /// change under the config paths.
 fn spawn_config_loop(paths: Vec<std::path::PathBuf>, mut publisher: Publisher, metrics: Arc<Metrics>) -> Result<()> {
-    let watcher = match FileWatcher::new(&paths) {
+    let mut watcher = match FileWatcher::new(&paths) {
         Ok(w) => Some(w),
         Err(e) => {
             tracing::warn!(error = %e, "cannot watch config paths; changes need a restart");
             None
         }
     };
-    std::thread::Builder::new().name("config".into()).spawn(move || {
-        let reload = |publisher: &mut Publisher| {
-            let outcome = publisher.apply(files::load(&paths));
-            report(&outcome, &metrics);
-        };
-        reload(&mut publisher);
-        if let Some(watcher) = watcher {
-            while watcher.wait(Duration::from_millis(30)) {
-                reload(&mut publisher);
+    std::thread::Builder::new().name("config".into()).spawn(move || loop {
+        let store = files::load(&paths);
+        // Certificate files named by the config are watched too, so rotating them on disk
+        // takes effect like editing the YAML.
+        if let Some(w) = watcher.as_mut() {
+            if let Err(e) = w.watch(&store.referenced_files()) {
+                tracing::warn!(error = %e, "cannot watch certificate files");
             }
+        }
+        report(&publisher.apply(store), &metrics);
+        match &watcher {
+            Some(w) if w.wait(Duration::from_millis(30)) => continue,
+            _ => break,
         }
     })?;
     Ok(())

@@ -7,19 +7,34 @@
 //! request so that connection-level behaviour (keep-alive, drain, per-
 //! connection load balancing) is never masked by a shared pool. Use
 //! [`HttpClient::pooled`] when reuse is exactly what a test wants.
+//!
+//! HTTP/2 requests ([`RequestBuilder::http2`],
+//! [`RequestBuilder::http2_prior_knowledge`]) and gRPC calls ([`grpc_call`])
+//! go through hyper's connection API directly rather than reqwest, so the
+//! test controls `:authority`, the offered ALPN list and sees trailers.
+//! [`tls_probe`] stops at the handshake, and [`tcp_exchange`] /
+//! [`tls_tcp_exchange`] speak raw bytes for TCP routes and passthrough.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::{ProtocolVersion, SupportedProtocolVersion};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
-use crate::upstream::Echo;
+use crate::certs::CertKey;
+use crate::tls::Verify;
+use crate::upstream::{grpc_frame, grpc_messages, Echo};
 
 /// Default per-request timeout: long enough for `delay` tests, short enough
 /// that a hung gateway fails the test instead of the CI run.
@@ -90,6 +105,17 @@ struct Tls {
     identity_pem: Option<Vec<u8>>,
 }
 
+/// Which HTTP/2 mode a request uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H2 {
+    /// HTTP/1.1 through reqwest (the default).
+    Off,
+    /// TLS, ALPN offers `h2` then `http/1.1`; the server picks.
+    Alpn,
+    /// HTTP/2 without negotiation: h2c in cleartext, ALPN `h2` only over TLS.
+    PriorKnowledge,
+}
+
 /// A request being built; finish with [`send`](Self::send).
 #[derive(Debug)]
 pub struct RequestBuilder {
@@ -103,6 +129,7 @@ pub struct RequestBuilder {
     body: Option<Bytes>,
     timeout: Duration,
     tls: Option<Tls>,
+    h2: H2,
 }
 
 impl RequestBuilder {
@@ -118,6 +145,7 @@ impl RequestBuilder {
             body: None,
             timeout: DEFAULT_TIMEOUT,
             tls: None,
+            h2: H2::Off,
         }
     }
 
@@ -182,8 +210,38 @@ impl RequestBuilder {
         self
     }
 
+    /// HTTPS with a client certificate from a [`CertKey`].
+    pub fn client_cert(self, cert: &CertKey) -> Self {
+        self.client_identity_pem(cert.identity_pem())
+    }
+
+    /// HTTP/2 over TLS negotiated with ALPN (offers `h2`, then `http/1.1`,
+    /// so [`Response::version`] shows what the server chose). Implies
+    /// [`https`](Self::https). The [`host`](Self::host) becomes `:authority`
+    /// (HTTP/2 has no Host header). Always a new connection.
+    pub fn http2(mut self) -> Self {
+        self.tls.get_or_insert_with(Tls::default);
+        self.h2 = H2::Alpn;
+        self
+    }
+
+    /// HTTP/2 without negotiation: cleartext h2c with prior knowledge, or,
+    /// combined with TLS options, ALPN offering only `h2`. The
+    /// [`host`](Self::host) becomes `:authority`. Always a new connection.
+    pub fn http2_prior_knowledge(mut self) -> Self {
+        self.h2 = H2::PriorKnowledge;
+        self
+    }
+
     /// Sends the request and reads the whole body.
     pub async fn send(self) -> Result<Response> {
+        if self.h2 != H2::Off {
+            let what = format!("{} {}{} ({:?})", self.method, self.addr, self.path, self.h2);
+            return tokio::time::timeout(self.timeout, self.send_hyper())
+                .await
+                .map_err(|_| anyhow!("{what}: timed out after {:?}", self.timeout))?
+                .with_context(|| what.clone());
+        }
         let (client, url) = match &self.tls {
             None => {
                 let client = match &self.client {
@@ -238,6 +296,141 @@ impl RequestBuilder {
     }
 }
 
+impl RequestBuilder {
+    /// The hyper path for HTTP/2 modes (and HTTP/1.1 when ALPN picks it).
+    async fn send_hyper(&self) -> Result<Response> {
+        let authority = self.host.clone().unwrap_or_else(|| self.addr.to_string());
+        let tcp = connect_tcp(self.addr).await?;
+        let body = self.body.clone().unwrap_or_default();
+        let (resp, body) = match &self.tls {
+            None => {
+                let req = self.hyper_request(&format!("http://{authority}{}", self.path), None, body)?;
+                send_h2(tcp, req).await?
+            }
+            Some(tls) => {
+                let sni = default_sni(tls, self.host.as_deref());
+                let alpn: &[&str] = if self.h2 == H2::PriorKnowledge { &["h2"] } else { &["h2", "http/1.1"] };
+                let verify = tls.ca_pem.as_deref().map_or(Verify::None, Verify::Ca);
+                let stream = connect_tls(tcp, &sni, verify, tls.identity_pem.as_deref(), &[], alpn).await?;
+                let negotiated_h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                if negotiated_h2 || self.h2 == H2::PriorKnowledge {
+                    let req = self.hyper_request(&format!("https://{authority}{}", self.path), None, body)?;
+                    send_h2(stream, req).await?
+                } else {
+                    let req = self.hyper_request(&self.path, Some(&authority), body)?;
+                    send_h1(stream, req).await?
+                }
+            }
+        };
+        let (parts, _) = resp.into_parts();
+        Ok(Response { status: parts.status, version: parts.version, headers: parts.headers, body })
+    }
+
+    /// `host_header` is set for HTTP/1.1 (origin-form URI plus Host); for
+    /// HTTP/2 the authority travels in the absolute URI instead.
+    fn hyper_request(&self, uri: &str, host_header: Option<&str>, body: Bytes) -> Result<http::Request<Full<Bytes>>> {
+        let mut req = http::Request::builder().method(self.method.clone()).uri(uri);
+        if let Some(host) = host_header {
+            req = req.header(http::header::HOST, host);
+        }
+        for (k, v) in &self.headers {
+            req = req.header(
+                HeaderName::from_bytes(k.as_bytes()).with_context(|| format!("header {k}"))?,
+                HeaderValue::from_str(v).with_context(|| format!("header {k} value"))?,
+            );
+        }
+        req.body(Full::new(body)).context("building request")
+    }
+}
+
+/// The SNI rule of the reqwest path: explicit SNI, else the Host without its
+/// port, else `localhost`.
+fn default_sni(tls: &Tls, host: Option<&str>) -> String {
+    match (&tls.sni, host) {
+        (Some(sni), _) => sni.clone(),
+        (None, Some(host)) => strip_port(host),
+        (None, None) => "localhost".into(),
+    }
+}
+
+async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("connect to {addr} timed out"))?
+        .with_context(|| format!("connect to {addr}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn connect_tls(
+    tcp: TcpStream,
+    server_name: &str,
+    verify: Verify<'_>,
+    identity_pem: Option<&[u8]>,
+    versions: &[&'static SupportedProtocolVersion],
+    alpn: &[&str],
+) -> Result<TlsStream<TcpStream>> {
+    let config = crate::tls::client_config(verify, identity_pem, versions, alpn)?;
+    let name = crate::tls::server_name(server_name)?;
+    TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .with_context(|| format!("TLS handshake (server name {server_name})"))
+}
+
+/// One request over a new HTTP/2 connection; returns the response head and
+/// its whole body.
+async fn send_h2<I>(io: I, req: http::Request<Full<Bytes>>) -> Result<(http::Response<()>, Bytes)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (resp, body, _) = send_h2_trailers(io, req).await?;
+    Ok((resp, body))
+}
+
+/// [`send_h2`] plus the response trailers (empty if none), for gRPC.
+async fn send_h2_trailers<I>(io: I, req: http::Request<Full<Bytes>>) -> Result<(http::Response<()>, Bytes, HeaderMap)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .context("HTTP/2 handshake")?;
+    // The connection future drives all I/O; it ends when `sender` is dropped.
+    let driver = tokio::spawn(conn);
+    let result = async {
+        let resp = sender.send_request(req).await.context("sending HTTP/2 request")?;
+        let (parts, body) = resp.into_parts();
+        let collected = body.collect().await.context("reading HTTP/2 response body")?;
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        Ok((http::Response::from_parts(parts, ()), collected.to_bytes(), trailers))
+    }
+    .await;
+    drop(sender);
+    driver.abort();
+    result
+}
+
+async fn send_h1<I>(io: I, req: http::Request<Full<Bytes>>) -> Result<(http::Response<()>, Bytes)>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(io)).await.context("HTTP/1.1 handshake")?;
+    let driver = tokio::spawn(conn);
+    let result = async {
+        let resp = sender.send_request(req).await.context("sending HTTP/1.1 request")?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.context("reading HTTP/1.1 response body")?.to_bytes();
+        Ok((http::Response::from_parts(parts, ()), body))
+    }
+    .await;
+    driver.abort();
+    result
+}
+
 fn strip_port(host: &str) -> String {
     match host.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
@@ -276,6 +469,362 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+}
+
+/// A finished gRPC call.
+#[derive(Debug, Clone)]
+pub struct GrpcReply {
+    pub http_status: StatusCode,
+    /// `grpc-status` from the trailers, or from the headers of a
+    /// Trailers-Only response (how proxies report errors such as "no route").
+    pub grpc_status: Option<String>,
+    /// `grpc-message`, as sent (not percent-decoded).
+    pub grpc_message: Option<String>,
+    /// Payload of the first response message; if the body holds no complete
+    /// gRPC message (e.g. a plain-text error page), the raw body instead, so
+    /// a failing assertion shows what arrived.
+    pub body: Vec<u8>,
+    /// Payloads of all response messages, in order.
+    pub messages: Vec<Vec<u8>>,
+    pub headers: HeaderMap,
+    pub trailers: HeaderMap,
+}
+
+impl GrpcReply {
+    /// `grpc-status` is `0`.
+    pub fn ok(&self) -> bool {
+        self.grpc_status.as_deref() == Some("0")
+    }
+
+    /// The [`Echo`] a [`grpc`](crate::upstream::UpstreamBuilder::grpc)
+    /// upstream puts in its reply message.
+    pub fn echo(&self) -> Result<Echo> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            anyhow!(
+                "gRPC reply (http {}, grpc-status {:?}) is not an Echo: {e}; body: {}",
+                self.http_status,
+                self.grpc_status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// One unary gRPC call over a new HTTP/2 connection: `POST path` with
+/// `:authority` = `host`, `content-type: application/grpc`, `te: trailers`
+/// and an empty request message. `tls` is (CA PEM, SNI): TLS with ALPN `h2`,
+/// verifying the server against that CA; `None` is h2c with prior knowledge.
+/// Use [`grpc_request`] for headers, a message, client certificates or an
+/// unverified TLS server.
+pub async fn grpc_call(addr: SocketAddr, path: &str, host: &str, tls: Option<(&[u8], &str)>) -> Result<GrpcReply> {
+    let mut req = grpc_request(addr, path).host(host);
+    if let Some((ca, sni)) = tls {
+        req = req.ca_pem(ca).sni(sni);
+    }
+    req.send().await
+}
+
+/// Starts building a gRPC call (see [`grpc_call`] for the defaults).
+pub fn grpc_request(addr: SocketAddr, path: &str) -> GrpcRequest {
+    GrpcRequest {
+        addr,
+        path: if path.starts_with('/') { path.to_string() } else { format!("/{path}") },
+        host: None,
+        headers: Vec::new(),
+        message: Bytes::new(),
+        tls: None,
+        timeout: DEFAULT_TIMEOUT,
+    }
+}
+
+/// A gRPC call being built; finish with [`send`](Self::send).
+#[derive(Debug, Clone)]
+pub struct GrpcRequest {
+    addr: SocketAddr,
+    path: String,
+    host: Option<String>,
+    headers: Vec<(String, String)>,
+    message: Bytes,
+    tls: Option<Tls>,
+    timeout: Duration,
+}
+
+impl GrpcRequest {
+    /// `:authority` (default: the address).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// Request metadata (repeatable).
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Payload of the single request message (already serialized; the
+    /// echo upstream reports it as [`Echo::body`]).
+    pub fn message(mut self, payload: impl Into<Bytes>) -> Self {
+        self.message = payload.into();
+        self
+    }
+
+    /// TLS without verifying the server.
+    pub fn tls(mut self) -> Self {
+        self.tls.get_or_insert_with(Tls::default);
+        self
+    }
+
+    /// TLS with this SNI (default: the host without its port, or `localhost`).
+    pub fn sni(mut self, sni: impl Into<String>) -> Self {
+        self.tls.get_or_insert_with(Tls::default).sni = Some(sni.into());
+        self
+    }
+
+    /// TLS, verifying the server against this CA.
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls.get_or_insert_with(Tls::default).ca_pem = Some(pem.into());
+        self
+    }
+
+    /// TLS with a client certificate.
+    pub fn client_cert(mut self, cert: &CertKey) -> Self {
+        self.tls.get_or_insert_with(Tls::default).identity_pem = Some(cert.identity_pem().into_bytes());
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    pub async fn send(self) -> Result<GrpcReply> {
+        let what = format!("gRPC {} via {}", self.path, self.addr);
+        tokio::time::timeout(self.timeout, self.send_inner())
+            .await
+            .map_err(|_| anyhow!("{what}: timed out after {:?}", self.timeout))?
+            .with_context(|| what.clone())
+    }
+
+    async fn send_inner(&self) -> Result<GrpcReply> {
+        let authority = self.host.clone().unwrap_or_else(|| self.addr.to_string());
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut req = http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("{scheme}://{authority}{}", self.path))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers");
+        for (k, v) in &self.headers {
+            req = req.header(
+                HeaderName::from_bytes(k.as_bytes()).with_context(|| format!("header {k}"))?,
+                HeaderValue::from_str(v).with_context(|| format!("header {k} value"))?,
+            );
+        }
+        let req = req.body(Full::new(grpc_frame(&self.message))).context("building gRPC request")?;
+        let tcp = connect_tcp(self.addr).await?;
+        let (resp, body, trailers) = match &self.tls {
+            None => send_h2_trailers(tcp, req).await?,
+            Some(tls) => {
+                let sni = default_sni(tls, self.host.as_deref());
+                let verify = tls.ca_pem.as_deref().map_or(Verify::None, Verify::Ca);
+                let stream = connect_tls(tcp, &sni, verify, tls.identity_pem.as_deref(), &[], &["h2"]).await?;
+                send_h2_trailers(stream, req).await?
+            }
+        };
+        let (parts, _) = resp.into_parts();
+        let field = |name: &str| {
+            trailers
+                .get(name)
+                .or_else(|| parts.headers.get(name))
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        };
+        let messages: Vec<Vec<u8>> = grpc_messages(&body).into_iter().map(|m| m.to_vec()).collect();
+        Ok(GrpcReply {
+            http_status: parts.status,
+            grpc_status: field("grpc-status"),
+            grpc_message: field("grpc-message"),
+            body: messages.first().cloned().unwrap_or_else(|| body.to_vec()),
+            messages,
+            headers: parts.headers,
+            trailers,
+        })
+    }
+}
+
+/// What a completed TLS handshake negotiated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// `ProtocolVersion::TLSv1_2` or `TLSv1_3`.
+    pub protocol_version: ProtocolVersion,
+    pub alpn: Option<String>,
+    /// e.g. `TLS13_AES_128_GCM_SHA256`.
+    pub cipher_suite: String,
+    /// DER of the server's leaf certificate; compare with
+    /// [`CertKey::cert_der`] to see which certificate SNI selected.
+    pub peer_cert_der_first: Option<Vec<u8>>,
+}
+
+/// How long a TLS 1.3 probe listens after its handshake: a server rejects a
+/// client certificate only after the client already considers the handshake
+/// done, so the rejection arrives as an alert on the first read. A server
+/// that accepted usually says so sooner by sending session tickets (rustls
+/// does by default), which ends the wait early.
+const POST_HANDSHAKE_WAIT: Duration = Duration::from_secs(1);
+
+/// Handshake-level options; [`tls_probe`] covers the common ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TlsProbe<'a> {
+    /// SNI to send; `None` sends none (the server certificate is then
+    /// checked against the CA but not against any name).
+    pub sni: Option<&'a str>,
+    /// Verify the server against this CA; `None` accepts any certificate.
+    pub ca_pem: Option<&'a [u8]>,
+    /// Client certificate to present.
+    pub client: Option<&'a CertKey>,
+    /// Versions to offer; empty: TLS 1.2 and 1.3.
+    pub versions: &'a [&'static SupportedProtocolVersion],
+    /// ALPN protocols to offer; empty: no ALPN extension.
+    pub alpn: &'a [&'a str],
+}
+
+impl TlsProbe<'_> {
+    /// Connects, handshakes and closes. `Err` carries the reason a test can
+    /// match on: the alert the server sent, the certificate problem, a
+    /// connection refused or reset.
+    pub async fn run(&self, addr: SocketAddr) -> Result<TlsInfo, String> {
+        let tcp = connect_tcp(addr).await.map_err(|e| format!("{e:#}"))?;
+        // An IP-literal server name makes rustls omit SNI.
+        let (name, verify) = match (self.sni, self.ca_pem) {
+            (Some(sni), Some(ca)) => (sni.to_string(), Verify::Ca(ca)),
+            (Some(sni), None) => (sni.to_string(), Verify::None),
+            (None, Some(ca)) => (addr.ip().to_string(), Verify::CaChainOnly(ca)),
+            (None, None) => (addr.ip().to_string(), Verify::None),
+        };
+        let identity = self.client.map(CertKey::identity_pem);
+        let mut stream = tokio::time::timeout(
+            DEFAULT_TIMEOUT,
+            connect_tls(tcp, &name, verify, identity.as_deref().map(str::as_bytes), self.versions, self.alpn),
+        )
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("{e:#}"))?;
+        let conn = stream.get_ref().1;
+        let info = TlsInfo {
+            protocol_version: conn.protocol_version().ok_or("no protocol version after handshake")?,
+            alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+            cipher_suite: conn.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default(),
+            peer_cert_der_first: conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
+        };
+        if info.protocol_version == ProtocolVersion::TLSv1_3 {
+            let deadline = tokio::time::Instant::now() + POST_HANDSHAKE_WAIT;
+            let mut buf = [0u8; 1];
+            // Short read slices so a processed ticket is noticed promptly
+            // (reading is cancel-safe: nothing is lost between slices).
+            while stream.get_ref().1.tls13_tickets_received() == 0 && tokio::time::Instant::now() < deadline {
+                match tokio::time::timeout(Duration::from_millis(10), stream.read(&mut buf)).await {
+                    Err(_) => {}
+                    Ok(Ok(0)) => return Err("server closed the connection right after the handshake".into()),
+                    Ok(Ok(_)) => break,
+                    Ok(Err(e)) => return Err(format!("after handshake: {e}")),
+                }
+            }
+        }
+        let _ = stream.shutdown().await;
+        Ok(info)
+    }
+}
+
+/// Handshake only, for certificate/SNI/version tests: `sni` (or none),
+/// verification against `ca_pem` (or none), an optional client certificate
+/// and the versions to offer (empty: 1.2 and 1.3). See [`TlsProbe`] to also
+/// offer ALPN.
+pub async fn tls_probe(
+    addr: SocketAddr,
+    sni: Option<&str>,
+    ca_pem: Option<&[u8]>,
+    client: Option<&CertKey>,
+    versions: &[&'static SupportedProtocolVersion],
+) -> Result<TlsInfo, String> {
+    TlsProbe { sni, ca_pem, client, versions, alpn: &[] }.run(addr).await
+}
+
+/// Silence after which [`tcp_exchange`] without half-close stops reading.
+pub const TCP_QUIET: Duration = Duration::from_millis(500);
+
+/// Sends `payload` over a new TCP connection and returns every byte received.
+///
+/// With `half_close`, the client shuts down its write side after the payload
+/// and reads until the peer closes; not seeing EOF within [`RAW_TIMEOUT`] is
+/// an error, since half-close propagation is the point of such a test.
+/// Without it, the write side stays open and reading stops at EOF or after
+/// [`TCP_QUIET`] without new bytes (waiting up to [`RAW_TIMEOUT`] for the
+/// first). Writing and reading run concurrently so large payloads cannot
+/// deadlock against an echoing peer. A peer that closes at once yields an
+/// empty vector; a reset before any byte arrived is an error.
+pub async fn tcp_exchange(addr: SocketAddr, payload: &[u8], half_close: bool) -> Result<Vec<u8>> {
+    let (r, w) = connect_tcp(addr).await?.into_split();
+    exchange(r, w, payload, half_close).await.with_context(|| format!("TCP exchange with {addr}"))
+}
+
+/// [`tcp_exchange`] inside TLS: handshakes with `sni` (verifying against
+/// `ca_pem` if given), sends `payload`, then close_notify and FIN, and reads
+/// until the peer's close_notify. Close notifications travel inside the TLS
+/// stream, so this works through a passthrough proxy whether or not it
+/// propagates TCP half-close.
+pub async fn tls_tcp_exchange(addr: SocketAddr, sni: &str, ca_pem: Option<&[u8]>, payload: &[u8]) -> Result<Vec<u8>> {
+    let tcp = connect_tcp(addr).await?;
+    let verify = ca_pem.map_or(Verify::None, Verify::Ca);
+    let stream = connect_tls(tcp, sni, verify, None, &[], &[]).await?;
+    let (r, w) = tokio::io::split(stream);
+    exchange(r, w, payload, true).await.with_context(|| format!("TLS exchange with {addr} (SNI {sni})"))
+}
+
+async fn exchange<R, W>(mut r: R, mut w: W, payload: &[u8], half_close: bool) -> Result<Vec<u8>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let write = async {
+        w.write_all(payload).await?;
+        w.flush().await?;
+        if half_close {
+            w.shutdown().await?;
+        }
+        std::io::Result::Ok(w)
+    };
+    let read = async {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 16 * 1024];
+        let deadline = tokio::time::Instant::now() + RAW_TIMEOUT;
+        loop {
+            let wait = if half_close || out.is_empty() {
+                deadline
+            } else {
+                (tokio::time::Instant::now() + TCP_QUIET).min(deadline)
+            };
+            match tokio::time::timeout_at(wait, r.read(&mut buf)).await {
+                Err(_) if half_close => bail!("peer did not close within {RAW_TIMEOUT:?}; got {} bytes", out.len()),
+                Err(_) => break,
+                Ok(Ok(0)) => break,
+                Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Ok(Err(_)) if !out.is_empty() => break,
+                Ok(Err(e)) => return Err(e).context("reading"),
+            }
+        }
+        Ok(out)
+    };
+    let (written, read) = tokio::join!(write, read);
+    // A peer that closes without reading everything makes the write fail;
+    // what it sent is still the interesting part, so reads win.
+    let out = read?;
+    if let Err(e) = &written {
+        if out.is_empty() {
+            bail!("writing: {e}");
+        }
+    }
+    // The write half (still open without half-close) is dropped only now.
+    drop(written);
+    Ok(out)
 }
 
 /// Default for [`raw_http`]'s read deadline.

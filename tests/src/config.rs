@@ -96,6 +96,18 @@ impl BackendAddr for Upstream {
     }
 }
 
+impl BackendAddr for crate::tcp::TcpUpstream {
+    fn backend_addr(&self) -> SocketAddr {
+        self.addr()
+    }
+}
+
+impl BackendAddr for crate::tcp::TlsTcpUpstream {
+    fn backend_addr(&self) -> SocketAddr {
+        self.addr()
+    }
+}
+
 impl<T: BackendAddr + ?Sized> BackendAddr for &T {
     fn backend_addr(&self) -> SocketAddr {
         (**self).backend_addr()

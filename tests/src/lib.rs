@@ -3,7 +3,9 @@
 //! The gateway is exercised as a black box: real upstream HTTP servers
 //! ([`upstream`]), the real `gateway` binary launched as a child process
 //! ([`gateway`]), a plain HTTP client ([`client`]) and config folders with
-//! Kubernetes YAML builders ([`config`]). This crate deliberately does not
+//! Kubernetes YAML builders ([`config`]). TLS suites add throw-away
+//! certificates and Secrets ([`certs`]), HTTPS/h2c/gRPC upstream variants,
+//! raw TCP upstreams ([`tcp`]) and handshake-level client probes. This crate deliberately does not
 //! depend on the `gateway` or `controller` crates, so suites test only the
 //! shipped contract and keep compiling while those crates change.
 //!
@@ -22,33 +24,50 @@
 //! assert_eq!(r.echo()?.version, "v1");
 //! ```
 
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod gateway;
 pub mod manifest;
+pub mod tcp;
+pub mod tls;
 pub mod upstream;
 
+/// The rustls this crate is built against, so suites can name
+/// `rustls::version::TLS12` or `rustls::ProtocolVersion` without their own
+/// (possibly mismatched) dependency.
+pub use rustls;
+
+pub use certs::{generic_secret_yaml, self_signed, tls_secret_yaml, CertKey, TestCa};
 pub use client::{
-    admin_get, get, metric_sum, metric_value, metrics, post, raw_http, raw_http_timeout, request, HttpClient,
-    RequestBuilder, Response,
+    admin_get, get, grpc_call, grpc_request, metric_sum, metric_value, metrics, post, raw_http, raw_http_timeout,
+    request, tcp_exchange, tls_probe, tls_tcp_exchange, GrpcReply, GrpcRequest, HttpClient, RequestBuilder, Response,
+    TlsInfo, TlsProbe,
 };
 pub use config::{
     docs, endpoint_slice, endpoints_for, namespace, pod, service, service_named, service_ports, BackendAddr, ConfigDir,
 };
 pub use gateway::{free_addr, gateway_bin, run_analyze, GatewayBuilder, GatewayProcess};
-pub use upstream::{pattern_bytes, Echo, Upstream, UpstreamBuilder};
+pub use tcp::{TcpUpstream, TlsTcpUpstream, TlsTcpUpstreamBuilder};
+pub use upstream::{grpc_frame, grpc_messages, pattern_bytes, Echo, TlsEcho, Upstream, UpstreamBuilder};
 
-/// Everything a suite usually needs, plus `Duration`, `SocketAddr` and
-/// `StatusCode`.
+/// Everything a suite usually needs, plus `Duration`, `SocketAddr`,
+/// `StatusCode`, `Version` and the TLS version constants.
 pub mod prelude {
+    pub use crate::certs::*;
     pub use crate::client::*;
     pub use crate::config::*;
     pub use crate::gateway::*;
+    pub use crate::tcp::*;
     pub use crate::upstream::*;
-    pub use http::{Method, StatusCode};
+    pub use http::{Method, StatusCode, Version};
+    pub use rustls::version::{TLS12, TLS13};
+    pub use rustls::ProtocolVersion;
     pub use std::net::SocketAddr;
     pub use std::time::Duration;
 }
 
 #[cfg(test)]
 mod selftest;
+#[cfg(test)]
+mod selftest_tls;

@@ -205,5 +205,11 @@ mod prelude_compiles {
         assert_eq!(r.status, StatusCode::OK);
         let _: Method = Method::GET;
         let _: Option<SocketAddr> = None;
+        // TLS/TCP additions resolve too.
+        let ca = TestCa::new("prelude");
+        let tcp = TcpUpstream::start("t").await;
+        let _ = endpoints_for("t", "default", Some("tcp"), &[(&tcp, &[])]);
+        let _: Option<(TlsEcho, TlsInfo, GrpcReply, Version, ProtocolVersion)> = None;
+        let _ = (&TLS12, &TLS13, tls_secret_yaml("s", "ns", &ca.issue_server(&["h"]), None));
     }
 }

@@ -15,6 +15,19 @@
 //! * `delay/<ms>`  – wait that long before answering (capped at 60 s);
 //! * `status/<code>` – answer with that status (200..=599);
 //! * `bytes/<n>`  – answer `n` bytes of [`pattern_bytes`] instead of JSON.
+//!
+//! Protocol variants (all keep the echo behaviour):
+//!
+//! * default: cleartext HTTP/1.x only, so a gateway that wrongly speaks
+//!   HTTP/2 to a plain upstream fails visibly;
+//! * [`h2c`](UpstreamBuilder::h2c): also HTTP/2 with prior knowledge (the
+//!   connection preface decides, per connection);
+//! * [`tls`](UpstreamBuilder::tls): HTTPS, ALPN `h2` and `http/1.1`, with
+//!   [`client_ca`](UpstreamBuilder::client_ca) for mutual TLS; what the
+//!   handshake carried is reported in [`Echo::tls`];
+//! * [`grpc`](UpstreamBuilder::grpc): `POST`s with a gRPC content type get a
+//!   gRPC answer (one message holding the [`Echo`] JSON, then trailers), and
+//!   HTTP/2 is accepted as with `h2c`.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,14 +38,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::SupportedProtocolVersion;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use crate::certs::CertKey;
 
 /// Upper bound on `delay/<ms>` so a typo cannot hang a suite.
 const MAX_DELAY: Duration = Duration::from_secs(60);
@@ -41,6 +60,12 @@ const MAX_BYTES: usize = 64 << 20;
 /// How many received requests [`Upstream::requests`] remembers; older ones are
 /// discarded so load tests do not grow memory without bound.
 const MAX_RECORDED: usize = 10_000;
+/// A client that connects but never finishes the TLS handshake must not pin
+/// a connection task forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Response bodies: plain bytes, or bytes plus trailers for gRPC.
+type UpBody = BoxBody<Bytes, Infallible>;
 
 /// The JSON body of every non-`bytes` response: what the upstream saw.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +99,26 @@ pub struct Echo {
     /// connection.
     #[serde(default)]
     pub connection: u64,
+    /// What the TLS handshake carried, for a [`tls`](UpstreamBuilder::tls)
+    /// upstream; absent on cleartext connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsEcho>,
+}
+
+/// The TLS side of a request an HTTPS upstream received: lets upstream-TLS
+/// tests check which SNI and ALPN the gateway sent and whether it presented
+/// a client certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsEcho {
+    /// SNI the client sent, if any.
+    pub sni: Option<String>,
+    /// Negotiated ALPN protocol (`h2`, `http/1.1`), if any.
+    pub alpn: Option<String>,
+    /// `TLSv1_2` or `TLSv1_3`.
+    pub protocol: String,
+    /// Whether the client presented a certificate (with
+    /// [`client_ca`](UpstreamBuilder::client_ca) it was also verified).
+    pub client_cert: bool,
 }
 
 impl Echo {
@@ -97,6 +142,12 @@ pub struct UpstreamBuilder {
     pod: Option<String>,
     bind: SocketAddr,
     headers: Vec<(String, String)>,
+    tls: Option<CertKey>,
+    client_ca: Option<String>,
+    tls_versions: Vec<&'static SupportedProtocolVersion>,
+    alpn: Vec<String>,
+    h2c: bool,
+    grpc: bool,
 }
 
 impl UpstreamBuilder {
@@ -127,6 +178,58 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Serve HTTPS with this certificate. ALPN offers `h2` then `http/1.1`
+    /// (see [`alpn`](Self::alpn)); the echo is unchanged apart from
+    /// [`Echo::tls`] and `HTTP/2.0` as the version of h2 requests.
+    pub fn tls(mut self, cert: CertKey) -> Self {
+        self.tls = Some(cert);
+        self
+    }
+
+    /// Require client certificates issued by this CA (PEM), for gateway →
+    /// upstream mutual TLS. A client without one fails the handshake, which
+    /// counts in [`Upstream::handshake_failures`]. Only meaningful with
+    /// [`tls`](Self::tls).
+    pub fn client_ca(mut self, ca_pem: impl Into<String>) -> Self {
+        self.client_ca = Some(ca_pem.into());
+        self
+    }
+
+    /// Restrict the TLS versions offered (default TLS 1.2 and 1.3), e.g.
+    /// `&[&rustls::version::TLS12]` to test the gateway's upstream minimum.
+    pub fn tls_versions(mut self, versions: &[&'static SupportedProtocolVersion]) -> Self {
+        self.tls_versions = versions.to_vec();
+        self
+    }
+
+    /// ALPN protocols offered by a TLS upstream, in preference order
+    /// (default `["h2", "http/1.1"]`; empty: no ALPN, so the client must
+    /// guess, and the connection preface decides as with [`h2c`](Self::h2c)).
+    pub fn alpn(mut self, protocols: &[&str]) -> Self {
+        self.alpn = protocols.iter().map(|p| p.to_string()).collect();
+        self
+    }
+
+    /// Also accept cleartext HTTP/2 with prior knowledge. Each connection is
+    /// sniffed: the HTTP/2 preface selects HTTP/2, anything else HTTP/1.x.
+    pub fn h2c(mut self) -> Self {
+        self.h2c = true;
+        self
+    }
+
+    /// Answer gRPC: a `POST` whose content type starts with
+    /// `application/grpc` gets status 200, `content-type: application/grpc`,
+    /// one length-prefixed message holding the [`Echo`] JSON (its `body` is
+    /// the request's first message, decoded) and trailers `grpc-status: 0`;
+    /// a path ending in `/Fail` gets no message and trailers
+    /// `grpc-status: 13`, `grpc-message: boom`. Other requests get the usual
+    /// echo. Implies [`h2c`](Self::h2c) (gRPC needs HTTP/2).
+    pub fn grpc(mut self) -> Self {
+        self.grpc = true;
+        self.h2c = true;
+        self
+    }
+
     /// Binds and starts serving; panics if the address cannot be bound
     /// (a test cannot do anything useful in that case).
     pub async fn start(self) -> Upstream {
@@ -137,8 +240,17 @@ impl UpstreamBuilder {
         }
     }
 
-    /// Like [`start`](Self::start) but returns bind errors.
+    /// Like [`start`](Self::start) but returns bind (and TLS setup) errors.
     pub async fn try_start(self) -> io::Result<Upstream> {
+        let acceptor = match &self.tls {
+            Some(cert) => {
+                let alpn: Vec<&str> = self.alpn.iter().map(String::as_str).collect();
+                let config = crate::tls::server_config(cert, self.client_ca.as_deref(), &self.tls_versions, &alpn)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:#}")))?;
+                Some(TlsAcceptor::from(Arc::new(config)))
+            }
+            None => None,
+        };
         let listener = TcpListener::bind(self.bind).await?;
         let addr = listener.local_addr()?;
         let mut fixed_headers = Vec::with_capacity(self.headers.len());
@@ -157,9 +269,13 @@ impl UpstreamBuilder {
             connections: AtomicU64::new(0),
             next_conn_id: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            handshake_failures: AtomicU64::new(0),
             recorded: Mutex::new(Vec::new()),
+            h2c: self.h2c,
+            grpc: self.grpc,
+            tls: acceptor.is_some(),
         });
-        let task = tokio::spawn(accept_loop(listener, shared.clone()));
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), acceptor));
         Ok(Upstream { addr, shared, task })
     }
 }
@@ -183,7 +299,12 @@ struct Shared {
     /// Connection ids; never reset, so ids stay unique across [`Upstream::reset`].
     next_conn_id: AtomicU64,
     active: AtomicU64,
+    handshake_failures: AtomicU64,
     recorded: Mutex<Vec<Echo>>,
+    /// Sniff for the HTTP/2 preface instead of speaking HTTP/1.x only.
+    h2c: bool,
+    grpc: bool,
+    tls: bool,
 }
 
 impl Upstream {
@@ -197,6 +318,12 @@ impl Upstream {
             pod: None,
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             headers: Vec::new(),
+            tls: None,
+            client_ca: None,
+            tls_versions: Vec::new(),
+            alpn: vec!["h2".into(), "http/1.1".into()],
+            h2c: false,
+            grpc: false,
         }
     }
 
@@ -205,9 +332,23 @@ impl Upstream {
         self.addr
     }
 
-    /// `http://ADDR{path}`, for talking to the upstream directly.
+    /// `http://ADDR{path}` (`https://` for a TLS upstream), for talking to
+    /// the upstream directly.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        let scheme = if self.shared.tls { "https" } else { "http" };
+        format!("{scheme}://{}{}", self.addr, path)
+    }
+
+    /// Whether this upstream serves TLS.
+    pub fn is_tls(&self) -> bool {
+        self.shared.tls
+    }
+
+    /// TLS handshakes that failed or timed out (e.g. a client without the
+    /// required certificate, or one that does not trust ours). Not reset by
+    /// [`reset`](Self::reset).
+    pub fn handshake_failures(&self) -> u64 {
+        self.shared.handshake_failures.load(Ordering::SeqCst)
     }
 
     pub fn service(&self) -> &str {
@@ -289,7 +430,7 @@ impl Drop for ActiveGuard {
     }
 }
 
-async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, acceptor: Option<TlsAcceptor>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -308,21 +449,85 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
                 shared.active.fetch_add(1, Ordering::SeqCst);
                 let guard = ActiveGuard(shared.clone());
                 let shared = shared.clone();
+                let acceptor = acceptor.clone();
                 conns.spawn(async move {
                     let _guard = guard;
-                    let svc = service_fn(move |req| {
-                        let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(handle(req, &shared, peer, conn_id).await) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .keep_alive(true)
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let Some(acceptor) = acceptor else {
+                        let mode = if shared.h2c { Mode::Auto } else { Mode::Http1 };
+                        return serve(stream, shared, peer, conn_id, None, mode).await;
+                    };
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        _ => {
+                            shared.handshake_failures.fetch_add(1, Ordering::SeqCst);
+                            return;
+                        }
+                    };
+                    let conn = tls.get_ref().1;
+                    let info = TlsEcho {
+                        sni: conn.server_name().map(str::to_string),
+                        alpn: conn.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()),
+                        protocol: conn.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+                        client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+                    };
+                    // ALPN is authoritative when negotiated; without it the
+                    // client may still send the HTTP/2 preface.
+                    let mode = match info.alpn.as_deref() {
+                        Some("h2") => Mode::Http2,
+                        Some(_) => Mode::Http1,
+                        None if shared.h2c => Mode::Auto,
+                        None => Mode::Http1,
+                    };
+                    serve(tls, shared, peer, conn_id, Some(info), mode).await;
                 });
             }
             // Reap finished connection tasks so the set does not grow forever.
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
+        }
+    }
+}
+
+/// Which HTTP versions a connection is served with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Http1,
+    Http2,
+    /// HTTP/2 if the connection starts with its preface, else HTTP/1.x.
+    Auto,
+}
+
+async fn serve<I>(io: I, shared: Arc<Shared>, peer: SocketAddr, conn_id: u64, tls: Option<TlsEcho>, mode: Mode)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let tls = tls.clone();
+        async move { Ok::<_, Infallible>(handle(req, &shared, peer, conn_id, tls).await) }
+    });
+    let io = TokioIo::new(io);
+    // Errors here are client disconnects and protocol violations; the
+    // upstream has nobody to report them to, and tests observe them from
+    // the client side.
+    match mode {
+        Mode::Http1 => {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .keep_alive(true)
+                .serve_connection(io, svc)
+                .await;
+        }
+        Mode::Http2 => {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .serve_connection(io, svc)
+                .await;
+        }
+        Mode::Auto => {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder.http1().timer(TokioTimer::new()).keep_alive(true);
+            builder.http2().timer(TokioTimer::new());
+            let _ = builder.serve_connection(io, svc).await;
         }
     }
 }
@@ -366,10 +571,26 @@ fn parse_directives(path: &str) -> Directives {
     d
 }
 
-async fn handle(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, conn_id: u64) -> Response<Full<Bytes>> {
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    shared: &Shared,
+    peer: SocketAddr,
+    conn_id: u64,
+    tls: Option<TlsEcho>,
+) -> Response<UpBody> {
     shared.hits.fetch_add(1, Ordering::SeqCst);
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let grpc = shared.grpc && parts.method == http::Method::POST && is_grpc(&parts.headers);
+    // For gRPC the interesting body is the message, not its framing.
+    let body = if grpc { grpc_messages(&body).into_iter().next().unwrap_or_default() } else { body };
 
     let mut headers: BTreeMap<String, String> = BTreeMap::new();
     for (name, value) in &parts.headers {
@@ -397,6 +618,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, conn_
         body: String::from_utf8_lossy(&body).into_owned(),
         peer: peer.to_string(),
         connection: conn_id,
+        tls,
     };
     {
         let mut rec = shared.recorded.lock().unwrap();
@@ -404,6 +626,10 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, conn_
             rec.remove(0);
         }
         rec.push(echo.clone());
+    }
+
+    if grpc {
+        return grpc_response(&echo, shared);
     }
 
     let directives = parse_directives(parts.uri.path());
@@ -421,10 +647,15 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, conn_
         ("application/json", Bytes::from(json))
     };
 
-    let mut resp = Response::new(Full::new(payload));
+    let mut resp = Response::new(Full::new(payload).boxed());
     *resp.status_mut() = status;
-    let h = resp.headers_mut();
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    add_identity_headers(resp.headers_mut(), shared);
+    resp
+}
+
+/// `x-upstream`, `x-upstream-pod` and the configured extra headers.
+fn add_identity_headers(h: &mut HeaderMap, shared: &Shared) {
     if let Ok(v) = HeaderValue::from_str(&format!("{}-{}", shared.service, shared.version)) {
         h.insert("x-upstream", v);
     }
@@ -436,6 +667,49 @@ async fn handle(req: Request<Incoming>, shared: &Shared, peer: SocketAddr, conn_
     for (k, v) in &shared.fixed_headers {
         h.append(k.clone(), v.clone());
     }
+}
+
+/// Frames `payload` as one uncompressed gRPC message (flag byte, 4-byte
+/// big-endian length, payload).
+pub fn grpc_frame(payload: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(5 + payload.len());
+    out.push(0);
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out.into()
+}
+
+/// Splits a gRPC body into message payloads; a truncated tail is dropped
+/// (it is not a message), and compression flags are ignored because nothing
+/// here compresses.
+pub fn grpc_messages(body: &[u8]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        if rest.len() < 5 + len {
+            break;
+        }
+        out.push(Bytes::copy_from_slice(&rest[5..5 + len]));
+        rest = &rest[5 + len..];
+    }
+    out
+}
+
+fn grpc_response(echo: &Echo, shared: &Shared) -> Response<UpBody> {
+    let mut trailers = HeaderMap::new();
+    let payload = if echo.path.split('?').next().unwrap_or_default().ends_with("/Fail") {
+        trailers.insert("grpc-status", HeaderValue::from_static("13"));
+        trailers.insert("grpc-message", HeaderValue::from_static("boom"));
+        Bytes::new()
+    } else {
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        grpc_frame(&serde_json::to_vec(echo).expect("Echo serializes"))
+    };
+    let body = Full::new(payload).with_trailers(async move { Some(Ok(trailers)) }).boxed();
+    let mut resp = Response::new(body);
+    resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    add_identity_headers(resp.headers_mut(), shared);
     resp
 }
 
@@ -454,6 +728,14 @@ mod tests {
         assert_eq!(parse_directives("/status/42").status, None);
         assert_eq!(parse_directives("/status/abc").status, None);
         assert_eq!(parse_directives("/delay/99999999").delay, Some(MAX_DELAY));
+    }
+
+    #[test]
+    fn grpc_framing_round_trips() {
+        let mut body = grpc_frame(b"hello").to_vec();
+        body.extend_from_slice(&grpc_frame(b""));
+        body.extend_from_slice(&[0, 0, 0, 0, 9, b'x']);
+        assert_eq!(grpc_messages(&body), vec![Bytes::from_static(b"hello"), Bytes::new()]);
     }
 
     #[test]

@@ -29,11 +29,49 @@ pub struct Server {
     #[serde(default)]
     pub hosts: Vec<String>,
     #[serde(default)]
-    pub tls: Option<Opaque>,
+    pub tls: Option<ServerTlsSettings>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
     pub default_endpoint: Option<String>,
+}
+
+/// Gateway `servers[].tls`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTlsSettings {
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// PASSTHROUGH, SIMPLE, MUTUAL, AUTO_PASSTHROUGH, ISTIO_MUTUAL, OPTIONAL_MUTUAL.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub server_certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    #[serde(default)]
+    pub ca_crl: Option<String>,
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub credential_names: Vec<String>,
+    #[serde(default)]
+    pub tls_certificates: Vec<Opaque>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub verify_certificate_spki: Vec<String>,
+    #[serde(default)]
+    pub verify_certificate_hash: Vec<String>,
+    /// TLS_AUTO, TLSV1_0, TLSV1_1, TLSV1_2, TLSV1_3.
+    #[serde(default)]
+    pub min_protocol_version: Option<String>,
+    #[serde(default)]
+    pub max_protocol_version: Option<String>,
+    #[serde(default)]
+    pub cipher_suites: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -60,11 +98,72 @@ pub struct VirtualServiceSpec {
     #[serde(default)]
     pub http: Vec<HttpRoute>,
     #[serde(default)]
-    pub tls: Vec<Opaque>,
+    pub tls: Vec<TlsRoute>,
     #[serde(default)]
-    pub tcp: Vec<Opaque>,
+    pub tcp: Vec<TcpRoute>,
     #[serde(default)]
     pub export_to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsMatchAttributes {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4MatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct L4MatchAttributes {
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+    #[serde(default)]
+    pub source_subnet: Option<String>,
+}
+
+/// Destination of a tcp or tls route.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteDestination {
+    pub destination: Destination,
+    #[serde(default)]
+    pub weight: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -214,7 +313,7 @@ pub struct TrafficPolicy {
     #[serde(default)]
     pub outlier_detection: Option<Opaque>,
     #[serde(default)]
-    pub tls: Option<Opaque>,
+    pub tls: Option<ClientTlsSettings>,
     #[serde(default)]
     pub tunnel: Option<Opaque>,
     #[serde(default)]
@@ -233,7 +332,32 @@ pub struct PortTrafficPolicy {
     #[serde(default)]
     pub outlier_detection: Option<Opaque>,
     #[serde(default)]
-    pub tls: Option<Opaque>,
+    pub tls: Option<ClientTlsSettings>,
+}
+
+/// DestinationRule `trafficPolicy.tls`: TLS origination to upstreams.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTlsSettings {
+    /// DISABLE, SIMPLE, MUTUAL, ISTIO_MUTUAL.
+    #[serde(default)]
+    pub mode: Option<String>,
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
+    #[serde(default)]
+    pub ca_crl: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -56,7 +56,16 @@ pub fn load(paths: &[PathBuf]) -> Store {
             ),
         }
     }
+    read_referenced_files(&mut store);
     store
+}
+
+/// Reads the certificate files the loaded resources name, so translation can use them.
+pub fn read_referenced_files(store: &mut Store) {
+    for path in store.referenced_files() {
+        let content = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        store.files.insert(path, content);
+    }
 }
 
 /// Adds every document of one YAML (or JSON) text.

@@ -5,38 +5,52 @@
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 pub struct FileWatcher {
-    _watcher: RecommendedWatcher,
+    watcher: RecommendedWatcher,
     rx: mpsc::Receiver<()>,
+    /// Paths whose changes matter; shared with the notify callback.
+    wanted: Arc<Mutex<Vec<PathBuf>>>,
 }
 
 impl FileWatcher {
     pub fn new(paths: &[PathBuf]) -> notify::Result<FileWatcher> {
         let (tx, rx) = mpsc::channel();
-        let wanted: Vec<PathBuf> = paths.iter().map(|p| absolute(p)).collect();
+        let wanted: Arc<Mutex<Vec<PathBuf>>> = Arc::default();
         let filter = wanted.clone();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
             let Ok(event) = event else { return };
             if event.kind.is_access() {
                 return;
             }
+            let filter = filter.lock().unwrap_or_else(|e| e.into_inner());
             let relevant = event.paths.iter().any(|p| filter.iter().any(|w| p.starts_with(w)));
             if relevant {
                 let _ = tx.send(());
             }
         })?;
-        for path in &wanted {
+        let mut this = FileWatcher { watcher, rx, wanted };
+        this.watch(paths)?;
+        Ok(this)
+    }
+
+    /// Adds paths (config folders, or certificate files named by the config) to the watch.
+    pub fn watch(&mut self, paths: &[PathBuf]) -> notify::Result<()> {
+        for path in paths.iter().map(|p| absolute(p)) {
+            if self.wanted.lock().unwrap_or_else(|e| e.into_inner()).contains(&path) {
+                continue;
+            }
             if path.is_dir() {
-                watcher.watch(path, RecursiveMode::Recursive)?;
+                self.watcher.watch(&path, RecursiveMode::Recursive)?;
             } else {
                 let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-                watcher.watch(parent, RecursiveMode::NonRecursive)?;
+                self.watcher.watch(parent, RecursiveMode::NonRecursive)?;
             }
+            self.wanted.lock().unwrap_or_else(|e| e.into_inner()).push(path);
         }
-        Ok(FileWatcher { _watcher: watcher, rx })
+        Ok(())
     }
 
     /// Blocks until something changed, then waits for `quiet` without further events so a

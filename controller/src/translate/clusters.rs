@@ -1,11 +1,12 @@
 //! Destinations → clusters: service port, subset endpoints and load-balancer policy from the
 //! DestinationRule (subset port level > subset > port level > top level > LEAST_REQUEST).
 
+use super::credentials::{Credentials, Need};
 use super::services::{Registry, ServiceInfo};
-use crate::api::istio::{DestinationRuleSpec, LoadBalancerSettings, TrafficPolicy};
+use crate::api::istio::{ClientTlsSettings, DestinationRuleSpec, LoadBalancerSettings, TrafficPolicy};
 use crate::api::Kind;
 use crate::diagnostics::{codes, Diagnostic};
-use crate::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, ServiceRef};
+use crate::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, ServiceRef, UpstreamTls};
 use crate::store::{Resource, Store};
 use std::collections::HashMap;
 
@@ -74,16 +75,6 @@ fn check_policy(policy: Option<&TrafficPolicy>, field: &str, problems: &mut Vec<
                 codes::UNSUPPORTED,
                 format!("{field}.{name}"),
                 "not supported yet, ignored",
-            ));
-        }
-    }
-    if let Some(tls) = &policy.tls {
-        let mode = tls.get("mode").and_then(|m| m.as_str()).unwrap_or("DISABLE");
-        if mode != "DISABLE" {
-            problems.push(Diagnostic::warning(
-                codes::UNSUPPORTED,
-                format!("{field}.tls.mode"),
-                format!("TLS origination ({mode}) is not supported yet; connections to upstreams are plain text"),
             ));
         }
     }
@@ -202,9 +193,11 @@ pub struct Resolved {
     pub cluster: Cluster,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn resolve(
     registry: &Registry,
     rules: &Rules,
+    creds: &mut Credentials,
     host: &str,
     port: Option<u16>,
     subset: Option<&str>,
@@ -264,10 +257,31 @@ pub fn resolve(
         },
     };
     let subset_known = subset.is_none() || subset_labels.is_some();
-    let endpoints = match service {
+    let mut endpoints = match service {
         Some(svc) if subset_known => endpoints_of(svc, port, subset_labels),
         _ => Vec::new(),
     };
+    let tls = match rule.and_then(|r| effective_tls(&r.spec, subset, port).map(|t| (r, t))) {
+        None => None,
+        Some((r, settings)) => match upstream_tls(settings, host, creds) {
+            Ok(tls) => tls,
+            Err(why) => {
+                // Fail closed: never fall back to plain text for a destination meant to use TLS.
+                problems.push(Diagnostic::warning(
+                    codes::UNSUPPORTED,
+                    format!("{field}.host"),
+                    format!(
+                        "DestinationRule {}/{} trafficPolicy.tls: {why}; requests to this destination get 503",
+                        r.namespace, r.meta.name
+                    ),
+                ));
+                endpoints.clear();
+                None
+            }
+        },
+    };
+    let upstream_protocol =
+        service.and_then(|s| s.ports.iter().find(|p| p.number == port)).map(|p| p.protocol).unwrap_or_default();
     let (name, namespace) = match service {
         Some(s) => (s.name.clone(), s.namespace.clone()),
         None => (host.split('.').next().unwrap_or(host).to_string(), "unknown".to_string()),
@@ -280,8 +294,65 @@ pub fn resolve(
             subset: subset.map(str::to_string),
             load_balancer: effective_lb(rule.map(|r| &r.spec), subset, port),
             endpoints,
+            upstream_protocol,
+            tls,
         },
     })
+}
+
+/// The TLS settings for one cluster, most specific first (as for load balancing).
+fn effective_tls<'a>(dr: &'a DestinationRuleSpec, subset: Option<&str>, port: u16) -> Option<&'a ClientTlsSettings> {
+    let from = |p: Option<&'a TrafficPolicy>| -> Option<&'a ClientTlsSettings> {
+        let p = p?;
+        p.port_level_settings
+            .iter()
+            .find(|s| s.port.as_ref().map(|x| x.number) == Some(u32::from(port)))
+            .and_then(|s| s.tls.as_ref())
+            .or(p.tls.as_ref())
+    };
+    let subset_policy =
+        subset.and_then(|s| dr.subsets.iter().find(|x| x.name == s)).and_then(|s| s.traffic_policy.as_ref());
+    from(subset_policy).or_else(|| from(dr.traffic_policy.as_ref()))
+}
+
+/// DestinationRule TLS → snapshot form. `Ok(None)` is DISABLE.
+fn upstream_tls(t: &ClientTlsSettings, host: &str, creds: &mut Credentials) -> Result<Option<UpstreamTls>, String> {
+    let mode = t.mode.as_deref().unwrap_or("DISABLE").to_ascii_uppercase();
+    let mut out = UpstreamTls {
+        sni: t.sni.clone().unwrap_or_else(|| host.to_string()),
+        ca: None,
+        client_certificate: None,
+        subject_alt_names: t.subject_alt_names.clone(),
+        insecure_skip_verify: t.insecure_skip_verify.unwrap_or(false),
+    };
+    match mode.as_str() {
+        "DISABLE" => return Ok(None),
+        "ISTIO_MUTUAL" => {
+            return Err("mode ISTIO_MUTUAL is not supported yet (it needs Istio's mesh certificates)".into())
+        }
+        "SIMPLE" | "MUTUAL" => {}
+        other => return Err(format!("unknown mode {other:?}")),
+    }
+    if let Some(name) = &t.credential_name {
+        let need = if mode == "MUTUAL" { Need::CertAndKey } else { Need::Ca };
+        let key = creds.from_secret(name, need)?;
+        if creds.secret_has_ca(&key) {
+            out.ca = Some(key.clone());
+        }
+        if mode == "MUTUAL" {
+            out.client_certificate = Some(key);
+        }
+    } else {
+        if mode == "MUTUAL" {
+            let key =
+                creds.from_files(t.client_certificate.as_deref(), t.private_key.as_deref(), None, Need::CertAndKey)?;
+            out.client_certificate = Some(key);
+        }
+        if let Some(ca) = &t.ca_certificates {
+            out.ca = Some(creds.from_files(None, None, Some(ca), Need::Ca)?);
+        }
+    }
+    Ok(Some(out))
 }
 
 fn port_list(svc: &ServiceInfo) -> String {

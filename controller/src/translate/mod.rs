@@ -8,8 +8,10 @@
 //! A resource with an error is left out whole; warnings leave it in.
 
 pub mod clusters;
+pub mod credentials;
 pub mod hosts;
 mod routes;
+pub mod servers;
 pub mod services;
 
 use crate::api::istio::{GatewaySpec, Server};
@@ -44,6 +46,8 @@ struct BoundServer<'a> {
     gateway_key: String,
     server: &'a Server,
     port: u16,
+    kind: servers::ServerKind,
+    tls: Option<crate::snapshot::ServerTls>,
 }
 
 /// Translates the store into a snapshot (version 0; the publisher numbers it) and the
@@ -55,10 +59,14 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
     let registry = services::Registry::build(store, &mut problems);
     let rules = clusters::Rules::build(store, &mut problems);
 
-    // Gateways: selected ones, servers grouped by port; the first server on a port fixes its
-    // protocol and conflicting later ones are ignored (as Istio does).
+    let mut creds = credentials::Credentials::new(store, &options.namespace);
+
+    // Gateways: selected ones, servers grouped by port. Servers on one port must agree on
+    // plain HTTP / TLS / TCP; the first fixes it and conflicting later ones are ignored (as
+    // Istio does). A server whose TLS material is unusable is skipped with a warning so the
+    // Gateway's other servers keep serving.
     let mut servers: Vec<BoundServer> = Vec::new();
-    let mut port_protocol: BTreeMap<u16, (String, String)> = BTreeMap::new();
+    let mut port_class: BTreeMap<u16, (&'static str, String)> = BTreeMap::new();
     let mut gateways: Vec<&Resource<GatewaySpec>> = store.gateways.values().collect();
     gateways.sort_by_key(|g| g.order_key());
     let mut known_gateways = HashMap::new();
@@ -70,7 +78,6 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
         }
         let mut local = Vec::new();
         let mut accepted = Vec::new();
-        let mut accepted_here: Vec<(u16, String)> = Vec::new();
         for (i, server) in gw.spec.servers.iter().enumerate() {
             let field = format!("spec.servers[{i}]");
             let Ok(port) = u16::try_from(server.port.number) else {
@@ -85,37 +92,20 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
                 local.push(Diagnostic::error(codes::SCHEMA, format!("{field}.hosts"), "at least one host is required"));
                 continue;
             }
-            let protocol = server.port.protocol.to_ascii_uppercase();
-            // The first server on a port fixes its protocol; conflicting later ones are
-            // ignored, as Istio does. Checked before support so the conflict is reported.
-            let claimed = port_protocol.get(&port).cloned().or_else(|| {
-                accepted_here.iter().find(|(p, _)| *p == port).map(|(_, proto)| (proto.clone(), key.clone()))
+            let Some((kind, tls)) = servers::classify(server, &field, &key, &mut creds, &mut local) else { continue };
+            let class = kind.port_class();
+            let claimed = port_class.get(&port).cloned().or_else(|| {
+                accepted.iter().find(|a: &&BoundServer| a.port == port).map(|a| (a.kind.port_class(), key.clone()))
             });
-            if let Some((other_proto, other_gw)) = claimed {
-                if other_proto != protocol {
+            if let Some((other, other_gw)) = claimed {
+                if other != class {
                     local.push(Diagnostic::warning(
                         codes::CONFLICT,
                         format!("{field}.port"),
-                        format!("port {port} is already served as {other_proto} by gateway {other_gw}; this {protocol} server is ignored"),
+                        format!("port {port} is already served as {other} by gateway {other_gw}; this {} server ({class}) is ignored", server.port.protocol),
                     ));
                     continue;
                 }
-            }
-            accepted_here.push((port, protocol.clone()));
-            if protocol != "HTTP" {
-                local.push(Diagnostic::warning(
-                    codes::UNSUPPORTED,
-                    format!("{field}.port.protocol"),
-                    format!("protocol {:?} is not supported yet; server ignored", server.port.protocol),
-                ));
-                continue;
-            }
-            if server.tls.is_some() {
-                local.push(Diagnostic::warning(
-                    codes::UNSUPPORTED,
-                    format!("{field}.tls"),
-                    "TLS settings on a plain HTTP server are not supported yet, ignored",
-                ));
             }
             if server.bind.is_some() {
                 local.push(Diagnostic::warning(
@@ -124,7 +114,7 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
                     "bind is not supported; the gateway listens on its port map",
                 ));
             }
-            accepted.push((port, protocol, server));
+            accepted.push(BoundServer { gateway: gw, gateway_key: key.clone(), server, port, kind, tls });
         }
         let rejected = local.iter().any(Diagnostic::is_error);
         problems.extend(local.into_iter().map(|d| d.at(&gw.origin, Some(gw.reference(Kind::Gateway)))));
@@ -132,39 +122,58 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
             known_gateways.insert(key, false);
             continue;
         }
-        for (port, protocol) in accepted_here {
-            port_protocol.entry(port).or_insert((protocol, key.clone()));
-        }
-        for (port, _, server) in accepted {
-            servers.push(BoundServer { gateway: gw, gateway_key: key.clone(), server, port });
+        for s in accepted {
+            port_class.entry(s.port).or_insert((s.kind.port_class(), key.clone()));
+            servers.push(s);
         }
     }
 
-    // Listeners and virtual hosts.
+    // Listeners: one per port, with the TLS servers in Gateway order.
     let mut listeners: BTreeMap<u16, Listener> = BTreeMap::new();
     for s in &servers {
+        let protocol = match s.kind.port_class() {
+            "HTTP" => Protocol::Http,
+            "TLS" => Protocol::Https,
+            _ => Protocol::Tcp,
+        };
+        let prefix = match protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Https => "https",
+            Protocol::Http => "http",
+        };
         let listener = listeners.entry(s.port).or_insert_with(|| Listener {
-            name: format!("http.{}", s.port),
+            name: format!("{prefix}.{}", s.port),
             port: s.port,
-            protocol: Protocol::Http,
+            protocol,
             servers: Vec::new(),
             virtual_hosts: Vec::new(),
+            tls: Vec::new(),
+            l4_routes: Vec::new(),
         });
         listener.servers.push(ServerInfo {
             gateway: s.gateway_key.clone(),
             port_name: s.server.port.name.clone(),
             hosts: s.server.hosts.clone(),
         });
+        if let Some(tls) = &s.tls {
+            listener.tls.push(tls.clone());
+        }
     }
     let mut vhosts: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
     let mut clusters = BTreeMap::new();
 
     let mut virtual_services: Vec<_> = store.virtual_services.values().collect();
     virtual_services.sort_by_key(|v| v.order_key());
+    let ctx = routes::Context {
+        servers: &servers,
+        known_gateways: &known_gateways,
+        registry: &registry,
+        rules: &rules,
+        options,
+    };
     for vs in virtual_services {
         let mut local = Vec::new();
-        let translated =
-            routes::translate_virtual_service(vs, &servers, &known_gateways, &registry, &rules, options, &mut local);
+        let translated = routes::translate_virtual_service(vs, &ctx, &mut creds, &mut local);
         let rejected = local.iter().any(Diagnostic::is_error);
         problems.extend(local.into_iter().map(|d| d.at(&vs.origin, Some(vs.reference(Kind::VirtualService)))));
         if rejected {
@@ -175,10 +184,39 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
             match list.iter_mut().find(|v| v.domains[0] == domain) {
                 // Several VirtualServices for one host merge in creation order, as in Istio.
                 Some(v) => v.routes.extend(routes),
-                None => list.push(VirtualHost { name: format!("{domain}:{port}"), domains: vec![domain], routes }),
+                None => list.push(VirtualHost {
+                    name: format!("{domain}:{port}"),
+                    domains: vec![domain],
+                    routes,
+                    https_redirect: false,
+                }),
+            }
+        }
+        for (port, route) in translated.l4_routes {
+            if let Some(l) = listeners.get_mut(&port) {
+                l.l4_routes.push(route);
             }
         }
         clusters.extend(translated.clusters.into_iter().map(|c| (c.name.clone(), c)));
+    }
+    // httpsRedirect: every host of such a server answers 301, bound or not.
+    for s in servers.iter().filter(|s| s.kind == servers::ServerKind::PlainHttp) {
+        if !s.server.tls.as_ref().is_some_and(|t| t.https_redirect) {
+            continue;
+        }
+        let list = vhosts.entry(s.port).or_default();
+        for entry in &s.server.hosts {
+            let domain = hosts::split_server_host(entry, &s.gateway.namespace).1.to_ascii_lowercase();
+            match list.iter_mut().find(|v| v.domains[0] == domain) {
+                Some(v) => v.https_redirect = true,
+                None => list.push(VirtualHost {
+                    name: format!("{domain}:{}", s.port),
+                    domains: vec![domain],
+                    routes: Vec::new(),
+                    https_redirect: true,
+                }),
+            }
+        }
     }
     for (port, list) in vhosts {
         if let Some(l) = listeners.get_mut(&port) {
@@ -186,8 +224,11 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
         }
     }
 
+    // Listener and cluster TLS material, and problems found in Secrets.
+    problems.append(&mut creds.secret_problems);
+    let secrets = std::mem::take(&mut creds.secrets);
     diagnostics.extend(problems);
-    let snapshot = Snapshot { version: 0, listeners: listeners.into_values().collect(), clusters };
+    let snapshot = Snapshot { version: 0, listeners: listeners.into_values().collect(), clusters, secrets };
     (snapshot, diagnostics)
 }
 

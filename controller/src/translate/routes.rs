@@ -1,19 +1,32 @@
 //! VirtualService → routes bound to gateway servers.
 
 use super::clusters::{parse_duration_ms, resolve, Rules};
+use super::credentials::Credentials;
 use super::hosts::{intersect, resolve_short_name, split_server_host};
+use super::servers::ServerKind;
 use super::services::Registry;
 use super::{BoundServer, Options};
-use crate::api::istio::{HttpMatchRequest, HttpRoute, StringMatch as WireMatch, VirtualServiceSpec};
+use crate::api::istio::{HttpMatchRequest, HttpRoute, RouteDestination, StringMatch as WireMatch, VirtualServiceSpec};
 use crate::diagnostics::{codes, Diagnostic};
-use crate::snapshot::{Cluster, KeyMatch, Route, RouteAction, RouteMatch, StringMatch, WeightedCluster};
+use crate::snapshot::{Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, StringMatch, WeightedCluster};
 use crate::store::Resource;
 use std::collections::{BTreeSet, HashMap};
 
 pub(super) struct Translated {
     /// (listener port, virtual host domain, routes for it)
     pub bindings: Vec<(u16, String, Vec<Route>)>,
+    /// (listener port, tcp or tls route)
+    pub l4_routes: Vec<(u16, L4Route)>,
     pub clusters: Vec<Cluster>,
+}
+
+/// What every VirtualService is translated against.
+pub(super) struct Context<'a> {
+    pub servers: &'a [BoundServer<'a>],
+    pub known_gateways: &'a HashMap<String, bool>,
+    pub registry: &'a Registry,
+    pub rules: &'a Rules<'a>,
+    pub options: &'a Options,
 }
 
 /// A route before per-gateway filtering: each match block remembers the `gateways` it is
@@ -25,16 +38,15 @@ struct Candidate {
 
 pub(super) fn translate_virtual_service(
     vs: &Resource<VirtualServiceSpec>,
-    servers: &[BoundServer],
-    known_gateways: &HashMap<String, bool>,
-    registry: &Registry,
-    rules: &Rules,
-    options: &Options,
+    ctx: &Context,
+    creds: &mut Credentials,
     problems: &mut Vec<Diagnostic>,
 ) -> Translated {
+    let (servers, known_gateways, registry, rules, options) =
+        (ctx.servers, ctx.known_gateways, ctx.registry, ctx.rules, ctx.options);
     let spec = &vs.spec;
     let ns = vs.namespace.as_str();
-    let mut out = Translated { bindings: Vec::new(), clusters: Vec::new() };
+    let mut out = Translated { bindings: Vec::new(), l4_routes: Vec::new(), clusters: Vec::new() };
 
     if spec.hosts.is_empty() {
         problems.push(Diagnostic::error(codes::SCHEMA, "spec.hosts", "at least one host is required"));
@@ -55,19 +67,14 @@ pub(super) fn translate_virtual_service(
             ));
         }
     }
-    if !spec.tls.is_empty() {
-        problems.push(Diagnostic::warning(codes::UNSUPPORTED, "spec.tls", "tls routes are not supported yet, ignored"));
-    }
-    if !spec.tcp.is_empty() {
-        problems.push(Diagnostic::warning(codes::UNSUPPORTED, "spec.tcp", "tcp routes are not supported yet, ignored"));
-    }
 
     // Routes and their clusters, validated once.
     let mut candidates = Vec::new();
     let mut seen_clusters = BTreeSet::new();
     for (i, http) in spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let Some((route, match_gateways, clusters)) = http_route(vs, http, &field, registry, rules, options, problems)
+        let Some((route, match_gateways, clusters)) =
+            http_route(vs, http, &field, registry, rules, creds, options, problems)
         else {
             continue;
         };
@@ -83,7 +90,7 @@ pub(super) fn translate_virtual_service(
     let hosts: Vec<String> = spec.hosts.iter().map(|h| resolve_short_name(h, ns)).collect();
     let mut bound_any: HashMap<&str, bool> = HashMap::new();
     let mut seen = BTreeSet::new();
-    for s in servers.iter().filter(|s| gateway_keys.contains(&s.gateway_key)) {
+    for s in servers.iter().filter(|s| gateway_keys.contains(&s.gateway_key) && s.kind.http_routes()) {
         let bound = bound_any.entry(s.gateway_key.as_str()).or_insert(false);
         for entry in &s.server.hosts {
             let (ns_filter, server_host) = split_server_host(entry, &s.gateway.namespace);
@@ -101,6 +108,7 @@ pub(super) fn translate_virtual_service(
             }
         }
     }
+    l4_routes(vs, ctx, &gateway_keys, &hosts, creds, &mut out, &mut bound_any, problems);
     for (key, bound) in bound_any {
         if !bound {
             problems.push(Diagnostic::warning(
@@ -145,12 +153,14 @@ fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
 
 type HttpTranslation = (Route, Vec<Vec<String>>, Vec<Cluster>);
 
+#[allow(clippy::too_many_arguments)]
 fn http_route(
     vs: &Resource<VirtualServiceSpec>,
     http: &HttpRoute,
     field: &str,
     registry: &Registry,
     rules: &Rules,
+    creds: &mut Credentials,
     options: &Options,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<HttpTranslation> {
@@ -246,12 +256,14 @@ fn http_route(
                 problems.push(Diagnostic::error(
                     codes::SCHEMA,
                     format!("{field}.route[{k}].weight"),
-                    format!("weight {w} must be between 0 and 100"),
+                    format!("weight {w} must not be negative"),
                 ));
                 return None;
             }
+            // A single destination takes all traffic whatever its weight says, as in Istio.
+            Some(_) if http.route.len() == 1 => 1,
             Some(w) => w as u32,
-            // One destination takes all traffic; several without weights share it evenly.
+            // Several without weights share the traffic evenly.
             None if weights.iter().all(Option::is_none) => 1,
             None => 0,
         };
@@ -264,7 +276,8 @@ fn http_route(
                 return None;
             }
         };
-        let resolved = resolve(registry, rules, &host, port, dest.destination.subset.as_deref(), &dfield, problems)?;
+        let resolved =
+            resolve(registry, rules, creds, &host, port, dest.destination.subset.as_deref(), &dfield, problems)?;
         destinations.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight });
         clusters.push(resolved.cluster);
     }
@@ -373,4 +386,118 @@ fn string_match(w: &WireMatch, field: &str, problems: &mut Vec<Diagnostic>) -> R
         return Ok(Some(StringMatch::Regex(r.clone())));
     }
     Ok(w.exact.clone().map(StringMatch::Exact).or_else(|| w.prefix.clone().map(StringMatch::Prefix)))
+}
+
+/// `tls` routes bind to passthrough servers whose hosts meet the VirtualService's; `tcp` routes
+/// bind to TCP servers and TLS-terminated TCP servers of the referenced gateways.
+#[allow(clippy::too_many_arguments)]
+fn l4_routes<'a>(
+    vs: &Resource<VirtualServiceSpec>,
+    ctx: &'a Context,
+    gateway_keys: &[String],
+    hosts: &[String],
+    creds: &mut Credentials,
+    out: &mut Translated,
+    bound_any: &mut HashMap<&'a str, bool>,
+    problems: &mut Vec<Diagnostic>,
+) {
+    let ns = vs.namespace.as_str();
+    let name = format!("{ns}/{}", vs.meta.name);
+    let mut seen_clusters: BTreeSet<String> = out.clusters.iter().map(|c| c.name.clone()).collect();
+    let mut destinations_of = |routes: &[RouteDestination], field: &str, problems: &mut Vec<Diagnostic>| {
+        let mut dests = Vec::new();
+        let all_unweighted = routes.iter().all(|d| d.weight.is_none());
+        for (k, d) in routes.iter().enumerate() {
+            let dfield = format!("{field}.route[{k}].destination");
+            let host = resolve_short_name(&d.destination.host, ns);
+            let port = d.destination.port.as_ref().and_then(|p| u16::try_from(p.number).ok());
+            let resolved = resolve(
+                ctx.registry,
+                ctx.rules,
+                creds,
+                &host,
+                port,
+                d.destination.subset.as_deref(),
+                &dfield,
+                problems,
+            )?;
+            let weight = match d.weight {
+                Some(w) => u32::try_from(w).unwrap_or(0),
+                None if all_unweighted => 1,
+                None => 0,
+            };
+            dests.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight });
+            if seen_clusters.insert(resolved.cluster.name.clone()) {
+                out.clusters.push(resolved.cluster);
+            }
+        }
+        Some(dests)
+    };
+    let servers: Vec<&BoundServer> = ctx.servers.iter().filter(|s| gateway_keys.contains(&s.gateway_key)).collect();
+
+    for (i, tls) in vs.spec.tls.iter().enumerate() {
+        let field = format!("spec.tls[{i}]");
+        let Some(destinations) = destinations_of(&tls.route, &field, problems) else { continue };
+        let matches: Vec<_> = if tls.matches.is_empty() { vec![Default::default()] } else { tls.matches.clone() };
+        for m in matches {
+            let sni: Vec<String> = m.sni_hosts.iter().map(|h| h.to_ascii_lowercase()).collect();
+            for s in servers.iter().filter(|s| s.kind == ServerKind::Passthrough) {
+                if m.port.is_some_and(|p| p != u32::from(s.port)) {
+                    continue;
+                }
+                if !m.gateways.is_empty() && !m.gateways.iter().any(|g| gateway_key(g, ns) == s.gateway_key) {
+                    continue;
+                }
+                let server_hosts: Vec<String> = s
+                    .server
+                    .hosts
+                    .iter()
+                    .map(|h| split_server_host(h, &s.gateway.namespace).1.to_ascii_lowercase())
+                    .collect();
+                let meets = hosts.iter().any(|h| server_hosts.iter().any(|sh| intersect(h, sh).is_some()));
+                if !meets {
+                    continue;
+                }
+                bound_any.insert(s.gateway_key.as_str(), true);
+                out.l4_routes.push((
+                    s.port,
+                    L4Route {
+                        name: format!("{name}.tls[{i}]"),
+                        virtual_service: name.clone(),
+                        passthrough: true,
+                        sni_hosts: if sni.is_empty() { hosts.to_vec() } else { sni.clone() },
+                        port: m.port.and_then(|p| u16::try_from(p).ok()),
+                        destinations: destinations.clone(),
+                    },
+                ));
+            }
+        }
+    }
+    for (i, tcp) in vs.spec.tcp.iter().enumerate() {
+        let field = format!("spec.tcp[{i}]");
+        let Some(destinations) = destinations_of(&tcp.route, &field, problems) else { continue };
+        let matches: Vec<_> = if tcp.matches.is_empty() { vec![Default::default()] } else { tcp.matches.clone() };
+        for m in matches {
+            for s in servers.iter().filter(|s| matches!(s.kind, ServerKind::Tcp | ServerKind::TerminatedTcp)) {
+                if m.port.is_some_and(|p| p != u32::from(s.port)) {
+                    continue;
+                }
+                if !m.gateways.is_empty() && !m.gateways.iter().any(|g| gateway_key(g, ns) == s.gateway_key) {
+                    continue;
+                }
+                bound_any.insert(s.gateway_key.as_str(), true);
+                out.l4_routes.push((
+                    s.port,
+                    L4Route {
+                        name: format!("{name}.tcp[{i}]"),
+                        virtual_service: name.clone(),
+                        passthrough: false,
+                        sni_hosts: Vec::new(),
+                        port: m.port.and_then(|p| u16::try_from(p).ok()),
+                        destinations: destinations.clone(),
+                    },
+                ));
+            }
+        }
+    }
 }

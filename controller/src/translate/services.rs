@@ -3,6 +3,7 @@
 
 use crate::api::istio::ServiceEntrySpec;
 use crate::diagnostics::{codes, Diagnostic};
+use crate::snapshot::UpstreamProtocol;
 use crate::store::{Resource, Store};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -22,6 +23,34 @@ pub struct ServiceInfo {
 pub struct ServicePort {
     pub number: u16,
     pub name: String,
+    pub protocol: UpstreamProtocol,
+}
+
+/// Istio's protocol selection for a Kubernetes Service port: `appProtocol` first, then the
+/// port name prefix (`grpc`, `http2`, `tcp`...).
+pub fn kube_port_protocol(name: &str, app_protocol: Option<&str>) -> UpstreamProtocol {
+    let by = |p: &str| -> Option<UpstreamProtocol> {
+        let p = p.to_ascii_lowercase();
+        if p.starts_with("grpc") || p.starts_with("http2") || p == "kubernetes.io/h2c" || p == "h2c" {
+            Some(UpstreamProtocol::Http2)
+        } else if p.starts_with("http") || p.starts_with("kubernetes.io/ws") {
+            Some(UpstreamProtocol::Http1)
+        } else if ["tcp", "tls", "mongo", "mysql", "redis"].iter().any(|t| p.starts_with(t)) {
+            Some(UpstreamProtocol::Tcp)
+        } else {
+            None
+        }
+    };
+    app_protocol.and_then(by).or_else(|| by(name.split('-').next().unwrap_or(""))).unwrap_or(UpstreamProtocol::Http1)
+}
+
+/// A ServiceEntry port's `protocol` field.
+fn entry_port_protocol(protocol: Option<&str>) -> UpstreamProtocol {
+    match protocol.map(str::to_ascii_uppercase).as_deref() {
+        Some("HTTP2" | "GRPC") => UpstreamProtocol::Http2,
+        Some("TCP" | "TLS" | "HTTPS" | "MONGO" | "MYSQL" | "REDIS") => UpstreamProtocol::Tcp,
+        _ => UpstreamProtocol::Http1,
+    }
 }
 
 /// An endpoint of a service with its port per service port name.
@@ -72,7 +101,9 @@ fn kube_service(store: &Store, svc: &Resource<Service>) -> ServiceInfo {
         .into_iter()
         .filter_map(|p| {
             let number = u16::try_from(p.port).ok()?;
-            Some((ServicePort { number, name: p.name.unwrap_or_default() }, p.target_port))
+            let name = p.name.unwrap_or_default();
+            let protocol = kube_port_protocol(&name, p.app_protocol.as_deref());
+            Some((ServicePort { number, name, protocol }, p.target_port))
         })
         .collect();
 
@@ -197,7 +228,13 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
     let ports: Vec<ServicePort> = spec
         .ports
         .iter()
-        .filter_map(|p| Some(ServicePort { number: u16::try_from(p.number).ok()?, name: p.name.clone() }))
+        .filter_map(|p| {
+            Some(ServicePort {
+                number: u16::try_from(p.number).ok()?,
+                name: p.name.clone(),
+                protocol: entry_port_protocol(p.protocol.as_deref()),
+            })
+        })
         .collect();
     let target_of = |number: u16| {
         spec.ports

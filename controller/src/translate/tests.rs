@@ -348,3 +348,227 @@ spec:
     let w = diags.iter().find(|d| d.code == crate::diagnostics::codes::UNKNOWN_FIELD).expect("warning");
     assert_eq!(w.field, "spec.selectorr");
 }
+
+const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUQ0VSVFRFU1RDRVJUVEVTVENFUlQwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
+
+/// A Secret with PEM text in `stringData` (the API server turns it into `data`).
+fn tls_secret(name: &str, with_ca: bool) -> String {
+    let key = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n-----END PRIVATE KEY-----\n";
+    let ca = if with_ca { format!(", ca.crt: {TEST_CERT:?}") } else { String::new() };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: istio-system}}\ntype: kubernetes.io/tls\nstringData: {{tls.crt: {TEST_CERT:?}, tls.key: {key:?}{ca}}}\n"
+    )
+}
+
+#[test]
+fn https_servers_resolve_credentials_and_skip_broken_ones() {
+    let yaml = format!(
+        r#"{}
+---
+{}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  servers:
+  - port: {{number: 443, name: https, protocol: HTTPS}}
+    hosts: ["a.example.com"]
+    tls: {{mode: SIMPLE, credentialName: good, minProtocolVersion: TLSV1_3, cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, NOPE]}}
+  - port: {{number: 443, name: https-b, protocol: HTTPS}}
+    hosts: ["b.example.com"]
+    tls: {{mode: MUTUAL, credentialName: mtls}}
+  - port: {{number: 443, name: https-c, protocol: HTTPS}}
+    hosts: ["c.example.com"]
+    tls: {{mode: SIMPLE, credentialName: missing}}
+  - port: {{number: 443, name: pass, protocol: TLS}}
+    hosts: ["d.example.com"]
+    tls: {{mode: PASSTHROUGH}}
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["a.example.com"]
+    tls: {{httpsRedirect: true}}
+"#,
+        tls_secret("good", false),
+        tls_secret("mtls", true)
+    );
+    let (snap, diags) = run(&yaml);
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let https = snap.listeners.iter().find(|l| l.port == 443).unwrap();
+    assert_eq!(https.protocol, crate::snapshot::Protocol::Https);
+    let modes: Vec<_> = https.tls.iter().map(|t| (t.hosts[0].as_str(), t.mode)).collect();
+    use crate::snapshot::ServerTlsMode::*;
+    assert_eq!(modes, [("a.example.com", Simple), ("b.example.com", Mutual), ("d.example.com", Passthrough)]);
+    assert_eq!(https.tls[0].credential.as_deref(), Some("kubernetes://istio-system/good"));
+    assert_eq!(https.tls[0].min_version, Some(crate::snapshot::TlsVersion::V1_3));
+    assert_eq!(https.tls[0].cipher_suites, ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]);
+    assert_eq!(https.tls[1].client_ca.as_deref(), Some("kubernetes://istio-system/mtls"));
+    let missing =
+        diags.iter().find(|d| d.field == "spec.servers[2].tls.credentialName").expect("missing secret reported");
+    assert!(missing.message.contains("Secret istio-system/missing not found"), "{}", missing.message);
+    assert!(diags.iter().any(|d| d.field == "spec.servers[0].tls.cipherSuites[1]"));
+    assert_eq!(
+        snap.secrets["kubernetes://istio-system/good"].key_pem.as_deref().map(|k| k.contains("PRIVATE KEY")),
+        Some(true)
+    );
+    let json = serde_json::to_string(&snap).unwrap();
+    assert!(!json.contains("PRIVATE KEY"), "keys are redacted when serialised");
+    let http = snap.listeners.iter().find(|l| l.port == 80).unwrap();
+    assert!(http.virtual_hosts[0].https_redirect);
+}
+
+#[test]
+fn broken_secret_is_an_error_on_the_secret() {
+    let yaml = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: bad, namespace: istio-system}
+stringData: {tls.crt: "not a cert", tls.key: "nope"}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 443, name: https, protocol: HTTPS}
+    hosts: ["a.example.com"]
+    tls: {mode: SIMPLE, credentialName: bad}
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#;
+    let (snap, diags) = run(yaml);
+    let err = diags.iter().find(|d| d.is_error()).expect("error on the Secret");
+    assert_eq!(err.resource.as_ref().unwrap().kind, "Secret");
+    assert_eq!(err.field, "data.tls.crt");
+    assert_eq!(snap.listeners.len(), 1, "the HTTP server still serves; the HTTPS one is skipped");
+}
+
+#[test]
+fn tcp_and_tls_routes_bind_to_their_servers() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 31400, name: tcp, protocol: TCP}
+    hosts: ["*"]
+  - port: {number: 443, name: tls, protocol: TLS}
+    hosts: ["*.example.com"]
+    tls: {mode: PASSTHROUGH}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db}
+spec:
+  ports: [{name: tcp-db, port: 5432}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ports: [{name: grpc-web, port: 8443, appProtocol: grpc}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: l4}
+spec:
+  hosts: ["*.example.com"]
+  gateways: [istio-system/gw]
+  tcp:
+  - match: [{port: 31400}]
+    route: [{destination: {host: db, port: {number: 5432}}}]
+  tls:
+  - match: [{sniHosts: [web.example.com]}]
+    route: [{destination: {host: web}}]
+"#;
+    let (snap, diags) = run(yaml);
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let tcp = snap.listeners.iter().find(|l| l.port == 31400).unwrap();
+    assert_eq!(tcp.protocol, crate::snapshot::Protocol::Tcp);
+    assert_eq!(tcp.l4_routes.len(), 1);
+    assert!(!tcp.l4_routes[0].passthrough);
+    let tls = snap.listeners.iter().find(|l| l.port == 443).unwrap();
+    assert_eq!(tls.l4_routes[0].sni_hosts, ["web.example.com"]);
+    assert!(tls.l4_routes[0].passthrough);
+    let web = &snap.clusters["outbound|8443||web.default.svc.cluster.local"];
+    assert_eq!(web.upstream_protocol, crate::snapshot::UpstreamProtocol::Http2, "appProtocol grpc");
+    assert_eq!(
+        snap.clusters["outbound|5432||db.default.svc.cluster.local"].upstream_protocol,
+        crate::snapshot::UpstreamProtocol::Tcp
+    );
+}
+
+#[test]
+fn conflicting_port_classes_are_reported() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 80, name: tcp, protocol: TCP}
+    hosts: ["*"]
+"#;
+    let (snap, diags) = run(yaml);
+    assert_eq!(snap.listeners.len(), 1);
+    assert!(diags.iter().any(|d| d.code == crate::diagnostics::codes::CONFLICT && d.field == "spec.servers[1].port"));
+}
+
+#[test]
+fn destination_rule_tls_origination() {
+    let yaml = format!(
+        r#"{}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: ext}}
+spec:
+  hosts: [api.external.test]
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: STATIC
+  endpoints: [{{address: 10.9.9.9}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: DestinationRule
+metadata: {{name: ext}}
+spec:
+  host: api.external.test
+  trafficPolicy:
+    tls: {{mode: MUTUAL, credentialName: mtls, sni: api.external.test}}
+  subsets:
+  - name: istio
+    trafficPolicy:
+      tls: {{mode: ISTIO_MUTUAL}}
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {{name: gw}}
+spec:
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: ext}}
+spec:
+  hosts: ["*"]
+  gateways: [gw]
+  http:
+  - match: [{{uri: {{prefix: /istio}}}}]
+    route: [{{destination: {{host: api.external.test, subset: istio}}}}]
+  - route: [{{destination: {{host: api.external.test}}}}]
+"#,
+        tls_secret("mtls", true)
+    );
+    let (snap, diags) = run(&yaml);
+    let c = &snap.clusters["outbound|443||api.external.test"];
+    let tls = c.tls.as_ref().expect("TLS origination");
+    assert_eq!(tls.client_certificate.as_deref(), Some("kubernetes://istio-system/mtls"));
+    assert_eq!(tls.ca.as_deref(), Some("kubernetes://istio-system/mtls"));
+    let istio = &snap.clusters["outbound|443|istio|api.external.test"];
+    assert!(istio.endpoints.is_empty(), "ISTIO_MUTUAL fails closed instead of plain text");
+    assert!(diags.iter().any(|d| d.message.contains("ISTIO_MUTUAL is not supported yet")));
+}

@@ -9,26 +9,44 @@ pub struct LocalReply {
     pub code: u16,
     pub flags: &'static str,
     pub body: &'static str,
+    /// `location` header of a redirect.
+    pub location: Option<String>,
 }
 
 impl LocalReply {
     /// No virtual host or route matched (Envoy: 404, flag NR, empty body).
     pub fn no_route() -> LocalReply {
-        LocalReply { code: 404, flags: "NR", body: "" }
+        LocalReply { code: 404, flags: "NR", body: "", location: None }
     }
 
     /// The route's destinations all have weight 0 or name no cluster (Envoy: NC).
     pub fn no_cluster() -> LocalReply {
-        LocalReply { code: 503, flags: "NC", body: "no healthy upstream" }
+        LocalReply { code: 503, flags: "NC", body: "no healthy upstream", location: None }
     }
 
     /// The cluster has no ready endpoint (Envoy: UH).
     pub fn no_healthy_upstream() -> LocalReply {
-        LocalReply { code: 503, flags: "UH", body: "no healthy upstream" }
+        LocalReply { code: 503, flags: "UH", body: "no healthy upstream", location: None }
     }
 
     pub fn internal() -> LocalReply {
-        LocalReply { code: 500, flags: "-", body: "internal error" }
+        LocalReply { code: 500, flags: "-", body: "internal error", location: None }
+    }
+
+    /// `tls.httpsRedirect` (Envoy's require_tls): same host and path on https.
+    pub fn https_redirect(host: &str, path: &str) -> LocalReply {
+        LocalReply { code: 301, flags: "-", body: "", location: Some(format!("https://{host}{path}")) }
+    }
+
+    /// HTTP/2 connection coalescing sent a request for a host this connection's certificate
+    /// (server) does not serve, while another server on the port does.
+    pub fn misdirected() -> LocalReply {
+        LocalReply { code: 421, flags: "NR", body: "misdirected request", location: None }
+    }
+
+    /// TLS origination is configured but its material is unusable.
+    pub fn upstream_tls_unusable() -> LocalReply {
+        LocalReply { code: 503, flags: "UF", body: "upstream TLS settings are unusable", location: None }
     }
 
     /// Connect failures → 503 UF; timeouts waiting for the response → 504 UT; a reset after
@@ -36,28 +54,48 @@ impl LocalReply {
     pub fn upstream_failure(e: &Error, flags: &'static str) -> LocalReply {
         use ErrorType::*;
         match e.etype() {
-            ReadTimedout | WriteTimedout => LocalReply { code: 504, flags: "UT", body: "upstream request timeout" },
+            ReadTimedout | WriteTimedout => {
+                LocalReply { code: 504, flags: "UT", body: "upstream request timeout", location: None }
+            }
             ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
             | BindError => LocalReply {
                 code: 503,
                 flags: "UF",
                 body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                location: None,
             },
             _ if flags == "UF" => LocalReply {
                 code: 503,
                 flags: "UF",
                 body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                location: None,
             },
             _ => LocalReply {
                 code: 503,
                 flags: "UC",
                 body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                location: None,
             },
         }
     }
 
+    /// Writes the reply. gRPC requests get Envoy's gRPC form: HTTP 200 with `grpc-status`
+    /// (mapped from the HTTP status) and `grpc-message`, headers only.
     pub async fn send(&self, session: &mut Session) -> Result<()> {
-        let mut resp = ResponseHeader::build(self.code, Some(4))?;
+        if is_grpc(session) && self.location.is_none() {
+            let mut resp = ResponseHeader::build(200, Some(5))?;
+            resp.insert_header("content-type", "application/grpc")?;
+            resp.insert_header("grpc-status", grpc_status(self.code).to_string())?;
+            resp.insert_header("grpc-message", if self.body.is_empty() { "route not found" } else { self.body })?;
+            resp.insert_header("server", "istio-envoy")?;
+            resp.insert_header("content-length", "0")?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(());
+        }
+        let mut resp = ResponseHeader::build(self.code, Some(5))?;
+        if let Some(location) = &self.location {
+            resp.insert_header("location", location.as_str())?;
+        }
         resp.insert_header("server", "istio-envoy")?;
         resp.insert_header("content-length", self.body.len().to_string())?;
         if !self.body.is_empty() {
@@ -74,4 +112,25 @@ impl LocalReply {
 
 fn httpdate_now() -> String {
     httpdate::fmt_http_date(std::time::SystemTime::now())
+}
+
+fn is_grpc(session: &Session) -> bool {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// Envoy's HTTP → gRPC status mapping for locally generated replies.
+fn grpc_status(http: u16) -> u8 {
+    match http {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
 }

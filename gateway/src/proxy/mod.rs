@@ -46,6 +46,9 @@ pub struct MeshProxy {
     /// The Gateway server port (Service port) this listener serves.
     pub port: u16,
     pub shared: Arc<Shared>,
+    /// For TLS-terminated connections: the name of the Gateway server whose certificate the
+    /// client got (`ServerTls::server`); requests for hosts of other servers get 421.
+    pub tls_server: Option<String>,
 }
 
 /// Per-request state (pingora `CTX`).
@@ -89,7 +92,7 @@ impl ProxyHttp for MeshProxy {
     /// Routing: host, route, cluster, endpoint. Answers 404/503 locally when any step fails.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let runtime = self.shared.current.load();
-        let decision = route_request(&runtime, self.port, session, ctx);
+        let decision = route_request(&runtime, self, session, ctx);
         ctx.runtime = Some(runtime);
         ensure_request_id(session, ctx);
         match decision {
@@ -109,7 +112,16 @@ impl ProxyHttp for MeshProxy {
             return Err(Error::explain(ErrorType::InternalError, "no endpoint picked"));
         };
         let endpoint = &cluster.endpoints[i];
-        let mut peer = HttpPeer::new(endpoint.addr, false, String::new());
+        let mut peer = match &cluster.tls {
+            Ok(None) => HttpPeer::new(endpoint.addr, false, String::new()),
+            Ok(Some(tls)) => tls.peer(endpoint.addr),
+            Err(_) => return Err(Error::explain(ErrorType::InternalError, "upstream TLS unusable")),
+        };
+        if cluster.http2 {
+            // h2 over TLS by ALPN, or h2c with prior knowledge in plain text (Istio's choice
+            // for grpc/http2 ports).
+            peer.options.set_http_version(2, 2);
+        }
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
         if let Some(timeout) = ctx.route.as_ref().and_then(|r| r.timeout) {
@@ -132,7 +144,7 @@ impl ProxyHttp for MeshProxy {
             };
             upstream.insert_header("x-forwarded-for", xff)?;
         }
-        upstream.insert_header("x-forwarded-proto", "http")?;
+        upstream.insert_header("x-forwarded-proto", if self.tls_server.is_some() { "https" } else { "http" })?;
         ctx.upstream_start = Some(Instant::now());
         Ok(())
     }
@@ -212,6 +224,7 @@ impl ProxyHttp for MeshProxy {
             duration_ms: duration.as_secs_f64() * 1000.0,
             request_bytes,
             response_bytes,
+            security_policy: ctx.cluster.as_ref().map_or("unknown", |c| c.security_policy),
         });
         if self.shared.access_log.enabled() {
             let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -243,29 +256,43 @@ impl ProxyHttp for MeshProxy {
 /// Finds route, cluster and endpoint for the request, or the local reply to send.
 fn route_request(
     runtime: &Runtime,
-    port: u16,
+    proxy: &MeshProxy,
     session: &mut Session,
     ctx: &mut Ctx,
 ) -> std::result::Result<(), LocalReply> {
-    let listener = runtime.listeners.get(&port).ok_or_else(LocalReply::no_route)?;
+    let listener = runtime.listeners.get(&proxy.port).ok_or_else(LocalReply::no_route)?;
     let req = session.req_header();
     let host = request::host_without_port(req);
     let host = request::lowercase(host);
+    if let Some(server) = &proxy.tls_server {
+        let mine = listener.tls.iter().find(|t| &t.def.server == server);
+        let served_here = mine.is_some_and(|t| t.hosts.covers(&host));
+        if !served_here && listener.tls.iter().any(|t| t.hosts.covers(&host)) {
+            return Err(LocalReply::misdirected());
+        }
+    }
     let vhost = listener.hosts.find(&host).ok_or_else(LocalReply::no_route)?;
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    if vhost.https_redirect {
+        return Err(LocalReply::https_redirect(&host, path));
+    }
     let view = RequestView {
-        path: req.uri.path_and_query().map_or("/", |p| p.as_str()),
+        path,
         method: req.method.as_str(),
-        scheme: "http",
+        scheme: if proxy.tls_server.is_some() { "https" } else { "http" },
         authority: &host,
         headers: &req.headers,
-        port,
+        port: proxy.port,
     };
     let route = vhost.routes.iter().find(|r| r.matches(&view)).ok_or_else(LocalReply::no_route)?.clone();
     let cluster = route.pick_cluster().cloned();
     ctx.route = Some(route);
     let cluster = cluster.ok_or_else(LocalReply::no_cluster)?;
-    let hash = request_hash(&cluster, session, ctx);
     ctx.cluster = Some(cluster.clone());
+    if cluster.tls.is_err() {
+        return Err(LocalReply::upstream_tls_unusable());
+    }
+    let hash = request_hash(&cluster, session, ctx);
     let pick = cluster.balancer.pick(hash, None).ok_or_else(LocalReply::no_healthy_upstream)?;
     ctx.endpoint = Some(pick.index());
     ctx.pick = Some(pick);

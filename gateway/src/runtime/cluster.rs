@@ -3,7 +3,9 @@
 //! counts and round-robin positions survive config changes.
 
 use crate::balance::{Algorithm, Balancer};
-use controller::snapshot::{Cluster, HashAlgorithm, HashKey, LoadBalancer};
+use crate::tls::upstream::UpstreamTlsRuntime;
+use controller::snapshot::{Cluster, HashAlgorithm, HashKey, LoadBalancer, Secret, UpstreamProtocol};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -28,6 +30,14 @@ pub struct EndpointRuntime {
 
 pub struct ClusterRuntime {
     pub definition: Cluster,
+    /// The secrets the definition names, to tell a rotated certificate from an unchanged one.
+    pub secrets: Vec<Option<Secret>>,
+    /// TLS origination; `Err` when its material could not be built (requests get 503 rather
+    /// than going out in plain text).
+    pub tls: Result<Option<UpstreamTlsRuntime>, String>,
+    pub http2: bool,
+    /// `connection_security_policy` label: `mutual_tls` when we present a client certificate.
+    pub security_policy: &'static str,
     pub endpoints: Vec<EndpointRuntime>,
     pub balancer: Balancer,
     pub hash_key: Option<HashKey>,
@@ -36,7 +46,20 @@ pub struct ClusterRuntime {
 }
 
 impl ClusterRuntime {
-    pub fn compile(def: &Cluster) -> ClusterRuntime {
+    /// The secrets a cluster definition depends on.
+    pub fn referenced_secrets(def: &Cluster, secrets: &BTreeMap<String, Secret>) -> Vec<Option<Secret>> {
+        let Some(tls) = &def.tls else { return Vec::new() };
+        [&tls.ca, &tls.client_certificate].iter().map(|n| n.as_ref().and_then(|n| secrets.get(n)).cloned()).collect()
+    }
+
+    pub fn compile(def: &Cluster, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
+        let tls = match &def.tls {
+            None => Ok(None),
+            Some(t) => UpstreamTlsRuntime::compile(t, secrets).map(Some).map_err(|e| {
+                tracing::error!(cluster = def.name, error = %e, "upstream TLS unusable; requests to this cluster get 503");
+                e.to_string()
+            }),
+        };
         let service_labels = Arc::new(DestinationLabels {
             service: def.service.host.clone(),
             service_name: def.service.name.clone(),
@@ -83,6 +106,14 @@ impl ClusterRuntime {
         };
         ClusterRuntime {
             definition: def.clone(),
+            secrets: Self::referenced_secrets(def, secrets),
+            tls,
+            http2: def.upstream_protocol == UpstreamProtocol::Http2,
+            security_policy: if def.tls.as_ref().is_some_and(|t| t.client_certificate.is_some()) {
+                "mutual_tls"
+            } else {
+                "none"
+            },
             balancer: Balancer::new(&algorithm, &keyed),
             endpoints,
             hash_key,

@@ -7,19 +7,51 @@ pub mod matcher;
 
 use arc_swap::ArcSwap;
 use cluster::ClusterRuntime;
-use controller::snapshot::{RouteAction, Snapshot};
+use controller::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
 use matcher::{CompiledMatch, RequestView};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Weighted destinations: (cluster, cumulative weight) for a binary search over one random
+/// number.
+#[derive(Default)]
+pub struct Destinations {
+    clusters: Vec<(Arc<ClusterRuntime>, u32)>,
+    total_weight: u32,
+}
+
+impl Destinations {
+    fn compile(destinations: &[WeightedCluster], clusters: &HashMap<String, Arc<ClusterRuntime>>) -> Destinations {
+        let mut cumulative = 0u32;
+        let mut out = Vec::new();
+        for d in destinations.iter().filter(|d| d.weight > 0) {
+            let Some(c) = clusters.get(&d.cluster) else { continue };
+            cumulative = cumulative.saturating_add(d.weight);
+            out.push((c.clone(), cumulative));
+        }
+        Destinations { clusters: out, total_weight: cumulative }
+    }
+
+    /// Weighted choice among the destinations.
+    pub fn pick(&self) -> Option<&Arc<ClusterRuntime>> {
+        match self.clusters.len() {
+            0 => None,
+            1 => Some(&self.clusters[0].0),
+            _ => {
+                let r = fastrand::u32(0..self.total_weight.max(1));
+                let i = self.clusters.partition_point(|(_, cum)| *cum <= r);
+                self.clusters.get(i).map(|(c, _)| c)
+            }
+        }
+    }
+}
+
 pub struct Route {
     pub name: String,
     pub virtual_service: String,
     matches: Vec<CompiledMatch>,
-    /// (cluster, cumulative weight) for a binary search over one random number.
-    destinations: Vec<(Arc<ClusterRuntime>, u32)>,
-    total_weight: u32,
+    destinations: Destinations,
     pub timeout: Option<Duration>,
 }
 
@@ -28,23 +60,83 @@ impl Route {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
     }
 
-    /// Weighted choice among the destinations.
     pub fn pick_cluster(&self) -> Option<&Arc<ClusterRuntime>> {
-        match self.destinations.len() {
-            0 => None,
-            1 => Some(&self.destinations[0].0),
-            _ => {
-                let r = fastrand::u32(0..self.total_weight.max(1));
-                let i = self.destinations.partition_point(|(_, cum)| *cum <= r);
-                self.destinations.get(i).map(|(c, _)| c)
+        self.destinations.pick()
+    }
+}
+
+/// A tcp or tls (passthrough) route.
+pub struct L4Route {
+    pub name: String,
+    pub passthrough: bool,
+    sni: HostPatterns,
+    port: Option<u16>,
+    pub destinations: Destinations,
+}
+
+impl L4Route {
+    pub fn matches(&self, passthrough: bool, sni: Option<&str>, port: u16) -> bool {
+        self.passthrough == passthrough
+            && self.port.is_none_or(|p| p == port)
+            && (!passthrough || self.sni.is_empty() || sni.is_some_and(|s| self.sni.covers(s)))
+    }
+}
+
+/// Exact names, `*.suffix` wildcards and `*`, for SNI and 421 checks.
+#[derive(Default, Debug, Clone)]
+pub struct HostPatterns {
+    exact: Vec<String>,
+    suffixes: Vec<String>,
+    any: bool,
+}
+
+impl HostPatterns {
+    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a String>) -> HostPatterns {
+        let mut out = HostPatterns::default();
+        for p in patterns {
+            if p == "*" {
+                out.any = true;
+            } else if let Some(suffix) = p.strip_prefix('*') {
+                out.suffixes.push(suffix.to_string());
+            } else {
+                out.exact.push(p.clone());
             }
         }
+        out
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.suffixes.is_empty() && !self.any
+    }
+
+    pub fn covers(&self, host: &str) -> bool {
+        self.specificity(host).is_some()
+    }
+
+    /// How specifically `host` is matched: exact beats the longest wildcard, which beats `*`.
+    pub fn specificity(&self, host: &str) -> Option<usize> {
+        if self.exact.iter().any(|e| e == host) {
+            return Some(usize::MAX);
+        }
+        let best =
+            self.suffixes.iter().filter(|s| host.len() > s.len() && host.ends_with(s.as_str())).map(|s| s.len()).max();
+        best.map(|l| l + 1).or(if self.any { Some(0) } else { None })
+    }
+}
+
+/// A TLS server of a listener, ready for handshakes.
+pub struct TlsServer {
+    pub def: ServerTls,
+    pub hosts: HostPatterns,
+    /// `None` for passthrough servers.
+    pub acceptor: Option<Arc<pingora_core::listeners::tls::Acceptor>>,
 }
 
 pub struct VirtualHost {
     pub name: String,
     pub routes: Vec<Arc<Route>>,
+    /// `tls.httpsRedirect`: answer every request with a 301 to https.
+    pub https_redirect: bool,
 }
 
 /// Host → virtual host: exact names, then the longest `*.suffix`, then `*` (Envoy's order).
@@ -73,7 +165,31 @@ impl HostTable {
 pub struct Listener {
     pub port: u16,
     pub name: String,
+    pub protocol: Protocol,
     pub hosts: HostTable,
+    /// TLS servers (HTTPS listeners), chosen by SNI.
+    pub tls: Vec<Arc<TlsServer>>,
+    pub l4_routes: Vec<L4Route>,
+}
+
+impl Listener {
+    /// The TLS server for a ClientHello's SNI: exact name, then the longest wildcard, then a
+    /// server for `*` (which also takes clients that send no SNI).
+    pub fn select_tls(&self, sni: Option<&str>) -> Option<&Arc<TlsServer>> {
+        let sni = sni.unwrap_or("");
+        self.tls
+            .iter()
+            .filter_map(|s| s.hosts.specificity(sni).map(|rank| (rank, s)))
+            .fold(None, |best: Option<(usize, &Arc<TlsServer>)>, (rank, s)| match best {
+                Some((b, _)) if b >= rank => best,
+                _ => Some((rank, s)),
+            })
+            .map(|(_, s)| s)
+    }
+
+    pub fn l4_route(&self, passthrough: bool, sni: Option<&str>) -> Option<&L4Route> {
+        self.l4_routes.iter().find(|r| r.matches(passthrough, sni, self.port))
+    }
 }
 
 pub struct Runtime {
@@ -93,15 +209,21 @@ impl Runtime {
     pub fn compile(snapshot: Arc<Snapshot>, previous: Option<&Runtime>) -> Runtime {
         let mut clusters = HashMap::new();
         for (name, def) in &snapshot.clusters {
-            let reused = previous.and_then(|p| p.clusters.get(name)).filter(|c| c.definition == *def).cloned();
-            clusters.insert(name.clone(), reused.unwrap_or_else(|| Arc::new(ClusterRuntime::compile(def))));
+            let secrets = ClusterRuntime::referenced_secrets(def, &snapshot.secrets);
+            let reused = previous
+                .and_then(|p| p.clusters.get(name))
+                .filter(|c| c.definition == *def && c.secrets == secrets)
+                .cloned();
+            let compiled = reused.unwrap_or_else(|| Arc::new(ClusterRuntime::compile(def, &snapshot.secrets)));
+            clusters.insert(name.clone(), compiled);
         }
         let mut listeners = HashMap::new();
         for l in &snapshot.listeners {
             let mut hosts = HostTable::default();
             for vh in &l.virtual_hosts {
                 let routes = vh.routes.iter().filter_map(|r| compile_route(r, &clusters)).map(Arc::new).collect();
-                let compiled = Arc::new(VirtualHost { name: vh.name.clone(), routes });
+                let compiled =
+                    Arc::new(VirtualHost { name: vh.name.clone(), routes, https_redirect: vh.https_redirect });
                 for domain in &vh.domains {
                     if domain == "*" {
                         hosts.any = Some(compiled.clone());
@@ -113,7 +235,23 @@ impl Runtime {
                 }
             }
             hosts.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
-            listeners.insert(l.port, Listener { port: l.port, name: l.name.clone(), hosts });
+            let previous_listener = previous.and_then(|p| p.listeners.get(&l.port));
+            let tls = l.tls.iter().filter_map(|t| compile_tls(t, &snapshot, previous_listener)).collect();
+            let l4_routes = l
+                .l4_routes
+                .iter()
+                .map(|r| L4Route {
+                    name: r.name.clone(),
+                    passthrough: r.passthrough,
+                    sni: HostPatterns::new(&r.sni_hosts),
+                    port: r.port,
+                    destinations: Destinations::compile(&r.destinations, &clusters),
+                })
+                .collect();
+            listeners.insert(
+                l.port,
+                Listener { port: l.port, name: l.name.clone(), protocol: l.protocol, hosts, tls, l4_routes },
+            );
         }
         Runtime { snapshot, listeners, clusters }
     }
@@ -128,24 +266,34 @@ fn compile_route(r: &controller::snapshot::Route, clusters: &HashMap<String, Arc
         }
     };
     let RouteAction::Route { destinations } = &r.action;
-    let mut cumulative = 0u32;
-    let mut out = Vec::new();
-    for d in destinations {
-        if d.weight == 0 {
-            continue;
-        }
-        let Some(c) = clusters.get(&d.cluster) else { continue };
-        cumulative = cumulative.saturating_add(d.weight);
-        out.push((c.clone(), cumulative));
-    }
     Some(Route {
         name: r.name.clone(),
         virtual_service: r.virtual_service.clone(),
         matches,
-        destinations: out,
-        total_weight: cumulative,
+        destinations: Destinations::compile(destinations, clusters),
         timeout: r.timeout_ms.map(Duration::from_millis),
     })
+}
+
+/// Builds one TLS server. If its material does not build, the previous compiled version of
+/// the same server (same name) keeps serving; without one the server is left out.
+fn compile_tls(def: &ServerTls, snapshot: &Snapshot, previous: Option<&Listener>) -> Option<Arc<TlsServer>> {
+    let hosts = HostPatterns::new(&def.hosts);
+    if def.mode == ServerTlsMode::Passthrough {
+        return Some(Arc::new(TlsServer { def: def.clone(), hosts, acceptor: None }));
+    }
+    match crate::tls::server_config(def, &snapshot.secrets) {
+        Ok(config) => Some(Arc::new(TlsServer {
+            def: def.clone(),
+            hosts,
+            acceptor: Some(Arc::new(pingora_core::listeners::tls::Acceptor::from_server_config(config))),
+        })),
+        Err(e) => {
+            let kept = previous.and_then(|l| l.tls.iter().find(|t| t.def.server == def.server)).cloned();
+            tracing::error!(server = def.server, error = %e, kept_previous = kept.is_some(), "TLS server unusable");
+            kept
+        }
+    }
 }
 
 /// The currently served runtime, swapped atomically.

@@ -1,7 +1,7 @@
 //! `upstreams PATH...`: serve fake pods where the manifests say they are.
 //!
 //! Reads every YAML file under the given files/folders, starts one echo
-//! [`Upstream`] per Pod container port (at `status.podIP`) and per STATIC
+//! [`Upstream`] (HTTP/1.1, h2c and gRPC) per Pod container port (at `status.podIP`) and per STATIC
 //! ServiceEntry endpoint port, prints one line per listener, and runs until
 //! Ctrl-C or SIGTERM. Together with loopback pod IPs (`127.0.0.11`, ...) this
 //! lets the gateway be run by hand against an examples folder.
@@ -38,7 +38,9 @@ async fn main() -> ExitCode {
     }
     let mut running = Vec::with_capacity(specs.len());
     for spec in specs {
-        let mut b = Upstream::new(spec.service.clone()).version(spec.version.clone()).bind(spec.addr);
+        // `.grpc()` also accepts h2c and answers gRPC content types, so
+        // HTTP/2 and gRPC examples work; plain HTTP/1.1 echo is unchanged.
+        let mut b = Upstream::new(spec.service.clone()).version(spec.version.clone()).bind(spec.addr).grpc();
         if let Some(pod) = &spec.pod {
             b = b.pod(pod.clone());
         }

@@ -1,8 +1,17 @@
 //! Accept loops we own (rather than pingora's `Server`) so ports open and close live as
 //! snapshots change, and so shutdown can stop accepting while connections drain.
+//!
+//! Each port has a [`ConnectionHandler`] that can be swapped while the socket stays bound
+//! (a port moving from HTTP to HTTPS keeps its listening socket).
 
+pub mod tcp;
+pub mod tls;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::listener::Listener as L4Listener;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -66,14 +75,47 @@ impl Connections {
     }
 }
 
+/// What to do with an accepted connection.
+#[async_trait]
+pub trait ConnectionHandler: Send + Sync + 'static {
+    async fn handle(&self, stream: L4Stream, shutdown: &ShutdownWatch);
+
+    /// Closes idle keep-alive connections at shutdown.
+    async fn cleanup(&self) {}
+}
+
+/// Hands connections to a pingora app (HTTP proxy or the admin servers).
+pub struct AppHandler<A>(pub Arc<A>);
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ConnectionHandler for AppHandler<A> {
+    async fn handle(&self, stream: L4Stream, shutdown: &ShutdownWatch) {
+        self.0.process_new(Box::new(stream), shutdown).await;
+    }
+
+    async fn cleanup(&self) {
+        self.0.cleanup().await;
+    }
+}
+
 /// A running accept loop; dropping `stop` or sending `true` ends accepting.
 pub struct Acceptor {
     pub addr: SocketAddr,
+    handler: Arc<ArcSwap<Arc<dyn ConnectionHandler>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl Acceptor {
+    pub fn handler(&self) -> Arc<dyn ConnectionHandler> {
+        self.handler.load_full().as_ref().clone()
+    }
+
+    /// New connections go to `handler`; connections already accepted stay where they are.
+    pub fn set_handler(&self, handler: Arc<dyn ConnectionHandler>) {
+        self.handler.store(Arc::new(handler));
+    }
+
     /// Stops accepting; connections already accepted keep running to completion.
     pub fn stop(self) {
         let _ = self.stop.send(true);
@@ -81,21 +123,20 @@ impl Acceptor {
     }
 }
 
-/// Binds `addr` now (so errors surface to the caller) and starts accepting into `app`.
-pub fn start<A>(
+/// Binds `addr` now (so errors surface to the caller) and starts accepting into `handler`.
+pub fn start(
     addr: SocketAddr,
-    app: Arc<A>,
+    handler: Arc<dyn ConnectionHandler>,
     shutdown: ShutdownWatch,
     connections: Connections,
-) -> std::io::Result<Acceptor>
-where
-    A: ServerApp + Send + Sync + 'static,
-{
+) -> std::io::Result<Acceptor> {
     let std_listener = std::net::TcpListener::bind(addr)?;
     std_listener.set_nonblocking(true)?;
     let bound = std_listener.local_addr()?;
     let listener: L4Listener = tokio::net::TcpListener::from_std(std_listener)?.into();
     let (stop, mut stopped) = watch::channel(false);
+    let handler = Arc::new(ArcSwap::from_pointee(handler));
+    let current = handler.clone();
     let task = tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -112,15 +153,15 @@ where
                     };
                     let _ = stream.set_nodelay();
                     let guard = connections.open();
-                    let app = app.clone();
+                    let handler = current.load_full();
                     let shutdown = shutdown.clone();
                     tokio::spawn(async move {
                         let _guard = guard;
-                        app.process_new(Box::new(stream), &shutdown).await;
+                        handler.handle(stream, &shutdown).await;
                     });
                 }
             }
         }
     });
-    Ok(Acceptor { addr: bound, stop, task })
+    Ok(Acceptor { addr: bound, handler, stop, task })
 }

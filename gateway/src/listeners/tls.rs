@@ -1,0 +1,120 @@
+//! TLS listeners: read the ClientHello, choose the Gateway server by SNI, then terminate
+//! (HTTP through that server's pingora proxy, or TCP) or pass the bytes through untouched.
+//!
+//! ```text
+//!  accept ─► read ClientHello (rewound afterwards) ─► server by SNI ─┬─ passthrough ─► tls route ─► splice
+//!                                                                    ├─ terminate ─► HTTP proxy (h1/h2 by ALPN)
+//!                                                                    └─ terminate ─► tcp route ─► splice
+//! ```
+
+use super::tcp::forward;
+use super::ConnectionHandler;
+use crate::l4::client_hello::read_client_hello;
+use crate::proxy::{MeshProxy, Shared};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A client gets this long to send its ClientHello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub type Proxy = HttpProxy<MeshProxy>;
+
+pub struct TlsHandler {
+    pub port: u16,
+    pub shared: Arc<Shared>,
+    conf: Arc<ServerConf>,
+    /// One pingora proxy per terminating HTTP server (keyed by server name), so a request
+    /// knows which certificate its connection got (for 421). Rebuilt on sync, never locked.
+    proxies: ArcSwap<HashMap<String, Arc<Proxy>>>,
+}
+
+impl TlsHandler {
+    pub fn new(port: u16, shared: Arc<Shared>, conf: Arc<ServerConf>) -> TlsHandler {
+        TlsHandler { port, shared, conf, proxies: ArcSwap::from_pointee(HashMap::new()) }
+    }
+
+    /// Makes sure every HTTP server of the listener has a proxy; keeps existing ones (and
+    /// their upstream connection pools).
+    pub fn sync(&self) {
+        let runtime = self.shared.current.load();
+        let Some(listener) = runtime.listeners.get(&self.port) else { return };
+        let old = self.proxies.load();
+        let mut next = HashMap::new();
+        for server in listener.tls.iter().filter(|s| s.def.http) {
+            let name = server.def.server.clone();
+            let proxy = old.get(&name).cloned().unwrap_or_else(|| {
+                let app = MeshProxy { port: self.port, shared: self.shared.clone(), tls_server: Some(name.clone()) };
+                Arc::new(pingora_proxy::http_proxy(&self.conf, app))
+            });
+            next.insert(name, proxy);
+        }
+        self.proxies.store(Arc::new(next));
+    }
+
+    fn failed(&self, reason: &str) {
+        self.shared.metrics.tls_handshake_failures.with_label_values(&[&self.port.to_string(), reason]).inc();
+    }
+}
+
+#[async_trait]
+impl ConnectionHandler for TlsHandler {
+    async fn handle(&self, mut stream: L4Stream, shutdown: &ShutdownWatch) {
+        let (consumed, hello) = read_client_hello(&mut stream, HELLO_TIMEOUT).await;
+        stream.rewind(&consumed);
+        let hello = match hello {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(port = self.port, error = %e, "no usable ClientHello");
+                self.failed("no_client_hello");
+                return;
+            }
+        };
+        let runtime = self.shared.current.load();
+        let Some(listener) = runtime.listeners.get(&self.port) else { return };
+        let sni = hello.server_name.as_deref();
+        let Some(server) = listener.select_tls(sni).cloned() else {
+            tracing::debug!(port = self.port, sni, "no server for this SNI; closing");
+            self.failed("unknown_sni");
+            return;
+        };
+        let Some(acceptor) = &server.acceptor else {
+            forward(&self.shared, listener.l4_route(true, sni), stream).await;
+            return;
+        };
+        let tls = match acceptor.tls_handshake(stream).await {
+            Ok(tls) => tls,
+            Err(e) => {
+                tracing::debug!(port = self.port, sni, error = %e, "TLS handshake failed");
+                self.failed("handshake");
+                return;
+            }
+        };
+        if server.def.http {
+            let proxy = self.proxies.load().get(&server.def.server).cloned();
+            match proxy {
+                Some(proxy) => {
+                    drop(runtime);
+                    proxy.process_new(Box::new(tls), shutdown).await;
+                }
+                None => tracing::warn!(server = server.def.server, "no proxy for server yet"),
+            }
+        } else {
+            let route = listener.l4_route(false, sni);
+            forward(&self.shared, route, tls).await;
+        }
+    }
+
+    async fn cleanup(&self) {
+        for proxy in self.proxies.load().values() {
+            proxy.cleanup().await;
+        }
+    }
+}
