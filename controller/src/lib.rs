@@ -8,6 +8,7 @@ pub mod publish;
 pub mod snapshot;
 pub mod source;
 pub mod store;
+pub mod synth;
 pub mod translate;
 
 pub use diagnostics::{Diagnostic, Diagnostics, Level};

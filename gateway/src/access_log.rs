@@ -23,13 +23,14 @@ impl std::str::FromStr for Target {
     }
 }
 
-/// Field names follow Envoy's default access log vocabulary as Istio prints it.
+/// Field names follow Envoy's default access log vocabulary as Istio prints it. Borrowed so
+/// a request serialises its line straight from its own state: one buffer, no field copies.
 #[derive(Debug, Serialize)]
-pub struct Entry {
-    pub start_time: String,
-    pub method: String,
-    pub authority: String,
-    pub path: String,
+pub struct Entry<'a> {
+    pub start_time: &'a str,
+    pub method: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
     pub protocol: &'static str,
     pub response_code: u16,
     pub response_flags: &'static str,
@@ -37,18 +38,18 @@ pub struct Entry {
     pub bytes_sent: u64,
     pub duration: u64,
     pub upstream_service_time: Option<u64>,
-    pub upstream_host: Option<String>,
-    pub upstream_cluster: Option<String>,
-    pub route_name: Option<String>,
-    pub request_id: Option<String>,
-    pub x_forwarded_for: Option<String>,
-    pub user_agent: Option<String>,
+    pub upstream_host: Option<std::net::SocketAddr>,
+    pub upstream_cluster: Option<&'a str>,
+    pub route_name: Option<&'a str>,
+    pub request_id: Option<&'a str>,
+    pub x_forwarded_for: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
     pub downstream_remote_address: Option<String>,
 }
 
 #[derive(Clone)]
 pub struct AccessLog {
-    tx: Option<SyncSender<Entry>>,
+    tx: Option<SyncSender<Vec<u8>>>,
     dropped: prometheus::IntCounter,
 }
 
@@ -68,24 +69,27 @@ impl AccessLog {
         self.tx.is_some()
     }
 
-    pub fn log(&self, entry: Entry) {
+    pub fn log(&self, entry: &Entry) {
         if let Some(tx) = &self.tx {
-            if let Err(TrySendError::Full(_)) = tx.try_send(entry) {
+            let mut line = Vec::with_capacity(512);
+            if serde_json::to_writer(&mut line, entry).is_err() {
+                return;
+            }
+            line.push(b'\n');
+            if let Err(TrySendError::Full(_)) = tx.try_send(line) {
                 self.dropped.inc();
             }
         }
     }
 }
 
-fn write_loop(rx: Receiver<Entry>, writer: Box<dyn Write + Send>) {
+fn write_loop(rx: Receiver<Vec<u8>>, writer: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::new(writer);
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         // Write everything queued, then flush once: one syscall per burst, not per line.
-        while let Some(entry) = next {
-            if serde_json::to_writer(&mut out, &entry).is_ok() {
-                let _ = out.write_all(b"\n");
-            }
+        while let Some(line) = next {
+            let _ = out.write_all(&line);
             next = rx.try_recv().ok();
         }
         let _ = out.flush();

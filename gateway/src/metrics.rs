@@ -5,6 +5,7 @@ use crate::runtime::cluster::DestinationLabels;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
+use std::sync::Arc;
 
 /// Istio's bucket boundaries for `istio_request_duration_milliseconds`.
 const DURATION_BUCKETS_MS: &[f64] = &[
@@ -85,6 +86,50 @@ impl TcpCounters {
     }
 }
 
+/// The four request metrics of one label set, resolved once.
+struct Series {
+    requests: IntCounter,
+    duration: prometheus::Histogram,
+    request_bytes: prometheus::Histogram,
+    response_bytes: prometheus::Histogram,
+}
+
+/// The varying part of a request's label set; the rest comes from the destination.
+type SeriesKey = (u16, &'static str, &'static str, &'static str);
+
+/// Resolved series per destination, so a request does not hash 25 label values four times.
+/// Readers never lock: the list is replaced whole (copy on write) when a new status code or
+/// flag shows up, which happens a handful of times per destination.
+#[derive(Default)]
+pub struct SeriesCache {
+    entries: arc_swap::ArcSwap<Vec<(SeriesKey, Arc<Series>)>>,
+}
+
+impl std::fmt::Debug for SeriesCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SeriesCache({})", self.entries.load().len())
+    }
+}
+
+/// Bound on cached label sets per destination; past it, requests resolve labels directly.
+const MAX_CACHED_SERIES: usize = 64;
+
+impl SeriesCache {
+    fn get(&self, key: SeriesKey, make: impl FnOnce() -> Series) -> Arc<Series> {
+        if let Some((_, s)) = self.entries.load().iter().find(|(k, _)| *k == key) {
+            return s.clone();
+        }
+        let series = Arc::new(make());
+        let current = self.entries.load();
+        if current.len() < MAX_CACHED_SERIES {
+            let mut next = current.as_ref().clone();
+            next.push((key, series.clone()));
+            self.entries.store(Arc::new(next));
+        }
+        series
+    }
+}
+
 /// Who the gateway is, as the `source_*` labels say.
 #[derive(Debug, Clone)]
 pub struct SourceIdentity {
@@ -114,19 +159,21 @@ pub struct Metrics {
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    /// Series of requests that reached no destination (404 NR and the like).
+    no_destination: SeriesCache,
 }
 
 /// One finished request, as metrics see it.
 pub struct RequestRecord<'a> {
     pub destination: Option<&'a DestinationLabels>,
-    pub protocol: &'a str,
+    pub protocol: &'static str,
     pub code: u16,
-    pub flags: &'a str,
+    pub flags: &'static str,
     pub duration_ms: f64,
     pub request_bytes: u64,
     pub response_bytes: u64,
     /// `mutual_tls` when the upstream connection used a client certificate, else `none`.
-    pub security_policy: &'a str,
+    pub security_policy: &'static str,
 }
 
 impl Metrics {
@@ -232,6 +279,7 @@ impl Metrics {
             tcp_opened,
             tcp_closed,
             tls_handshake_failures,
+            no_destination: SeriesCache::default(),
         }
     }
 
@@ -274,6 +322,16 @@ impl Metrics {
     }
 
     pub fn record(&self, r: &RequestRecord) {
+        let key = (r.code, r.flags, r.protocol, r.security_policy);
+        let cache = r.destination.map_or(&self.no_destination, |d| &d.series);
+        let series = cache.get(key, || self.series(r));
+        series.requests.inc();
+        series.duration.observe(r.duration_ms);
+        series.request_bytes.observe(r.request_bytes as f64);
+        series.response_bytes.observe(r.response_bytes as f64);
+    }
+
+    fn series(&self, r: &RequestRecord) -> Series {
         let mut code_buf = [0u8; 5];
         let code = code_str(&mut code_buf, r.code);
         let unknown = "unknown";
@@ -306,10 +364,12 @@ impl Metrics {
             r.flags,
             r.security_policy,
         ];
-        self.requests.with_label_values(&values).inc();
-        self.duration.with_label_values(&values).observe(r.duration_ms);
-        self.request_bytes.with_label_values(&values).observe(r.request_bytes as f64);
-        self.response_bytes.with_label_values(&values).observe(r.response_bytes as f64);
+        Series {
+            requests: self.requests.with_label_values(&values),
+            duration: self.duration.with_label_values(&values),
+            request_bytes: self.request_bytes.with_label_values(&values),
+            response_bytes: self.response_bytes.with_label_values(&values),
+        }
     }
 
     /// Prometheus text exposition of everything registered.

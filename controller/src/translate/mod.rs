@@ -160,12 +160,17 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
         }
     }
     let mut vhosts: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
+    let mut vhost_index: HashMap<(u16, String), usize> = HashMap::new();
     let mut clusters = BTreeMap::new();
 
     let mut virtual_services: Vec<_> = store.virtual_services.values().collect();
     virtual_services.sort_by_key(|v| v.order_key());
+    let mut servers_by_gateway: HashMap<String, Vec<&BoundServer>> = HashMap::new();
+    for s in &servers {
+        servers_by_gateway.entry(s.gateway_key.clone()).or_default().push(s);
+    }
     let ctx = routes::Context {
-        servers: &servers,
+        servers_by_gateway,
         known_gateways: &known_gateways,
         registry: &registry,
         rules: &rules,
@@ -181,15 +186,18 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
         }
         for (port, domain, routes) in translated.bindings {
             let list = vhosts.entry(port).or_default();
-            match list.iter_mut().find(|v| v.domains[0] == domain) {
+            match vhost_index.get(&(port, domain.clone())) {
                 // Several VirtualServices for one host merge in creation order, as in Istio.
-                Some(v) => v.routes.extend(routes),
-                None => list.push(VirtualHost {
-                    name: format!("{domain}:{port}"),
-                    domains: vec![domain],
-                    routes,
-                    https_redirect: false,
-                }),
+                Some(&i) => list[i].routes.extend(routes),
+                None => {
+                    vhost_index.insert((port, domain.clone()), list.len());
+                    list.push(VirtualHost {
+                        name: format!("{domain}:{port}"),
+                        domains: vec![domain],
+                        routes,
+                        https_redirect: false,
+                    });
+                }
             }
         }
         for (port, route) in translated.l4_routes {
@@ -207,14 +215,17 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
         let list = vhosts.entry(s.port).or_default();
         for entry in &s.server.hosts {
             let domain = hosts::split_server_host(entry, &s.gateway.namespace).1.to_ascii_lowercase();
-            match list.iter_mut().find(|v| v.domains[0] == domain) {
-                Some(v) => v.https_redirect = true,
-                None => list.push(VirtualHost {
-                    name: format!("{domain}:{}", s.port),
-                    domains: vec![domain],
-                    routes: Vec::new(),
-                    https_redirect: true,
-                }),
+            match vhost_index.get(&(s.port, domain.clone())) {
+                Some(&i) => list[i].https_redirect = true,
+                None => {
+                    vhost_index.insert((s.port, domain.clone()), list.len());
+                    list.push(VirtualHost {
+                        name: format!("{domain}:{}", s.port),
+                        domains: vec![domain],
+                        routes: Vec::new(),
+                        https_redirect: true,
+                    });
+                }
             }
         }
     }

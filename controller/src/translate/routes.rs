@@ -22,7 +22,8 @@ pub(super) struct Translated {
 
 /// What every VirtualService is translated against.
 pub(super) struct Context<'a> {
-    pub servers: &'a [BoundServer<'a>],
+    /// Selected servers by `namespace/name` of their Gateway.
+    pub servers_by_gateway: HashMap<String, Vec<&'a BoundServer<'a>>>,
     pub known_gateways: &'a HashMap<String, bool>,
     pub registry: &'a Registry,
     pub rules: &'a Rules<'a>,
@@ -42,8 +43,7 @@ pub(super) fn translate_virtual_service(
     creds: &mut Credentials,
     problems: &mut Vec<Diagnostic>,
 ) -> Translated {
-    let (servers, known_gateways, registry, rules, options) =
-        (ctx.servers, ctx.known_gateways, ctx.registry, ctx.rules, ctx.options);
+    let (known_gateways, registry, rules, options) = (ctx.known_gateways, ctx.registry, ctx.rules, ctx.options);
     let spec = &vs.spec;
     let ns = vs.namespace.as_str();
     let mut out = Translated { bindings: Vec::new(), l4_routes: Vec::new(), clusters: Vec::new() };
@@ -90,7 +90,8 @@ pub(super) fn translate_virtual_service(
     let hosts: Vec<String> = spec.hosts.iter().map(|h| resolve_short_name(h, ns)).collect();
     let mut bound_any: HashMap<&str, bool> = HashMap::new();
     let mut seen = BTreeSet::new();
-    for s in servers.iter().filter(|s| gateway_keys.contains(&s.gateway_key) && s.kind.http_routes()) {
+    let bound_servers = gateway_keys.iter().flat_map(|k| ctx.servers_by_gateway.get(k).into_iter().flatten());
+    for s in bound_servers.filter(|s| s.kind.http_routes()) {
         let bound = bound_any.entry(s.gateway_key.as_str()).or_insert(false);
         for entry in &s.server.hosts {
             let (ns_filter, server_host) = split_server_host(entry, &s.gateway.namespace);
@@ -433,7 +434,8 @@ fn l4_routes<'a>(
         }
         Some(dests)
     };
-    let servers: Vec<&BoundServer> = ctx.servers.iter().filter(|s| gateway_keys.contains(&s.gateway_key)).collect();
+    let servers: Vec<&BoundServer> =
+        gateway_keys.iter().flat_map(|k| ctx.servers_by_gateway.get(k).into_iter().flatten()).copied().collect();
 
     for (i, tls) in vs.spec.tls.iter().enumerate() {
         let field = format!("spec.tls[{i}]");

@@ -6,6 +6,7 @@ use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::UpstreamProtocol;
 use crate::store::{Resource, Store};
 use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -73,8 +74,9 @@ pub struct Registry {
 impl Registry {
     pub fn build(store: &Store, problems: &mut Vec<Diagnostic>) -> Registry {
         let mut registry = Registry::default();
+        let index = Index::build(store);
         for svc in store.services.values() {
-            let info = kube_service(store, svc);
+            let info = kube_service(store, &index, svc);
             registry.services.insert(info.host.clone(), info);
         }
         for se in store.service_entries.values() {
@@ -91,7 +93,43 @@ impl Registry {
     }
 }
 
-fn kube_service(store: &Store, svc: &Resource<Service>) -> ServiceInfo {
+/// Lookups that would otherwise scan every slice or pod per Service (quadratic at scale).
+struct Index<'a> {
+    /// (namespace, `kubernetes.io/service-name`) → slices.
+    slices: HashMap<(&'a str, &'a str), Vec<&'a Resource<EndpointSlice>>>,
+    /// (namespace, label key, label value) → pods carrying it.
+    pods: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Resource<Pod>>>,
+}
+
+impl<'a> Index<'a> {
+    fn build(store: &'a Store) -> Index<'a> {
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for s in store.endpoint_slices.values() {
+            if let Some(svc) = s.meta.labels.get("kubernetes.io/service-name") {
+                slices.entry((s.namespace.as_str(), svc.as_str())).or_default().push(s);
+            }
+        }
+        let mut pods: HashMap<_, Vec<_>> = HashMap::new();
+        for p in store.pods.values() {
+            for (k, v) in &p.meta.labels {
+                pods.entry((p.namespace.as_str(), k.as_str(), v.as_str())).or_default().push(p);
+            }
+        }
+        Index { slices, pods }
+    }
+
+    /// Pods in `ns` matching every selector label: candidates from the rarest label.
+    fn selected_pods(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<&'a Resource<Pod>> {
+        let candidates = selector
+            .iter()
+            .map(|(k, v)| self.pods.get(&(ns, k.as_str(), v.as_str())).map_or(&[][..], Vec::as_slice))
+            .min_by_key(|c| c.len())
+            .unwrap_or(&[]);
+        candidates.iter().filter(|p| selector.iter().all(|(k, v)| p.meta.labels.get(k) == Some(v))).copied().collect()
+    }
+}
+
+fn kube_service(store: &Store, index: &Index, svc: &Resource<Service>) -> ServiceInfo {
     let name = svc.meta.name.clone();
     let ns = svc.namespace.clone();
     let spec = svc.spec.spec.clone().unwrap_or_default();
@@ -107,11 +145,7 @@ fn kube_service(store: &Store, svc: &Resource<Service>) -> ServiceInfo {
         })
         .collect();
 
-    let slices: Vec<_> = store
-        .endpoint_slices
-        .values()
-        .filter(|s| s.namespace == ns && s.meta.labels.get("kubernetes.io/service-name") == Some(&name))
-        .collect();
+    let slices: Vec<_> = index.slices.get(&(ns.as_str(), name.as_str())).cloned().unwrap_or_default();
 
     let mut endpoints = Vec::new();
     if !slices.is_empty() {
@@ -150,10 +184,7 @@ fn kube_service(store: &Store, svc: &Resource<Service>) -> ServiceInfo {
     } else if let Some(selector) = spec.selector.filter(|s| !s.is_empty()) {
         // No EndpointSlices in the config: derive endpoints from Pods as the endpoints
         // controller would (file mode convenience: Pods with status.podIP).
-        for pod in store.pods.values().filter(|p| p.namespace == ns) {
-            if !selector.iter().all(|(k, v)| pod.meta.labels.get(k) == Some(v)) {
-                continue;
-            }
+        for pod in index.selected_pods(&ns, &selector) {
             let status = pod.spec.status.clone().unwrap_or_default();
             let Some(ip) = status.pod_ip.clone() else { continue };
             let ready = status

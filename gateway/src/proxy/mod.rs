@@ -227,12 +227,13 @@ impl ProxyHttp for MeshProxy {
             security_policy: ctx.cluster.as_ref().map_or("unknown", |c| c.security_policy),
         });
         if self.shared.access_log.enabled() {
-            let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-            self.shared.access_log.log(Entry {
-                start_time: request::rfc3339_now_minus(duration),
-                method: req.method.as_str().to_string(),
-                authority: request::authority(req).unwrap_or_default().to_string(),
-                path: req.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default(),
+            let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+            let start_time = request::rfc3339_now_minus(duration);
+            self.shared.access_log.log(&Entry {
+                start_time: &start_time,
+                method: req.method.as_str(),
+                authority: request::authority(req).unwrap_or_default(),
+                path: req.uri.path_and_query().map_or("", |p| p.as_str()),
                 protocol: request::protocol_name(req),
                 response_code: code,
                 response_flags: ctx.flags,
@@ -240,10 +241,10 @@ impl ProxyHttp for MeshProxy {
                 bytes_sent: response_bytes,
                 duration: duration.as_millis() as u64,
                 upstream_service_time: ctx.upstream_time_ms,
-                upstream_host: endpoint.map(|e| e.addr.to_string()),
-                upstream_cluster: ctx.cluster.as_ref().map(|c| c.definition.name.clone()),
-                route_name: ctx.route.as_ref().map(|r| r.name.clone()),
-                request_id: ctx.request_id.clone(),
+                upstream_host: endpoint.map(|e| e.addr),
+                upstream_cluster: ctx.cluster.as_ref().map(|c| c.definition.name.as_str()),
+                route_name: ctx.route.as_ref().map(|r| r.name.as_str()),
+                request_id: ctx.request_id.as_deref(),
                 x_forwarded_for: header("x-forwarded-for"),
                 user_agent: header("user-agent"),
                 downstream_remote_address: session.client_addr().map(|a| a.to_string()),

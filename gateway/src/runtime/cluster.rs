@@ -20,6 +20,8 @@ pub struct DestinationLabels {
     pub app: String,
     pub version: String,
     pub cluster: String,
+    /// Resolved metric series for requests to this destination.
+    pub series: crate::metrics::SeriesCache,
 }
 
 #[derive(Debug)]
@@ -69,6 +71,7 @@ impl ClusterRuntime {
             app: "unknown".into(),
             version: def.subset.clone().unwrap_or_else(|| "unknown".into()),
             cluster: def.name.clone(),
+            series: Default::default(),
         });
         let mut endpoints = Vec::new();
         for e in &def.endpoints {
@@ -85,6 +88,7 @@ impl ClusterRuntime {
                     app: e.app().to_string(),
                     version: e.version().to_string(),
                     cluster: def.name.clone(),
+                    series: Default::default(),
                 }),
             });
         }
