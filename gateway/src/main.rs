@@ -3,6 +3,12 @@ use clap::Parser;
 use controller::analyze;
 use gateway::cli::{Cli, Command};
 
+/// mimalloc: glibc's malloc/free were a fifth of the proxy's CPU per request in profiles
+/// (many small short-lived header and buffer allocations); mimalloc's thread-local free lists
+/// serve that pattern much better.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // Logs go to stderr: stdout carries the access log.

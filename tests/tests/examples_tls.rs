@@ -186,8 +186,10 @@ async fn secure_gateway() {
     assert_eq!(code, 0, "curl: {err}");
     assert!(out.contains(r#""service":"httpbin""#), "{out}");
     let (code, _, err) = curl(https, MTLS, "/headers", &["--cacert", path_str(&mtls_ca_file)]).await;
-    assert_eq!(code, 56, "curl without --cert: {err}");
-    assert!(err.contains("certificate required"), "{err}");
+    // 56 with the TLS alert as in the README; 55 if the gateway closed before
+    // curl finished sending (timing).
+    assert!(matches!(code, 55 | 56), "curl without --cert: exit {code}: {err}");
+    assert!(code == 55 || err.contains("certificate required"), "{err}");
 
     // Port 80: httpsRedirect answers every request for the host with 301.
     let hits = || ups.iter().map(Upstream::hits).sum::<u64>();

@@ -107,6 +107,11 @@ spec:
     assert_eq!(metric_value(&text, "istio_tcp_connections_closed_total", &labels), Some(1.0));
     assert_eq!(metric_value(&text, "istio_tcp_received_bytes_total", &labels), Some(payload.len() as f64));
     assert_eq!(metric_value(&text, "istio_tcp_sent_bytes_total", &labels), Some((payload.len() + 3) as f64));
+    let line =
+        gw.wait_for_log(|l| l.contains("\"protocol\":\"TCP\""), Duration::from_secs(5)).await.expect("TCP access log");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["bytes_received"], payload.len() as u64);
+    assert_eq!(v["upstream_cluster"], "outbound|5432||db.default.svc.cluster.local");
 }
 
 #[tokio::test]

@@ -29,38 +29,94 @@ impl ConnectionHandler for TcpHandler {
         let runtime = self.shared.current.load();
         let Some(listener) = runtime.listeners.get(&self.port) else { return };
         let route = listener.l4_route(false, None);
-        forward(&self.shared, route, stream).await;
+        let info = ConnectionInfo { downstream: peer_addr(&stream), sni: None };
+        forward(&self.shared, route, stream, info).await;
     }
 }
 
+/// What the access log says about one TCP connection.
+pub struct ConnectionInfo<'a> {
+    pub downstream: Option<std::net::SocketAddr>,
+    /// SNI of passthrough and terminated TLS connections (logged as the authority).
+    pub sni: Option<&'a str>,
+}
+
 /// Connects to an endpoint of the route's weighted destination and splices. Failures are
-/// counted with Envoy's response flags (NR no route, UH no endpoint, UF connect failure).
-pub async fn forward<S>(shared: &Shared, route: Option<&L4Route>, downstream: S)
+/// counted with Envoy's response flags (NR no route, UH no endpoint, UF connect failure), and
+/// every connection gets one access log line, as Envoy's tcp_proxy logs.
+pub async fn forward<S>(shared: &Shared, route: Option<&L4Route>, downstream: S, info: ConnectionInfo<'_>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let start = std::time::Instant::now();
+    let mut log = L4Log { flags: "-", upstream: None, cluster: None, stats: Default::default() };
+    forward_inner(shared, route, downstream, &mut log).await;
+    if shared.access_log.enabled() {
+        let duration = start.elapsed();
+        let start_time = crate::proxy::request::rfc3339_now_minus(duration);
+        shared.access_log.log(&crate::access_log::Entry {
+            start_time: &start_time,
+            method: "-",
+            authority: info.sni.unwrap_or("-"),
+            path: "-",
+            protocol: "TCP",
+            response_code: 0,
+            response_flags: log.flags,
+            bytes_received: log.stats.downstream_to_upstream,
+            bytes_sent: log.stats.upstream_to_downstream,
+            duration: duration.as_millis() as u64,
+            upstream_service_time: None,
+            upstream_host: log.upstream,
+            upstream_cluster: log.cluster.as_deref(),
+            route_name: route.map(|r| r.name.as_str()),
+            request_id: None,
+            x_forwarded_for: None,
+            user_agent: None,
+            downstream_remote_address: info.downstream.map(|a| a.to_string()),
+        });
+    }
+}
+
+struct L4Log {
+    flags: &'static str,
+    upstream: Option<std::net::SocketAddr>,
+    cluster: Option<String>,
+    stats: crate::l4::splice::SpliceStats,
+}
+
+async fn forward_inner<S>(shared: &Shared, route: Option<&L4Route>, downstream: S, log: &mut L4Log)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let metrics = &shared.metrics;
     let Some(route) = route else {
+        log.flags = "NR";
         metrics.tcp_open(None, "NR", "unknown").close();
         return;
     };
     let Some(cluster) = route.destinations.pick() else {
+        log.flags = "NC";
         metrics.tcp_open(None, "NC", "unknown").close();
         return;
     };
+    log.cluster = Some(cluster.definition.name.clone());
     let Some(pick) = cluster.balancer.pick(None, None) else {
+        log.flags = "UH";
         metrics.tcp_open(Some(&cluster.service_labels), "UH", cluster.security_policy).close();
         return;
     };
     let endpoint = &cluster.endpoints[pick.index()];
+    log.upstream = Some(endpoint.addr);
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint.addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(route = route.name, upstream = %endpoint.addr, error = %e, "tcp connect failed");
+            log.flags = "UF";
             metrics.tcp_open(Some(&endpoint.labels), "UF", cluster.security_policy).close();
             return;
         }
         Err(_) => {
+            log.flags = "UF";
             metrics.tcp_open(Some(&endpoint.labels), "UF", cluster.security_policy).close();
             return;
         }
@@ -73,6 +129,13 @@ where
     })
     .await;
     counters.close();
+    log.stats = stats;
     drop(pick);
     tracing::debug!(route = route.name, upstream = %endpoint.addr, ?stats, "tcp connection closed");
+}
+
+/// The client address of an accepted connection, from pingora's socket digest.
+pub fn peer_addr(stream: &L4Stream) -> Option<std::net::SocketAddr> {
+    use pingora_core::protocols::GetSocketDigest;
+    stream.get_socket_digest()?.peer_addr()?.as_inet().copied()
 }

@@ -7,7 +7,7 @@
 //!                                                                    └─ terminate ─► tcp route ─► splice
 //! ```
 
-use super::tcp::forward;
+use super::tcp::{forward, peer_addr, ConnectionInfo};
 use super::ConnectionHandler;
 use crate::l4::client_hello::read_client_hello;
 use crate::proxy::{MeshProxy, Shared};
@@ -67,6 +67,7 @@ impl TlsHandler {
 #[async_trait]
 impl ConnectionHandler for TlsHandler {
     async fn handle(&self, mut stream: L4Stream, shutdown: &ShutdownWatch) {
+        let downstream = peer_addr(&stream);
         let (consumed, hello) = read_client_hello(&mut stream, HELLO_TIMEOUT).await;
         stream.rewind(&consumed);
         let hello = match hello {
@@ -86,7 +87,7 @@ impl ConnectionHandler for TlsHandler {
             return;
         };
         let Some(acceptor) = &server.acceptor else {
-            forward(&self.shared, listener.l4_route(true, sni), stream).await;
+            forward(&self.shared, listener.l4_route(true, sni), stream, ConnectionInfo { downstream, sni }).await;
             return;
         };
         let tls = match acceptor.tls_handshake(stream).await {
@@ -108,7 +109,7 @@ impl ConnectionHandler for TlsHandler {
             }
         } else {
             let route = listener.l4_route(false, sni);
-            forward(&self.shared, route, tls).await;
+            forward(&self.shared, route, tls, ConnectionInfo { downstream, sni }).await;
         }
     }
 

@@ -12,7 +12,7 @@
 //! ```
 
 mod local_reply;
-mod request;
+pub(crate) mod request;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::balance::{hash_key, Pick};
