@@ -47,7 +47,17 @@ pub fn classify(
 ) -> Option<(ServerKind, Option<ServerTls>)> {
     let protocol = server.port.protocol.to_ascii_uppercase();
     let tls = server.tls.as_ref();
-    let mode = tls.and_then(|t| t.mode.as_deref()).map(str::to_ascii_uppercase);
+    // A `tls` block without `mode` is PASSTHROUGH, the first value of Istio's enum.
+    let mode = tls.map(|t| t.mode.as_deref().unwrap_or("PASSTHROUGH").to_ascii_uppercase());
+    let mode = match (protocol.as_str(), mode) {
+        // Only httpsRedirect on a plain HTTP server: no TLS mode at all.
+        ("HTTP" | "HTTP2" | "GRPC" | "GRPC-WEB", Some(m))
+            if tls.is_some_and(|t| t.mode.is_none()) && m == "PASSTHROUGH" =>
+        {
+            None
+        }
+        (_, m) => m,
+    };
     let skip = |problems: &mut Vec<Diagnostic>, f: &str, why: String| {
         problems.push(Diagnostic::warning(
             codes::UNSUPPORTED,
