@@ -243,7 +243,8 @@ pub enum UpstreamProtocol {
 /// DestinationRule `trafficPolicy.tls` (SIMPLE or MUTUAL).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpstreamTls {
-    /// SNI to send; default is the destination host.
+    /// SNI to send as configured; empty means "choose": the first DNS subjectAltName if any,
+    /// else the destination host.
     pub sni: String,
     /// Key into [`Snapshot::secrets`] for the CA; `None` means the system roots.
     pub ca: Option<String>,

@@ -263,7 +263,7 @@ pub fn resolve(
     };
     let tls = match rule.and_then(|r| effective_tls(&r.spec, subset, port).map(|t| (r, t))) {
         None => None,
-        Some((r, settings)) => match upstream_tls(settings, host, creds) {
+        Some((r, settings)) => match upstream_tls(settings, creds) {
             Ok(tls) => tls,
             Err(why) => {
                 // Fail closed: never fall back to plain text for a destination meant to use TLS.
@@ -316,10 +316,10 @@ fn effective_tls<'a>(dr: &'a DestinationRuleSpec, subset: Option<&str>, port: u1
 }
 
 /// DestinationRule TLS → snapshot form. `Ok(None)` is DISABLE.
-fn upstream_tls(t: &ClientTlsSettings, host: &str, creds: &mut Credentials) -> Result<Option<UpstreamTls>, String> {
+fn upstream_tls(t: &ClientTlsSettings, creds: &mut Credentials) -> Result<Option<UpstreamTls>, String> {
     let mode = t.mode.as_deref().unwrap_or("DISABLE").to_ascii_uppercase();
     let mut out = UpstreamTls {
-        sni: t.sni.clone().unwrap_or_else(|| host.to_string()),
+        sni: t.sni.clone().unwrap_or_default(),
         ca: None,
         client_certificate: None,
         subject_alt_names: t.subject_alt_names.clone(),

@@ -57,7 +57,7 @@ impl ClusterRuntime {
     pub fn compile(def: &Cluster, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
         let tls = match &def.tls {
             None => Ok(None),
-            Some(t) => UpstreamTlsRuntime::compile(t, secrets).map(Some).map_err(|e| {
+            Some(t) => UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map(Some).map_err(|e| {
                 tracing::error!(cluster = def.name, error = %e, "upstream TLS unusable; requests to this cluster get 503");
                 e.to_string()
             }),

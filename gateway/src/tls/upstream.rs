@@ -18,7 +18,12 @@ pub struct UpstreamTlsRuntime {
 }
 
 impl UpstreamTlsRuntime {
-    pub fn compile(def: &UpstreamTls, secrets: &BTreeMap<String, Secret>) -> Result<UpstreamTlsRuntime, TlsError> {
+    /// `host` is the destination host, the SNI when neither `sni` nor a DNS SAN is given.
+    pub fn compile(
+        def: &UpstreamTls,
+        host: &str,
+        secrets: &BTreeMap<String, Secret>,
+    ) -> Result<UpstreamTlsRuntime, TlsError> {
         let get = |name: &str| secrets.get(name).ok_or_else(|| TlsError::MissingSecret(name.to_string()));
         let ca = match &def.ca {
             None => None,
@@ -44,9 +49,10 @@ impl UpstreamTlsRuntime {
         };
         // Istio: subjectAltNames replace hostname verification; pingora verifies the SNI name,
         // so without an explicit `sni` the first SAN becomes the name sent and verified.
-        let sni = match (&def.subject_alt_names.first(), def.sni.is_empty()) {
-            (Some(san), _) if !san.contains("://") && def.sni.is_empty() => san.to_string(),
-            _ => def.sni.clone(),
+        let sni = if !def.sni.is_empty() {
+            def.sni.clone()
+        } else {
+            def.subject_alt_names.iter().find(|s| !s.contains("://")).cloned().unwrap_or_else(|| host.to_string())
         };
         Ok(UpstreamTlsRuntime {
             sni,
