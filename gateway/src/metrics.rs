@@ -283,12 +283,12 @@ impl Metrics {
         }
     }
 
-    /// Counts an opened TCP connection and returns its byte/close counters.
-    pub fn tcp_open(&self, destination: Option<&DestinationLabels>, flags: &str, security_policy: &str) -> TcpCounters {
+    /// The reporter, source and destination labels (the first 20 of both label sets).
+    fn peer_values<'a>(&'a self, destination: Option<&'a DestinationLabels>) -> [&'a str; 20] {
         let unknown = "unknown";
         let d = destination;
         let s = &self.source;
-        let values: [&str; 23] = [
+        [
             "source",
             &s.workload,
             &s.workload,
@@ -309,6 +309,34 @@ impl Metrics {
             d.map_or(unknown, |d| &d.service_name),
             d.map_or(unknown, |d| &d.service_namespace),
             "Kubernetes",
+        ]
+    }
+
+    /// Counts an opened TCP connection and returns its byte/close counters.
+    pub fn tcp_open(&self, destination: Option<&DestinationLabels>, flags: &str, security_policy: &str) -> TcpCounters {
+        let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19] =
+            self.peer_values(destination);
+        let values: [&str; 23] = [
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            a8,
+            a9,
+            a10,
+            a11,
+            a12,
+            a13,
+            a14,
+            a15,
+            a16,
+            a17,
+            a18,
+            a19,
             "tcp",
             flags,
             security_policy,
@@ -334,30 +362,29 @@ impl Metrics {
     fn series(&self, r: &RequestRecord) -> Series {
         let mut code_buf = [0u8; 5];
         let code = code_str(&mut code_buf, r.code);
-        let unknown = "unknown";
-        let d = r.destination;
-        let s = &self.source;
+        let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19] =
+            self.peer_values(r.destination);
         let values: [&str; 25] = [
-            "source",
-            &s.workload,
-            &s.workload,
-            &s.version,
-            &s.namespace,
-            unknown,
-            &s.app,
-            &s.version,
-            "Kubernetes",
-            d.map_or(unknown, |d| &d.workload),
-            d.map_or(unknown, |d| &d.workload_namespace),
-            unknown,
-            d.map_or(unknown, |d| &d.app),
-            d.map_or(unknown, |d| &d.version),
-            d.map_or(unknown, |d| &d.service),
-            d.map_or(unknown, |d| if d.app == "unknown" { &d.service_name } else { &d.app }),
-            d.map_or(unknown, |d| if d.version == "unknown" { "latest" } else { &d.version }),
-            d.map_or(unknown, |d| &d.service_name),
-            d.map_or(unknown, |d| &d.service_namespace),
-            "Kubernetes",
+            a0,
+            a1,
+            a2,
+            a3,
+            a4,
+            a5,
+            a6,
+            a7,
+            a8,
+            a9,
+            a10,
+            a11,
+            a12,
+            a13,
+            a14,
+            a15,
+            a16,
+            a17,
+            a18,
+            a19,
             r.protocol,
             code,
             "-",

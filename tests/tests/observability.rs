@@ -42,7 +42,10 @@ async fn istio_standard_metrics_with_labels() {
     assert_eq!(get(gw.addr(80), "/nothing").host(host).send().await.unwrap().status, 404);
     assert_eq!(get(gw.addr(80), "/empty").host(host).send().await.unwrap().status, 503);
 
-    let text = metrics(gw.metrics_addr()).await.unwrap();
+    // Samples land after each response is written; wait for all of them.
+    wait_metric(&gw, "istio_requests_total", &[("response_code", "200")], 3.0).await;
+    wait_metric(&gw, "istio_requests_total", &[("response_code", "404")], 1.0).await;
+    let text = wait_metric(&gw, "istio_requests_total", &[("response_code", "503")], 1.0).await;
     let ok = [
         ("reporter", "source"),
         ("source_workload", "istio-ingressgateway"),

@@ -62,9 +62,9 @@ spec:
     assert_eq!(no_route.grpc_status.as_deref(), Some("12"), "no route is UNIMPLEMENTED, as Envoy answers");
     let unavailable = grpc_call(at, "/empty.Service/X", "greeter.example.com", None).await.unwrap();
     assert_eq!(unavailable.grpc_status.as_deref(), Some("14"), "no endpoint is UNAVAILABLE");
-    let text = metrics(gw.metrics_addr()).await.unwrap();
-    assert!(metric_value(&text, "istio_requests_total", &[("request_protocol", "grpc"), ("response_code", "200")])
-        .is_some());
+    let grpc_ok = [("request_protocol", "grpc"), ("response_code", "200")];
+    let text = wait_metric(&gw, "istio_requests_total", &grpc_ok, 1.0).await;
+    assert!(metric_value(&text, "istio_requests_total", &grpc_ok).is_some());
 }
 
 #[tokio::test]
@@ -101,8 +101,8 @@ spec:
     assert!(reply.starts_with(b"db\n"));
     assert_eq!(reply.len(), 3 + payload.len(), "everything echoed before the upstream closed");
 
-    let text = metrics(gw.metrics_addr()).await.unwrap();
     let labels = [("destination_service_name", "db"), ("request_protocol", "tcp")];
+    let text = wait_metric(&gw, "istio_tcp_connections_closed_total", &labels, 1.0).await;
     assert_eq!(metric_value(&text, "istio_tcp_connections_opened_total", &labels), Some(1.0));
     assert_eq!(metric_value(&text, "istio_tcp_connections_closed_total", &labels), Some(1.0));
     assert_eq!(metric_value(&text, "istio_tcp_received_bytes_total", &labels), Some(payload.len() as f64));
@@ -223,11 +223,7 @@ spec:
     let r = get(gw.addr(80), "/locked").send().await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(r.echo().unwrap().tls.unwrap().client_cert, "the gateway presented its client certificate");
-    let text = metrics(gw.metrics_addr()).await.unwrap();
-    assert!(metric_value(
-        &text,
-        "istio_requests_total",
-        &[("destination_service_name", "locked"), ("connection_security_policy", "mutual_tls")]
-    )
-    .is_some());
+    let mtls = [("destination_service_name", "locked"), ("connection_security_policy", "mutual_tls")];
+    let text = wait_metric(&gw, "istio_requests_total", &mtls, 1.0).await;
+    assert!(metric_value(&text, "istio_requests_total", &mtls).is_some());
 }

@@ -83,3 +83,18 @@ pub async fn version_of(gw: &GatewayProcess, port: u16, path: &str, host: &str) 
         Err(_) => format!("status {}", r.status.as_u16()),
     }
 }
+
+/// Metrics are recorded after the response is written (pingora's logging phase), so a test
+/// that just got its response waits for the sample instead of reading it at once.
+pub async fn wait_metric(gw: &GatewayProcess, name: &str, labels: &[(&str, &str)], want: f64) -> String {
+    let mut text = String::new();
+    let end = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::time::Instant::now() < end {
+        text = metrics(gw.metrics_addr()).await.unwrap_or_default();
+        if metric_value(&text, name, labels).is_some_and(|v| v >= want) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    text
+}
