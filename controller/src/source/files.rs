@@ -18,7 +18,11 @@ pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
 
 fn collect(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, problems: &mut Vec<Diagnostic>) {
     let origin = Origin { file: Some(path.to_path_buf()), document: None };
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
     match std::fs::metadata(path) {
+        // A mounted ConfigMap holds its files twice more under `..data` and `..2025_...`;
+        // hidden folders are skipped unless named explicitly.
+        Ok(m) if m.is_dir() && hidden && !explicit => {}
         Ok(m) if m.is_dir() => match std::fs::read_dir(path) {
             Ok(entries) => {
                 let mut children: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
@@ -83,5 +87,25 @@ pub fn load_text(store: &mut Store, text: &str, file: Option<&Path>) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configmap_mount_layout_loads_each_file_once() {
+        // The kubelet's layout: real files in a timestamped hidden folder, `..data` pointing
+        // at it, and top-level symlinks through `..data`.
+        let dir = tempfile::tempdir().unwrap();
+        let stamp = dir.path().join("..2025_01_01_00_00_00.000000001");
+        std::fs::create_dir(&stamp).unwrap();
+        std::fs::write(stamp.join("svc.yaml"), "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n").unwrap();
+        std::os::unix::fs::symlink(&stamp, dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("..data/svc.yaml"), dir.path().join("svc.yaml")).unwrap();
+        let store = load(&[dir.path().to_path_buf()]);
+        assert_eq!(store.services.len(), 1);
+        assert!(store.diagnostics.items.is_empty(), "{:?}", store.diagnostics.items);
     }
 }
