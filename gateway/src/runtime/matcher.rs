@@ -38,8 +38,24 @@ enum Matcher {
     Regex(Regex),
 }
 
+/// Compiled regexes by pattern, shared across one snapshot's routes: configs repeat patterns,
+/// and `Regex` clones share their compiled program.
+#[derive(Default)]
+pub struct RegexCache(std::collections::HashMap<String, Regex>);
+
+impl RegexCache {
+    fn get(&mut self, pattern: String) -> Result<Regex, regex::Error> {
+        if let Some(r) = self.0.get(&pattern) {
+            return Ok(r.clone());
+        }
+        let r = Regex::new(&pattern)?;
+        self.0.insert(pattern, r.clone());
+        Ok(r)
+    }
+}
+
 impl Matcher {
-    fn compile(m: &StringMatch, ignore_case: bool) -> Result<Matcher, regex::Error> {
+    fn compile(m: &StringMatch, ignore_case: bool, cache: &mut RegexCache) -> Result<Matcher, regex::Error> {
         Ok(match (m, ignore_case) {
             (StringMatch::Exact(s), false) => Matcher::Exact(s.clone()),
             (StringMatch::Prefix(s), false) => Matcher::Prefix(s.clone()),
@@ -48,7 +64,7 @@ impl Matcher {
             // Envoy's safe_regex must match the whole value; anchor explicitly.
             (StringMatch::Regex(r), ci) => {
                 let flags = if ci { "(?i)" } else { "" };
-                Matcher::Regex(Regex::new(&format!("{flags}^(?:{r})$"))?)
+                Matcher::Regex(cache.get(format!("{flags}^(?:{r})$"))?)
             }
         })
     }
@@ -77,8 +93,11 @@ struct Keyed {
 }
 
 impl Keyed {
-    fn compile(k: &KeyMatch) -> Result<Keyed, regex::Error> {
-        Ok(Keyed { name: k.name.clone(), value: k.value.as_ref().map(|v| Matcher::compile(v, false)).transpose()? })
+    fn compile(k: &KeyMatch, cache: &mut RegexCache) -> Result<Keyed, regex::Error> {
+        Ok(Keyed {
+            name: k.name.clone(),
+            value: k.value.as_ref().map(|v| Matcher::compile(v, false, cache)).transpose()?,
+        })
     }
 }
 
@@ -96,17 +115,21 @@ pub struct CompiledMatch {
 }
 
 impl CompiledMatch {
-    pub fn compile(m: &RouteMatch) -> Result<CompiledMatch, regex::Error> {
-        let one = |s: &Option<StringMatch>, ci: bool| s.as_ref().map(|s| Matcher::compile(s, ci)).transpose();
-        let many = |v: &[KeyMatch]| v.iter().map(Keyed::compile).collect::<Result<Vec<_>, _>>();
+    pub fn compile(m: &RouteMatch, cache: &mut RegexCache) -> Result<CompiledMatch, regex::Error> {
+        fn one(s: &Option<StringMatch>, ci: bool, cache: &mut RegexCache) -> Result<Option<Matcher>, regex::Error> {
+            s.as_ref().map(|s| Matcher::compile(s, ci, cache)).transpose()
+        }
+        fn many(v: &[KeyMatch], cache: &mut RegexCache) -> Result<Vec<Keyed>, regex::Error> {
+            v.iter().map(|k| Keyed::compile(k, cache)).collect()
+        }
         Ok(CompiledMatch {
-            uri: one(&m.uri, m.ignore_uri_case)?,
-            scheme: one(&m.scheme, false)?,
-            method: one(&m.method, false)?,
-            authority: one(&m.authority, false)?,
-            headers: many(&m.headers)?,
-            without_headers: many(&m.without_headers)?,
-            query_params: many(&m.query_params)?,
+            uri: one(&m.uri, m.ignore_uri_case, cache)?,
+            scheme: one(&m.scheme, false, cache)?,
+            method: one(&m.method, false, cache)?,
+            authority: one(&m.authority, false, cache)?,
+            headers: many(&m.headers, cache)?,
+            without_headers: many(&m.without_headers, cache)?,
+            query_params: many(&m.query_params, cache)?,
             port: m.port,
         })
     }
@@ -168,7 +191,7 @@ mod tests {
     }
 
     fn compile(m: RouteMatch) -> CompiledMatch {
-        CompiledMatch::compile(&m).unwrap()
+        CompiledMatch::compile(&m, &mut RegexCache::default()).unwrap()
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod matcher;
 use arc_swap::ArcSwap;
 use cluster::ClusterRuntime;
 use controller::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
-use matcher::{CompiledMatch, RequestView};
+use matcher::{CompiledMatch, RegexCache, RequestView};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -218,10 +218,12 @@ impl Runtime {
             clusters.insert(name.clone(), compiled);
         }
         let mut listeners = HashMap::new();
+        let mut regexes = RegexCache::default();
         for l in &snapshot.listeners {
             let mut hosts = HostTable::default();
             for vh in &l.virtual_hosts {
-                let routes = vh.routes.iter().filter_map(|r| compile_route(r, &clusters)).map(Arc::new).collect();
+                let routes =
+                    vh.routes.iter().filter_map(|r| compile_route(r, &clusters, &mut regexes)).map(Arc::new).collect();
                 let compiled =
                     Arc::new(VirtualHost { name: vh.name.clone(), routes, https_redirect: vh.https_redirect });
                 for domain in &vh.domains {
@@ -257,8 +259,12 @@ impl Runtime {
     }
 }
 
-fn compile_route(r: &controller::snapshot::Route, clusters: &HashMap<String, Arc<ClusterRuntime>>) -> Option<Route> {
-    let matches = match r.matches.iter().map(CompiledMatch::compile).collect::<Result<Vec<_>, _>>() {
+fn compile_route(
+    r: &controller::snapshot::Route,
+    clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    regexes: &mut RegexCache,
+) -> Option<Route> {
+    let matches = match r.matches.iter().map(|m| CompiledMatch::compile(m, regexes)).collect::<Result<Vec<_>, _>>() {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(route = r.name, error = %e, "route dropped: matcher does not compile");
