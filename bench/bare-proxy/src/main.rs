@@ -50,11 +50,11 @@ fn main() {
 
     // Built in code rather than read from a YAML file: the settings that matter are here.
     let conf = ServerConf {
-        threads: 1,                  // one worker thread, like nginx's 1 worker / haproxy's nbthread 1
-        work_stealing,               // false (default here): current-thread runtime per thread
-        max_retries: 1,              // one attempt, as meshgate configures Pingora
-        grace_period_seconds: Some(0),                   // the runner stops us with SIGTERM:
-        graceful_shutdown_timeout_seconds: Some(0),      // exit at once
+        threads: 1,                                 // one worker thread, like nginx's 1 worker / haproxy's nbthread 1
+        work_stealing,                              // false (default here): current-thread runtime per thread
+        max_retries: 1,                             // one attempt, as meshgate configures Pingora
+        grace_period_seconds: Some(0),              // the runner stops us with SIGTERM:
+        graceful_shutdown_timeout_seconds: Some(0), // exit at once
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
