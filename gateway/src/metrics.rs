@@ -16,8 +16,9 @@ const DURATION_BUCKETS_MS: &[f64] = &[
 const SIZE_BUCKETS: &[f64] =
     &[1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0, 100000000.0, 1000000000.0];
 
-/// Label names of Istio's standard HTTP metrics, in Istio's order.
-const LABELS: &[&str] = &[
+/// Reporter, source and destination label names, shared by Istio's HTTP and TCP metrics, in
+/// Istio's order; [`Metrics::peer_values`] yields their values.
+const PEER_LABELS: [&str; 20] = [
     "reporter",
     "source_workload",
     "source_canonical_service",
@@ -38,39 +39,16 @@ const LABELS: &[&str] = &[
     "destination_service_name",
     "destination_service_namespace",
     "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
 ];
+/// What HTTP metrics add to [`PEER_LABELS`].
+const HTTP_LABELS: [&str; 5] =
+    ["request_protocol", "response_code", "grpc_response_status", "response_flags", "connection_security_policy"];
+/// What TCP metrics add: Istio's TCP metrics have no response code.
+const TCP_LABELS: [&str; 3] = ["request_protocol", "response_flags", "connection_security_policy"];
 
-/// Istio's TCP metrics carry the same labels minus the HTTP-only ones.
-const TCP_LABELS: &[&str] = &[
-    "reporter",
-    "source_workload",
-    "source_canonical_service",
-    "source_canonical_revision",
-    "source_workload_namespace",
-    "source_principal",
-    "source_app",
-    "source_version",
-    "source_cluster",
-    "destination_workload",
-    "destination_workload_namespace",
-    "destination_principal",
-    "destination_app",
-    "destination_version",
-    "destination_service",
-    "destination_canonical_service",
-    "destination_canonical_revision",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_cluster",
-    "request_protocol",
-    "response_flags",
-    "connection_security_policy",
-];
+fn label_names(extra: &[&'static str]) -> Vec<&'static str> {
+    PEER_LABELS.iter().chain(extra).copied().collect()
+}
 
 /// Per-connection TCP counters, resolved once when the connection opens so byte updates do
 /// not hash label sets.
@@ -179,23 +157,25 @@ pub struct RequestRecord<'a> {
 impl Metrics {
     pub fn new(source: SourceIdentity) -> Metrics {
         let registry = Registry::new();
-        let requests =
-            IntCounterVec::new(Opts::new("istio_requests_total", "Requests processed by the gateway"), LABELS)
-                .expect("static metric definition");
+        let requests = IntCounterVec::new(
+            Opts::new("istio_requests_total", "Requests processed by the gateway"),
+            &label_names(&HTTP_LABELS),
+        )
+        .expect("static metric definition");
         let duration = HistogramVec::new(
             HistogramOpts::new("istio_request_duration_milliseconds", "Request duration in milliseconds")
                 .buckets(DURATION_BUCKETS_MS.to_vec()),
-            LABELS,
+            &label_names(&HTTP_LABELS),
         )
         .expect("static metric definition");
         let request_bytes = HistogramVec::new(
             HistogramOpts::new("istio_request_bytes", "Request body sizes in bytes").buckets(SIZE_BUCKETS.to_vec()),
-            LABELS,
+            &label_names(&HTTP_LABELS),
         )
         .expect("static metric definition");
         let response_bytes = HistogramVec::new(
             HistogramOpts::new("istio_response_bytes", "Response body sizes in bytes").buckets(SIZE_BUCKETS.to_vec()),
-            LABELS,
+            &label_names(&HTTP_LABELS),
         )
         .expect("static metric definition");
         let config_version = IntGauge::new("meshgate_config_version", "Version of the snapshot being served")
@@ -218,7 +198,7 @@ impl Metrics {
         let listeners =
             IntGauge::new("meshgate_listeners", "Listening data-plane ports").expect("static metric definition");
         let tcp = |name: &str, help: &str| {
-            IntCounterVec::new(Opts::new(name, help), TCP_LABELS).expect("static metric definition")
+            IntCounterVec::new(Opts::new(name, help), &label_names(&TCP_LABELS)).expect("static metric definition")
         };
         let tcp_sent = tcp("istio_tcp_sent_bytes_total", "Bytes sent to the downstream on TCP connections");
         let tcp_received =
