@@ -292,35 +292,14 @@ impl Metrics {
         ]
     }
 
+    /// The peer labels' values followed by a metric family's own.
+    fn label_values<'a>(&'a self, destination: Option<&'a DestinationLabels>, extra: &[&'a str]) -> Vec<&'a str> {
+        self.peer_values(destination).into_iter().chain(extra.iter().copied()).collect()
+    }
+
     /// Counts an opened TCP connection and returns its byte/close counters.
     pub fn tcp_open(&self, destination: Option<&DestinationLabels>, flags: &str, security_policy: &str) -> TcpCounters {
-        let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19] =
-            self.peer_values(destination);
-        let values: [&str; 23] = [
-            a0,
-            a1,
-            a2,
-            a3,
-            a4,
-            a5,
-            a6,
-            a7,
-            a8,
-            a9,
-            a10,
-            a11,
-            a12,
-            a13,
-            a14,
-            a15,
-            a16,
-            a17,
-            a18,
-            a19,
-            "tcp",
-            flags,
-            security_policy,
-        ];
+        let values = self.label_values(destination, &["tcp", flags, security_policy]);
         self.tcp_opened.with_label_values(&values).inc();
         TcpCounters {
             sent: self.tcp_sent.with_label_values(&values),
@@ -342,35 +321,7 @@ impl Metrics {
     fn series(&self, r: &RequestRecord) -> Series {
         let mut code_buf = [0u8; 5];
         let code = code_str(&mut code_buf, r.code);
-        let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, a16, a17, a18, a19] =
-            self.peer_values(r.destination);
-        let values: [&str; 25] = [
-            a0,
-            a1,
-            a2,
-            a3,
-            a4,
-            a5,
-            a6,
-            a7,
-            a8,
-            a9,
-            a10,
-            a11,
-            a12,
-            a13,
-            a14,
-            a15,
-            a16,
-            a17,
-            a18,
-            a19,
-            r.protocol,
-            code,
-            "-",
-            r.flags,
-            r.security_policy,
-        ];
+        let values = self.label_values(r.destination, &[r.protocol, code, "-", r.flags, r.security_policy]);
         Series {
             requests: self.requests.with_label_values(&values),
             duration: self.duration.with_label_values(&values),
