@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod api;
 pub mod diagnostics;
 pub mod publish;
+pub mod remote;
 pub mod snapshot;
 pub mod source;
 pub mod store;

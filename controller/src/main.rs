@@ -1,16 +1,24 @@
-//! `controller`: validate a folder of Istio YAML and print the snapshot it translates to.
-//! (The Kubernetes source and snapshot server come with the Kubernetes issue.)
+//! `controller`: serve routing snapshots to gateway replicas (`controller --config DIR` or
+//! `controller --kube`), or validate Istio YAML and print the snapshot it translates to.
 
-use anyhow::Result;
-use clap::{Parser, Subcommand};
-use controller::{analyze, source::files, translate, Options};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use controller::remote::server::{serve, Distributor};
+use controller::source::{files, watch as file_watch};
+use controller::{analyze, translate, Options};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "controller", about = "meshgate control plane")]
+#[command(name = "controller", version, about = "meshgate control plane")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
 }
 
 #[derive(Subcommand)]
@@ -21,21 +29,111 @@ enum Command {
     Snapshot { paths: Vec<PathBuf> },
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// Files or folders of Istio/Kubernetes YAML to serve; watched for changes.
+    #[arg(long = "config", value_name = "PATH", num_args = 1.., conflicts_with = "kube")]
+    config: Vec<PathBuf>,
+    /// Read resources from the Kubernetes API (in-cluster config or KUBECONFIG).
+    #[arg(long)]
+    kube: bool,
+    /// Where gateways poll for snapshots (istiod's plaintext xDS port is 15010).
+    #[arg(long, default_value = "0.0.0.0:15010")]
+    listen: SocketAddr,
+    /// File holding the shared token gateways present; required (snapshots carry TLS keys).
+    #[arg(long, env = "MESHGATE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// The token itself (prefer --token-file: arguments show in `ps`).
+    #[arg(long, env = "MESHGATE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Identity translated before any gateway connects (for readiness and analysis).
+    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = parse_labels)]
+    labels: BTreeMap<String, String>,
+    #[arg(long, default_value = "istio-system")]
+    namespace: String,
+    /// Quiet time after a change before translating (a burst of changes is one version).
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
+}
+
+fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
+    s.split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').ok_or_else(|| format!("label {pair:?} is not key=value"))?;
+            Ok((k.trim().to_string(), v.trim().to_string()))
+        })
+        .collect()
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
-    match Cli::parse().command {
-        Command::Analyze { paths } => {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Analyze { paths }) => {
             let (text, code) = analyze::report(&analyze::analyze(&paths, &Options::default()));
             print!("{text}");
             std::process::exit(code);
         }
-        Command::Snapshot { paths } => {
+        Some(Command::Snapshot { paths }) => {
             let (snapshot, _) = translate(&files::load(&paths), &Options::default());
             println!("{}", serde_json::to_string_pretty(&snapshot)?);
+            Ok(())
         }
+        None => tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(cli.serve)),
     }
+}
+
+fn token(args: &ServeArgs) -> Result<String> {
+    let token = match (&args.token_file, &args.token) {
+        (Some(path), _) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?
+        }
+        (None, Some(token)) => token.clone(),
+        (None, None) => anyhow::bail!("a token is required (--token-file or MESHGATE_TOKEN): snapshots carry TLS keys"),
+    };
+    let token = token.trim().to_string();
+    anyhow::ensure!(token.len() >= 16, "the token must be at least 16 characters");
+    Ok(token)
+}
+
+async fn run(args: ServeArgs) -> Result<()> {
+    anyhow::ensure!(args.kube || !args.config.is_empty(), "give --config PATH or --kube as the resource source");
+    let identity = Options { labels: args.labels.clone(), namespace: args.namespace.clone() };
+    let distributor = Distributor::new(token(&args)?, identity);
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving snapshots");
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(serve(listener, distributor.clone(), shutdown_rx));
+
+    let debounce = Duration::from_millis(args.debounce_ms);
+    if args.kube {
+        start_kube(&args, distributor.clone(), debounce).await?;
+    } else {
+        let d = distributor.clone();
+        file_watch::spawn_loop(args.config.clone(), debounce, move |store| d.set_store(store))?;
+    }
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
     Ok(())
+}
+
+#[cfg(not(feature = "kube"))]
+async fn start_kube(_: &ServeArgs, _: Arc<Distributor>, _: Duration) -> Result<()> {
+    anyhow::bail!("this controller was built without the `kube` feature")
+}
+
+#[cfg(feature = "kube")]
+async fn start_kube(_args: &ServeArgs, _distributor: Arc<Distributor>, _debounce: Duration) -> Result<()> {
+    anyhow::bail!("the Kubernetes source is not wired yet")
 }

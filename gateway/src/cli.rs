@@ -40,8 +40,25 @@ pub struct Identity {
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Files or folders of Istio/Kubernetes YAML; repeatable; watched for changes.
-    #[arg(long = "config", value_name = "PATH", num_args = 1..)]
+    #[arg(long = "config", value_name = "PATH", num_args = 1.., conflicts_with_all = ["controller", "kube"])]
     pub config: Vec<PathBuf>,
+    /// Take snapshots from a meshgate controller (`controller --kube`), e.g.
+    /// http://meshgate-controller.istio-system:15010. The last snapshot keeps serving while
+    /// the controller is unreachable.
+    #[arg(long, value_name = "URL", conflicts_with = "kube")]
+    pub controller: Option<String>,
+    /// File with the token the controller expects (or MESHGATE_TOKEN).
+    #[arg(long, env = "MESHGATE_TOKEN_FILE", value_name = "PATH")]
+    pub controller_token_file: Option<PathBuf>,
+    /// Read resources from the Kubernetes API in-process (single-replica installs).
+    #[arg(long)]
+    pub kube: bool,
+    /// Namespaces to watch with --kube (default: all).
+    #[arg(long, value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    /// This replica's name for `proxy-status` (the pod name in Kubernetes).
+    #[arg(long, env = "POD_NAME")]
+    pub name: Option<String>,
     /// Gateway server port -> listen address, e.g. 80=127.0.0.1:18080. Defaults follow
     /// istio-ingressgateway: 80=0.0.0.0:8080, 443=0.0.0.0:8443; any other port P listens on 0.0.0.0:P.
     #[arg(long = "port-map", value_name = "PORT=ADDR", value_parser = parse_port_map, num_args = 1..)]
@@ -86,6 +103,15 @@ fn parse_port_map(s: &str) -> Result<(u16, SocketAddr), String> {
 }
 
 impl RunArgs {
+    /// `--name`, else the host name (a pod's host name is its name).
+    pub fn replica_name(&self) -> String {
+        self.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "gateway".into())
+        })
+    }
+
     /// Where the gateway listens for a Gateway server port.
     pub fn listen_addr(&self, port: u16) -> SocketAddr {
         if let Some((_, addr)) = self.port_map.iter().rev().find(|(p, _)| *p == port) {
@@ -111,6 +137,15 @@ mod tests {
         assert_eq!(cli.run.listen_addr(443), "0.0.0.0:8443".parse().unwrap());
         assert_eq!(cli.run.listen_addr(15029), "0.0.0.0:15029".parse().unwrap());
         assert_eq!(cli.run.identity.labels.get("istio").map(String::as_str), Some("ingressgateway"));
+    }
+
+    #[test]
+    fn config_sources_are_exclusive() {
+        assert!(Cli::try_parse_from(["gateway", "--config", "x", "--controller", "http://c:15010"]).is_err());
+        assert!(Cli::try_parse_from(["gateway", "--controller", "http://c:15010", "--kube"]).is_err());
+        let cli = Cli::parse_from(["gateway", "--controller", "c:15010", "--name", "gw-1"]);
+        assert_eq!(cli.run.controller.as_deref(), Some("c:15010"));
+        assert_eq!(cli.run.replica_name(), "gw-1");
     }
 
     #[test]

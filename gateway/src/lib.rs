@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod cli;
+pub mod config_source;
 pub mod l4;
 pub mod listeners;
 pub mod metrics;

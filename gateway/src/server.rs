@@ -4,6 +4,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::{AdminApp, Role};
 use crate::cli::RunArgs;
+use crate::config_source;
 use crate::listeners::tcp::TcpHandler;
 use crate::listeners::tls::TlsHandler;
 use crate::listeners::{self, Acceptor, AppHandler, ConnectionHandler, Connections};
@@ -11,10 +12,7 @@ use crate::metrics::{Metrics, SourceIdentity};
 use crate::proxy::{MeshProxy, Shared};
 use crate::runtime::Current;
 use anyhow::{Context, Result};
-use controller::publish::{Outcome, Publisher};
 use controller::snapshot::{Protocol, Snapshot};
-use controller::source::{files, watch::FileWatcher};
-use controller::{Level, Options};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
@@ -124,7 +122,6 @@ impl DataPlane {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    anyhow::ensure!(!args.config.is_empty(), "--config PATH is required (a folder or file of Istio YAML)");
     let identity = &args.identity;
     let metrics = Arc::new(Metrics::new(SourceIdentity {
         workload: args.workload_name.clone(),
@@ -163,9 +160,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         side.push(acceptor);
     }
 
-    let options = Options { labels: identity.labels.clone(), namespace: identity.namespace.clone() };
-    let (publisher, mut snapshots) = Publisher::new(options);
-    spawn_config_loop(args.config.clone(), publisher, metrics.clone())?;
+    let (applied, applied_rx) = watch::channel(0u64);
+    let mut snapshots = config_source::start(&args, metrics.clone(), applied_rx)?;
 
     // Pingora's max_retries counts attempts (1 = no retry). Retries come from VirtualService
     // policy, not from a blanket count.
@@ -199,6 +195,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let version = tokio::task::spawn_blocking(move || cur.swap(snap)).await?;
                 all_open = data.sync(&snapshot);
                 serving.store(all_open, Ordering::Release);
+                applied.send_replace(version);
                 metrics.config_version.set(version as i64);
                 metrics.config_swaps.inc();
                 tracing::info!(version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "snapshot serving");
@@ -224,55 +221,4 @@ pub async fn run(args: RunArgs) -> Result<()> {
         s.stop();
     }
     Ok(())
-}
-
-/// Loads, translates and publishes on a plain thread (file reads block), then again on every
-/// change under the config paths.
-fn spawn_config_loop(paths: Vec<std::path::PathBuf>, mut publisher: Publisher, metrics: Arc<Metrics>) -> Result<()> {
-    let mut watcher = match FileWatcher::new(&paths) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch config paths; changes need a restart");
-            None
-        }
-    };
-    std::thread::Builder::new().name("config".into()).spawn(move || loop {
-        let store = files::load(&paths);
-        // Certificate files named by the config are watched too, so rotating them on disk
-        // takes effect like editing the YAML.
-        if let Some(w) = watcher.as_mut() {
-            if let Err(e) = w.watch(&store.referenced_files()) {
-                tracing::warn!(error = %e, "cannot watch certificate files");
-            }
-        }
-        report(&publisher.apply(store), &metrics);
-        match &watcher {
-            Some(w) if w.wait(Duration::from_millis(30)) => continue,
-            _ => break,
-        }
-    })?;
-    Ok(())
-}
-
-fn report(outcome: &Outcome, metrics: &Metrics) {
-    for d in outcome.diagnostics.iter() {
-        match d.level {
-            Level::Error => tracing::error!("{d}"),
-            Level::Warning => tracing::warn!("{d}"),
-            Level::Info => tracing::info!("{d}"),
-        }
-    }
-    metrics.config_rejected.set(outcome.rejected as i64);
-    let result = if outcome.rejected > 0 { "partial" } else { "ok" };
-    metrics.config_reloads.with_label_values(&[result]).inc();
-    if outcome.changed {
-        tracing::info!(
-            version = outcome.version,
-            errors = outcome.diagnostics.errors(),
-            warnings = outcome.diagnostics.warnings(),
-            "config translated"
-        );
-    } else {
-        tracing::debug!(version = outcome.version, "config unchanged");
-    }
 }

@@ -27,6 +27,7 @@
 pub mod certs;
 pub mod client;
 pub mod config;
+pub mod controller;
 pub mod gateway;
 pub mod manifest;
 pub mod tcp;
@@ -47,6 +48,7 @@ pub use client::{
 pub use config::{
     docs, endpoint_slice, endpoints_for, namespace, pod, service, service_named, service_ports, BackendAddr, ConfigDir,
 };
+pub use controller::{controller_bin, meshctl_bin, run_meshctl, ControllerProcess, TEST_TOKEN};
 pub use gateway::{free_addr, gateway_bin, run_analyze, GatewayBuilder, GatewayProcess};
 pub use tcp::{TcpUpstream, TlsTcpUpstream, TlsTcpUpstreamBuilder};
 pub use upstream::{grpc_frame, grpc_messages, pattern_bytes, Echo, TlsEcho, Upstream, UpstreamBuilder};
@@ -57,6 +59,7 @@ pub mod prelude {
     pub use crate::certs::*;
     pub use crate::client::*;
     pub use crate::config::*;
+    pub use crate::controller::*;
     pub use crate::gateway::*;
     pub use crate::tcp::*;
     pub use crate::upstream::*;

@@ -73,3 +73,33 @@ fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p)
         .unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()))
 }
+
+/// Loads `paths` now and again after every change (certificate files the config names are
+/// watched too, so rotating them on disk acts like editing the YAML), on its own thread
+/// because file reads block. `on_store` receives each fresh store.
+pub fn spawn_loop(
+    paths: Vec<PathBuf>,
+    quiet: Duration,
+    mut on_store: impl FnMut(crate::store::Store) + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let mut watcher = match FileWatcher::new(&paths) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch config paths; changes need a restart");
+            None
+        }
+    };
+    std::thread::Builder::new().name("config".into()).spawn(move || loop {
+        let store = super::files::load(&paths);
+        if let Some(w) = watcher.as_mut() {
+            if let Err(e) = w.watch(&store.referenced_files()) {
+                tracing::warn!(error = %e, "cannot watch certificate files");
+            }
+        }
+        on_store(store);
+        match &watcher {
+            Some(w) if w.wait(quiet) => continue,
+            _ => break,
+        }
+    })
+}

@@ -1,0 +1,177 @@
+//! Snapshot distribution: a `controller` serves versions to `gateway --controller` replicas,
+//! records what each acknowledged, and losing it never stops traffic.
+
+mod common;
+
+use common::*;
+use meshgate_e2e::prelude::*;
+
+fn vs_to(subset: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: ["istio-system/gw"]
+  http:
+  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+"#
+    )
+}
+
+async fn setup() -> (Upstream, Upstream, ConfigDir) {
+    let v1 = Upstream::new("reviews").version("v1").start().await;
+    let v2 = Upstream::new("reviews").version("v2").start().await;
+    let cfg = ConfigDir::new().unwrap();
+    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
+    cfg.write("svc.yaml", &backends("reviews", &[&v1, &v2])).unwrap();
+    cfg.write("dr.yaml", &destination_rule("reviews", &["v1", "v2"], "")).unwrap();
+    cfg.write("vs.yaml", &vs_to("v1")).unwrap();
+    (v1, v2, cfg)
+}
+
+async fn replica(controller: &ControllerProcess, name: &str) -> GatewayProcess {
+    GatewayProcess::builder()
+        .ports(&[80])
+        .arg("--controller")
+        .arg(controller.url())
+        .arg("--controller-token-file")
+        .arg(controller.token_file())
+        .arg("--name")
+        .arg(name)
+        .start()
+        .await
+        .expect("replica becomes ready from the controller's snapshot")
+}
+
+/// (acked, current, state) of `name` in the controller's status.
+async fn sync_state(controller: &ControllerProcess, name: &str) -> Option<(u64, u64, bool)> {
+    let status = controller.status().await.ok()?;
+    let g = status["gateways"].as_array()?.iter().find(|g| g["name"] == name)?.clone();
+    Some((g["acked"].as_u64()?, g["current"].as_u64()?, g["connected"].as_bool()?))
+}
+
+#[tokio::test]
+async fn replicas_follow_the_controller_and_acknowledge_versions() {
+    let (_v1, _v2, cfg) = setup().await;
+    let controller = ControllerProcess::start(cfg.path(), None).await.unwrap();
+    let a = replica(&controller, "gw-a").await;
+    let b = replica(&controller, "gw-b").await;
+    assert_eq!(version_of(&a, 80, "/", "x").await, "v1");
+    assert_eq!(version_of(&b, 80, "/", "x").await, "v1");
+
+    cfg.write("vs.yaml", &vs_to("v2")).unwrap();
+    for gw in [&a, &b] {
+        assert!(eventually(Duration::from_secs(10), || async { version_of(gw, 80, "/", "x").await == "v2" }).await);
+    }
+    // Both acknowledge the new version: the controller's status shows them in sync.
+    for name in ["gw-a", "gw-b"] {
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                matches!(sync_state(&controller, name).await, Some((acked, current, true)) if acked == current && current >= 2)
+            })
+            .await,
+            "{name} acknowledges the current version: {:?}",
+            controller.status().await
+        );
+    }
+    // The replica reports the same version it serves.
+    let served = metric_value(&metrics(a.metrics_addr()).await.unwrap(), "meshgate_config_version", &[]).unwrap();
+    assert_eq!(Some(served as u64), sync_state(&controller, "gw-a").await.map(|s| s.1));
+}
+
+#[tokio::test]
+async fn losing_the_controller_keeps_the_last_snapshot_serving() {
+    let (_v1, _v2, cfg) = setup().await;
+    let addr = free_addr();
+    let controller = ControllerProcess::start(cfg.path(), Some(addr)).await.unwrap();
+    let gw = replica(&controller, "gw-lonely").await;
+    assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
+
+    controller.kill();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            metric_value(&metrics(gw.metrics_addr()).await.unwrap(), "meshgate_controller_connected", &[]) == Some(0.0)
+        })
+        .await,
+        "the replica notices the controller is gone"
+    );
+    for _ in 0..5 {
+        assert_eq!(version_of(&gw, 80, "/", "x").await, "v1", "traffic keeps flowing on the last snapshot");
+    }
+    assert_eq!(gw.ready_status().await, Some(200), "still ready: it serves");
+
+    // A new controller (same address, config changed meanwhile) is found again; its versions
+    // restart at 1 but come from another process, so the replica takes them.
+    cfg.write("vs.yaml", &vs_to("v2")).unwrap();
+    let again = ControllerProcess::start(cfg.path(), Some(addr)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(40), || async { version_of(&gw, 80, "/", "x").await == "v2" }).await,
+        "reconnects with backoff and applies the new controller's snapshot\n{}",
+        gw.stderr()
+    );
+    assert!(gw.stderr().contains("controller unreachable"), "the outage is logged");
+    drop(again);
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused() {
+    let (_v1, _v2, cfg) = setup().await;
+    let controller = ControllerProcess::start(cfg.path(), None).await.unwrap();
+    let bad = ConfigDir::with_files(&[("token", "not-the-right-token-at-all")]).unwrap();
+    let gw = GatewayProcess::builder()
+        .ports(&[80])
+        .arg("--controller")
+        .arg(controller.url())
+        .arg("--controller-token-file")
+        .arg(bad.file("token"))
+        .arg("--name")
+        .arg("intruder")
+        .start_unready()
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async { gw.stderr().contains("401") }).await,
+        "the refusal is logged: {}",
+        gw.stderr()
+    );
+    assert_eq!(gw.ready_status().await, Some(503), "nothing to serve without a snapshot");
+    let status = controller.status().await.unwrap();
+    assert!(
+        status["gateways"].as_array().unwrap().iter().all(|g| g["name"] != "intruder"),
+        "unauthenticated polls are not recorded"
+    );
+    // Status and snapshots need the token; readiness does not.
+    let r = get(controller.addr(), "/v1/status").send().await.unwrap();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn each_identity_gets_its_own_translation() {
+    // An egress gateway (istio=egressgateway) polling the same controller must not receive
+    // the ingress Gateway's listeners.
+    let (_v1, _v2, cfg) = setup().await;
+    let controller = ControllerProcess::start(cfg.path(), None).await.unwrap();
+    let ingress = replica(&controller, "ingress-1").await;
+    assert_eq!(version_of(&ingress, 80, "/", "x").await, "v1");
+    let egress = GatewayProcess::builder()
+        .ports(&[80])
+        .labels("istio=egressgateway,app=istio-egressgateway")
+        .arg("--controller")
+        .arg(controller.url())
+        .arg("--controller-token-file")
+        .arg(controller.token_file())
+        .arg("--name")
+        .arg("egress-1")
+        .start_unready()
+        .await
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || async { sync_state(&controller, "egress-1").await.is_some() }).await
+    );
+    let status = controller.status().await.unwrap();
+    let versions = status["versions"].as_object().unwrap();
+    assert!(versions.keys().any(|k| k.contains("istio=egressgateway")), "{versions:?}");
+    assert!(get(egress.addr(80), "/").host("x").send().await.is_err(), "no listener for the egress identity");
+}
