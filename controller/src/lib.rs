@@ -4,6 +4,7 @@
 pub mod analyze;
 pub mod api;
 pub mod diagnostics;
+pub mod inspect;
 pub mod publish;
 pub mod remote;
 pub mod snapshot;

@@ -4,6 +4,8 @@
 use crate::metrics::Metrics;
 use crate::runtime::Current;
 use async_trait::async_trait;
+use controller::inspect::{CertificateInfo, EndpointStatus};
+use controller::snapshot::Snapshot;
 use http::{Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
@@ -27,11 +29,30 @@ pub struct AdminApp {
 }
 
 impl AdminApp {
+    fn endpoints(&self) -> Vec<EndpointStatus> {
+        let runtime = self.current.load();
+        let mut names: Vec<_> = runtime.clusters.keys().collect();
+        names.sort();
+        let mut out = Vec::new();
+        for name in names {
+            let c = &runtime.clusters[name];
+            for (i, e) in c.endpoints.iter().enumerate() {
+                out.push(EndpointStatus {
+                    cluster: name.to_string(),
+                    address: e.addr.to_string(),
+                    health: "HEALTHY".into(),
+                    in_flight: c.balancer.in_flight(i) as u64,
+                });
+            }
+        }
+        out
+    }
+
     fn ready(&self) -> bool {
         self.serving.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
     }
 
-    fn route(&self, path: &str) -> (StatusCode, &'static str, Vec<u8>) {
+    fn route(&self, path: &str, query: &str) -> (StatusCode, &'static str, Vec<u8>) {
         let text = "text/plain; charset=utf-8";
         let json = "application/json";
         match (self.role, path) {
@@ -49,6 +70,13 @@ impl AdminApp {
                 let runtime = self.current.load();
                 let body = serde_json::to_vec_pretty(&*runtime.snapshot).unwrap_or_default();
                 (StatusCode::OK, json, body)
+            }
+            (Role::Admin, "/clusters") if query.split('&').any(|q| q == "format=json") => {
+                (StatusCode::OK, json, serde_json::to_vec_pretty(&self.endpoints()).unwrap_or_default())
+            }
+            (Role::Admin, "/certs") => {
+                let runtime = self.current.load();
+                (StatusCode::OK, json, serde_json::to_vec_pretty(&certificates(&runtime.snapshot)).unwrap_or_default())
             }
             (Role::Admin, "/clusters") => {
                 let runtime = self.current.load();
@@ -71,8 +99,9 @@ impl AdminApp {
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let path = session.req_header().uri.path().to_string();
-        let (status, content_type, body) = self.route(&path);
+        let uri = &session.req_header().uri;
+        let (path, query) = (uri.path().to_string(), uri.query().unwrap_or("").to_string());
+        let (status, content_type, body) = self.route(&path, &query);
         Response::builder()
             .status(status)
             .header("content-type", content_type)
@@ -80,4 +109,28 @@ impl ServeHttp for AdminApp {
             .body(body)
             .unwrap_or_default()
     }
+}
+
+/// Certificates of the snapshot's secrets with their validity, for `proxy-config secrets`.
+fn certificates(snapshot: &Snapshot) -> Vec<CertificateInfo> {
+    let mut out = Vec::new();
+    for (name, secret) in &snapshot.secrets {
+        let pems = [(&secret.cert_pem, "Cert Chain"), (&secret.ca_pem, "CA")];
+        for (pem, kind) in pems.iter().filter_map(|(p, k)| p.as_ref().map(|p| (p, *k))) {
+            // The leaf (first certificate) is what expires first and what users ask about.
+            let Some(der) = crate::tls::certs(pem, name).ok().and_then(|c| c.into_iter().next()) else { continue };
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else { continue };
+            let validity = cert.validity();
+            out.push(CertificateInfo {
+                name: name.clone(),
+                kind: kind.to_string(),
+                serial: cert.raw_serial_as_string().replace(':', ""),
+                not_before: validity.not_before.to_string(),
+                not_after: validity.not_after.to_string(),
+                valid: validity.is_valid(),
+                subject_alt_names: crate::tls::san::subject_alt_names(&der),
+            });
+        }
+    }
+    out
 }
