@@ -41,7 +41,7 @@ impl AdminApp {
                     cluster: name.to_string(),
                     address: e.addr.to_string(),
                     health: "HEALTHY".into(),
-                    in_flight: c.balancer.in_flight(i) as u64,
+                    in_flight: c.balancer.in_flight(i),
                 });
             }
         }
