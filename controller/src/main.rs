@@ -51,6 +51,13 @@ struct ServeArgs {
     labels: BTreeMap<String, String>,
     #[arg(long, default_value = "istio-system")]
     namespace: String,
+    /// With --kube: namespaces to watch (default: all).
+    #[arg(long, value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// With --kube: only resources labelled `istio.io/rev=<revision>` ("default" also takes
+    /// unlabelled ones), as istiod revisions select their config.
+    #[arg(long)]
+    revision: Option<String>,
     /// Quiet time after a change before translating (a burst of changes is one version).
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
