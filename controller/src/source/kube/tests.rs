@@ -278,3 +278,93 @@ async fn listed_namespaces_use_namespaced_urls_only() {
     assert!(requests.iter().all(|u| u.contains("/namespaces/")), "a cluster-wide request: {requests:?}");
     assert!(requests.iter().any(|u| u.starts_with(&secrets())), "Secrets come from the gateway namespace");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_keeps_the_last_store_and_resumes_with_backoff() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    let mut source = Source::start(&api, KubeOptions::default());
+    source.next_store().await;
+
+    // The watch breaks and the API server is unreachable: reconnects fail, nothing publishes.
+    api.set_watch(&virtual_services(), Some(Reply::Disconnect));
+    drop(api.next_watch(&virtual_services()).await);
+    source.assert_quiet().await;
+    let vs = source.kind("VirtualService");
+    assert!(vs.failing && vs.errors["connect"] >= 2, "{vs:?}");
+    let attempts = api.requests().iter().filter(|u| u.starts_with(&virtual_services())).count();
+    assert!(attempts < 15, "backoff spaces the retries out over 10s: {attempts} requests");
+
+    // Back again: the watch resumes from its resourceVersion (no relist) and new events flow.
+    api.set_watch(&virtual_services(), None);
+    let watch = api.next_watch(&virtual_services()).await;
+    watch.modified(virtual_service("bookinfo", "reviews", "/after-outage"));
+    assert_eq!(prefixes(&source.next_store().await), ["/after-outage"]);
+    assert!(!source.kind("VirtualService").failing);
+    let lists =
+        api.requests().iter().filter(|u| u.starts_with(&virtual_services()) && !u.contains("watch=true")).count();
+    assert_eq!(lists, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn revision_selects_istio_config_by_label() {
+    let labelled = |name: &str, rev: Option<&str>| {
+        let mut vs = virtual_service("bookinfo", name, &format!("/{name}"));
+        if let Some(rev) = rev {
+            vs["metadata"]["labels"] = json!({ REVISION_LABEL: rev });
+        }
+        vs
+    };
+    let api = FakeApi::new();
+    serve_basics(&api);
+    api.serve(
+        &virtual_services(),
+        vec![labelled("canary", Some("canary")), labelled("stable", Some("stable")), labelled("plain", None)],
+    );
+
+    let mut canary = Source::start(&api, KubeOptions { revision: Some("canary".into()), ..KubeOptions::default() });
+    assert_eq!(prefixes(&canary.next_store().await), ["/canary"]);
+    let mut default = Source::start(&api, KubeOptions { revision: Some("default".into()), ..KubeOptions::default() });
+    assert_eq!(prefixes(&default.next_store().await), ["/plain"]);
+    let mut canary_only =
+        Source::start(&api, KubeOptions { revision: Some("canary".into()), ..KubeOptions::default() });
+    let store = canary_only.next_store().await;
+    assert_eq!(store.services.len(), 1, "Services are never filtered by revision");
+    let mut any = Source::start(&api, KubeOptions::default());
+    assert_eq!(prefixes(&any.next_store().await), ["/canary", "/plain", "/stable"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn istio_v1_missing_falls_back_to_v1beta1() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    for plural in ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"] {
+        api.set_list(&path(ISTIO, plural, None), Reply::Status(404, "NotFound"));
+    }
+    let mut old = virtual_service("bookinfo", "reviews", "/old-istio");
+    old["apiVersion"] = json!("networking.istio.io/v1beta1");
+    api.serve(&path("networking.istio.io/v1beta1", "virtualservices", None), vec![old]);
+    let mut source = Source::start(&api, KubeOptions::default());
+
+    let store = source.next_store().await;
+    assert_eq!(prefixes(&store), ["/old-istio"]);
+    assert!(store.diagnostics.items.is_empty(), "{:?}", store.diagnostics.items);
+    assert!(source.kind("VirtualService").synced);
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_istio_crds_still_publish_kubernetes_objects() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    for version in ["networking.istio.io/v1", "networking.istio.io/v1beta1"] {
+        for plural in ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"] {
+            api.set_list(&path(version, plural, None), Reply::Status(404, "NotFound"));
+        }
+    }
+    let mut source = Source::start(&api, KubeOptions::default());
+
+    let store = source.next_store().await;
+    assert_eq!((store.gateways.len(), store.services.len()), (0, 1));
+    let gw = source.kind("Gateway");
+    assert!(!gw.synced && gw.errors["not_found"] >= 2, "{gw:?}");
+}
