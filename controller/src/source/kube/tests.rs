@@ -180,6 +180,9 @@ async fn watch_events_in_quick_succession_publish_once() {
     let watch = api.next_watch(&virtual_services()).await;
     assert!(watch.uri.contains("watch=true") && watch.uri.contains("resourceVersion="), "{}", watch.uri);
     watch.modified(virtual_service("bookinfo", "reviews", "/v2"));
+    // Virtual time: by the time this sleep ends the first event has been taken in and the
+    // debounce (100 ms) is running; the second event lands inside it.
+    tokio::time::sleep(Duration::from_millis(60)).await;
     watch.added(virtual_service("bookinfo", "ratings", "/ratings"));
     watch.bookmark(ISTIO, "VirtualService");
 
@@ -190,6 +193,29 @@ async fn watch_events_in_quick_succession_publish_once() {
     watch.deleted(virtual_service("bookinfo", "ratings", "/ratings"));
     assert_eq!(prefixes(&source.next_store().await), ["/v2"]);
     assert_eq!(source.health.summary().published, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_constantly_changing_cluster_still_publishes_within_ten_debounces() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    let mut source = Source::start(&api, KubeOptions::default());
+    source.next_store().await;
+    let start = tokio::time::Instant::now();
+
+    let watch = api.next_watch(&virtual_services()).await;
+    let mut published = None;
+    for i in 0..100 {
+        watch.modified(virtual_service("bookinfo", "reviews", &format!("/v{i}")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(store) = source.stores.try_recv() {
+            published = Some((store, start.elapsed()));
+            break;
+        }
+    }
+    let (store, after) = published.expect("published while changes kept coming");
+    assert!(after <= Duration::from_millis(1100), "{after:?}");
+    assert!(prefixes(&store)[0].starts_with("/v"));
 }
 
 #[tokio::test(start_paused = true)]
