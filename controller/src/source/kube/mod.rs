@@ -108,6 +108,27 @@ struct Target {
 /// `on_change` runs on this task: keep it short (translate and publish, or send to a channel).
 /// It is not called when nothing visible changed, and never during an outage: the last Store
 /// it received stays valid.
+///
+/// Wiring it to the publisher (translation `Options::namespace` should be the same namespace
+/// as [`KubeOptions::gateway_namespace`]):
+///
+/// ```no_run
+/// # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+/// use controller::publish::Publisher;
+/// use controller::source::kube::{run, KubeOptions, SourceHealth};
+/// use std::sync::Arc;
+///
+/// let (mut publisher, _snapshots) = Publisher::new(controller::Options::default());
+/// let health = Arc::new(SourceHealth::new());
+/// let client = kube::Client::try_default().await?;
+/// run(client, KubeOptions::default(), health.clone(), move |store| {
+///     let outcome = publisher.apply(store);
+///     tracing::info!(version = outcome.version, rejected = outcome.rejected, "cluster change applied");
+/// })
+/// .await?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn run<F>(
     client: Client,
     options: KubeOptions,
