@@ -1,0 +1,396 @@
+//! The Kubernetes source against a scripted API server (see `fake`): lists, watch events,
+//! 410 relists, RBAC denials and outages, observed through `on_change` and `SourceHealth`.
+//!
+//! Time is paused: the debounce and kube's backoff run on virtual time, which only advances
+//! when every task is idle, so "wait for the next Store" is deterministic.
+
+mod fake;
+
+use super::*;
+use crate::translate::{translate, Options};
+use fake::{path, FakeApi, Reply};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const ISTIO: &str = "networking.istio.io/v1";
+
+fn gateways() -> String {
+    path(ISTIO, "gateways", None)
+}
+fn virtual_services() -> String {
+    path(ISTIO, "virtualservices", None)
+}
+fn services() -> String {
+    path("v1", "services", None)
+}
+fn slices() -> String {
+    path("discovery.k8s.io/v1", "endpointslices", None)
+}
+fn secrets() -> String {
+    path("v1", "secrets", Some("istio-system"))
+}
+
+fn gateway(credential: Option<&str>) -> Value {
+    let mut servers = vec![json!({"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]})];
+    if let Some(name) = credential {
+        servers.push(json!({
+            "port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+            "tls": {"mode": "SIMPLE", "credentialName": name}
+        }));
+    }
+    json!({
+        "apiVersion": ISTIO, "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "istio-system"},
+        "spec": {"selector": {"istio": "ingressgateway"}, "servers": servers}
+    })
+}
+
+fn virtual_service(namespace: &str, name: &str, prefix: &str) -> Value {
+    json!({
+        "apiVersion": ISTIO, "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "hosts": ["*"], "gateways": ["istio-system/gw"],
+            "http": [{"match": [{"uri": {"prefix": prefix}}], "route": [{"destination": {"host": "reviews"}}]}]
+        }
+    })
+}
+
+fn service() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "reviews", "namespace": "bookinfo"},
+        "spec": {"selector": {"app": "reviews"}, "ports": [{"name": "http", "port": 9080, "targetPort": 9080}]}
+    })
+}
+
+fn endpoint_slice() -> Value {
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "reviews-x1", "namespace": "bookinfo", "labels": {"kubernetes.io/service-name": "reviews"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 9080}],
+        "endpoints": [{"addresses": ["10.0.0.7"], "conditions": {"ready": true}}]
+    })
+}
+
+fn secret(name: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+        "metadata": {"name": name, "namespace": "istio-system"},
+        "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5"}
+    })
+}
+
+/// The bookinfo-like cluster most tests start from.
+fn serve_basics(api: &FakeApi) {
+    api.serve(&gateways(), vec![gateway(None)]);
+    api.serve(&virtual_services(), vec![virtual_service("bookinfo", "reviews", "/reviews")]);
+    api.serve(&services(), vec![service()]);
+    api.serve(&slices(), vec![endpoint_slice()]);
+}
+
+struct Source {
+    stores: mpsc::UnboundedReceiver<Store>,
+    health: Arc<SourceHealth>,
+    task: tokio::task::JoinHandle<Result<(), Error>>,
+}
+
+impl Source {
+    fn start(api: &FakeApi, options: KubeOptions) -> Source {
+        let (tx, stores) = mpsc::unbounded_channel();
+        let health = Arc::new(SourceHealth::new());
+        let task = tokio::spawn(run(api.client(), options, health.clone(), move |store| {
+            let _ = tx.send(store);
+        }));
+        Source { stores, health, task }
+    }
+
+    async fn next_store(&mut self) -> Store {
+        // Virtual time: this only fires if the source never publishes.
+        tokio::time::timeout(Duration::from_secs(3600), self.stores.recv())
+            .await
+            .expect("a Store is published")
+            .expect("the source is running")
+    }
+
+    /// No further Store while a long (virtual) time passes.
+    async fn assert_quiet(&mut self) {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(self.stores.try_recv().is_err(), "no further on_change expected");
+    }
+
+    fn kind(&self, kind: &str) -> KindSummary {
+        self.health.summary().kinds.get(kind).cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn prefixes(store: &Store) -> Vec<String> {
+    let mut out: Vec<String> = store
+        .virtual_services
+        .values()
+        .flat_map(|vs| vs.spec.http.iter())
+        .flat_map(|h| h.matches.iter())
+        .filter_map(|m| m.uri.as_ref()?.prefix.clone())
+        .collect();
+    out.sort();
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn initial_lists_publish_one_store_that_translates_to_the_route() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    let mut source = Source::start(&api, KubeOptions::default());
+
+    let store = source.next_store().await;
+    assert_eq!(
+        (store.gateways.len(), store.virtual_services.len(), store.services.len(), store.endpoint_slices.len()),
+        (1, 1, 1, 1)
+    );
+    assert!(store.diagnostics.items.is_empty(), "{:?}", store.diagnostics.items);
+    let (snapshot, diagnostics) = translate(&store, &Options::default());
+    assert_eq!(diagnostics.errors(), 0, "{:?}", diagnostics.items);
+    let route = &snapshot.listeners[0].virtual_hosts[0].routes[0];
+    assert_eq!(route.virtual_service, "bookinfo/reviews");
+    let crate::snapshot::RouteAction::Route { destinations } = &route.action;
+    let cluster = &snapshot.clusters[&destinations[0].cluster];
+    assert_eq!(cluster.name, "outbound|9080||reviews.bookinfo.svc.cluster.local");
+    assert_eq!((cluster.endpoints[0].address.as_str(), cluster.endpoints[0].port), ("10.0.0.7", 9080));
+
+    source.assert_quiet().await;
+    let summary = source.health.summary();
+    assert_eq!(summary.published, 1);
+    assert!(summary.kinds.values().all(|k| k.synced && k.errors.is_empty()), "{summary:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn watch_events_in_quick_succession_publish_once() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    let mut source = Source::start(&api, KubeOptions::default());
+    source.next_store().await;
+
+    let watch = api.next_watch(&virtual_services()).await;
+    assert!(watch.uri.contains("watch=true") && watch.uri.contains("resourceVersion="), "{}", watch.uri);
+    watch.modified(virtual_service("bookinfo", "reviews", "/v2"));
+    // Virtual time: by the time this sleep ends the first event has been taken in and the
+    // debounce (100 ms) is running; the second event lands inside it.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    watch.added(virtual_service("bookinfo", "ratings", "/ratings"));
+    watch.bookmark(ISTIO, "VirtualService");
+
+    let store = source.next_store().await;
+    assert_eq!(prefixes(&store), ["/ratings", "/v2"]);
+    source.assert_quiet().await;
+
+    watch.deleted(virtual_service("bookinfo", "ratings", "/ratings"));
+    assert_eq!(prefixes(&source.next_store().await), ["/v2"]);
+    assert_eq!(source.health.summary().published, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_constantly_changing_cluster_still_publishes_within_ten_debounces() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    let mut source = Source::start(&api, KubeOptions::default());
+    source.next_store().await;
+    let start = tokio::time::Instant::now();
+
+    let watch = api.next_watch(&virtual_services()).await;
+    let mut published = None;
+    for i in 0..100 {
+        watch.modified(virtual_service("bookinfo", "reviews", &format!("/v{i}")));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok(store) = source.stores.try_recv() {
+            published = Some((store, start.elapsed()));
+            break;
+        }
+    }
+    let (store, after) = published.expect("published while changes kept coming");
+    assert!(after <= Duration::from_millis(1100), "{after:?}");
+    assert!(prefixes(&store)[0].starts_with("/v"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn gone_relists_and_publishes_the_relisted_contents() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    let mut source = Source::start(&api, KubeOptions::default());
+    assert_eq!(prefixes(&source.next_store().await), ["/reviews"]);
+
+    // While the watch was behind, the cluster changed; the server has compacted its history.
+    api.serve(&virtual_services(), vec![virtual_service("bookinfo", "reviews", "/relisted")]);
+    api.next_watch(&virtual_services()).await.gone();
+
+    assert_eq!(prefixes(&source.next_store().await), ["/relisted"]);
+    let lists =
+        api.requests().iter().filter(|u| u.starts_with(&virtual_services()) && !u.contains("watch=true")).count();
+    assert_eq!(lists, 2, "one initial list and one relist");
+    api.next_watch(&virtual_services()).await; // and it watches again from the relist
+    let vs = source.kind("VirtualService");
+    assert_eq!(vs.errors.get("gone"), Some(&1));
+    assert!(vs.synced && !vs.failing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn forbidden_secrets_do_not_block_the_rest_and_show_in_health() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    api.serve(&gateways(), vec![gateway(Some("gw-cert"))]);
+    api.set_list(&secrets(), Reply::Status(403, "Forbidden"));
+    let mut source = Source::start(&api, KubeOptions::default());
+
+    let store = source.next_store().await;
+    assert_eq!((store.gateways.len(), store.secrets.len()), (1, 0));
+    let secrets_health = source.kind("Secret");
+    assert!(!secrets_health.synced && secrets_health.failing, "{secrets_health:?}");
+    assert!(secrets_health.errors["forbidden"] >= 1);
+    assert!(secrets_health.last_error.as_deref().unwrap_or("").contains("Forbidden"));
+    assert!(source.kind("Gateway").synced);
+
+    // RBAC fixed: the retry (after backoff) lists the Secret and publishes it.
+    api.serve(&secrets(), vec![secret("gw-cert")]);
+    let store = source.next_store().await;
+    assert_eq!(store.secrets.len(), 1);
+    let secrets_health = source.kind("Secret");
+    assert!(secrets_health.synced && !secrets_health.failing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_referenced_secrets_and_their_cacert_companions_reach_the_store() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    api.serve(&gateways(), vec![gateway(Some("gw-cert"))]);
+    api.serve(&secrets(), vec![secret("gw-cert"), secret("gw-cert-cacert"), secret("database-password")]);
+    let mut source = Source::start(&api, KubeOptions::default());
+
+    let store = source.next_store().await;
+    let names: Vec<&str> = store.secrets.keys().map(|k| k.name.as_str()).collect();
+    assert_eq!(names, ["gw-cert", "gw-cert-cacert"]);
+    assert!(store.secrets.keys().all(|k| k.namespace == "istio-system"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn listed_namespaces_use_namespaced_urls_only() {
+    let api = FakeApi::new();
+    // Cluster-wide paths hold an object the namespaced watches must never see.
+    api.serve(&virtual_services(), vec![virtual_service("elsewhere", "stray", "/stray")]);
+    api.serve(
+        &path(ISTIO, "virtualservices", Some("bookinfo")),
+        vec![virtual_service("bookinfo", "reviews", "/reviews")],
+    );
+    let options = KubeOptions { namespaces: vec!["bookinfo".into(), "web".into()], ..KubeOptions::default() };
+    let mut source = Source::start(&api, options);
+
+    let store = source.next_store().await;
+    assert_eq!(prefixes(&store), ["/reviews"]);
+    let requests = api.requests();
+    for plural in ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"] {
+        for ns in ["bookinfo", "web"] {
+            let url = path(ISTIO, plural, Some(ns));
+            assert!(requests.iter().any(|u| u.starts_with(&url)), "{url} not requested: {requests:?}");
+        }
+    }
+    for url in [path("v1", "pods", Some("web")), path("discovery.k8s.io/v1", "endpointslices", Some("bookinfo"))] {
+        assert!(requests.iter().any(|u| u.starts_with(&url)), "{url} not requested");
+    }
+    assert!(requests.iter().all(|u| u.contains("/namespaces/")), "a cluster-wide request: {requests:?}");
+    assert!(requests.iter().any(|u| u.starts_with(&secrets())), "Secrets come from the gateway namespace");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_keeps_the_last_store_and_resumes_with_backoff() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    let mut source = Source::start(&api, KubeOptions::default());
+    source.next_store().await;
+
+    // The watch breaks and the API server is unreachable: reconnects fail, nothing publishes.
+    api.set_watch(&virtual_services(), Some(Reply::Disconnect));
+    drop(api.next_watch(&virtual_services()).await);
+    source.assert_quiet().await;
+    let vs = source.kind("VirtualService");
+    assert!(vs.failing && vs.errors["connect"] >= 2, "{vs:?}");
+    let attempts = api.requests().iter().filter(|u| u.starts_with(&virtual_services())).count();
+    assert!(attempts < 15, "backoff spaces the retries out over 10s: {attempts} requests");
+
+    // Back again: the watch resumes from its resourceVersion (no relist) and new events flow.
+    api.set_watch(&virtual_services(), None);
+    let watch = api.next_watch(&virtual_services()).await;
+    watch.modified(virtual_service("bookinfo", "reviews", "/after-outage"));
+    assert_eq!(prefixes(&source.next_store().await), ["/after-outage"]);
+    assert!(!source.kind("VirtualService").failing);
+    let lists =
+        api.requests().iter().filter(|u| u.starts_with(&virtual_services()) && !u.contains("watch=true")).count();
+    assert_eq!(lists, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn revision_selects_istio_config_by_label() {
+    let labelled = |name: &str, rev: Option<&str>| {
+        let mut vs = virtual_service("bookinfo", name, &format!("/{name}"));
+        if let Some(rev) = rev {
+            vs["metadata"]["labels"] = json!({ REVISION_LABEL: rev });
+        }
+        vs
+    };
+    let api = FakeApi::new();
+    serve_basics(&api);
+    api.serve(
+        &virtual_services(),
+        vec![labelled("canary", Some("canary")), labelled("stable", Some("stable")), labelled("plain", None)],
+    );
+
+    let mut canary = Source::start(&api, KubeOptions { revision: Some("canary".into()), ..KubeOptions::default() });
+    assert_eq!(prefixes(&canary.next_store().await), ["/canary"]);
+    let mut default = Source::start(&api, KubeOptions { revision: Some("default".into()), ..KubeOptions::default() });
+    assert_eq!(prefixes(&default.next_store().await), ["/plain"]);
+    let mut canary_only =
+        Source::start(&api, KubeOptions { revision: Some("canary".into()), ..KubeOptions::default() });
+    let store = canary_only.next_store().await;
+    assert_eq!(store.services.len(), 1, "Services are never filtered by revision");
+    let mut any = Source::start(&api, KubeOptions::default());
+    assert_eq!(prefixes(&any.next_store().await), ["/canary", "/plain", "/stable"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn istio_v1_missing_falls_back_to_v1beta1() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    for plural in ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"] {
+        api.set_list(&path(ISTIO, plural, None), Reply::Status(404, "NotFound"));
+    }
+    let mut old = virtual_service("bookinfo", "reviews", "/old-istio");
+    old["apiVersion"] = json!("networking.istio.io/v1beta1");
+    api.serve(&path("networking.istio.io/v1beta1", "virtualservices", None), vec![old]);
+    let mut source = Source::start(&api, KubeOptions::default());
+
+    let store = source.next_store().await;
+    assert_eq!(prefixes(&store), ["/old-istio"]);
+    assert!(store.diagnostics.items.is_empty(), "{:?}", store.diagnostics.items);
+    assert!(source.kind("VirtualService").synced);
+}
+
+#[tokio::test(start_paused = true)]
+async fn missing_istio_crds_still_publish_kubernetes_objects() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    for version in ["networking.istio.io/v1", "networking.istio.io/v1beta1"] {
+        for plural in ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"] {
+            api.set_list(&path(version, plural, None), Reply::Status(404, "NotFound"));
+        }
+    }
+    let mut source = Source::start(&api, KubeOptions::default());
+
+    let store = source.next_store().await;
+    assert_eq!((store.gateways.len(), store.services.len()), (0, 1));
+    let gw = source.kind("Gateway");
+    assert!(!gw.synced && gw.errors["not_found"] >= 2, "{gw:?}");
+}
