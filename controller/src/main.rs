@@ -141,6 +141,23 @@ async fn start_kube(_: &ServeArgs, _: Arc<Distributor>, _: Duration) -> Result<(
 }
 
 #[cfg(feature = "kube")]
-async fn start_kube(_args: &ServeArgs, _distributor: Arc<Distributor>, _debounce: Duration) -> Result<()> {
-    anyhow::bail!("the Kubernetes source is not wired yet")
+async fn start_kube(args: &ServeArgs, distributor: Arc<Distributor>, debounce: Duration) -> Result<()> {
+    use controller::source::kube::{self, KubeOptions};
+    let options = KubeOptions {
+        namespaces: args.watch_namespaces.clone(),
+        gateway_namespace: args.namespace.clone(),
+        revision: args.revision.clone(),
+        debounce,
+        ..Default::default()
+    };
+    let (apply, report) = (distributor.clone(), distributor.clone());
+    kube::start(
+        options,
+        distributor.registry(),
+        move |store| apply.set_store(store),
+        move |health| report.set_source_status(health),
+    )
+    .await?;
+    tracing::info!(namespaces = ?args.watch_namespaces, "watching the Kubernetes API");
+    Ok(())
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 /// Starts the configured source. `applied` follows the version the data plane serves (the
 /// remote source reports it to the controller as its acknowledgement).
-pub fn start(
+pub async fn start(
     args: &RunArgs,
     metrics: Arc<Metrics>,
     applied: watch::Receiver<u64>,
@@ -27,7 +27,7 @@ pub fn start(
         return remote(args, url, metrics, applied);
     }
     if args.kube {
-        return kube(args, identity, metrics);
+        return kube(args, identity, metrics).await;
     }
     anyhow::ensure!(
         !args.config.is_empty(),
@@ -85,13 +85,24 @@ fn remote(
 }
 
 #[cfg(not(feature = "kube"))]
-fn kube(_: &RunArgs, _: Options, _: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
+async fn kube(_: &RunArgs, _: Options, _: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
     anyhow::bail!("this gateway was built without the `kube` feature; use --config or --controller")
 }
 
+/// The controller in-process on the Kubernetes API (single-replica installs).
 #[cfg(feature = "kube")]
-fn kube(_: &RunArgs, _: Options, _: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
-    anyhow::bail!("the Kubernetes source is not wired yet")
+async fn kube(args: &RunArgs, identity: Options, metrics: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
+    use controller::source::kube::{self as source, KubeOptions};
+    let options = KubeOptions {
+        namespaces: args.watch_namespaces.clone(),
+        gateway_namespace: identity.namespace.clone(),
+        ..Default::default()
+    };
+    let (mut publisher, snapshots) = Publisher::new(identity);
+    let registry = metrics.registry.clone();
+    source::start(options, &registry, move |store| report(&publisher.apply(store), &metrics), |_| {}).await?;
+    tracing::info!(namespaces = ?args.watch_namespaces, "watching the Kubernetes API");
+    Ok(snapshots)
 }
 
 fn report(outcome: &Outcome, metrics: &Metrics) {

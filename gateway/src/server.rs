@@ -161,7 +161,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 
     let (applied, applied_rx) = watch::channel(0u64);
-    let mut snapshots = config_source::start(&args, metrics.clone(), applied_rx)?;
+    let mut snapshots = config_source::start(&args, metrics.clone(), applied_rx).await?;
 
     // Pingora's max_retries counts attempts (1 = no retry). Retries come from VirtualService
     // policy, not from a blanket count.

@@ -24,10 +24,12 @@
 //! back to `v1beta1`.
 
 mod cache;
+mod embed;
 mod health;
 #[cfg(test)]
 mod tests;
 
+pub use embed::{start, EmbedError};
 pub use health::{ErrorReason, HealthSummary, KindSummary, SourceHealth};
 
 use crate::api::Kind;
