@@ -12,3 +12,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod trace;
