@@ -71,6 +71,8 @@ pub struct Collector {
     child: Child,
     http_addr: SocketAddr,
     lines: Arc<Mutex<Vec<String>>>,
+    /// Holds Rotel's own log file for as long as it runs.
+    _log_dir: tempfile::TempDir,
 }
 
 impl Collector {
@@ -102,7 +104,7 @@ impl Collector {
                 sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
-        let mut collector = Collector { child, http_addr, lines };
+        let mut collector = Collector { child, http_addr, lines, _log_dir: log_dir };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
             if tokio::net::TcpStream::connect(http_addr).await.is_ok() {
