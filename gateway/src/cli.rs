@@ -83,6 +83,28 @@ pub struct RunArgs {
     /// `source_workload` label of the metrics (Istio names the ingress gateway this way).
     #[arg(long, default_value = "istio-ingressgateway")]
     pub workload_name: String,
+    #[command(flatten)]
+    pub tracing: TraceArgs,
+}
+
+/// Distributed tracing (docs/configuration.md#tracing). Off unless `--otlp-endpoint` is set.
+#[derive(Args, Debug, Clone)]
+pub struct TraceArgs {
+    /// OTLP/HTTP (JSON) collector URL for the gateway's spans, e.g.
+    /// http://127.0.0.1:4318/v1/traces; `/v1/traces` is used when the URL has no path.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+    /// Percentage of new traces to sample (0-100), as Istio's meshConfig sampling; an incoming
+    /// sampled/unsampled decision is always followed.
+    #[arg(long, value_name = "PERCENT", default_value_t = 1.0, value_parser = parse_percent)]
+    pub trace_sampling: f64,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage between 0 and 100")),
+    }
 }
 
 fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {

@@ -13,3 +13,4 @@ pub mod proxy;
 pub mod runtime;
 pub mod server;
 pub mod tls;
+pub mod trace;

@@ -108,6 +108,15 @@ impl SeriesCache {
     }
 }
 
+fn trace_counters() -> crate::trace::export::ExportCounters {
+    let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("static metric definition");
+    crate::trace::export::ExportCounters {
+        dropped: counter("meshgate_trace_spans_dropped_total", "Spans dropped because the export queue was full"),
+        exported: counter("meshgate_trace_spans_exported_total", "Spans the OTLP collector accepted"),
+        failed: counter("meshgate_trace_spans_export_failed_total", "Spans lost because an export request failed"),
+    }
+}
+
 /// Who the gateway is, as the `source_*` labels say.
 #[derive(Debug, Clone)]
 pub struct SourceIdentity {
@@ -137,6 +146,8 @@ pub struct Metrics {
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    /// Span export (`meshgate_trace_spans_*_total`), registered whether or not tracing is on.
+    pub trace: crate::trace::export::ExportCounters,
     /// Series of requests that reached no destination (404 NR and the like).
     no_destination: SeriesCache,
 }
@@ -218,6 +229,7 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
         )
         .expect("static metric definition");
+        let trace = trace_counters();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -236,6 +248,9 @@ impl Metrics {
             Box::new(tcp_opened.clone()),
             Box::new(tcp_closed.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(trace.dropped.clone()),
+            Box::new(trace.exported.clone()),
+            Box::new(trace.failed.clone()),
         ] {
             registry.register(c).expect("metric names are unique");
         }
@@ -259,6 +274,7 @@ impl Metrics {
             tcp_opened,
             tcp_closed,
             tls_handshake_failures,
+            trace,
             no_destination: SeriesCache::default(),
         }
     }

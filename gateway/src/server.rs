@@ -11,6 +11,7 @@ use crate::listeners::{self, Acceptor, AppHandler, ConnectionHandler, Connection
 use crate::metrics::{Metrics, SourceIdentity};
 use crate::proxy::{MeshProxy, Shared};
 use crate::runtime::Current;
+use crate::trace::{TraceIdentity, Tracer};
 use anyhow::{Context, Result};
 use controller::snapshot::{Protocol, Snapshot};
 use pingora_core::apps::HttpServerOptions;
@@ -132,7 +133,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let access_log =
         AccessLog::start(&args.access_log, metrics.access_log_dropped.clone()).context("opening the access log")?;
     let current = Arc::new(Current::new());
-    let shared = Arc::new(Shared { current: current.clone(), metrics: metrics.clone(), access_log });
+    let tracer = Tracer::start(
+        &args.tracing,
+        TraceIdentity { workload: args.workload_name.clone(), namespace: identity.namespace.clone() },
+        metrics.trace.clone(),
+    )
+    .context("starting tracing")?
+    .map(Arc::new);
+    let shared =
+        Arc::new(Shared { current: current.clone(), metrics: metrics.clone(), access_log, tracer: tracer.clone() });
     let draining = Arc::new(AtomicBool::new(false));
     let serving = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -219,6 +228,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     tracing::info!(drained, open = connections.count(), "exiting");
     for s in side {
         s.stop();
+    }
+    // Spans of the last requests would otherwise die with the process.
+    if let Some(tracer) = tracer {
+        let _ = tokio::task::spawn_blocking(move || tracer.flush(Duration::from_secs(2))).await;
     }
     Ok(())
 }

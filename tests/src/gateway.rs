@@ -86,6 +86,9 @@ pub struct GatewayBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
     ready_timeout: Option<Duration>,
+    otlp_endpoint: Option<String>,
+    trace_sampling: Option<f64>,
+    workload_name: Option<String>,
 }
 
 impl GatewayBuilder {
@@ -173,6 +176,24 @@ impl GatewayBuilder {
         self
     }
 
+    /// `--otlp-endpoint URL`: turns tracing on (see [`crate::collector::Collector`]).
+    pub fn otlp_endpoint(mut self, url: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(url.into());
+        self
+    }
+
+    /// `--trace-sampling PERCENT` (0-100).
+    pub fn trace_sampling(mut self, percent: f64) -> Self {
+        self.trace_sampling = Some(percent);
+        self
+    }
+
+    /// `--workload-name NAME` (metrics' `source_workload`, traces' `service.name`).
+    pub fn workload_name(mut self, name: impl Into<String>) -> Self {
+        self.workload_name = Some(name.into());
+        self
+    }
+
     /// Readiness deadline for [`start`](Self::start).
     pub fn ready_timeout(mut self, timeout: Duration) -> Self {
         self.ready_timeout = Some(timeout);
@@ -222,6 +243,15 @@ impl GatewayBuilder {
         cmd.arg("--access-log").arg(self.access_log.as_deref().unwrap_or("stdout"));
         if let Some(d) = self.drain_seconds {
             cmd.arg("--drain-seconds").arg(d.to_string());
+        }
+        if let Some(url) = &self.otlp_endpoint {
+            cmd.arg("--otlp-endpoint").arg(url);
+        }
+        if let Some(p) = self.trace_sampling {
+            cmd.arg("--trace-sampling").arg(p.to_string());
+        }
+        if let Some(name) = &self.workload_name {
+            cmd.arg("--workload-name").arg(name);
         }
         cmd.args(&self.args);
         for (k, v) in &self.envs {

@@ -26,6 +26,7 @@
 
 pub mod certs;
 pub mod client;
+pub mod collector;
 pub mod config;
 pub mod controller;
 pub mod gateway;
@@ -45,6 +46,7 @@ pub use client::{
     request, tcp_exchange, tls_probe, tls_tcp_exchange, GrpcReply, GrpcRequest, HttpClient, RequestBuilder, Response,
     TlsInfo, TlsProbe,
 };
+pub use collector::{rotel_bin, Collector, ReceivedSpan};
 pub use config::{
     docs, endpoint_slice, endpoints_for, namespace, pod, service, service_named, service_ports, BackendAddr, ConfigDir,
 };
@@ -58,6 +60,7 @@ pub use upstream::{grpc_frame, grpc_messages, pattern_bytes, Echo, TlsEcho, Upst
 pub mod prelude {
     pub use crate::certs::*;
     pub use crate::client::*;
+    pub use crate::collector::*;
     pub use crate::config::*;
     pub use crate::controller::*;
     pub use crate::gateway::*;

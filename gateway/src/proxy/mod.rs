@@ -1,14 +1,15 @@
 //! The HTTP data path: one [`MeshProxy`] per listener port, implementing Pingora's `ProxyHttp`.
 //!
 //! ```text
-//!  request_filter ── host → virtual host → first matching route → weighted cluster
+//!  request_filter ── trace context (when tracing is on; see crate::trace)
+//!       │            → host → virtual host → first matching route → weighted cluster
 //!       │            → endpoint (LB pick, guard held in ctx); 404 NR / 503 UH answered here
 //!  upstream_peer ─── HttpPeer for the picked endpoint (pool reuse keyed by address)
-//!  upstream_request_filter ── x-forwarded-for/-proto, x-request-id; start upstream timer
+//!  upstream_request_filter ── x-forwarded-for/-proto, x-request-id, traceparent/B3; start upstream timer
 //!  upstream_response_filter ─ x-envoy-upstream-service-time
 //!  response_filter ── server header, consistent-hash cookie
 //!  fail_to_connect / fail_to_proxy ── UF → 503, UT → 504, Envoy-style bodies
-//!  logging ───────── istio_* metrics, access log line, LB guard released (ctx drop)
+//!  logging ───────── istio_* metrics, access log line, span (if sampled), LB guard released (ctx drop)
 //! ```
 
 mod local_reply;
@@ -20,6 +21,8 @@ use crate::metrics::{Metrics, RequestRecord};
 use crate::runtime::cluster::ClusterRuntime;
 use crate::runtime::matcher::RequestView;
 use crate::runtime::{Current, Route, Runtime};
+use crate::trace::context::SpanContext;
+use crate::trace::{RequestFacts, Tracer};
 use async_trait::async_trait;
 use controller::snapshot::HashKey;
 use local_reply::LocalReply;
@@ -40,6 +43,8 @@ pub struct Shared {
     pub current: Arc<Current>,
     pub metrics: Arc<Metrics>,
     pub access_log: AccessLog,
+    /// `None` when tracing is off: then each hook pays one branch for it.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 pub struct MeshProxy {
@@ -66,6 +71,8 @@ pub struct Ctx {
     set_cookie: Option<String>,
     upstream_start: Option<Instant>,
     upstream_time_ms: Option<u64>,
+    /// The gateway's span ids and sampling decision (tracing on only).
+    trace: Option<SpanContext>,
 }
 
 #[async_trait]
@@ -86,11 +93,15 @@ impl ProxyHttp for MeshProxy {
             set_cookie: None,
             upstream_start: None,
             upstream_time_ms: None,
+            trace: None,
         }
     }
 
     /// Routing: host, route, cluster, endpoint. Answers 404/503 locally when any step fails.
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(tracer) = &self.shared.tracer {
+            ctx.trace = Some(tracer.begin(session.req_header()));
+        }
         let runtime = self.shared.current.load();
         let decision = route_request(&runtime, self, session, ctx);
         ctx.runtime = Some(runtime);
@@ -145,6 +156,9 @@ impl ProxyHttp for MeshProxy {
             upstream.insert_header("x-forwarded-for", xff)?;
         }
         upstream.insert_header("x-forwarded-proto", if self.tls_server.is_some() { "https" } else { "http" })?;
+        if let Some(trace) = &ctx.trace {
+            trace.inject(upstream)?;
+        }
         ctx.upstream_start = Some(Instant::now());
         Ok(())
     }
@@ -250,7 +264,53 @@ impl ProxyHttp for MeshProxy {
                 downstream_remote_address: session.client_addr().map(|a| a.to_string()),
             });
         }
+        if let (Some(tracer), Some(trace)) = (&self.shared.tracer, &ctx.trace) {
+            if trace.sampled {
+                self.finish_span(tracer, trace, session, ctx, code, duration);
+            }
+        }
         ctx.pick = None;
+    }
+}
+
+impl MeshProxy {
+    /// The request's server span, from what `logging` knows (sampled requests only).
+    fn finish_span(
+        &self,
+        tracer: &Tracer,
+        trace: &SpanContext,
+        session: &Session,
+        ctx: &Ctx,
+        code: u16,
+        duration: Duration,
+    ) {
+        let req = session.req_header();
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let cluster = ctx.cluster.as_ref().map(|c| &c.definition);
+        let downstream = session.client_addr().map(|a| a.to_string());
+        tracer.finish(
+            trace,
+            &RequestFacts {
+                method: req.method.as_str(),
+                scheme: if self.tls_server.is_some() { "https" } else { "http" },
+                authority: request::authority(req).unwrap_or_default(),
+                path: req.uri.path_and_query().map_or("", |p| p.as_str()),
+                protocol: request::protocol_name(req),
+                status_code: code,
+                response_flags: ctx.flags,
+                request_bytes: session.body_bytes_read() as u64,
+                response_bytes: session.body_bytes_sent() as u64,
+                duration,
+                port: self.port,
+                destination: cluster.map(|c| (c.service.host.as_str(), c.port)),
+                upstream_cluster: cluster.map(|c| c.name.as_str()),
+                upstream_address: ctx.cluster.as_ref().zip(ctx.endpoint).map(|(c, i)| c.endpoints[i].addr),
+                request_id: ctx.request_id.as_deref(),
+                user_agent: header("user-agent"),
+                downstream_address: downstream.as_deref(),
+                tracestate: header("tracestate"),
+            },
+        );
     }
 }
 
