@@ -102,6 +102,11 @@ for s in "${SCENARIOS[@]}"; do
   if "$HELM" install mg "$CHART" --namespace istio-system --dry-run=client "${extra[@]}" >"$WORK/notes-$s.txt" 2>&1 \
     && sed -n '/^NOTES:/,$p' "$WORK/notes-$s.txt" | grep -q 'curl .*healthz/ready'; then
     log "NOTES.txt ($s): $(sed -n '/^NOTES:/,$p' "$WORK/notes-$s.txt" | grep -c curl) curl commands"
+    # Controller mode: the notes show how to reach proxy-status (port-forward + token from the Secret).
+    if grep -q 'Configuration (controller mode)' "$WORK/notes-$s.txt" && ! { grep -q 'meshctl proxy-status --controller' "$WORK/notes-$s.txt" \
+        && grep -q "get secret .*-token -o jsonpath='{.data.token}' | base64 -d" "$WORK/notes-$s.txt"; }; then
+      fail "NOTES.txt ($s): no meshctl proxy-status instructions in controller mode"
+    fi
   else
     cat "$WORK/notes-$s.txt"
     fail "NOTES.txt ($s)"
