@@ -145,6 +145,20 @@ for name in "${RENDERED[@]}"; do
   fi
 done
 
+# ---------------------------------------------------------------- examples/kubernetes manifests
+# What users `kubectl apply` next to the chart: the Kubernetes kinds must validate too (the Istio
+# kinds have no schema in kubernetes-validate and are reported as skipped).
+EXAMPLES="$ROOT/examples/kubernetes/manifests"
+if [ -d "$EXAMPLES" ]; then
+  rc=0
+  "$VENV/bin/kubernetes-validate" --strict "${kv_args[@]}" "$EXAMPLES"/*.yaml >"$WORK/kv-examples.txt" 2>&1 || rc=$?
+  log "kubernetes-validate --strict (examples/kubernetes/manifests): $(grep -c '^INFO .* passed' "$WORK/kv-examples.txt" || true) document/version checks passed"
+  if [ "$rc" -ne 0 ] || grep -qE '^(ERROR|FATAL)' "$WORK/kv-examples.txt"; then
+    grep -E '^(ERROR|FATAL)' "$WORK/kv-examples.txt" || cat "$WORK/kv-examples.txt"
+    fail "kubernetes-validate (examples/kubernetes/manifests)"
+  fi
+fi
+
 # ---------------------------------------------------------------- chart invariants and schemas
 GATEWAY_BIN="${MESHGATE_GATEWAY_BIN:-}"
 if [ -z "$GATEWAY_BIN" ]; then
