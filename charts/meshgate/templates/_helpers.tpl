@@ -175,3 +175,59 @@ app.kubernetes.io/component: controller
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
 {{- end }}
+
+{{/*
+The mode the gateway runs in, from the values; contradictions fail here, before anything renders:
+  controller  controller.enabled: a controller Deployment, gateways run --controller URL
+  kube        gateway.kube: the gateway reads the API itself (embedded controller)
+  files       neither: the gateway reads `config` / `configSecrets` files
+*/}}
+{{- define "meshgate.mode" -}}
+{{- $v := .Values }}
+{{- $fileValues := list }}
+{{- if $v.config }}{{ $fileValues = append $fileValues "config" }}{{ end }}
+{{- if $v.configSecrets }}{{ $fileValues = append $fileValues "configSecrets" }}{{ end }}
+{{- if $v.gateway.extraConfigPaths }}{{ $fileValues = append $fileValues "gateway.extraConfigPaths" }}{{ end }}
+{{- if and $v.controller.enabled $v.gateway.kube }}
+{{- fail "controller.enabled and gateway.kube contradict each other: the gateway either follows the controller (--controller) or reads the Kubernetes API itself (--kube). Set controller.enabled=false for the embedded mode." }}
+{{- else if $v.controller.enabled }}
+{{- if $fileValues }}
+{{- fail (printf "%s: file mode only, but controller.enabled is true (the gateway takes its configuration from the controller; --config conflicts with --controller). Apply the YAML to the cluster instead, or set controller.enabled=false for file mode." (join ", " $fileValues)) }}
+{{- end }}
+{{- "controller" }}
+{{- else if $v.gateway.kube }}
+{{- if $fileValues }}
+{{- fail (printf "%s: file mode only, but gateway.kube is true (--config conflicts with --kube). Apply the YAML to the cluster instead, or set gateway.kube=false for file mode." (join ", " $fileValues)) }}
+{{- end }}
+{{- "kube" }}
+{{- else }}
+{{- "files" }}
+{{- end }}
+{{- end }}
+
+{{/* Namespaces the Kubernetes source watches (empty: all), for the active mode. */}}
+{{- define "meshgate.watchNamespaces" -}}
+{{- $mode := include "meshgate.mode" . }}
+{{- if eq $mode "controller" }}
+{{- toJson (.Values.controller.watchNamespaces | default list) }}
+{{- else if eq $mode "kube" }}
+{{- toJson (.Values.gateway.watchNamespaces | default list) }}
+{{- else }}
+{{- toJson list }}
+{{- end }}
+{{- end }}
+
+{{/* The Secret holding the controller token (key `token`). */}}
+{{- define "meshgate.tokenSecretName" -}}
+{{- .Values.controller.tokenSecret.existingSecret | default (printf "%s-token" (include "meshgate.fullname" .) | trunc 63 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Where the token Secret is mounted in the controller and gateway pods. */}}
+{{- define "meshgate.tokenDir" -}}
+/var/run/meshgate/token
+{{- end }}
+
+{{/* The controller's in-cluster URL, for `gateway --controller`. */}}
+{{- define "meshgate.controller.url" -}}
+{{- printf "http://%s.%s.svc:%v" (include "meshgate.controller.name" .) .Release.Namespace .Values.controller.port }}
+{{- end }}
