@@ -47,7 +47,7 @@ struct ServeArgs {
     #[arg(long, env = "MESHGATE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Identity translated before any gateway connects (for readiness and analysis).
-    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = parse_labels)]
+    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = controller::translate::parse_labels)]
     labels: BTreeMap<String, String>,
     #[arg(long, default_value = "istio-system")]
     namespace: String,
@@ -61,16 +61,6 @@ struct ServeArgs {
     /// Quiet time after a change before translating (a burst of changes is one version).
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
-}
-
-fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').ok_or_else(|| format!("label {pair:?} is not key=value"))?;
-            Ok((k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect()
 }
 
 fn main() -> Result<()> {

@@ -29,7 +29,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct Identity {
     /// This instance's labels; a Gateway applies when its selector is a subset of them.
-    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = parse_labels)]
+    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = controller::translate::parse_labels)]
     pub labels: BTreeMap<String, String>,
     /// The gateway's own namespace: where `credentialName` Secrets live, what `sourceNamespace`
     /// matches compare with, and the `source_workload_namespace` metric label.
@@ -105,16 +105,6 @@ fn parse_percent(s: &str) -> Result<f64, String> {
         Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
         _ => Err(format!("{s:?} is not a percentage between 0 and 100")),
     }
-}
-
-fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').ok_or_else(|| format!("label {pair:?} is not key=value"))?;
-            Ok((k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect()
 }
 
 fn parse_port_map(s: &str) -> Result<(u16, SocketAddr), String> {

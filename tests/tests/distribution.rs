@@ -6,31 +6,6 @@ mod common;
 use common::*;
 use meshgate_e2e::prelude::*;
 
-fn vs_to(subset: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: ["istio-system/gw"]
-  http:
-  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]
-"#
-    )
-}
-
-async fn setup() -> (Upstream, Upstream, ConfigDir) {
-    let v1 = Upstream::new("reviews").version("v1").start().await;
-    let v2 = Upstream::new("reviews").version("v2").start().await;
-    let cfg = ConfigDir::new().unwrap();
-    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    cfg.write("svc.yaml", &backends("reviews", &[&v1, &v2])).unwrap();
-    cfg.write("dr.yaml", &destination_rule("reviews", &["v1", "v2"], "")).unwrap();
-    cfg.write("vs.yaml", &vs_to("v1")).unwrap();
-    (v1, v2, cfg)
-}
-
 async fn replica(controller: &ControllerProcess, name: &str) -> GatewayProcess {
     GatewayProcess::builder()
         .ports(&[80])
@@ -54,14 +29,14 @@ async fn sync_state(controller: &ControllerProcess, name: &str) -> Option<(u64, 
 
 #[tokio::test]
 async fn replicas_follow_the_controller_and_acknowledge_versions() {
-    let (_v1, _v2, cfg) = setup().await;
+    let (_v1, _v2, cfg) = reviews_v1_v2().await;
     let controller = ControllerProcess::start(cfg.path(), None).await.unwrap();
     let a = replica(&controller, "gw-a").await;
     let b = replica(&controller, "gw-b").await;
     assert_eq!(version_of(&a, 80, "/", "x").await, "v1");
     assert_eq!(version_of(&b, 80, "/", "x").await, "v1");
 
-    cfg.write("vs.yaml", &vs_to("v2")).unwrap();
+    cfg.write("vs.yaml", &reviews_to("v2")).unwrap();
     for gw in [&a, &b] {
         assert!(eventually(Duration::from_secs(10), || async { version_of(gw, 80, "/", "x").await == "v2" }).await);
     }
@@ -83,7 +58,7 @@ async fn replicas_follow_the_controller_and_acknowledge_versions() {
 
 #[tokio::test]
 async fn losing_the_controller_keeps_the_last_snapshot_serving() {
-    let (_v1, _v2, cfg) = setup().await;
+    let (_v1, _v2, cfg) = reviews_v1_v2().await;
     let addr = free_addr();
     let controller = ControllerProcess::start(cfg.path(), Some(addr)).await.unwrap();
     let gw = replica(&controller, "gw-lonely").await;
@@ -104,7 +79,7 @@ async fn losing_the_controller_keeps_the_last_snapshot_serving() {
 
     // A new controller (same address, config changed meanwhile) is found again; its versions
     // restart at 1 but come from another process, so the replica takes them.
-    cfg.write("vs.yaml", &vs_to("v2")).unwrap();
+    cfg.write("vs.yaml", &reviews_to("v2")).unwrap();
     let again = ControllerProcess::start(cfg.path(), Some(addr)).await.unwrap();
     assert!(
         eventually(Duration::from_secs(40), || async { version_of(&gw, 80, "/", "x").await == "v2" }).await,
@@ -117,7 +92,7 @@ async fn losing_the_controller_keeps_the_last_snapshot_serving() {
 
 #[tokio::test]
 async fn a_wrong_token_is_refused() {
-    let (_v1, _v2, cfg) = setup().await;
+    let (_v1, _v2, cfg) = reviews_v1_v2().await;
     let controller = ControllerProcess::start(cfg.path(), None).await.unwrap();
     let bad = ConfigDir::with_files(&[("token", "not-the-right-token-at-all")]).unwrap();
     let gw = GatewayProcess::builder()
@@ -151,7 +126,7 @@ async fn a_wrong_token_is_refused() {
 async fn each_identity_gets_its_own_translation() {
     // An egress gateway (istio=egressgateway) polling the same controller must not receive
     // the ingress Gateway's listeners.
-    let (_v1, _v2, cfg) = setup().await;
+    let (_v1, _v2, cfg) = reviews_v1_v2().await;
     let controller = ControllerProcess::start(cfg.path(), None).await.unwrap();
     let ingress = replica(&controller, "ingress-1").await;
     assert_eq!(version_of(&ingress, 80, "/", "x").await, "v1");

@@ -6,43 +6,17 @@ mod common;
 use common::*;
 use meshgate_e2e::prelude::*;
 
-fn vs_to(subset: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {{name: reviews, namespace: default}}
-spec:
-  hosts: ["*"]
-  gateways: ["istio-system/gw"]
-  http:
-  - match: [{{uri: {{prefix: /}}}}]
-    route: [{{destination: {{host: reviews, subset: {subset}}}}}]
-"#
-    )
-}
-
-async fn setup() -> (Upstream, Upstream, ConfigDir) {
-    let v1 = Upstream::new("reviews").version("v1").start().await;
-    let v2 = Upstream::new("reviews").version("v2").start().await;
-    let cfg = ConfigDir::new().unwrap();
-    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    cfg.write("svc.yaml", &backends("reviews", &[&v1, &v2])).unwrap();
-    cfg.write("dr.yaml", &destination_rule("reviews", &["v1", "v2"], "")).unwrap();
-    cfg.write("vs.yaml", &vs_to("v1")).unwrap();
-    (v1, v2, cfg)
-}
-
 async fn metric(gw: &GatewayProcess, name: &str) -> f64 {
     metric_value(&metrics(gw.metrics_addr()).await.unwrap(), name, &[]).unwrap_or(-1.0)
 }
 
 #[tokio::test]
 async fn edits_apply_without_restart() {
-    let (_v1, _v2, cfg) = setup().await;
+    let (_v1, _v2, cfg) = reviews_v1_v2().await;
     let gw = start(&cfg, &[80]).await;
     assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
     let version = metric(&gw, "meshgate_config_version").await;
-    cfg.write("vs.yaml", &vs_to("v2")).unwrap();
+    cfg.write("vs.yaml", &reviews_to("v2")).unwrap();
     assert!(eventually(Duration::from_secs(10), || async { version_of(&gw, 80, "/", "x").await == "v2" }).await);
     assert!(metric(&gw, "meshgate_config_version").await > version);
     assert!(metric(&gw, "meshgate_config_swaps_total").await >= 2.0);
@@ -50,12 +24,12 @@ async fn edits_apply_without_restart() {
 
 #[tokio::test]
 async fn a_broken_edit_keeps_the_last_good_version_serving() {
-    let (_v1, _v2, cfg) = setup().await;
+    let (_v1, _v2, cfg) = reviews_v1_v2().await;
     let gw = start(&cfg, &[80]).await;
     assert_eq!(metric(&gw, "meshgate_config_rejected_resources").await, 0.0);
 
     // Invalid regex: the VirtualService is rejected; its previous version keeps routing.
-    let broken = vs_to("v2").replace("{prefix: /}", "{regex: \"([\"}");
+    let broken = reviews_to("v2").replace("{prefix: /}", "{regex: \"([\"}");
     cfg.write("vs.yaml", &broken).unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
@@ -74,7 +48,8 @@ async fn a_broken_edit_keeps_the_last_good_version_serving() {
 
     // Half-written YAML (a syntax error) keeps every resource of that file.
     cfg.write("gw.yaml", "apiVersion: networking.istio.io/v1beta1\nkind: Gateway\nmetadata: {name: gw\n").unwrap();
-    cfg.write("vs.yaml", &vs_to("v1").replace("name: reviews", "name: reviews\n  labels: {touch: \"1\"}")).unwrap();
+    cfg.write("vs.yaml", &reviews_to("v1").replace("name: reviews", "name: reviews\n  labels: {touch: \"1\"}"))
+        .unwrap();
     assert!(
         eventually(Duration::from_secs(10), || async {
             metric(&gw, "meshgate_config_rejected_resources").await == 1.0
@@ -87,14 +62,14 @@ async fn a_broken_edit_keeps_the_last_good_version_serving() {
 
     // Fixing everything resumes normal updates.
     cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    cfg.write("vs.yaml", &vs_to("v2")).unwrap();
+    cfg.write("vs.yaml", &reviews_to("v2")).unwrap();
     assert!(eventually(Duration::from_secs(10), || async { version_of(&gw, 80, "/", "x").await == "v2" }).await);
     assert_eq!(metric(&gw, "meshgate_config_rejected_resources").await, 0.0);
 }
 
 #[tokio::test]
 async fn ports_open_and_close_live() {
-    let (_v1, _v2, cfg) = setup().await;
+    let (_v1, _v2, cfg) = reviews_v1_v2().await;
     let extra = free_addr();
     let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).port_addr(9090, extra).start().await.unwrap();
     assert!(get(extra, "/").send().await.is_err(), "no Gateway server on 9090 yet");
@@ -125,7 +100,7 @@ async fn ports_open_and_close_live() {
 
 #[tokio::test]
 async fn in_flight_requests_finish_on_their_snapshot_and_reloads_drop_nothing() {
-    let (v1, _v2, cfg) = setup().await;
+    let (v1, _v2, cfg) = reviews_v1_v2().await;
     let gw = start(&cfg, &[80]).await;
     let at = gw.addr(80);
     let slow = tokio::spawn(async move { get(at, "/delay/800").send().await });
@@ -144,7 +119,7 @@ async fn in_flight_requests_finish_on_their_snapshot_and_reloads_drop_nothing() 
         failures
     });
     for i in 0..10 {
-        cfg.write("vs.yaml", &vs_to(if i % 2 == 0 { "v2" } else { "v1" })).unwrap();
+        cfg.write("vs.yaml", &reviews_to(if i % 2 == 0 { "v2" } else { "v1" })).unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await; // pacing the edits, not synchronisation
     }
     assert_eq!(load.await.unwrap(), 0, "no request failed during reloads");

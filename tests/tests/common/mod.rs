@@ -98,3 +98,31 @@ pub async fn wait_metric(gw: &GatewayProcess, name: &str, labels: &[(&str, &str)
     }
     text
 }
+
+/// A VirtualService sending everything on gateway `istio-system/gw` to subset `subset` of reviews.
+pub fn reviews_to(subset: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: ["istio-system/gw"]
+  http:
+  - match: [{{uri: {{prefix: /}}}}]
+    route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+"#
+    )
+}
+
+/// Upstreams reviews v1 and v2 and a folder routing port 80 to v1 (vs.yaml holds the route).
+pub async fn reviews_v1_v2() -> (Upstream, Upstream, ConfigDir) {
+    let v1 = Upstream::new("reviews").version("v1").start().await;
+    let v2 = Upstream::new("reviews").version("v2").start().await;
+    let cfg = ConfigDir::new().unwrap();
+    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
+    cfg.write("svc.yaml", &backends("reviews", &[&v1, &v2])).unwrap();
+    cfg.write("dr.yaml", &destination_rule("reviews", &["v1", "v2"], "")).unwrap();
+    cfg.write("vs.yaml", &reviews_to("v1")).unwrap();
+    (v1, v2, cfg)
+}
