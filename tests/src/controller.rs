@@ -1,7 +1,9 @@
-//! Launching the real `controller` binary (snapshot server) and running the `meshctl` CLI.
+//! Launching the real `controller` binary (snapshot server, on a config folder or a Kubernetes
+//! API) and running the `meshctl` CLI.
 
 use crate::gateway::free_addr;
 use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -36,7 +38,7 @@ pub fn meshctl_bin() -> PathBuf {
 /// The token the test controllers and gateways share.
 pub const TEST_TOKEN: &str = "e2e-token-0123456789abcdef";
 
-/// A running `controller` serving a config folder. Killed on drop.
+/// A running `controller` serving a config folder or a Kubernetes API. Killed on drop.
 pub struct ControllerProcess {
     child: Mutex<Child>,
     addr: SocketAddr,
@@ -48,18 +50,47 @@ impl ControllerProcess {
     /// Starts `controller --config <config> --listen <addr>` with [`TEST_TOKEN`] in a token
     /// file, and waits until it has translated the config (`/healthz/ready`).
     pub async fn start(config: &Path, addr: Option<SocketAddr>) -> Result<ControllerProcess> {
+        let args = vec![OsString::from("--config"), config.as_os_str().to_os_string()];
+        Self::spawn(args, Vec::new(), addr).await
+    }
+
+    /// Starts `controller --kube --namespace istio-system` on the cluster in `kubeconfig` (env
+    /// `KUBECONFIG`; see [`crate::apiserver::FakeApiServer::kubeconfig`]) with `extra_args`
+    /// after the generated ones, and waits until the first Store from the cluster is
+    /// translated (`/healthz/ready`).
+    pub async fn start_kube(kubeconfig: &Path, extra_args: &[&str]) -> Result<ControllerProcess> {
+        Self::start_kube_at(kubeconfig, extra_args, None).await
+    }
+
+    /// [`start_kube`](Self::start_kube) on a given listen address.
+    pub async fn start_kube_at(
+        kubeconfig: &Path,
+        extra_args: &[&str],
+        addr: Option<SocketAddr>,
+    ) -> Result<ControllerProcess> {
+        let mut args: Vec<OsString> = ["--kube", "--namespace", "istio-system"].iter().map(OsString::from).collect();
+        args.extend(extra_args.iter().map(OsString::from));
+        let envs = vec![(OsString::from("KUBECONFIG"), kubeconfig.as_os_str().to_os_string())];
+        Self::spawn(args, envs, addr).await
+    }
+
+    async fn spawn(
+        source_args: Vec<OsString>,
+        envs: Vec<(OsString, OsString)>,
+        addr: Option<SocketAddr>,
+    ) -> Result<ControllerProcess> {
         let dir = tempfile::Builder::new().prefix("meshgate-controller-").tempdir()?;
         std::fs::write(dir.path().join("token"), format!("{TEST_TOKEN}\n"))?;
         let addr = addr.unwrap_or_else(free_addr);
         let mut child = Command::new(controller_bin())
-            .arg("--config")
-            .arg(config)
+            .args(&source_args)
             .arg("--listen")
             .arg(addr.to_string())
             .arg("--token-file")
             .arg(dir.path().join("token"))
             .arg("--debounce-ms")
             .arg("30")
+            .envs(envs)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -126,6 +157,13 @@ impl ControllerProcess {
             .await?;
         anyhow::ensure!(r.status.as_u16() == 200, "status answered {}: {}", r.status, r.text());
         Ok(serde_json::from_str(&r.text())?)
+    }
+
+    /// `GET /metrics` (Prometheus text; no token needed).
+    pub async fn metrics(&self) -> Result<String> {
+        let r = crate::client::get(self.addr, "/metrics").send().await?;
+        anyhow::ensure!(r.status.as_u16() == 200, "metrics answered {}: {}", r.status, r.text());
+        Ok(r.text())
     }
 
     pub fn stderr(&self) -> String {

@@ -24,6 +24,7 @@
 //! assert_eq!(r.echo()?.version, "v1");
 //! ```
 
+pub mod apiserver;
 pub mod certs;
 pub mod client;
 pub mod collector;
@@ -40,6 +41,7 @@ pub mod upstream;
 /// (possibly mismatched) dependency.
 pub use rustls;
 
+pub use apiserver::{FakeApiServer, FAKE_API_TOKEN};
 pub use certs::{generic_secret_yaml, self_signed, tls_secret_yaml, CertKey, TestCa};
 pub use client::{
     admin_get, get, grpc_call, grpc_request, metric_sum, metric_value, metrics, post, raw_http, raw_http_timeout,
@@ -58,6 +60,7 @@ pub use upstream::{grpc_frame, grpc_messages, pattern_bytes, Echo, TlsEcho, Upst
 /// Everything a suite usually needs, plus `Duration`, `SocketAddr`,
 /// `StatusCode`, `Version` and the TLS version constants.
 pub mod prelude {
+    pub use crate::apiserver::*;
     pub use crate::certs::*;
     pub use crate::client::*;
     pub use crate::collector::*;

@@ -1,0 +1,261 @@
+//! The Kubernetes mode end to end: `controller --kube` and `gateway --kube` against a fake
+//! kube-apiserver over real HTTP ([`FakeApiServer`]), following changes through watches,
+//! relists after `410 Expired`, outages and RBAC denials.
+
+mod common;
+
+use common::*;
+use meshgate_e2e::prelude::*;
+use serde_json::{json, Value};
+
+fn vs_to(subset: &str) -> Value {
+    json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "default"},
+        "spec": {
+            "hosts": ["*"],
+            "gateways": ["istio-system/gw"],
+            "http": [{"route": [{"destination": {"host": "reviews", "subset": subset}}]}],
+        },
+    })
+}
+
+/// A cluster with the ingress Gateway, Service `reviews` backed by a v1 and a v2 upstream
+/// (a Pod and an EndpointSlice each), subsets by version and a VirtualService to v1.
+struct Cluster {
+    api: FakeApiServer,
+    _v1: Upstream,
+    _v2: Upstream,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start() -> Cluster {
+        let v1 = Upstream::new("reviews").version("v1").start().await;
+        let v2 = Upstream::new("reviews").version("v2").start().await;
+        let api = FakeApiServer::start().await;
+        api.apply_yaml(&gateway("gw", 80, &["*"])).unwrap();
+        api.apply_yaml(&backends("reviews", &[&v1, &v2])).unwrap();
+        api.apply_yaml(&destination_rule("reviews", &["v1", "v2"], "")).unwrap();
+        api.apply(vs_to("v1")).unwrap();
+        let dir = tempfile::Builder::new().prefix("meshgate-kube-").tempdir().unwrap();
+        Cluster { api, _v1: v1, _v2: v2, dir }
+    }
+
+    fn kubeconfig(&self) -> std::path::PathBuf {
+        self.api.kubeconfig(self.dir.path())
+    }
+
+    /// List (not watch) requests of `plural` so far.
+    fn lists(&self, plural: &str) -> usize {
+        let suffix = format!("/{plural}");
+        self.api
+            .requests()
+            .iter()
+            .filter(|r| r.split('?').next().is_some_and(|p| p.ends_with(&suffix)) && !r.contains("watch=true"))
+            .count()
+    }
+}
+
+async fn replica(controller: &ControllerProcess, name: &str) -> GatewayProcess {
+    GatewayProcess::builder()
+        .ports(&[80])
+        .arg("--controller")
+        .arg(controller.url())
+        .arg("--controller-token-file")
+        .arg(controller.token_file())
+        .arg("--name")
+        .arg(name)
+        .start()
+        .await
+        .expect("replica becomes ready from the controller's snapshot")
+}
+
+/// (acked, current) of `name` in the controller's status.
+async fn sync_state(controller: &ControllerProcess, name: &str) -> Option<(u64, u64)> {
+    let status = controller.status().await.ok()?;
+    let g = status["gateways"].as_array()?.iter().find(|g| g["name"] == name)?.clone();
+    Some((g["acked"].as_u64()?, g["current"].as_u64()?))
+}
+
+/// The newest version the controller translated for any identity.
+async fn newest_version(controller: &ControllerProcess) -> u64 {
+    let status = controller.status().await.expect("controller status");
+    status["versions"].as_object().map(|v| v.values().filter_map(Value::as_u64).max().unwrap_or(0)).unwrap_or(0)
+}
+
+async fn routes_to(gw: &GatewayProcess, version: &str, within: Duration) -> bool {
+    eventually(within, || async { version_of(gw, 80, "/", "x").await == version }).await
+}
+
+/// Waits until the replica serves `version` and has acknowledged a controller version newer
+/// than `before`.
+async fn followed(controller: &ControllerProcess, gw: &GatewayProcess, name: &str, version: &str, before: u64) {
+    assert!(
+        routes_to(gw, version, Duration::from_secs(20)).await,
+        "the gateway follows the cluster to {version}\n--- controller ---\n{}\n--- gateway ---\n{}",
+        controller.stderr(),
+        gw.stderr()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            matches!(sync_state(controller, name).await, Some((acked, current)) if acked == current && current > before)
+        })
+        .await,
+        "{name} acknowledges a version newer than {before}: {:?}",
+        controller.status().await
+    );
+}
+
+#[tokio::test]
+async fn controller_follows_the_cluster() {
+    let cluster = Cluster::start().await;
+    let controller = ControllerProcess::start_kube(&cluster.kubeconfig(), &[]).await.unwrap();
+    let gw = replica(&controller, "kube-a").await;
+    assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
+    let status = controller.status().await.unwrap();
+    assert!(!status["source"].is_null(), "the Kubernetes source reports its state: {status}");
+
+    // A change arrives through the watch.
+    let before = newest_version(&controller).await;
+    cluster.api.apply(vs_to("v2")).unwrap();
+    followed(&controller, &gw, "kube-a", "v2", before).await;
+
+    // History is compacted: open watches end with 410, the watchers list again and keep
+    // following.
+    let lists = cluster.lists("virtualservices");
+    cluster.api.expire_watches();
+    assert!(
+        eventually(Duration::from_secs(20), || async { cluster.lists("virtualservices") > lists }).await,
+        "the VirtualService watcher relists after 410: {:?}",
+        cluster.api.requests()
+    );
+    let before = newest_version(&controller).await;
+    cluster.api.apply(vs_to("v1")).unwrap();
+    followed(&controller, &gw, "kube-a", "v1", before).await;
+
+    // The API server goes away: the controller reports it and keeps serving what it has.
+    cluster.api.set_down(true);
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            let text = controller.metrics().await.unwrap_or_default();
+            metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "VirtualService")]) == Some(1.0)
+                && metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "VirtualService")]) > 0.0
+        })
+        .await,
+        "the outage shows in the controller's metrics:\n{}",
+        controller.metrics().await.unwrap_or_default()
+    );
+    for _ in 0..5 {
+        assert_eq!(version_of(&gw, 80, "/", "x").await, "v1", "traffic keeps flowing during the outage");
+    }
+    assert_eq!(get(controller.addr(), "/healthz/ready").send().await.unwrap().status, StatusCode::OK);
+
+    // Back up: the watchers reconnect (after their backoff) and a change is followed again.
+    cluster.api.set_down(false);
+    let before = newest_version(&controller).await;
+    cluster.api.apply(vs_to("v2")).unwrap();
+    assert!(
+        routes_to(&gw, "v2", Duration::from_secs(60)).await,
+        "followed after the outage\n--- controller ---\n{}",
+        controller.stderr()
+    );
+    followed(&controller, &gw, "kube-a", "v2", before).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let text = controller.metrics().await.unwrap_or_default();
+            metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "VirtualService")]) == Some(0.0)
+        })
+        .await,
+        "recovered watches stop counting as failing"
+    );
+
+    // Losing the controller does not stop traffic.
+    controller.kill();
+    for _ in 0..5 {
+        assert_eq!(version_of(&gw, 80, "/", "x").await, "v2", "the replica serves its last snapshot");
+    }
+    assert_eq!(gw.ready_status().await, Some(200));
+}
+
+#[tokio::test]
+async fn embedded_gateway_kube() {
+    let cluster = Cluster::start().await;
+    let gw = GatewayProcess::builder()
+        .ports(&[80])
+        .arg("--kube")
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .start()
+        .await
+        .expect("gateway --kube becomes ready from the cluster");
+    assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
+
+    cluster.api.apply(vs_to("v2")).unwrap();
+    assert!(routes_to(&gw, "v2", Duration::from_secs(20)).await, "follows a change\n{}", gw.stderr());
+
+    // A deletion arrives as DELETED: no VirtualService binds the Gateway any more.
+    assert!(cluster.api.delete("networking.istio.io/v1", "VirtualService", "default", "reviews"));
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            get(gw.addr(80), "/").host("x").send().await.is_ok_and(|r| r.status == StatusCode::NOT_FOUND)
+        })
+        .await,
+        "the deleted route is gone\n{}",
+        gw.stderr()
+    );
+    // The source's health is exported once a second.
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            let text = metrics(gw.metrics_addr()).await.unwrap_or_default();
+            metric_value(&text, "meshgate_kube_watch_synced", &[("kind", "VirtualService")]) == Some(1.0)
+        })
+        .await,
+        "the gateway exports the source's health:\n{}",
+        metrics(gw.metrics_addr()).await.unwrap_or_default()
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_kind_does_not_block() {
+    let cluster = Cluster::start().await;
+    cluster.api.forbid("secrets");
+    let controller = ControllerProcess::start_kube(&cluster.kubeconfig(), &[]).await.unwrap();
+    let gw = replica(&controller, "kube-no-secrets").await;
+    assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            let text = controller.metrics().await.unwrap_or_default();
+            metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "Secret"), ("reason", "forbidden")]) > 0.0
+        })
+        .await,
+        "the denial is counted:\n{}",
+        controller.metrics().await.unwrap_or_default()
+    );
+    assert!(
+        cluster
+            .api
+            .requests()
+            .iter()
+            .all(|r| !r.contains("/secrets") || r.contains("/namespaces/istio-system/secrets")),
+        "Secrets are read only in the gateway namespace: {:?}",
+        cluster.api.requests()
+    );
+
+    // Other kinds keep following.
+    let before = newest_version(&controller).await;
+    cluster.api.apply(vs_to("v2")).unwrap();
+    followed(&controller, &gw, "kube-no-secrets", "v2", before).await;
+}
+
+#[tokio::test]
+async fn istio_before_v1_falls_back_to_v1beta1() {
+    let cluster = Cluster::start().await;
+    cluster.api.serve_istio_versions(&["v1beta1"]);
+    let controller = ControllerProcess::start_kube(&cluster.kubeconfig(), &[]).await.unwrap();
+    let gw = replica(&controller, "kube-old-istio").await;
+    assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
+    cluster.api.apply(vs_to("v2")).unwrap();
+    assert!(routes_to(&gw, "v2", Duration::from_secs(20)).await, "follows through v1beta1\n{}", controller.stderr());
+    assert!(cluster.api.requests().iter().any(|r| r.contains("/apis/networking.istio.io/v1beta1/virtualservices")));
+}
