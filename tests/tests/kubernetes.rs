@@ -259,3 +259,57 @@ async fn istio_before_v1_falls_back_to_v1beta1() {
     assert!(routes_to(&gw, "v2", Duration::from_secs(20)).await, "follows through v1beta1\n{}", controller.stderr());
     assert!(cluster.api.requests().iter().any(|r| r.contains("/apis/networking.istio.io/v1beta1/virtualservices")));
 }
+
+#[tokio::test]
+async fn the_controller_waits_for_the_api_server() {
+    let cluster = Cluster::start().await;
+    cluster.api.set_down(true);
+    let kubeconfig = cluster.kubeconfig();
+    let starting = tokio::spawn(async move { ControllerProcess::start_kube(&kubeconfig, &[]).await });
+    assert!(
+        eventually(Duration::from_secs(20), || async { cluster.api.refused_connections() >= 3 }).await,
+        "the controller tries the API server"
+    );
+    assert!(!starting.is_finished(), "not ready without the cluster");
+    cluster.api.set_down(false);
+    let controller = starting.await.unwrap().expect("ready once the API server answers");
+    let gw = replica(&controller, "kube-late").await;
+    assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
+}
+
+#[tokio::test]
+async fn watching_listed_namespaces_only() {
+    let cluster = Cluster::start().await;
+    // A more specific host in a namespace that is not watched would route to v2.
+    let mut other = vs_to("v2");
+    other["metadata"] = json!({"name": "other", "namespace": "other"});
+    other["spec"]["hosts"] = json!(["other.example.com"]);
+    other["spec"]["http"][0]["route"][0]["destination"]["host"] = json!("reviews.default.svc.cluster.local");
+    cluster.api.apply(other.clone()).unwrap();
+
+    let controller =
+        ControllerProcess::start_kube(&cluster.kubeconfig(), &["--watch-namespaces", "default,istio-system"])
+            .await
+            .unwrap();
+    let gw = replica(&controller, "kube-scoped").await;
+    assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
+    let requests = cluster.api.requests();
+    assert!(requests.iter().any(|r| r.contains("/apis/networking.istio.io/v1/namespaces/default/virtualservices?")));
+    assert!(
+        !requests.iter().any(|r| r.contains("/apis/networking.istio.io/v1/virtualservices?")),
+        "no cluster-wide watch: {requests:?}"
+    );
+
+    // A later change in a watched namespace is followed, so the store is current; the object
+    // in `other` is still not part of it.
+    let mut probe = vs_to("v2");
+    probe["metadata"]["name"] = json!("probe");
+    probe["spec"]["hosts"] = json!(["probe.example.com"]);
+    cluster.api.apply(other).unwrap();
+    cluster.api.apply(probe).unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async { version_of(&gw, 80, "/", "probe.example.com").await == "v2" })
+            .await
+    );
+    assert_eq!(version_of(&gw, 80, "/", "other.example.com").await, "v1", "the unwatched namespace is ignored");
+}
