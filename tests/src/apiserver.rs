@@ -111,6 +111,8 @@ struct State {
     compacted: u64,
     down: bool,
     forbidden: BTreeSet<String>,
+    /// Plurals whose watches (only) answer 403.
+    watch_forbidden: BTreeSet<String>,
     connections: Vec<AbortHandle>,
     /// Connections closed on accept while down.
     refused: u64,
@@ -283,9 +285,17 @@ impl FakeApiServer {
         self.shared.lock().forbidden.insert(plural.to_string());
     }
 
-    /// Undoes [`forbid`](Self::forbid).
+    /// Only watches of `plural` answer `403 Forbidden` (lists still work), as with RBAC that
+    /// grants `list` but not `watch`.
+    pub fn forbid_watch(&self, plural: &str) {
+        self.shared.lock().watch_forbidden.insert(plural.to_string());
+    }
+
+    /// Undoes [`forbid`](Self::forbid) and [`forbid_watch`](Self::forbid_watch).
     pub fn allow(&self, plural: &str) {
-        self.shared.lock().forbidden.remove(plural);
+        let mut state = self.shared.lock();
+        state.forbidden.remove(plural);
+        state.watch_forbidden.remove(plural);
     }
 
     /// Serves only these versions of `networking.istio.io` (e.g. `["v1beta1"]` for Istio
@@ -364,7 +374,7 @@ enum Route {
     NotFound,
 }
 
-fn route(state: &State, path: &str) -> Route {
+fn route(state: &State, path: &str, watch: bool) -> Route {
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let (group, version, rest) = match parts.as_slice() {
         ["api", version, rest @ ..] => ("", *version, rest),
@@ -383,7 +393,7 @@ fn route(state: &State, path: &str) -> Route {
     else {
         return Route::NotFound;
     };
-    if state.forbidden.contains(plural) {
+    if state.forbidden.contains(plural) || (watch && state.watch_forbidden.contains(plural)) {
         return Route::Forbidden { plural: plural.to_string(), group: group.to_string(), namespace };
     }
     Route::Found(Target { resource, version: version.to_string(), namespace })
@@ -410,7 +420,7 @@ fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
     if !authorized {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into());
     }
-    let target = match route(&state, &path) {
+    let target = match route(&state, &path, is_watch(&query)) {
         Route::Found(target) => target,
         Route::NotFound => {
             return status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource".into())

@@ -170,7 +170,6 @@ async fn controller_follows_the_cluster() {
         .await,
         "recovered watches stop counting as failing"
     );
-
     // Losing the controller does not stop traffic.
     controller.kill();
     for _ in 0..5 {
@@ -246,6 +245,19 @@ async fn a_forbidden_kind_does_not_block() {
     let before = newest_version(&controller).await;
     cluster.api.apply(vs_to("v2")).unwrap();
     followed(&controller, &gw, "kube-no-secrets", "v2", before).await;
+
+    // Granting the permission later: the retrying watch lists Secrets (after its backoff).
+    cluster.api.allow("secrets");
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            let text = controller.metrics().await.unwrap_or_default();
+            metric_value(&text, "meshgate_kube_watch_synced", &[("kind", "Secret")]) == Some(1.0)
+                && metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "Secret")]) == Some(0.0)
+        })
+        .await,
+        "Secrets sync once allowed:\n{}",
+        controller.metrics().await.unwrap_or_default()
+    );
 }
 
 #[tokio::test]
@@ -312,4 +324,101 @@ async fn watching_listed_namespaces_only() {
             .await
     );
     assert_eq!(version_of(&gw, 80, "/", "other.example.com").await, "v1", "the unwatched namespace is ignored");
+}
+
+#[tokio::test]
+async fn credentials_come_from_secrets_in_the_gateway_namespace() {
+    const HOST: &str = "bookinfo.example.com";
+    let cluster = Cluster::start().await;
+    let gateway = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "Gateway",
+        "metadata": {"name": "gw", "namespace": "istio-system"},
+        "spec": {
+            "selector": {"istio": "ingressgateway"},
+            "servers": [
+                {"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": ["*"]},
+                {
+                    "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+                    "hosts": [HOST],
+                    "tls": {"mode": "SIMPLE", "credentialName": "bookinfo-cred"},
+                },
+            ],
+        },
+    });
+    cluster.api.apply(gateway).unwrap();
+    let first = TestCa::new("first ca");
+    cluster
+        .api
+        .apply_yaml(&tls_secret_yaml("bookinfo-cred", "istio-system", &first.issue_server(&[HOST]), None))
+        .unwrap();
+    let gw = GatewayProcess::builder()
+        .ports(&[80, 443])
+        .arg("--kube")
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .start()
+        .await
+        .expect("gateway --kube becomes ready");
+    let https = |ca: &TestCa| get(gw.addr(443), "/").https().host(HOST).ca_pem(ca.cert_pem()).send();
+    let r = https(&first).await.expect("HTTPS with the Secret's certificate");
+    assert_eq!((r.status, r.echo().unwrap().version.as_str()), (StatusCode::OK, "v1"));
+
+    // Rotation: the new certificate is served once the Secret changes.
+    let second = TestCa::new("second ca");
+    cluster
+        .api
+        .apply_yaml(&tls_secret_yaml("bookinfo-cred", "istio-system", &second.issue_server(&[HOST]), None))
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            https(&second).await.is_ok_and(|r| r.status == StatusCode::OK)
+        })
+        .await,
+        "the rotated certificate is served\n{}",
+        gw.stderr()
+    );
+    assert!(https(&first).await.is_err(), "the old certificate is gone");
+}
+
+/// Known bug: kube's watcher reports nothing when a watch restarts successfully after
+/// `WatchStartFailed`, so `SourceHealth` clears `failing` only on the next event or relist; a
+/// kind that does not change keeps `meshgate_kube_watch_failing 1` although it recovered.
+/// (The outage in `controller_follows_the_cluster` hits the same path when a watch, rather
+/// than a list, is the attempt that fails.)
+#[tokio::test]
+#[ignore = "known bug: a silently resumed watch keeps meshgate_kube_watch_failing at 1"]
+async fn a_resumed_watch_stops_counting_as_failing() {
+    let cluster = Cluster::start().await;
+    let controller = ControllerProcess::start_kube(&cluster.kubeconfig(), &[]).await.unwrap();
+    let failing = |kind: &'static str| {
+        let controller = &controller;
+        async move {
+            let text = controller.metrics().await.unwrap_or_default();
+            metric_value(&text, "meshgate_kube_watch_failing", &[("kind", kind)])
+        }
+    };
+    // Pods relist (410), then starting the watch is refused: the watch restarts fail.
+    cluster.api.forbid_watch("pods");
+    cluster.api.expire_watches();
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            let text = controller.metrics().await.unwrap_or_default();
+            metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "Pod"), ("reason", "forbidden")]) > 0.0
+                && failing("Pod").await == Some(1.0)
+        })
+        .await
+    );
+    // Watching is allowed again and the watch resumes, with no Pod changing.
+    let watches = cluster.api.watch_count("pods");
+    cluster.api.allow("pods");
+    assert!(
+        eventually(Duration::from_secs(60), || async { cluster.api.watch_count("pods") > watches }).await,
+        "the watch is retried"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || async { failing("Pod").await == Some(0.0) }).await,
+        "the resumed Pod watch still counts as failing:\n{}\n{:?}",
+        controller.metrics().await.unwrap_or_default(),
+        cluster.api.requests().iter().filter(|r| r.contains("/pods")).collect::<Vec<_>>()
+    );
 }
