@@ -42,10 +42,17 @@ impl ErrorReason {
 struct KindState {
     synced: bool,
     failing: bool,
+    last_error_at: Option<tokio::time::Instant>,
     events: u64,
     errors: BTreeMap<ErrorReason, u64>,
     last_error: Option<String>,
 }
+
+/// How long after its last error a kind still counts as failing when nothing else was heard.
+/// kube's watcher resumes a watch without emitting anything (no event marks a successful
+/// restart), so without this a quiet kind would report failing forever after an outage. A
+/// watch that keeps failing errs again within kube's backoff cap (30 s), well inside this.
+pub const FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(65);
 
 /// Shared between the watch tasks (writers) and whoever reports on the source (readers).
 #[derive(Debug, Default)]
@@ -92,7 +99,7 @@ impl SourceHealth {
                 .map(|(kind, s)| {
                     let summary = KindSummary {
                         synced: s.synced,
-                        failing: s.failing,
+                        failing: s.failing && s.last_error_at.is_some_and(|t| t.elapsed() < FAILING_FOR),
                         events: s.events,
                         errors: s.errors.iter().map(|(r, n)| (r.as_str(), *n)).collect(),
                         last_error: s.last_error.clone(),
@@ -130,6 +137,7 @@ impl SourceHealth {
         let state = kinds.entry(kind).or_default();
         *state.errors.entry(reason).or_default() += 1;
         state.failing = true;
+        state.last_error_at = Some(tokio::time::Instant::now());
         state.last_error = Some(message);
     }
 
@@ -145,5 +153,24 @@ impl SourceHealth {
         // A panic while holding this lock cannot leave the counters inconsistent in a way
         // that matters, so a poisoned lock is simply taken over.
         self.kinds.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_kind_stops_failing_after_the_backoff_cap() {
+        let health = SourceHealth::new();
+        health.register(Kind::Pod);
+        health.error(Kind::Pod, ErrorReason::Forbidden, "watch forbidden".into());
+        assert!(health.summary().kinds["Pod"].failing);
+        tokio::time::advance(std::time::Duration::from_secs(31)).await;
+        assert!(health.summary().kinds["Pod"].failing, "within the backoff cap it still fails");
+        tokio::time::advance(FAILING_FOR).await;
+        let pod = &health.summary().kinds["Pod"];
+        assert!(!pod.failing, "no error for longer than the backoff cap: the watch resumed");
+        assert_eq!(pod.errors["forbidden"], 1, "the count stays");
     }
 }
