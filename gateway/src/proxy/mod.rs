@@ -28,6 +28,7 @@ use controller::snapshot::HashKey;
 use local_reply::LocalReply;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
+use http::header::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
@@ -37,6 +38,16 @@ use std::time::{Duration, Instant};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle upstream connections are kept this long for reuse.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+// Header names and fixed values built once: inserting a `&str` name re-validates and
+// lower-cases it, and a `&str` value is copied into a fresh allocation, on every request.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
 
 /// Shared by every listener's proxy.
 pub struct Shared {
@@ -149,13 +160,13 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let xff = match upstream.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            let xff = match upstream.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
                 Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
                 _ => ip.to_string(),
             };
-            upstream.insert_header("x-forwarded-for", xff)?;
+            upstream.insert_header(X_FORWARDED_FOR, xff)?;
         }
-        upstream.insert_header("x-forwarded-proto", if self.tls_server.is_some() { "https" } else { "http" })?;
+        upstream.insert_header(X_FORWARDED_PROTO, if self.tls_server.is_some() { HTTPS } else { HTTP })?;
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
         }
@@ -172,14 +183,14 @@ impl ProxyHttp for MeshProxy {
         if let Some(start) = ctx.upstream_start {
             let ms = start.elapsed().as_millis() as u64;
             ctx.upstream_time_ms = Some(ms);
-            resp.insert_header("x-envoy-upstream-service-time", ms.to_string())?;
+            resp.insert_header(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms))?;
         }
         Ok(())
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         // Envoy overwrites the server header by default; scripts that look for it keep working.
-        resp.insert_header("server", "istio-envoy")?;
+        resp.insert_header(http::header::SERVER, ISTIO_ENVOY)?;
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header("set-cookie", cookie)?;
         }
@@ -392,10 +403,10 @@ fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Ctx) -> O
 }
 
 fn ensure_request_id(session: &mut Session, ctx: &mut Ctx) {
-    let existing = session.req_header().headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let existing = session.req_header().headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
     let id = existing.unwrap_or_else(|| {
         let id = request::uuid_v4();
-        let _ = session.req_header_mut().insert_header("x-request-id", id.clone());
+        let _ = session.req_header_mut().insert_header(X_REQUEST_ID, id.as_str());
         id
     });
     ctx.request_id = Some(id);
