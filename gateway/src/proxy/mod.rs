@@ -88,10 +88,12 @@ pub struct Ctx {
 
 #[async_trait]
 impl ProxyHttp for MeshProxy {
-    type CTX = Ctx;
+    /// Boxed: Pingora moves the context through its per-request futures, and each move of an
+    /// inline context is a memcpy of its whole size; a box moves as one pointer.
+    type CTX = Box<Ctx>;
 
-    fn new_ctx(&self) -> Ctx {
-        Ctx {
+    fn new_ctx(&self) -> Box<Ctx> {
+        Box::new(Ctx {
             start: Instant::now(),
             runtime: None,
             route: None,
@@ -105,11 +107,11 @@ impl ProxyHttp for MeshProxy {
             upstream_start: None,
             upstream_time_ms: None,
             trace: None,
-        }
+        })
     }
 
     /// Routing: host, route, cluster, endpoint. Answers 404/503 locally when any step fails.
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
         if let Some(tracer) = &self.shared.tracer {
             ctx.trace = Some(tracer.begin(session.req_header()));
         }
@@ -129,7 +131,7 @@ impl ProxyHttp for MeshProxy {
     }
 
     /// The endpoint picked in `request_filter`.
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<Ctx>) -> Result<Box<HttpPeer>> {
         let (Some(cluster), Some(i)) = (&ctx.cluster, ctx.endpoint) else {
             return Err(Error::explain(ErrorType::InternalError, "no endpoint picked"));
         };
@@ -157,7 +159,7 @@ impl ProxyHttp for MeshProxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             let xff = match upstream.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -178,7 +180,7 @@ impl ProxyHttp for MeshProxy {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(start) = ctx.upstream_start {
             let ms = start.elapsed().as_millis() as u64;
@@ -188,7 +190,7 @@ impl ProxyHttp for MeshProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Box<Ctx>) -> Result<()> {
         // Envoy overwrites the server header by default; scripts that look for it keep working.
         resp.insert_header(http::header::SERVER, ISTIO_ENVOY)?;
         if let Some(cookie) = ctx.set_cookie.take() {
@@ -201,7 +203,7 @@ impl ProxyHttp for MeshProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut Ctx,
+        ctx: &mut Box<Ctx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.flags = "UF";
@@ -210,7 +212,7 @@ impl ProxyHttp for MeshProxy {
     }
 
     /// Envoy-compatible status and body for upstream failures.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
         let reply = match e.esource() {
             pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, ctx.flags)),
             pingora_error::ErrorSource::Downstream => {
@@ -232,7 +234,7 @@ impl ProxyHttp for MeshProxy {
     }
 
     /// Metrics and access log; the LB guard in `ctx` is released when ctx drops after this.
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<Ctx>) {
         let code = session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0);
         let duration = ctx.start.elapsed();
         let endpoint = ctx.cluster.as_ref().zip(ctx.endpoint).map(|(c, i)| &c.endpoints[i]);
@@ -330,7 +332,7 @@ fn route_request(
     runtime: &Runtime,
     proxy: &MeshProxy,
     session: &mut Session,
-    ctx: &mut Ctx,
+    ctx: &mut Box<Ctx>,
 ) -> std::result::Result<(), LocalReply> {
     let listener = runtime.listeners.get(&proxy.port).ok_or_else(LocalReply::no_route)?;
     let req = session.req_header();
@@ -373,7 +375,7 @@ fn route_request(
 
 /// The consistent-hash input for clusters that use one. A missing cookie is generated and
 /// set on the response, so the client sticks from its next request on.
-fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Ctx) -> Option<u64> {
+fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Box<Ctx>) -> Option<u64> {
     let key = cluster.hash_key.as_ref()?;
     let req = session.req_header();
     match key {
@@ -402,7 +404,7 @@ fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Ctx) -> O
     }
 }
 
-fn ensure_request_id(session: &mut Session, ctx: &mut Ctx) {
+fn ensure_request_id(session: &mut Session, ctx: &mut Box<Ctx>) {
     let existing = session.req_header().headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
     let id = existing.unwrap_or_else(|| {
         let id = request::uuid_v4();
