@@ -25,10 +25,10 @@ use crate::trace::context::SpanContext;
 use crate::trace::{RequestFacts, Tracer};
 use async_trait::async_trait;
 use controller::snapshot::HashKey;
+use http::header::{HeaderName, HeaderValue};
 use local_reply::LocalReply;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
-use http::header::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
@@ -190,7 +190,12 @@ impl ProxyHttp for MeshProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Box<Ctx>) -> Result<()> {
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
         // Envoy overwrites the server header by default; scripts that look for it keep working.
         resp.insert_header(http::header::SERVER, ISTIO_ENVOY)?;
         if let Some(cookie) = ctx.set_cookie.take() {
