@@ -72,7 +72,7 @@ where
             request_id: None,
             x_forwarded_for: None,
             user_agent: None,
-            downstream_remote_address: info.downstream.map(|a| a.to_string()),
+            downstream_remote_address: info.downstream,
         });
     }
 }

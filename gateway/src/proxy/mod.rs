@@ -279,7 +279,7 @@ impl ProxyHttp for MeshProxy {
                 request_id: ctx.request_id.as_deref(),
                 x_forwarded_for: header("x-forwarded-for"),
                 user_agent: header("user-agent"),
-                downstream_remote_address: session.client_addr().map(|a| a.to_string()),
+                downstream_remote_address: session.client_addr().and_then(|a| a.as_inet()).copied(),
             });
         }
         if let (Some(tracer), Some(trace)) = (&self.shared.tracer, &ctx.trace) {

@@ -103,7 +103,23 @@ fn httpdate_like_rfc3339(t: std::time::SystemTime) -> String {
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days as i64);
-    format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, d.subsec_millis())
+    // Digits placed by hand: this runs for every access-log line, and `format!` with padded
+    // integers cost several times as much.
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut v: u64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, 4, y.clamp(0, 9999) as u64);
+    put(5, 2, u64::from(m));
+    put(8, 2, u64::from(day));
+    put(11, 2, rem / 3600);
+    put(14, 2, rem % 3600 / 60);
+    put(17, 2, rem % 60);
+    put(20, 3, u64::from(d.subsec_millis()));
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Days since 1970-01-01 → (year, month, day), Howard Hinnant's civil calendar algorithm.
@@ -154,5 +170,8 @@ mod tests {
     fn dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_415), (2025, 11, 23));
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_880_093_007);
+        assert_eq!(httpdate_like_rfc3339(t), "2025-11-23T06:41:33.007Z");
+        assert_eq!(httpdate_like_rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
     }
 }
