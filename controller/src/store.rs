@@ -27,7 +27,7 @@ impl ObjectKey {
 
 /// One resource with where it came from. `seq` keeps load order so "first defined wins"
 /// orderings (Istio orders by creation time) are stable in file mode too.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Resource<T> {
     pub meta: ObjectMeta,
     pub namespace: String,
@@ -58,7 +58,8 @@ impl<T> Resource<T> {
 
 pub type Objects<T> = BTreeMap<ObjectKey, Resource<T>>;
 
-#[derive(Debug, Clone, Default)]
+/// `PartialEq` lets tests prove that an incremental reload equals a fresh load.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Store {
     pub gateways: Objects<GatewaySpec>,
     pub virtual_services: Objects<VirtualServiceSpec>,
@@ -79,6 +80,7 @@ pub struct Store {
 
 /// A typed object ready to be inserted (short-lived; size differences do not matter).
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
 pub enum Object {
     Gateway(GatewaySpec),
     VirtualService(VirtualServiceSpec),
