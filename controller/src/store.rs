@@ -46,14 +46,19 @@ impl<T> Resource<T> {
     }
 
     /// Istio orders competing resources by creation time, then by name; files add load order.
-    pub fn order_key(&self) -> (String, u64, String, String) {
-        (
-            self.meta.creation_timestamp.clone().unwrap_or_default(),
-            self.seq,
-            self.namespace.clone(),
-            self.meta.name.clone(),
-        )
+    /// Borrowed, so sorting 10k resources does not allocate (compare with [`Self::order_cmp`]).
+    pub fn order_key(&self) -> (&str, u64, &str, &str) {
+        (self.meta.creation_timestamp.as_deref().unwrap_or_default(), self.seq, &self.namespace, &self.meta.name)
     }
+}
+
+/// Resources sorted by [`Resource::order_key`]. The keys are taken once into a vector:
+/// comparing through the references cost a cache miss per comparison at 10k resources.
+pub fn in_order<'a, T>(resources: impl IntoIterator<Item = &'a Resource<T>>) -> Vec<&'a Resource<T>> {
+    let mut keyed: Vec<_> = resources.into_iter().map(|r| (r.order_key(), r)).collect();
+    // Stable, so resources with equal keys keep the map's order as before.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, r)| r).collect()
 }
 
 pub type Objects<T> = BTreeMap<ObjectKey, Resource<T>>;
