@@ -9,6 +9,7 @@ use crate::diagnostics::{codes, Diagnostic, Diagnostics, Origin, ResourceRef};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -33,7 +34,9 @@ pub struct Resource<T> {
     pub namespace: String,
     pub origin: Origin,
     pub seq: u64,
-    pub spec: T,
+    /// Shared: a reload rebuilds the store from cached decoded files (`source::cache`), and
+    /// sharing the specs makes that a reference count instead of a deep copy.
+    pub spec: Arc<T>,
 }
 
 impl<T> Resource<T> {
@@ -87,15 +90,15 @@ pub struct Store {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Object {
-    Gateway(GatewaySpec),
-    VirtualService(VirtualServiceSpec),
-    DestinationRule(DestinationRuleSpec),
-    ServiceEntry(ServiceEntrySpec),
-    WorkloadEntry(WorkloadEntrySpec),
-    Service(Box<Service>),
-    Pod(Box<Pod>),
-    Secret(Box<Secret>),
-    EndpointSlice(Box<EndpointSlice>),
+    Gateway(Arc<GatewaySpec>),
+    VirtualService(Arc<VirtualServiceSpec>),
+    DestinationRule(Arc<DestinationRuleSpec>),
+    ServiceEntry(Arc<ServiceEntrySpec>),
+    WorkloadEntry(Arc<WorkloadEntrySpec>),
+    Service(Arc<Service>),
+    Pod(Arc<Pod>),
+    Secret(Arc<Secret>),
+    EndpointSlice(Arc<EndpointSlice>),
 }
 
 impl Store {
@@ -122,11 +125,11 @@ impl Store {
             Object::WorkloadEntry(s) => {
                 put(&mut self.workload_entries, key, meta, namespace.clone(), origin.clone(), seq, s)
             }
-            Object::Service(s) => put(&mut self.services, key, meta, namespace.clone(), origin.clone(), seq, *s),
-            Object::Pod(s) => put(&mut self.pods, key, meta, namespace.clone(), origin.clone(), seq, *s),
-            Object::Secret(s) => put(&mut self.secrets, key, meta, namespace.clone(), origin.clone(), seq, *s),
+            Object::Service(s) => put(&mut self.services, key, meta, namespace.clone(), origin.clone(), seq, s),
+            Object::Pod(s) => put(&mut self.pods, key, meta, namespace.clone(), origin.clone(), seq, s),
+            Object::Secret(s) => put(&mut self.secrets, key, meta, namespace.clone(), origin.clone(), seq, s),
             Object::EndpointSlice(s) => {
-                put(&mut self.endpoint_slices, key, meta, namespace.clone(), origin.clone(), seq, *s)
+                put(&mut self.endpoint_slices, key, meta, namespace.clone(), origin.clone(), seq, s)
             }
         };
         if let Some(previous) = replaced_origin {
@@ -260,7 +263,7 @@ fn put<T>(
     namespace: String,
     origin: Origin,
     seq: u64,
-    spec: T,
+    spec: Arc<T>,
 ) -> Option<Origin> {
     map.insert(key, Resource { meta, namespace, origin, seq, spec }).map(|old| old.origin)
 }

@@ -6,6 +6,7 @@ use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
 use crate::store::{Object, Store, DEFAULT_NAMESPACE};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
+use std::sync::Arc;
 
 /// Where decoded documents go: straight into a [`Store`], or recorded so that an unchanged
 /// file can be replayed into the next store without parsing it again (`source::cache`).
@@ -81,15 +82,15 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
 
     let mut problems = Vec::new();
     let object = match kind {
-        Kind::Gateway => spec::<GatewaySpec>(map, prefix, &mut problems).map(Object::Gateway),
-        Kind::VirtualService => spec::<VirtualServiceSpec>(map, prefix, &mut problems).map(Object::VirtualService),
-        Kind::DestinationRule => spec::<DestinationRuleSpec>(map, prefix, &mut problems).map(Object::DestinationRule),
-        Kind::ServiceEntry => spec::<ServiceEntrySpec>(map, prefix, &mut problems).map(Object::ServiceEntry),
-        Kind::WorkloadEntry => spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(Object::WorkloadEntry),
-        Kind::Service => whole(&value, prefix, &mut problems).map(|o| Object::Service(Box::new(o))),
-        Kind::Pod => whole(&value, prefix, &mut problems).map(|o| Object::Pod(Box::new(o))),
-        Kind::Secret => whole(&value, prefix, &mut problems).map(|o| Object::Secret(Box::new(o))),
-        Kind::EndpointSlice => whole(&value, prefix, &mut problems).map(|o| Object::EndpointSlice(Box::new(o))),
+        Kind::Gateway => spec::<GatewaySpec>(map, prefix, &mut problems).map(|o| Object::Gateway(o.into())),
+        Kind::VirtualService => spec::<VirtualServiceSpec>(map, prefix, &mut problems).map(|o| Object::VirtualService(o.into())),
+        Kind::DestinationRule => spec::<DestinationRuleSpec>(map, prefix, &mut problems).map(|o| Object::DestinationRule(o.into())),
+        Kind::ServiceEntry => spec::<ServiceEntrySpec>(map, prefix, &mut problems).map(|o| Object::ServiceEntry(o.into())),
+        Kind::WorkloadEntry => spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(|o| Object::WorkloadEntry(o.into())),
+        Kind::Service => whole(&value, prefix, &mut problems).map(|o| Object::Service(Arc::new(o))),
+        Kind::Pod => whole(&value, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o))),
+        Kind::Secret => whole(&value, prefix, &mut problems).map(|o| Object::Secret(Arc::new(o))),
+        Kind::EndpointSlice => whole(&value, prefix, &mut problems).map(|o| Object::EndpointSlice(Arc::new(o))),
     };
     for p in problems {
         store.diagnostic(p.at(origin, Some(reference.clone())));

@@ -291,7 +291,7 @@ pub fn resolve(
             service: ServiceRef { host: host.to_string(), name, namespace },
             port,
             subset: subset.map(str::to_string),
-            load_balancer: effective_lb(rule.map(|r| &r.spec), subset, port),
+            load_balancer: effective_lb(rule.map(|r| &*r.spec), subset, port),
             endpoints,
             upstream_protocol,
             tls,
