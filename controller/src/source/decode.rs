@@ -83,10 +83,18 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
     let mut problems = Vec::new();
     let object = match kind {
         Kind::Gateway => spec::<GatewaySpec>(map, prefix, &mut problems).map(|o| Object::Gateway(o.into())),
-        Kind::VirtualService => spec::<VirtualServiceSpec>(map, prefix, &mut problems).map(|o| Object::VirtualService(o.into())),
-        Kind::DestinationRule => spec::<DestinationRuleSpec>(map, prefix, &mut problems).map(|o| Object::DestinationRule(o.into())),
-        Kind::ServiceEntry => spec::<ServiceEntrySpec>(map, prefix, &mut problems).map(|o| Object::ServiceEntry(o.into())),
-        Kind::WorkloadEntry => spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(|o| Object::WorkloadEntry(o.into())),
+        Kind::VirtualService => {
+            spec::<VirtualServiceSpec>(map, prefix, &mut problems).map(|o| Object::VirtualService(o.into()))
+        }
+        Kind::DestinationRule => {
+            spec::<DestinationRuleSpec>(map, prefix, &mut problems).map(|o| Object::DestinationRule(o.into()))
+        }
+        Kind::ServiceEntry => {
+            spec::<ServiceEntrySpec>(map, prefix, &mut problems).map(|o| Object::ServiceEntry(o.into()))
+        }
+        Kind::WorkloadEntry => {
+            spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(|o| Object::WorkloadEntry(o.into()))
+        }
         Kind::Service => whole(&value, prefix, &mut problems).map(|o| Object::Service(Arc::new(o))),
         Kind::Pod => whole(&value, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o))),
         Kind::Secret => whole(&value, prefix, &mut problems).map(|o| Object::Secret(Arc::new(o))),
