@@ -51,14 +51,6 @@ fn main() {
             return;
         }
     }
-    if let Ok(n) = std::env::var("SCALE_PROFILE_TRANSLATE") {
-        let mut store = Store::default();
-        load_text(&mut store, &synth::config(n.parse().unwrap()), None);
-        for _ in 0..10 {
-            std::hint::black_box(translate(&store, &Options::default()));
-        }
-        return;
-    }
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![1000, 10000] } else { sizes };
     println!(
