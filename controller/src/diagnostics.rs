@@ -143,7 +143,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Collected messages of one load + translation.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Diagnostics {
     pub items: Vec<Diagnostic>,
 }

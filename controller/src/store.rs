@@ -9,6 +9,7 @@ use crate::diagnostics::{codes, Diagnostic, Diagnostics, Origin, ResourceRef};
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -27,13 +28,15 @@ impl ObjectKey {
 
 /// One resource with where it came from. `seq` keeps load order so "first defined wins"
 /// orderings (Istio orders by creation time) are stable in file mode too.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Resource<T> {
     pub meta: ObjectMeta,
     pub namespace: String,
     pub origin: Origin,
     pub seq: u64,
-    pub spec: T,
+    /// Shared: a reload rebuilds the store from cached decoded files (`source::cache`), and
+    /// sharing the specs makes that a reference count instead of a deep copy.
+    pub spec: Arc<T>,
 }
 
 impl<T> Resource<T> {
@@ -46,19 +49,25 @@ impl<T> Resource<T> {
     }
 
     /// Istio orders competing resources by creation time, then by name; files add load order.
-    pub fn order_key(&self) -> (String, u64, String, String) {
-        (
-            self.meta.creation_timestamp.clone().unwrap_or_default(),
-            self.seq,
-            self.namespace.clone(),
-            self.meta.name.clone(),
-        )
+    /// Borrowed, so sorting 10k resources does not allocate (compare with [`Self::order_cmp`]).
+    pub fn order_key(&self) -> (&str, u64, &str, &str) {
+        (self.meta.creation_timestamp.as_deref().unwrap_or_default(), self.seq, &self.namespace, &self.meta.name)
     }
+}
+
+/// Resources sorted by [`Resource::order_key`]. The keys are taken once into a vector:
+/// comparing through the references cost a cache miss per comparison at 10k resources.
+pub fn in_order<'a, T>(resources: impl IntoIterator<Item = &'a Resource<T>>) -> Vec<&'a Resource<T>> {
+    let mut keyed: Vec<_> = resources.into_iter().map(|r| (r.order_key(), r)).collect();
+    // Stable, so resources with equal keys keep the map's order as before.
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    keyed.into_iter().map(|(_, r)| r).collect()
 }
 
 pub type Objects<T> = BTreeMap<ObjectKey, Resource<T>>;
 
-#[derive(Debug, Clone, Default)]
+/// `PartialEq` lets tests prove that an incremental reload equals a fresh load.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Store {
     pub gateways: Objects<GatewaySpec>,
     pub virtual_services: Objects<VirtualServiceSpec>,
@@ -79,16 +88,17 @@ pub struct Store {
 
 /// A typed object ready to be inserted (short-lived; size differences do not matter).
 #[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone)]
 pub enum Object {
-    Gateway(GatewaySpec),
-    VirtualService(VirtualServiceSpec),
-    DestinationRule(DestinationRuleSpec),
-    ServiceEntry(ServiceEntrySpec),
-    WorkloadEntry(WorkloadEntrySpec),
-    Service(Box<Service>),
-    Pod(Box<Pod>),
-    Secret(Box<Secret>),
-    EndpointSlice(Box<EndpointSlice>),
+    Gateway(Arc<GatewaySpec>),
+    VirtualService(Arc<VirtualServiceSpec>),
+    DestinationRule(Arc<DestinationRuleSpec>),
+    ServiceEntry(Arc<ServiceEntrySpec>),
+    WorkloadEntry(Arc<WorkloadEntrySpec>),
+    Service(Arc<Service>),
+    Pod(Arc<Pod>),
+    Secret(Arc<Secret>),
+    EndpointSlice(Arc<EndpointSlice>),
 }
 
 impl Store {
@@ -115,11 +125,11 @@ impl Store {
             Object::WorkloadEntry(s) => {
                 put(&mut self.workload_entries, key, meta, namespace.clone(), origin.clone(), seq, s)
             }
-            Object::Service(s) => put(&mut self.services, key, meta, namespace.clone(), origin.clone(), seq, *s),
-            Object::Pod(s) => put(&mut self.pods, key, meta, namespace.clone(), origin.clone(), seq, *s),
-            Object::Secret(s) => put(&mut self.secrets, key, meta, namespace.clone(), origin.clone(), seq, *s),
+            Object::Service(s) => put(&mut self.services, key, meta, namespace.clone(), origin.clone(), seq, s),
+            Object::Pod(s) => put(&mut self.pods, key, meta, namespace.clone(), origin.clone(), seq, s),
+            Object::Secret(s) => put(&mut self.secrets, key, meta, namespace.clone(), origin.clone(), seq, s),
             Object::EndpointSlice(s) => {
-                put(&mut self.endpoint_slices, key, meta, namespace.clone(), origin.clone(), seq, *s)
+                put(&mut self.endpoint_slices, key, meta, namespace.clone(), origin.clone(), seq, s)
             }
         };
         if let Some(previous) = replaced_origin {
@@ -253,7 +263,7 @@ fn put<T>(
     namespace: String,
     origin: Origin,
     seq: u64,
-    spec: T,
+    spec: Arc<T>,
 ) -> Option<Origin> {
     map.insert(key, Resource { meta, namespace, origin, seq, spec }).map(|old| old.origin)
 }

@@ -8,21 +8,57 @@ use std::fmt::Write;
 pub fn config(n: usize) -> String {
     let mut out = String::with_capacity(n * 1400);
     for g in 0..n.div_ceil(100) {
-        let hosts: Vec<String> =
-            (g * 100..((g + 1) * 100).min(n)).map(|i| format!("\"svc-{i}.example.com\"")).collect();
-        let _ = write!(
-            out,
-            "---\napiVersion: networking.istio.io/v1beta1\nkind: Gateway\nmetadata: {{name: gw-{g}, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [{}]\n",
-            hosts.join(", ")
-        );
+        gateway(&mut out, g, n);
     }
     for i in 0..n {
-        let g = i / 100;
-        let a = 10 + (i / 250) % 200;
-        let b = i % 250;
-        let _ = write!(
-            out,
-            r#"---
+        service(&mut out, i);
+    }
+    out
+}
+
+/// The same configuration as [`config`] split into files the way a config folder holds it:
+/// `gateways.yaml` with every Gateway, then `svc-NNNNN.yaml` files of `per_file` services each
+/// (named by their first service, zero-padded so the sorted load order is the service order).
+pub fn files(n: usize, per_file: usize) -> Vec<(String, String)> {
+    let per_file = per_file.max(1);
+    let mut gateways = String::new();
+    for g in 0..n.div_ceil(100) {
+        gateway(&mut gateways, g, n);
+    }
+    let mut out = vec![("gateways.yaml".to_string(), gateways)];
+    for first in (0..n).step_by(per_file) {
+        let mut text = String::with_capacity(per_file * 1400);
+        for i in first..(first + per_file).min(n) {
+            service(&mut text, i);
+        }
+        out.push((file_name(first), text));
+    }
+    out
+}
+
+/// The file of [`files`] that holds service `first` when it starts a file.
+pub fn file_name(first: usize) -> String {
+    format!("svc-{first:06}.yaml")
+}
+
+/// Gateway `g`, serving hosts `svc-{100g..100g+99}.example.com` (fewer in the last one).
+fn gateway(out: &mut String, g: usize, n: usize) {
+    let hosts: Vec<String> = (g * 100..((g + 1) * 100).min(n)).map(|i| format!("\"svc-{i}.example.com\"")).collect();
+    let _ = write!(
+        out,
+        "---\napiVersion: networking.istio.io/v1beta1\nkind: Gateway\nmetadata: {{name: gw-{g}, namespace: istio-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [{}]\n",
+        hosts.join(", ")
+    );
+}
+
+/// Service `i`: Service, two Pods, DestinationRule and VirtualService.
+fn service(out: &mut String, i: usize) {
+    let g = i / 100;
+    let a = 10 + (i / 250) % 200;
+    let b = i % 250;
+    let _ = write!(
+        out,
+        r#"---
 apiVersion: v1
 kind: Service
 metadata: {{name: svc-{i}, namespace: default}}
@@ -64,9 +100,7 @@ spec:
     - {{destination: {{host: svc-{i}, subset: v2}}, weight: 10}}
   - route: [{{destination: {{host: svc-{i}, subset: v1}}}}]
 "#
-        );
-    }
-    out
+    );
 }
 
 #[cfg(test)]
@@ -83,5 +117,15 @@ mod tests {
         assert_eq!(diags.errors() + diags.warnings(), 0, "{:?}", diags.items.first());
         assert_eq!(snap.listeners[0].virtual_hosts.len(), 250);
         assert_eq!(snap.clusters.len(), 500);
+    }
+
+    #[test]
+    fn split_files_hold_the_same_config() {
+        let joined: String = files(250, 7).into_iter().map(|(_, text)| text).collect();
+        assert_eq!(joined, config(250));
+        let names: Vec<String> = files(250, 7).into_iter().map(|(name, _)| name).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "a folder load reads them in this order");
     }
 }

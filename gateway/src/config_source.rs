@@ -12,7 +12,7 @@ use controller::source::watch as file_watch;
 use controller::{Level, Options};
 use prometheus::{IntCounter, IntGauge};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Starts the configured source. `applied` follows the version the data plane serves (the
@@ -35,7 +35,9 @@ pub async fn start(
     );
     let (mut publisher, snapshots) = Publisher::new(identity);
     file_watch::spawn_loop(args.config.clone(), Duration::from_millis(30), move |store| {
-        report(&publisher.apply(store), &metrics)
+        let started = Instant::now();
+        let outcome = publisher.apply(store);
+        report(&outcome, &metrics, started.elapsed())
     })?;
     Ok(snapshots)
 }
@@ -100,12 +102,24 @@ async fn kube(args: &RunArgs, identity: Options, metrics: Arc<Metrics>) -> Resul
     };
     let (mut publisher, snapshots) = Publisher::new(identity);
     let registry = metrics.registry.clone();
-    source::start(options, &registry, move |store| report(&publisher.apply(store), &metrics), |_| {}).await?;
+    source::start(
+        options,
+        &registry,
+        move |store| {
+            let started = Instant::now();
+            let outcome = publisher.apply(store);
+            report(&outcome, &metrics, started.elapsed())
+        },
+        |_| {},
+    )
+    .await?;
     tracing::info!(namespaces = ?args.watch_namespaces, "watching the Kubernetes API");
     Ok(snapshots)
 }
 
-fn report(outcome: &Outcome, metrics: &Metrics) {
+/// Logs what one `apply` did; `took` (translation and publication) is logged so that slow
+/// reloads of large configs are visible without a profiler.
+fn report(outcome: &Outcome, metrics: &Metrics, took: Duration) {
     for d in outcome.diagnostics.iter() {
         match d.level {
             Level::Error => tracing::error!("{d}"),
@@ -121,9 +135,10 @@ fn report(outcome: &Outcome, metrics: &Metrics) {
             version = outcome.version,
             errors = outcome.diagnostics.errors(),
             warnings = outcome.diagnostics.warnings(),
+            ms = took.as_millis() as u64,
             "config translated"
         );
     } else {
-        tracing::debug!(version = outcome.version, "config unchanged");
+        tracing::debug!(version = outcome.version, ms = took.as_millis() as u64, "config unchanged");
     }
 }

@@ -201,13 +201,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 // Compile off the async workers: large configs must not stall requests.
                 let cur = current.clone();
                 let snap = snapshot.clone();
+                let started = std::time::Instant::now();
                 let version = tokio::task::spawn_blocking(move || cur.swap(snap)).await?;
+                let compile_ms = started.elapsed().as_millis() as u64;
                 all_open = data.sync(&snapshot);
                 serving.store(all_open, Ordering::Release);
                 applied.send_replace(version);
                 metrics.config_version.set(version as i64);
                 metrics.config_swaps.inc();
-                tracing::info!(version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), "snapshot serving");
+                tracing::info!(version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), compile_ms, "snapshot serving");
             }
             _ = retry.tick(), if !all_open => {
                 let snapshot = current.load().snapshot.clone();

@@ -6,20 +6,36 @@ use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
 use crate::store::{Object, Store, DEFAULT_NAMESPACE};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
+use std::sync::Arc;
+
+/// Where decoded documents go: straight into a [`Store`], or recorded so that an unchanged
+/// file can be replayed into the next store without parsing it again (`source::cache`).
+pub trait Sink {
+    fn diagnostic(&mut self, diagnostic: Diagnostic);
+    fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object);
+}
+
+impl Sink for Store {
+    fn diagnostic(&mut self, diagnostic: Diagnostic) {
+        self.diagnostics.push(diagnostic);
+    }
+
+    fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object) {
+        self.insert(kind, meta, origin.clone(), object);
+    }
+}
 
 /// Adds one parsed document to the store. `kubectl apply` style: `kind: List` holds `items`.
-pub fn add_document(store: &mut Store, value: Value, origin: &Origin) {
+pub fn add_document(store: &mut impl Sink, value: Value, origin: &Origin) {
     add_value(store, value, origin, "");
 }
 
-fn add_value(store: &mut Store, value: Value, origin: &Origin, prefix: &str) {
+fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str) {
     if value.is_null() {
         return; // empty document between `---` separators
     }
     let Value::Mapping(map) = &value else {
-        store
-            .diagnostics
-            .push(Diagnostic::error(codes::SCHEMA, prefix, "document is not a YAML mapping").at(origin, None));
+        store.diagnostic(Diagnostic::error(codes::SCHEMA, prefix, "document is not a YAML mapping").at(origin, None));
         return;
     };
     let text = |k: &str| map.get(k).and_then(Value::as_str).unwrap_or("").to_string();
@@ -41,7 +57,7 @@ fn add_value(store: &mut Store, value: Value, origin: &Origin, prefix: &str) {
         Some(m) => match serde_yaml::from_value(m.clone()) {
             Ok(meta) => meta,
             Err(e) => {
-                store.diagnostics.push(
+                store.diagnostic(
                     Diagnostic::error(codes::SCHEMA, format!("{prefix}metadata"), e.to_string()).at(origin, None),
                 );
                 return;
@@ -57,7 +73,7 @@ fn add_value(store: &mut Store, value: Value, origin: &Origin, prefix: &str) {
     let namespace = meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
     let reference = ResourceRef::new(kind, &namespace, &meta.name);
     if meta.name.is_empty() {
-        store.diagnostics.push(
+        store.diagnostic(
             Diagnostic::error(codes::SCHEMA, format!("{prefix}metadata.name"), "name is required")
                 .at(origin, Some(reference)),
         );
@@ -66,21 +82,29 @@ fn add_value(store: &mut Store, value: Value, origin: &Origin, prefix: &str) {
 
     let mut problems = Vec::new();
     let object = match kind {
-        Kind::Gateway => spec::<GatewaySpec>(map, prefix, &mut problems).map(Object::Gateway),
-        Kind::VirtualService => spec::<VirtualServiceSpec>(map, prefix, &mut problems).map(Object::VirtualService),
-        Kind::DestinationRule => spec::<DestinationRuleSpec>(map, prefix, &mut problems).map(Object::DestinationRule),
-        Kind::ServiceEntry => spec::<ServiceEntrySpec>(map, prefix, &mut problems).map(Object::ServiceEntry),
-        Kind::WorkloadEntry => spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(Object::WorkloadEntry),
-        Kind::Service => whole(&value, prefix, &mut problems).map(|o| Object::Service(Box::new(o))),
-        Kind::Pod => whole(&value, prefix, &mut problems).map(|o| Object::Pod(Box::new(o))),
-        Kind::Secret => whole(&value, prefix, &mut problems).map(|o| Object::Secret(Box::new(o))),
-        Kind::EndpointSlice => whole(&value, prefix, &mut problems).map(|o| Object::EndpointSlice(Box::new(o))),
+        Kind::Gateway => spec::<GatewaySpec>(map, prefix, &mut problems).map(|o| Object::Gateway(o.into())),
+        Kind::VirtualService => {
+            spec::<VirtualServiceSpec>(map, prefix, &mut problems).map(|o| Object::VirtualService(o.into()))
+        }
+        Kind::DestinationRule => {
+            spec::<DestinationRuleSpec>(map, prefix, &mut problems).map(|o| Object::DestinationRule(o.into()))
+        }
+        Kind::ServiceEntry => {
+            spec::<ServiceEntrySpec>(map, prefix, &mut problems).map(|o| Object::ServiceEntry(o.into()))
+        }
+        Kind::WorkloadEntry => {
+            spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(|o| Object::WorkloadEntry(o.into()))
+        }
+        Kind::Service => whole(&value, prefix, &mut problems).map(|o| Object::Service(Arc::new(o))),
+        Kind::Pod => whole(&value, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o))),
+        Kind::Secret => whole(&value, prefix, &mut problems).map(|o| Object::Secret(Arc::new(o))),
+        Kind::EndpointSlice => whole(&value, prefix, &mut problems).map(|o| Object::EndpointSlice(Arc::new(o))),
     };
     for p in problems {
-        store.diagnostics.push(p.at(origin, Some(reference.clone())));
+        store.diagnostic(p.at(origin, Some(reference.clone())));
     }
     if let Some(object) = object {
-        store.insert(kind, meta, origin.clone(), object);
+        store.object(kind, meta, origin, object);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Loading a set of files and folders (`kubectl apply -f` style) into a [`Store`].
 
 use crate::diagnostics::{codes, Diagnostic, Origin};
-use crate::source::decode::add_document;
+use crate::source::decode::{add_document, Sink};
 use crate::store::Store;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -73,7 +73,7 @@ pub fn read_referenced_files(store: &mut Store) {
 }
 
 /// Adds every document of one YAML (or JSON) text.
-pub fn load_text(store: &mut Store, text: &str, file: Option<&Path>) {
+pub fn load_text(store: &mut impl Sink, text: &str, file: Option<&Path>) {
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let origin = Origin { file: file.map(Path::to_path_buf), document: Some(index) };
         match serde_yaml::Value::deserialize(document) {
@@ -81,9 +81,7 @@ pub fn load_text(store: &mut Store, text: &str, file: Option<&Path>) {
             Err(e) => {
                 // A syntax error ends the stream: later documents of this file cannot be
                 // located reliably, so the file's remaining documents are not applied.
-                store
-                    .diagnostics
-                    .push(Diagnostic::error(codes::SCHEMA, "", format!("invalid YAML: {e}")).at(&origin, None));
+                store.diagnostic(Diagnostic::error(codes::SCHEMA, "", format!("invalid YAML: {e}")).at(&origin, None));
                 break;
             }
         }

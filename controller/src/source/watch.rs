@@ -76,7 +76,8 @@ fn absolute(p: &Path) -> PathBuf {
 
 /// Loads `paths` now and again after every change (certificate files the config names are
 /// watched too, so rotating them on disk acts like editing the YAML), on its own thread
-/// because file reads block. `on_store` receives each fresh store.
+/// because file reads block. `on_store` receives each fresh store. Reloads parse only the
+/// files whose text changed (`source::cache`); the store is the same as a fresh load's.
 pub fn spawn_loop(
     paths: Vec<PathBuf>,
     quiet: Duration,
@@ -89,8 +90,16 @@ pub fn spawn_loop(
             None
         }
     };
+    let mut cache = super::cache::FileCache::default();
     std::thread::Builder::new().name("config".into()).spawn(move || loop {
-        let store = super::files::load(&paths);
+        let started = std::time::Instant::now();
+        let store = cache.load(&paths);
+        tracing::debug!(
+            files = cache.len(),
+            parsed = cache.parsed(),
+            ms = started.elapsed().as_millis() as u64,
+            "config files loaded"
+        );
         if let Some(w) = watcher.as_mut() {
             if let Err(e) = w.watch(&store.referenced_files()) {
                 tracing::warn!(error = %e, "cannot watch certificate files");

@@ -32,9 +32,8 @@ impl<'a> Rules<'a> {
             }
         }
         // Oldest first so the first definition for a host wins, as in Istio.
-        rules.sort_by_key(|r| r.order_key());
         let mut by_host = HashMap::new();
-        for dr in rules {
+        for dr in crate::store::in_order(rules) {
             let host = super::hosts::resolve_short_name(&dr.spec.host, &dr.namespace);
             by_host.entry(host).or_insert(dr);
         }
@@ -292,7 +291,7 @@ pub fn resolve(
             service: ServiceRef { host: host.to_string(), name, namespace },
             port,
             subset: subset.map(str::to_string),
-            load_balancer: effective_lb(rule.map(|r| &r.spec), subset, port),
+            load_balancer: effective_lb(rule.map(|r| &*r.spec), subset, port),
             endpoints,
             upstream_protocol,
             tls,

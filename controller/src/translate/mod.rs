@@ -59,6 +59,52 @@ struct BoundServer<'a> {
     port: u16,
     kind: servers::ServerKind,
     tls: Option<crate::snapshot::ServerTls>,
+    hosts: ServerHosts<'a>,
+}
+
+/// A server's `hosts`, split and lowercased once per translation instead of once per
+/// VirtualService that binds to the server (a Gateway may list thousands of hosts, each bound
+/// by its own VirtualService), and indexed by exact name.
+struct ServerHosts<'a> {
+    /// (namespace filter, lowercase host) in the server's order.
+    entries: Vec<(Option<&'a str>, String)>,
+    /// Positions in `entries` of each exact host.
+    exact: HashMap<String, Vec<usize>>,
+    /// Positions of `*` and `*.suffix` hosts.
+    wildcards: Vec<usize>,
+}
+
+impl<'a> ServerHosts<'a> {
+    fn new(server: &'a Server, gateway_namespace: &'a str) -> ServerHosts<'a> {
+        let mut out = ServerHosts { entries: Vec::new(), exact: HashMap::new(), wildcards: Vec::new() };
+        for (i, entry) in server.hosts.iter().enumerate() {
+            let (ns_filter, host) = hosts::split_server_host(entry, gateway_namespace);
+            let host = host.to_ascii_lowercase();
+            if host.starts_with('*') {
+                out.wildcards.push(i);
+            } else {
+                out.exact.entry(host.clone()).or_default().push(i);
+            }
+            out.entries.push((ns_filter, host));
+        }
+        out
+    }
+
+    /// (entry, host) position pairs, in entry-then-host order, of every pair that may
+    /// intersect: all pairs when a host is a wildcard, else only equal names and wildcard
+    /// entries (an exact host meets an exact entry only when they are equal).
+    fn candidates(&self, hosts: &[String]) -> Vec<(usize, usize)> {
+        if hosts.iter().any(|h| h.starts_with('*')) {
+            return (0..self.entries.len()).flat_map(|e| (0..hosts.len()).map(move |h| (e, h))).collect();
+        }
+        let mut out = Vec::new();
+        for (h, host) in hosts.iter().enumerate() {
+            let exact = self.exact.get(host).map_or(&[][..], Vec::as_slice);
+            out.extend(exact.iter().chain(&self.wildcards).map(|&e| (e, h)));
+        }
+        out.sort_unstable();
+        out
+    }
 }
 
 /// Translates the store into a snapshot (version 0; the publisher numbers it) and the
@@ -78,8 +124,7 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
     // Gateway's other servers keep serving.
     let mut servers: Vec<BoundServer> = Vec::new();
     let mut port_class: BTreeMap<u16, (&'static str, String)> = BTreeMap::new();
-    let mut gateways: Vec<&Resource<GatewaySpec>> = store.gateways.values().collect();
-    gateways.sort_by_key(|g| g.order_key());
+    let gateways = crate::store::in_order(store.gateways.values());
     let mut known_gateways = HashMap::new();
     for gw in gateways {
         let key = format!("{}/{}", gw.namespace, gw.meta.name);
@@ -125,7 +170,8 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
                     "bind is not supported; the gateway listens on its port map",
                 ));
             }
-            accepted.push(BoundServer { gateway: gw, gateway_key: key.clone(), server, port, kind, tls });
+            let hosts = ServerHosts::new(server, &gw.namespace);
+            accepted.push(BoundServer { gateway: gw, gateway_key: key.clone(), server, port, kind, tls, hosts });
         }
         let rejected = local.iter().any(Diagnostic::is_error);
         problems.extend(local.into_iter().map(|d| d.at(&gw.origin, Some(gw.reference(Kind::Gateway)))));
@@ -174,8 +220,7 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
     let mut vhost_index: HashMap<(u16, String), usize> = HashMap::new();
     let mut clusters = BTreeMap::new();
 
-    let mut virtual_services: Vec<_> = store.virtual_services.values().collect();
-    virtual_services.sort_by_key(|v| v.order_key());
+    let virtual_services = crate::store::in_order(store.virtual_services.values());
     let mut servers_by_gateway: HashMap<String, Vec<&BoundServer>> = HashMap::new();
     for s in &servers {
         servers_by_gateway.entry(s.gateway_key.clone()).or_default().push(s);
@@ -186,6 +231,7 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
         registry: &registry,
         rules: &rules,
         options,
+        regexes: Default::default(),
     };
     for vs in virtual_services {
         let mut local = Vec::new();

@@ -28,6 +28,26 @@ pub(super) struct Context<'a> {
     pub registry: &'a Registry,
     pub rules: &'a Rules<'a>,
     pub options: &'a Options,
+    /// Regex syntax checks by pattern: the same pattern in 10k VirtualServices is parsed once.
+    pub regexes: RegexChecks,
+}
+
+/// Outcome of checking each distinct regex (the error message when it is invalid).
+#[derive(Default)]
+pub(super) struct RegexChecks(std::cell::RefCell<HashMap<String, Result<(), String>>>);
+
+impl RegexChecks {
+    fn check(&self, pattern: &str) -> Result<(), String> {
+        if let Some(known) = self.0.borrow().get(pattern) {
+            return known.clone();
+        }
+        // Syntax check only: compiling 10k regexes here would dominate translation time; the
+        // gateway compiles each distinct pattern once.
+        let result =
+            regex_syntax::Parser::new().parse(&format!("^(?:{pattern})$")).map(|_| ()).map_err(|e| e.to_string());
+        self.0.borrow_mut().insert(pattern.to_string(), result.clone());
+        result
+    }
 }
 
 /// A route before per-gateway filtering: each match block remembers the `gateways` it is
@@ -43,7 +63,7 @@ pub(super) fn translate_virtual_service(
     creds: &mut Credentials,
     problems: &mut Vec<Diagnostic>,
 ) -> Translated {
-    let (known_gateways, registry, rules, options) = (ctx.known_gateways, ctx.registry, ctx.rules, ctx.options);
+    let known_gateways = ctx.known_gateways;
     let spec = &vs.spec;
     let ns = vs.namespace.as_str();
     let mut out = Translated { bindings: Vec::new(), l4_routes: Vec::new(), clusters: Vec::new() };
@@ -73,9 +93,7 @@ pub(super) fn translate_virtual_service(
     let mut seen_clusters = BTreeSet::new();
     for (i, http) in spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let Some((route, match_gateways, clusters)) =
-            http_route(vs, http, &field, registry, rules, creds, options, problems)
-        else {
+        let Some((route, match_gateways, clusters)) = http_route(vs, http, &field, ctx, creds, problems) else {
             continue;
         };
         for c in clusters {
@@ -93,20 +111,18 @@ pub(super) fn translate_virtual_service(
     let bound_servers = gateway_keys.iter().flat_map(|k| ctx.servers_by_gateway.get(k).into_iter().flatten());
     for s in bound_servers.filter(|s| s.kind.http_routes()) {
         let bound = bound_any.entry(s.gateway_key.as_str()).or_insert(false);
-        for entry in &s.server.hosts {
-            let (ns_filter, server_host) = split_server_host(entry, &s.gateway.namespace);
+        for (e, h) in s.hosts.candidates(&hosts) {
+            let (ns_filter, server_host) = &s.hosts.entries[e];
             if ns_filter.is_some_and(|f| f != ns) {
                 continue;
             }
-            for host in &hosts {
-                let Some(domain) = intersect(host, &server_host.to_ascii_lowercase()) else { continue };
-                *bound = true;
-                if !seen.insert((s.port, domain.clone(), s.gateway_key.clone())) {
-                    continue;
-                }
-                let routes: Vec<Route> = candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).collect();
-                out.bindings.push((s.port, domain, routes));
+            let Some(domain) = intersect(&hosts[h], server_host) else { continue };
+            *bound = true;
+            if !seen.insert((s.port, domain.clone(), s.gateway_key.clone())) {
+                continue;
             }
+            let routes: Vec<Route> = candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).collect();
+            out.bindings.push((s.port, domain, routes));
         }
     }
     l4_routes(vs, ctx, &gateway_keys, &hosts, creds, &mut out, &mut bound_any, problems);
@@ -154,17 +170,15 @@ fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
 
 type HttpTranslation = (Route, Vec<Vec<String>>, Vec<Cluster>);
 
-#[allow(clippy::too_many_arguments)]
 fn http_route(
     vs: &Resource<VirtualServiceSpec>,
     http: &HttpRoute,
     field: &str,
-    registry: &Registry,
-    rules: &Rules,
+    ctx: &Context,
     creds: &mut Credentials,
-    options: &Options,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<HttpTranslation> {
+    let (registry, rules, options) = (ctx.registry, ctx.rules, ctx.options);
     let ns = vs.namespace.as_str();
     let unsupported = [
         ("redirect", http.redirect.is_some()),
@@ -215,7 +229,7 @@ fn http_route(
         if !m.gateways.is_empty() && gws.iter().all(|g| g.ends_with("/mesh")) {
             continue;
         }
-        match route_match(m, &mfield, problems) {
+        match route_match(m, &mfield, &ctx.regexes, problems) {
             Some(rm) => {
                 matches.push(rm);
                 match_gateways.push(gws);
@@ -312,11 +326,16 @@ fn field_index(field: &str) -> &str {
     field.rsplit('[').next().unwrap_or("").trim_end_matches(']')
 }
 
-fn route_match(m: &HttpMatchRequest, field: &str, problems: &mut Vec<Diagnostic>) -> Option<RouteMatch> {
+fn route_match(
+    m: &HttpMatchRequest,
+    field: &str,
+    regexes: &RegexChecks,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<RouteMatch> {
     let mut ok = true;
     let mut one = |w: &Option<WireMatch>, name: &str, problems: &mut Vec<Diagnostic>| -> Option<StringMatch> {
         let w = w.as_ref()?;
-        match string_match(w, &format!("{field}.{name}"), problems) {
+        match string_match(w, &format!("{field}.{name}"), regexes, problems) {
             Ok(v) => v,
             Err(()) => {
                 ok = false;
@@ -334,7 +353,7 @@ fn route_match(m: &HttpMatchRequest, field: &str, problems: &mut Vec<Diagnostic>
                      problems: &mut Vec<Diagnostic>| {
         let mut out = Vec::new();
         for (k, w) in map {
-            match string_match(w, &format!("{field}.{name}.{k}"), problems) {
+            match string_match(w, &format!("{field}.{name}.{k}"), regexes, problems) {
                 Ok(value) => out.push(KeyMatch { name: if lower { k.to_ascii_lowercase() } else { k.clone() }, value }),
                 Err(()) => ok = false,
             }
@@ -369,16 +388,19 @@ fn route_match(m: &HttpMatchRequest, field: &str, problems: &mut Vec<Diagnostic>
 }
 
 /// Exactly one of exact/prefix/regex; none means "present" (headers) or "any".
-fn string_match(w: &WireMatch, field: &str, problems: &mut Vec<Diagnostic>) -> Result<Option<StringMatch>, ()> {
+fn string_match(
+    w: &WireMatch,
+    field: &str,
+    regexes: &RegexChecks,
+    problems: &mut Vec<Diagnostic>,
+) -> Result<Option<StringMatch>, ()> {
     let set = [w.exact.is_some(), w.prefix.is_some(), w.regex.is_some()].iter().filter(|b| **b).count();
     if set > 1 {
         problems.push(Diagnostic::error(codes::SCHEMA, field, "set only one of exact, prefix, regex"));
         return Err(());
     }
     if let Some(r) = &w.regex {
-        // Syntax check only: compiling 10k regexes here would dominate translation time; the
-        // gateway compiles each distinct pattern once.
-        if let Err(e) = regex_syntax::Parser::new().parse(&format!("^(?:{r})$")) {
+        if let Err(e) = regexes.check(r) {
             problems.push(Diagnostic::error(
                 codes::SCHEMA,
                 format!("{field}.regex"),
