@@ -33,6 +33,21 @@ impl Destinations {
         Destinations { clusters: out, total_weight: cumulative }
     }
 
+    /// True when compiling `destinations` against `clusters` would give these destinations:
+    /// the same compiled clusters (by pointer) in the same order. Weights come with the
+    /// definition, which the caller has compared already.
+    fn same_as(&self, destinations: &[WeightedCluster], clusters: &HashMap<String, Arc<ClusterRuntime>>) -> bool {
+        let mut now = destinations.iter().filter(|d| d.weight > 0).filter_map(|d| clusters.get(&d.cluster));
+        let mut compiled = self.clusters.iter().map(|(c, _)| c);
+        loop {
+            match (now.next(), compiled.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => continue,
+                _ => return false,
+            }
+        }
+    }
+
     /// Weighted choice among the destinations.
     pub fn pick(&self) -> Option<&Arc<ClusterRuntime>> {
         match self.clusters.len() {
@@ -167,6 +182,9 @@ pub struct Listener {
     pub name: String,
     pub protocol: Protocol,
     pub hosts: HostTable,
+    /// Compiled virtual hosts in the snapshot listener's order, so the next compile can find
+    /// each one's definition and reuse it when nothing it depends on changed.
+    virtual_hosts: Vec<Arc<VirtualHost>>,
     /// TLS servers (HTTPS listeners), chosen by SNI.
     pub tls: Vec<Arc<TlsServer>>,
     pub l4_routes: Vec<L4Route>,
@@ -221,11 +239,22 @@ impl Runtime {
         let mut regexes = RegexCache::default();
         for l in &snapshot.listeners {
             let mut hosts = HostTable::default();
+            let reusable = previous.map(|p| p.reusable_virtual_hosts(l.port)).unwrap_or_default();
+            let mut virtual_hosts = Vec::with_capacity(l.virtual_hosts.len());
             for vh in &l.virtual_hosts {
-                let routes =
-                    vh.routes.iter().filter_map(|r| compile_route(r, &clusters, &mut regexes)).map(Arc::new).collect();
-                let compiled =
-                    Arc::new(VirtualHost { name: vh.name.clone(), routes, https_redirect: vh.https_redirect });
+                let compiled = match reusable.get(vh.name.as_str()) {
+                    Some((def, compiled)) if *def == vh && compiled.uses_clusters_of(vh, &clusters) => compiled.clone(),
+                    _ => {
+                        let routes = vh
+                            .routes
+                            .iter()
+                            .filter_map(|r| compile_route(r, &clusters, &mut regexes))
+                            .map(Arc::new)
+                            .collect();
+                        Arc::new(VirtualHost { name: vh.name.clone(), routes, https_redirect: vh.https_redirect })
+                    }
+                };
+                virtual_hosts.push(compiled.clone());
                 for domain in &vh.domains {
                     if domain == "*" {
                         hosts.any = Some(compiled.clone());
@@ -252,10 +281,50 @@ impl Runtime {
                 .collect();
             listeners.insert(
                 l.port,
-                Listener { port: l.port, name: l.name.clone(), protocol: l.protocol, hosts, tls, l4_routes },
+                Listener {
+                    port: l.port,
+                    name: l.name.clone(),
+                    protocol: l.protocol,
+                    hosts,
+                    virtual_hosts,
+                    tls,
+                    l4_routes,
+                },
             );
         }
         Runtime { snapshot, listeners, clusters }
+    }
+}
+
+impl Runtime {
+    /// The previous compile's virtual hosts of a port by name, with their definitions.
+    fn reusable_virtual_hosts(
+        &self,
+        port: u16,
+    ) -> HashMap<&str, (&controller::snapshot::VirtualHost, Arc<VirtualHost>)> {
+        let (Some(def), Some(compiled)) =
+            (self.snapshot.listeners.iter().find(|l| l.port == port), self.listeners.get(&port))
+        else {
+            return HashMap::new();
+        };
+        def.virtual_hosts.iter().zip(&compiled.virtual_hosts).map(|(d, c)| (d.name.as_str(), (d, c.clone()))).collect()
+    }
+}
+
+impl VirtualHost {
+    /// The compiled routes point at exactly the clusters `def` resolves to now (a changed
+    /// cluster is a new `Arc`, so routes compiled against the old one must be rebuilt).
+    fn uses_clusters_of(
+        &self,
+        def: &controller::snapshot::VirtualHost,
+        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    ) -> bool {
+        // A route that did not compile was left out; then the pairing below does not hold.
+        self.routes.len() == def.routes.len()
+            && self.routes.iter().zip(&def.routes).all(|(compiled, route)| {
+                let controller::snapshot::RouteAction::Route { destinations } = &route.action;
+                compiled.destinations.same_as(destinations, clusters)
+            })
     }
 }
 
@@ -333,5 +402,88 @@ impl Current {
 impl Default for Current {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use controller::source::files::load_text;
+    use controller::store::Store;
+    use controller::{translate, Options};
+
+    fn snapshot(reviews_endpoint: &str) -> Arc<Snapshot> {
+        let yaml = format!(
+            r#"
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  selector: {{istio: ingressgateway}}
+  servers:
+  - port: {{number: 80, name: http, protocol: HTTP}}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: reviews, namespace: default}}
+spec:
+  hosts: ["reviews.example.com"]
+  gateways: ["istio-system/gw"]
+  http: [{{route: [{{destination: {{host: reviews.default.svc.cluster.local}}}}]}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: ["ratings.example.com"]
+  gateways: ["istio-system/gw"]
+  http: [{{match: [{{uri: {{regex: "/r/[0-9]+"}}}}], route: [{{destination: {{host: ratings.default.svc.cluster.local}}}}]}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: backends, namespace: default}}
+spec:
+  hosts: ["reviews.default.svc.cluster.local"]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: {reviews_endpoint}}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: ratings, namespace: default}}
+spec:
+  hosts: ["ratings.default.svc.cluster.local"]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 10.0.0.9}}]
+"#
+        );
+        let mut store = Store::default();
+        load_text(&mut store, &yaml, None);
+        let (snapshot, diagnostics) = translate(&store, &Options::default());
+        assert_eq!(diagnostics.errors(), 0, "{diagnostics:?}");
+        Arc::new(snapshot)
+    }
+
+    fn vhost(runtime: &Runtime, host: &str) -> Arc<VirtualHost> {
+        runtime.listeners[&80].hosts.exact[host].clone()
+    }
+
+    #[test]
+    fn unchanged_virtual_hosts_are_reused_and_changed_clusters_recompile_theirs() {
+        let first = Runtime::compile(snapshot("10.0.0.7"), None);
+        let same = Runtime::compile(snapshot("10.0.0.7"), Some(&first));
+        assert!(Arc::ptr_eq(&vhost(&first, "reviews.example.com"), &vhost(&same, "reviews.example.com")));
+        assert!(Arc::ptr_eq(&vhost(&first, "ratings.example.com"), &vhost(&same, "ratings.example.com")));
+
+        // reviews' endpoints change: its cluster is new, so routes pointing at it are rebuilt
+        // (they must not keep sending to the old endpoint list); ratings is untouched.
+        let moved = Runtime::compile(snapshot("10.0.0.8"), Some(&same));
+        assert!(!Arc::ptr_eq(&vhost(&same, "reviews.example.com"), &vhost(&moved, "reviews.example.com")));
+        assert!(Arc::ptr_eq(&vhost(&same, "ratings.example.com"), &vhost(&moved, "ratings.example.com")));
+        let route = &vhost(&moved, "reviews.example.com").routes[0];
+        let cluster = route.pick_cluster().expect("a destination");
+        assert_eq!(cluster.endpoints[0].addr.to_string(), "10.0.0.8:80");
     }
 }
