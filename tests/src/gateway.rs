@@ -33,17 +33,7 @@ const MAX_STDERR: usize = 256 * 1024;
 /// `target/debug/`). Returns the first candidate that exists, else the first
 /// candidate, so the spawn error names the expected location.
 pub fn gateway_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("MESHGATE_GATEWAY_BIN") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().unwrap_or_default();
-    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut candidates = Vec::new();
-    if let Some(parent) = dir.parent() {
-        candidates.push(parent.join("gateway"));
-    }
-    candidates.push(dir.join("gateway"));
-    candidates.iter().find(|p| p.is_file()).cloned().unwrap_or_else(|| candidates[0].clone())
+    crate::controller::workspace_bin("gateway", "MESHGATE_GATEWAY_BIN")
 }
 
 /// Locks ignoring poison: a panicking test predicate must not turn the
