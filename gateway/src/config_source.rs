@@ -72,7 +72,7 @@ fn remote(
     tracing::info!(url, gateway = options.gateway, "taking snapshots from the controller");
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
     tokio::spawn(client::run(options, tx, applied, move |event| match event {
-        Event::Received { version, .. } => {
+        Event::Received { version } => {
             connected.set(1);
             tracing::info!(version, "snapshot received from the controller");
         }

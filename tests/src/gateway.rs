@@ -126,6 +126,12 @@ impl GatewayBuilder {
         self
     }
 
+    /// Snapshots from a controller instead of files: `--controller URL
+    /// --controller-token-file PATH --name NAME`.
+    pub fn controller(self, url: impl AsRef<OsStr>, token_file: impl AsRef<OsStr>, name: &str) -> Self {
+        self.arg("--controller").arg(url).arg("--controller-token-file").arg(token_file).arg("--name").arg(name)
+    }
+
     /// `--namespace NS`.
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
         self.namespace = Some(ns.into());

@@ -54,12 +54,7 @@ async fn proxy_status_proxy_config_and_live_analysis() {
     let controller = ControllerProcess::start(cfg.path(), None).await.unwrap();
     let gw = GatewayProcess::builder()
         .ports(&[443])
-        .arg("--controller")
-        .arg(controller.url())
-        .arg("--controller-token-file")
-        .arg(controller.token_file())
-        .arg("--name")
-        .arg("istio-ingressgateway-7f9c")
+        .controller(controller.url(), controller.token_file(), "istio-ingressgateway-7f9c")
         .start()
         .await
         .unwrap();

@@ -6,20 +6,6 @@ mod common;
 use common::*;
 use meshgate_e2e::prelude::*;
 
-async fn replica(controller: &ControllerProcess, name: &str) -> GatewayProcess {
-    GatewayProcess::builder()
-        .ports(&[80])
-        .arg("--controller")
-        .arg(controller.url())
-        .arg("--controller-token-file")
-        .arg(controller.token_file())
-        .arg("--name")
-        .arg(name)
-        .start()
-        .await
-        .expect("replica becomes ready from the controller's snapshot")
-}
-
 /// (acked, current, state) of `name` in the controller's status.
 async fn sync_state(controller: &ControllerProcess, name: &str) -> Option<(u64, u64, bool)> {
     let status = controller.status().await.ok()?;
@@ -97,12 +83,7 @@ async fn a_wrong_token_is_refused() {
     let bad = ConfigDir::with_files(&[("token", "not-the-right-token-at-all")]).unwrap();
     let gw = GatewayProcess::builder()
         .ports(&[80])
-        .arg("--controller")
-        .arg(controller.url())
-        .arg("--controller-token-file")
-        .arg(bad.file("token"))
-        .arg("--name")
-        .arg("intruder")
+        .controller(controller.url(), bad.file("token"), "intruder")
         .start_unready()
         .await
         .unwrap();
@@ -133,12 +114,7 @@ async fn each_identity_gets_its_own_translation() {
     let egress = GatewayProcess::builder()
         .ports(&[80])
         .labels("istio=egressgateway,app=istio-egressgateway")
-        .arg("--controller")
-        .arg(controller.url())
-        .arg("--controller-token-file")
-        .arg(controller.token_file())
-        .arg("--name")
-        .arg("egress-1")
+        .controller(controller.url(), controller.token_file(), "egress-1")
         .start_unready()
         .await
         .unwrap();

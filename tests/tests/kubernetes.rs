@@ -58,20 +58,6 @@ impl Cluster {
     }
 }
 
-async fn replica(controller: &ControllerProcess, name: &str) -> GatewayProcess {
-    GatewayProcess::builder()
-        .ports(&[80])
-        .arg("--controller")
-        .arg(controller.url())
-        .arg("--controller-token-file")
-        .arg(controller.token_file())
-        .arg("--name")
-        .arg(name)
-        .start()
-        .await
-        .expect("replica becomes ready from the controller's snapshot")
-}
-
 /// (acked, current) of `name` in the controller's status.
 async fn sync_state(controller: &ControllerProcess, name: &str) -> Option<(u64, u64)> {
     let status = controller.status().await.ok()?;

@@ -26,7 +26,7 @@ pub struct ClientOptions {
 #[derive(Debug)]
 pub enum Event {
     /// A new snapshot arrived.
-    Received { version: u64, bytes: usize },
+    Received { version: u64 },
     /// A poll ended without change: the controller is there.
     Unchanged,
     /// The controller could not be reached or refused; `retry_in` is the backoff.
@@ -91,7 +91,7 @@ pub async fn run(
                 let snapshot = message.snapshot;
                 have = snapshot.version;
                 instance = message.instance;
-                on_event(Event::Received { version: have, bytes: 0 });
+                on_event(Event::Received { version: have });
                 snapshots.send_replace(Arc::new(snapshot));
                 // Bounded: a data plane that cannot compile must not stop us from polling.
                 let _ = tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|v| *v == have)).await;

@@ -337,7 +337,7 @@ fn route_request(
     runtime: &Runtime,
     proxy: &MeshProxy,
     session: &mut Session,
-    ctx: &mut Box<Ctx>,
+    ctx: &mut Ctx,
 ) -> std::result::Result<(), LocalReply> {
     let listener = runtime.listeners.get(&proxy.port).ok_or_else(LocalReply::no_route)?;
     let req = session.req_header();
@@ -380,7 +380,7 @@ fn route_request(
 
 /// The consistent-hash input for clusters that use one. A missing cookie is generated and
 /// set on the response, so the client sticks from its next request on.
-fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Box<Ctx>) -> Option<u64> {
+fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Ctx) -> Option<u64> {
     let key = cluster.hash_key.as_ref()?;
     let req = session.req_header();
     match key {
@@ -409,7 +409,7 @@ fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Box<Ctx>)
     }
 }
 
-fn ensure_request_id(session: &mut Session, ctx: &mut Box<Ctx>) {
+fn ensure_request_id(session: &mut Session, ctx: &mut Ctx) {
     let existing = session.req_header().headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
     let id = existing.unwrap_or_else(|| {
         let id = request::uuid_v4();

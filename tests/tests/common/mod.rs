@@ -126,3 +126,13 @@ pub async fn reviews_v1_v2() -> (Upstream, Upstream, ConfigDir) {
     cfg.write("vs.yaml", &reviews_to("v1")).unwrap();
     (v1, v2, cfg)
 }
+
+/// A gateway replica on port 80 fed by `controller`, ready once it serves its first snapshot.
+pub async fn replica(controller: &ControllerProcess, name: &str) -> GatewayProcess {
+    GatewayProcess::builder()
+        .ports(&[80])
+        .controller(controller.url(), controller.token_file(), name)
+        .start()
+        .await
+        .expect("replica becomes ready from the controller's snapshot")
+}
