@@ -3,10 +3,11 @@
 //! The store is the only input of translation, so file mode and cluster mode share one
 //! translation (and its tests).
 
+use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
 use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Diagnostics, Origin, ResourceRef};
-use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -30,7 +31,8 @@ impl ObjectKey {
 /// orderings (Istio orders by creation time) are stable in file mode too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resource<T> {
-    pub meta: ObjectMeta,
+    /// Shared with the file cache's decoded copy, like `spec`.
+    pub meta: Arc<ObjectMeta>,
     pub namespace: String,
     pub origin: Origin,
     pub seq: u64,
@@ -74,8 +76,8 @@ pub struct Store {
     pub destination_rules: Objects<DestinationRuleSpec>,
     pub service_entries: Objects<ServiceEntrySpec>,
     pub workload_entries: Objects<WorkloadEntrySpec>,
-    pub services: Objects<Service>,
-    pub pods: Objects<Pod>,
+    pub services: Objects<ServiceSummary>,
+    pub pods: Objects<PodSummary>,
     pub secrets: Objects<Secret>,
     pub endpoint_slices: Objects<EndpointSlice>,
     /// Contents of files that Gateways and DestinationRules name by path (certificates, keys,
@@ -95,8 +97,8 @@ pub enum Object {
     DestinationRule(Arc<DestinationRuleSpec>),
     ServiceEntry(Arc<ServiceEntrySpec>),
     WorkloadEntry(Arc<WorkloadEntrySpec>),
-    Service(Arc<Service>),
-    Pod(Arc<Pod>),
+    Service(Arc<ServiceSummary>),
+    Pod(Arc<PodSummary>),
     Secret(Arc<Secret>),
     EndpointSlice(Arc<EndpointSlice>),
 }
@@ -104,7 +106,7 @@ pub enum Object {
 impl Store {
     /// Inserts or replaces an object. A second definition of the same kind/namespace/name in
     /// one load replaces the first with a warning, as a later `kubectl apply` would.
-    pub fn insert(&mut self, kind: Kind, meta: ObjectMeta, origin: Origin, object: Object) {
+    pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
         let namespace =
             meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
         let name = meta.name.clone();
@@ -172,8 +174,9 @@ impl Store {
             }
         }
         for dr in self.destination_rules.values() {
-            let mut policies: Vec<&crate::api::istio::TrafficPolicy> = dr.spec.traffic_policy.iter().collect();
-            policies.extend(dr.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+            let mut policies: Vec<&crate::api::istio::TrafficPolicy> =
+                dr.spec.traffic_policy.as_deref().into_iter().collect();
+            policies.extend(dr.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_deref()));
             for p in policies {
                 let mut tls: Vec<_> = p.tls.iter().collect();
                 tls.extend(p.port_level_settings.iter().filter_map(|x| x.tls.as_ref()));
@@ -259,7 +262,7 @@ fn restore_map<T: Clone + PartialEq>(
 fn put<T>(
     map: &mut Objects<T>,
     key: ObjectKey,
-    meta: ObjectMeta,
+    meta: Arc<ObjectMeta>,
     namespace: String,
     origin: Origin,
     seq: u64,

@@ -1,13 +1,16 @@
 //! networking.istio.io specs (Gateway, VirtualService, DestinationRule, ServiceEntry,
 //! WorkloadEntry), field names as in Istio's API reference.
 
+use super::Labels;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// Fields that Istio defines and meshgate parses but does not act on yet. Kept opaque so they
 /// are recognised (a warning says "not supported yet") instead of reported as unknown.
-pub type Opaque = serde_json::Value;
+/// Boxed: most of these fields are absent, and an inline `Value` is 32 bytes per field per
+/// route or policy even when it is `None` (a route declares thirteen of them).
+pub type Opaque = Box<serde_json::Value>;
 
 // ---------------------------------------------------------------- Gateway
 
@@ -281,8 +284,9 @@ pub struct PortSelector {
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
     pub host: String,
+    /// Boxed: a `TrafficPolicy` is 650 bytes inline and most subsets have none.
     #[serde(default)]
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
     #[serde(default)]
     pub subsets: Vec<Subset>,
     #[serde(default)]
@@ -296,9 +300,10 @@ pub struct DestinationRuleSpec {
 pub struct Subset {
     pub name: String,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
+    /// Boxed: a `TrafficPolicy` is 650 bytes inline and most subsets have none.
     #[serde(default)]
-    pub traffic_policy: Option<TrafficPolicy>,
+    pub traffic_policy: Option<Box<TrafficPolicy>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -461,7 +466,7 @@ pub struct ServicePort {
 #[serde(rename_all = "camelCase")]
 pub struct WorkloadSelector {
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -472,7 +477,7 @@ pub struct WorkloadEntrySpec {
     #[serde(default)]
     pub ports: BTreeMap<String, u32>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     #[serde(default)]
     pub network: Option<String>,
     #[serde(default)]

@@ -4,10 +4,15 @@
 //! structs. Fields the gateway does not implement yet are still declared (as opaque JSON) so a
 //! user gets "not supported yet" rather than "unknown field".
 
+pub mod core;
 pub mod istio;
 
 use serde::Deserialize;
 use std::collections::BTreeMap;
+
+/// Kubernetes labels and label selectors. A sorted vector: these maps hold a handful of
+/// entries, and there are tens of thousands of them at scale (see the Cargo.toml note).
+pub type Labels = litemap::LiteMap<String, String>;
 
 /// The part of `metadata` every resource shares.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -18,7 +23,7 @@ pub struct ObjectMeta {
     #[serde(default)]
     pub namespace: Option<String>,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
     #[serde(default)]

@@ -15,12 +15,13 @@ use crate::source::files;
 use crate::store::{Object, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What decoding one file produced, in order.
 #[derive(Debug, Clone)]
 enum Decoded {
     Diagnostic(Diagnostic),
-    Object(Kind, ObjectMeta, Origin, Object),
+    Object(Kind, Arc<ObjectMeta>, Origin, Object),
 }
 
 impl Sink for Vec<Decoded> {
@@ -29,7 +30,7 @@ impl Sink for Vec<Decoded> {
     }
 
     fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object) {
-        self.push(Decoded::Object(kind, meta, origin.clone(), object));
+        self.push(Decoded::Object(kind, Arc::new(meta), origin.clone(), object));
     }
 }
 

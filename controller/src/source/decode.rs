@@ -4,6 +4,7 @@ use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, Virt
 use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
 use crate::store::{Object, Store, DEFAULT_NAMESPACE};
+use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ impl Sink for Store {
     }
 
     fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object) {
-        self.insert(kind, meta, origin.clone(), object);
+        self.insert(kind, Arc::new(meta), origin.clone(), object);
     }
 }
 
@@ -95,8 +96,8 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
         Kind::WorkloadEntry => {
             spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(|o| Object::WorkloadEntry(o.into()))
         }
-        Kind::Service => whole(&value, prefix, &mut problems).map(|o| Object::Service(Arc::new(o))),
-        Kind::Pod => whole(&value, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o))),
+        Kind::Service => whole::<Service>(&value, prefix, &mut problems).map(|o| Object::Service(Arc::new(o.into()))),
+        Kind::Pod => whole::<Pod>(&value, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o.into()))),
         Kind::Secret => whole(&value, prefix, &mut problems).map(|o| Object::Secret(Arc::new(o))),
         Kind::EndpointSlice => whole(&value, prefix, &mut problems).map(|o| Object::EndpointSlice(Arc::new(o))),
     };

@@ -20,6 +20,7 @@ use crate::diagnostics::{codes, Diagnostic, Diagnostics};
 use crate::snapshot::{Listener, Protocol, ServerInfo, Snapshot, VirtualHost};
 use crate::store::{Resource, Store};
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 /// Who this gateway instance is: Gateways select it by labels; `./host` means its namespace.
 #[derive(Debug, Clone)]
@@ -262,7 +263,7 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
                 l.l4_routes.push(route);
             }
         }
-        clusters.extend(translated.clusters.into_iter().map(|c| (c.name.clone(), c)));
+        clusters.extend(translated.clusters.into_iter().map(|c| (c.name.clone(), Arc::new(c))));
     }
     // httpsRedirect: every host of such a server answers 301, bound or not.
     for s in servers.iter().filter(|s| s.kind == servers::ServerKind::PlainHttp) {

@@ -121,7 +121,8 @@ pub(super) fn translate_virtual_service(
             if !seen.insert((s.port, domain.clone(), s.gateway_key.clone())) {
                 continue;
             }
-            let routes: Vec<Route> = candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).collect();
+            let mut routes: Vec<Route> = candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).collect();
+            routes.shrink_to_fit();
             out.bindings.push((s.port, domain, routes));
         }
     }
@@ -154,7 +155,7 @@ fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
     if c.route.matches.is_empty() {
         return Some(c.route.clone());
     }
-    let matches: Vec<RouteMatch> = c
+    let mut matches: Vec<RouteMatch> = c
         .route
         .matches
         .iter()
@@ -162,6 +163,8 @@ fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
         .filter(|(_, gws)| gws.is_empty() || gws.iter().any(|g| g == gateway))
         .map(|(m, _)| m.clone())
         .collect();
+    // A filtered collect reserves four; snapshots keep one of these per route.
+    matches.shrink_to_fit();
     if matches.is_empty() {
         return None;
     }

@@ -1,11 +1,12 @@
 //! The service registry: every host a destination can name (Kubernetes Services and
 //! ServiceEntry hosts) with its ports and ready endpoints, labels included.
 
+use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::ServiceEntrySpec;
+use crate::api::Labels;
 use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::UpstreamProtocol;
 use crate::store::{Resource, Store};
-use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, HashMap};
@@ -60,7 +61,7 @@ pub struct RegistryEndpoint {
     pub address: String,
     /// Service port number → endpoint port.
     pub ports: BTreeMap<u16, u16>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub workload: String,
     pub workload_namespace: String,
     pub weight: u32,
@@ -98,7 +99,7 @@ struct Index<'a> {
     /// (namespace, `kubernetes.io/service-name`) → slices.
     slices: HashMap<(&'a str, &'a str), Vec<&'a Resource<EndpointSlice>>>,
     /// (namespace, label key, label value) → pods carrying it.
-    pods: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Resource<Pod>>>,
+    pods: HashMap<(&'a str, &'a str, &'a str), Vec<&'a Resource<PodSummary>>>,
 }
 
 impl<'a> Index<'a> {
@@ -119,7 +120,7 @@ impl<'a> Index<'a> {
     }
 
     /// Pods in `ns` matching every selector label: candidates from the rarest label.
-    fn selected_pods(&self, ns: &str, selector: &BTreeMap<String, String>) -> Vec<&'a Resource<Pod>> {
+    fn selected_pods(&self, ns: &str, selector: &Labels) -> Vec<&'a Resource<PodSummary>> {
         let candidates = selector
             .iter()
             .map(|(k, v)| self.pods.get(&(ns, k.as_str(), v.as_str())).map_or(&[][..], Vec::as_slice))
@@ -129,19 +130,18 @@ impl<'a> Index<'a> {
     }
 }
 
-fn kube_service(store: &Store, index: &Index, svc: &Resource<Service>) -> ServiceInfo {
+fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) -> ServiceInfo {
     let name = svc.meta.name.clone();
     let ns = svc.namespace.clone();
-    let spec = svc.spec.spec.clone().unwrap_or_default();
-    let ports: Vec<(ServicePort, Option<IntOrString>)> = spec
+    let spec = &svc.spec;
+    let ports: Vec<(ServicePort, Option<&IntOrString>)> = spec
         .ports
-        .unwrap_or_default()
-        .into_iter()
+        .iter()
         .filter_map(|p| {
             let number = u16::try_from(p.port).ok()?;
-            let name = p.name.unwrap_or_default();
+            let name = p.name.clone().unwrap_or_default();
             let protocol = kube_port_protocol(&name, p.app_protocol.as_deref());
-            Some((ServicePort { number, name, protocol }, p.target_port))
+            Some((ServicePort { number, name, protocol }, p.target_port.as_ref()))
         })
         .collect();
 
@@ -181,25 +181,17 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<Service>) -> Servic
                 }
             }
         }
-    } else if let Some(selector) = spec.selector.filter(|s| !s.is_empty()) {
+    } else if let Some(selector) = spec.selector.as_ref().filter(|s| !s.is_empty()) {
         // No EndpointSlices in the config: derive endpoints from Pods as the endpoints
         // controller would (file mode convenience: Pods with status.podIP).
-        for pod in index.selected_pods(&ns, &selector) {
-            let status = pod.spec.status.clone().unwrap_or_default();
-            let Some(ip) = status.pod_ip.clone() else { continue };
-            let ready = status
-                .conditions
-                .unwrap_or_default()
-                .iter()
-                .find(|c| c.type_ == "Ready")
-                .map(|c| c.status == "True")
-                .unwrap_or(true);
-            if !ready {
+        for pod in index.selected_pods(&ns, selector) {
+            let Some(ip) = pod.spec.ip.clone() else { continue };
+            if !pod.spec.ready {
                 continue;
             }
             let mut mapped = BTreeMap::new();
             for (sp, target) in &ports {
-                if let Some(port) = target_port(&pod.spec, sp.number, target.as_ref()) {
+                if let Some(port) = target_port(&pod.spec, sp.number, *target) {
                     mapped.insert(sp.number, port);
                 }
             }
@@ -223,32 +215,23 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<Service>) -> Servic
     }
 }
 
-fn target_port(pod: &Pod, port: u16, target: Option<&IntOrString>) -> Option<u16> {
+fn target_port(pod: &PodSummary, port: u16, target: Option<&IntOrString>) -> Option<u16> {
     match target {
         None => Some(port),
         Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
-        Some(IntOrString::String(name)) => pod
-            .spec
-            .as_ref()?
-            .containers
-            .iter()
-            .flat_map(|c| c.ports.iter().flatten())
-            .find(|p| p.name.as_deref() == Some(name))
-            .and_then(|p| u16::try_from(p.container_port).ok()),
+        Some(IntOrString::String(name)) => pod.named_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p),
     }
 }
 
 /// The workload a pod belongs to: Deployment name when the pod was made by a ReplicaSet
 /// (strip the pod-template-hash), else the owner's name, else the pod's own name.
-fn workload_of(pod: &Resource<Pod>) -> String {
-    let owner =
-        pod.spec.metadata.owner_references.as_ref().and_then(|o| o.first()).map(|o| (o.kind.clone(), o.name.clone()));
+fn workload_of(pod: &Resource<PodSummary>) -> String {
     let hash = pod.meta.labels.get("pod-template-hash");
-    match (owner, hash) {
+    match (&pod.spec.owner, hash) {
         (Some((kind, name)), Some(hash)) if kind == "ReplicaSet" => {
-            name.strip_suffix(&format!("-{hash}")).map(str::to_string).unwrap_or(name)
+            name.strip_suffix(&format!("-{hash}")).unwrap_or(name).to_string()
         }
-        (Some((_, name)), _) => name,
+        (Some((_, name)), _) => name.clone(),
         (None, _) => pod.meta.name.clone(),
     }
 }

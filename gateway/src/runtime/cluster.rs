@@ -31,7 +31,7 @@ pub struct EndpointRuntime {
 }
 
 pub struct ClusterRuntime {
-    pub definition: Cluster,
+    pub definition: Arc<Cluster>,
     /// The secrets the definition names, to tell a rotated certificate from an unchanged one.
     pub secrets: Vec<Option<Secret>>,
     /// TLS origination; `Err` when its material could not be built (requests get 503 rather
@@ -54,7 +54,7 @@ impl ClusterRuntime {
         [&tls.ca, &tls.client_certificate].iter().map(|n| n.as_ref().and_then(|n| secrets.get(n)).cloned()).collect()
     }
 
-    pub fn compile(def: &Cluster, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
+    pub fn compile(def: &Arc<Cluster>, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
         let tls = match &def.tls {
             None => Ok(None),
             Some(t) => UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map(Some).map_err(|e| {

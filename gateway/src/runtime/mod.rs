@@ -333,7 +333,13 @@ fn compile_route(
     clusters: &HashMap<String, Arc<ClusterRuntime>>,
     regexes: &mut RegexCache,
 ) -> Option<Route> {
-    let matches = match r.matches.iter().map(|m| CompiledMatch::compile(m, regexes)).collect::<Result<Vec<_>, _>>() {
+    // Collecting through `Result` reserves room for four; runtimes keep one per route.
+    let matches = match r.matches.iter().map(|m| CompiledMatch::compile(m, regexes)).collect::<Result<Vec<_>, _>>().map(
+        |mut v| {
+            v.shrink_to_fit();
+            v
+        },
+    ) {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(route = r.name, error = %e, "route dropped: matcher does not compile");

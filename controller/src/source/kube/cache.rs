@@ -144,8 +144,9 @@ fn credential_names(store: &Store, gateway_namespace: &str) -> BTreeSet<String> 
         }
     }
     for dr in store.destination_rules.values() {
-        let mut policies: Vec<&crate::api::istio::TrafficPolicy> = dr.spec.traffic_policy.iter().collect();
-        policies.extend(dr.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()));
+        let mut policies: Vec<&crate::api::istio::TrafficPolicy> =
+            dr.spec.traffic_policy.as_deref().into_iter().collect();
+        policies.extend(dr.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_deref()));
         for p in policies {
             names.extend(p.tls.as_ref().and_then(|t| t.credential_name.as_deref()));
             names.extend(p.port_level_settings.iter().filter_map(|x| x.tls.as_ref()?.credential_name.as_deref()));

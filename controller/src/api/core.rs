@@ -1,0 +1,81 @@
+//! The parts of Kubernetes core objects that translation reads, kept instead of the whole
+//! object. A decoded `Pod` is 2 KB before any of its strings (`PodSpec` alone is 1.4 KB of
+//! mostly empty options) and a `Service` 800 bytes; at 10k services with two Pods each that
+//! was a third of the gateway's memory. Decoding still checks the whole object against the
+//! Kubernetes schema (`source::decode`), then keeps this summary.
+
+use super::Labels;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+/// A Pod as an endpoint: its address, readiness, owner (the workload name of metrics) and
+/// named container ports (for Services whose `targetPort` is a name).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodSummary {
+    /// `status.podIP`.
+    pub ip: Option<String>,
+    /// The `Ready` condition; a Pod without conditions counts as ready, as in file mode's
+    /// hand-written Pods.
+    pub ready: bool,
+    /// Kind and name of the first owner reference.
+    pub owner: Option<(String, String)>,
+    /// Container ports that have a name: (name, port).
+    pub named_ports: Vec<(String, u16)>,
+}
+
+impl From<Pod> for PodSummary {
+    fn from(pod: Pod) -> PodSummary {
+        let status = pod.status.unwrap_or_default();
+        let ready = status
+            .conditions
+            .unwrap_or_default()
+            .iter()
+            .find(|c| c.type_ == "Ready")
+            .map(|c| c.status == "True")
+            .unwrap_or(true);
+        let owner = pod.metadata.owner_references.unwrap_or_default().into_iter().next().map(|o| (o.kind, o.name));
+        let named_ports = pod
+            .spec
+            .map(|s| s.containers)
+            .unwrap_or_default()
+            .into_iter()
+            .flat_map(|c| c.ports.unwrap_or_default())
+            .filter_map(|p| Some((p.name?, u16::try_from(p.container_port).ok()?)))
+            .collect();
+        PodSummary { ip: status.pod_ip, ready, owner, named_ports }
+    }
+}
+
+/// A Service as a registry entry: its selector and ports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ServiceSummary {
+    /// `spec.selector`; `None` or empty selects no Pods.
+    pub selector: Option<Labels>,
+    pub ports: Vec<ServicePortSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePortSummary {
+    pub port: i32,
+    pub name: Option<String>,
+    pub app_protocol: Option<String>,
+    pub target_port: Option<IntOrString>,
+}
+
+impl From<Service> for ServiceSummary {
+    fn from(svc: Service) -> ServiceSummary {
+        let spec = svc.spec.unwrap_or_default();
+        let ports = spec
+            .ports
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| ServicePortSummary {
+                port: p.port,
+                name: p.name,
+                app_protocol: p.app_protocol,
+                target_port: p.target_port,
+            })
+            .collect();
+        ServiceSummary { selector: spec.selector.map(|s| s.into_iter().collect()), ports }
+    }
+}
