@@ -7,7 +7,7 @@
 use crate::diagnostics::{Diagnostics, Level};
 use crate::snapshot::Snapshot;
 use crate::store::Store;
-use crate::translate::{translate, Options};
+use crate::translate::{translate_reusing, Options, Reuse};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -27,13 +27,15 @@ pub struct Publisher {
     tx: watch::Sender<Arc<Snapshot>>,
     version: u64,
     last_good: Option<Store>,
+    /// The translation results of `last_good`, reused by the next translation.
+    reuse: Reuse,
 }
 
 impl Publisher {
     /// The receiver starts at an empty version-0 snapshot, which means "nothing served yet".
     pub fn new(options: Options) -> (Publisher, watch::Receiver<Arc<Snapshot>>) {
         let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-        (Publisher { options, tx, version: 0, last_good: None }, rx)
+        (Publisher { options, tx, version: 0, last_good: None, reuse: Reuse::default() }, rx)
     }
 
     pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
@@ -51,7 +53,8 @@ impl Publisher {
         if let Some(prev) = &self.last_good {
             notes.extend(store.restore_unreadable_files(prev));
         }
-        let (mut snapshot, mut diagnostics) = translate(&store, &self.options);
+        let previous = self.last_good.as_ref().map(|prev| (prev, &self.reuse));
+        let (mut snapshot, mut diagnostics, mut reuse) = translate_reusing(&store, &self.options, previous);
         let rejected_refs = rejected(&diagnostics);
         if let Some(prev) = self.last_good.as_ref().filter(|_| !rejected_refs.is_empty()) {
             let restored = store.restore_resources(prev, &rejected_refs);
@@ -59,11 +62,13 @@ impl Publisher {
                 // Translate again with the restored versions, but keep the errors that
                 // rejected the new versions: they are what the user has to fix.
                 let first_errors: Vec<_> = diagnostics.iter().filter(|d| d.is_error()).cloned().collect();
-                let (s, mut d) = translate(&store, &self.options);
+                let previous = self.last_good.as_ref().map(|prev| (prev, &self.reuse));
+                let (s, mut d, r) = translate_reusing(&store, &self.options, previous);
                 d.items.retain(|x| !first_errors.contains(x));
                 d.extend(first_errors);
                 snapshot = s;
                 diagnostics = d;
+                reuse = r;
                 notes.extend(restored);
             }
         }
@@ -78,6 +83,7 @@ impl Publisher {
         // The previous store is freed after the new snapshot is sent: at 10k services freeing
         // it takes tens of milliseconds that the gateway need not wait for.
         let previous = self.last_good.replace(store);
+        let previous_reuse = std::mem::replace(&mut self.reuse, reuse);
 
         let changed = self.version == 0 || !self.tx.borrow().same_content(&snapshot);
         if changed {
@@ -86,7 +92,7 @@ impl Publisher {
             let replaced = self.tx.send_replace(Arc::new(snapshot));
             drop(replaced);
         }
-        drop(previous);
+        drop((previous, previous_reuse));
         Outcome { version: self.version, changed, diagnostics, rejected }
     }
 }

@@ -152,7 +152,9 @@ pub struct VirtualHost {
     /// Exact names, `*.suffix` wildcards or `*`; lowercase.
     pub domains: Vec<String>,
     /// In order; the first whose match applies wins.
-    pub routes: Vec<Route>,
+    /// Shared with the translation cache (`translate::Reuse`), so a VirtualService that did
+    /// not change costs a reference count, not a copy of its routes.
+    pub routes: Vec<Arc<Route>>,
     /// `tls.httpsRedirect` on the Gateway server: every request gets a 301 to https.
     #[serde(default)]
     pub https_redirect: bool,

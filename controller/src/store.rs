@@ -103,6 +103,24 @@ pub enum Object {
     EndpointSlice(Arc<EndpointSlice>),
 }
 
+impl Object {
+    /// Whether both hold equal content (deep comparison).
+    pub fn same_content(&self, other: &Object) -> bool {
+        match (self, other) {
+            (Object::Gateway(a), Object::Gateway(b)) => a == b,
+            (Object::VirtualService(a), Object::VirtualService(b)) => a == b,
+            (Object::DestinationRule(a), Object::DestinationRule(b)) => a == b,
+            (Object::ServiceEntry(a), Object::ServiceEntry(b)) => a == b,
+            (Object::WorkloadEntry(a), Object::WorkloadEntry(b)) => a == b,
+            (Object::Service(a), Object::Service(b)) => a == b,
+            (Object::Pod(a), Object::Pod(b)) => a == b,
+            (Object::Secret(a), Object::Secret(b)) => a == b,
+            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl Store {
     /// Inserts or replaces an object. A second definition of the same kind/namespace/name in
     /// one load replaces the first with a warning, as a later `kubectl apply` would.
@@ -195,6 +213,27 @@ impl Store {
 }
 
 impl Store {
+    /// Whether everything but VirtualServices (and load diagnostics) is the same objects in
+    /// the same order: same keys, sequence numbers and shared metadata and specs. Pointer
+    /// comparison is sound because `other` keeps its objects alive while we compare.
+    pub fn same_except_virtual_services(&self, other: &Store) -> bool {
+        fn same<T>(a: &Objects<T>, b: &Objects<T>) -> bool {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|((ka, a), (kb, b))| {
+                    ka == kb && a.seq == b.seq && Arc::ptr_eq(&a.meta, &b.meta) && Arc::ptr_eq(&a.spec, &b.spec)
+                })
+        }
+        same(&self.gateways, &other.gateways)
+            && same(&self.destination_rules, &other.destination_rules)
+            && same(&self.service_entries, &other.service_entries)
+            && same(&self.workload_entries, &other.workload_entries)
+            && same(&self.services, &other.services)
+            && same(&self.pods, &other.pods)
+            && same(&self.secrets, &other.secrets)
+            && same(&self.endpoint_slices, &other.endpoint_slices)
+            && self.files == other.files
+    }
+
     /// After a load in which some files could not be read or parsed, brings back every
     /// resource those files held in `prev`, so a half-saved file never empties the config.
     pub fn restore_unreadable_files(&mut self, prev: &Store) -> Vec<Diagnostic> {

@@ -50,6 +50,39 @@ impl Entry {
         Entry { hash: hash(text), decoded, stamp: None }
     }
 
+    /// Takes over `old`'s shared metadata and specs for the objects an edit left as they
+    /// were. A file usually holds several objects (a Service, its Pods, its rules) and an edit
+    /// changes one; the others stay the same objects, which lets translation reuse its
+    /// results (`translate::Reuse` compares by identity).
+    fn adopt(&mut self, old: &Entry) {
+        // (kind, namespace, name) -> the old shared metadata and object.
+        type Id<'a> = (Kind, Option<&'a str>, &'a str);
+        let previous: HashMap<Id, (&Arc<ObjectMeta>, &Object)> = old
+            .decoded
+            .iter()
+            .filter_map(|d| match d {
+                Decoded::Object(kind, meta, _, object) => {
+                    Some(((*kind, meta.namespace.as_deref(), meta.name.as_str()), (meta, object)))
+                }
+                Decoded::Diagnostic(_) => None,
+            })
+            .collect();
+        for item in &mut self.decoded {
+            let Decoded::Object(kind, meta, _, object) = item else { continue };
+            let Some((old_meta, old_object)) =
+                previous.get(&(*kind, meta.namespace.as_deref(), meta.name.as_str())).copied()
+            else {
+                continue;
+            };
+            if **old_meta == **meta {
+                *meta = Arc::clone(old_meta);
+            }
+            if old_object.same_content(object) {
+                *object = (*old_object).clone();
+            }
+        }
+    }
+
     fn replay(&self, store: &mut Store) {
         for item in &self.decoded {
             match item {
@@ -176,7 +209,13 @@ impl FileCache {
             }
             let mut entry = match previous.remove(&file) {
                 Some(entry) if entry.hash == hash(&text) => entry,
-                _ => {
+                Some(old) => {
+                    self.parsed += 1;
+                    let mut entry = Entry::decode(&text, &file);
+                    entry.adopt(&old);
+                    entry
+                }
+                None => {
                     self.parsed += 1;
                     Entry::decode(&text, &file)
                 }

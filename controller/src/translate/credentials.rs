@@ -22,6 +22,9 @@ pub struct Credentials<'a> {
     /// Errors on Secret resources (attributed to the Secret so last-good restore applies).
     pub secret_problems: Vec<Diagnostic>,
     reported: std::collections::BTreeSet<String>,
+    /// How many lookups were made: a VirtualService whose translation made none depends only
+    /// on itself and the rest of the store, which `translate::Reuse` relies on.
+    pub uses: usize,
 }
 
 /// What a consumer needs: certificate+key, CA, or both.
@@ -39,11 +42,13 @@ impl<'a> Credentials<'a> {
             secrets: BTreeMap::new(),
             secret_problems: Vec::new(),
             reported: Default::default(),
+            uses: 0,
         }
     }
 
     /// Resolves `credentialName`. Returns the key into `secrets`, or a message for the consumer.
     pub fn from_secret(&mut self, name: &str, need: Need) -> Result<String, String> {
+        self.uses += 1;
         let (ns, secret_name) = match name.split_once('/') {
             Some((ns, n)) => (ns.to_string(), n.to_string()),
             None => (self.namespace.clone(), name.to_string()),
@@ -93,6 +98,7 @@ impl<'a> Credentials<'a> {
         ca: Option<&str>,
         need: Need,
     ) -> Result<String, String> {
+        self.uses += 1;
         let read = |p: Option<&str>| -> Result<Option<String>, String> {
             let Some(p) = p.filter(|p| !p.is_empty()) else { return Ok(None) };
             match self.store.files.get(&PathBuf::from(p)) {

@@ -111,6 +111,60 @@ impl<'a> ServerHosts<'a> {
 /// Translates the store into a snapshot (version 0; the publisher numbers it) and the
 /// diagnostics of load + translation.
 pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
+    let (snapshot, diagnostics, _) = translate_reusing(store, options, None);
+    (snapshot, diagnostics)
+}
+
+/// Per-VirtualService results of one translation, for the next translation to reuse.
+///
+/// Translating VirtualServices is most of a translation at 10k services, and a config edit
+/// usually touches one. A VirtualService's result depends on itself, the rest of the store
+/// (Gateways, Services, DestinationRules...) and the options; it also depends on the order of
+/// credential lookups when it makes any. So a result is reused when the VirtualService is the
+/// same object (shared metadata and spec), everything else in the store is the same objects
+/// ([`Store::same_except_virtual_services`]), and its translation made no credential lookup
+/// (those are translated again every time, in order, so lookups replay as in a full run).
+/// A unit test checks the reusing translation equals a fresh one after all kinds of edits.
+#[derive(Default)]
+pub struct Reuse {
+    entries: HashMap<crate::store::ObjectKey, Reusable>,
+    /// How many of these results the translation that made them took from its predecessor.
+    reused: usize,
+}
+
+struct Reusable {
+    meta: Arc<crate::api::ObjectMeta>,
+    spec: Arc<crate::api::istio::VirtualServiceSpec>,
+    translated: routes::Translated,
+    /// Its diagnostics, before they are placed at the resource (origins are the current ones).
+    problems: Vec<Diagnostic>,
+}
+
+impl Reuse {
+    /// How many VirtualService results it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// How many VirtualService results this translation reused (for logs and tests).
+    pub fn reused(&self) -> usize {
+        self.reused
+    }
+}
+
+/// [`translate`], reusing what `previous` (the store of an earlier translation and that
+/// translation's [`Reuse`]) allows; returns the [`Reuse`] of this translation.
+pub fn translate_reusing(
+    store: &Store,
+    options: &Options,
+    previous: Option<(&Store, &Reuse)>,
+) -> (Snapshot, Diagnostics, Reuse) {
+    let reusable = previous.filter(|(prev, _)| store.same_except_virtual_services(prev)).map(|(_, r)| r);
+    let mut next = Reuse::default();
     let mut diagnostics = store.diagnostics.clone();
     let mut problems: Vec<Diagnostic> = Vec::new();
 
@@ -235,8 +289,42 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
         regexes: Default::default(),
     };
     for vs in virtual_services {
-        let mut local = Vec::new();
-        let translated = routes::translate_virtual_service(vs, &ctx, &mut creds, &mut local);
+        let key = crate::store::ObjectKey::new(&vs.namespace, vs.name());
+        let cached = reusable
+            .and_then(|r| r.entries.get(&key))
+            .filter(|c| Arc::ptr_eq(&c.meta, &vs.meta) && Arc::ptr_eq(&c.spec, &vs.spec));
+        let (translated, local) = match cached {
+            Some(c) => (c.translated.clone(), c.problems.clone()),
+            None => {
+                let mut local = Vec::new();
+                let uses = creds.uses;
+                let translated = routes::translate_virtual_service(vs, &ctx, &mut creds, &mut local);
+                if creds.uses != uses {
+                    (translated, local)
+                } else {
+                    let entry = Reusable {
+                        meta: vs.meta.clone(),
+                        spec: vs.spec.clone(),
+                        translated: translated.clone(),
+                        problems: local.clone(),
+                    };
+                    next.entries.insert(key.clone(), entry);
+                    (translated, local)
+                }
+            }
+        };
+        if let Some(c) = cached {
+            next.reused += 1;
+            next.entries.insert(
+                key,
+                Reusable {
+                    meta: c.meta.clone(),
+                    spec: c.spec.clone(),
+                    translated: translated.clone(),
+                    problems: local.clone(),
+                },
+            );
+        }
         let rejected = local.iter().any(Diagnostic::is_error);
         problems.extend(local.into_iter().map(|d| d.at(&vs.origin, Some(vs.reference(Kind::VirtualService)))));
         if rejected {
@@ -263,7 +351,7 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
                 l.l4_routes.push(route);
             }
         }
-        clusters.extend(translated.clusters.into_iter().map(|c| (c.name.clone(), Arc::new(c))));
+        clusters.extend(translated.clusters.into_iter().map(|c| (c.name.clone(), c)));
     }
     // httpsRedirect: every host of such a server answers 301, bound or not.
     for s in servers.iter().filter(|s| s.kind == servers::ServerKind::PlainHttp) {
@@ -298,7 +386,7 @@ pub fn translate(store: &Store, options: &Options) -> (Snapshot, Diagnostics) {
     let secrets = std::mem::take(&mut creds.secrets);
     diagnostics.extend(problems);
     let snapshot = Snapshot { version: 0, listeners: listeners.into_values().collect(), clusters, secrets };
-    (snapshot, diagnostics)
+    (snapshot, diagnostics, next)
 }
 
 /// A Gateway applies when its selector is a subset of this instance's labels.

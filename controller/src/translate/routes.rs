@@ -11,13 +11,17 @@ use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::{Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, StringMatch, WeightedCluster};
 use crate::store::Resource;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
+/// What one VirtualService contributes, shared so that it can be reused by the next
+/// translation (`translate::Reuse`) for the price of reference counts.
+#[derive(Clone)]
 pub(super) struct Translated {
     /// (listener port, virtual host domain, routes for it)
-    pub bindings: Vec<(u16, String, Vec<Route>)>,
+    pub bindings: Vec<(u16, String, Vec<Arc<Route>>)>,
     /// (listener port, tcp or tls route)
     pub l4_routes: Vec<(u16, L4Route)>,
-    pub clusters: Vec<Cluster>,
+    pub clusters: Vec<Arc<Cluster>>,
 }
 
 /// What every VirtualService is translated against.
@@ -98,7 +102,7 @@ pub(super) fn translate_virtual_service(
         };
         for c in clusters {
             if seen_clusters.insert(c.name.clone()) {
-                out.clusters.push(c);
+                out.clusters.push(Arc::new(c));
             }
         }
         candidates.push(Candidate { route, match_gateways });
@@ -121,7 +125,8 @@ pub(super) fn translate_virtual_service(
             if !seen.insert((s.port, domain.clone(), s.gateway_key.clone())) {
                 continue;
             }
-            let mut routes: Vec<Route> = candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).collect();
+            let mut routes: Vec<Arc<Route>> =
+                candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).map(Arc::new).collect();
             routes.shrink_to_fit();
             out.bindings.push((s.port, domain, routes));
         }
@@ -456,7 +461,7 @@ fn l4_routes<'a>(
             };
             dests.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight });
             if seen_clusters.insert(resolved.cluster.name.clone()) {
-                out.clusters.push(resolved.cluster);
+                out.clusters.push(Arc::new(resolved.cluster));
             }
         }
         Some(dests)

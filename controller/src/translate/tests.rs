@@ -572,3 +572,71 @@ spec:
     assert!(istio.endpoints.is_empty(), "ISTIO_MUTUAL fails closed instead of plain text");
     assert!(diags.iter().any(|d| d.message.contains("ISTIO_MUTUAL is not supported yet")));
 }
+
+/// `translate_reusing` must give exactly what a fresh translation gives, whatever changed.
+#[test]
+fn reusing_translation_equals_a_fresh_one() {
+    use crate::source::cache::FileCache;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let write = |name: &str, text: &str| std::fs::write(d.join(name), text).unwrap();
+    for (name, text) in crate::synth::files(30, 1) {
+        write(&name, &text);
+    }
+    // A DestinationRule whose TLS names a credential: the VirtualService routing to it makes
+    // a credential lookup, so it is translated again every time.
+    let first = crate::synth::file_name(0);
+    let with_tls = std::fs::read_to_string(d.join(&first)).unwrap().replace(
+        "  host: svc-0\n",
+        "  host: svc-0\n  trafficPolicy: {tls: {mode: SIMPLE, credentialName: svc-0-ca}}\n",
+    );
+    write(&first, &with_tls);
+    let vs_file = crate::synth::file_name(7);
+    let original = std::fs::read_to_string(d.join(&vs_file)).unwrap();
+
+    let paths = [d.to_path_buf()];
+    let options = Options::default();
+    let mut cache = FileCache::default();
+    let mut previous: Option<(Store, Reuse)> = None;
+    let mut step = |what: &str, edit: &dyn Fn()| -> usize {
+        edit();
+        let store = cache.load(&paths);
+        let (snapshot, diagnostics, reuse) =
+            translate_reusing(&store, &options, previous.as_ref().map(|(s, r)| (s, r)));
+        let (fresh, fresh_diagnostics) = translate(&store, &options);
+        assert!(snapshot == fresh, "{what}: the snapshots differ");
+        assert_eq!(diagnostics, fresh_diagnostics, "{what}");
+        let reused = reuse.reused();
+        previous = Some((store, reuse));
+        reused
+    };
+
+    assert_eq!(step("first load", &|| ()), 0);
+    assert_eq!(step("nothing changed", &|| ()), 29, "all but the one that looks up a credential");
+    let edited = original.replace("/api/v1", "/api/v9");
+    assert_eq!(step("one VirtualService edited", &|| write(&vs_file, &edited)), 28);
+    let broken = original.replace("prefix: /api/v1", "regex: \"([\"");
+    assert_eq!(step("one VirtualService broken", &|| write(&vs_file, &broken)), 28);
+    let merged = original.replace("name: svc-7, namespace: default}\nspec", "name: svc-7b, namespace: default}\nspec");
+    step("a second VirtualService for the same host", &|| {
+        write(&vs_file, &original);
+        write(
+            "zz-merge.yaml",
+            &merged[merged.find("apiVersion: networking.istio.io/v1beta1\nkind: VirtualService").unwrap()..],
+        );
+    });
+    assert_eq!(step("a VirtualService deleted", &|| std::fs::remove_file(d.join("zz-merge.yaml")).unwrap()), 29);
+    let subsets = original.replace("{version: v2}", "{version: v3}");
+    assert_eq!(step("a DestinationRule edited", &|| write(&vs_file, &subsets)), 0, "the context changed");
+    step("a Gateway edited", &|| {
+        let gateways = std::fs::read_to_string(d.join("gateways.yaml")).unwrap();
+        write("gateways.yaml", &gateways.replace("\"svc-3.example.com\", ", ""));
+    });
+    step("the credential appears", &|| {
+        write(
+            "zz-secret.yaml",
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: svc-0-ca, namespace: istio-system}\nstringData: {ca.crt: not-a-pem}\n",
+        )
+    });
+    assert_eq!(step("nothing changed again", &|| ()), 29);
+}
