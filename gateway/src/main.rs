@@ -71,10 +71,19 @@ fn main() -> Result<()> {
             std::process::exit(code);
         }
         None => {
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = cli.run.threads {
-                builder.worker_threads(n.max(1));
-            }
+            // One thread: a current-thread runtime, which polls tasks where they are woken
+            // instead of going through the work-stealing queues and worker wake-ups of the
+            // multi-thread scheduler (~500 instructions per proxied request, for nothing when
+            // there is no other worker to steal from).
+            let mut builder = match cli.run.threads {
+                Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
+                Some(n) => {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    builder.worker_threads(n);
+                    builder
+                }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
             let rt = builder.enable_all().thread_name("meshgate-worker").build()?;
             rt.block_on(gateway::server::run(cli.run))?;
             // Do not wait for lingering connections past the drain deadline.
