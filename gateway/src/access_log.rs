@@ -29,6 +29,8 @@ impl std::str::FromStr for Target {
 /// a request serialises its line straight from its own state: one buffer, no field copies.
 #[derive(Debug, Serialize)]
 pub struct Entry<'a> {
+    /// RFC 3339 text; written without escaping, like `protocol` and `response_flags` (the
+    /// gateway's own vocabulary).
     pub start_time: &'a str,
     pub method: &'a str,
     pub authority: &'a str,
@@ -59,7 +61,7 @@ impl Entry<'_> {
         // to grow (they still check, but never take the slow path).
         out.reserve(LINE_OVERHEAD + self.variable_len());
         out.extend_from_slice(b"{\"start_time\":");
-        string(out, self.start_time);
+        plain(out, self.start_time);
         out.extend_from_slice(b",\"method\":");
         string(out, self.method);
         out.extend_from_slice(b",\"authority\":");
@@ -67,11 +69,11 @@ impl Entry<'_> {
         out.extend_from_slice(b",\"path\":");
         string(out, self.path);
         out.extend_from_slice(b",\"protocol\":");
-        string(out, self.protocol);
+        plain(out, self.protocol);
         out.extend_from_slice(b",\"response_code\":");
         number(out, u64::from(self.response_code));
         out.extend_from_slice(b",\"response_flags\":");
-        string(out, self.response_flags);
+        plain(out, self.response_flags);
         out.extend_from_slice(b",\"bytes_received\":");
         number(out, self.bytes_received);
         out.extend_from_slice(b",\"bytes_sent\":");
@@ -151,32 +153,55 @@ fn needs_escape(s: &[u8]) -> bool {
     // High bit set in bytes of `x` below `n` (n <= 0x80). A borrow can also mark a byte after
     // a real hit, never when there is none, so "any byte below" is exact.
     let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
-    let mut chunks = s.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
+    let special = |word: [u8; 8]| {
         let x = u64::from_ne_bytes(word);
-        let hits = below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1);
-        if hits != 0 {
-            return true;
-        }
+        below(x, 0x20) | below(x ^ (ONES * u64::from(b'"')), 1) | below(x ^ (ONES * u64::from(b'\\')), 1) != 0
+    };
+    let word = |at: usize| {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        w
+    };
+    if s.len() < 8 {
+        // Padded with spaces, which need no escaping.
+        let mut w = [b' '; 8];
+        w[..s.len()].copy_from_slice(s);
+        return special(w);
     }
-    chunks.remainder().iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+    // Whole words, then the last eight bytes (overlapping the last word): no byte loop.
+    (0..s.len() / 8).any(|i| special(word(i * 8))) || special(word(s.len() - 8))
+}
+
+/// A string the gateway itself produced from a fixed alphabet (timestamps, protocol names,
+/// response flags): nothing to escape, so nothing to scan.
+fn plain(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(!needs_escape(s.as_bytes()), "{s:?}");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
 }
 
 fn address(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
     out.push(b'"');
     match addr {
         std::net::SocketAddr::V4(v4) => {
-            let mut digits = itoa::Buffer::new();
+            // Built on the stack and appended once: each push onto the line re-reads and
+            // re-stores its length and checks its capacity.
+            let mut text = [0u8; 15];
+            let mut len = 0;
             for (i, octet) in v4.ip().octets().into_iter().enumerate() {
                 if i > 0 {
-                    out.push(b'.');
+                    text[len] = b'.';
+                    len += 1;
                 }
-                out.extend_from_slice(digits.format(octet).as_bytes());
+                let digits = [b'0' + octet / 100, b'0' + octet / 10 % 10, b'0' + octet % 10];
+                let skip = usize::from(octet < 100) + usize::from(octet < 10);
+                text[len..len + 3 - skip].copy_from_slice(&digits[skip..]);
+                len += 3 - skip;
             }
+            out.extend_from_slice(&text[..len]);
             out.push(b':');
-            out.extend_from_slice(digits.format(v4.port()).as_bytes());
+            out.extend_from_slice(itoa::Buffer::new().format(v4.port()).as_bytes());
         }
         // IPv6 text has compression rules; the standard formatter knows them.
         v6 => {

@@ -86,6 +86,9 @@ pub struct Ctx {
     /// The x-request-id generated for a request that came without one (inline: no
     /// allocation); added to the upstream request. A request's own id stays in its header.
     generated_id: Option<[u8; 36]>,
+    /// Set when the upstream request was built and the client sent no x-forwarded-for, so
+    /// the access log need not look for one again.
+    no_forwarded_for: bool,
     set_cookie: Option<String>,
     upstream_start: Option<Instant>,
     upstream_time_ms: Option<u64>,
@@ -110,6 +113,7 @@ impl ProxyHttp for MeshProxy {
             flags: "-",
             local_code: None,
             generated_id: None,
+            no_forwarded_for: false,
             set_cookie: None,
             upstream_start: None,
             upstream_time_ms: None,
@@ -173,7 +177,9 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let xff = request::forwarded_for(upstream.headers.get(&X_FORWARDED_FOR).map(|v| v.as_bytes()), ip);
+            let existing = upstream.headers.get(&X_FORWARDED_FOR);
+            ctx.no_forwarded_for = existing.is_none();
+            let xff = request::forwarded_for(existing.map(|v| v.as_bytes()), ip);
             upstream.insert_header(X_FORWARDED_FOR_NAME, xff)?;
         }
         upstream.insert_header(X_FORWARDED_PROTO_NAME, if self.tls_server.is_some() { HTTPS } else { HTTP })?;
@@ -288,7 +294,7 @@ impl ProxyHttp for MeshProxy {
                 upstream_cluster: ctx.cluster.as_ref().map(|c| c.definition.name.as_str()),
                 route_name: ctx.route.as_ref().map(|r| r.name.as_str()),
                 request_id: request_id(req, ctx),
-                x_forwarded_for: header(&X_FORWARDED_FOR),
+                x_forwarded_for: if ctx.no_forwarded_for { None } else { header(&X_FORWARDED_FOR) },
                 user_agent: header(&http::header::USER_AGENT),
                 downstream_remote_address: session.client_addr().and_then(|a| a.as_inet()).copied(),
             });
