@@ -231,6 +231,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     for s in side {
         s.stop();
     }
+    // Access log lines wait in per-thread buffers for the writer's next tick; write them now.
+    let access_log = data.shared.access_log.clone();
+    let _ = tokio::task::spawn_blocking(move || access_log.flush()).await;
     // Spans of the last requests would otherwise die with the process.
     if let Some(tracer) = tracer {
         let _ = tokio::task::spawn_blocking(move || tracer.flush(Duration::from_secs(2))).await;

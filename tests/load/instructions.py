@@ -5,6 +5,10 @@ and /proc CPU figures drown in noise (see docs/benchmarks.md, "Instructions per 
 
     python3 tests/load/instructions.py                     # bare-pingora meshgate meshgate-realistic
     python3 tests/load/instructions.py meshgate -n 5000 --top 30
+    python3 tests/load/instructions.py bare-pingora meshgate-realistic-log   # the issue's target
+
+Targets: bare-pingora, meshgate (1 route), meshgate-realistic (10 hosts / 50 routes), and either
+meshgate target with `-log` appended for the access log on (written to a file).
 
 Each target runs under `valgrind --tool=callgrind --instr-atstart=no` behind the same nginx
 upstream as tests/load/run.py; after a warm-up of 200 requests instrumentation is switched on,
@@ -47,9 +51,10 @@ def start(name: str, work: Path, upstream_port: int, out: Path) -> tuple[subproc
     err = open(work / "stderr.log", "w")
     if name.startswith("meshgate"):
         config = work / "config"
-        (R.meshgate_realistic_config if name == "meshgate-realistic" else R.meshgate_simple_config)(config, upstream_port)
+        realistic = name.startswith("meshgate-realistic")
+        (R.meshgate_realistic_config if realistic else R.meshgate_simple_config)(config, upstream_port)
         status = R.free_port()
-        access = str(work / "access.log") if name == "meshgate-log" else "off"
+        access = str(work / "access.log") if name.endswith("-log") else "off"
         argv = vg + [str(R.ROOT / "target/release/gateway"), "--config", str(config), "--port-map",
                      f"80=127.0.0.1:{port}", "--status-addr", f"127.0.0.1:{status}",
                      "--metrics-addr", f"127.0.0.1:{R.free_port()}", "--admin-addr", f"127.0.0.1:{R.free_port()}",

@@ -55,7 +55,7 @@ where
         let duration = start.elapsed();
         let start_time = crate::proxy::request::rfc3339_now_minus(duration);
         shared.access_log.log(&crate::access_log::Entry {
-            start_time: &start_time,
+            start_time: start_time.as_str(),
             method: "-",
             authority: info.sni.unwrap_or("-"),
             path: "-",

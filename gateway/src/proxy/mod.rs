@@ -39,12 +39,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle upstream connections are kept this long for reuse.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-// Header names and fixed values built once: inserting a `&str` name re-validates and
-// lower-cases it, and a `&str` value is copied into a fresh allocation, on every request.
+// Names for lookups, built once (a `&str` lookup parses and lower-cases the name first).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+// Names for inserts are `&'static str`: pingora's `insert_header` turns any name into its
+// case-preserving form and parses that back; from a `HeaderName` of a non-standard header the
+// first step copies the name into a new allocation, from a static string it copies nothing.
+const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
+const X_REQUEST_ID_NAME: &str = "x-request-id";
+const X_ENVOY_UPSTREAM_SERVICE_TIME_NAME: &str = "x-envoy-upstream-service-time";
+// Fixed values built once: a `&str` value is validated and copied on every request.
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
 const ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
@@ -78,7 +83,12 @@ pub struct Ctx {
     pick: Option<Pick>,
     flags: &'static str,
     local_code: Option<u16>,
-    request_id: Option<String>,
+    /// The x-request-id generated for a request that came without one (inline: no
+    /// allocation); added to the upstream request. A request's own id stays in its header.
+    generated_id: Option<[u8; 36]>,
+    /// Set when the upstream request was built and the client sent no x-forwarded-for, so
+    /// the access log need not look for one again.
+    no_forwarded_for: bool,
     set_cookie: Option<String>,
     upstream_start: Option<Instant>,
     upstream_time_ms: Option<u64>,
@@ -102,7 +112,8 @@ impl ProxyHttp for MeshProxy {
             pick: None,
             flags: "-",
             local_code: None,
-            request_id: None,
+            generated_id: None,
+            no_forwarded_for: false,
             set_cookie: None,
             upstream_start: None,
             upstream_time_ms: None,
@@ -118,7 +129,11 @@ impl ProxyHttp for MeshProxy {
         let runtime = self.shared.current.load();
         let decision = route_request(&runtime, self, session, ctx);
         ctx.runtime = Some(runtime);
-        ensure_request_id(session, ctx);
+        // Like Envoy, a request keeps its own id; one without (or with an unreadable one) gets a
+        // fresh id, which replaces its header upstream.
+        if session.req_header().headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).is_none() {
+            ctx.generated_id = Some(request::uuid_v4());
+        }
         match decision {
             Ok(()) => Ok(false),
             Err(reply) => {
@@ -162,13 +177,15 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            let xff = match upstream.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                Some(existing) if !existing.is_empty() => format!("{existing}, {ip}"),
-                _ => ip.to_string(),
-            };
-            upstream.insert_header(X_FORWARDED_FOR, xff)?;
+            let existing = upstream.headers.get(&X_FORWARDED_FOR);
+            ctx.no_forwarded_for = existing.is_none();
+            let xff = request::forwarded_for(existing.map(|v| v.as_bytes()), ip);
+            upstream.insert_header(X_FORWARDED_FOR_NAME, xff)?;
         }
-        upstream.insert_header(X_FORWARDED_PROTO, if self.tls_server.is_some() { HTTPS } else { HTTP })?;
+        upstream.insert_header(X_FORWARDED_PROTO_NAME, if self.tls_server.is_some() { HTTPS } else { HTTP })?;
+        if let Some(id) = &ctx.generated_id {
+            upstream.insert_header(X_REQUEST_ID_NAME, HeaderValue::from_bytes(id).map_err(invalid_header)?)?;
+        }
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
         }
@@ -185,7 +202,7 @@ impl ProxyHttp for MeshProxy {
         if let Some(start) = ctx.upstream_start {
             let ms = start.elapsed().as_millis() as u64;
             ctx.upstream_time_ms = Some(ms);
-            resp.insert_header(X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms))?;
+            resp.insert_header(X_ENVOY_UPSTREAM_SERVICE_TIME_NAME, HeaderValue::from(ms))?;
         }
         Ok(())
     }
@@ -259,10 +276,10 @@ impl ProxyHttp for MeshProxy {
             security_policy: ctx.cluster.as_ref().map_or("unknown", |c| c.security_policy),
         });
         if self.shared.access_log.enabled() {
-            let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+            let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
             let start_time = request::rfc3339_now_minus(duration);
             self.shared.access_log.log(&Entry {
-                start_time: &start_time,
+                start_time: start_time.as_str(),
                 method: req.method.as_str(),
                 authority: request::authority(req).unwrap_or_default(),
                 path: req.uri.path_and_query().map_or("", |p| p.as_str()),
@@ -276,9 +293,9 @@ impl ProxyHttp for MeshProxy {
                 upstream_host: endpoint.map(|e| e.addr),
                 upstream_cluster: ctx.cluster.as_ref().map(|c| c.definition.name.as_str()),
                 route_name: ctx.route.as_ref().map(|r| r.name.as_str()),
-                request_id: ctx.request_id.as_deref(),
-                x_forwarded_for: header("x-forwarded-for"),
-                user_agent: header("user-agent"),
+                request_id: request_id(req, ctx),
+                x_forwarded_for: if ctx.no_forwarded_for { None } else { header(&X_FORWARDED_FOR) },
+                user_agent: header(&http::header::USER_AGENT),
                 downstream_remote_address: session.client_addr().and_then(|a| a.as_inet()).copied(),
             });
         }
@@ -323,7 +340,7 @@ impl MeshProxy {
                 destination: cluster.map(|c| (c.service.host.as_str(), c.port)),
                 upstream_cluster: cluster.map(|c| c.name.as_str()),
                 upstream_address: ctx.cluster.as_ref().zip(ctx.endpoint).map(|(c, i)| c.endpoints[i].addr),
-                request_id: ctx.request_id.as_deref(),
+                request_id: request_id(req, ctx),
                 user_agent: header("user-agent"),
                 downstream_address: downstream.as_deref(),
                 tracestate: header("tracestate"),
@@ -409,12 +426,14 @@ fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Ctx) -> O
     }
 }
 
-fn ensure_request_id(session: &mut Session, ctx: &mut Ctx) {
-    let existing = session.req_header().headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_string);
-    let id = existing.unwrap_or_else(|| {
-        let id = request::uuid_v4();
-        let _ = session.req_header_mut().insert_header(X_REQUEST_ID, id.as_str());
-        id
-    });
-    ctx.request_id = Some(id);
+/// The request's own x-request-id, or the one generated for it.
+fn request_id<'a>(req: &'a RequestHeader, ctx: &'a Ctx) -> Option<&'a str> {
+    match &ctx.generated_id {
+        Some(id) => std::str::from_utf8(id).ok(),
+        None => req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()),
+    }
+}
+
+fn invalid_header(e: http::header::InvalidHeaderValue) -> Box<Error> {
+    Error::because(ErrorType::InvalidHTTPHeader, "generated header value", e)
 }

@@ -75,51 +75,117 @@ pub fn protocol_name(req: &RequestHeader) -> &'static str {
     }
 }
 
-/// Random (version 4) UUID, as Envoy generates for x-request-id.
-pub fn uuid_v4() -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+/// Random (version 4) UUID, as Envoy generates for x-request-id. Bytes, not a `String`: it
+/// lives in the request context and goes into a header value, neither of which needs a heap copy.
+pub fn uuid_v4() -> [u8; 36] {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let mut out = String::with_capacity(36);
-    for (i, byte) in b.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
-        }
-        out.push(HEX[usize::from(byte >> 4)] as char);
-        out.push(HEX[usize::from(byte & 0xf)] as char);
+    let mut out = [b'-'; 36];
+    // Where each byte's two hex digits go: the dashes sit at 8, 13, 18 and 23.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    for (byte, at) in b.into_iter().zip(AT) {
+        out[at..at + 2].copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
     }
     out
 }
 
-/// Start time of a request that has run for `elapsed`, RFC 3339 UTC with milliseconds.
-pub fn rfc3339_now_minus(elapsed: std::time::Duration) -> String {
-    let start = std::time::SystemTime::now() - elapsed;
-    httpdate_like_rfc3339(start)
+/// Two lower-case hex digits per byte value: one load per byte instead of two nibble lookups.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    table
+};
+
+/// Appends `v` in decimal: three compares instead of a formatter (addresses, per request).
+pub fn push_u8(out: &mut Vec<u8>, v: u8) {
+    if v >= 100 {
+        out.push(b'0' + v / 100);
+    }
+    if v >= 10 {
+        out.push(b'0' + v / 10 % 10);
+    }
+    out.push(b'0' + v % 10);
 }
 
-fn httpdate_like_rfc3339(t: std::time::SystemTime) -> String {
+/// The x-forwarded-for value sent upstream: the client address appended to what came in.
+/// IPv4 addresses are written by hand; `Ipv4Addr`'s `Display` goes through `core::fmt` and was
+/// a visible part of the per-request cost.
+pub fn forwarded_for(existing: Option<&[u8]>, ip: std::net::IpAddr) -> http::HeaderValue {
+    let mut out = Vec::with_capacity(existing.map_or(0, |e| e.len() + 2) + 15);
+    if let Some(existing) = existing.filter(|e| !e.is_empty()) {
+        out.extend_from_slice(existing);
+        out.extend_from_slice(b", ");
+    }
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u8(&mut out, octet);
+            }
+        }
+        v6 => {
+            use std::io::Write;
+            let _ = write!(out, "{v6}");
+        }
+    }
+    // The incoming value was a valid header value and an address adds only visible ASCII.
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(out)).unwrap_or(http::HeaderValue::from_static(""))
+}
+
+/// An RFC 3339 UTC timestamp with milliseconds, kept inline (24 bytes, no allocation).
+pub struct Timestamp([u8; 24]);
+
+impl Timestamp {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// Start time of a request that has run for `elapsed`.
+pub fn rfc3339_now_minus(elapsed: std::time::Duration) -> Timestamp {
+    let start = std::time::SystemTime::now() - elapsed;
+    rfc3339(start)
+}
+
+thread_local! {
+    /// The last second formatted on this thread and its text: every access-log line formats a
+    /// timestamp, and most fall in the same second as the one before.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; 24])> = const { std::cell::Cell::new((u64::MAX, [0; 24])) };
+}
+
+fn rfc3339(t: std::time::SystemTime) -> Timestamp {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    // Digits placed by hand: this runs for every access-log line, and `format!` with padded
-    // integers cost several times as much.
-    let mut out = *b"0000-00-00T00:00:00.000Z";
-    let mut put = |at: usize, width: usize, mut v: u64| {
+    let (last, mut out) = LAST_SECOND.get();
+    // Digits placed by hand: `format!` with padded integers cost several times as much.
+    let put = |out: &mut [u8; 24], at: usize, width: usize, mut v: u64| {
         for i in (at..at + width).rev() {
             out[i] = b'0' + (v % 10) as u8;
             v /= 10;
         }
     };
-    put(0, 4, y.clamp(0, 9999) as u64);
-    put(5, 2, u64::from(m));
-    put(8, 2, u64::from(day));
-    put(11, 2, rem / 3600);
-    put(14, 2, rem % 3600 / 60);
-    put(17, 2, rem % 60);
-    put(20, 3, u64::from(d.subsec_millis()));
-    String::from_utf8_lossy(&out).into_owned()
+    if last != secs {
+        out = *b"0000-00-00T00:00:00.000Z";
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (y, m, day) = civil_from_days(days as i64);
+        put(&mut out, 0, 4, y.clamp(0, 9999) as u64);
+        put(&mut out, 5, 2, u64::from(m));
+        put(&mut out, 8, 2, u64::from(day));
+        put(&mut out, 11, 2, rem / 3600);
+        put(&mut out, 14, 2, rem % 3600 / 60);
+        put(&mut out, 17, 2, rem % 60);
+        LAST_SECOND.set((secs, out));
+    }
+    put(&mut out, 20, 3, u64::from(d.subsec_millis()));
+    Timestamp(out)
 }
 
 /// Days since 1970-01-01 → (year, month, day), Howard Hinnant's civil calendar algorithm.
@@ -162,8 +228,34 @@ mod tests {
     #[test]
     fn uuid_shape() {
         let id = uuid_v4();
+        let id = std::str::from_utf8(&id).unwrap();
         assert_eq!(id.len(), 36);
         assert_eq!(&id[14..15], "4");
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12]);
+        assert!(id.bytes().all(|b| b == b'-' || b.is_ascii_hexdigit()));
+        assert!(matches!(id.as_bytes()[19], b'8' | b'9' | b'a' | b'b'), "RFC 4122 variant");
+        assert_ne!(uuid_v4(), uuid_v4());
+    }
+
+    #[test]
+    fn small_numbers() {
+        for v in [0u8, 7, 10, 99, 100, 101, 199, 255] {
+            let mut out = Vec::new();
+            push_u8(&mut out, v);
+            assert_eq!(out, v.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn forwarded_for_appends_the_client() {
+        let v4: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        let v6: std::net::IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(forwarded_for(None, v4), "203.0.113.9");
+        assert_eq!(forwarded_for(Some(b""), v4), "203.0.113.9");
+        assert_eq!(forwarded_for(Some(b"10.0.0.1"), v4), "10.0.0.1, 203.0.113.9");
+        assert_eq!(forwarded_for(Some(b"10.0.0.1"), v6), "10.0.0.1, 2001:db8::1");
+        assert_eq!(forwarded_for(None, "0.0.0.0".parse().unwrap()), "0.0.0.0");
     }
 
     #[test]
@@ -171,7 +263,14 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_415), (2025, 11, 23));
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_880_093_007);
-        assert_eq!(httpdate_like_rfc3339(t), "2025-11-23T06:41:33.007Z");
-        assert_eq!(httpdate_like_rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(t).as_str(), "2025-11-23T06:41:33.007Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH).as_str(), "1970-01-01T00:00:00.000Z");
+        // A new second, the same second again (from the cached prefix), the next day.
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_880_093_999);
+        assert_eq!(rfc3339(t).as_str(), "2025-11-23T06:41:33.999Z");
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_880_093_500);
+        assert_eq!(rfc3339(t).as_str(), "2025-11-23T06:41:33.500Z");
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_942_400_001);
+        assert_eq!(rfc3339(t).as_str(), "2025-11-24T00:00:00.001Z");
     }
 }
