@@ -116,6 +116,14 @@ def wait_for(what: str, check, timeout: float, every: float = 0.005) -> float:
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=10000)
@@ -172,7 +180,8 @@ status: {{podIP: 127.0.0.1}}
     try:
         started = wait_for("readiness", lambda: status(status_port, "x", "/healthz/ready") == 200, 300)
         wait_for("the first probe route", lambda: status(port, "r0.probe.local") == 200, 60)
-        print(f"{args.services} services: ready after {started * 1e3:.0f} ms", file=sys.stderr)
+        ready_rss = rss_mib(gw.pid)
+        print(f"{args.services} services: ready after {started * 1e3:.0f} ms, RSS {ready_rss:.0f} MiB", file=sys.stderr)
         times = []
         poller = Poller(port)
         for r in range(1, args.repeat + 1):
@@ -184,8 +193,9 @@ status: {{podIP: 127.0.0.1}}
             times.append((time.monotonic() - t0) * 1e3)
             print(f"round {r}: {times[-1]:.0f} ms", file=sys.stderr)
             time.sleep(1)  # let the reload finish settling (old snapshot freed) before the next edit
-        print(f"| services | propagation median | min | max |\n| --- | --- | --- | --- |\n"
-              f"| {args.services:,} | {statistics.median(times):.0f} ms | {min(times):.0f} ms | {max(times):.0f} ms |")
+        print(f"| services | propagation median | min | max | RSS ready / after edits |\n| --- | --- | --- | --- | --- |\n"
+              f"| {args.services:,} | {statistics.median(times):.0f} ms | {min(times):.0f} ms | {max(times):.0f} ms "
+              f"| {ready_rss:.0f} / {rss_mib(gw.pid):.0f} MiB |")
     finally:
         gw.terminate()
         try:
