@@ -293,37 +293,28 @@ pub fn translate_reusing(
         let cached = reusable
             .and_then(|r| r.entries.get(&key))
             .filter(|c| Arc::ptr_eq(&c.meta, &vs.meta) && Arc::ptr_eq(&c.spec, &vs.spec));
-        let (translated, local) = match cached {
-            Some(c) => (c.translated.clone(), c.problems.clone()),
+        // A result can be reused next time when it came from the cache or made no lookups.
+        let (translated, local, reusable) = match cached {
+            Some(c) => {
+                next.reused += 1;
+                (c.translated.clone(), c.problems.clone(), true)
+            }
             None => {
                 let mut local = Vec::new();
                 let uses = creds.uses;
                 let translated = routes::translate_virtual_service(vs, &ctx, &mut creds, &mut local);
-                if creds.uses != uses {
-                    (translated, local)
-                } else {
-                    let entry = Reusable {
-                        meta: vs.meta.clone(),
-                        spec: vs.spec.clone(),
-                        translated: translated.clone(),
-                        problems: local.clone(),
-                    };
-                    next.entries.insert(key.clone(), entry);
-                    (translated, local)
-                }
+                let pure = creds.uses == uses;
+                (translated, local, pure)
             }
         };
-        if let Some(c) = cached {
-            next.reused += 1;
-            next.entries.insert(
-                key,
-                Reusable {
-                    meta: c.meta.clone(),
-                    spec: c.spec.clone(),
-                    translated: translated.clone(),
-                    problems: local.clone(),
-                },
-            );
+        if reusable {
+            let entry = Reusable {
+                meta: vs.meta.clone(),
+                spec: vs.spec.clone(),
+                translated: translated.clone(),
+                problems: local.clone(),
+            };
+            next.entries.insert(key, entry);
         }
         let rejected = local.iter().any(Diagnostic::is_error);
         problems.extend(local.into_iter().map(|d| d.at(&vs.origin, Some(vs.reference(Kind::VirtualService)))));
