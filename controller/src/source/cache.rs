@@ -181,13 +181,12 @@ impl FileCache {
                     entry.replay(&mut store);
                     continue;
                 }
-                if let Some(entry) = previous.remove(&file) {
-                    if entry.stamp == Some(stamp) {
+                if previous.get(&file).is_some_and(|e| e.stamp == Some(stamp)) {
+                    if let Some(entry) = previous.remove(&file) {
                         entry.replay(&mut store);
                         self.entries.insert(file, entry);
-                        continue;
                     }
-                    previous.insert(file.clone(), entry);
+                    continue;
                 }
             }
             self.read += 1;

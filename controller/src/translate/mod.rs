@@ -141,15 +141,6 @@ struct Reusable {
 }
 
 impl Reuse {
-    /// How many VirtualService results it holds.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// How many VirtualService results this translation reused (for logs and tests).
     pub fn reused(&self) -> usize {
         self.reused
@@ -294,7 +285,7 @@ pub fn translate_reusing(
             .and_then(|r| r.entries.get(&key))
             .filter(|c| Arc::ptr_eq(&c.meta, &vs.meta) && Arc::ptr_eq(&c.spec, &vs.spec));
         // A result can be reused next time when it came from the cache or made no lookups.
-        let (translated, local, reusable) = match cached {
+        let (translated, local, keep) = match cached {
             Some(c) => {
                 next.reused += 1;
                 (c.translated.clone(), c.problems.clone(), true)
@@ -307,7 +298,7 @@ pub fn translate_reusing(
                 (translated, local, pure)
             }
         };
-        if reusable {
+        if keep {
             let entry = Reusable {
                 meta: vs.meta.clone(),
                 spec: vs.spec.clone(),
