@@ -127,39 +127,46 @@ impl Store {
     pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
         let namespace =
             meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        let name = meta.name.clone();
-        let key = ObjectKey::new(&namespace, &name);
+        let key = ObjectKey { namespace: namespace.clone(), name: meta.name.clone() };
         self.next_seq += 1;
         let seq = self.next_seq;
-        let replaced_origin = match object {
-            Object::Gateway(s) => put(&mut self.gateways, key, meta, namespace.clone(), origin.clone(), seq, s),
-            Object::VirtualService(s) => {
-                put(&mut self.virtual_services, key, meta, namespace.clone(), origin.clone(), seq, s)
-            }
-            Object::DestinationRule(s) => {
-                put(&mut self.destination_rules, key, meta, namespace.clone(), origin.clone(), seq, s)
-            }
-            Object::ServiceEntry(s) => {
-                put(&mut self.service_entries, key, meta, namespace.clone(), origin.clone(), seq, s)
-            }
-            Object::WorkloadEntry(s) => {
-                put(&mut self.workload_entries, key, meta, namespace.clone(), origin.clone(), seq, s)
-            }
-            Object::Service(s) => put(&mut self.services, key, meta, namespace.clone(), origin.clone(), seq, s),
-            Object::Pod(s) => put(&mut self.pods, key, meta, namespace.clone(), origin.clone(), seq, s),
-            Object::Secret(s) => put(&mut self.secrets, key, meta, namespace.clone(), origin.clone(), seq, s),
-            Object::EndpointSlice(s) => {
-                put(&mut self.endpoint_slices, key, meta, namespace.clone(), origin.clone(), seq, s)
-            }
+        // A reload inserts every object again (50k at 10k services): the origin moves into
+        // the map and is copied back only for the rare duplicate warning.
+        macro_rules! put {
+            ($map:expr, $spec:expr) => {{
+                let resource = Resource { meta, namespace, origin, seq, spec: $spec };
+                match $map.entry(key) {
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(resource);
+                        None
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut o) => {
+                        let previous = std::mem::replace(o.get_mut(), resource);
+                        let now = o.get();
+                        Some((previous.origin, now.origin.clone(), now.reference(kind)))
+                    }
+                }
+            }};
+        }
+        let replaced = match object {
+            Object::Gateway(s) => put!(self.gateways, s),
+            Object::VirtualService(s) => put!(self.virtual_services, s),
+            Object::DestinationRule(s) => put!(self.destination_rules, s),
+            Object::ServiceEntry(s) => put!(self.service_entries, s),
+            Object::WorkloadEntry(s) => put!(self.workload_entries, s),
+            Object::Service(s) => put!(self.services, s),
+            Object::Pod(s) => put!(self.pods, s),
+            Object::Secret(s) => put!(self.secrets, s),
+            Object::EndpointSlice(s) => put!(self.endpoint_slices, s),
         };
-        if let Some(previous) = replaced_origin {
+        if let Some((previous, origin, reference)) = replaced {
             self.diagnostics.push(
                 Diagnostic::warning(
                     codes::DUPLICATE,
                     "metadata.name",
                     format!("defined again; this definition replaces the one at {previous}"),
                 )
-                .at(&origin, Some(ResourceRef::new(kind, &namespace, &name))),
+                .at(&origin, Some(reference)),
             );
         }
     }
@@ -217,21 +224,22 @@ impl Store {
     /// the same order: same keys, sequence numbers and shared metadata and specs. Pointer
     /// comparison is sound because `other` keeps its objects alive while we compare.
     pub fn same_except_virtual_services(&self, other: &Store) -> bool {
-        fn same<T>(a: &Objects<T>, b: &Objects<T>) -> bool {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|((ka, a), (kb, b))| {
-                    ka == kb && a.seq == b.seq && Arc::ptr_eq(&a.meta, &b.meta) && Arc::ptr_eq(&a.spec, &b.spec)
-                })
-        }
-        same(&self.gateways, &other.gateways)
-            && same(&self.destination_rules, &other.destination_rules)
-            && same(&self.service_entries, &other.service_entries)
-            && same(&self.workload_entries, &other.workload_entries)
-            && same(&self.services, &other.services)
-            && same(&self.pods, &other.pods)
-            && same(&self.secrets, &other.secrets)
-            && same(&self.endpoint_slices, &other.endpoint_slices)
+        same_objects(&self.gateways, &other.gateways)
+            && same_objects(&self.destination_rules, &other.destination_rules)
+            && self.same_registry_inputs(other)
+            && same_objects(&self.secrets, &other.secrets)
             && self.files == other.files
+    }
+
+    /// Whether the kinds the service registry is built from (Services, Pods, EndpointSlices,
+    /// ServiceEntries, WorkloadEntries) are the same objects in the same order; then the
+    /// registry of `other` is this store's registry too.
+    pub fn same_registry_inputs(&self, other: &Store) -> bool {
+        same_objects(&self.service_entries, &other.service_entries)
+            && same_objects(&self.workload_entries, &other.workload_entries)
+            && same_objects(&self.services, &other.services)
+            && same_objects(&self.pods, &other.pods)
+            && same_objects(&self.endpoint_slices, &other.endpoint_slices)
     }
 
     /// After a load in which some files could not be read or parsed, brings back every
@@ -271,6 +279,14 @@ impl Store {
     }
 }
 
+/// Same keys, sequence numbers and shared metadata and specs, in the same order.
+fn same_objects<T>(a: &Objects<T>, b: &Objects<T>) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|((ka, a), (kb, b))| {
+            ka == kb && a.seq == b.seq && Arc::ptr_eq(&a.meta, &b.meta) && Arc::ptr_eq(&a.spec, &b.spec)
+        })
+}
+
 /// Which previous resources to bring back: (origin, kind, namespace, name).
 type Selector<'a> = dyn Fn(&Origin, Kind, &str, &str) -> bool + 'a;
 
@@ -296,16 +312,4 @@ fn restore_map<T: Clone + PartialEq>(
                 .at(&origin, Some(ResourceRef::new(kind, &r.namespace, &r.meta.name))),
         );
     }
-}
-
-fn put<T>(
-    map: &mut Objects<T>,
-    key: ObjectKey,
-    meta: Arc<ObjectMeta>,
-    namespace: String,
-    origin: Origin,
-    seq: u64,
-    spec: Arc<T>,
-) -> Option<Origin> {
-    map.insert(key, Resource { meta, namespace, origin, seq, spec }).map(|old| old.origin)
 }

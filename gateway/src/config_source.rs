@@ -34,7 +34,9 @@ pub async fn start(
         "give a config source: --config PATH (a folder or file of Istio YAML), --controller URL or --kube"
     );
     let (mut publisher, snapshots) = Publisher::new(identity);
-    file_watch::spawn_loop(args.config.clone(), Duration::from_millis(30), move |store| {
+    // The quiet time that turns a burst of file events into one reload. Editors and `cp`
+    // write a file within a few milliseconds; a longer wait only delays every change.
+    file_watch::spawn_loop(args.config.clone(), Duration::from_millis(10), move |store| {
         let started = Instant::now();
         let outcome = publisher.apply(store);
         report(&outcome, &metrics, started.elapsed())

@@ -598,6 +598,7 @@ fn reusing_translation_equals_a_fresh_one() {
     let options = Options::default();
     let mut cache = FileCache::default();
     let mut previous: Option<(Store, Reuse)> = None;
+    let registry_reused = std::cell::Cell::new(false);
     let mut step = |what: &str, edit: &dyn Fn()| -> usize {
         edit();
         let store = cache.load(&paths);
@@ -607,6 +608,7 @@ fn reusing_translation_equals_a_fresh_one() {
         assert!(snapshot == fresh, "{what}: the snapshots differ");
         assert_eq!(diagnostics, fresh_diagnostics, "{what}");
         let reused = reuse.reused();
+        registry_reused.set(reuse.registry_reused());
         previous = Some((store, reuse));
         reused
     };
@@ -639,4 +641,16 @@ fn reusing_translation_equals_a_fresh_one() {
         )
     });
     assert_eq!(step("nothing changed again", &|| ()), 29);
+    let pods = std::fs::read_to_string(d.join(&vs_file)).unwrap().replace("podIP: 10.", "podIP: 11.");
+    step("Pods moved", &|| write(&vs_file, &pods));
+    assert!(!registry_reused.get(), "a Pod changed: the registry is built again");
+    step("a ServiceEntry with a problem", &|| {
+        write(
+            "zz-entry.yaml",
+            "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: ext}\nspec:\n  hosts: [ext.example.com]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: STATIC\n",
+        )
+    });
+    assert!(!registry_reused.get());
+    step("a VirtualService edited after that", &|| write(&vs_file, &pods.replace("/api/v1", "/api/v7")));
+    assert!(registry_reused.get(), "only a VirtualService changed");
 }

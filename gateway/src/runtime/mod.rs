@@ -230,7 +230,7 @@ impl Runtime {
             let secrets = ClusterRuntime::referenced_secrets(def, &snapshot.secrets);
             let reused = previous
                 .and_then(|p| p.clusters.get(name))
-                .filter(|c| c.definition == *def && c.secrets == secrets)
+                .filter(|c| (Arc::ptr_eq(&c.definition, def) || c.definition == *def) && c.secrets == secrets)
                 .cloned();
             let compiled = reused.unwrap_or_else(|| Arc::new(ClusterRuntime::compile(def, &snapshot.secrets)));
             clusters.insert(name.clone(), compiled);
