@@ -14,7 +14,8 @@ Each target runs under `valgrind --tool=callgrind --instr-atstart=no` behind the
 upstream as tests/load/run.py; after a warm-up of 200 requests instrumentation is switched on,
 N keep-alive requests of 1 KiB are sent one at a time, and it is switched off again. Prints
 instructions per request per target and, for each meshgate target, the functions whose
-exclusive count differs most from bare Pingora's. Needs release builds and valgrind (apt).
+exclusive count differs most from bare Pingora's. Needs release builds (taken from
+$CARGO_TARGET_DIR/release when set, else target/release) and valgrind (apt).
 """
 import argparse
 import http.client
@@ -31,6 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402  (the benchmark runner: upstream, configs, helpers)
 
 WARMUP = 200
+# Release binaries: where cargo put them (CARGO_TARGET_DIR, relative to the workspace root
+# like cargo resolves it, or the workspace's own target/).
+RELEASE = R.ROOT / os.environ.get("CARGO_TARGET_DIR", "target") / "release"
 
 
 def drive(port: int, n: int) -> None:
@@ -44,7 +48,17 @@ def drive(port: int, n: int) -> None:
     conn.close()
 
 
-def start(name: str, work: Path, upstream_port: int, out: Path) -> tuple[subprocess.Popen, int]:
+def freeze(tmp: Path) -> Path:
+    """Copies of the binaries, so a build finishing during the run changes nothing measured."""
+    frozen = tmp / "bin"
+    frozen.mkdir()
+    for binary in ["gateway", "bare-proxy"]:
+        if (RELEASE / binary).is_file():
+            shutil.copy2(RELEASE / binary, frozen / binary)
+    return frozen
+
+
+def start(name: str, work: Path, upstream_port: int, out: Path, bins: Path) -> tuple[subprocess.Popen, int]:
     port = R.free_port()
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no", "--instr-atstart=no"]
     env = dict(os.environ, RUST_LOG="warn")
@@ -55,14 +69,14 @@ def start(name: str, work: Path, upstream_port: int, out: Path) -> tuple[subproc
         (R.meshgate_realistic_config if realistic else R.meshgate_simple_config)(config, upstream_port)
         status = R.free_port()
         access = str(work / "access.log") if name.endswith("-log") else "off"
-        argv = vg + [str(R.ROOT / "target/release/gateway"), "--config", str(config), "--port-map",
+        argv = vg + [str(bins / "gateway"), "--config", str(config), "--port-map",
                      f"80=127.0.0.1:{port}", "--status-addr", f"127.0.0.1:{status}",
                      "--metrics-addr", f"127.0.0.1:{R.free_port()}", "--admin-addr", f"127.0.0.1:{R.free_port()}",
                      "--access-log", access, "--threads", "1"]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
         R.wait_until(lambda: R.http_get(status, "/healthz/ready")[0] == 200, name, proc, work / "stderr.log", 120)
     else:
-        argv = vg + [str(R.ROOT / "target/release/bare-proxy"), f"127.0.0.1:{port}", f"127.0.0.1:{upstream_port}"]
+        argv = vg + [str(bins / "bare-proxy"), f"127.0.0.1:{port}", f"127.0.0.1:{upstream_port}"]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
 
         def accepting() -> bool:
@@ -108,6 +122,8 @@ def main() -> int:
         if not shutil.which(tool):
             sys.exit(f"instructions.py: {tool} is missing (apt-get install valgrind nginx)")
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-instr-"))
+    print(f"binaries from {RELEASE}; callgrind output in {tmp}/<target>/callgrind.out", file=sys.stderr)
+    bins = freeze(tmp)
     upstream, upstream_port = R.start_upstream(tmp)
     counts: dict[str, dict[str, int]] = {}
     try:
@@ -115,7 +131,7 @@ def main() -> int:
             work = tmp / name
             work.mkdir()
             out = work / "callgrind.out"
-            proc, port = start(name, work, upstream_port, out)
+            proc, port = start(name, work, upstream_port, out, bins)
             drive(port, WARMUP)
             subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
             drive(port, args.n)

@@ -4,6 +4,7 @@
 use crate::l4::splice::{splice, Direction};
 use crate::listeners::ConnectionHandler;
 use crate::proxy::Shared;
+use crate::runtime::cluster::ClusterRuntime;
 use crate::runtime::L4Route;
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -49,13 +50,16 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let start = std::time::Instant::now();
-    let mut log = L4Log { flags: "-", upstream: None, cluster: None, stats: Default::default() };
+    let mut log = L4Log { flags: "-", cluster: None, endpoint: None, stats: Default::default() };
     forward_inner(shared, route, downstream, &mut log).await;
     if shared.access_log.enabled() {
         let duration = start.elapsed();
         let start_time = crate::proxy::request::rfc3339_now_minus(duration);
+        // Per connection, not per request: encoded here rather than kept in the route.
+        let route_name = route.map(|r| crate::access_log::Prepared::string(&r.name));
+        let cluster = log.cluster.as_deref();
         shared.access_log.log(&crate::access_log::Entry {
-            start_time: start_time.as_str(),
+            start_time: start_time.as_bytes(),
             method: "-",
             authority: info.sni.unwrap_or("-"),
             path: "-",
@@ -66,9 +70,9 @@ where
             bytes_sent: log.stats.upstream_to_downstream,
             duration: duration.as_millis() as u64,
             upstream_service_time: None,
-            upstream_host: log.upstream,
-            upstream_cluster: log.cluster.as_deref(),
-            route_name: route.map(|r| r.name.as_str()),
+            upstream_host: cluster.zip(log.endpoint).map(|(c, i)| &c.endpoints[i].log_host),
+            upstream_cluster: cluster.map(|c| &c.log_name),
+            route_name: route_name.as_ref(),
             request_id: None,
             x_forwarded_for: None,
             user_agent: None,
@@ -79,8 +83,9 @@ where
 
 struct L4Log {
     flags: &'static str,
-    upstream: Option<std::net::SocketAddr>,
-    cluster: Option<String>,
+    cluster: Option<Arc<ClusterRuntime>>,
+    /// Index of the endpoint in `cluster`.
+    endpoint: Option<usize>,
     stats: crate::l4::splice::SpliceStats,
 }
 
@@ -99,14 +104,14 @@ where
         metrics.tcp_open(None, "NC", "unknown").close();
         return;
     };
-    log.cluster = Some(cluster.definition.name.clone());
+    log.cluster = Some(cluster.clone());
     let Some(pick) = cluster.balancer.pick(None, None) else {
         log.flags = "UH";
         metrics.tcp_open(Some(&cluster.service_labels), "UH", cluster.security_policy).close();
         return;
     };
     let endpoint = &cluster.endpoints[pick.index()];
-    log.upstream = Some(endpoint.addr);
+    log.endpoint = Some(pick.index());
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint.addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {

@@ -15,7 +15,7 @@
 mod local_reply;
 pub(crate) mod request;
 
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::{AccessLog, Entry, RequestId};
 use crate::balance::{hash_key, Pick};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::runtime::cluster::ClusterRuntime;
@@ -279,7 +279,7 @@ impl ProxyHttp for MeshProxy {
             let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
             let start_time = request::rfc3339_now_minus(duration);
             self.shared.access_log.log(&Entry {
-                start_time: start_time.as_str(),
+                start_time: start_time.as_bytes(),
                 method: req.method.as_str(),
                 authority: request::authority(req).unwrap_or_default(),
                 path: req.uri.path_and_query().map_or("", |p| p.as_str()),
@@ -290,10 +290,13 @@ impl ProxyHttp for MeshProxy {
                 bytes_sent: response_bytes,
                 duration: duration.as_millis() as u64,
                 upstream_service_time: ctx.upstream_time_ms,
-                upstream_host: endpoint.map(|e| e.addr),
-                upstream_cluster: ctx.cluster.as_ref().map(|c| c.definition.name.as_str()),
-                route_name: ctx.route.as_ref().map(|r| r.name.as_str()),
-                request_id: request_id(req, ctx),
+                upstream_host: endpoint.map(|e| &e.log_host),
+                upstream_cluster: ctx.cluster.as_ref().map(|c| &c.log_name),
+                route_name: ctx.route.as_ref().map(|r| &r.log_name),
+                request_id: match &ctx.generated_id {
+                    Some(id) => Some(RequestId::Generated(id)),
+                    None => req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(RequestId::Header),
+                },
                 x_forwarded_for: if ctx.no_forwarded_for { None } else { header(&X_FORWARDED_FOR) },
                 user_agent: header(&http::header::USER_AGENT),
                 downstream_remote_address: session.client_addr().and_then(|a| a.as_inet()).copied(),

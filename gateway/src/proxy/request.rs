@@ -144,8 +144,9 @@ pub fn forwarded_for(existing: Option<&[u8]>, ip: std::net::IpAddr) -> http::Hea
 pub struct Timestamp([u8; 24]);
 
 impl Timestamp {
-    pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.0).unwrap_or_default()
+    /// The text (ASCII) as bytes: what the access log copies, with no UTF-8 check on the way.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -263,14 +264,14 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(20_415), (2025, 11, 23));
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_880_093_007);
-        assert_eq!(rfc3339(t).as_str(), "2025-11-23T06:41:33.007Z");
-        assert_eq!(rfc3339(std::time::UNIX_EPOCH).as_str(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(t).as_bytes(), b"2025-11-23T06:41:33.007Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH).as_bytes(), b"1970-01-01T00:00:00.000Z");
         // A new second, the same second again (from the cached prefix), the next day.
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_880_093_999);
-        assert_eq!(rfc3339(t).as_str(), "2025-11-23T06:41:33.999Z");
+        assert_eq!(rfc3339(t).as_bytes(), b"2025-11-23T06:41:33.999Z");
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_880_093_500);
-        assert_eq!(rfc3339(t).as_str(), "2025-11-23T06:41:33.500Z");
+        assert_eq!(rfc3339(t).as_bytes(), b"2025-11-23T06:41:33.500Z");
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_763_942_400_001);
-        assert_eq!(rfc3339(t).as_str(), "2025-11-24T00:00:00.001Z");
+        assert_eq!(rfc3339(t).as_bytes(), b"2025-11-24T00:00:00.001Z");
     }
 }

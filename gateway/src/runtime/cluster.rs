@@ -2,6 +2,7 @@
 //! load balancer. Reused across snapshot swaps when its definition is unchanged, so in-flight
 //! counts and round-robin positions survive config changes.
 
+use crate::access_log::{Prepared, UpstreamCluster, UpstreamHost};
 use crate::balance::{Algorithm, Balancer};
 use crate::tls::upstream::UpstreamTlsRuntime;
 use controller::snapshot::{Cluster, HashAlgorithm, HashKey, LoadBalancer, Secret, UpstreamProtocol};
@@ -27,6 +28,8 @@ pub struct DestinationLabels {
 #[derive(Debug)]
 pub struct EndpointRuntime {
     pub addr: SocketAddr,
+    /// `upstream_host` of access log lines, encoded once.
+    pub log_host: Prepared<UpstreamHost>,
     pub labels: Arc<DestinationLabels>,
 }
 
@@ -45,6 +48,8 @@ pub struct ClusterRuntime {
     pub hash_key: Option<HashKey>,
     /// Labels used when the cluster has no endpoint to name (503 no healthy upstream).
     pub service_labels: Arc<DestinationLabels>,
+    /// `upstream_cluster` of access log lines, encoded once.
+    pub log_name: Prepared<UpstreamCluster>,
 }
 
 impl ClusterRuntime {
@@ -77,8 +82,10 @@ impl ClusterRuntime {
         for e in &def.endpoints {
             // Addresses were validated as IP literals by the controller; skip anything else.
             let Ok(ip) = e.address.parse::<std::net::IpAddr>() else { continue };
+            let addr = SocketAddr::new(ip, e.port);
             endpoints.push(EndpointRuntime {
-                addr: SocketAddr::new(ip, e.port),
+                addr,
+                log_host: Prepared::address(addr),
                 labels: Arc::new(DestinationLabels {
                     service: def.service.host.clone(),
                     service_name: def.service.name.clone(),
@@ -122,6 +129,7 @@ impl ClusterRuntime {
             endpoints,
             hash_key,
             service_labels,
+            log_name: Prepared::string(&def.name),
         }
     }
 }

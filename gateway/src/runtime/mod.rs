@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod matcher;
 
+use crate::access_log::{Prepared, RouteName};
 use arc_swap::ArcSwap;
 use cluster::ClusterRuntime;
 use controller::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
@@ -68,6 +69,8 @@ pub struct Route {
     matches: Vec<CompiledMatch>,
     destinations: Destinations,
     pub timeout: Option<Duration>,
+    /// `route_name` of access log lines, encoded once.
+    pub log_name: Prepared<RouteName>,
 }
 
 impl Route {
@@ -353,6 +356,7 @@ fn compile_route(
         matches,
         destinations: Destinations::compile(destinations, clusters),
         timeout: r.timeout_ms.map(Duration::from_millis),
+        log_name: Prepared::string(&r.name),
     })
 }
 
