@@ -17,7 +17,7 @@ pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
 }
 
 fn collect(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, problems: &mut Vec<Diagnostic>) {
-    let origin = Origin { file: Some(path.to_path_buf()), document: None };
+    let origin = Origin { file: Some(path.into()), document: None };
     let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
     match std::fs::metadata(path) {
         // A mounted ConfigMap holds its files twice more under `..data` and `..2025_...`;
@@ -56,7 +56,7 @@ pub fn load(paths: &[PathBuf]) -> Store {
             Ok(text) => load_text(&mut store, &text, Some(&file)),
             Err(e) => store.diagnostics.push(
                 Diagnostic::error(codes::IO, "", e.to_string())
-                    .at(&Origin { file: Some(file.clone()), document: None }, None),
+                    .at(&Origin { file: Some(file.as_path().into()), document: None }, None),
             ),
         }
     }
@@ -74,8 +74,9 @@ pub fn read_referenced_files(store: &mut Store) {
 
 /// Adds every document of one YAML (or JSON) text.
 pub fn load_text(store: &mut impl Sink, text: &str, file: Option<&Path>) {
+    let file: Option<std::sync::Arc<Path>> = file.map(std::sync::Arc::from);
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let origin = Origin { file: file.map(Path::to_path_buf), document: Some(index) };
+        let origin = Origin { file: file.clone(), document: Some(index) };
         match serde_yaml::Value::deserialize(document) {
             Ok(value) => add_document(store, value, &origin),
             Err(e) => {
