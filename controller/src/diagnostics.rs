@@ -7,7 +7,8 @@
 use crate::api::Kind;
 use serde::Serialize;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::Path;
+use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -19,9 +20,11 @@ pub enum Level {
 
 /// Where a resource came from: a file and the document's index inside it (0-based, as
 /// `kubectl` counts `---` separated documents), or the Kubernetes API.
+/// The file is shared by every document and diagnostic from it (and between the file cache and
+/// the store): a path per resource was 6 MB at 10k services.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Origin {
-    pub file: Option<PathBuf>,
+    pub file: Option<Arc<Path>>,
     pub document: Option<usize>,
 }
 

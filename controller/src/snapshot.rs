@@ -228,9 +228,10 @@ pub struct Cluster {
     /// What the upstream speaks (Istio's protocol selection from the service port).
     #[serde(default)]
     pub upstream_protocol: UpstreamProtocol,
-    /// TLS origination from the DestinationRule; `None` is plain text.
+    /// TLS origination from the DestinationRule; `None` is plain text. Boxed: most clusters
+    /// have none, and inline it was a third of each of the 20k clusters of a 10k config.
     #[serde(default)]
-    pub tls: Option<UpstreamTls>,
+    pub tls: Option<Box<UpstreamTls>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -245,7 +245,7 @@ impl Store {
     /// After a load in which some files could not be read or parsed, brings back every
     /// resource those files held in `prev`, so a half-saved file never empties the config.
     pub fn restore_unreadable_files(&mut self, prev: &Store) -> Vec<Diagnostic> {
-        let broken: Vec<std::path::PathBuf> = self
+        let broken: Vec<Arc<std::path::Path>> = self
             .diagnostics
             .iter()
             .filter(|d| d.is_error() && d.resource.is_none())

@@ -39,7 +39,9 @@ pub async fn start(
     file_watch::spawn_loop(args.config.clone(), Duration::from_millis(10), move |store| {
         let started = Instant::now();
         let outcome = publisher.apply(store);
-        report(&outcome, &metrics, started.elapsed())
+        report(&outcome, &metrics, started.elapsed());
+        // Parsing and translation garbage, and the previous store, were freed on this thread.
+        crate::memory::release_freed();
     })?;
     Ok(snapshots)
 }

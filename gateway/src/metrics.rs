@@ -77,15 +77,17 @@ type SeriesKey = (u16, &'static str, &'static str, &'static str);
 
 /// Resolved series per destination, so a request does not hash 25 label values four times.
 /// Readers never lock: the list is replaced whole (copy on write) when a new status code or
-/// flag shows up, which happens a handful of times per destination.
+/// flag shows up, which happens a handful of times per destination. Empty until the first
+/// request: most of a large config's destinations never see one, and an empty list would
+/// still be an allocation per destination.
 #[derive(Default)]
 pub struct SeriesCache {
-    entries: arc_swap::ArcSwap<Vec<(SeriesKey, Arc<Series>)>>,
+    entries: arc_swap::ArcSwapOption<Vec<(SeriesKey, Arc<Series>)>>,
 }
 
 impl std::fmt::Debug for SeriesCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SeriesCache({})", self.entries.load().len())
+        write!(f, "SeriesCache({})", self.entries.load().as_ref().map_or(0, |e| e.len()))
     }
 }
 
@@ -94,15 +96,16 @@ const MAX_CACHED_SERIES: usize = 64;
 
 impl SeriesCache {
     fn get(&self, key: SeriesKey, make: impl FnOnce() -> Series) -> Arc<Series> {
-        if let Some((_, s)) = self.entries.load().iter().find(|(k, _)| *k == key) {
+        if let Some((_, s)) = self.entries.load().as_ref().and_then(|e| e.iter().find(|(k, _)| *k == key)) {
             return s.clone();
         }
         let series = Arc::new(make());
         let current = self.entries.load();
+        let current = current.as_deref().map_or(&[][..], Vec::as_slice);
         if current.len() < MAX_CACHED_SERIES {
-            let mut next = current.as_ref().clone();
+            let mut next = current.to_vec();
             next.push((key, series.clone()));
-            self.entries.store(Arc::new(next));
+            self.entries.store(Some(Arc::new(next)));
         }
         series
     }
@@ -294,16 +297,16 @@ impl Metrics {
             &s.app,
             &s.version,
             "Kubernetes",
-            d.map_or(unknown, |d| &d.workload),
-            d.map_or(unknown, |d| &d.workload_namespace),
+            d.map_or(unknown, |d| &*d.workload),
+            d.map_or(unknown, |d| &*d.workload_namespace),
             unknown,
-            d.map_or(unknown, |d| &d.app),
-            d.map_or(unknown, |d| &d.version),
-            d.map_or(unknown, |d| &d.service),
-            d.map_or(unknown, |d| if d.app == "unknown" { &d.service_name } else { &d.app }),
-            d.map_or(unknown, |d| if d.version == "unknown" { "latest" } else { &d.version }),
-            d.map_or(unknown, |d| &d.service_name),
-            d.map_or(unknown, |d| &d.service_namespace),
+            d.map_or(unknown, |d| &*d.app),
+            d.map_or(unknown, |d| &*d.version),
+            d.map_or(unknown, |d| &*d.service),
+            d.map_or(unknown, |d| if &*d.app == "unknown" { &*d.service_name } else { &*d.app }),
+            d.map_or(unknown, |d| if &*d.version == "unknown" { "latest" } else { &*d.version }),
+            d.map_or(unknown, |d| &*d.service_name),
+            d.map_or(unknown, |d| &*d.service_namespace),
             "Kubernetes",
         ]
     }

@@ -202,7 +202,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let cur = current.clone();
                 let snap = snapshot.clone();
                 let started = std::time::Instant::now();
-                let version = tokio::task::spawn_blocking(move || cur.swap(snap)).await?;
+                // The previous runtime is freed there too; give its pages back.
+                let version = tokio::task::spawn_blocking(move || {
+                    let version = cur.swap(snap);
+                    crate::memory::release_freed();
+                    version
+                })
+                .await?;
                 let compile_ms = started.elapsed().as_millis() as u64;
                 all_open = data.sync(&snapshot);
                 serving.store(all_open, Ordering::Release);

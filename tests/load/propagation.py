@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release")
     ap.add_argument("--target-dir", type=Path, default=Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")))
+    ap.add_argument("--gateway", type=Path, help="the gateway binary to measure (default: TARGET_DIR/release/gateway)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (config, gateway log)")
     args = ap.parse_args()
 
@@ -173,7 +174,7 @@ status: {{podIP: 127.0.0.1}}
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info,controller=debug")
     gw = subprocess.Popen(
-        [bins / "gateway", "--config", str(config), "--port-map", f"80=127.0.0.1:{port}",
+        [args.gateway or bins / "gateway", "--config", str(config), "--port-map", f"80=127.0.0.1:{port}",
          "--status-addr", f"127.0.0.1:{status_port}", "--metrics-addr", f"127.0.0.1:{free_port()}",
          "--admin-addr", f"127.0.0.1:{free_port()}", "--access-log", "off", "--drain-seconds", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env)

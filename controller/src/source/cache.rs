@@ -18,16 +18,17 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// What decoding one file produced, in order.
+/// What decoding one file produced, in order. Diagnostics are boxed: they are rare and three
+/// times the size of an object entry, which every entry would otherwise take.
 #[derive(Debug, Clone)]
 enum Decoded {
-    Diagnostic(Diagnostic),
+    Diagnostic(Box<Diagnostic>),
     Object(Kind, Arc<ObjectMeta>, Origin, Object),
 }
 
 impl Sink for Vec<Decoded> {
     fn diagnostic(&mut self, diagnostic: Diagnostic) {
-        self.push(Decoded::Diagnostic(diagnostic));
+        self.push(Decoded::Diagnostic(Box::new(diagnostic)));
     }
 
     fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object) {
@@ -47,6 +48,8 @@ impl Entry {
     fn decode(text: &str, file: &Path) -> Entry {
         let mut decoded = Vec::new();
         files::load_text(&mut decoded, text, Some(file));
+        // Kept for as long as the file is unchanged: no room for a sixth document.
+        decoded.shrink_to_fit();
         Entry { hash: hash(text), decoded, stamp: None }
     }
 
@@ -86,7 +89,7 @@ impl Entry {
     fn replay(&self, store: &mut Store) {
         for item in &self.decoded {
             match item {
-                Decoded::Diagnostic(d) => store.diagnostics.push(d.clone()),
+                Decoded::Diagnostic(d) => store.diagnostics.push((**d).clone()),
                 Decoded::Object(kind, meta, origin, object) => {
                     store.insert(*kind, meta.clone(), origin.clone(), object.clone())
                 }
@@ -195,7 +198,7 @@ impl FileCache {
                 Err(e) => {
                     store.diagnostics.push(
                         Diagnostic::error(codes::IO, "", e.to_string())
-                            .at(&Origin { file: Some(file.clone()), document: None }, None),
+                            .at(&Origin { file: Some(file.as_path().into()), document: None }, None),
                     );
                     continue;
                 }

@@ -58,7 +58,7 @@ fn collect_entry(path: &Path, is_dir: bool, explicit: bool, files: &mut Vec<Path
 }
 
 fn io_problem(path: &Path, e: std::io::Error) -> Diagnostic {
-    let origin = Origin { file: Some(path.to_path_buf()), document: None };
+    let origin = Origin { file: Some(path.into()), document: None };
     Diagnostic::error(codes::IO, "", e.to_string()).at(&origin, None)
 }
 
@@ -73,7 +73,7 @@ pub fn load(paths: &[PathBuf]) -> Store {
             Ok(text) => load_text(&mut store, &text, Some(&file)),
             Err(e) => store.diagnostics.push(
                 Diagnostic::error(codes::IO, "", e.to_string())
-                    .at(&Origin { file: Some(file.clone()), document: None }, None),
+                    .at(&Origin { file: Some(file.as_path().into()), document: None }, None),
             ),
         }
     }
@@ -91,8 +91,9 @@ pub fn read_referenced_files(store: &mut Store) {
 
 /// Adds every document of one YAML (or JSON) text.
 pub fn load_text(store: &mut impl Sink, text: &str, file: Option<&Path>) {
+    let file: Option<std::sync::Arc<Path>> = file.map(std::sync::Arc::from);
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let origin = Origin { file: file.map(Path::to_path_buf), document: Some(index) };
+        let origin = Origin { file: file.clone(), document: Some(index) };
         match serde_yaml::Value::deserialize(document) {
             Ok(value) => add_document(store, value, &origin),
             Err(e) => {

@@ -263,7 +263,7 @@ pub fn resolve(
     let tls = match rule.and_then(|r| effective_tls(&r.spec, subset, port).map(|t| (r, t))) {
         None => None,
         Some((r, settings)) => match upstream_tls(settings, creds) {
-            Ok(tls) => tls,
+            Ok(tls) => tls.map(Box::new),
             Err(why) => {
                 // Fail closed: never fall back to plain text for a destination meant to use TLS.
                 problems.push(Diagnostic::warning(

@@ -292,7 +292,7 @@ pub fn translate_reusing(
     let ctx = routes::Context {
         servers_by_gateway,
         known_gateways: &known_gateways,
-        registry: &*registry,
+        registry: &registry,
         rules: &rules,
         options,
         regexes: Default::default(),

@@ -6,7 +6,9 @@ use super::hosts::{intersect, resolve_short_name, split_server_host};
 use super::servers::ServerKind;
 use super::services::Registry;
 use super::{BoundServer, Options};
-use crate::api::istio::{HttpMatchRequest, HttpRoute, RouteDestination, StringMatch as WireMatch, VirtualServiceSpec};
+use crate::api::istio::{
+    HttpMatchRequest, HttpRoute, KeyedMatches, RouteDestination, StringMatch as WireMatch, VirtualServiceSpec,
+};
 use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::{Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, StringMatch, WeightedCluster};
 use crate::store::Resource;
@@ -341,7 +343,7 @@ fn route_match(
     problems: &mut Vec<Diagnostic>,
 ) -> Option<RouteMatch> {
     let mut ok = true;
-    let mut one = |w: &Option<WireMatch>, name: &str, problems: &mut Vec<Diagnostic>| -> Option<StringMatch> {
+    let mut one = |w: &Option<Box<WireMatch>>, name: &str, problems: &mut Vec<Diagnostic>| -> Option<StringMatch> {
         let w = w.as_ref()?;
         match string_match(w, &format!("{field}.{name}"), regexes, problems) {
             Ok(v) => v,
@@ -355,10 +357,7 @@ fn route_match(
     let scheme = one(&m.scheme, "scheme", problems);
     let method = one(&m.method, "method", problems);
     let authority = one(&m.authority, "authority", problems);
-    let mut keyed = |map: &indexmap::IndexMap<String, WireMatch>,
-                     name: &str,
-                     lower: bool,
-                     problems: &mut Vec<Diagnostic>| {
+    let mut keyed = |map: &KeyedMatches, name: &str, lower: bool, problems: &mut Vec<Diagnostic>| {
         let mut out = Vec::new();
         for (k, w) in map {
             match string_match(w, &format!("{field}.{name}.{k}"), regexes, problems) {

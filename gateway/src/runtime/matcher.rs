@@ -132,7 +132,10 @@ impl CompiledMatch {
             s.as_ref().map(|s| Matcher::compile(s, ci, cache)).transpose()
         }
         fn many(v: &[KeyMatch], cache: &mut RegexCache) -> Result<Vec<Keyed>, regex::Error> {
-            v.iter().map(|k| Keyed::compile(k, cache)).collect()
+            // Collecting through `Result` reserves room for four; keep what is used.
+            let mut keyed = v.iter().map(|k| Keyed::compile(k, cache)).collect::<Result<Vec<_>, _>>()?;
+            keyed.shrink_to_fit();
+            Ok(keyed)
         }
         Ok(CompiledMatch {
             uri: one(&m.uri, m.ignore_uri_case, cache)?,
