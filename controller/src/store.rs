@@ -127,7 +127,7 @@ impl Store {
     pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
         let namespace =
             meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-        let key = ObjectKey { namespace: namespace.clone(), name: meta.name.clone() };
+        let key = ObjectKey::new(&namespace, &meta.name);
         self.next_seq += 1;
         let seq = self.next_seq;
         // A reload inserts every object again (50k at 10k services): the origin moves into

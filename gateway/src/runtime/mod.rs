@@ -233,7 +233,7 @@ impl Runtime {
             let secrets = ClusterRuntime::referenced_secrets(def, &snapshot.secrets);
             let reused = previous
                 .and_then(|p| p.clusters.get(name))
-                .filter(|c| (Arc::ptr_eq(&c.definition, def) || c.definition == *def) && c.secrets == secrets)
+                .filter(|c| controller::snapshot::shared_or_equal(&c.definition, def) && c.secrets == secrets)
                 .cloned();
             let compiled = reused.unwrap_or_else(|| Arc::new(ClusterRuntime::compile(def, &snapshot.secrets)));
             clusters.insert(name.clone(), compiled);
@@ -337,18 +337,15 @@ fn compile_route(
     regexes: &mut RegexCache,
 ) -> Option<Route> {
     // Collecting through `Result` reserves room for four; runtimes keep one per route.
-    let matches = match r.matches.iter().map(|m| CompiledMatch::compile(m, regexes)).collect::<Result<Vec<_>, _>>().map(
-        |mut v| {
-            v.shrink_to_fit();
-            v
-        },
-    ) {
+    let mut matches = match r.matches.iter().map(|m| CompiledMatch::compile(m, regexes)).collect::<Result<Vec<_>, _>>()
+    {
         Ok(m) => m,
         Err(e) => {
             tracing::error!(route = r.name, error = %e, "route dropped: matcher does not compile");
             return None;
         }
     };
+    matches.shrink_to_fit();
     let RouteAction::Route { destinations } = &r.action;
     Some(Route {
         name: r.name.clone(),
