@@ -27,9 +27,14 @@ impl ObjectKey {
     }
 }
 
+/// The namespace a resource lands in: its own, or `default` when it names none.
+pub fn namespace_of(meta: &ObjectMeta) -> &str {
+    meta.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
+}
+
 /// One resource with where it came from. `seq` keeps load order so "first defined wins"
 /// orderings (Istio orders by creation time) are stable in file mode too.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct Resource<T> {
     /// Shared with the file cache's decoded copy, like `spec`.
     pub meta: Arc<ObjectMeta>,
@@ -39,6 +44,19 @@ pub struct Resource<T> {
     /// Shared: a reload rebuilds the store from cached decoded files (`source::cache`), and
     /// sharing the specs makes that a reference count instead of a deep copy.
     pub spec: Arc<T>,
+}
+
+// By hand: the derive would ask for `T: Clone`, and the spec is shared, not copied.
+impl<T> Clone for Resource<T> {
+    fn clone(&self) -> Self {
+        Resource {
+            meta: self.meta.clone(),
+            namespace: self.namespace.clone(),
+            origin: self.origin.clone(),
+            seq: self.seq,
+            spec: self.spec.clone(),
+        }
+    }
 }
 
 impl<T> Resource<T> {
@@ -66,7 +84,10 @@ pub fn in_order<'a, T>(resources: impl IntoIterator<Item = &'a Resource<T>>) -> 
     keyed.into_iter().map(|(_, r)| r).collect()
 }
 
-pub type Objects<T> = BTreeMap<ObjectKey, Resource<T>>;
+/// One kind's resources. Shared: a reload that leaves a kind alone (most edits touch one
+/// object) keeps the same map, so cloning a store is cheap and translation can tell unchanged
+/// kinds apart by pointer ([`Store::same_registry_inputs`]).
+pub type Objects<T> = Arc<BTreeMap<ObjectKey, Resource<T>>>;
 
 /// `PartialEq` lets tests prove that an incremental reload equals a fresh load.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -125,8 +146,7 @@ impl Store {
     /// Inserts or replaces an object. A second definition of the same kind/namespace/name in
     /// one load replaces the first with a warning, as a later `kubectl apply` would.
     pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        let namespace =
-            meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
+        let namespace = namespace_of(&meta).to_string();
         let key = ObjectKey::new(&namespace, &meta.name);
         self.next_seq += 1;
         let seq = self.next_seq;
@@ -135,7 +155,7 @@ impl Store {
         macro_rules! put {
             ($map:expr, $spec:expr) => {{
                 let resource = Resource { meta, namespace, origin, seq, spec: $spec };
-                match $map.entry(key) {
+                match Arc::make_mut(&mut $map).entry(key) {
                     std::collections::btree_map::Entry::Vacant(v) => {
                         v.insert(resource);
                         None
@@ -168,6 +188,40 @@ impl Store {
                 )
                 .at(&origin, Some(reference)),
             );
+        }
+    }
+
+    /// Gives the resource defined at `origin` new metadata and spec, keeping its place in load
+    /// order. A reload whose edits leave every object's identity and position alone patches
+    /// the previous store this way instead of inserting 50k objects again
+    /// (`source::cache`). Does nothing when a later definition replaced the one at `origin`,
+    /// or when the resource already holds these very objects.
+    pub fn update_in_place(&mut self, meta: &Arc<ObjectMeta>, origin: &Origin, object: &Object) {
+        let key = ObjectKey::new(namespace_of(meta), &meta.name);
+        macro_rules! update {
+            ($map:expr, $spec:expr) => {{
+                let stale = $map.get(&key).is_some_and(|r| {
+                    r.origin == *origin && !(Arc::ptr_eq(&r.meta, meta) && Arc::ptr_eq(&r.spec, $spec))
+                });
+                if stale {
+                    // Copies the kind's map when the previous store still shares it.
+                    if let Some(r) = Arc::make_mut(&mut $map).get_mut(&key) {
+                        r.meta = Arc::clone(meta);
+                        r.spec = Arc::clone($spec);
+                    }
+                }
+            }};
+        }
+        match object {
+            Object::Gateway(s) => update!(self.gateways, s),
+            Object::VirtualService(s) => update!(self.virtual_services, s),
+            Object::DestinationRule(s) => update!(self.destination_rules, s),
+            Object::ServiceEntry(s) => update!(self.service_entries, s),
+            Object::WorkloadEntry(s) => update!(self.workload_entries, s),
+            Object::Service(s) => update!(self.services, s),
+            Object::Pod(s) => update!(self.pods, s),
+            Object::Secret(s) => update!(self.secrets, s),
+            Object::EndpointSlice(s) => update!(self.endpoint_slices, s),
         }
     }
 
@@ -281,23 +335,24 @@ impl Store {
 
 /// Same keys, sequence numbers and shared metadata and specs, in the same order.
 fn same_objects<T>(a: &Objects<T>, b: &Objects<T>) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|((ka, a), (kb, b))| {
-            ka == kb && a.seq == b.seq && Arc::ptr_eq(&a.meta, &b.meta) && Arc::ptr_eq(&a.spec, &b.spec)
-        })
+    Arc::ptr_eq(a, b)
+        || a.len() == b.len()
+            && a.iter().zip(b.iter()).all(|((ka, a), (kb, b))| {
+                ka == kb && a.seq == b.seq && Arc::ptr_eq(&a.meta, &b.meta) && Arc::ptr_eq(&a.spec, &b.spec)
+            })
 }
 
 /// Which previous resources to bring back: (origin, kind, namespace, name).
 type Selector<'a> = dyn Fn(&Origin, Kind, &str, &str) -> bool + 'a;
 
-fn restore_map<T: Clone + PartialEq>(
+fn restore_map<T: PartialEq>(
     map: &mut Objects<T>,
     old: &Objects<T>,
     kind: Kind,
     pred: &Selector,
     notes: &mut Vec<Diagnostic>,
 ) {
-    for (key, r) in old {
+    for (key, r) in old.iter() {
         if !pred(&r.origin, kind, &r.namespace, &r.meta.name) {
             continue;
         }
@@ -306,7 +361,7 @@ fn restore_map<T: Clone + PartialEq>(
             continue;
         }
         let origin = map.get(key).map(|c| c.origin.clone()).unwrap_or_else(|| r.origin.clone());
-        map.insert(key.clone(), r.clone());
+        Arc::make_mut(map).insert(key.clone(), r.clone());
         notes.push(
             Diagnostic::warning(codes::KEPT, "", "rejected; the last valid version keeps serving until this is fixed")
                 .at(&origin, Some(ResourceRef::new(kind, &r.namespace, &r.meta.name))),

@@ -4,16 +4,20 @@
 //! even read when their size, inode and times are those of an earlier read that happened well
 //! after their last change (`Stamp`); the others are read and hashed.
 //!
-//! The store is rebuilt from scratch on every reload by replaying each file's recorded
-//! inserts and diagnostics in load order, exactly as [`files::load`] would have produced
-//! them: sequence numbers (the file-mode "creation order"), "defined again" warnings for
-//! duplicates across files, and diagnostic order all come out the same.
+//! A reload then patches the previous store when the same files are listed and each changed
+//! file still defines the same objects at the same places: only the changed objects get new
+//! specs, and kinds with no changes keep their maps (shared, see [`crate::store::Objects`]).
+//! Any other change (a file added or removed, an object renamed, added or moved) rebuilds the
+//! store by replaying each file's recorded inserts and diagnostics in load order, exactly as
+//! [`files::load`] would have produced them: sequence numbers (the file-mode "creation
+//! order"), "defined again" warnings for duplicates across files, and diagnostic order all
+//! come out the same. Tests compare both paths with fresh loads.
 
 use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Origin};
 use crate::source::decode::Sink;
 use crate::source::files;
-use crate::store::{Object, Store};
+use crate::store::{namespace_of, Object, Store};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,6 +46,8 @@ struct Entry {
     /// The file's metadata when its text was last read, if it can vouch for the text (see
     /// [`Stamp::trusted`]); an unchanged trusted stamp skips reading the file.
     stamp: Option<Stamp>,
+    /// The last load that listed the file.
+    generation: u64,
 }
 
 impl Entry {
@@ -50,7 +56,7 @@ impl Entry {
         files::load_text(&mut decoded, text, Some(file));
         // Kept for as long as the file is unchanged: no room for a sixth document.
         decoded.shrink_to_fit();
-        Entry { hash: hash(text), decoded, stamp: None }
+        Entry { hash: hash(text), decoded, stamp: None, generation: 0 }
     }
 
     /// Takes over `old`'s shared metadata and specs for the objects an edit left as they
@@ -82,6 +88,29 @@ impl Entry {
             }
             if old_object.same_content(object) {
                 *object = (*old_object).clone();
+            }
+        }
+    }
+
+    /// Whether `other` decodes to the same objects (kind, namespace, name) at the same places
+    /// in the file, with the same diagnostics between them, whatever their specs.
+    fn same_shape(&self, other: &Entry) -> bool {
+        self.decoded.len() == other.decoded.len()
+            && self.decoded.iter().zip(&other.decoded).all(|pair| match pair {
+                (Decoded::Diagnostic(a), Decoded::Diagnostic(b)) => a == b,
+                (Decoded::Object(ka, ma, oa, _), Decoded::Object(kb, mb, ob, _)) => {
+                    ka == kb && oa == ob && ma.name == mb.name && namespace_of(ma) == namespace_of(mb)
+                }
+                _ => false,
+            })
+    }
+
+    /// Puts this file's objects into a store built from an earlier version of the file of
+    /// the same shape ([`Entry::same_shape`]).
+    fn patch(&self, store: &mut Store) {
+        for item in &self.decoded {
+            if let Decoded::Object(_, meta, origin, object) = item {
+                store.update_in_place(meta, origin, object);
             }
         }
     }
@@ -149,91 +178,157 @@ impl Stamp {
 
 /// Decoded files by path, from the previous load.
 pub struct FileCache {
-    entries: HashMap<PathBuf, Entry>,
+    entries: foldhash::HashMap<PathBuf, Entry>,
+    /// Counts loads; entries not seen by the current load are dropped at its end.
+    generation: u64,
+    /// What the last load listed and built, for the next load to patch.
+    last: Option<Last>,
     /// Files parsed by the last [`FileCache::load`] (the rest came from the cache), for logs.
     parsed: usize,
     /// Files the last load read (the rest were vouched for by their stamps).
     read: usize,
+    /// Whether the last load patched its predecessor's store instead of rebuilding it.
+    patched: bool,
     /// How long after its last change a file's stamp vouches for its text (see
     /// [`Stamp::trusted`]); tests shorten it.
     margin: std::time::Duration,
 }
 
+/// The file list, listing problems and store of a load.
+struct Last {
+    files: Vec<PathBuf>,
+    problems: Vec<Diagnostic>,
+    store: Store,
+}
+
 impl Default for FileCache {
     fn default() -> FileCache {
-        FileCache { entries: HashMap::new(), parsed: 0, read: 0, margin: std::time::Duration::from_secs(2) }
+        FileCache {
+            entries: foldhash::HashMap::default(),
+            generation: 0,
+            last: None,
+            parsed: 0,
+            read: 0,
+            patched: false,
+            margin: std::time::Duration::from_secs(2),
+        }
     }
 }
 
 impl FileCache {
     /// Loads `paths` like [`files::load`], parsing only files whose text changed since the
     /// previous call. Files that disappeared are forgotten.
+    ///
+    /// When the same files are listed and every changed file still defines the same objects
+    /// at the same places (an edit to a spec, the usual case), the previous store is patched:
+    /// load order, sequence numbers and diagnostics cannot have moved. Otherwise the store is
+    /// rebuilt by replaying every file's entry.
     pub fn load(&mut self, paths: &[PathBuf]) -> Store {
-        let mut store = Store::default();
         let (found, problems) = files::expand(paths);
-        store.diagnostics.extend(problems);
-        let mut previous = std::mem::take(&mut self.entries);
+        self.generation += 1;
+        let generation = self.generation;
         self.parsed = 0;
         self.read = 0;
         let started = std::time::SystemTime::now();
-        for file in found {
-            let stamp = std::fs::metadata(&file).ok().map(|m| Stamp::of(&m));
-            if let Some(stamp) = stamp {
-                // Unchanged since a read that it vouches for: replay without reading.
-                if let Some(entry) = self.entries.get(&file).filter(|e| e.stamp == Some(stamp)) {
-                    entry.replay(&mut store);
-                    continue;
-                }
-                if previous.get(&file).is_some_and(|e| e.stamp == Some(stamp)) {
-                    if let Some(entry) = previous.remove(&file) {
-                        entry.replay(&mut store);
-                        self.entries.insert(file, entry);
-                    }
+        // Files whose text changed, with the entry they had (none for a new file).
+        let mut edited: Vec<(&Path, Option<Entry>)> = Vec::new();
+        // Files that could not be read, by their place in `found`.
+        let mut unreadable: HashMap<usize, Diagnostic> = HashMap::new();
+        for (index, files::Found { path: file, metadata }) in found.iter().enumerate() {
+            let stamp = metadata.as_ref().map(Stamp::of);
+            if let Some(entry) = self.entries.get_mut(file.as_path()) {
+                // A file named twice (a folder and a file inside it) is loaded twice, as a
+                // fresh load does; the second time its entry is already this load's.
+                // Otherwise, unchanged since a read that its stamp vouches for: not read.
+                if entry.generation == generation || (stamp.is_some() && entry.stamp == stamp) {
+                    entry.generation = generation;
                     continue;
                 }
             }
             self.read += 1;
-            let text = match std::fs::read_to_string(&file) {
+            let text = match std::fs::read_to_string(file) {
                 Ok(text) => text,
                 Err(e) => {
-                    store.diagnostics.push(
-                        Diagnostic::error(codes::IO, "", e.to_string())
-                            .at(&Origin { file: Some(file.as_path().into()), document: None }, None),
-                    );
+                    let origin = Origin { file: Some(file.as_path().into()), document: None };
+                    unreadable.insert(index, Diagnostic::error(codes::IO, "", e.to_string()).at(&origin, None));
                     continue;
                 }
             };
-            // A file named twice (a folder and a file inside it) is loaded twice, as a fresh
-            // load does; the second time it is already in this load's entries.
-            if let Some(entry) = self.entries.get(&file).filter(|e| e.hash == hash(&text)) {
-                entry.replay(&mut store);
-                continue;
-            }
-            let mut entry = match previous.remove(&file) {
-                Some(entry) if entry.hash == hash(&text) => entry,
-                Some(old) => {
-                    self.parsed += 1;
-                    let mut entry = Entry::decode(&text, &file);
-                    entry.adopt(&old);
-                    entry
-                }
-                None => {
-                    self.parsed += 1;
-                    Entry::decode(&text, &file)
-                }
-            };
+            let text_hash = hash(&text);
             // The stamp taken before reading: a write during the read changes it again.
-            entry.stamp = stamp.filter(|s| s.trusted(started, self.margin));
-            entry.replay(&mut store);
-            self.entries.insert(file, entry);
+            let stamp = stamp.filter(|s| s.trusted(started, self.margin));
+            match self.entries.get_mut(file.as_path()) {
+                Some(entry) if entry.hash == text_hash => {
+                    entry.stamp = stamp;
+                    entry.generation = generation;
+                }
+                slot => {
+                    self.parsed += 1;
+                    let mut entry = Entry::decode(&text, file);
+                    entry.stamp = stamp;
+                    entry.generation = generation;
+                    let old = match slot {
+                        Some(old) => {
+                            entry.adopt(old);
+                            Some(std::mem::replace(old, entry))
+                        }
+                        None => {
+                            self.entries.insert(file.clone(), entry);
+                            None
+                        }
+                    };
+                    edited.push((file, old));
+                }
+            }
         }
+        // Files that disappeared, or can no longer be read.
+        self.entries.retain(|_, e| e.generation == generation);
+
+        let last = self.last.take().filter(|last| {
+            unreadable.is_empty()
+                && last.files.len() == found.len()
+                && last.files.iter().zip(&found).all(|(a, b)| *a == b.path)
+                && last.problems == problems
+                && edited.iter().all(|(file, old)| old.as_ref().is_some_and(|old| old.same_shape(&self.entries[*file])))
+        });
+        self.patched = last.is_some();
+        let mut store = match last {
+            Some(last) => {
+                let mut store = last.store;
+                for (file, _) in &edited {
+                    self.entries[*file].patch(&mut store);
+                }
+                store.files.clear();
+                store
+            }
+            None => {
+                let mut store = Store::default();
+                store.diagnostics.extend(problems.iter().cloned());
+                for (index, file) in found.iter().enumerate() {
+                    match unreadable.remove(&index) {
+                        Some(problem) => store.diagnostics.push(problem),
+                        None => self.entries[file.path.as_path()].replay(&mut store),
+                    }
+                }
+                store
+            }
+        };
+        drop(edited);
         files::read_referenced_files(&mut store);
+        // Cheap: the store's maps are shared, not copied.
+        let files = found.into_iter().map(|f| f.path).collect();
+        self.last = Some(Last { files, problems, store: store.clone() });
         store
     }
 
     /// How many files the last load had to parse.
     pub fn parsed(&self) -> usize {
         self.parsed
+    }
+
+    /// Whether the last load patched the previous store (see [`FileCache::load`]).
+    pub fn patched(&self) -> bool {
+        self.patched
     }
 
     /// How many files the last load had to read.
@@ -318,6 +413,72 @@ mod tests {
         std::fs::remove_file(d.join("f.yaml")).unwrap();
         check(&mut cache, d);
         assert_eq!(cache.parsed(), 1);
+    }
+
+    fn vs_for(name: &str, host: &str) -> String {
+        vs(name).replace("a.example.com", host)
+    }
+
+    #[test]
+    fn edits_in_place_patch_the_store_and_equal_fresh_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let write = |name: &str, text: &str| std::fs::write(d.join(name), text).unwrap();
+        let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n";
+        write("a.yaml", &format!("{}---\n{}---\n{svc}", vs("one"), vs("two")));
+        // `one` again: this later definition is the one that serves.
+        write("b.yaml", &format!("{}---\n{}", vs_for("one", "b.example.com"), vs("three")));
+        let mut cache = FileCache::default();
+        let mut before = check(&mut cache, d);
+        assert!(!cache.patched(), "the first load builds");
+        assert_eq!(before.diagnostics.warnings(), 1);
+
+        let host = |store: &Store, name: &str| {
+            let key = crate::store::ObjectKey::new("default", name);
+            store.virtual_services[&key].spec.hosts.clone()
+        };
+        // A spec edit: patched, and the kinds it did not touch keep their maps.
+        write("a.yaml", &format!("{}---\n{}---\n{svc}", vs("one"), vs_for("two", "two.example.com")));
+        let after = check(&mut cache, d);
+        assert!(cache.patched());
+        assert_eq!(host(&after, "two"), ["two.example.com"]);
+        assert!(Arc::ptr_eq(&before.services, &after.services));
+        assert!(!Arc::ptr_eq(&before.virtual_services, &after.virtual_services));
+        before = after;
+
+        // Editing the definition that a later one replaces changes nothing that serves.
+        write(
+            "a.yaml",
+            &format!("{}---\n{}---\n{svc}", vs_for("one", "x.example.com"), vs_for("two", "two.example.com")),
+        );
+        let after = check(&mut cache, d);
+        assert!(cache.patched());
+        assert_eq!(host(&after, "one"), ["b.example.com"]);
+        assert!(Arc::ptr_eq(&before.virtual_services, &after.virtual_services));
+
+        // Editing the one that serves.
+        write("b.yaml", &format!("{}---\n{}", vs_for("one", "c.example.com"), vs("three")));
+        let after = check(&mut cache, d);
+        assert!(cache.patched());
+        assert_eq!(host(&after, "one"), ["c.example.com"]);
+
+        // Changes of shape rebuild: an object renamed, documents reordered, a new schema
+        // error, a file added; each still equals a fresh load.
+        let rebuilds = [
+            ("b.yaml", format!("{}---\n{}", vs_for("one", "c.example.com"), vs("four"))),
+            ("b.yaml", format!("{}---\n{}", vs("four"), vs_for("one", "c.example.com"))),
+            ("b.yaml", format!("{}---\n{}", vs("four"), vs("one").replace("[a.example.com]", "3"))),
+            ("c.yaml", vs("five")),
+        ];
+        for (file, text) in rebuilds {
+            write(file, &text);
+            check(&mut cache, d);
+            assert!(!cache.patched(), "{file}: {text}");
+        }
+        // Nothing changed: patched with nothing to patch.
+        check(&mut cache, d);
+        assert!(cache.patched());
+        assert_eq!(cache.parsed(), 0);
     }
 
     #[test]

@@ -6,8 +6,16 @@ use crate::store::Store;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
+/// A config file found by [`expand`], with its metadata when the listing could take it.
+pub struct Found {
+    pub path: PathBuf,
+    /// From the folder listing (`fstatat` on the open folder: no walk of the full path, which
+    /// was most of the cost of a `stat` per file on every reload of a 10k-file folder).
+    pub metadata: Option<std::fs::Metadata>,
+}
+
 /// Expands files and folders (recursively, sorted, `.yaml`/`.yml`/`.json`) into the files to read.
-pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
+pub fn expand(paths: &[PathBuf]) -> (Vec<Found>, Vec<Diagnostic>) {
     let mut files = Vec::new();
     let mut problems = Vec::new();
     for path in paths {
@@ -16,18 +24,24 @@ pub fn expand(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<Diagnostic>) {
     (files, problems)
 }
 
-fn collect(path: &Path, explicit: bool, files: &mut Vec<PathBuf>, problems: &mut Vec<Diagnostic>) {
+fn collect(path: &Path, explicit: bool, files: &mut Vec<Found>, problems: &mut Vec<Diagnostic>) {
     match std::fs::metadata(path) {
-        Ok(m) => collect_entry(path, m.is_dir(), explicit, files, problems),
+        Ok(m) => collect_entry(path, m, explicit, files, problems),
         Err(e) => problems.push(io_problem(path, e)),
     }
 }
 
-/// `is_dir` comes from the folder listing when it can (no `stat` per file: a 10k-file folder
-/// is listed on every reload), else from `metadata`, which follows symlinks.
-fn collect_entry(path: &Path, is_dir: bool, explicit: bool, files: &mut Vec<PathBuf>, problems: &mut Vec<Diagnostic>) {
+/// `metadata` comes from the folder listing when it can (see [`Found::metadata`]), else from
+/// `fs::metadata`, which follows symlinks.
+fn collect_entry(
+    path: &Path,
+    metadata: std::fs::Metadata,
+    explicit: bool,
+    files: &mut Vec<Found>,
+    problems: &mut Vec<Diagnostic>,
+) {
     let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-    if is_dir {
+    if metadata.is_dir() {
         // A mounted ConfigMap holds its files twice more under `..data` and `..2025_...`;
         // hidden folders are skipped unless named explicitly.
         if hidden && !explicit {
@@ -37,13 +51,14 @@ fn collect_entry(path: &Path, is_dir: bool, explicit: bool, files: &mut Vec<Path
             Ok(entries) => entries,
             Err(e) => return problems.push(io_problem(path, e)),
         };
-        // Children of one folder sort as full paths do when sorted by name, which is cheaper.
-        let mut children: Vec<_> = entries.flatten().collect();
-        children.sort_by_key(|e| e.file_name());
-        for child in children {
+        // Children of one folder sort as full paths do when sorted by name; each name is
+        // taken once, not once per comparison.
+        let mut children: Vec<_> = entries.flatten().map(|e| (e.file_name(), e)).collect();
+        children.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (_, child) in children {
             let child_path = child.path();
-            match child.file_type() {
-                Ok(t) if !t.is_symlink() => collect_entry(&child_path, t.is_dir(), false, files, problems),
+            match child.metadata() {
+                Ok(m) if !m.file_type().is_symlink() => collect_entry(&child_path, m, false, files, problems),
                 _ => collect(&child_path, false, files, problems),
             }
         }
@@ -53,7 +68,7 @@ fn collect_entry(path: &Path, is_dir: bool, explicit: bool, files: &mut Vec<Path
     let is_config = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
     // Hidden files are editor swap files and atomic-write temporaries.
     if explicit || (is_config && !hidden) {
-        files.push(path.to_path_buf());
+        files.push(Found { path: path.to_path_buf(), metadata: Some(metadata) });
     }
 }
 
@@ -68,7 +83,7 @@ pub fn load(paths: &[PathBuf]) -> Store {
     let mut store = Store::default();
     let (files, problems) = expand(paths);
     store.diagnostics.extend(problems);
-    for file in files {
+    for Found { path: file, .. } in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => load_text(&mut store, &text, Some(&file)),
             Err(e) => store.diagnostics.push(

@@ -97,6 +97,7 @@ pub fn spawn_loop(
         tracing::debug!(
             files = cache.len(),
             parsed = cache.parsed(),
+            patched = cache.patched(),
             ms = started.elapsed().as_millis() as u64,
             "config files loaded"
         );

@@ -8,22 +8,26 @@ use crate::api::Kind;
 use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, ServiceRef, UpstreamTls};
 use crate::store::{Resource, Store};
-use std::collections::HashMap;
 
-/// DestinationRules by resolved host.
-pub struct Rules<'a> {
-    by_host: HashMap<String, &'a Resource<DestinationRuleSpec>>,
+/// DestinationRules by resolved host. Owns (shared) copies of the rules, so a translation
+/// whose DestinationRules are the same map as its predecessor's reuses this index and the
+/// problems it reported (`Reuse`): building it checks every rule's policies.
+pub struct Rules {
+    by_host: foldhash::HashMap<String, Resource<DestinationRuleSpec>>,
+    /// The `*` and `*.suffix` hosts of `by_host`, longest first.
+    wildcards: Vec<String>,
 }
 
-impl<'a> Rules<'a> {
+impl Rules {
     /// Indexes valid DestinationRules; invalid policies are reported here, once per rule.
-    pub fn build(store: &'a Store, problems: &mut Vec<Diagnostic>) -> Rules<'a> {
+    pub fn build(store: &Store, problems: &mut Vec<Diagnostic>) -> Rules {
         let mut rules: Vec<&Resource<DestinationRuleSpec>> = Vec::new();
         for dr in store.destination_rules.values() {
             let mut local = Vec::new();
-            check_policy(dr.spec.traffic_policy.as_deref(), "spec.trafficPolicy", &mut local);
+            check_policy(dr.spec.traffic_policy.as_deref(), || "spec.trafficPolicy".to_string(), &mut local);
             for (i, s) in dr.spec.subsets.iter().enumerate() {
-                check_policy(s.traffic_policy.as_deref(), &format!("spec.subsets[{i}].trafficPolicy"), &mut local);
+                let field = || format!("spec.subsets[{i}].trafficPolicy");
+                check_policy(s.traffic_policy.as_deref(), field, &mut local);
             }
             let rejected = local.iter().any(Diagnostic::is_error);
             problems.extend(local.into_iter().map(|d| d.at(&dr.origin, Some(dr.reference(Kind::DestinationRule)))));
@@ -32,29 +36,30 @@ impl<'a> Rules<'a> {
             }
         }
         // Oldest first so the first definition for a host wins, as in Istio.
-        let mut by_host = HashMap::new();
+        let mut by_host = foldhash::HashMap::default();
         for dr in crate::store::in_order(rules) {
             let host = super::hosts::resolve_short_name(&dr.spec.host, &dr.namespace);
-            by_host.entry(host).or_insert(dr);
+            by_host.entry(host).or_insert_with(|| dr.clone());
         }
-        Rules { by_host }
+        let mut wildcards: Vec<String> = by_host.keys().filter(|h| h.starts_with('*')).cloned().collect();
+        wildcards.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        Rules { by_host, wildcards }
     }
 
     /// The rule for a host: exact name first, then the most specific wildcard.
-    pub fn for_host(&self, host: &str) -> Option<&'a Resource<DestinationRuleSpec>> {
+    pub fn for_host(&self, host: &str) -> Option<&Resource<DestinationRuleSpec>> {
         if let Some(r) = self.by_host.get(host) {
             return Some(r);
         }
-        self.by_host
-            .iter()
-            .filter(|(pattern, _)| pattern.starts_with('*') && super::hosts::covers(pattern, host))
-            .max_by_key(|(pattern, _)| pattern.len())
-            .map(|(_, r)| *r)
+        let pattern = self.wildcards.iter().find(|pattern| super::hosts::covers(pattern, host))?;
+        self.by_host.get(pattern)
     }
 }
 
-fn check_policy(policy: Option<&TrafficPolicy>, field: &str, problems: &mut Vec<Diagnostic>) {
+/// `field` names the policy; it is only formatted for a policy that is there.
+fn check_policy(policy: Option<&TrafficPolicy>, field: impl FnOnce() -> String, problems: &mut Vec<Diagnostic>) {
     let Some(policy) = policy else { return };
+    let field = field();
     if let Some(lb) = &policy.load_balancer {
         let _ = load_balancer(lb, &format!("{field}.loadBalancer"), problems);
     }

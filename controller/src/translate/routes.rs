@@ -32,7 +32,7 @@ pub(super) struct Context<'a> {
     pub servers_by_gateway: HashMap<String, Vec<&'a BoundServer<'a>>>,
     pub known_gateways: &'a HashMap<String, bool>,
     pub registry: &'a Registry,
-    pub rules: &'a Rules<'a>,
+    pub rules: &'a Rules,
     pub options: &'a Options,
     /// Regex syntax checks by pattern: the same pattern in 10k VirtualServices is parsed once.
     pub regexes: RegexChecks,

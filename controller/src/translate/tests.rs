@@ -599,6 +599,7 @@ fn reusing_translation_equals_a_fresh_one() {
     let mut cache = FileCache::default();
     let mut previous: Option<(Store, Reuse)> = None;
     let registry_reused = std::cell::Cell::new(false);
+    let rules_reused = std::cell::Cell::new(false);
     let mut step = |what: &str, edit: &dyn Fn()| -> usize {
         edit();
         let store = cache.load(&paths);
@@ -609,12 +610,14 @@ fn reusing_translation_equals_a_fresh_one() {
         assert_eq!(diagnostics, fresh_diagnostics, "{what}");
         let reused = reuse.reused();
         registry_reused.set(reuse.registry_reused());
+        rules_reused.set(reuse.rules_reused());
         previous = Some((store, reuse));
         reused
     };
 
     assert_eq!(step("first load", &|| ()), 0);
     assert_eq!(step("nothing changed", &|| ()), 29, "all but the one that looks up a credential");
+    assert!(rules_reused.get());
     let edited = original.replace("/api/v1", "/api/v9");
     assert_eq!(step("one VirtualService edited", &|| write(&vs_file, &edited)), 28);
     let broken = original.replace("prefix: /api/v1", "regex: \"([\"");
@@ -630,6 +633,15 @@ fn reusing_translation_equals_a_fresh_one() {
     assert_eq!(step("a VirtualService deleted", &|| std::fs::remove_file(d.join("zz-merge.yaml")).unwrap()), 29);
     let subsets = original.replace("{version: v2}", "{version: v3}");
     assert_eq!(step("a DestinationRule edited", &|| write(&vs_file, &subsets)), 0, "the context changed");
+    assert!(!rules_reused.get());
+    // A policy the rule index reports a problem for: reused with its problem.
+    let pooled = subsets.replace("  host: svc-7\n", "  host: svc-7\n  trafficPolicy: {connectionPool: {}}\n");
+    assert_ne!(pooled, subsets);
+    step("a DestinationRule with a problem", &|| write(&vs_file, &pooled));
+    assert!(!rules_reused.get());
+    step("nothing changed after the problem", &|| ());
+    assert!(rules_reused.get());
+    step("the problem fixed", &|| write(&vs_file, &subsets));
     step("a Gateway edited", &|| {
         let gateways = std::fs::read_to_string(d.join("gateways.yaml")).unwrap();
         write("gateways.yaml", &gateways.replace("\"svc-3.example.com\", ", ""));
