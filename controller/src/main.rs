@@ -117,7 +117,7 @@ async fn run(args: ServeArgs) -> Result<()> {
         start_kube(&args, distributor.clone(), debounce).await?;
     } else {
         let d = distributor.clone();
-        file_watch::spawn_loop(args.config.clone(), debounce, move |store| d.set_store(store))?;
+        file_watch::spawn_loop(args.config.clone(), debounce, move |store| d.set_store(store), || {})?;
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

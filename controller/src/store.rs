@@ -225,6 +225,27 @@ impl Store {
         }
     }
 
+    /// Rebuilds each kind's map with full B-tree nodes. Inserting in key order leaves every
+    /// node about half full (5 MB of the 11 MB the maps take at 10k services); building from
+    /// sorted entries fills them. Cheap next to the load that precedes it (one pass, the
+    /// entries are already sorted), and a patched store keeps the compact maps.
+    pub fn compact(&mut self) {
+        fn rebuild<T>(map: &mut Objects<T>) {
+            if let Some(map) = Arc::get_mut(map) {
+                *map = std::mem::take(map).into_iter().collect();
+            }
+        }
+        rebuild(&mut self.gateways);
+        rebuild(&mut self.virtual_services);
+        rebuild(&mut self.destination_rules);
+        rebuild(&mut self.service_entries);
+        rebuild(&mut self.workload_entries);
+        rebuild(&mut self.services);
+        rebuild(&mut self.pods);
+        rebuild(&mut self.secrets);
+        rebuild(&mut self.endpoint_slices);
+    }
+
     /// Number of resources the store holds (for logs and metrics).
     pub fn len(&self) -> usize {
         self.gateways.len()

@@ -36,13 +36,19 @@ pub async fn start(
     let (mut publisher, snapshots) = Publisher::new(identity);
     // The quiet time that turns a burst of file events into one reload. Editors and `cp`
     // write a file within a few milliseconds; a longer wait only delays every change.
-    file_watch::spawn_loop(args.config.clone(), Duration::from_millis(10), move |store| {
-        let started = Instant::now();
-        let outcome = publisher.apply(store);
-        report(&outcome, &metrics, started.elapsed());
+    file_watch::spawn_loop(
+        args.config.clone(),
+        Duration::from_millis(10),
+        move |store| {
+            let started = Instant::now();
+            let outcome = publisher.apply(store);
+            report(&outcome, &metrics, started.elapsed());
+        },
         // Parsing and translation garbage, and the previous store, were freed on this thread.
-        crate::memory::release_freed();
-    })?;
+        // Given back once the config settles, not right after publishing, where the
+        // collection competed with the data plane's compile of the new snapshot.
+        crate::memory::release_freed,
+    )?;
     Ok(snapshots)
 }
 

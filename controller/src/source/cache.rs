@@ -310,6 +310,7 @@ impl FileCache {
                         None => self.entries[file.path.as_path()].replay(&mut store),
                     }
                 }
+                store.compact();
                 store
             }
         };

@@ -54,9 +54,17 @@ impl FileWatcher {
     }
 
     /// Blocks until something changed, then waits for `quiet` without further events so a
-    /// burst of writes becomes one reload. Returns false when the watcher is gone.
-    pub fn wait(&self, quiet: Duration) -> bool {
-        if self.rx.recv().is_err() {
+    /// burst of writes becomes one reload. Returns false when the watcher is gone. `idle` runs
+    /// once if nothing changes for [`IDLE_AFTER`] first.
+    pub fn wait(&self, quiet: Duration, idle: &mut dyn FnMut()) -> bool {
+        let first = match self.rx.recv_timeout(IDLE_AFTER) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                idle();
+                self.rx.recv().is_ok()
+            }
+            other => other.is_ok(),
+        };
+        if !first {
             return false;
         }
         loop {
@@ -69,6 +77,9 @@ impl FileWatcher {
     }
 }
 
+/// How long after a reload the config is considered settled (see `spawn_loop`'s `on_idle`).
+pub const IDLE_AFTER: Duration = Duration::from_millis(500);
+
 fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p)
         .unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()))
@@ -78,10 +89,13 @@ fn absolute(p: &Path) -> PathBuf {
 /// watched too, so rotating them on disk acts like editing the YAML), on its own thread
 /// because file reads block. `on_store` receives each fresh store. Reloads parse only the
 /// files whose text changed (`source::cache`); the store is the same as a fresh load's.
+/// `on_idle` runs on the same thread once the config has not changed for [`IDLE_AFTER`] after
+/// a reload: housekeeping (giving memory back) that should not delay the data plane's swap.
 pub fn spawn_loop(
     paths: Vec<PathBuf>,
     quiet: Duration,
     mut on_store: impl FnMut(crate::store::Store) + Send + 'static,
+    mut on_idle: impl FnMut() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let mut watcher = match FileWatcher::new(&paths) {
         Ok(w) => Some(w),
@@ -108,7 +122,7 @@ pub fn spawn_loop(
         }
         on_store(store);
         match &watcher {
-            Some(w) if w.wait(quiet) => continue,
+            Some(w) if w.wait(quiet, &mut on_idle) => continue,
             _ => break,
         }
     })

@@ -121,6 +121,7 @@ impl Cache {
                 }
             }
         }
+        store.compact();
         store
     }
 }
