@@ -310,30 +310,40 @@ pub struct Endpoint {
     pub address: String,
     pub port: u16,
     pub weight: u32,
+    /// Shared with the service registry and every other cluster of the same service (its
+    /// default and subset clusters): one copy of a pod's labels and names, not one per cluster.
+    pub workload: Arc<Workload>,
+}
+
+/// Who serves at an endpoint.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
     pub labels: crate::api::Labels,
     /// Owning workload (Deployment name for pods created by one), for `destination_workload`.
-    pub workload: String,
-    pub workload_namespace: String,
+    pub name: String,
+    pub namespace: String,
 }
 
 impl Endpoint {
+    pub fn labels(&self) -> &crate::api::Labels {
+        &self.workload.labels
+    }
+
     /// Istio's `destination_version`: the `version` label (or its app.kubernetes.io form).
     pub fn version(&self) -> &str {
-        self.labels
+        let labels = self.labels();
+        labels
             .get("version")
-            .or_else(|| self.labels.get("app.kubernetes.io/version"))
-            .or_else(|| self.labels.get("service.istio.io/canonical-revision"))
+            .or_else(|| labels.get("app.kubernetes.io/version"))
+            .or_else(|| labels.get("service.istio.io/canonical-revision"))
             .map(String::as_str)
             .unwrap_or("unknown")
     }
 
     /// Istio's `destination_app`.
     pub fn app(&self) -> &str {
-        self.labels
-            .get("app")
-            .or_else(|| self.labels.get("app.kubernetes.io/name"))
-            .map(String::as_str)
-            .unwrap_or("unknown")
+        let labels = self.labels();
+        labels.get("app").or_else(|| labels.get("app.kubernetes.io/name")).map(String::as_str).unwrap_or("unknown")
     }
 }
 

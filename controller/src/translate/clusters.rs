@@ -367,17 +367,10 @@ fn endpoints_of(svc: &ServiceInfo, port: u16, subset: Option<&crate::api::Labels
     let mut out: Vec<Endpoint> = svc
         .endpoints
         .iter()
-        .filter(|e| subset.is_none_or(|labels| labels.iter().all(|(k, v)| e.labels.get(k) == Some(v))))
+        .filter(|e| subset.is_none_or(|labels| labels.iter().all(|(k, v)| e.workload.labels.get(k) == Some(v))))
         .filter_map(|e| {
             let target = if svc.ports.is_empty() { Some(port) } else { e.ports.get(&port).copied() }?;
-            Some(Endpoint {
-                address: e.address.clone(),
-                port: target,
-                weight: e.weight,
-                labels: e.labels.clone(),
-                workload: e.workload.clone(),
-                workload_namespace: e.workload_namespace.clone(),
-            })
+            Some(Endpoint { address: e.address.clone(), port: target, weight: e.weight, workload: e.workload.clone() })
         })
         .collect();
     out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));

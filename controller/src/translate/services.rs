@@ -5,12 +5,13 @@ use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::ServiceEntrySpec;
 use crate::api::Labels;
 use crate::diagnostics::{codes, Diagnostic};
-use crate::snapshot::UpstreamProtocol;
+use crate::snapshot::{UpstreamProtocol, Workload};
 use crate::store::{Resource, Store};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct ServiceInfo {
@@ -61,9 +62,8 @@ pub struct RegistryEndpoint {
     pub address: String,
     /// Service port number → endpoint port.
     pub ports: BTreeMap<u16, u16>,
-    pub labels: Labels,
-    pub workload: String,
-    pub workload_namespace: String,
+    /// Labels and owning workload, shared with the snapshot's endpoints.
+    pub workload: Arc<Workload>,
     pub weight: u32,
 }
 
@@ -169,13 +169,16 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
                         mapped.insert(sp.number, port);
                     }
                 }
+                let workload = Arc::new(Workload {
+                    labels: pod.map(|p| p.meta.labels.clone()).unwrap_or_default(),
+                    name: pod.map(workload_of).unwrap_or_else(|| name.clone()),
+                    namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| ns.clone()),
+                });
                 for address in &ep.addresses {
                     endpoints.push(RegistryEndpoint {
                         address: address.clone(),
                         ports: mapped.clone(),
-                        labels: pod.map(|p| p.meta.labels.clone()).unwrap_or_default(),
-                        workload: pod.map(workload_of).unwrap_or_else(|| name.clone()),
-                        workload_namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| ns.clone()),
+                        workload: workload.clone(),
                         weight: 1,
                     });
                 }
@@ -198,9 +201,11 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
             endpoints.push(RegistryEndpoint {
                 address: ip,
                 ports: mapped,
-                labels: pod.meta.labels.clone(),
-                workload: workload_of(pod),
-                workload_namespace: pod.namespace.clone(),
+                workload: Arc::new(Workload {
+                    labels: pod.meta.labels.clone(),
+                    name: workload_of(pod),
+                    namespace: pod.namespace.clone(),
+                }),
                 weight: 1,
             });
         }
@@ -298,9 +303,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
         endpoints.push(RegistryEndpoint {
             address: w.address.clone(),
             ports: mapped,
-            labels: w.labels.clone(),
-            workload,
-            workload_namespace: se.namespace.clone(),
+            workload: Arc::new(Workload { labels: w.labels.clone(), name: workload, namespace: se.namespace.clone() }),
             weight: w.weight.unwrap_or(1).max(1),
         });
     }

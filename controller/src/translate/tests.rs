@@ -102,13 +102,38 @@ fn bookinfo_translates_to_one_listener_with_ordered_routes() {
 }
 
 #[test]
+fn clusters_of_one_service_share_each_endpoint_workload() {
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {name: reviews}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - route:
+    - {destination: {host: reviews}, weight: 50}
+    - {destination: {host: reviews, subset: v1}, weight: 50}
+"#;
+    let (snap, _) = run(&format!("{BASE}{vs}"));
+    let all = &snap.clusters["outbound|9080||reviews.default.svc.cluster.local"];
+    let v1 = &snap.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"];
+    assert_eq!(all.endpoints.len(), 2);
+    let in_all = all.endpoints.iter().find(|e| e.address == "10.0.0.1").unwrap();
+    assert_eq!(in_all.workload.name, "reviews-v1-1");
+    assert_eq!(in_all.version(), "v1");
+    assert!(Arc::ptr_eq(&in_all.workload, &v1.endpoints[0].workload), "one copy of the pod's labels and names");
+}
+
+#[test]
 fn subsets_select_endpoints_and_policies_follow_precedence() {
     let (snap, _) = run(&format!("{BASE}{VS}"));
     let v1 = &snap.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"];
     assert_eq!(v1.endpoints.len(), 1);
     assert_eq!(v1.endpoints[0].address, "10.0.0.1");
     assert_eq!(v1.endpoints[0].port, 9080);
-    assert_eq!(v1.endpoints[0].workload, "reviews-v1-1");
+    assert_eq!(v1.endpoints[0].workload.name, "reviews-v1-1");
     // Subset v1 has no policy: the top level's port-level setting beats its plain setting.
     assert_eq!(v1.load_balancer, LoadBalancer::Random);
     let v2 = &snap.clusters["outbound|9080|v2|reviews.default.svc.cluster.local"];

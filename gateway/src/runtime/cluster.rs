@@ -71,7 +71,7 @@ impl<'a> LabelSets<'a> {
     }
 
     fn endpoint(&mut self, e: &'a Endpoint) -> Arc<DestinationLabels> {
-        let key = [e.workload.as_str(), e.workload_namespace.as_str(), e.app(), e.version()];
+        let key = [e.workload.name.as_str(), e.workload.namespace.as_str(), e.app(), e.version()];
         if let Some(labels) = self.sets.get(&key) {
             return labels.clone();
         }
