@@ -6,12 +6,14 @@
 //!       │            → endpoint (LB pick, guard held in ctx); 404 NR / 503 UH answered here
 //!  upstream_peer ─── HttpPeer for the picked endpoint (pool reuse keyed by address)
 //!  upstream_request_filter ── x-forwarded-for/-proto, x-request-id, traceparent/B3; start upstream timer
-//!  upstream_response_filter ─ x-envoy-upstream-service-time
-//!  response_filter ── server header, consistent-hash cookie
+//!  upstream_response_filter ─ upstream service time (for x-envoy-upstream-service-time)
+//!  response_filter ── server, x-envoy-upstream-service-time, consistent-hash cookie
+//!  (header edits leave Pingora's case-preserving name maps behind: see headers.rs)
 //!  fail_to_connect / fail_to_proxy ── UF → 503, UT → 504, Envoy-style bodies
 //!  logging ───────── istio_* metrics, access log line, span (if sampled), LB guard released (ctx drop)
 //! ```
 
+mod headers;
 mod local_reply;
 pub(crate) mod request;
 
@@ -39,16 +41,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle upstream connections are kept this long for reuse.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-// Names for lookups, built once (a `&str` lookup parses and lower-cases the name first).
+// Names built once: a `&str` name is parsed (and lower-cased) on every lookup, and copied
+// into a new allocation on every insert of a non-standard header.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-// Names for inserts are `&'static str`: pingora's `insert_header` turns any name into its
-// case-preserving form and parses that back; from a `HeaderName` of a non-standard header the
-// first step copies the name into a new allocation, from a static string it copies nothing.
-const X_FORWARDED_FOR_NAME: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO_NAME: &str = "x-forwarded-proto";
-const X_REQUEST_ID_NAME: &str = "x-request-id";
-const X_ENVOY_UPSTREAM_SERVICE_TIME_NAME: &str = "x-envoy-upstream-service-time";
+const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 // Fixed values built once: a `&str` value is validated and copied on every request.
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -176,16 +174,17 @@ impl ProxyHttp for MeshProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+        let forwarded_for = session.client_addr().and_then(|a| a.as_inet()).map(|a| {
             let existing = upstream.headers.get(&X_FORWARDED_FOR);
             ctx.no_forwarded_for = existing.is_none();
-            let xff = request::forwarded_for(existing.map(|v| v.as_bytes()), ip);
-            upstream.insert_header(X_FORWARDED_FOR_NAME, xff)?;
-        }
-        upstream.insert_header(X_FORWARDED_PROTO_NAME, if self.tls_server.is_some() { HTTPS } else { HTTP })?;
-        if let Some(id) = &ctx.generated_id {
-            upstream.insert_header(X_REQUEST_ID_NAME, HeaderValue::from_bytes(id).map_err(invalid_header)?)?;
-        }
+            (X_FORWARDED_FOR, request::forwarded_for(existing.map(|v| v.as_bytes()), a.ip()))
+        });
+        let proto = (X_FORWARDED_PROTO, if self.tls_server.is_some() { HTTPS } else { HTTP });
+        let id = match &ctx.generated_id {
+            Some(id) => Some((X_REQUEST_ID, HeaderValue::from_bytes(id).map_err(invalid_header)?)),
+            None => None,
+        };
+        headers::insert_request(upstream, [forwarded_for, Some(proto), id])?;
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
         }
@@ -193,20 +192,23 @@ impl ProxyHttp for MeshProxy {
         Ok(())
     }
 
+    /// Takes the upstream service time when the upstream's response header arrives.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        resp: &mut ResponseHeader,
+        _resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
+        // The header itself goes in with `server` in `response_filter`, which follows for the
+        // same response: one pass over the response's header map instead of two.
         if let Some(start) = ctx.upstream_start {
-            let ms = start.elapsed().as_millis() as u64;
-            ctx.upstream_time_ms = Some(ms);
-            resp.insert_header(X_ENVOY_UPSTREAM_SERVICE_TIME_NAME, HeaderValue::from(ms))?;
+            ctx.upstream_time_ms = Some(start.elapsed().as_millis() as u64);
         }
         Ok(())
     }
 
+    /// Headers Envoy sets on the way down: `server`, `x-envoy-upstream-service-time`, and
+    /// the consistent-hash cookie when one was generated.
     async fn response_filter(
         &self,
         _session: &mut Session,
@@ -214,7 +216,8 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         // Envoy overwrites the server header by default; scripts that look for it keep working.
-        resp.insert_header(http::header::SERVER, ISTIO_ENVOY)?;
+        let service_time = ctx.upstream_time_ms.map(|ms| (X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms)));
+        headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time]);
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header("set-cookie", cookie)?;
         }
