@@ -181,23 +181,16 @@ pub fn translate_reusing(
     let mut diagnostics = store.diagnostics.clone();
     let mut problems: Vec<Diagnostic> = Vec::new();
 
-    let previous_registry =
-        previous.filter(|(prev, _)| store.same_registry_inputs(prev)).and_then(|(_, r)| r.registry.clone());
-    next.registry_reused = previous_registry.is_some();
-    let (registry, found) = previous_registry.unwrap_or_else(|| {
-        let mut found = Vec::new();
-        (Arc::new(services::Registry::build(store, &mut found)), found)
-    });
+    let kept = previous.filter(|(prev, _)| store.same_registry_inputs(prev)).and_then(|(_, r)| r.registry.clone());
+    next.registry_reused = kept.is_some();
+    let (registry, found) = kept_or_built(kept, |found| services::Registry::build(store, found));
     problems.extend(found.iter().cloned());
     next.registry = Some((registry.clone(), found));
-    let previous_rules = previous
+    let kept = previous
         .filter(|(prev, _)| Arc::ptr_eq(&store.destination_rules, &prev.destination_rules))
         .and_then(|(_, r)| r.rules.clone());
-    next.rules_reused = previous_rules.is_some();
-    let (rules, found) = previous_rules.unwrap_or_else(|| {
-        let mut found = Vec::new();
-        (Arc::new(clusters::Rules::build(store, &mut found)), found)
-    });
+    next.rules_reused = kept.is_some();
+    let (rules, found) = kept_or_built(kept, |found| clusters::Rules::build(store, found));
     problems.extend(found.iter().cloned());
     next.rules = Some((rules.clone(), found));
 
@@ -408,6 +401,18 @@ pub fn translate_reusing(
     diagnostics.extend(problems);
     let snapshot = Snapshot { version: 0, listeners: listeners.into_values().collect(), clusters, secrets };
     (snapshot, diagnostics, next)
+}
+
+/// A part of the translation kept from the previous one with the problems building it
+/// reported, or built now.
+fn kept_or_built<T>(
+    kept: Option<(Arc<T>, Vec<Diagnostic>)>,
+    build: impl FnOnce(&mut Vec<Diagnostic>) -> T,
+) -> (Arc<T>, Vec<Diagnostic>) {
+    kept.unwrap_or_else(|| {
+        let mut found = Vec::new();
+        (Arc::new(build(&mut found)), found)
+    })
 }
 
 /// A Gateway applies when its selector is a subset of this instance's labels.
