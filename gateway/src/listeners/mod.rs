@@ -4,6 +4,7 @@
 //! Each port has a [`ConnectionHandler`] that can be swapped while the socket stays bound
 //! (a port moving from HTTP to HTTPS keeps its listening socket).
 
+mod buffered;
 pub mod tcp;
 pub mod tls;
 
@@ -90,7 +91,7 @@ pub struct AppHandler<A>(pub Arc<A>);
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ConnectionHandler for AppHandler<A> {
     async fn handle(&self, stream: L4Stream, shutdown: &ShutdownWatch) {
-        self.0.process_new(Box::new(stream), shutdown).await;
+        self.0.process_new(Box::new(buffered::Buffered::new(stream)), shutdown).await;
     }
 
     async fn cleanup(&self) {
