@@ -3,7 +3,7 @@
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
 use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
-use crate::store::{Object, Store, DEFAULT_NAMESPACE};
+use crate::store::{namespace_of, Object, Store};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
@@ -71,8 +71,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
         tracing::debug!(%origin, api_version, kind = kind_name, name = meta.name, "skipping kind meshgate does not use");
         return;
     };
-    let namespace = meta.namespace.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| DEFAULT_NAMESPACE.to_string());
-    let reference = ResourceRef::new(kind, &namespace, &meta.name);
+    let reference = ResourceRef::new(kind, namespace_of(&meta), &meta.name);
     if meta.name.is_empty() {
         store.diagnostic(
             Diagnostic::error(codes::SCHEMA, format!("{prefix}metadata.name"), "name is required")
