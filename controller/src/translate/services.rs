@@ -9,7 +9,8 @@ use crate::snapshot::{UpstreamProtocol, Workload};
 use crate::store::{Resource, Store};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use std::collections::{BTreeMap, HashMap};
+use litemap::LiteMap;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -60,8 +61,9 @@ fn entry_port_protocol(protocol: Option<&str>) -> UpstreamProtocol {
 #[derive(Debug, Clone)]
 pub struct RegistryEndpoint {
     pub address: String,
-    /// Service port number → endpoint port.
-    pub ports: BTreeMap<u16, u16>,
+    /// Service port number → endpoint port. A sorted vector: a B-tree's leaf is ~100 bytes
+    /// for the one or two ports a service has, once per endpoint of every service.
+    pub ports: LiteMap<u16, u16>,
     /// Labels and owning workload, shared with the snapshot's endpoints.
     pub workload: Arc<Workload>,
     pub weight: u32,
@@ -162,7 +164,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
                         let pname = r.name.clone()?;
                         store.pods.get(&crate::store::ObjectKey::new(&pns, &pname))
                     });
-                let mut mapped = BTreeMap::new();
+                let mut mapped = LiteMap::new();
                 for (sp, _) in &ports {
                     let found = slice_ports.iter().find(|p| p.name.clone().unwrap_or_default() == sp.name);
                     if let Some(port) = found.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok()) {
@@ -192,7 +194,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
             if !pod.spec.ready {
                 continue;
             }
-            let mut mapped = BTreeMap::new();
+            let mut mapped = LiteMap::new();
             for (sp, target) in &ports {
                 if let Some(port) = target_port(&pod.spec, sp.number, *target) {
                     mapped.insert(sp.number, port);
@@ -295,7 +297,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
             );
             continue;
         }
-        let mut mapped = BTreeMap::new();
+        let mut mapped = LiteMap::new();
         for p in &ports {
             let port = w.ports.get(&p.name).and_then(|n| u16::try_from(*n).ok()).unwrap_or_else(|| target_of(p.number));
             mapped.insert(p.number, port);

@@ -57,7 +57,7 @@ where
         let start_time = crate::proxy::request::rfc3339_now_minus(duration);
         // Per connection, not per request: encoded here rather than kept in the route.
         let route_name = route.map(|r| crate::access_log::Prepared::string(&r.name));
-        let cluster = log.cluster.as_deref();
+        let telemetry = log.cluster.as_deref().map(ClusterRuntime::telemetry);
         shared.access_log.log(&crate::access_log::Entry {
             start_time: start_time.as_bytes(),
             method: "-",
@@ -70,8 +70,8 @@ where
             bytes_sent: log.stats.upstream_to_downstream,
             duration: duration.as_millis() as u64,
             upstream_service_time: None,
-            upstream_host: cluster.zip(log.endpoint).map(|(c, i)| &c.endpoints[i].log_host),
-            upstream_cluster: cluster.map(|c| &c.log_name),
+            upstream_host: telemetry.zip(log.endpoint).map(|(t, i)| &t.endpoint(i).log_host),
+            upstream_cluster: telemetry.map(|t| &t.log_name),
             route_name: route_name.as_ref(),
             request_id: None,
             x_forwarded_for: None,
@@ -107,27 +107,28 @@ where
     log.cluster = Some(cluster.clone());
     let Some(pick) = cluster.balancer.pick(None, None) else {
         log.flags = "UH";
-        metrics.tcp_open(Some(&cluster.service_labels), "UH", cluster.security_policy).close();
+        metrics.tcp_open(Some(&cluster.telemetry().service_labels), "UH", cluster.security_policy).close();
         return;
     };
     let endpoint = &cluster.endpoints[pick.index()];
+    let labels = &cluster.telemetry().endpoint(pick.index()).labels;
     log.endpoint = Some(pick.index());
     let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint.addr)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(route = route.name, upstream = %endpoint.addr, error = %e, "tcp connect failed");
             log.flags = "UF";
-            metrics.tcp_open(Some(&endpoint.labels), "UF", cluster.security_policy).close();
+            metrics.tcp_open(Some(labels), "UF", cluster.security_policy).close();
             return;
         }
         Err(_) => {
             log.flags = "UF";
-            metrics.tcp_open(Some(&endpoint.labels), "UF", cluster.security_policy).close();
+            metrics.tcp_open(Some(labels), "UF", cluster.security_policy).close();
             return;
         }
     };
     let _ = upstream.set_nodelay(true);
-    let counters = metrics.tcp_open(Some(&endpoint.labels), "-", cluster.security_policy);
+    let counters = metrics.tcp_open(Some(labels), "-", cluster.security_policy);
     let stats = splice(downstream, upstream, IDLE_TIMEOUT, |direction, n| match direction {
         Direction::DownstreamToUpstream => counters.received.inc_by(n),
         Direction::UpstreamToDownstream => counters.sent.inc_by(n),

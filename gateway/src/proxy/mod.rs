@@ -262,8 +262,9 @@ impl ProxyHttp for MeshProxy {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<Ctx>) {
         let code = session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0);
         let duration = ctx.start.elapsed();
-        let endpoint = ctx.cluster.as_ref().zip(ctx.endpoint).map(|(c, i)| &c.endpoints[i]);
-        let destination = endpoint.map(|e| &*e.labels).or_else(|| ctx.cluster.as_ref().map(|c| &*c.service_labels));
+        let telemetry = ctx.cluster.as_deref().map(ClusterRuntime::telemetry);
+        let endpoint = telemetry.zip(ctx.endpoint).map(|(t, i)| t.endpoint(i));
+        let destination = endpoint.map(|e| &*e.labels).or_else(|| telemetry.map(|t| &*t.service_labels));
         let req = session.req_header();
         let protocol = request::protocol_label(req);
         let request_bytes = session.body_bytes_read() as u64;
@@ -294,8 +295,8 @@ impl ProxyHttp for MeshProxy {
                 duration: duration.as_millis() as u64,
                 upstream_service_time: ctx.upstream_time_ms,
                 upstream_host: endpoint.map(|e| &e.log_host),
-                upstream_cluster: ctx.cluster.as_ref().map(|c| &c.log_name),
-                route_name: ctx.route.as_ref().map(|r| &r.log_name),
+                upstream_cluster: telemetry.map(|t| &t.log_name),
+                route_name: ctx.route.as_deref().map(Route::log_name),
                 request_id: match &ctx.generated_id {
                     Some(id) => Some(RequestId::Generated(id)),
                     None => req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(RequestId::Header),

@@ -8,7 +8,7 @@ use crate::tls::upstream::UpstreamTlsRuntime;
 use controller::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, Secret, UpstreamProtocol};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Labels Istio's metrics carry for a destination. Endpoints with the same labels share one
 /// (with its series cache), and the values are shared strings: a cluster's service names are
@@ -95,9 +95,48 @@ impl<'a> LabelSets<'a> {
 #[derive(Debug)]
 pub struct EndpointRuntime {
     pub addr: SocketAddr,
+    /// Position in the definition's endpoints (addresses that are not IP literals are left
+    /// out of the runtime), for the endpoint's workload labels.
+    source: usize,
+}
+
+/// What metrics and access logs say about a cluster and its endpoints: Istio's destination
+/// label sets (with their series caches) and the access log's pre-encoded names. Built by the
+/// first request that records something for the cluster, not by the compile: at 10k services
+/// these were ~12 MB for clusters most of which had not been requested yet
+/// (docs/benchmarks.md, "Fifth round"). A cluster reused across snapshot swaps keeps it.
+#[derive(Debug)]
+pub struct Telemetry {
+    /// Labels used when the cluster has no endpoint to name (503 no healthy upstream).
+    pub service_labels: Arc<DestinationLabels>,
+    /// `upstream_cluster` of access log lines, encoded once.
+    pub log_name: Prepared<UpstreamCluster>,
+    /// By the runtime endpoint's index.
+    endpoints: Vec<EndpointTelemetry>,
+}
+
+#[derive(Debug)]
+pub struct EndpointTelemetry {
+    pub labels: Arc<DestinationLabels>,
     /// `upstream_host` of access log lines, encoded once.
     pub log_host: Prepared<UpstreamHost>,
-    pub labels: Arc<DestinationLabels>,
+}
+
+impl Telemetry {
+    fn build(def: &Cluster, endpoints: &[EndpointRuntime]) -> Telemetry {
+        let mut labels = LabelSets::new(def);
+        let mut telemetry = Vec::with_capacity(endpoints.len());
+        for e in endpoints {
+            let labels = labels.endpoint(&def.endpoints[e.source]);
+            telemetry.push(EndpointTelemetry { labels, log_host: Prepared::address(e.addr) });
+        }
+        Telemetry { service_labels: labels.service, log_name: Prepared::string(&def.name), endpoints: telemetry }
+    }
+
+    /// The runtime endpoint `index`'s labels and log field.
+    pub fn endpoint(&self, index: usize) -> &EndpointTelemetry {
+        &self.endpoints[index]
+    }
 }
 
 pub struct ClusterRuntime {
@@ -113,10 +152,7 @@ pub struct ClusterRuntime {
     pub endpoints: Vec<EndpointRuntime>,
     pub balancer: Balancer,
     pub hash_key: Option<HashKey>,
-    /// Labels used when the cluster has no endpoint to name (503 no healthy upstream).
-    pub service_labels: Arc<DestinationLabels>,
-    /// `upstream_cluster` of access log lines, encoded once.
-    pub log_name: Prepared<UpstreamCluster>,
+    telemetry: OnceLock<Telemetry>,
 }
 
 impl ClusterRuntime {
@@ -134,13 +170,11 @@ impl ClusterRuntime {
                 e.to_string()
             }),
         };
-        let mut labels = LabelSets::new(def);
         let mut endpoints = Vec::with_capacity(def.endpoints.len());
-        for e in &def.endpoints {
+        for (source, e) in def.endpoints.iter().enumerate() {
             // Addresses were validated as IP literals by the controller; skip anything else.
             let Ok(ip) = e.address.parse::<std::net::IpAddr>() else { continue };
-            let addr = SocketAddr::new(ip, e.port);
-            endpoints.push(EndpointRuntime { addr, log_host: Prepared::address(addr), labels: labels.endpoint(e) });
+            endpoints.push(EndpointRuntime { addr: SocketAddr::new(ip, e.port), source });
         }
         endpoints.shrink_to_fit();
         let keyed: Vec<(String, u32)> =
@@ -172,8 +206,12 @@ impl ClusterRuntime {
             balancer: Balancer::new(&algorithm, &keyed),
             endpoints,
             hash_key,
-            service_labels: labels.service,
-            log_name: Prepared::string(&def.name),
+            telemetry: OnceLock::new(),
         }
+    }
+
+    /// Labels and log fields, built on first use (a lock-free load after that).
+    pub fn telemetry(&self) -> &Telemetry {
+        self.telemetry.get_or_init(|| Telemetry::build(&self.definition, &self.endpoints))
     }
 }

@@ -37,11 +37,11 @@ impl RequestView<'_> {
 
 #[derive(Debug)]
 enum Matcher {
-    Exact(String),
-    Prefix(String),
+    Exact(Box<str>),
+    Prefix(Box<str>),
     /// Case-insensitive variants hold the lowercase pattern.
-    ExactNoCase(String),
-    PrefixNoCase(String),
+    ExactNoCase(Box<str>),
+    PrefixNoCase(Box<str>),
     Regex(Arc<Regex>),
 }
 
@@ -65,10 +65,10 @@ impl RegexCache {
 impl Matcher {
     fn compile(m: &StringMatch, ignore_case: bool, cache: &mut RegexCache) -> Result<Matcher, regex::Error> {
         Ok(match (m, ignore_case) {
-            (StringMatch::Exact(s), false) => Matcher::Exact(s.clone()),
-            (StringMatch::Prefix(s), false) => Matcher::Prefix(s.clone()),
-            (StringMatch::Exact(s), true) => Matcher::ExactNoCase(s.to_ascii_lowercase()),
-            (StringMatch::Prefix(s), true) => Matcher::PrefixNoCase(s.to_ascii_lowercase()),
+            (StringMatch::Exact(s), false) => Matcher::Exact(s.as_str().into()),
+            (StringMatch::Prefix(s), false) => Matcher::Prefix(s.as_str().into()),
+            (StringMatch::Exact(s), true) => Matcher::ExactNoCase(s.to_ascii_lowercase().into()),
+            (StringMatch::Prefix(s), true) => Matcher::PrefixNoCase(s.to_ascii_lowercase().into()),
             // Envoy's safe_regex must match the whole value; anchor explicitly.
             (StringMatch::Regex(r), ci) => {
                 let flags = if ci { "(?i)" } else { "" };
@@ -79,8 +79,8 @@ impl Matcher {
 
     fn matches(&self, value: &str) -> bool {
         match self {
-            Matcher::Exact(s) => value == s,
-            Matcher::Prefix(s) => value.starts_with(s.as_str()),
+            Matcher::Exact(s) => value == &**s,
+            Matcher::Prefix(s) => value.starts_with(&**s),
             Matcher::ExactNoCase(s) => value.eq_ignore_ascii_case(s),
             Matcher::PrefixNoCase(s) => {
                 value.len() >= s.len() && value.is_char_boundary(s.len()) && value[..s.len()].eq_ignore_ascii_case(s)
@@ -113,72 +113,68 @@ impl Keyed {
     }
 }
 
-/// One Istio `HTTPMatchRequest`: every condition must hold.
+/// One Istio `HTTPMatchRequest`: every condition must hold. Only the conditions the match
+/// sets are kept, in the order they are checked: most matches set one or two of Istio's eight
+/// fields, and a struct with a slot for each was ~160 bytes per match (6 MB of a 10k-service
+/// runtime, docs/benchmarks.md "Fifth round").
 #[derive(Debug)]
 pub struct CompiledMatch {
-    uri: Option<Matcher>,
-    scheme: Option<Matcher>,
-    method: Option<Matcher>,
-    authority: Option<Matcher>,
-    headers: Vec<Keyed>,
-    without_headers: Vec<Keyed>,
-    query_params: Vec<Keyed>,
-    port: Option<u16>,
+    conditions: Box<[Condition]>,
+}
+
+#[derive(Debug)]
+enum Condition {
+    Port(u16),
+    Uri(Matcher),
+    Method(Matcher),
+    Scheme(Matcher),
+    Authority(Matcher),
+    // Boxed: a header name with its parsed form is three times the other variants.
+    Header(Box<Keyed>),
+    WithoutHeader(Box<Keyed>),
+    QueryParam(Box<Keyed>),
 }
 
 impl CompiledMatch {
     pub fn compile(m: &RouteMatch, cache: &mut RegexCache) -> Result<CompiledMatch, regex::Error> {
-        fn one(s: &Option<StringMatch>, ci: bool, cache: &mut RegexCache) -> Result<Option<Matcher>, regex::Error> {
-            s.as_ref().map(|s| Matcher::compile(s, ci, cache)).transpose()
+        let mut conditions = Vec::new();
+        if let Some(port) = m.port {
+            conditions.push(Condition::Port(port));
         }
-        fn many(v: &[KeyMatch], cache: &mut RegexCache) -> Result<Vec<Keyed>, regex::Error> {
-            // Collecting through `Result` reserves room for four; keep what is used.
-            let mut keyed = v.iter().map(|k| Keyed::compile(k, cache)).collect::<Result<Vec<_>, _>>()?;
-            keyed.shrink_to_fit();
-            Ok(keyed)
+        let mut string = |value: &Option<StringMatch>, ignore_case, condition: fn(Matcher) -> Condition| {
+            value.as_ref().map(|v| Matcher::compile(v, ignore_case, cache).map(condition)).transpose()
+        };
+        let strings = [
+            string(&m.uri, m.ignore_uri_case, Condition::Uri)?,
+            string(&m.method, false, Condition::Method)?,
+            string(&m.scheme, false, Condition::Scheme)?,
+            string(&m.authority, false, Condition::Authority)?,
+        ];
+        conditions.extend(strings.into_iter().flatten());
+        for k in &m.headers {
+            conditions.push(Condition::Header(Box::new(Keyed::compile(k, cache)?)));
         }
-        Ok(CompiledMatch {
-            uri: one(&m.uri, m.ignore_uri_case, cache)?,
-            scheme: one(&m.scheme, false, cache)?,
-            method: one(&m.method, false, cache)?,
-            authority: one(&m.authority, false, cache)?,
-            headers: many(&m.headers, cache)?,
-            without_headers: many(&m.without_headers, cache)?,
-            query_params: many(&m.query_params, cache)?,
-            port: m.port,
-        })
+        for k in &m.without_headers {
+            conditions.push(Condition::WithoutHeader(Box::new(Keyed::compile(k, cache)?)));
+        }
+        for k in &m.query_params {
+            conditions.push(Condition::QueryParam(Box::new(Keyed::compile(k, cache)?)));
+        }
+        Ok(CompiledMatch { conditions: conditions.into_boxed_slice() })
     }
 
     pub fn matches(&self, req: &RequestView) -> bool {
-        if self.port.is_some_and(|p| p != req.port) {
-            return false;
-        }
-        if let Some(uri) = &self.uri {
+        self.conditions.iter().all(|c| match c {
+            Condition::Port(p) => *p == req.port,
             // Envoy: prefix matches the raw :path; exact and regex ignore the query string.
-            let subject = if uri.is_prefix() { req.path } else { req.path_without_query() };
-            if !uri.matches(subject) {
-                return false;
-            }
-        }
-        if self.method.as_ref().is_some_and(|m| !m.matches(req.method))
-            || self.scheme.as_ref().is_some_and(|m| !m.matches(req.scheme))
-            || self.authority.as_ref().is_some_and(|m| !m.matches(req.authority))
-        {
-            return false;
-        }
-        if !self.headers.iter().all(|h| header_matches(h, req.headers)) {
-            return false;
-        }
-        if self.without_headers.iter().any(|h| header_matches(h, req.headers)) {
-            return false;
-        }
-        if !self.query_params.is_empty() {
-            let query = req.query();
-            if !self.query_params.iter().all(|q| query_matches(q, query)) {
-                return false;
-            }
-        }
-        true
+            Condition::Uri(uri) => uri.matches(if uri.is_prefix() { req.path } else { req.path_without_query() }),
+            Condition::Method(m) => m.matches(req.method),
+            Condition::Scheme(m) => m.matches(req.scheme),
+            Condition::Authority(m) => m.matches(req.authority),
+            Condition::Header(h) => header_matches(h, req.headers),
+            Condition::WithoutHeader(h) => !header_matches(h, req.headers),
+            Condition::QueryParam(q) => query_matches(q, req.query()),
+        })
     }
 }
 

@@ -13,7 +13,7 @@ use matcher::{CompiledMatch, RegexCache, RequestView};
 // foldhash, not SipHash: these maps are rebuilt on every compile (20k clusters, 10k hosts at
 // scale) and the host table is looked up on every request; their keys come from the config.
 use foldhash::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Weighted destinations: (cluster, cumulative weight) for a binary search over one random
@@ -66,16 +66,25 @@ impl Destinations {
 }
 
 pub struct Route {
-    pub name: String,
-    pub virtual_service: String,
+    /// The snapshot's route: its names are not copied (they were ~4 MB of a 10k-service runtime).
+    definition: Arc<controller::snapshot::Route>,
     matches: Vec<CompiledMatch>,
     destinations: Destinations,
     pub timeout: Option<Duration>,
-    /// `route_name` of access log lines, encoded once.
-    pub log_name: Prepared<RouteName>,
+    /// `route_name` of access log lines, encoded on first use (see `cluster::Telemetry`).
+    log_name: OnceLock<Prepared<RouteName>>,
 }
 
 impl Route {
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+
+    /// `route_name` of access log lines.
+    pub fn log_name(&self) -> &Prepared<RouteName> {
+        self.log_name.get_or_init(|| Prepared::string(&self.definition.name))
+    }
+
     pub fn matches(&self, req: &RequestView) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
     }
@@ -345,7 +354,7 @@ impl VirtualHost {
 }
 
 fn compile_route(
-    r: &controller::snapshot::Route,
+    r: &Arc<controller::snapshot::Route>,
     clusters: &HashMap<String, Arc<ClusterRuntime>>,
     regexes: &mut RegexCache,
 ) -> Option<Route> {
@@ -361,12 +370,11 @@ fn compile_route(
     matches.shrink_to_fit();
     let RouteAction::Route { destinations } = &r.action;
     Some(Route {
-        name: r.name.clone(),
-        virtual_service: r.virtual_service.clone(),
+        definition: r.clone(),
         matches,
         destinations: Destinations::compile(destinations, clusters),
         timeout: r.timeout_ms.map(Duration::from_millis),
-        log_name: Prepared::string(&r.name),
+        log_name: OnceLock::new(),
     })
 }
 
