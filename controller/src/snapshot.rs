@@ -17,7 +17,7 @@ pub struct Snapshot {
     /// Keyed by cluster name (`outbound|PORT|SUBSET|HOST`, as Envoy in Istio names them).
     /// Shared with the gateway's compiled clusters, which keep their definition to tell an
     /// unchanged cluster on the next snapshot (a copy was 10 MB at 10k services).
-    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub clusters: BTreeMap<ClusterName, Arc<Cluster>>,
     /// TLS material by name (`kubernetes://ns/secret` or `file://path`), referenced by
     /// listeners and clusters. Private keys are never printed (see [`Secret`]'s serializer).
     #[serde(default)]
@@ -210,15 +210,20 @@ pub enum RouteAction {
     Route { destinations: Vec<WeightedCluster> },
 }
 
+/// A cluster's name, shared by the cluster, the snapshot's and the gateway's cluster maps and
+/// every route destination naming it (four or more copies of a ~50-byte name per cluster
+/// before; serialised as the plain string).
+pub type ClusterName = Arc<str>;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WeightedCluster {
-    pub cluster: String,
+    pub cluster: ClusterName,
     pub weight: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cluster {
-    pub name: String,
+    pub name: ClusterName,
     pub service: ServiceRef,
     pub port: u16,
     pub subset: Option<String>,

@@ -187,7 +187,7 @@ fn domains(d: &[String]) -> String {
 
 fn clusters(destinations: &[WeightedCluster]) -> String {
     if destinations.len() == 1 {
-        return destinations[0].cluster.clone();
+        return destinations[0].cluster.to_string();
     }
     destinations.iter().map(|d| format!("{} ({}%)", d.cluster, d.weight)).collect::<Vec<_>>().join(", ")
 }

@@ -292,7 +292,7 @@ pub fn resolve(
     };
     Some(Resolved {
         cluster: Cluster {
-            name: cluster_name(host, port, subset),
+            name: cluster_name(host, port, subset).into(),
             service: ServiceRef { host: host.to_string(), name, namespace },
             port,
             subset: subset.map(str::to_string),

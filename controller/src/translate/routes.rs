@@ -435,7 +435,8 @@ fn l4_routes<'a>(
 ) {
     let ns = vs.namespace.as_str();
     let name = format!("{ns}/{}", vs.meta.name);
-    let mut seen_clusters: BTreeSet<String> = out.clusters.iter().map(|c| c.name.clone()).collect();
+    let mut seen_clusters: BTreeSet<crate::snapshot::ClusterName> =
+        out.clusters.iter().map(|c| c.name.clone()).collect();
     let mut destinations_of = |routes: &[RouteDestination], field: &str, problems: &mut Vec<Diagnostic>| {
         let mut dests = Vec::new();
         let all_unweighted = routes.iter().all(|d| d.weight.is_none());

@@ -98,7 +98,7 @@ fn bookinfo_translates_to_one_listener_with_ordered_routes() {
     assert_eq!(routes[1].matches.len(), 2, "match blocks are kept as alternatives");
     let RouteAction::Route { destinations } = &routes[1].action;
     assert_eq!(destinations.iter().map(|d| d.weight).collect::<Vec<_>>(), [50, 50]);
-    assert_eq!(destinations[0].cluster, "outbound|9080|v1|reviews.default.svc.cluster.local");
+    assert_eq!(&*destinations[0].cluster, "outbound|9080|v1|reviews.default.svc.cluster.local");
 }
 
 #[test]

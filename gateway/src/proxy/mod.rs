@@ -345,7 +345,7 @@ impl MeshProxy {
                 duration,
                 port: self.port,
                 destination: cluster.map(|c| (c.service.host.as_str(), c.port)),
-                upstream_cluster: cluster.map(|c| c.name.as_str()),
+                upstream_cluster: cluster.map(|c| &*c.name),
                 upstream_address: ctx.cluster.as_ref().zip(ctx.endpoint).map(|(c, i)| c.endpoints[i].addr),
                 request_id: request_id(req, ctx),
                 user_agent: header("user-agent"),

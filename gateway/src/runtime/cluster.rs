@@ -51,7 +51,7 @@ impl<'a> LabelSets<'a> {
             workload_namespace: unknown(),
             app: unknown(),
             version: def.subset.as_deref().map_or_else(unknown, Arc::from),
-            cluster: def.name.as_str().into(),
+            cluster: def.name.clone(),
             series: Default::default(),
         });
         LabelSets { service, values: HashMap::new(), sets: HashMap::new() }
@@ -166,7 +166,7 @@ impl ClusterRuntime {
         let tls = match &def.tls {
             None => Ok(None),
             Some(t) => UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map(Some).map_err(|e| {
-                tracing::error!(cluster = def.name, error = %e, "upstream TLS unusable; requests to this cluster get 503");
+                tracing::error!(cluster = &*def.name, error = %e, "upstream TLS unusable; requests to this cluster get 503");
                 e.to_string()
             }),
         };

@@ -25,7 +25,10 @@ pub struct Destinations {
 }
 
 impl Destinations {
-    fn compile(destinations: &[WeightedCluster], clusters: &HashMap<String, Arc<ClusterRuntime>>) -> Destinations {
+    fn compile(
+        destinations: &[WeightedCluster],
+        clusters: &HashMap<controller::snapshot::ClusterName, Arc<ClusterRuntime>>,
+    ) -> Destinations {
         let mut cumulative = 0u32;
         let mut out = Vec::new();
         for d in destinations.iter().filter(|d| d.weight > 0) {
@@ -39,7 +42,11 @@ impl Destinations {
     /// True when compiling `destinations` against `clusters` would give these destinations:
     /// the same compiled clusters (by pointer) in the same order. Weights come with the
     /// definition, which the caller has compared already.
-    fn same_as(&self, destinations: &[WeightedCluster], clusters: &HashMap<String, Arc<ClusterRuntime>>) -> bool {
+    fn same_as(
+        &self,
+        destinations: &[WeightedCluster],
+        clusters: &HashMap<controller::snapshot::ClusterName, Arc<ClusterRuntime>>,
+    ) -> bool {
         let mut now = destinations.iter().filter(|d| d.weight > 0).filter_map(|d| clusters.get(&d.cluster));
         let mut compiled = self.clusters.iter().map(|(c, _)| c);
         loop {
@@ -227,7 +234,7 @@ impl Listener {
 pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     pub listeners: HashMap<u16, Listener>,
-    pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    pub clusters: HashMap<controller::snapshot::ClusterName, Arc<ClusterRuntime>>,
 }
 
 impl Runtime {
@@ -342,7 +349,7 @@ impl VirtualHost {
     fn uses_clusters_of(
         &self,
         def: &controller::snapshot::VirtualHost,
-        clusters: &HashMap<String, Arc<ClusterRuntime>>,
+        clusters: &HashMap<controller::snapshot::ClusterName, Arc<ClusterRuntime>>,
     ) -> bool {
         // A route that did not compile was left out; then the pairing below does not hold.
         self.routes.len() == def.routes.len()
@@ -355,7 +362,7 @@ impl VirtualHost {
 
 fn compile_route(
     r: &Arc<controller::snapshot::Route>,
-    clusters: &HashMap<String, Arc<ClusterRuntime>>,
+    clusters: &HashMap<controller::snapshot::ClusterName, Arc<ClusterRuntime>>,
     regexes: &mut RegexCache,
 ) -> Option<Route> {
     // Collecting through `Result` reserves room for four; runtimes keep one per route.
