@@ -224,7 +224,8 @@ pub struct WeightedCluster {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cluster {
     pub name: ClusterName,
-    pub service: ServiceRef,
+    /// Shared by the service's clusters (one per subset and port) and the service registry.
+    pub service: Arc<ServiceRef>,
     pub port: u16,
     pub subset: Option<String>,
     pub load_balancer: LoadBalancer,

@@ -286,14 +286,18 @@ pub fn resolve(
     };
     let upstream_protocol =
         service.and_then(|s| s.ports.iter().find(|p| p.number == port)).map(|p| p.protocol).unwrap_or_default();
-    let (name, namespace) = match service {
-        Some(s) => (s.name.clone(), s.namespace.clone()),
-        None => (host.split('.').next().unwrap_or(host).to_string(), "unknown".to_string()),
+    let service_ref = match service {
+        Some(s) => s.service.clone(),
+        None => std::sync::Arc::new(ServiceRef {
+            host: host.to_string(),
+            name: host.split('.').next().unwrap_or(host).to_string(),
+            namespace: "unknown".to_string(),
+        }),
     };
     Some(Resolved {
         cluster: Cluster {
             name: cluster_name(host, port, subset).into(),
-            service: ServiceRef { host: host.to_string(), name, namespace },
+            service: service_ref,
             port,
             subset: subset.map(str::to_string),
             load_balancer: effective_lb(rule.map(|r| &*r.spec), subset, port),

@@ -5,7 +5,7 @@ use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::ServiceEntrySpec;
 use crate::api::Labels;
 use crate::diagnostics::{codes, Diagnostic};
-use crate::snapshot::{UpstreamProtocol, Workload};
+use crate::snapshot::{ServiceRef, UpstreamProtocol, Workload};
 use crate::store::{Resource, Store};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -16,9 +16,8 @@ use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct ServiceInfo {
-    pub host: String,
-    pub name: String,
-    pub namespace: String,
+    /// Host, name and namespace, shared with the clusters of this service.
+    pub service: Arc<ServiceRef>,
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<RegistryEndpoint>,
 }
@@ -80,12 +79,12 @@ impl Registry {
         let index = Index::build(store);
         for svc in store.services.values() {
             let info = kube_service(store, &index, svc);
-            registry.services.insert(info.host.clone(), info);
+            registry.services.insert(info.service.host.clone(), info);
         }
         for se in store.service_entries.values() {
             for info in service_entry(store, se, problems) {
                 // Kubernetes Services win over ServiceEntries for the same host, as in Istio.
-                registry.services.entry(info.host.clone()).or_insert(info);
+                registry.services.entry(info.service.host.clone()).or_insert(info);
             }
         }
         registry
@@ -214,9 +213,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
     }
 
     ServiceInfo {
-        host: format!("{name}.{ns}.svc.cluster.local"),
-        name,
-        namespace: ns,
+        service: Arc::new(ServiceRef { host: format!("{name}.{ns}.svc.cluster.local"), name, namespace: ns }),
         ports: ports.into_iter().map(|(p, _)| p).collect(),
         endpoints,
     }
@@ -316,9 +313,11 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
     spec.hosts
         .iter()
         .map(|h| ServiceInfo {
-            host: h.to_ascii_lowercase(),
-            name: h.to_ascii_lowercase(),
-            namespace: se.namespace.clone(),
+            service: Arc::new(ServiceRef {
+                host: h.to_ascii_lowercase(),
+                name: h.to_ascii_lowercase(),
+                namespace: se.namespace.clone(),
+            }),
             ports: ports.clone(),
             endpoints: endpoints.clone(),
         })
