@@ -1,4 +1,4 @@
-//! A write buffer for the connections our accept loop hands to Pingora.
+//! Read-ahead and a write buffer for the connections our accept loop hands to Pingora.
 //!
 //! Pingora's own listeners give each accepted stream a write buffer of one TCP segment
 //! (`DEFAULT_L4_WRITE_BUFFER_SIZE`) in a crate-private step; our accept loop (which lets config
@@ -6,6 +6,12 @@
 //! Without it, a response header and a small body left in two `sendto` calls instead of one: a
 //! system call per request (docs/benchmarks.md, "Runner results"). Pingora flushes where a
 //! response needs it (1xx, no content length, end of body), as it does on its own listeners.
+//!
+//! Reads: Pingora peeks at the first 24 bytes of every plain-text connection for the h2c
+//! preface, with `read_exact` on the stream. Pingora's own streams have a read buffer that
+//! takes the whole request in that read; ours did not, so a new connection cost one `recvfrom`
+//! for the 24 bytes and another for the rest of the request. A peek here reads what the socket
+//! has (up to [`READ_AHEAD`]) and the reads that follow take it from there.
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -19,33 +25,54 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 
 /// Pingora's default write buffer: one TCP segment's payload.
 const WRITE_BUFFER: usize = 1460;
 
+/// How much a peek reads at once: a request head and a small body. Held only until the reads
+/// after the peek have taken it, not for the life of the connection.
+const READ_AHEAD: usize = 4096;
+
 #[derive(Debug)]
-pub struct Buffered(BufWriter<L4Stream>);
+pub struct Buffered {
+    inner: BufWriter<L4Stream>,
+    /// Bytes a peek read from the socket, from `taken` on not yet returned by a read.
+    ahead: Vec<u8>,
+    taken: usize,
+}
 
 impl Buffered {
     pub fn new(stream: L4Stream) -> Buffered {
-        Buffered(BufWriter::with_capacity(WRITE_BUFFER, stream))
+        Buffered { inner: BufWriter::with_capacity(WRITE_BUFFER, stream), ahead: Vec::new(), taken: 0 }
     }
 
     fn stream(&self) -> &L4Stream {
-        self.0.get_ref()
+        self.inner.get_ref()
     }
 }
 
 impl AsyncRead for Buffered {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.taken < this.ahead.len() {
+            let n = buf.remaining().min(this.ahead.len() - this.taken);
+            buf.put_slice(&this.ahead[this.taken..this.taken + n]);
+            this.taken += n;
+            if this.taken == this.ahead.len() {
+                // Freed, not kept: an idle kept-alive connection holds no read-ahead.
+                this.ahead = Vec::new();
+                this.taken = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Buffered {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -53,19 +80,19 @@ impl AsyncWrite for Buffered {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -73,7 +100,7 @@ impl AsyncWrite for Buffered {
 impl Shutdown for Buffered {
     async fn shutdown(&mut self) {
         // Flushes what is buffered first, as the inner stream's shutdown does for its own.
-        if let Err(e) = AsyncWriteExt::shutdown(&mut self.0).await {
+        if let Err(e) = AsyncWriteExt::shutdown(&mut self.inner).await {
             tracing::debug!(error = %e, "shutting down a connection");
         }
     }
@@ -107,7 +134,7 @@ impl GetProxyDigest for Buffered {
     }
 
     fn set_proxy_digest(&mut self, digest: ProxyDigest) {
-        self.0.get_mut().set_proxy_digest(digest)
+        self.inner.get_mut().set_proxy_digest(digest)
     }
 }
 
@@ -117,15 +144,24 @@ impl GetSocketDigest for Buffered {
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.0.get_mut().set_socket_digest(digest)
+        self.inner.get_mut().set_socket_digest(digest)
     }
 }
 
 #[async_trait]
 impl Peek for Buffered {
+    /// Fills `buf` from the start of what reads will return, waiting for that much as
+    /// Pingora's `read_exact`-based peek does (an end of stream first is `UnexpectedEof`).
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        // Reads go straight through the write buffer, so the inner stream's rewind holds.
-        self.0.get_mut().try_peek(buf).await
+        while self.ahead.len() - self.taken < buf.len() {
+            // `read_buf` fills spare capacity only: make room for one read of what is there.
+            self.ahead.reserve(READ_AHEAD.max(buf.len()));
+            if self.inner.get_mut().read_buf(&mut self.ahead).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        buf.copy_from_slice(&self.ahead[self.taken..self.taken + buf.len()]);
+        Ok(true)
     }
 }
 
@@ -175,5 +211,31 @@ mod tests {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"bye");
+    }
+
+    #[tokio::test]
+    async fn a_peek_reads_the_whole_request_once() {
+        let (mut server, mut client) = pair().await;
+        let request = b"GET /a-path-long-enough HTTP/1.1\r\nhost: example.com\r\n\r\n";
+        client.write_all(request).await.unwrap();
+        // On loopback the written bytes are in the server's receive queue when `write` returns.
+        let mut preface = [0u8; 24];
+        assert!(server.try_peek(&mut preface).await.unwrap());
+        assert_eq!(&preface, &request[..24]);
+        assert_eq!(server.ahead.len(), request.len(), "one read took everything that had arrived");
+        let mut read = vec![0u8; request.len()];
+        server.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, request);
+        assert_eq!(server.ahead.capacity(), 0, "read-ahead is freed once taken");
+    }
+
+    #[tokio::test]
+    async fn a_stream_ending_before_the_peek_is_filled_is_an_error() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"GET").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut preface = [0u8; 24];
+        let err = server.try_peek(&mut preface).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof);
     }
 }
