@@ -173,12 +173,14 @@ pub struct Route {
     pub timeout_ms: Option<u64>,
 }
 
+/// Boxed string matches: a match sets one or two of the eight fields, and inline the four
+/// options were 128 of a match's 208 bytes (6 MB of a 10k-service snapshot). Serialised as before.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteMatch {
-    pub uri: Option<StringMatch>,
-    pub scheme: Option<StringMatch>,
-    pub method: Option<StringMatch>,
-    pub authority: Option<StringMatch>,
+    pub uri: Option<Box<StringMatch>>,
+    pub scheme: Option<Box<StringMatch>>,
+    pub method: Option<Box<StringMatch>>,
+    pub authority: Option<Box<StringMatch>>,
     pub headers: Vec<KeyMatch>,
     pub without_headers: Vec<KeyMatch>,
     pub query_params: Vec<KeyMatch>,

@@ -202,13 +202,13 @@ fn route_match(r: &Route) -> String {
         .matches
         .iter()
         .map(|m| {
-            let mut s = match &m.uri {
+            let mut s = match m.uri.as_deref() {
                 None => "/*".to_string(),
                 Some(StringMatch::Prefix(p)) => format!("{}*", p),
                 Some(StringMatch::Exact(p)) => p.clone(),
                 Some(StringMatch::Regex(p)) => format!("~{p}"),
             };
-            if let Some(StringMatch::Exact(method)) = &m.method {
+            if let Some(StringMatch::Exact(method)) = m.method.as_deref() {
                 s = format!("{method} {s}");
             }
             let extra = m.headers.len() + m.query_params.len() + m.without_headers.len();

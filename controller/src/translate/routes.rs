@@ -382,10 +382,10 @@ fn route_match(
         return None;
     }
     Some(RouteMatch {
-        uri,
-        scheme,
-        method,
-        authority,
+        uri: uri.map(Box::new),
+        scheme: scheme.map(Box::new),
+        method: method.map(Box::new),
+        authority: authority.map(Box::new),
         headers,
         without_headers,
         query_params,

@@ -405,7 +405,7 @@ fn route_request(
 /// The consistent-hash input for clusters that use one. A missing cookie is generated and
 /// set on the response, so the client sticks from its next request on.
 fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Ctx) -> Option<u64> {
-    let key = cluster.hash_key.as_ref()?;
+    let key = cluster.hash_key.as_deref()?;
     let req = session.req_header();
     match key {
         HashKey::Header(name) => req.headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),

@@ -144,15 +144,16 @@ pub struct ClusterRuntime {
     /// The secrets the definition names, to tell a rotated certificate from an unchanged one.
     pub secrets: Vec<Option<Secret>>,
     /// TLS origination; `Err` when its material could not be built (requests get 503 rather
-    /// than going out in plain text).
-    pub tls: Result<Option<UpstreamTlsRuntime>, String>,
+    /// than going out in plain text). Boxed like the hash key and the telemetry: most
+    /// clusters have no TLS and no hash key, and inline they were most of a 350-byte cluster.
+    pub tls: Result<Option<Box<UpstreamTlsRuntime>>, String>,
     pub http2: bool,
     /// `connection_security_policy` label: `mutual_tls` when we present a client certificate.
     pub security_policy: &'static str,
     pub endpoints: Vec<EndpointRuntime>,
     pub balancer: Balancer,
-    pub hash_key: Option<HashKey>,
-    telemetry: OnceLock<Telemetry>,
+    pub hash_key: Option<Box<HashKey>>,
+    telemetry: OnceLock<Box<Telemetry>>,
 }
 
 impl ClusterRuntime {
@@ -165,7 +166,7 @@ impl ClusterRuntime {
     pub fn compile(def: &Arc<Cluster>, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
         let tls = match &def.tls {
             None => Ok(None),
-            Some(t) => UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map(Some).map_err(|e| {
+            Some(t) => UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map(|t| Some(Box::new(t))).map_err(|e| {
                 tracing::error!(cluster = &*def.name, error = %e, "upstream TLS unusable; requests to this cluster get 503");
                 e.to_string()
             }),
@@ -190,7 +191,7 @@ impl ClusterRuntime {
                     }
                     HashAlgorithm::Maglev { table_size } => Algorithm::Maglev { table_size: *table_size },
                 },
-                Some(key.clone()),
+                Some(Box::new(key.clone())),
             ),
         };
         ClusterRuntime {
@@ -212,6 +213,6 @@ impl ClusterRuntime {
 
     /// Labels and log fields, built on first use (a lock-free load after that).
     pub fn telemetry(&self) -> &Telemetry {
-        self.telemetry.get_or_init(|| Telemetry::build(&self.definition, &self.endpoints))
+        self.telemetry.get_or_init(|| Box::new(Telemetry::build(&self.definition, &self.endpoints)))
     }
 }

@@ -141,7 +141,7 @@ impl CompiledMatch {
         if let Some(port) = m.port {
             conditions.push(Condition::Port(port));
         }
-        let mut string = |value: &Option<StringMatch>, ignore_case, condition: fn(Matcher) -> Condition| {
+        let mut string = |value: &Option<Box<StringMatch>>, ignore_case, condition: fn(Matcher) -> Condition| {
             value.as_ref().map(|v| Matcher::compile(v, ignore_case, cache).map(condition)).transpose()
         };
         let strings = [
@@ -208,19 +208,25 @@ mod tests {
     #[test]
     fn uri_kinds() {
         let h = HeaderMap::new();
-        let exact = compile(RouteMatch { uri: Some(StringMatch::Exact("/productpage".into())), ..Default::default() });
+        let exact = compile(RouteMatch {
+            uri: Some(Box::new(StringMatch::Exact("/productpage".into()))),
+            ..Default::default()
+        });
         assert!(exact.matches(&view("/productpage", &h)));
         assert!(exact.matches(&view("/productpage?u=1", &h)));
         assert!(!exact.matches(&view("/productpage/x", &h)));
-        let prefix = compile(RouteMatch { uri: Some(StringMatch::Prefix("/static".into())), ..Default::default() });
+        let prefix =
+            compile(RouteMatch { uri: Some(Box::new(StringMatch::Prefix("/static".into()))), ..Default::default() });
         assert!(prefix.matches(&view("/static/css", &h)));
         assert!(!prefix.matches(&view("/stat", &h)));
-        let regex =
-            compile(RouteMatch { uri: Some(StringMatch::Regex("/api/v[0-9]+/.*".into())), ..Default::default() });
+        let regex = compile(RouteMatch {
+            uri: Some(Box::new(StringMatch::Regex("/api/v[0-9]+/.*".into()))),
+            ..Default::default()
+        });
         assert!(regex.matches(&view("/api/v1/products", &h)));
         assert!(!regex.matches(&view("/x/api/v1/products", &h)), "regex is a full match");
         let ci = compile(RouteMatch {
-            uri: Some(StringMatch::Prefix("/Static".into())),
+            uri: Some(Box::new(StringMatch::Prefix("/Static".into()))),
             ignore_uri_case: true,
             ..Default::default()
         });
@@ -270,8 +276,8 @@ mod tests {
     fn method_and_authority() {
         let h = HeaderMap::new();
         let m = compile(RouteMatch {
-            method: Some(StringMatch::Exact("POST".into())),
-            authority: Some(StringMatch::Prefix("book".into())),
+            method: Some(Box::new(StringMatch::Exact("POST".into()))),
+            authority: Some(Box::new(StringMatch::Prefix("book".into()))),
             ..Default::default()
         });
         let mut v = view("/", &h);
