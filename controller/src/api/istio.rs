@@ -173,14 +173,14 @@ pub struct RouteDestination {
 #[serde(rename_all = "camelCase")]
 pub struct HttpRoute {
     #[serde(default)]
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     #[serde(default, rename = "match")]
     pub matches: Vec<HttpMatchRequest>,
     #[serde(default)]
     pub route: Vec<HttpRouteDestination>,
     /// Route timeout, protobuf Duration text such as "2s" or "0.5s".
     #[serde(default)]
-    pub timeout: Option<String>,
+    pub timeout: Option<Box<str>>,
     #[serde(default)]
     pub redirect: Option<Opaque>,
     #[serde(default)]
@@ -214,7 +214,7 @@ pub struct HttpRoute {
 #[serde(rename_all = "camelCase")]
 pub struct HttpMatchRequest {
     #[serde(default)]
-    pub name: Option<String>,
+    pub name: Option<Box<str>>,
     #[serde(default)]
     pub uri: Option<Box<StringMatch>>,
     #[serde(default)]
@@ -236,11 +236,11 @@ pub struct HttpMatchRequest {
     #[serde(default)]
     pub source_labels: BTreeMap<String, String>,
     #[serde(default)]
-    pub gateways: Vec<String>,
+    pub gateways: Box<[String]>,
     #[serde(default)]
-    pub source_namespace: Option<String>,
+    pub source_namespace: Option<Box<str>>,
     #[serde(default)]
-    pub stat_prefix: Option<String>,
+    pub stat_prefix: Option<Box<str>>,
 }
 
 /// A map of name to `StringMatch` (headers, withoutHeaders, queryParams) in the order written.

@@ -321,7 +321,11 @@ fn http_route(
         }
     }
 
-    let name = http.name.clone().unwrap_or_else(|| format!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
+    let name = http
+        .name
+        .as_deref()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
     let route = Route {
         name,
         virtual_service: format!("{ns}/{}", vs.meta.name),
