@@ -51,9 +51,9 @@ struct Entry {
 }
 
 impl Entry {
-    fn decode(text: &str, file: &Path) -> Entry {
+    fn decode(text: &str, file: &Arc<Path>) -> Entry {
         let mut decoded = Vec::new();
-        files::load_text(&mut decoded, text, Some(file));
+        files::load_shared(&mut decoded, text, Some(file.clone()));
         // Kept for as long as the file is unchanged: no room for a sixth document.
         decoded.shrink_to_fit();
         Entry { hash: hash(text), decoded, stamp: None, generation: 0 }
@@ -178,7 +178,9 @@ impl Stamp {
 
 /// Decoded files by path, from the previous load.
 pub struct FileCache {
-    entries: foldhash::HashMap<PathBuf, Entry>,
+    /// The key is the path every origin of the file's objects shares (and the last load's
+    /// file list): one allocation per file instead of three.
+    entries: foldhash::HashMap<Arc<Path>, Entry>,
     /// Counts loads; entries not seen by the current load are dropped at its end.
     generation: u64,
     /// What the last load listed and built, for the next load to patch.
@@ -196,7 +198,7 @@ pub struct FileCache {
 
 /// The file list, listing problems and store of a load.
 struct Last {
-    files: Vec<PathBuf>,
+    files: Vec<Arc<Path>>,
     problems: Vec<Diagnostic>,
     store: Store,
 }
@@ -257,6 +259,10 @@ impl FileCache {
             let text_hash = hash(&text);
             // The stamp taken before reading: a write during the read changes it again.
             let stamp = stamp.filter(|s| s.trusted(started, self.margin));
+            let shared = self
+                .entries
+                .get_key_value(file.as_path())
+                .map_or_else(|| Arc::from(file.as_path()), |(k, _)| k.clone());
             match self.entries.get_mut(file.as_path()) {
                 Some(entry) if entry.hash == text_hash => {
                     entry.stamp = stamp;
@@ -264,7 +270,7 @@ impl FileCache {
                 }
                 slot => {
                     self.parsed += 1;
-                    let mut entry = Entry::decode(&text, file);
+                    let mut entry = Entry::decode(&text, &shared);
                     entry.stamp = stamp;
                     entry.generation = generation;
                     let old = match slot {
@@ -273,7 +279,7 @@ impl FileCache {
                             Some(std::mem::replace(old, entry))
                         }
                         None => {
-                            self.entries.insert(file.clone(), entry);
+                            self.entries.insert(shared, entry);
                             None
                         }
                     };
@@ -287,7 +293,7 @@ impl FileCache {
         let last = self.last.take().filter(|last| {
             unreadable.is_empty()
                 && last.files.len() == found.len()
-                && last.files.iter().zip(&found).all(|(a, b)| *a == b.path)
+                && last.files.iter().zip(&found).all(|(a, b)| **a == *b.path)
                 && last.problems == problems
                 && edited.iter().all(|(file, old)| old.as_ref().is_some_and(|old| old.same_shape(&self.entries[*file])))
         });
@@ -317,7 +323,13 @@ impl FileCache {
         drop(edited);
         files::read_referenced_files(&mut store);
         // Cheap: the store's maps are shared, not copied.
-        let files = found.into_iter().map(|f| f.path).collect();
+        let files = found
+            .into_iter()
+            .map(|f| match self.entries.get_key_value(f.path.as_path()) {
+                Some((shared, _)) => shared.clone(),
+                None => f.path.into(),
+            })
+            .collect();
         self.last = Some(Last { files, problems, store: store.clone() });
         store
     }

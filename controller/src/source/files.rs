@@ -106,7 +106,11 @@ pub fn read_referenced_files(store: &mut Store) {
 
 /// Adds every document of one YAML (or JSON) text.
 pub fn load_text(store: &mut impl Sink, text: &str, file: Option<&Path>) {
-    let file: Option<std::sync::Arc<Path>> = file.map(std::sync::Arc::from);
+    load_shared(store, text, file.map(std::sync::Arc::from));
+}
+
+/// [`load_text`] with the path every origin shares already allocated.
+pub fn load_shared(store: &mut impl Sink, text: &str, file: Option<std::sync::Arc<Path>>) {
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let origin = Origin { file: file.clone(), document: Some(index) };
         match serde_yaml::Value::deserialize(document) {
