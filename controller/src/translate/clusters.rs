@@ -38,7 +38,7 @@ impl Rules {
         // Oldest first so the first definition for a host wins, as in Istio.
         let mut by_host = foldhash::HashMap::default();
         for dr in crate::store::in_order(rules) {
-            let host = super::hosts::resolve_short_name(&dr.spec.host, &dr.namespace);
+            let host = super::hosts::resolve_short_name(&dr.spec.host, dr.namespace());
             by_host.entry(host).or_insert_with(|| dr.clone());
         }
         let mut wildcards: Vec<String> = by_host.keys().filter(|h| h.starts_with('*')).cloned().collect();
@@ -276,7 +276,8 @@ pub fn resolve(
                     format!("{field}.host"),
                     format!(
                         "DestinationRule {}/{} trafficPolicy.tls: {why}; requests to this destination get 503",
-                        r.namespace, r.meta.name
+                        r.namespace(),
+                        r.meta.name
                     ),
                 ));
                 endpoints.clear();

@@ -205,7 +205,7 @@ pub fn translate_reusing(
     let gateways = crate::store::in_order(store.gateways.values());
     let mut known_gateways = HashMap::new();
     for gw in gateways {
-        let key = format!("{}/{}", gw.namespace, gw.meta.name);
+        let key = format!("{}/{}", gw.namespace(), gw.meta.name);
         known_gateways.insert(key.clone(), selected(gw, options));
         if !selected(gw, options) {
             continue;
@@ -248,7 +248,7 @@ pub fn translate_reusing(
                     "bind is not supported; the gateway listens on its port map",
                 ));
             }
-            let hosts = ServerHosts::new(server, &gw.namespace);
+            let hosts = ServerHosts::new(server, gw.namespace());
             accepted.push(BoundServer { gateway: gw, gateway_key: key.clone(), server, port, kind, tls, hosts });
         }
         let rejected = local.iter().any(Diagnostic::is_error);
@@ -374,7 +374,7 @@ pub fn translate_reusing(
         }
         let list = vhosts.entry(s.port).or_default();
         for entry in &s.server.hosts {
-            let domain = hosts::split_server_host(entry, &s.gateway.namespace).1.to_ascii_lowercase();
+            let domain = hosts::split_server_host(entry, s.gateway.namespace()).1.to_ascii_lowercase();
             match vhost_index.get(&(s.port, domain.clone())) {
                 Some(&i) => list[i].https_redirect = true,
                 None => {

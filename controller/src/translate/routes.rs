@@ -71,7 +71,7 @@ pub(super) fn translate_virtual_service(
 ) -> Translated {
     let known_gateways = ctx.known_gateways;
     let spec = &vs.spec;
-    let ns = vs.namespace.as_str();
+    let ns = vs.namespace();
     let mut out = Translated { bindings: Vec::new(), l4_routes: Vec::new(), clusters: Vec::new() };
 
     if spec.hosts.is_empty() {
@@ -189,7 +189,7 @@ fn http_route(
     problems: &mut Vec<Diagnostic>,
 ) -> Option<HttpTranslation> {
     let (registry, rules, options) = (ctx.registry, ctx.rules, ctx.options);
-    let ns = vs.namespace.as_str();
+    let ns = vs.namespace();
     let unsupported = [
         ("redirect", http.redirect.is_some()),
         ("directResponse", http.direct_response.is_some()),
@@ -437,7 +437,7 @@ fn l4_routes<'a>(
     bound_any: &mut HashMap<&'a str, bool>,
     problems: &mut Vec<Diagnostic>,
 ) {
-    let ns = vs.namespace.as_str();
+    let ns = vs.namespace();
     let name = format!("{ns}/{}", vs.meta.name);
     let mut seen_clusters: BTreeSet<crate::snapshot::ClusterName> =
         out.clusters.iter().map(|c| c.name.clone()).collect();
@@ -490,7 +490,7 @@ fn l4_routes<'a>(
                     .server
                     .hosts
                     .iter()
-                    .map(|h| split_server_host(h, &s.gateway.namespace).1.to_ascii_lowercase())
+                    .map(|h| split_server_host(h, s.gateway.namespace()).1.to_ascii_lowercase())
                     .collect();
                 let meets = hosts.iter().any(|h| server_hosts.iter().any(|sh| intersect(h, sh).is_some()));
                 if !meets {

@@ -108,13 +108,13 @@ impl<'a> Index<'a> {
         let mut slices: HashMap<_, Vec<_>> = HashMap::new();
         for s in store.endpoint_slices.values() {
             if let Some(svc) = s.meta.labels.get("kubernetes.io/service-name") {
-                slices.entry((s.namespace.as_str(), svc.as_str())).or_default().push(s);
+                slices.entry((s.namespace(), svc.as_str())).or_default().push(s);
             }
         }
         let mut pods: HashMap<_, Vec<_>> = HashMap::new();
         for p in store.pods.values() {
             for (k, v) in &p.meta.labels {
-                pods.entry((p.namespace.as_str(), k.as_str(), v.as_str())).or_default().push(p);
+                pods.entry((p.namespace(), k.as_str(), v.as_str())).or_default().push(p);
             }
         }
         Index { slices, pods }
@@ -133,7 +133,7 @@ impl<'a> Index<'a> {
 
 fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) -> ServiceInfo {
     let name = svc.meta.name.clone();
-    let ns = svc.namespace.clone();
+    let ns = svc.namespace().to_string();
     let spec = &svc.spec;
     let ports: Vec<(ServicePort, Option<&IntOrString>)> = spec
         .ports
@@ -173,7 +173,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
                 let workload = Arc::new(Workload {
                     labels: pod.map(|p| p.meta.labels.clone()).unwrap_or_default(),
                     name: pod.map(workload_of).unwrap_or_else(|| name.clone()),
-                    namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| ns.clone()),
+                    namespace: pod.map(|p| p.namespace().to_string()).unwrap_or_else(|| ns.clone()),
                 });
                 for address in &ep.addresses {
                     endpoints.push(RegistryEndpoint {
@@ -205,7 +205,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
                 workload: Arc::new(Workload {
                     labels: pod.meta.labels.clone(),
                     name: workload_of(pod),
-                    namespace: pod.namespace.clone(),
+                    namespace: pod.namespace().to_string(),
                 }),
                 weight: 1,
             });
@@ -271,7 +271,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
         .map(|(i, e)| (format!("spec.endpoints[{i}]"), e, se.meta.name.clone()))
         .collect();
     if let Some(selector) = &spec.workload_selector {
-        for we in store.workload_entries.values().filter(|w| w.namespace == se.namespace) {
+        for we in store.workload_entries.values().filter(|w| w.namespace() == se.namespace()) {
             if selector.labels.iter().all(|(k, v)| we.spec.labels.get(k) == Some(v)) {
                 workloads.push((String::new(), &we.spec, we.meta.name.clone()));
             }
@@ -302,7 +302,11 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
         endpoints.push(RegistryEndpoint {
             address: w.address.clone(),
             ports: mapped,
-            workload: Arc::new(Workload { labels: w.labels.clone(), name: workload, namespace: se.namespace.clone() }),
+            workload: Arc::new(Workload {
+                labels: w.labels.clone(),
+                name: workload,
+                namespace: se.namespace().to_string(),
+            }),
             weight: w.weight.unwrap_or(1).max(1),
         });
     }
@@ -316,7 +320,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
             service: Arc::new(ServiceRef {
                 host: h.to_ascii_lowercase(),
                 name: h.to_ascii_lowercase(),
-                namespace: se.namespace.clone(),
+                namespace: se.namespace().to_string(),
             }),
             ports: ports.clone(),
             endpoints: endpoints.clone(),
