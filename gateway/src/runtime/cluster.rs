@@ -178,8 +178,10 @@ impl ClusterRuntime {
             endpoints.push(EndpointRuntime { addr: SocketAddr::new(ip, e.port), source });
         }
         endpoints.shrink_to_fit();
+        // Weights by `source`: zipping with the definition's endpoints paired them wrongly after
+        // a skipped address.
         let keyed: Vec<(String, u32)> =
-            endpoints.iter().zip(&def.endpoints).map(|(e, d)| (e.addr.to_string(), d.weight.max(1))).collect();
+            endpoints.iter().map(|e| (e.addr.to_string(), def.endpoints[e.source].weight.max(1))).collect();
         let (algorithm, hash_key) = match &def.load_balancer {
             LoadBalancer::RoundRobin => (Algorithm::RoundRobin, None),
             LoadBalancer::LeastRequest => (Algorithm::LeastRequest, None),
@@ -214,5 +216,43 @@ impl ClusterRuntime {
     /// Labels and log fields, built on first use (a lock-free load after that).
     pub fn telemetry(&self) -> &Telemetry {
         self.telemetry.get_or_init(|| Box::new(Telemetry::build(&self.definition, &self.endpoints)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use controller::snapshot::{ServiceRef, Workload};
+
+    fn endpoint(address: &str, weight: u32, workload: &str) -> Endpoint {
+        let workload = Arc::new(Workload { name: workload.into(), namespace: "default".into(), ..Default::default() });
+        Endpoint { address: address.into(), port: 80, weight, workload }
+    }
+
+    #[test]
+    fn a_skipped_address_leaves_labels_and_weights_with_their_endpoints() {
+        let def = Arc::new(Cluster {
+            name: "outbound|80||svc.default.svc.cluster.local".into(),
+            service: Arc::new(ServiceRef {
+                host: "svc.default.svc.cluster.local".into(),
+                name: "svc".into(),
+                namespace: "default".into(),
+            }),
+            port: 80,
+            subset: None,
+            load_balancer: LoadBalancer::RoundRobin,
+            endpoints: vec![endpoint("not-an-ip", 5, "a"), endpoint("10.0.0.1", 1, "b"), endpoint("10.0.0.2", 3, "c")],
+            upstream_protocol: UpstreamProtocol::Http1,
+            tls: None,
+        });
+        let cluster = ClusterRuntime::compile(&def, &BTreeMap::new());
+        assert_eq!(cluster.endpoints.len(), 2);
+        let telemetry = cluster.telemetry();
+        assert_eq!(&*telemetry.endpoint(0).labels.workload, "b");
+        assert_eq!(&*telemetry.endpoint(1).labels.workload, "c");
+        // Weighted round robin over one cycle: 1 pick of 10.0.0.1 and 3 of 10.0.0.2.
+        let picks: Vec<usize> = (0..4).map(|_| cluster.balancer.pick(None, None).unwrap().index()).collect();
+        assert_eq!(picks.iter().filter(|&&i| i == 0).count(), 1, "{picks:?}");
+        assert_eq!(picks.iter().filter(|&&i| i == 1).count(), 3, "{picks:?}");
     }
 }
