@@ -298,8 +298,11 @@ impl FileCache {
                 && edited.iter().all(|(file, old)| old.as_ref().is_some_and(|old| old.same_shape(&self.entries[*file])))
         });
         self.patched = last.is_some();
+        // The patched path lists the same files as the last load: its list is kept as it is.
+        let mut kept_files = None;
         let mut store = match last {
             Some(last) => {
+                kept_files = Some(last.files);
                 let mut store = last.store;
                 for (file, _) in &edited {
                     self.entries[*file].patch(&mut store);
@@ -323,13 +326,15 @@ impl FileCache {
         drop(edited);
         files::read_referenced_files(&mut store);
         // Cheap: the store's maps are shared, not copied.
-        let files = found
-            .into_iter()
-            .map(|f| match self.entries.get_key_value(f.path.as_path()) {
-                Some((shared, _)) => shared.clone(),
-                None => f.path.into(),
-            })
-            .collect();
+        let files = kept_files.unwrap_or_else(|| {
+            found
+                .into_iter()
+                .map(|f| match self.entries.get_key_value(f.path.as_path()) {
+                    Some((shared, _)) => shared.clone(),
+                    None => f.path.into(),
+                })
+                .collect()
+        });
         self.last = Some(Last { files, problems, store: store.clone() });
         store
     }
