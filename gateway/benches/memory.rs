@@ -6,14 +6,20 @@
 //! Rows: the file cache with the store it produced; the publisher (its last good store and the
 //! served snapshot, translation garbage freed); the compiled runtime. Each row is the increase
 //! over the previous one, so the rows add up to what the gateway holds.
+//!
+//! A second line is the gateway of a split deployment (`controller` serving, `gateway
+//! --controller URL`, as the Helm chart runs them): it holds only the snapshot decoded from the
+//! wire and its compiled runtime.
 
 use controller::publish::Publisher;
+use controller::remote::wire::SnapshotMessage;
 use controller::source::cache::FileCache;
 use controller::{synth, Options};
 use gateway::runtime::Runtime;
 use std::alloc::System;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
+use std::sync::Arc;
 
 struct Counting;
 
@@ -74,7 +80,24 @@ fn main() {
             mb(after_compile - after_publish),
             mb(after_compile - base)
         );
-        drop((runtime, publisher));
+        let wire = SnapshotMessage::encode("bench", &rx.borrow()).expect("encoding the snapshot");
+        drop((runtime, publisher, rx));
+        let wire_mb = mb(wire.len() as isize);
+        let before_decode = LIVE.load(Relaxed) - wire.capacity() as isize;
+        let message = SnapshotMessage::decode(&wire).expect("decoding the snapshot");
+        drop(wire);
+        let after_decode = LIVE.load(Relaxed);
+        let runtime = Runtime::compile(Arc::new(message.snapshot), None);
+        let after_compile = LIVE.load(Relaxed);
+        println!(
+            "{:>8} split gateway: snapshot from the wire ({:.1} MB of JSON) {:.1} MB, runtime {:.1} MB, total {:.1} MB",
+            "",
+            wire_mb,
+            mb(after_decode - before_decode),
+            mb(after_compile - after_decode),
+            mb(after_compile - before_decode)
+        );
+        drop(runtime);
         // The store by kind: a fresh load without the cache, then each kind's share as it is
         // dropped (the cache itself is what is left).
         let before = LIVE.load(Relaxed);

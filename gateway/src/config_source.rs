@@ -71,6 +71,7 @@ fn remote(
         namespace: args.identity.namespace.clone(),
         labels: args.identity.labels.clone(),
         wait: Duration::from_secs(30),
+        after_decode: Some(crate::memory::release_freed),
     };
     let connected = IntGauge::new(
         "meshgate_controller_connected",
@@ -82,9 +83,9 @@ fn remote(
     tracing::info!(url, gateway = options.gateway, "taking snapshots from the controller");
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
     tokio::spawn(client::run(options, tx, applied, move |event| match event {
-        Event::Received { version } => {
+        Event::Received { version, delta } => {
             connected.set(1);
-            tracing::info!(version, "snapshot received from the controller");
+            tracing::info!(version, delta, "snapshot received from the controller");
         }
         Event::Unchanged => connected.set(1),
         Event::Failed { error, retry_in } => {

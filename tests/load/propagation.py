@@ -132,11 +132,14 @@ def main() -> None:
     ap.add_argument("--target-dir", type=Path, default=Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")))
     ap.add_argument("--gateway", type=Path, help="the gateway binary to measure (default: TARGET_DIR/release/gateway)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (config, gateway log)")
+    ap.add_argument("--split", action="store_true",
+                    help="run the controller as its own process (`controller --config`, as the Helm chart deploys "
+                         "it) and the gateway with --controller, instead of the gateway reading the folder itself")
     args = ap.parse_args()
 
     if not args.no_build:
         subprocess.run(["cargo", "build", "--release", "-p", "gateway", "-p", "controller", "--bin", "gateway",
-                        "--bin", "scale"], cwd=ROOT, check=True)
+                        "--bin", "scale", "--bin", "controller"], cwd=ROOT, check=True)
     bins = args.target_dir / "release"
 
     work = Path(tempfile.mkdtemp(prefix="meshgate-propagation-"))
@@ -173,16 +176,31 @@ status: {{podIP: 127.0.0.1}}
     log = open(work / "gateway.log", "w")
     env = dict(os.environ)
     env.setdefault("RUST_LOG", "info,controller=debug")
+    controller = None
+    source = ["--config", str(config)]
+    if args.split:
+        # The same 10 ms quiet time as the gateway's own folder watch, so both modes compare.
+        token = work / "token"
+        token.write_text("propagation-token\n")
+        cport, cstatus = free_port(), free_port()
+        clog = open(work / "controller.log", "w")
+        controller = subprocess.Popen(
+            [bins / "controller", "--config", str(config), "--listen", f"127.0.0.1:{cport}", "--token-file", str(token),
+             "--debounce-ms", "10"], stdout=clog, stderr=subprocess.STDOUT, env=dict(os.environ))
+        source = ["--controller", f"http://127.0.0.1:{cport}", "--controller-token-file", str(token)]
     gw = subprocess.Popen(
-        [args.gateway or bins / "gateway", "--config", str(config), "--port-map", f"80=127.0.0.1:{port}",
+        [args.gateway or bins / "gateway", *source, "--port-map", f"80=127.0.0.1:{port}",
          "--status-addr", f"127.0.0.1:{status_port}", "--metrics-addr", f"127.0.0.1:{free_port()}",
          "--admin-addr", f"127.0.0.1:{free_port()}", "--access-log", "off", "--drain-seconds", "1"],
         stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         started = wait_for("readiness", lambda: status(status_port, "x", "/healthz/ready") == 200, 300)
         wait_for("the first probe route", lambda: status(port, "r0.probe.local") == 200, 60)
+        time.sleep(2)  # the config thread gives memory back once the config has settled
         ready_rss = rss_mib(gw.pid)
         print(f"{args.services} services: ready after {started * 1e3:.0f} ms, RSS {ready_rss:.0f} MiB", file=sys.stderr)
+        if controller is not None:
+            print(f"controller RSS {rss_mib(controller.pid):.0f} MiB", file=sys.stderr)
         times = []
         poller = Poller(port)
         for r in range(1, args.repeat + 1):
@@ -197,7 +215,12 @@ status: {{podIP: 127.0.0.1}}
         print(f"| services | propagation median | min | max | RSS ready / after edits |\n| --- | --- | --- | --- | --- |\n"
               f"| {args.services:,} | {statistics.median(times):.0f} ms | {min(times):.0f} ms | {max(times):.0f} ms "
               f"| {ready_rss:.0f} / {rss_mib(gw.pid):.0f} MiB |")
+        if controller is not None:
+            print(f"controller RSS after edits: {rss_mib(controller.pid):.0f} MiB", file=sys.stderr)
     finally:
+        if controller is not None:
+            controller.terminate()
+            controller.wait(10)
         gw.terminate()
         try:
             gw.wait(10)

@@ -13,6 +13,19 @@ async fn sync_state(controller: &ControllerProcess, name: &str) -> Option<(u64, 
     Some((g["acked"].as_u64()?, g["current"].as_u64()?, g["connected"].as_bool()?))
 }
 
+/// A log without its terminal colours (`tracing`'s formatter adds them even to pipes).
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut rest = log;
+    while let Some(start) = rest.find('\x1b') {
+        out.push_str(&rest[..start]);
+        rest = &rest[start..];
+        rest = rest.find('m').map_or("", |end| &rest[end + 1..]);
+    }
+    out.push_str(rest);
+    out
+}
+
 #[tokio::test]
 async fn replicas_follow_the_controller_and_acknowledge_versions() {
     let (_v1, _v2, cfg) = reviews_v1_v2().await;
@@ -40,6 +53,15 @@ async fn replicas_follow_the_controller_and_acknowledge_versions() {
     // The replica reports the same version it serves.
     let served = metric_value(&metrics(a.metrics_addr()).await.unwrap(), "meshgate_config_version", &[]).unwrap();
     assert_eq!(Some(served as u64), sync_state(&controller, "gw-a").await.map(|s| s.1));
+    // The first version came whole; the edit came as a delta from the version each replica
+    // held, and both replicas built the same routes from it (asserted above).
+    for gw in [&a, &b] {
+        let log = plain(&gw.stderr());
+        assert!(log.contains("snapshot received from the controller version=1 delta=false"), "{log}");
+        assert!(log.contains("delta=true"), "the edit arrives as a delta\n{log}");
+    }
+    let pushed = metric_value(&controller.metrics().await.unwrap(), "meshgate_controller_delta_pushes_total", &[]);
+    assert!(pushed >= Some(2.0), "{pushed:?}");
 }
 
 #[tokio::test]

@@ -1,8 +1,9 @@
 //! The gateway's side: long-poll the controller, hand new snapshots to the data plane, report
 //! back what it applied, and keep serving the last snapshot whenever the controller is away.
 
+use super::delta::DeltaError;
 use super::transport::{self, HttpError};
-use super::wire::{PollRequest, SnapshotMessage};
+use super::wire::{DeltaMessage, PollRequest, SnapshotMessage, DELTA_HEADER};
 use crate::snapshot::Snapshot;
 use http::Method;
 use std::collections::BTreeMap;
@@ -20,13 +21,17 @@ pub struct ClientOptions {
     pub labels: BTreeMap<String, String>,
     /// How long the controller may hold a poll with nothing new.
     pub wait: Duration,
+    /// Called on the thread that decoded a snapshot, once the wire bytes and the decoding's
+    /// garbage are freed (the gateway gives that memory back to the system there: a 10k-service
+    /// snapshot is tens of megabytes of JSON).
+    pub after_decode: Option<fn()>,
 }
 
 /// What happened on the channel, for logs and metrics of the embedding gateway.
 #[derive(Debug)]
 pub enum Event {
-    /// A new snapshot arrived.
-    Received { version: u64 },
+    /// A new snapshot arrived, whole or as a delta from the one held.
+    Received { version: u64, delta: bool },
     /// A poll ended without change: the controller is there.
     Unchanged,
     /// The controller could not be reached or refused; `retry_in` is the backoff.
@@ -39,35 +44,77 @@ pub enum PollError {
     Http(#[from] HttpError),
     #[error("snapshot from {url} does not decode: {source}")]
     Decode { url: String, source: serde_json::Error },
+    #[error("decoding the snapshot was interrupted: {0}")]
+    Interrupted(tokio::task::JoinError),
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
 }
 
-/// One poll: `Ok(None)` when nothing changed within the wait.
+/// A snapshot from one poll.
+#[derive(Debug)]
+pub struct Received {
+    pub snapshot: Snapshot,
+    /// The sending controller process (see [`PollRequest::instance`]).
+    pub instance: String,
+    /// It came as a delta from the snapshot the poll held.
+    pub delta: bool,
+}
+
+/// One poll: `Ok(None)` when nothing changed within the wait. `held` is the snapshot the
+/// gateway serves (version 0 when none): deltas apply to it.
 pub async fn poll_once(
     options: &ClientOptions,
-    have: u64,
+    held: &Arc<Snapshot>,
     instance: &str,
     acked: u64,
-) -> Result<Option<SnapshotMessage>, PollError> {
+) -> Result<Option<Received>, PollError> {
     let url = format!("{}/v1/snapshot", transport::normalize(&options.url));
     let request = PollRequest {
         gateway: options.gateway.clone(),
         namespace: options.namespace.clone(),
         labels: options.labels.clone(),
-        have,
+        have: held.version,
         instance: instance.to_string(),
         acked,
         wait_seconds: options.wait.as_secs(),
+        deltas: true,
     };
     let body = serde_json::to_vec(&request).expect("poll request serializes");
     // The controller holds the poll up to `wait`; allow for a slow large answer beyond that.
     let timeout = options.wait + Duration::from_secs(30);
     let reply = transport::send(Method::POST, &url, Some(&options.token), Some(body), timeout).await?;
-    match reply.status {
-        http::StatusCode::NO_CONTENT => Ok(None),
-        s if s.is_success() => {
-            SnapshotMessage::decode(&reply.body).map(Some).map_err(|source| PollError::Decode { url, source })
+    if reply.status == http::StatusCode::NO_CONTENT {
+        return Ok(None);
+    }
+    if !reply.status.is_success() {
+        return Err(reply.success(&url).expect_err("non-2xx statuses are errors").into());
+    }
+    let is_delta = reply.headers.contains_key(DELTA_HEADER);
+    let held = held.clone();
+    let after_decode = options.after_decode;
+    // Off the async workers: at 10k services a whole snapshot takes ~100 ms to decode, and
+    // the gateway's requests run on these workers.
+    let decoded = tokio::task::spawn_blocking(move || {
+        let decoded = if is_delta {
+            DeltaMessage::decode(&reply.body).map_err(|source| PollError::Decode { url, source }).and_then(|m| {
+                let snapshot = m.delta.apply(&held)?;
+                Ok(Received { snapshot, instance: m.instance, delta: true })
+            })
+        } else {
+            SnapshotMessage::decode(&reply.body)
+                .map(|m| Received { snapshot: m.snapshot, instance: m.instance, delta: false })
+                .map_err(|source| PollError::Decode { url, source })
+        };
+        drop((reply, held));
+        if let Some(after) = after_decode {
+            after();
         }
-        _ => Err(reply.success(&url).expect_err("non-2xx statuses are errors").into()),
+        decoded
+    })
+    .await;
+    match decoded {
+        Ok(decoded) => decoded.map(Some),
+        Err(source) => Err(PollError::Interrupted(source)),
     }
 }
 
@@ -80,18 +127,18 @@ pub async fn run(
     mut applied: watch::Receiver<u64>,
     on_event: impl Fn(Event) + Send,
 ) {
-    let mut have = 0;
     let mut instance = String::new();
     let mut backoff = Backoff::new();
     while !snapshots.is_closed() {
         let acked = *applied.borrow();
-        match poll_once(&options, have, &instance, acked).await {
-            Ok(Some(message)) => {
+        let held = snapshots.borrow().clone();
+        match poll_once(&options, &held, &instance, acked).await {
+            Ok(Some(received)) => {
                 backoff.reset();
-                let snapshot = message.snapshot;
-                have = snapshot.version;
-                instance = message.instance;
-                on_event(Event::Received { version: have });
+                let snapshot = received.snapshot;
+                let have = snapshot.version;
+                instance = received.instance;
+                on_event(Event::Received { version: have, delta: received.delta });
                 snapshots.send_replace(Arc::new(snapshot));
                 // Bounded: a data plane that cannot compile must not stop us from polling.
                 let _ = tokio::time::timeout(Duration::from_secs(30), applied.wait_for(|v| *v == have)).await;
@@ -103,6 +150,10 @@ pub async fn run(
                 on_event(Event::Unchanged);
             }
             Err(e) => {
+                if matches!(e, PollError::Delta(_)) {
+                    // Not from the snapshot we hold: the next poll asks for a whole one.
+                    instance.clear();
+                }
                 let retry_in = backoff.next();
                 on_event(Event::Failed { error: e.to_string(), retry_in });
                 tokio::time::sleep(retry_in).await;
@@ -142,6 +193,64 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::remote::server::{serve, Distributor};
+    use crate::source::files::load_text;
+    use crate::store::Store;
+    use crate::{synth, Options};
+
+    fn store(services: usize) -> Store {
+        let mut store = Store::default();
+        load_text(&mut store, &synth::config(services), Some(std::path::Path::new("config.yaml")));
+        store
+    }
+
+    /// A controller on loopback (the real server) and the client's polls against it: whole
+    /// snapshot first, then deltas from the held version, and an error, not a wrong snapshot,
+    /// when the held snapshot is not what the delta builds on.
+    #[tokio::test]
+    async fn polls_get_a_whole_snapshot_then_deltas_from_the_held_one() {
+        let distributor = Distributor::new("token".into(), Options::default());
+        let setter = distributor.clone();
+        tokio::task::spawn_blocking(move || setter.set_store(store(3))).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        tokio::spawn(serve(listener, distributor.clone(), shutdown));
+        let options = ClientOptions {
+            url: format!("http://{addr}"),
+            token: "token".into(),
+            gateway: "gw-1".into(),
+            namespace: "istio-system".into(),
+            labels: Options::default().labels,
+            wait: Duration::from_secs(5),
+            after_decode: None,
+        };
+
+        let nothing = Arc::new(Snapshot::default());
+        let first = poll_once(&options, &nothing, "", 0).await.unwrap().expect("a snapshot");
+        assert!(!first.delta, "nothing held: the whole snapshot");
+        let held = Arc::new(first.snapshot);
+        assert_eq!(held.listeners[0].virtual_hosts.len(), 3);
+
+        let setter = distributor.clone();
+        tokio::task::spawn_blocking(move || setter.set_store(store(4))).await.unwrap();
+        let second = poll_once(&options, &held, &first.instance, held.version).await.unwrap().expect("a snapshot");
+        assert!(second.delta, "the held version is the one before: a delta");
+        assert_eq!(second.snapshot.version, held.version + 1);
+        assert_eq!(second.snapshot.listeners[0].virtual_hosts.len(), 4);
+        let (name, cluster) = held.clusters.iter().next().unwrap();
+        assert!(Arc::ptr_eq(cluster, &second.snapshot.clusters[name]), "kept clusters are the held ones");
+
+        // Same version number, other content (as after a restart of the gateway's state):
+        // the delta does not apply and the poll says so.
+        let impostor = Arc::new(Snapshot { version: held.version, ..Default::default() });
+        let error = poll_once(&options, &impostor, &first.instance, 0).await.unwrap_err();
+        assert!(matches!(error, PollError::Delta(DeltaError::NoListener { .. })), "{error}");
+        // Without the controller's instance (what `run` sends after such an error), whole.
+        let again = poll_once(&options, &impostor, "", 0).await.unwrap().expect("a snapshot");
+        assert!(!again.delta);
+        assert_eq!(again.snapshot, second.snapshot);
+    }
 
     #[test]
     fn backoff_grows_to_a_cap_and_resets() {

@@ -19,6 +19,7 @@
 //! namespace), so the controller keeps one publisher per distinct identity it has seen.
 
 pub mod client;
+pub mod delta;
 pub mod server;
 pub mod transport;
 pub mod wire;

@@ -1,7 +1,8 @@
 //! The controller's side: translate once per gateway identity, hand out versions by long-poll,
 //! remember what every replica acknowledged.
 
-use super::wire::{ControllerStatus, Finding, GatewayStatus, PollRequest, SnapshotMessage};
+use super::delta::SnapshotDelta;
+use super::wire::{ControllerStatus, DeltaMessage, Finding, GatewayStatus, PollRequest, SnapshotMessage, DELTA_HEADER};
 use crate::publish::Publisher;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
@@ -12,7 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +25,9 @@ use tokio::sync::watch;
 const MAX_IDENTITIES: usize = 64;
 /// Upper bound on how long a poll is held, whatever the gateway asks.
 const MAX_WAIT: Duration = Duration::from_secs(120);
+/// Past versions kept per identity for deltas: the one before the current, and one more for a
+/// replica that was still compiling when the next change came.
+const RECENT: usize = 2;
 /// Poll bodies are a few hundred bytes; anything large is not a gateway.
 const MAX_POLL_BODY: usize = 64 * 1024;
 
@@ -32,12 +36,30 @@ struct Identity {
     snapshots: watch::Receiver<Arc<Snapshot>>,
     /// The current version encoded once, shared by every replica of this identity.
     encoded: Mutex<Option<(u64, Bytes)>>,
+    /// The versions before the current one (at most [`RECENT`]): replicas holding one get a
+    /// delta. Filled before each publication, so a poll woken by the new version finds the
+    /// version it held here.
+    recent: Mutex<VecDeque<Arc<Snapshot>>>,
+    /// The delta (base, version) encoded once.
+    encoded_delta: Mutex<Option<(u64, u64, Bytes)>>,
     findings: Mutex<Vec<Finding>>,
     version: IntGauge,
 }
 
 impl Identity {
     fn apply(&self, store: Store) -> (u64, usize) {
+        let before = self.snapshots.borrow().clone();
+        if before.version != 0 {
+            // Shares every unchanged route and cluster with the current snapshot: this costs
+            // what the last changes replaced, not another copy of the config.
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.back().is_none_or(|last| last.version != before.version) {
+                if recent.len() == RECENT {
+                    recent.pop_front();
+                }
+                recent.push_back(before);
+            }
+        }
         let outcome = self.publisher.lock().unwrap_or_else(|e| e.into_inner()).apply(store);
         *self.findings.lock().unwrap_or_else(|e| e.into_inner()) =
             outcome.diagnostics.iter().map(Finding::from).collect();
@@ -59,6 +81,23 @@ impl Identity {
         *cache = Some((snapshot.version, bytes.clone()));
         bytes
     }
+
+    /// What changed from `have` to `snapshot`, when `have` is a recent version.
+    fn delta(&self, instance: &str, have: u64, snapshot: &Snapshot) -> Option<Bytes> {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = recent.iter().find(|s| s.version == have)?.clone();
+        drop(recent);
+        let mut cache = self.encoded_delta.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((base, version, bytes)) = cache.as_ref() {
+            if *base == have && *version == snapshot.version {
+                return Some(bytes.clone());
+            }
+        }
+        let delta = SnapshotDelta::between(&previous, snapshot);
+        let bytes = Bytes::from(DeltaMessage::encode(instance, &delta).ok()?);
+        *cache = Some((have, snapshot.version, bytes.clone()));
+        Some(bytes)
+    }
 }
 
 struct Record {
@@ -75,6 +114,7 @@ struct Metrics {
     versions: IntGaugeVec,
     gateways: IntGaugeVec,
     pushes: IntCounter,
+    delta_pushes: IntCounter,
     rejected: IntGauge,
     unauthorized: IntCounter,
 }
@@ -93,6 +133,11 @@ impl Metrics {
         )
         .expect("metric");
         let pushes = IntCounter::new("meshgate_controller_pushes_total", "Snapshots sent to gateways").expect("metric");
+        let delta_pushes = IntCounter::new(
+            "meshgate_controller_delta_pushes_total",
+            "Snapshots sent as a delta from the version the gateway held (included in pushes_total)",
+        )
+        .expect("metric");
         let rejected =
             IntGauge::new("meshgate_controller_config_rejected", "Resources rejected by the last translation")
                 .expect("metric");
@@ -103,12 +148,13 @@ impl Metrics {
             Box::new(versions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(gateways.clone()),
             Box::new(pushes.clone()),
+            Box::new(delta_pushes.clone()),
             Box::new(rejected.clone()),
             Box::new(unauthorized.clone()),
         ] {
             registry.register(c).expect("metric registered once");
         }
-        Metrics { registry, versions, gateways, pushes, rejected, unauthorized }
+        Metrics { registry, versions, gateways, pushes, delta_pushes, rejected, unauthorized }
     }
 }
 
@@ -188,6 +234,8 @@ impl Distributor {
             publisher: Mutex::new(publisher),
             snapshots,
             encoded: Mutex::new(None),
+            recent: Mutex::new(VecDeque::new()),
+            encoded_delta: Mutex::new(None),
             findings: Mutex::new(Vec::new()),
             version: self.metrics.versions.with_label_values(&[&key]),
         });
@@ -282,12 +330,21 @@ impl Distributor {
             let stale = snapshot.version != request.have || request.instance != self.instance;
             if snapshot.version != 0 && stale {
                 self.metrics.pushes.inc();
-                return Response::builder()
+                let response = Response::builder()
                     .status(StatusCode::OK)
                     .header("content-type", "application/json")
-                    .header("x-meshgate-version", snapshot.version)
-                    .body(Full::new(identity.encoded(&self.instance, &snapshot)))
-                    .unwrap_or_default();
+                    .header("x-meshgate-version", snapshot.version);
+                let delta = (request.deltas && request.instance == self.instance)
+                    .then(|| identity.delta(&self.instance, request.have, &snapshot))
+                    .flatten();
+                let (response, body) = match delta {
+                    Some(bytes) => {
+                        self.metrics.delta_pushes.inc();
+                        (response.header(DELTA_HEADER, request.have), bytes)
+                    }
+                    None => (response, identity.encoded(&self.instance, &snapshot)),
+                };
+                return response.body(Full::new(body)).unwrap_or_default();
             }
             match tokio::time::timeout_at(deadline, snapshots.changed()).await {
                 Ok(Ok(())) => continue,

@@ -28,6 +28,7 @@ pub enum HttpError {
 /// A response that arrived, whatever its status.
 pub struct Reply {
     pub status: StatusCode,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -90,13 +91,14 @@ pub async fn send(
         let response =
             sender.send_request(request).await.map_err(|source| HttpError::Exchange { addr: addr.clone(), source })?;
         let status = response.status();
+        let headers = response.headers().clone();
         let body = response
             .into_body()
             .collect()
             .await
             .map_err(|source| HttpError::Exchange { addr: addr.clone(), source })?
             .to_bytes();
-        Ok(Reply { status, body })
+        Ok(Reply { status, headers, body })
     };
     tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(HttpError::Timeout { addr, timeout }))
 }

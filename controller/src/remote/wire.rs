@@ -1,6 +1,7 @@
 //! Messages exchanged between controller and gateways.
 
-use crate::snapshot::Snapshot;
+use super::delta::SnapshotDelta;
+use crate::snapshot::{Secret, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -23,6 +24,10 @@ pub struct PollRequest {
     pub acked: u64,
     /// How long the controller may hold the request when nothing changed.
     pub wait_seconds: u64,
+    /// The replica applies [`DeltaMessage`]s: when it holds one of the versions just before
+    /// the current one, it gets only what changed.
+    #[serde(default)]
+    pub deltas: bool,
 }
 
 impl PollRequest {
@@ -47,11 +52,7 @@ pub struct SnapshotMessage {
 
 impl SnapshotMessage {
     pub fn encode(instance: &str, snapshot: &Snapshot) -> serde_json::Result<Vec<u8>> {
-        let keys = snapshot
-            .secrets
-            .iter()
-            .filter_map(|(name, s)| s.key_pem.as_ref().map(|k| (name.clone(), k.clone())))
-            .collect();
+        let keys = private_keys(&snapshot.secrets);
         #[derive(Serialize)]
         struct Borrowed<'a> {
             instance: &'a str,
@@ -70,6 +71,46 @@ impl SnapshotMessage {
         }
         Ok(message)
     }
+}
+
+/// Response header of a [`DeltaMessage`]: the version it applies to.
+pub const DELTA_HEADER: &str = "x-meshgate-delta";
+
+/// What changed since the version a replica holds (sent with `x-meshgate-delta: BASE`, only
+/// to replicas that asked for deltas). Private keys of the changed secrets travel beside it,
+/// as in [`SnapshotMessage`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeltaMessage {
+    pub instance: String,
+    pub delta: SnapshotDelta,
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
+}
+
+impl DeltaMessage {
+    pub fn encode(instance: &str, delta: &SnapshotDelta) -> serde_json::Result<Vec<u8>> {
+        #[derive(Serialize)]
+        struct Borrowed<'a> {
+            instance: &'a str,
+            delta: &'a SnapshotDelta,
+            keys: BTreeMap<String, String>,
+        }
+        serde_json::to_vec(&Borrowed { instance, delta, keys: private_keys(&delta.secrets) })
+    }
+
+    /// Decodes and puts the private keys back into the changed secrets.
+    pub fn decode(bytes: &[u8]) -> serde_json::Result<DeltaMessage> {
+        let mut message: DeltaMessage = serde_json::from_slice(bytes)?;
+        let keys = std::mem::take(&mut message.keys);
+        for (name, secret) in message.delta.secrets.iter_mut() {
+            secret.key_pem = keys.get(name).cloned();
+        }
+        Ok(message)
+    }
+}
+
+fn private_keys(secrets: &BTreeMap<String, Secret>) -> BTreeMap<String, String> {
+    secrets.iter().filter_map(|(name, s)| s.key_pem.as_ref().map(|k| (name.clone(), k.clone()))).collect()
 }
 
 /// Sync state of one gateway replica, as `proxy-status` prints it.

@@ -1,0 +1,306 @@
+//! Snapshot deltas: what changed between two versions of one identity's snapshot.
+//!
+//! A gateway that holds a recent version (the controller keeps two) gets only the listeners'
+//! changed virtual hosts, the clusters and secrets that differ, and the names of those that
+//! went away; everything else refers to what it already has. At 10k services a whole snapshot
+//! is tens of megabytes of JSON: encoding, sending and decoding it took most of a split
+//! deployment's half-second propagation, and every decode gave the gateway new copies of
+//! every route and cluster, so its compile could not reuse them by pointer and its memory
+//! held two full snapshots while it switched. The gateway builds the new version from its own
+//! (shared) parts, so unchanged routes and clusters stay the same allocations.
+
+use crate::snapshot::VirtualHost;
+use crate::snapshot::{Cluster, ClusterName, L4Route, Listener, Protocol, Secret, ServerInfo, ServerTls, Snapshot};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// The difference from version `base` to `version`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotDelta {
+    pub base: u64,
+    pub version: u64,
+    /// Every listener of the new version, in order.
+    pub listeners: Vec<ListenerDelta>,
+    /// Clusters that are new or differ from the base's of the same name.
+    pub clusters: BTreeMap<ClusterName, Arc<Cluster>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_clusters: Vec<ClusterName>,
+    /// Secrets that are new or differ (private keys travel beside them, as for whole snapshots).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, Secret>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_secrets: Vec<String>,
+}
+
+/// One listener of the new version. The optional parts are absent when they equal those of
+/// the base's listener on the same port.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListenerDelta {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub servers: Option<Vec<ServerInfo>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Vec<ServerTls>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l4_routes: Option<Vec<L4Route>>,
+    pub virtual_hosts: Vec<HostEntry>,
+}
+
+/// A virtual host of the new version: the base listener's host at an index, or a new one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostEntry {
+    Same(u32),
+    Changed(VirtualHost),
+}
+
+/// Why a delta does not apply to the snapshot a gateway holds; it asks for the whole
+/// snapshot then.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DeltaError {
+    #[error("the delta is from version {base}, this gateway holds version {held}")]
+    OtherBase { base: u64, held: u64 },
+    #[error("the delta keeps parts of a listener on port {port} that version {held} does not have")]
+    NoListener { port: u16, held: u64 },
+    #[error("the delta keeps virtual host #{index} of port {port}, which version {held} does not have")]
+    NoHost { port: u16, index: u32, held: u64 },
+}
+
+impl SnapshotDelta {
+    /// What turns `base` into `next`. Parts shared by pointer (translation reuses unchanged
+    /// VirtualServices' routes and clusters) compare without looking inside.
+    pub fn between(base: &Snapshot, next: &Snapshot) -> SnapshotDelta {
+        let listeners = next
+            .listeners
+            .iter()
+            .map(|listener| match base.listeners.iter().find(|b| b.port == listener.port) {
+                Some(old) => listener_delta(old, listener),
+                None => ListenerDelta {
+                    name: listener.name.clone(),
+                    port: listener.port,
+                    protocol: listener.protocol,
+                    servers: Some(listener.servers.clone()),
+                    tls: Some(listener.tls.clone()),
+                    l4_routes: Some(listener.l4_routes.clone()),
+                    virtual_hosts: listener.virtual_hosts.iter().cloned().map(HostEntry::Changed).collect(),
+                },
+            })
+            .collect();
+        let clusters = next
+            .clusters
+            .iter()
+            .filter(|(name, cluster)| !base.clusters.get(*name).is_some_and(|old| same(old, cluster)))
+            .map(|(name, cluster)| (name.clone(), cluster.clone()))
+            .collect();
+        let removed_clusters =
+            base.clusters.keys().filter(|name| !next.clusters.contains_key(*name)).cloned().collect();
+        let secrets = next
+            .secrets
+            .iter()
+            .filter(|(name, secret)| base.secrets.get(*name) != Some(*secret))
+            .map(|(name, secret)| (name.clone(), secret.clone()))
+            .collect();
+        let removed_secrets = base.secrets.keys().filter(|name| !next.secrets.contains_key(*name)).cloned().collect();
+        SnapshotDelta {
+            base: base.version,
+            version: next.version,
+            listeners,
+            clusters,
+            removed_clusters,
+            secrets,
+            removed_secrets,
+        }
+    }
+
+    /// The new version, sharing with `base` every part the delta keeps.
+    pub fn apply(self, base: &Snapshot) -> Result<Snapshot, DeltaError> {
+        let held = base.version;
+        if self.base != held {
+            return Err(DeltaError::OtherBase { base: self.base, held });
+        }
+        let mut listeners = Vec::with_capacity(self.listeners.len());
+        for delta in self.listeners {
+            let port = delta.port;
+            let old = base.listeners.iter().find(|b| b.port == port);
+            let servers = kept(delta.servers, old, |l| &l.servers).ok_or(DeltaError::NoListener { port, held })?;
+            let tls = kept(delta.tls, old, |l| &l.tls).ok_or(DeltaError::NoListener { port, held })?;
+            let l4_routes =
+                kept(delta.l4_routes, old, |l| &l.l4_routes).ok_or(DeltaError::NoListener { port, held })?;
+            let mut virtual_hosts = Vec::with_capacity(delta.virtual_hosts.len());
+            for entry in delta.virtual_hosts {
+                virtual_hosts.push(match entry {
+                    HostEntry::Changed(host) => host,
+                    HostEntry::Same(index) => old
+                        .and_then(|old| old.virtual_hosts.get(index as usize))
+                        .cloned()
+                        .ok_or(DeltaError::NoHost { port, index, held })?,
+                });
+            }
+            listeners.push(Listener {
+                name: delta.name,
+                port,
+                protocol: delta.protocol,
+                servers,
+                virtual_hosts,
+                tls,
+                l4_routes,
+            });
+        }
+        let mut clusters = base.clusters.clone();
+        for name in &self.removed_clusters {
+            clusters.remove(name);
+        }
+        clusters.extend(self.clusters);
+        let mut secrets = base.secrets.clone();
+        for name in &self.removed_secrets {
+            secrets.remove(name);
+        }
+        secrets.extend(self.secrets);
+        Ok(Snapshot { version: self.version, listeners, clusters, secrets })
+    }
+}
+
+fn listener_delta(old: &Listener, new: &Listener) -> ListenerDelta {
+    let by_name: HashMap<&str, usize> =
+        old.virtual_hosts.iter().enumerate().map(|(i, host)| (host.name.as_str(), i)).collect();
+    let virtual_hosts = new
+        .virtual_hosts
+        .iter()
+        .map(|host| match by_name.get(host.name.as_str()) {
+            Some(&i) if old.virtual_hosts[i] == *host => HostEntry::Same(i as u32),
+            _ => HostEntry::Changed(host.clone()),
+        })
+        .collect();
+    ListenerDelta {
+        name: new.name.clone(),
+        port: new.port,
+        protocol: new.protocol,
+        servers: (old.servers != new.servers).then(|| new.servers.clone()),
+        tls: (old.tls != new.tls).then(|| new.tls.clone()),
+        l4_routes: (old.l4_routes != new.l4_routes).then(|| new.l4_routes.clone()),
+        virtual_hosts,
+    }
+}
+
+/// A listener part the delta sent, or the base listener's when it did not.
+fn kept<T: Clone>(part: Option<Vec<T>>, old: Option<&Listener>, from: fn(&Listener) -> &Vec<T>) -> Option<Vec<T>> {
+    part.or_else(|| old.map(|old| from(old).clone()))
+}
+
+fn same(a: &Arc<Cluster>, b: &Arc<Cluster>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::publish::Publisher;
+    use crate::remote::wire::DeltaMessage;
+    use crate::source::files::load_text;
+    use crate::store::Store;
+    use crate::{synth, Options};
+
+    fn store(files: &[(String, String)]) -> Store {
+        let mut store = Store::default();
+        for (name, text) in files {
+            load_text(&mut store, text, Some(std::path::Path::new(name)));
+        }
+        store
+    }
+
+    /// Two consecutive versions from one publisher, so unchanged parts are shared as in the
+    /// controller: 20 services, then one VirtualService edited, one service removed and one
+    /// added (the Gateway serves all 21 hosts throughout).
+    fn versions() -> (Arc<Snapshot>, Arc<Snapshot>) {
+        let all = synth::files(21, 1);
+        let (mut publisher, rx) = Publisher::new(Options::default());
+        let without = |n: usize| all.iter().filter(|(name, _)| *name != synth::file_name(n)).cloned().collect();
+        let mut files: Vec<(String, String)> = without(20);
+        publisher.apply(store(&files));
+        let first = rx.borrow().clone();
+        files = without(7);
+        let edited = files.iter_mut().find(|(name, _)| *name == synth::file_name(3)).expect("service 3's file");
+        edited.1 = edited.1.replace("weight: 90", "weight: 70").replace("weight: 10", "weight: 30");
+        publisher.apply(store(&files));
+        let second = rx.borrow().clone();
+        assert_ne!(first.version, second.version);
+        (first, second)
+    }
+
+    #[test]
+    fn a_delta_rebuilds_the_next_version_sharing_what_did_not_change() {
+        let (first, second) = versions();
+        let delta = SnapshotDelta::between(&first, &second);
+        assert_eq!((delta.base, delta.version), (first.version, second.version));
+        let wire = DeltaMessage::encode("controller-1", &delta).unwrap();
+        let decoded = DeltaMessage::decode(&wire).unwrap();
+        assert_eq!(decoded.delta, delta, "the wire form carries the whole delta");
+        let rebuilt = decoded.delta.apply(&first).unwrap();
+        assert_eq!(rebuilt, *second);
+
+        // Only what changed travels: the edited, removed and added services' hosts and clusters.
+        let hosts: Vec<&HostEntry> = delta.listeners.iter().flat_map(|l| &l.virtual_hosts).collect();
+        let changed: Vec<&str> = hosts
+            .iter()
+            .filter_map(|h| match h {
+                HostEntry::Changed(host) => Some(host.name.as_str()),
+                HostEntry::Same(_) => None,
+            })
+            .collect();
+        assert_eq!(changed, ["svc-3.example.com:80", "svc-20.example.com:80"], "{delta:#?}");
+        assert_eq!(hosts.len(), 20);
+        assert!(delta.listeners.iter().all(|l| l.servers.is_none() && l.tls.is_none()), "listeners kept");
+        let names: Vec<&str> = delta.clusters.keys().map(|k| &**k).collect();
+        assert!(names.iter().all(|n| n.ends_with("svc-20.default.svc.cluster.local")), "{names:?}");
+        assert!(!names.is_empty());
+        assert!(delta.removed_clusters.iter().all(|n| n.ends_with("svc-7.default.svc.cluster.local")));
+        assert!(!delta.removed_clusters.is_empty());
+
+        // What the delta kept is the held snapshot's own allocations.
+        let (name, cluster) = first.clusters.iter().next().unwrap();
+        assert!(Arc::ptr_eq(cluster, &rebuilt.clusters[name]));
+        let kept = &first.listeners[0].virtual_hosts[0];
+        let again = rebuilt.listeners[0].virtual_hosts.iter().find(|h| h.name == kept.name).unwrap();
+        assert!(kept.routes.iter().zip(&again.routes).all(|(a, b)| Arc::ptr_eq(a, b)));
+    }
+
+    #[test]
+    fn a_delta_from_another_version_does_not_apply() {
+        let (first, second) = versions();
+        let delta = SnapshotDelta::between(&first, &second);
+        assert_eq!(
+            delta.clone().apply(&second),
+            Err(DeltaError::OtherBase { base: first.version, held: second.version })
+        );
+        // A held snapshot of the right number but without the listener the delta keeps.
+        let empty = Snapshot { version: first.version, ..Default::default() };
+        assert!(matches!(delta.apply(&empty), Err(DeltaError::NoListener { port: 80, .. })));
+    }
+
+    #[test]
+    fn changed_secrets_travel_with_their_keys_and_removed_ones_go() {
+        let secret = |cert: &str| Secret {
+            cert_pem: Some(cert.to_string()),
+            key_pem: Some(format!("key of {cert}")),
+            ca_pem: None,
+        };
+        let mut base = Snapshot { version: 4, ..Default::default() };
+        base.secrets.insert("file://a".into(), secret("a"));
+        base.secrets.insert("file://b".into(), secret("b"));
+        base.secrets.insert("file://same".into(), secret("same"));
+        let mut next = Snapshot { version: 5, ..Default::default() };
+        next.secrets.insert("file://a".into(), secret("a, renewed"));
+        next.secrets.insert("file://c".into(), secret("c"));
+        next.secrets.insert("file://same".into(), secret("same"));
+        let delta = SnapshotDelta::between(&base, &next);
+        assert_eq!(delta.secrets.keys().collect::<Vec<_>>(), ["file://a", "file://c"]);
+        assert_eq!(delta.removed_secrets, ["file://b"]);
+        let wire = DeltaMessage::encode("c", &delta).unwrap();
+        assert!(String::from_utf8_lossy(&wire).contains("key of c"), "keys travel beside the redacted secrets");
+        let rebuilt = DeltaMessage::decode(&wire).unwrap().delta.apply(&base).unwrap();
+        assert_eq!(rebuilt, next);
+    }
+}
