@@ -269,7 +269,7 @@ pub struct UpstreamTls {
 }
 
 /// Identity of the destination service, for metrics labels and diagnostics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceRef {
     /// FQDN such as `reviews.default.svc.cluster.local`, or a ServiceEntry host.
     pub host: String,
@@ -382,5 +382,48 @@ impl Snapshot {
             && self.clusters.len() == other.clusters.len()
             && self.clusters.iter().zip(&other.clusters).all(|((ka, a), (kb, b))| ka == kb && shared_or_equal(a, b))
             && self.secrets == other.secrets
+    }
+
+    /// Shares the parts a decoded snapshot holds as separate equal copies, as translation
+    /// shares them: each cluster's name (its map key) with the cluster and every destination
+    /// naming it, a service's `ServiceRef` among its clusters, and each workload among the
+    /// endpoints it serves. A gateway replica calls this on a snapshot from the wire (at 10k
+    /// services decoding made ~100k names, 20k service references and 40k workloads).
+    pub fn share_decoded_parts(&mut self) {
+        let Snapshot { listeners, clusters, .. } = self;
+        let mut services: std::collections::HashMap<ServiceRef, Arc<ServiceRef>> = Default::default();
+        let mut workloads: std::collections::HashMap<(String, String), Vec<Arc<Workload>>> = Default::default();
+        for (name, cluster) in clusters.iter_mut() {
+            let cluster = Arc::make_mut(cluster);
+            cluster.name = name.clone();
+            let service = services.entry((*cluster.service).clone()).or_insert_with(|| cluster.service.clone());
+            cluster.service = service.clone();
+            for endpoint in &mut cluster.endpoints {
+                let w = &endpoint.workload;
+                let same = workloads.entry((w.namespace.clone(), w.name.clone())).or_default();
+                match same.iter().find(|known| ***known == **w) {
+                    Some(known) => endpoint.workload = known.clone(),
+                    None => same.push(w.clone()),
+                }
+            }
+        }
+        let share = |destinations: &mut Vec<WeightedCluster>| {
+            for d in destinations {
+                if let Some((name, _)) = clusters.get_key_value(&d.cluster) {
+                    d.cluster = name.clone();
+                }
+            }
+        };
+        for listener in listeners {
+            for host in &mut listener.virtual_hosts {
+                for route in &mut host.routes {
+                    let RouteAction::Route { destinations } = &mut Arc::make_mut(route).action;
+                    share(destinations);
+                }
+            }
+            for route in &mut listener.l4_routes {
+                share(&mut route.destinations);
+            }
+        }
     }
 }

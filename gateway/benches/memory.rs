@@ -84,7 +84,8 @@ fn main() {
         drop((runtime, publisher, rx));
         let wire_mb = mb(wire.len() as isize);
         let before_decode = LIVE.load(Relaxed) - wire.capacity() as isize;
-        let message = SnapshotMessage::decode(&wire).expect("decoding the snapshot");
+        let mut message = SnapshotMessage::decode(&wire).expect("decoding the snapshot");
+        message.snapshot.share_decoded_parts();
         drop(wire);
         let after_decode = LIVE.load(Relaxed);
         let runtime = Runtime::compile(Arc::new(message.snapshot), None);

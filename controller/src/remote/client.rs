@@ -102,7 +102,10 @@ pub async fn poll_once(
             })
         } else {
             SnapshotMessage::decode(&reply.body)
-                .map(|m| Received { snapshot: m.snapshot, instance: m.instance, delta: false })
+                .map(|mut m| {
+                    m.snapshot.share_decoded_parts();
+                    Received { snapshot: m.snapshot, instance: m.instance, delta: false }
+                })
                 .map_err(|source| PollError::Decode { url, source })
         };
         drop((reply, held));

@@ -268,6 +268,61 @@ mod tests {
     }
 
     #[test]
+    fn a_decoded_snapshot_shares_names_services_and_workloads_again() {
+        let (_, second) = versions();
+        let wire = crate::remote::wire::SnapshotMessage::encode("c", &second).unwrap();
+        let mut decoded = crate::remote::wire::SnapshotMessage::decode(&wire).unwrap().snapshot;
+        let (name, cluster) = decoded.clusters.iter().next().unwrap();
+        assert!(!Arc::ptr_eq(name, &cluster.name), "decoding gives each its own copy");
+        decoded.share_decoded_parts();
+        assert_eq!(decoded, *second, "sharing changes no content");
+        assert!(decoded.clusters.iter().all(|(name, c)| Arc::ptr_eq(name, &c.name)));
+        // The synthetic services have a cluster per subset: v1 and v2 of one service.
+        let first = decoded.clusters.values().next().unwrap();
+        let sibling = decoded.clusters.values().skip(1).find(|c| c.service == first.service).unwrap();
+        assert!(Arc::ptr_eq(&first.service, &sibling.service));
+        let route = &decoded.listeners[0].virtual_hosts[0].routes[0];
+        let crate::snapshot::RouteAction::Route { destinations } = &route.action;
+        let (key, _) = decoded.clusters.get_key_value(&destinations[0].cluster).unwrap();
+        assert!(Arc::ptr_eq(key, &destinations[0].cluster));
+    }
+
+    #[test]
+    fn equal_workloads_of_decoded_clusters_are_shared() {
+        use crate::snapshot::{Endpoint, LoadBalancer, ServiceRef, UpstreamProtocol, Workload};
+        let workload = |pod: &str| {
+            Arc::new(Workload {
+                labels: [("app".to_string(), "reviews".to_string())].into_iter().collect(),
+                name: pod.to_string(),
+                namespace: "default".to_string(),
+            })
+        };
+        let cluster = |name: &str, pods: &[&str]| Cluster {
+            name: name.into(),
+            service: Arc::new(ServiceRef { host: "r".into(), name: "r".into(), namespace: "default".into() }),
+            port: 9080,
+            subset: None,
+            load_balancer: LoadBalancer::LeastRequest,
+            endpoints: pods
+                .iter()
+                .map(|pod| Endpoint { address: "10.0.0.1".into(), port: 9080, weight: 1, workload: workload(pod) })
+                .collect(),
+            upstream_protocol: UpstreamProtocol::Http1,
+            tls: None,
+        };
+        let mut snapshot = Snapshot::default();
+        for (name, pods) in [("a", &["reviews-v1", "reviews-v2"][..]), ("b", &["reviews-v2"][..])] {
+            snapshot.clusters.insert(name.into(), Arc::new(cluster(name, pods)));
+        }
+        let before = snapshot.clone();
+        snapshot.share_decoded_parts();
+        assert_eq!(snapshot, before);
+        let (a, b) = (&snapshot.clusters["a"], &snapshot.clusters["b"]);
+        assert!(Arc::ptr_eq(&a.endpoints[1].workload, &b.endpoints[0].workload), "reviews-v2 once");
+        assert!(!Arc::ptr_eq(&a.endpoints[0].workload, &b.endpoints[0].workload), "other workloads stay apart");
+    }
+
+    #[test]
     fn a_delta_from_another_version_does_not_apply() {
         let (first, second) = versions();
         let delta = SnapshotDelta::between(&first, &second);
