@@ -148,3 +148,67 @@ async fn each_identity_gets_its_own_translation() {
     assert!(versions.keys().any(|k| k.contains("istio=egressgateway")), "{versions:?}");
     assert!(get(egress.addr(80), "/").host("x").send().await.is_err(), "no listener for the egress identity");
 }
+
+/// A VirtualService `name` for host `host`, to `subset` of reviews.
+fn host_to(name: &str, host: &str, subset: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: {name}, namespace: default}}
+spec:
+  hosts: ["{host}"]
+  gateways: ["istio-system/gw"]
+  http:
+  - route: [{{destination: {{host: reviews, subset: {subset}}}}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn a_replica_that_followed_deltas_holds_what_a_fresh_one_gets_whole() {
+    let (v1, v2, cfg) = reviews_v1_v2().await;
+    let controller = ControllerProcess::start(cfg.path(), None).await.unwrap();
+    let follower = replica(&controller, "gw-follower").await;
+    // Each edit touches another part of the snapshot: virtual hosts added, changed and
+    // removed, a cluster's endpoints and load balancer, a Gateway server's hosts.
+    let edits: Vec<Box<dyn Fn() + '_>> = vec![
+        Box::new(|| drop(cfg.write("h1.yaml", &host_to("h1", "h1.example.com", "v2")))),
+        Box::new(|| drop(cfg.write("h2.yaml", &host_to("h2", "h2.example.com", "v1")))),
+        Box::new(|| drop(cfg.write("vs.yaml", &reviews_to("v2")))),
+        Box::new(|| drop(cfg.remove("h1.yaml"))),
+        Box::new(|| drop(cfg.write("svc.yaml", &backends("reviews", &[&v1])))),
+        Box::new(|| {
+            drop(cfg.write(
+                "dr.yaml",
+                &destination_rule("reviews", &["v1", "v2"], "    loadBalancer:\n      simple: ROUND_ROBIN"),
+            ))
+        }),
+        Box::new(|| drop(cfg.write("gw.yaml", &gateway("gw", 80, &["*", "extra.example.com"])))),
+        Box::new(|| drop(cfg.write("svc.yaml", &backends("reviews", &[&v1, &v2])))),
+    ];
+    for (i, edit) in edits.iter().enumerate() {
+        let before = sync_state(&controller, "gw-follower").await.expect("the follower is known").1;
+        edit();
+        assert!(
+            eventually(Duration::from_secs(10), || async {
+                matches!(sync_state(&controller, "gw-follower").await, Some((acked, current, _)) if current > before && acked == current)
+            })
+            .await,
+            "edit {i} is published and applied: {:?}",
+            controller.status().await
+        );
+    }
+    let log = plain(&follower.stderr());
+    assert!(log.matches("delta=true").count() >= edits.len(), "the follower took the edits as deltas\n{log}");
+
+    let fresh = replica(&controller, "gw-fresh").await;
+    assert!(plain(&fresh.stderr()).contains("delta=false"));
+    let dump = |gw: &GatewayProcess| {
+        let addr = gw.admin_addr();
+        async move { get(addr, "/config_dump").send().await.unwrap().text() }
+    };
+    let (followed, whole) = (dump(&follower).await, dump(&fresh).await);
+    assert!(followed.contains("extra.example.com") && followed.contains("h2.example.com"));
+    assert!(!followed.contains("h1.example.com"));
+    assert_eq!(followed, whole, "the same version, built from deltas and whole");
+}
