@@ -12,7 +12,8 @@
 //! wire and its compiled runtime.
 
 use controller::publish::Publisher;
-use controller::remote::wire::SnapshotMessage;
+use controller::remote::delta::SnapshotDelta;
+use controller::remote::wire::{DeltaMessage, SnapshotMessage};
 use controller::source::cache::FileCache;
 use controller::{synth, Options};
 use gateway::runtime::Runtime;
@@ -81,7 +82,17 @@ fn main() {
             mb(after_compile - base)
         );
         let wire = SnapshotMessage::encode("bench", &rx.borrow()).expect("encoding the snapshot");
-        drop((runtime, publisher, rx));
+        // What a replica receives for a one-file edit instead: a delta from the version it holds.
+        let held = rx.borrow().clone();
+        let edited = dir.path().join(synth::file_name(3));
+        let text = std::fs::read_to_string(&edited).expect("reading service 3's file");
+        std::fs::write(&edited, text.replace("weight: 90", "weight: 80").replace("weight: 10", "weight: 20"))
+            .expect("editing service 3's file");
+        publisher.apply(cache.load(&paths));
+        let delta = SnapshotDelta::between(&held, &rx.borrow());
+        let delta_bytes = DeltaMessage::encode("bench", &delta).expect("encoding the delta").len();
+        println!("{:>8} a one-file edit's delta: {:.1} KB of JSON", "", delta_bytes as f64 / 1024.0);
+        drop((runtime, publisher, rx, held, delta));
         let wire_mb = mb(wire.len() as isize);
         let before_decode = LIVE.load(Relaxed) - wire.capacity() as isize;
         let mut message = SnapshotMessage::decode(&wire).expect("decoding the snapshot");
