@@ -65,10 +65,7 @@ impl SnapshotMessage {
     /// Decodes and puts the private keys back into the snapshot's secrets.
     pub fn decode(bytes: &[u8]) -> serde_json::Result<SnapshotMessage> {
         let mut message: SnapshotMessage = serde_json::from_slice(bytes)?;
-        let keys = std::mem::take(&mut message.keys);
-        for (name, secret) in message.snapshot.secrets.iter_mut() {
-            secret.key_pem = keys.get(name).cloned();
-        }
+        restore_keys(&mut message.snapshot.secrets, std::mem::take(&mut message.keys));
         Ok(message)
     }
 }
@@ -101,16 +98,20 @@ impl DeltaMessage {
     /// Decodes and puts the private keys back into the changed secrets.
     pub fn decode(bytes: &[u8]) -> serde_json::Result<DeltaMessage> {
         let mut message: DeltaMessage = serde_json::from_slice(bytes)?;
-        let keys = std::mem::take(&mut message.keys);
-        for (name, secret) in message.delta.secrets.iter_mut() {
-            secret.key_pem = keys.get(name).cloned();
-        }
+        restore_keys(&mut message.delta.secrets, std::mem::take(&mut message.keys));
         Ok(message)
     }
 }
 
 fn private_keys(secrets: &BTreeMap<String, Secret>) -> BTreeMap<String, String> {
     secrets.iter().filter_map(|(name, s)| s.key_pem.as_ref().map(|k| (name.clone(), k.clone()))).collect()
+}
+
+/// Puts the keys that travelled beside the secrets back into them.
+fn restore_keys(secrets: &mut BTreeMap<String, Secret>, keys: BTreeMap<String, String>) {
+    for (name, secret) in secrets.iter_mut() {
+        secret.key_pem = keys.get(name).cloned();
+    }
 }
 
 /// Sync state of one gateway replica, as `proxy-status` prints it.
