@@ -141,7 +141,9 @@ impl SnapshotDelta {
             let tls = kept(delta.tls, old, |l| &l.tls).ok_or(DeltaError::NoListener { port, held })?;
             let l4_routes =
                 kept(delta.l4_routes, old, |l| &l.l4_routes).ok_or(DeltaError::NoListener { port, held })?;
-            let mut virtual_hosts = Vec::with_capacity(delta.virtual_hosts.iter().map(HostEntry::hosts).sum());
+            // Bounded by what is held, not by counts the delta claims.
+            let mut virtual_hosts =
+                Vec::with_capacity(delta.virtual_hosts.len() + old.map_or(0, |old| old.virtual_hosts.len()));
             for entry in delta.virtual_hosts {
                 match entry {
                     HostEntry::Changed(host) => virtual_hosts.push(host),
