@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod api;
 pub mod diagnostics;
 pub mod inspect;
+pub mod memory;
 pub mod publish;
 pub mod remote;
 pub mod snapshot;

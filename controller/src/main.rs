@@ -69,6 +69,7 @@ struct ServeArgs {
 }
 
 fn main() -> Result<()> {
+    controller::memory::disable_transparent_huge_pages();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

@@ -56,24 +56,8 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
     }
 }
 
-/// Transparent huge pages off for this process, unless `MIMALLOC_ALLOW_THP` asks for them.
-/// mimalloc advises its arena `MADV_HUGEPAGE`, so on kernels with THP in `madvise` (or
-/// `always`) mode a 2 MiB page backs every region that holds even one live block: a 10k-service
-/// config cost 13 MiB more RSS for the same live heap (docs/benchmarks.md, "Fifth round").
-/// The request path's working set is small enough that huge pages buy it nothing measurable.
-fn disable_transparent_huge_pages() {
-    #[cfg(target_os = "linux")]
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none_or(|v| v == "0") {
-        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a flag of this
-        // process's memory map; failure (old kernels) leaves THP as it was.
-        unsafe {
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-        }
-    }
-}
-
 fn main() -> Result<()> {
-    disable_transparent_huge_pages();
+    controller::memory::disable_transparent_huge_pages();
     // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
     gateway::memory::set_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
     let cli = Cli::parse();

@@ -94,3 +94,20 @@ async fn not_ready_until_every_listener_is_open() {
     gw.wait_ready(Duration::from_secs(10)).await.expect("ready once the port is free");
     assert_eq!(get(addr, "/").send().await.unwrap().status, StatusCode::OK);
 }
+
+/// `THP_enabled` of a process, from /proc (Linux 5.0+; `None` where the kernel does not say).
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("THP_enabled:")).map(|v| v.trim().to_string())
+}
+
+#[tokio::test]
+async fn transparent_huge_pages_are_off_unless_allowed() {
+    let (_up, cfg) = setup().await;
+    let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).start().await.unwrap();
+    let Some(flag) = thp_enabled(gw.pid()) else { return };
+    assert_eq!(flag, "0", "mimalloc's MADV_HUGEPAGE would back sparse regions with 2 MiB pages");
+    let allowed =
+        GatewayProcess::builder().config(cfg.path()).ports(&[80]).env("MIMALLOC_ALLOW_THP", "1").start().await.unwrap();
+    assert_eq!(thp_enabled(allowed.pid()).as_deref(), Some("1"));
+}
