@@ -5,7 +5,8 @@
 //! `config_dump` can print it. No pingora or kube types here.
 
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
+use std::hash::Hash;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -324,7 +325,7 @@ pub struct Endpoint {
 }
 
 /// Who serves at an endpoint.
-#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Workload {
     pub labels: crate::api::Labels,
     /// Owning workload (Deployment name for pods created by one), for `destination_workload`.
@@ -391,20 +392,15 @@ impl Snapshot {
     /// services decoding made ~100k names, 20k service references and 40k workloads).
     pub fn share_decoded_parts(&mut self) {
         let Snapshot { listeners, clusters, .. } = self;
-        let mut services: std::collections::HashMap<ServiceRef, Arc<ServiceRef>> = Default::default();
-        let mut workloads: std::collections::HashMap<(String, String), Vec<Arc<Workload>>> = Default::default();
+        // Looked up by value through the `Arc`s they hold: no key copies per cluster or endpoint.
+        let mut services: HashSet<Arc<ServiceRef>> = HashSet::new();
+        let mut workloads: HashSet<Arc<Workload>> = HashSet::new();
         for (name, cluster) in clusters.iter_mut() {
             let cluster = Arc::make_mut(cluster);
             cluster.name = name.clone();
-            let service = services.entry((*cluster.service).clone()).or_insert_with(|| cluster.service.clone());
-            cluster.service = service.clone();
+            cluster.service = first_of(&mut services, &cluster.service);
             for endpoint in &mut cluster.endpoints {
-                let w = &endpoint.workload;
-                let same = workloads.entry((w.namespace.clone(), w.name.clone())).or_default();
-                match same.iter().find(|known| ***known == **w) {
-                    Some(known) => endpoint.workload = known.clone(),
-                    None => same.push(w.clone()),
-                }
+                endpoint.workload = first_of(&mut workloads, &endpoint.workload);
             }
         }
         let share = |destinations: &mut Vec<WeightedCluster>| {
@@ -424,6 +420,17 @@ impl Snapshot {
             for route in &mut listener.l4_routes {
                 share(&mut route.destinations);
             }
+        }
+    }
+}
+
+/// The first of the equal values `seen` met, remembering `item` when it is the first.
+fn first_of<T: Hash + Eq>(seen: &mut HashSet<Arc<T>>, item: &Arc<T>) -> Arc<T> {
+    match seen.get(&**item) {
+        Some(first) => first.clone(),
+        None => {
+            seen.insert(item.clone());
+            item.clone()
         }
     }
 }
