@@ -124,6 +124,14 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--services", type=int, default=10000)
@@ -179,14 +187,14 @@ status: {{podIP: 127.0.0.1}}
     controller = None
     source = ["--config", str(config)]
     if args.split:
-        # The same 10 ms quiet time as the gateway's own folder watch, so both modes compare.
         token = work / "token"
         token.write_text("propagation-token\n")
-        cport, cstatus = free_port(), free_port()
-        clog = open(work / "controller.log", "w")
-        controller = subprocess.Popen(
-            [bins / "controller", "--config", str(config), "--listen", f"127.0.0.1:{cport}", "--token-file", str(token),
-             "--debounce-ms", "10"], stdout=clog, stderr=subprocess.STDOUT, env=dict(os.environ))
+        cport = free_port()
+        # The same 10 ms quiet time as the gateway's own folder watch, so both modes compare.
+        with open(work / "controller.log", "w") as clog:
+            controller = subprocess.Popen(
+                [bins / "controller", "--config", str(config), "--listen", f"127.0.0.1:{cport}",
+                 "--token-file", str(token), "--debounce-ms", "10"], stdout=clog, stderr=subprocess.STDOUT)
         source = ["--controller", f"http://127.0.0.1:{cport}", "--controller-token-file", str(token)]
     gw = subprocess.Popen(
         [args.gateway or bins / "gateway", *source, "--port-map", f"80=127.0.0.1:{port}",
@@ -218,14 +226,9 @@ status: {{podIP: 127.0.0.1}}
         if controller is not None:
             print(f"controller RSS after edits: {rss_mib(controller.pid):.0f} MiB", file=sys.stderr)
     finally:
-        if controller is not None:
-            controller.terminate()
-            controller.wait(10)
-        gw.terminate()
-        try:
-            gw.wait(10)
-        except subprocess.TimeoutExpired:
-            gw.kill()
+        for process in (gw, controller):
+            if process is not None:
+                stop(process)
         log.close()
         upstream.shutdown()
         if args.keep:
