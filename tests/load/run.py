@@ -3,16 +3,19 @@
 direct path (issue 4). Python 3.11, standard library only. See tests/load/README.md.
 
     python3 tests/load/run.py                       # full run: 10 s runs, 3 interleaved repeats
-    python3 tests/load/run.py --smoke               # CI: 2 s runs, 1 repeat, 1 workload
+    python3 tests/load/run.py --smoke               # CI: 2 s runs, 1 repeat, 4 workloads
     python3 tests/load/run.py --out results.json --md results.md
 
-One upstream (nginx, 1 worker, fixed 1 KiB and 64 KiB bodies) serves every target. Each proxy
+Workloads: HTTP/1.1 keep-alive with 1 KiB and 64 KiB responses, a new connection per request,
+HTTPS termination, HTTP/2 (h2c), and 10,000 configured hosts. One upstream (nginx, 1 worker, fixed
+1 KiB and 64 KiB bodies) serves every target. Each proxy
 runs with one worker/thread, keeps connections to the upstream alive, and is pinned to CPU 0;
 the load generator and the upstream share CPU 1. Per target and workload it measures:
 
-  * requests/s at saturation (wrk -t1 -c16)
+  * requests/s at saturation (wrk -t1 -c16; h2load -c4 -m4 for HTTP/2)
   * CPU microseconds per request of the proxy process: (utime+stime) delta from /proc/PID/stat
-    (all threads of the process) over the wrk run, divided by the requests wrk completed
+    (all threads of the process) over the run, divided by the requests completed; also split
+    into user and kernel time
   * RSS (VmRSS from /proc/PID/status) idle after start-up, and the peak sampled under load
   * p50/p99 latency from k6's constant-arrival-rate executor at one common rate per workload:
     50% of the slowest proxy's median saturation rate (every proxy is at or below 50% of its own),
@@ -35,6 +38,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -57,13 +61,45 @@ CLIENT_CPU = "1"
 HOST = "bench.local"  # Host header of every request, to every target
 BODY_SIZES = {"/1k": 1024, "/64k": 65536}
 CONNECTIONS = 16  # wrk -c16 -t1, as in issue 4's calibration
+H2_CONNECTIONS, H2_STREAMS = 4, 4  # h2load: the same 16 requests in flight as wrk's 16 connections
+MANY_HOSTS = 10_000  # the hosts-10k workload's configuration
+TLS: dict[str, str] = {}  # "crt", "key" (PEM files) and "pem" (both, for haproxy); made once per run
 NICE: list[str] = []  # ["nice", "-n", "-10"] with --nice: every benchmark process, same priority
 
+# proto: what the client speaks to the target (http, tls: HTTPS with HTTP/1.1, h2c: HTTP/2 with
+# prior knowledge); the upstream side is always plain HTTP/1.1 with keep-alive. config: which
+# configuration the targets run ("simple": one route, or the realistic one for
+# meshgate-realistic; "hosts-10k": 10,000 hosts). targets: the targets that can run it.
 WORKLOADS = {
     "ka-1k": {"path": "/1k", "close": False, "desc": "HTTP/1.1 keep-alive, 1 KiB response"},
     "ka-64k": {"path": "/64k", "close": False, "desc": "HTTP/1.1 keep-alive, 64 KiB response"},
     "close-1k": {"path": "/1k", "close": True, "desc": "new connection per request (Connection: close), 1 KiB"},
+    "tls-1k": {"path": "/1k", "close": False, "proto": "tls",
+               "desc": "HTTPS termination (TLS 1.3, ECDSA P-256 certificate), HTTP/1.1 keep-alive, 1 KiB"},
+    "h2-1k": {"path": "/1k", "close": False, "proto": "h2c",
+              "desc": f"HTTP/2 with prior knowledge (h2c), {H2_CONNECTIONS} connections x {H2_STREAMS} streams "
+                      "(h2load), 1 KiB"},
+    "hosts-10k": {"path": "/1k", "close": False, "config": "hosts-10k",
+                  "targets": ["direct", "meshgate", "nginx", "haproxy"],
+                  "desc": f"HTTP/1.1 keep-alive, 1 KiB, {MANY_HOSTS:,} hosts configured with a route each "
+                          f"(requests go to host #{MANY_HOSTS // 2 + 1})"},
 }
+
+
+# CI's smoke run: one of each kind (plain, TLS, HTTP/2, many hosts), seconds each.
+SMOKE_WORKLOADS = ["ka-1k", "tls-1k", "h2-1k", "hosts-10k"]
+
+
+def proto(workload: str) -> str:
+    return WORKLOADS[workload].get("proto", "http")
+
+
+def config_of(workload: str) -> str:
+    return WORKLOADS[workload].get("config", "simple")
+
+
+def runs_workload(target: str, workload: str) -> bool:
+    return target in WORKLOADS[workload].get("targets", TARGETS)
 
 TARGETS = {
     "direct": "client -> upstream, no proxy (the ceiling of CPU 1)",
@@ -80,7 +116,8 @@ TOOLS = {  # binary -> Debian package
     "nginx": "nginx",
     "haproxy": "haproxy",
     "wrk": "wrk",
-    "h2load": "nghttp2-client",  # installed for HTTP/2 workloads; not used by the current ones
+    "h2load": "nghttp2-client",  # the h2-1k workload
+    "openssl": "openssl",  # the TLS workload's certificate
 }
 
 
@@ -153,12 +190,18 @@ def build() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (every thread, live or exited), in seconds."""
+def proc_cpu_split(pid: int) -> tuple[float, float]:
+    """(utime, stime) of the whole process (every thread, live or exited), in seconds: user space
+    and kernel (system calls, and the loopback TCP work done on the proxy's behalf)."""
     with open(f"/proc/{pid}/stat") as f:
         s = f.read()
     rest = s[s.rfind(")") + 2:].split()  # rest[0] is field 3 (state); field n is rest[n - 3]
-    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+    return int(rest[11]) / CLK_TCK, int(rest[12]) / CLK_TCK
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process, in seconds."""
+    return sum(proc_cpu_split(pid))
 
 
 def proc_wait_seconds(pid: int) -> float | None:
@@ -247,10 +290,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def http_get(port: int, path: str, timeout: float = 1.0) -> tuple[int, bytes]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": HOST})
+def http_get(port: int, path: str, timeout: float = 1.0, tls: bool = False) -> tuple[int, bytes]:
+    req = urllib.request.Request(f"{'https' if tls else 'http'}://127.0.0.1:{port}{path}", headers={"Host": HOST})
+    # The benchmark's own self-signed certificate: checked by the TLS handshake succeeding at all.
+    context = ssl._create_unverified_context() if tls else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
@@ -352,11 +397,26 @@ def nginx_http_common(prefix: Path) -> str:
 """
 
 
-def start_upstream(tmp: Path) -> tuple[Proc, int]:
+def make_certificate(tmp: Path) -> None:
+    """A self-signed ECDSA P-256 certificate for bench.local, shared by every TLS listener."""
+    crt, key = tmp / "tls.crt", tmp / "tls.key"
+    r = subprocess.run([which("openssl"), "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(key), "-out", str(crt), "-days", "2", "-subj", f"/CN={HOST}",
+                        "-addext", f"subjectAltName=DNS:{HOST}"], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"openssl failed: {r.stderr}")
+    pem = tmp / "tls.pem"
+    pem.write_text(crt.read_text() + key.read_text())
+    TLS.update(crt=str(crt), key=str(key), pem=str(pem))
+
+
+def start_upstream(tmp: Path) -> tuple[Proc, dict[str, int]]:
+    """The upstream nginx; it also listens for HTTPS and h2c, which are the direct path of the TLS and
+    HTTP/2 workloads. Proxies reach it over plain HTTP/1.1 (`ports["http"]`)."""
     prefix = tmp / "upstream"
     www = prefix / "www"
     write_static(www)
-    port = free_port()
+    port, tls_port, h2_port = free_port(), free_port(), free_port()
     conf = prefix / "nginx.conf"
     conf.write_text(nginx_common(prefix) + f"""http {{
 {nginx_http_common(prefix)}    default_type application/octet-stream;
@@ -366,6 +426,10 @@ def start_upstream(tmp: Path) -> tuple[Proc, int]:
     open_file_cache max=16 inactive=300s;
     server {{
         listen 127.0.0.1:{port} backlog=4096;
+        listen 127.0.0.1:{tls_port} ssl backlog=4096;
+        listen 127.0.0.1:{h2_port} http2 backlog=4096;
+        ssl_certificate {TLS["crt"]};
+        ssl_certificate_key {TLS["key"]};
         root {www};
     }}
 }}
@@ -373,7 +437,7 @@ def start_upstream(tmp: Path) -> tuple[Proc, int]:
     proc = Proc("upstream", CLIENT_CPU, [which("nginx"), "-p", str(prefix), "-e", str(prefix / "error.log"),
                                          "-c", str(conf)], prefix / "stdout.log")
     wait_until(lambda: http_get(port, "/1k")[0] == 200, "upstream nginx", proc.p, prefix / "error.log")
-    return proc, port
+    return proc, {"http": port, "tls": tls_port, "h2c": h2_port}
 
 
 def to_yaml(obj, indent: int = 0) -> str:
@@ -416,12 +480,18 @@ def write_docs(path: Path, docs: list[dict], comment: str) -> None:
     path.write_text(f"# {comment}\n" + "".join("---\n" + to_yaml(d) + "\n" for d in docs))
 
 
-def gateway_obj(hosts: list[str]) -> dict:
+def gateway_obj(hosts: list[str], tls: bool = True) -> dict:
+    """Port 80 (HTTP/1.1 and h2c) and, with `tls`, port 443 terminating TLS with the benchmark's
+    certificate. The HTTPS server takes every host: clients connect to 127.0.0.1 and send no SNI,
+    which a server limited to named hosts refuses (as Istio's does); routing is by Host still."""
+    servers = [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": hosts}]
+    if tls:
+        servers.append({"port": {"number": 443, "name": "https", "protocol": "HTTPS"}, "hosts": ["*"],
+                        "tls": {"mode": "SIMPLE", "serverCertificate": TLS["crt"], "privateKey": TLS["key"]}})
     return {
         "apiVersion": "networking.istio.io/v1beta1", "kind": "Gateway",
         "metadata": {"name": "bench-gateway", "namespace": "istio-system"},
-        "spec": {"selector": {"istio": "ingressgateway"},
-                 "servers": [{"port": {"number": 80, "name": "http", "protocol": "HTTP"}, "hosts": hosts}]},
+        "spec": {"selector": {"istio": "ingressgateway"}, "servers": servers},
     }
 
 
@@ -457,7 +527,7 @@ def dest(host: str, subset: str | None = None, weight: int | None = None) -> dic
 def meshgate_simple_config(folder: Path, upstream_port: int) -> None:
     folder.mkdir(parents=True)
     write_docs(folder / "01-upstream.yaml", service_objs("upstream", upstream_port), "the nginx upstream as a Service + Pod")
-    write_docs(folder / "02-gateway.yaml", [gateway_obj(["*"])], "port 80, every host")
+    write_docs(folder / "02-gateway.yaml", [gateway_obj(["*"])], "ports 80 and 443, every host")
     write_docs(folder / "03-virtualservice.yaml",
                [virtual_service("bench", HOST, [{"name": "all", "route": [dest("upstream")]}])],
                "one route: everything for bench.local to the upstream")
@@ -485,7 +555,7 @@ def meshgate_realistic_config(folder: Path, upstream_port: int) -> None:
                              "subsets": [{"name": "v1", "labels": {"version": "v1"}},
                                          {"name": "v2", "labels": {"version": "v2"}}]}})
     write_docs(folder / "01-destinationrules.yaml", drs, "LB policy and v1/v2 subsets per Service")
-    write_docs(folder / "02-gateway.yaml", [gateway_obj(hosts)], "port 80, the 10 hosts")
+    write_docs(folder / "02-gateway.yaml", [gateway_obj(hosts)], "ports 80 and 443, the 10 hosts")
     for i, host in enumerate(hosts):
         svc, other = services[i], services[(i + 1) % REALISTIC_HOSTS]
         http = [
@@ -502,11 +572,37 @@ def meshgate_realistic_config(folder: Path, upstream_port: int) -> None:
                    f"host {i + 1} of {REALISTIC_HOSTS}: 5 routes")
 
 
-class Target:
-    """A running target: `port` is where the client sends requests, `pid` the measured process."""
+def many_hosts() -> list[str]:
+    """The hosts-10k workload's hosts: generated names with the benchmark's host in the middle."""
+    hosts = [f"h{i:05d}.bench.local" for i in range(MANY_HOSTS)]
+    hosts[MANY_HOSTS // 2] = HOST
+    return hosts
 
-    def __init__(self, name: str, port: int, proc: Proc | None):
-        self.name, self.port, self.proc = name, port, proc
+
+def meshgate_hosts_config(folder: Path, upstream_port: int) -> None:
+    """10,000 VirtualServices, one host and one route each, all to the upstream."""
+    folder.mkdir(parents=True)
+    write_docs(folder / "01-upstream.yaml", service_objs("upstream", upstream_port), "the nginx upstream as a Service + Pod")
+    write_docs(folder / "02-gateway.yaml", [gateway_obj(["*"], tls=False)], "port 80, every host")
+    write_docs(folder / "03-virtualservices.yaml",
+               [virtual_service(f"vs{i:05d}", host, [{"name": "all", "route": [dest("upstream")]}])
+                for i, host in enumerate(many_hosts())],
+               f"{MANY_HOSTS} hosts, one route each")
+
+
+class Target:
+    """A running target: `ports` are where the client sends requests by protocol (http, tls,
+    h2c), `pid` the measured process."""
+
+    def __init__(self, name: str, ports: dict[str, int], proc: Proc | None):
+        self.name, self.ports, self.proc = name, ports, proc
+
+    @property
+    def port(self) -> int:
+        return self.ports["http"]
+
+    def port_for(self, workload: str) -> int:
+        return self.ports[proto(workload)]
 
     @property
     def pid(self) -> int | None:
@@ -517,42 +613,7 @@ class Target:
             self.proc.stop()
 
 
-def start_target(name: str, tmp: Path, upstream_port: int, bins: dict) -> Target:
-    if name == "direct":
-        return Target(name, upstream_port, None)
-    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))
-    port = free_port()
-    logfile = work / "stderr.log"
-    if name.startswith("meshgate"):
-        config = work / "config"
-        if name == "meshgate-realistic":
-            meshgate_realistic_config(config, upstream_port)
-        else:
-            meshgate_simple_config(config, upstream_port)
-        status, metrics, admin = free_port(), free_port(), free_port()
-        access = "off" if name == "meshgate" else str(work / "access.log")
-        argv = [bins["gateway"], "--config", str(config), "--port-map", f"80=127.0.0.1:{port}",
-                "--status-addr", f"127.0.0.1:{status}", "--metrics-addr", f"127.0.0.1:{metrics}",
-                "--admin-addr", f"127.0.0.1:{admin}", "--access-log", access, "--threads", "1",
-                "--drain-seconds", "1"]
-        proc = Proc(name, PROXY_CPU, argv, logfile, env=dict(os.environ, RUST_LOG="warn"))
-        wait_until(lambda: http_get(status, "/healthz/ready")[0] == 200, f"{name} readiness", proc.p, logfile)
-    elif name == "bare-pingora":
-        proc = Proc(name, PROXY_CPU, [bins["bare-proxy"], f"127.0.0.1:{port}", f"127.0.0.1:{upstream_port}"],
-                    logfile, env=dict(os.environ, RUST_LOG="warn"))
-    elif name == "nginx":
-        conf = work / "nginx.conf"
-        conf.write_text(nginx_common(work) + f"""http {{
-{nginx_http_common(work)}    upstream up {{
-        server 127.0.0.1:{upstream_port};
-        keepalive 64;
-        keepalive_requests 100000000;
-        keepalive_timeout 300s;
-    }}
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        location / {{
-            proxy_pass http://up;
+NGINX_PROXY = """            proxy_pass http://up;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
@@ -560,15 +621,64 @@ def start_target(name: str, tmp: Path, upstream_port: int, bins: dict) -> Target
             proxy_buffer_size 16k;
             proxy_buffers 8 16k;
             proxy_max_temp_file_size 0;
-        }}
+"""
+
+
+def nginx_proxy_conf(work: Path, upstream_port: int, ports: dict[str, int], config: str) -> str:
+    upstream = f"""    upstream up {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 64;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+"""
+    if config == "hosts-10k":
+        # One server block per host (nginx finds it in its server-name hash); unknown hosts get a
+        # 404 from the default server, as from meshgate.
+        servers = [f"""    server {{
+        listen 127.0.0.1:{ports["http"]} default_server backlog=4096;
+        return 404;
+    }}
+"""]
+        servers += [f"    server {{ listen 127.0.0.1:{ports['http']}; server_name {h}; location / {{ proxy_pass http://up; }} }}\n"
+                    for h in many_hosts()]
+        # The proxy settings at http level, inherited by every location.
+        common = NGINX_PROXY.replace("            proxy_pass http://up;\n", "").replace("            ", "    ")
+        return nginx_common(work) + f"""http {{
+{nginx_http_common(work)}    server_names_hash_max_size 65536;
+    server_names_hash_bucket_size 128;
+{common}{upstream}{"".join(servers)}}}
+"""
+    return nginx_common(work) + f"""http {{
+{nginx_http_common(work)}{upstream}    server {{
+        listen 127.0.0.1:{ports["http"]} backlog=4096;
+        listen 127.0.0.1:{ports["tls"]} ssl backlog=4096;
+        listen 127.0.0.1:{ports["h2c"]} http2 backlog=4096;
+        ssl_certificate {TLS["crt"]};
+        ssl_certificate_key {TLS["key"]};
+        location / {{
+{NGINX_PROXY}        }}
     }}
 }}
-""")
-        proc = Proc(name, PROXY_CPU, [which("nginx"), "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf)],
-                    logfile)
-    elif name == "haproxy":
-        conf = work / "haproxy.cfg"
-        conf.write_text(f"""global
+"""
+
+
+def haproxy_conf(work: Path, upstream_port: int, ports: dict[str, int], config: str) -> str:
+    if config == "hosts-10k":
+        # A map from host to backend: one hash lookup, as meshgate's host table and nginx's
+        # server names.
+        hosts_map = work / "hosts.map"
+        hosts_map.write_text("".join(f"{h} be\n" for h in many_hosts()))
+        frontend = f"""    bind 127.0.0.1:{ports["http"]}
+    use_backend %[req.hdr(host),lower,map_str({hosts_map})]
+"""
+    else:
+        frontend = f"""    bind 127.0.0.1:{ports["http"]}
+    bind 127.0.0.1:{ports["tls"]} ssl crt {TLS["pem"]}
+    bind 127.0.0.1:{ports["h2c"]} proto h2
+    default_backend be
+"""
+    return f"""global
     nbthread 1
     maxconn 4096
 
@@ -582,26 +692,82 @@ defaults
     timeout http-keep-alive 60s
 
 frontend fe
-    bind 127.0.0.1:{port}
-    default_backend be
-
+{frontend}
 backend be
     server up 127.0.0.1:{upstream_port}
-""")
+"""
+
+
+def start_target(name: str, tmp: Path, upstream: dict[str, int], bins: dict, config: str = "simple") -> Target:
+    """Starts `name` with `config` ("simple" or "hosts-10k") and waits until it serves both bodies
+    over HTTP/1.1, HTTPS and h2c (those it listens for)."""
+    if name == "direct":
+        return Target(name, dict(upstream), None)
+    upstream_port = upstream["http"]
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=tmp))
+    ports = {"http": free_port()}
+    if config == "simple":
+        ports.update(tls=free_port(), h2c=free_port())
+    logfile = work / "stderr.log"
+    if name.startswith("meshgate"):
+        folder = work / "config"
+        if config == "hosts-10k":
+            meshgate_hosts_config(folder, upstream_port)
+        elif name == "meshgate-realistic":
+            meshgate_realistic_config(folder, upstream_port)
+        else:
+            meshgate_simple_config(folder, upstream_port)
+        if "h2c" in ports:
+            ports["h2c"] = ports["http"]  # meshgate's plain listeners take h2c as they come
+        status, metrics, admin = free_port(), free_port(), free_port()
+        access = "off" if name == "meshgate" else str(work / "access.log")
+        argv = [bins["gateway"], "--config", str(folder), "--port-map", f"80=127.0.0.1:{ports['http']}",
+                "--status-addr", f"127.0.0.1:{status}", "--metrics-addr", f"127.0.0.1:{metrics}",
+                "--admin-addr", f"127.0.0.1:{admin}", "--access-log", access, "--threads", "1",
+                "--drain-seconds", "1"]
+        if "tls" in ports:
+            argv += ["--port-map", f"443=127.0.0.1:{ports['tls']}"]
+        proc = Proc(name, PROXY_CPU, argv, logfile, env=dict(os.environ, RUST_LOG="warn"))
+        wait_until(lambda: http_get(status, "/healthz/ready")[0] == 200, f"{name} readiness", proc.p, logfile,
+                   timeout=60.0)
+    elif name == "bare-pingora":
+        argv = [bins["bare-proxy"], f"127.0.0.1:{ports['http']}", f"127.0.0.1:{upstream_port}",
+                "--tls", f"127.0.0.1:{ports['tls']}", TLS["crt"], TLS["key"], "--h2c", f"127.0.0.1:{ports['h2c']}"]
+        proc = Proc(name, PROXY_CPU, argv, logfile, env=dict(os.environ, RUST_LOG="warn"))
+    elif name == "nginx":
+        conf = work / "nginx.conf"
+        conf.write_text(nginx_proxy_conf(work, upstream_port, ports, config))
+        proc = Proc(name, PROXY_CPU, [which("nginx"), "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf)],
+                    logfile)
+    elif name == "haproxy":
+        conf = work / "haproxy.cfg"
+        conf.write_text(haproxy_conf(work, upstream_port, ports, config))
         proc = Proc(name, PROXY_CPU, [which("haproxy"), "-db", "-f", str(conf)], logfile)
     else:
         raise ValueError(name)
-    target = Target(name, port, proc)
+    target = Target(name, ports, proc)
 
     def serves_both() -> bool:
-        return all(http_get(port, p) == (200, (www_body(p))) for p in BODY_SIZES)
+        ok = all(http_get(ports["http"], p) == (200, (www_body(p))) for p in BODY_SIZES)
+        return ok and ("tls" not in ports or http_get(ports["tls"], "/1k", tls=True) == (200, www_body("/1k")))
 
     try:
-        wait_until(serves_both, f"{name} serving /1k and /64k through the proxy", proc.p, logfile)
+        wait_until(serves_both, f"{name} serving /1k and /64k through the proxy", proc.p, logfile, timeout=60.0)
+        if "h2c" in ports:
+            check_h2c(ports["h2c"], name)
     except Exception:
         target.stop()
         raise
     return target
+
+
+def check_h2c(port: int, name: str) -> None:
+    """Four HTTP/2 requests with prior knowledge must all answer 2xx (h2load's own summary)."""
+    r = subprocess.run([which("h2load"), "-n4", "-c1", "-H", f":authority: {HOST}", f"http://127.0.0.1:{port}/1k"],
+                       capture_output=True, text=True, timeout=30)
+    res = parse_h2load(r.stdout) if r.returncode == 0 else None
+    if not res or res["requests"] != 4 or res["errors"] or res["non2xx"]:
+        raise RuntimeError(f"{name} does not serve h2c on {port}:\n{r.stdout}{r.stderr}")
 
 
 def www_body(path: str) -> bytes:
@@ -614,13 +780,33 @@ def www_body(path: str) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def wrk_cmd(port: int, workload: str, seconds: int) -> list[str]:
+def load_cmd(target: "Target", workload: str, seconds: int) -> list[str]:
+    """wrk for HTTP/1.1 (plain or HTTPS: wrk does not check certificates), h2load for h2c."""
     w = WORKLOADS[workload]
+    port = target.port_for(workload)
+    if proto(workload) == "h2c":
+        return [which("h2load"), "-t1", f"-c{H2_CONNECTIONS}", f"-m{H2_STREAMS}", "-D", str(seconds),
+                "-H", f":authority: {HOST}", f"http://127.0.0.1:{port}{w['path']}"]
     cmd = [which("wrk"), "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s",
            "-H", f"Host: {HOST}"]
     if w["close"]:
         cmd += ["-H", "Connection: close"]
-    return cmd + [f"http://127.0.0.1:{port}{w['path']}"]
+    scheme = "https" if proto(workload) == "tls" else "http"
+    return cmd + [f"{scheme}://127.0.0.1:{port}{w['path']}"]
+
+
+def parse_h2load(out: str) -> dict:
+    """h2load's summary: `finished in 8.00s, ...`, `requests: N total, N started, N done, N succeeded,
+    N failed, N errored, N timeout` and `status codes: N 2xx, N 3xx, N 4xx, N 5xx`."""
+    fin = re.search(r"finished in ([\d.]+)(us|ms|s)", out)
+    req = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
+                    r"(\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (fin and req and codes):
+        raise RuntimeError(f"cannot parse h2load output:\n{out}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[fin.group(2)]
+    return {"requests": int(req.group(1)), "seconds": float(fin.group(1)) * scale,
+            "errors": sum(int(x) for x in req.groups()[1:]), "non2xx": sum(int(x) for x in codes.groups()[1:])}
 
 
 def parse_wrk(out: str) -> dict:
@@ -640,24 +826,24 @@ def parse_wrk(out: str) -> dict:
 
 def saturation_run(target: Target, upstream: Proc, workload: str, seconds: int) -> dict:
     # Short warm-up: connections, pools and caches, not measured.
-    run_pinned(CLIENT_CPU, wrk_cmd(target.port, workload, 1))
+    run_pinned(CLIENT_CPU, load_cmd(target, workload, 1))
     sampler = RssSampler(target.pid)
     sampler.start()
     cpus0 = cpu_times()
     t0 = time.monotonic()
-    proxy0 = proc_cpu_seconds(target.pid) if target.pid else None
+    proxy0 = proc_cpu_split(target.pid) if target.pid else None
     wait0 = proc_wait_seconds(target.pid) if target.pid else None
     up0 = proc_cpu_seconds(upstream.pid)
-    r = run_pinned(CLIENT_CPU, wrk_cmd(target.port, workload, seconds))
-    proxy1 = proc_cpu_seconds(target.pid) if target.pid else None
+    r = run_pinned(CLIENT_CPU, load_cmd(target, workload, seconds))
+    proxy1 = proc_cpu_split(target.pid) if target.pid else None
     wait1 = proc_wait_seconds(target.pid) if target.pid else None
     up1 = proc_cpu_seconds(upstream.pid)
     wall = time.monotonic() - t0
     cpus1 = cpu_times()
     peak = sampler.finish()
     if r.returncode != 0:
-        raise RuntimeError(f"wrk failed ({r.returncode}): {r.stderr}{r.stdout}")
-    w = parse_wrk(r.stdout)
+        raise RuntimeError(f"{r.args[len(pinned(CLIENT_CPU))]} failed ({r.returncode}): {r.stderr}{r.stdout}")
+    w = parse_h2load(r.stdout) if proto(workload) == "h2c" else parse_wrk(r.stdout)
     n = max(w["requests"], 1)
     res = {
         "rps": round(w["requests"] / w["seconds"], 1),
@@ -669,8 +855,11 @@ def saturation_run(target: Target, upstream: Proc, workload: str, seconds: int) 
         "cpu1_busy_pct": busy_pct(cpus0, cpus1, CLIENT_CPU),
     }
     if target.pid:
-        res["cpu_us_per_req"] = round((proxy1 - proxy0) * 1e6 / n, 2)
-        res["proxy_cpu_pct"] = round(100.0 * (proxy1 - proxy0) / wall, 1)
+        user, system = proxy1[0] - proxy0[0], proxy1[1] - proxy0[1]
+        res["cpu_us_per_req"] = round((user + system) * 1e6 / n, 2)
+        res["user_us_per_req"] = round(user * 1e6 / n, 2)
+        res["sys_us_per_req"] = round(system * 1e6 / n, 2)
+        res["proxy_cpu_pct"] = round(100.0 * (user + system) / wall, 1)
         # Time CPU 0 spent on anything but the proxy (other builds/tests on a shared machine):
         # the noise indicator; ~0.5% on a quiet machine. proxy_wait_pct is the proxy's run-queue
         # delay; it also counts its threads waiting for each other (e.g. an access-log writer).
@@ -690,7 +879,8 @@ const params = { headers: Object.assign({ Host: __ENV.BENCH_HOST }, close ? { Co
 
 export const options = {
   discardResponseBodies: true,
-  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(99)', 'max'],
+  insecureSkipTLSVerify: true, // the benchmark's self-signed certificate
+  summaryTrendStats: ['avg', 'min', 'med', 'p(90)', 'p(99)', 'p(99.9)', 'max'],
   scenarios: {
     latency: {
       executor: 'constant-arrival-rate',
@@ -714,6 +904,7 @@ export function handleSummary(data) {
     p50_ms: v('http_req_duration', 'med'),
     p90_ms: v('http_req_duration', 'p(90)'),
     p99_ms: v('http_req_duration', 'p(99)'),
+    p999_ms: v('http_req_duration', 'p(99.9)'),
     max_ms: v('http_req_duration', 'max'),
     requests: v('http_reqs', 'count'),
     failed_rate: v('http_req_failed', 'rate'),
@@ -730,9 +921,12 @@ def latency_run(target: Target, workload: str, rate: int, seconds: int, tmp: Pat
         script.write_text(K6_SCRIPT)
     summary = tmp / f"k6-{target.name}-{workload}.json"
     w = WORKLOADS[workload]
-    env = dict(os.environ, BENCH_URL=f"http://127.0.0.1:{target.port}{w['path']}", BENCH_HOST=HOST,
+    scheme = "https" if proto(workload) == "tls" else "http"
+    # GODEBUG: k6 (Go) would take HTTP/2 where TLS offers it by ALPN (meshgate does); the TLS
+    # workload is HTTPS with HTTP/1.1 for every target, as wrk speaks it.
+    env = dict(os.environ, BENCH_URL=f"{scheme}://127.0.0.1:{target.port_for(workload)}{w['path']}", BENCH_HOST=HOST,
                BENCH_CLOSE="1" if w["close"] else "0", BENCH_RATE=str(rate), BENCH_DURATION=f"{seconds}s",
-               BENCH_SUMMARY=str(summary), K6_NO_USAGE_REPORT="true")
+               BENCH_SUMMARY=str(summary), K6_NO_USAGE_REPORT="true", GODEBUG="http2client=0")
     # Warm-up at the same rate (connections, pools), then the measured run.
     for dur in ("1s", f"{seconds}s"):
         env["BENCH_DURATION"] = dur
@@ -762,18 +956,21 @@ def summarize(runs: list[dict], targets: list[str], workloads: list[str]) -> dic
     for w in workloads:
         out[w] = {}
         for t in targets:
+            if not runs_workload(t, w):
+                continue
             sat = [r for r in runs if r["phase"] == "saturation" and r["target"] == t and r["workload"] == w]
             lat = [r for r in runs if r["phase"] == "latency" and r["target"] == t and r["workload"] == w]
-            idle = [r["rss_idle_kib"] for r in runs if r["phase"] == "start" and r["target"] == t]
+            idle = [r["rss_idle_kib"] for r in runs if r["phase"] == "start" and r["target"] == t
+                    and r.get("config", "simple") == config_of(w)]
             s = {k: spread([r.get(k) for r in sat]) for k in
-                 ["rps", "cpu_us_per_req", "proxy_cpu_pct", "rss_load_kib", "cpu0_busy_pct", "cpu1_busy_pct",
-                  "cpu0_other_pct", "proxy_wait_pct", "upstream_cpu_us_per_req"]}
+                 ["rps", "cpu_us_per_req", "user_us_per_req", "sys_us_per_req", "proxy_cpu_pct", "rss_load_kib",
+                  "cpu0_busy_pct", "cpu1_busy_pct", "cpu0_other_pct", "proxy_wait_pct", "upstream_cpu_us_per_req"]}
             s["errors"] = sum(r["errors"] + r["non2xx"] for r in sat)
             # What one full core of this proxy would serve at the measured cost per request; CPU 1
             # (client + upstream) often saturates before the proxy does on this 2-core layout.
             s["rps_per_core"] = spread([1e6 / r["cpu_us_per_req"] for r in sat if r.get("cpu_us_per_req")])
             s["rss_idle_kib"] = spread(idle)
-            for k in ["p50_ms", "p99_ms"]:
+            for k in ["p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms"]:
                 s[k] = spread([r.get(k) for r in lat])
             s["latency_dropped"] = sum(r.get("dropped_iterations") or 0 for r in lat)
             s["latency_failed"] = max([r.get("failed_rate") or 0 for r in lat], default=0)
@@ -814,6 +1011,14 @@ def fmt_spread(s: dict | None, digits=0, scale=1.0) -> str:
     if s["n"] == 1:
         return fmt(m, digits)
     return f"{fmt(m, digits)} ({fmt(lo, digits)}–{fmt(hi, digits)})"
+
+
+def user_sys(s: dict) -> str:
+    """Medians of user and kernel CPU µs per request."""
+    u, k = s.get("user_us_per_req"), s.get("sys_us_per_req")
+    if not u or not k:
+        return "–"
+    return f"{u['median']:.1f} / {k['median']:.1f}"
 
 
 def issue_targets(summary: dict) -> list[dict]:
@@ -861,8 +1066,8 @@ def markdown(result: dict) -> str:
             lines += [f"Latency at {fmt(rate)} req/s (k6 constant-arrival-rate at min(50% of the slowest proxy's "
                       f"saturation, --latency-max-rate)); +p50/+p99: added over direct at that rate.", ""]
         lines += [
-                  "| target | req/s | ×nginx | ×direct | proxy CPU % | CPU µs/req | ×nginx | ×bare | req/s per core | RSS idle MiB | RSS load MiB | p50 ms | p99 ms | +p50 ms | +p99 ms |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| target | req/s | ×nginx | ×direct | proxy CPU % | CPU µs/req | user / sys µs | ×nginx | ×bare | req/s per core | RSS idle MiB | RSS load MiB | p50 ms | p99 ms | +p50 ms | +p99 ms |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for t, s in per.items():
             r = s["ratios"]
             err = f" ⚠ {s['errors']} errors" if s["errors"] else ""
@@ -871,7 +1076,8 @@ def markdown(result: dict) -> str:
                 drop += f" ⚠ {100 * s['latency_failed']:.1f}% failed"
             lines.append(
                 f"| {t}{err}{drop} | {fmt_spread(s['rps'])} | {fmt(r['rps_vs_nginx'], 2)} | {fmt(r['rps_vs_direct'], 2)} "
-                f"| {fmt_spread(s['proxy_cpu_pct'])} | {fmt_spread(s['cpu_us_per_req'], 1)} | {fmt(r['cpu_vs_nginx'], 2)} "
+                f"| {fmt_spread(s['proxy_cpu_pct'])} | {fmt_spread(s['cpu_us_per_req'], 1)} "
+                f"| {user_sys(s)} | {fmt(r['cpu_vs_nginx'], 2)} "
                 f"| {fmt(r['cpu_vs_bare'], 2)} | {fmt(s['rps_per_core']['median'] if s['rps_per_core'] else None)} "
                 f"| {fmt_spread(s['rss_idle_kib'], 1, 1 / 1024)} "
                 f"| {fmt_spread(s['rss_load_kib'], 1, 1 / 1024)} | {fmt_spread(s['p50_ms'], 3)} "
@@ -945,11 +1151,11 @@ def machine_meta(args) -> dict:
 
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--smoke", action="store_true", help="2 s runs, 1 repeat, workload ka-1k only (CI)")
+    ap.add_argument("--smoke", action="store_true", help="2 s runs, 1 repeat, workloads " + ",".join(SMOKE_WORKLOADS) + " (CI)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per measured run (default 10; smoke 2)")
     ap.add_argument("--repeat", type=int, default=None, help="interleaved repeats (default 3; smoke 1)")
     ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma list from: {', '.join(TARGETS)}")
-    ap.add_argument("--workloads", default=None, help=f"comma list from: {', '.join(WORKLOADS)} (default all; smoke ka-1k)")
+    ap.add_argument("--workloads", default=None, help=f"comma list from: {', '.join(WORKLOADS)} (default all; smoke " + ",".join(SMOKE_WORKLOADS) + ")")
     ap.add_argument("--latency-workloads", default=None,
                     help="workloads that also get a k6 latency phase (default: the same as --workloads)")
     ap.add_argument("--latency-max-rate", type=int, default=1000,
@@ -972,7 +1178,7 @@ def parse_args() -> argparse.Namespace:
     args.duration = args.duration or (2 if args.smoke else 10)
     args.repeat = args.repeat or (1 if args.smoke else 3)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    args.workloads = [w.strip() for w in (args.workloads or ("ka-1k" if args.smoke else ",".join(WORKLOADS))).split(",")]
+    args.workloads = [w.strip() for w in (args.workloads or ",".join(SMOKE_WORKLOADS if args.smoke else WORKLOADS)).split(",")]
     args.latency_workloads = ([w.strip() for w in args.latency_workloads.split(",")] if args.latency_workloads
                               else list(args.workloads))
     for t in args.targets:
@@ -1017,37 +1223,52 @@ def main() -> int:
     procs: list = []
     latency_rate: dict[str, int] = {}
     try:
-        upstream, upstream_port = start_upstream(tmp)
+        make_certificate(tmp)
+        upstream, upstream_ports = start_upstream(tmp)
         procs.append(upstream)
-        log(f"upstream nginx on 127.0.0.1:{upstream_port} (CPU {CLIENT_CPU}); work dir {tmp}")
+        log(f"upstream nginx on 127.0.0.1:{upstream_ports} (CPU {CLIENT_CPU}); work dir {tmp}")
 
         def rotated(r: int) -> list[str]:
             k = r % len(args.targets)
             return args.targets[k:] + args.targets[:k]
 
-        # Phase 1: saturation (wrk), every workload per started target.
+        def by_config(name: str, workloads: list[str]) -> dict[str, list[str]]:
+            """The workloads `name` runs, grouped by the configuration it is started with."""
+            groups: dict[str, list[str]] = {}
+            for w in workloads:
+                if runs_workload(name, w):
+                    groups.setdefault(config_of(w), []).append(w)
+            return groups
+
+        # Phase 1: saturation (wrk, h2load), every workload per started target.
         for rep in range(args.repeat):
             for name in rotated(rep):
-                target = start_target(name, tmp, upstream_port, bins)
-                procs.append(target)
-                try:
-                    time.sleep(0.3)
-                    idle = proc_rss_kib(target.pid) if target.pid else None
-                    runs.append({"phase": "start", "repeat": rep, "target": name, "rss_idle_kib": idle})
-                    for w in args.workloads:
-                        res = saturation_run(target, upstream, w, args.duration)
-                        res.update(phase="saturation", repeat=rep, target=name, workload=w)
-                        runs.append(res)
-                        log(f"rep {rep + 1}/{args.repeat} {name:<19} {w:<8} {res['rps']:>10,.0f} req/s  "
-                            f"cpu {res.get('cpu_us_per_req', '-')} us/req  proxy {res.get('proxy_cpu_pct', '-')}%  "
-                            f"cpu1 {res['cpu1_busy_pct']}%  errors {res['errors'] + res['non2xx']}")
-                finally:
-                    target.stop()
-                    procs.remove(target)
+                for config, workloads in by_config(name, args.workloads).items():
+                    target = start_target(name, tmp, upstream_ports, bins, config)
+                    procs.append(target)
+                    try:
+                        time.sleep(0.3)
+                        idle = proc_rss_kib(target.pid) if target.pid else None
+                        runs.append({"phase": "start", "repeat": rep, "target": name, "config": config,
+                                     "rss_idle_kib": idle})
+                        for w in workloads:
+                            res = saturation_run(target, upstream, w, args.duration)
+                            res.update(phase="saturation", repeat=rep, target=name, workload=w)
+                            runs.append(res)
+                            log(f"rep {rep + 1}/{args.repeat} {name:<19} {w:<9} {res['rps']:>10,.0f} req/s  "
+                                f"cpu {res.get('cpu_us_per_req', '-')} us/req (user {res.get('user_us_per_req', '-')})  "
+                                f"proxy {res.get('proxy_cpu_pct', '-')}%  cpu1 {res['cpu1_busy_pct']}%  "
+                                f"errors {res['errors'] + res['non2xx']}")
+                    finally:
+                        target.stop()
+                        procs.remove(target)
 
         # Phase 2: latency (k6) at one common rate per workload.
         if not args.no_latency:
             for w in args.latency_workloads:
+                if proto(w) == "h2c":
+                    log(f"{w}: no latency phase (k6 speaks HTTP/2 only over TLS, not h2c)")
+                    continue
                 sat = [statistics.median([r["rps"] for r in runs if r["phase"] == "saturation" and r["target"] == t
                                           and r["workload"] == w])
                        for t in args.targets if t != "direct"
@@ -1056,18 +1277,21 @@ def main() -> int:
                     latency_rate[w] = max(100, min(args.latency_max_rate, int(min(sat) * 0.5)))
             for rep in range(args.repeat):
                 for name in rotated(rep):
-                    target = start_target(name, tmp, upstream_port, bins)
-                    procs.append(target)
-                    try:
-                        for w, rate in latency_rate.items():
-                            res = latency_run(target, w, rate, args.duration, tmp)
-                            res.update(phase="latency", repeat=rep, target=name, workload=w)
-                            runs.append(res)
-                            log(f"rep {rep + 1}/{args.repeat} {name:<19} {w:<8} @{rate}/s  p50 {res['p50_ms']:.3f} ms  "
-                                f"p99 {res['p99_ms']:.3f} ms  dropped {res['dropped_iterations']}")
-                    finally:
-                        target.stop()
-                        procs.remove(target)
+                    for config, workloads in by_config(name, list(latency_rate)).items():
+                        target = start_target(name, tmp, upstream_ports, bins, config)
+                        procs.append(target)
+                        try:
+                            for w in workloads:
+                                rate = latency_rate[w]
+                                res = latency_run(target, w, rate, args.duration, tmp)
+                                res.update(phase="latency", repeat=rep, target=name, workload=w)
+                                runs.append(res)
+                                log(f"rep {rep + 1}/{args.repeat} {name:<19} {w:<9} @{rate}/s  "
+                                    f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  "
+                                    f"dropped {res['dropped_iterations']}")
+                        finally:
+                            target.stop()
+                            procs.remove(target)
     finally:
         for p in reversed(procs):
             p.stop()
