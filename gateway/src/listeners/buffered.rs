@@ -12,6 +12,11 @@
 //! takes the whole request in that read; ours did not, so a new connection cost one `recvfrom`
 //! for the 24 bytes and another for the rest of the request. A peek here reads what the socket
 //! has (up to [`READ_AHEAD`]) and the reads that follow take it from there.
+//!
+//! Under TLS the buffer sits below the encryption, as on Pingora's TLS listeners, so a
+//! response's records leave in one write too. It is switched on only once the handshake has
+//! succeeded ([`Buffered::deferred`]): a failed handshake ends with an alert (say,
+//! "certificate required") that rustls writes but nobody flushes, and the client must get it.
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
@@ -22,6 +27,7 @@ use pingora_core::protocols::{
 };
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -40,15 +46,45 @@ pub struct Buffered {
     /// Bytes a peek read from the socket, from `taken` on not yet returned by a read.
     ahead: Vec<u8>,
     taken: usize,
+    /// Until its [`BufferSwitch`] is turned on, writes go straight to the socket; `None` once
+    /// they are buffered.
+    deferred: Option<Arc<AtomicBool>>,
+}
+
+/// Turns buffering on for the [`Buffered`] stream it came with.
+pub struct BufferSwitch(Arc<AtomicBool>);
+
+impl BufferSwitch {
+    pub fn on(self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 impl Buffered {
     pub fn new(stream: L4Stream) -> Buffered {
-        Buffered { inner: BufWriter::with_capacity(WRITE_BUFFER, stream), ahead: Vec::new(), taken: 0 }
+        Buffered { inner: BufWriter::with_capacity(WRITE_BUFFER, stream), ahead: Vec::new(), taken: 0, deferred: None }
+    }
+
+    /// A stream that writes through until the switch is turned on, then buffers.
+    pub fn deferred(stream: L4Stream) -> (Buffered, BufferSwitch) {
+        let switch = Arc::new(AtomicBool::new(false));
+        (Buffered { deferred: Some(switch.clone()), ..Buffered::new(stream) }, BufferSwitch(switch))
     }
 
     fn stream(&self) -> &L4Stream {
         self.inner.get_ref()
+    }
+
+    /// Whether writes still bypass the (empty) buffer.
+    fn writes_through(&mut self) -> bool {
+        match &self.deferred {
+            None => false,
+            Some(switch) if switch.load(Ordering::Acquire) => {
+                self.deferred = None;
+                false
+            }
+            Some(_) => true,
+        }
     }
 }
 
@@ -72,6 +108,9 @@ impl AsyncRead for Buffered {
 
 impl AsyncWrite for Buffered {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        if self.writes_through() {
+            return Pin::new(self.inner.get_mut()).poll_write(cx, buf);
+        }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -80,6 +119,9 @@ impl AsyncWrite for Buffered {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if self.writes_through() {
+            return Pin::new(self.inner.get_mut()).poll_write_vectored(cx, bufs);
+        }
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -193,6 +235,23 @@ mod tests {
             got.extend_from_slice(&buf[..n]);
         }
         assert_eq!(got, b"HTTP/1.1 200 OK\r\n\r\nbody");
+    }
+
+    #[tokio::test]
+    async fn a_deferred_stream_writes_through_until_switched_on() {
+        let (server, mut client) = pair().await;
+        let (mut server, switch) = Buffered::deferred(server.inner.into_inner());
+        server.write_all(b"alert").await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), client.read(&mut buf)).await;
+        let n = read.expect("sent without a flush").unwrap();
+        assert_eq!(&buf[..n], b"alert");
+        switch.on();
+        server.write_all(b"record").await.unwrap();
+        assert_eq!(client.try_read(&mut buf).map_err(|e| e.kind()), Err(io::ErrorKind::WouldBlock));
+        server.flush().await.unwrap();
+        let n = client.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"record");
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 //!                                                                    └─ terminate ─► tcp route ─► splice
 //! ```
 
+use super::buffered::Buffered;
 use super::tcp::{forward, peer_addr, ConnectionInfo};
 use super::ConnectionHandler;
 use crate::l4::client_hello::read_client_hello;
@@ -14,7 +15,10 @@ use crate::proxy::{MeshProxy, Shared};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::tls::TlsStream;
+use pingora_core::protocols::IO;
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
@@ -59,6 +63,23 @@ impl TlsHandler {
         self.proxies.store(Arc::new(next));
     }
 
+    /// Terminates TLS on `stream`; a failure is counted and logged, and ends the connection.
+    async fn handshake<S: IO + 'static>(
+        &self,
+        acceptor: &Acceptor,
+        stream: S,
+        sni: Option<&str>,
+    ) -> Option<TlsStream<S>> {
+        match acceptor.tls_handshake(stream).await {
+            Ok(tls) => Some(tls),
+            Err(e) => {
+                tracing::debug!(port = self.port, sni, error = %e, "TLS handshake failed");
+                self.failed("handshake");
+                None
+            }
+        }
+    }
+
     fn failed(&self, reason: &str) {
         self.shared.metrics.tls_handshake_failures.with_label_values(&[&self.port.to_string(), reason]).inc();
     }
@@ -90,15 +111,14 @@ impl ConnectionHandler for TlsHandler {
             forward(&self.shared, listener.l4_route(true, sni), stream, ConnectionInfo { downstream, sni }).await;
             return;
         };
-        let tls = match acceptor.tls_handshake(stream).await {
-            Ok(tls) => tls,
-            Err(e) => {
-                tracing::debug!(port = self.port, sni, error = %e, "TLS handshake failed");
-                self.failed("handshake");
-                return;
-            }
-        };
         if server.def.http {
+            // Under TLS, as under plain HTTP: the encrypted records of a response's head and
+            // body leave in one write when Pingora flushes, instead of one `writev` each
+            // (`Buffered`; Pingora's own TLS listeners buffer the same way). Not before the
+            // handshake has succeeded: a failed one's alert must reach the client unflushed.
+            let (stream, buffering) = Buffered::deferred(stream);
+            let Some(tls) = self.handshake(acceptor, stream, sni).await else { return };
+            buffering.on();
             let proxy = self.proxies.load().get(&server.def.server).cloned();
             match proxy {
                 Some(proxy) => {
@@ -108,6 +128,7 @@ impl ConnectionHandler for TlsHandler {
                 None => tracing::warn!(server = server.def.server, "no proxy for server yet"),
             }
         } else {
+            let Some(tls) = self.handshake(acceptor, stream, sni).await else { return };
             let route = listener.l4_route(false, sni);
             forward(&self.shared, route, tls, ConnectionInfo { downstream, sni }).await;
         }
