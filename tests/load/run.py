@@ -1121,24 +1121,28 @@ def latency_svg(result: dict) -> str | None:
     hi = max(hi, lo + 1)
     plot_h = height - top - bottom
     plot_w = width - left - 130
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
 
-    def y(ms: float) -> float:
-        return top + plot_h * (hi - math.log10(ms)) / (hi - lo)
-
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{(width + gap) * len(panels)}" height="{height}" '
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{(width + gap) * cols}" height="{height * rows}" '
            'font-family="sans-serif" font-size="11">', '<rect width="100%" height="100%" fill="white"/>']
     for i, (w, per) in enumerate(panels):
-        x0 = i * (width + gap)
+        x0, y0 = (i % cols) * (width + gap), (i // cols) * height
+
+        def y(ms: float) -> float:
+            return y0 + top + plot_h * (hi - math.log10(ms)) / (hi - lo)
+
         rate = result["latency_rate"].get(w)
-        out.append(f'<text x="{x0 + left}" y="16" font-size="13" font-weight="bold">{w} at {rate:,} req/s</text>')
-        out.append(f'<text x="{x0 + left}" y="30" fill="#555">k6 http_req_duration, ms (log), median of repeats</text>')
+        out.append(f'<text x="{x0 + left}" y="{y0 + 16}" font-size="13" font-weight="bold">{w} at {rate:,} req/s</text>')
+        out.append(f'<text x="{x0 + left}" y="{y0 + 30}" fill="#555">k6 http_req_duration, ms (log), median of repeats'
+                   '</text>')
         for e in range(lo, hi + 1):
             yy = y(10 ** e)
             out.append(f'<line x1="{x0 + left}" x2="{x0 + left + plot_w}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="#ddd"/>')
             out.append(f'<text x="{x0 + left - 6}" y="{yy + 4:.1f}" text-anchor="end">{10 ** e:g}</text>')
         xs = [x0 + left + plot_w * j / (len(PERCENTILES) - 1) for j in range(len(PERCENTILES))]
         for xx, (_, label) in zip(xs, PERCENTILES):
-            out.append(f'<text x="{xx:.1f}" y="{height - bottom + 16}" text-anchor="middle">{label}</text>')
+            out.append(f'<text x="{xx:.1f}" y="{y0 + height - bottom + 16}" text-anchor="middle">{label}</text>')
         for n, (t, s) in enumerate(per.items()):
             points = [(xx, s[k]["median"]) for xx, (k, _) in zip(xs, PERCENTILES) if s.get(k) and s[k]["median"] > 0]
             if not points:
@@ -1146,7 +1150,7 @@ def latency_svg(result: dict) -> str | None:
             colour = COLOURS.get(t, "#000")
             path = " ".join(f"{xx:.1f},{y(v):.1f}" for xx, v in points)
             out.append(f'<polyline points="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
-            ly = top + 14 * n
+            ly = y0 + top + 14 * n
             out.append(f'<line x1="{x0 + left + plot_w + 12}" x2="{x0 + left + plot_w + 28}" y1="{ly}" y2="{ly}" '
                        f'stroke="{colour}" stroke-width="2"/>')
             out.append(f'<text x="{x0 + left + plot_w + 32}" y="{ly + 4}">{t}</text>')
