@@ -35,7 +35,9 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
     if value.is_null() {
         return; // empty document between `---` separators
     }
-    let Value::Mapping(map) = &value else {
+    // Owned, and taken apart rather than cloned: the spec (or, for Kubernetes kinds, the whole
+    // object) moves into typed decoding. Copying them first was a deep copy of every document.
+    let Value::Mapping(mut map) = value else {
         store.diagnostic(Diagnostic::error(codes::SCHEMA, prefix, "document is not a YAML mapping").at(origin, None));
         return;
     };
@@ -44,8 +46,8 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
     let kind_name = text("kind");
 
     if kind_name == "List" || kind_name.ends_with("List") && map.contains_key("items") {
-        let items = match map.get("items") {
-            Some(Value::Sequence(items)) => items.clone(),
+        let items = match map.remove("items") {
+            Some(Value::Sequence(items)) => items,
             _ => Vec::new(),
         };
         for (i, item) in items.into_iter().enumerate() {
@@ -95,10 +97,10 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
         Kind::WorkloadEntry => {
             spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(|o| Object::WorkloadEntry(o.into()))
         }
-        Kind::Service => whole::<Service>(&value, prefix, &mut problems).map(|o| Object::Service(Arc::new(o.into()))),
-        Kind::Pod => whole::<Pod>(&value, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o.into()))),
-        Kind::Secret => whole(&value, prefix, &mut problems).map(|o| Object::Secret(Arc::new(o))),
-        Kind::EndpointSlice => whole(&value, prefix, &mut problems).map(|o| Object::EndpointSlice(Arc::new(o))),
+        Kind::Service => whole::<Service>(map, prefix, &mut problems).map(|o| Object::Service(Arc::new(o.into()))),
+        Kind::Pod => whole::<Pod>(map, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o.into()))),
+        Kind::Secret => whole(map, prefix, &mut problems).map(|o| Object::Secret(Arc::new(o))),
+        Kind::EndpointSlice => whole(map, prefix, &mut problems).map(|o| Object::EndpointSlice(Arc::new(o))),
     };
     for p in problems {
         store.diagnostic(p.at(origin, Some(reference.clone())));
@@ -110,8 +112,8 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
 
 /// Decodes `spec` of an Istio resource. Unknown fields are warnings (Istio's CRD schema would
 /// prune them, so the resource still applies); wrong shapes reject the resource.
-fn spec<T: DeserializeOwned>(map: &serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
-    let value = map.get("spec").cloned().unwrap_or(Value::Mapping(Default::default()));
+fn spec<T: DeserializeOwned>(mut map: serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
+    let value = map.remove("spec").unwrap_or(Value::Mapping(Default::default()));
     let mut unknown = Vec::new();
     let mut record = |path: serde_ignored::Path| unknown.push(path.to_string());
     let de = serde_ignored::Deserializer::new(value, &mut record);
@@ -135,8 +137,8 @@ fn spec<T: DeserializeOwned>(map: &serde_yaml::Mapping, prefix: &str, problems: 
 }
 
 /// Decodes a whole Kubernetes object with k8s-openapi types.
-fn whole<T: DeserializeOwned>(value: &Value, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
-    match serde_path_to_error::deserialize(value.clone()) {
+fn whole<T: DeserializeOwned>(map: serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
+    match serde_path_to_error::deserialize(Value::Mapping(map)) {
         Ok(v) => Some(v),
         Err(e) => {
             let path = e.path().to_string();
