@@ -22,10 +22,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// What decoding one file produced, in order. Diagnostics are boxed: they are rare and three
-/// times the size of an object entry, which every entry would otherwise take.
+/// What decoding one file (or one API object, `source::kube`) produced, in order. Diagnostics
+/// are boxed: they are rare and three times the size of an object entry, which every entry
+/// would otherwise take.
 #[derive(Debug, Clone)]
-enum Decoded {
+pub(crate) enum Decoded {
     Diagnostic(Box<Diagnostic>),
     Object(Kind, Arc<ObjectMeta>, Origin, Object),
 }
@@ -116,12 +117,18 @@ impl Entry {
     }
 
     fn replay(&self, store: &mut Store) {
-        for item in &self.decoded {
-            match item {
-                Decoded::Diagnostic(d) => store.diagnostics.push((**d).clone()),
-                Decoded::Object(kind, meta, origin, object) => {
-                    store.insert(*kind, meta.clone(), origin.clone(), object.clone())
-                }
+        replay(&self.decoded, store);
+    }
+}
+
+/// Puts recorded decoding results into `store` as decoding them would have: the same inserts
+/// (sharing the decoded metadata and specs) and diagnostics, in the same order.
+pub(crate) fn replay(decoded: &[Decoded], store: &mut Store) {
+    for item in decoded {
+        match item {
+            Decoded::Diagnostic(d) => store.diagnostics.push((**d).clone()),
+            Decoded::Object(kind, meta, origin, object) => {
+                store.insert(*kind, meta.clone(), origin.clone(), object.clone())
             }
         }
     }

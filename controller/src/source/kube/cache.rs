@@ -1,15 +1,20 @@
 //! The objects every watch currently sees, and how they become one [`Store`].
 //!
-//! Objects are kept as JSON exactly as the API server sent them (minus bookkeeping fields), and
-//! go through [`decode::add_document`] when a Store is built, so the Kubernetes source reports
-//! problems with the same codes and field paths as the file source.
+//! Objects are kept as JSON exactly as the API server sent them (minus bookkeeping fields). Each
+//! goes through [`decode::add_document`] once, when a Store first needs it after it arrived or
+//! changed, so the Kubernetes source reports problems with the same codes and field paths as
+//! the file source. A Store is built by replaying those results: an event decodes one object,
+//! not every object in the cluster (about a second at 10k services), and unchanged objects keep
+//! their decoded specs, so translation reuses its work for them as it does for unchanged files.
 
 use crate::api::Kind;
 use crate::diagnostics::Origin;
+use crate::source::cache::{replay, Decoded};
 use crate::source::decode;
 use crate::store::{ObjectKey, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
 /// What one watch tells the cache.
 #[derive(Debug)]
@@ -43,7 +48,35 @@ pub(super) struct Stream {
     pub ready: bool,
     /// A list actually succeeded (for `SourceHealth::synced`).
     pub listed: bool,
-    objects: BTreeMap<ObjectKey, Value>,
+    objects: BTreeMap<ObjectKey, Kept>,
+}
+
+/// An object as the API server sent it and, once a Store needed it, what decoding it produced
+/// (on first use: a Secret no Gateway or DestinationRule names is never decoded).
+#[derive(Debug)]
+struct Kept {
+    json: Value,
+    decoded: OnceLock<Vec<Decoded>>,
+}
+
+impl Kept {
+    fn new(json: Value) -> Kept {
+        Kept { json, decoded: OnceLock::new() }
+    }
+
+    fn decoded(&self) -> &[Decoded] {
+        self.decoded.get_or_init(|| {
+            let mut decoded = Vec::new();
+            match serde_yaml::to_value(&self.json) {
+                // No file and no document index: diagnostics print the origin as `<api>`.
+                Ok(value) => decode::add_document(&mut decoded, value, &Origin::default()),
+                // JSON always maps to YAML; this would be a serde_yaml bug, so it is only logged.
+                Err(e) => tracing::error!(error = %e, "cannot convert an API object to YAML"),
+            }
+            decoded.shrink_to_fit();
+            decoded
+        })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -77,16 +110,30 @@ impl Cache {
         match update {
             Update::Listed { stream, objects } => {
                 let s = &mut self.streams[stream];
-                let objects: BTreeMap<ObjectKey, Value> = objects.into_iter().collect();
-                let changed = !s.ready || s.objects != objects;
-                s.objects = objects;
+                let mut changed = !s.ready || s.objects.len() != objects.len();
+                let mut previous = std::mem::take(&mut s.objects);
+                for (key, json) in objects {
+                    // A relist mostly returns what the watch already had: keep those decoded.
+                    let kept = match previous.remove(&key) {
+                        Some(kept) if kept.json == json => kept,
+                        _ => {
+                            changed = true;
+                            Kept::new(json)
+                        }
+                    };
+                    s.objects.insert(key, kept);
+                }
                 s.ready = true;
                 s.listed = true;
                 changed
             }
             Update::Applied { stream, key, object } => {
                 let s = &mut self.streams[stream];
-                s.objects.insert(key, object.clone()).as_ref() != Some(&object)
+                if s.objects.get(&key).is_some_and(|kept| kept.json == object) {
+                    return false;
+                }
+                s.objects.insert(key, Kept::new(object));
+                true
             }
             Update::Deleted { stream, key } => self.streams[stream].objects.remove(&key).is_some(),
             Update::Unavailable { stream } => {
@@ -103,34 +150,24 @@ impl Cache {
     /// unrelated credentials in the gateway namespace never reach translation or snapshots.
     pub fn build(&self, gateway_namespace: &str) -> Store {
         let mut store = Store::default();
-        // No file and no document index: diagnostics print the origin as `<api>`.
-        let origin = Origin::default();
         for stream in self.streams.iter().filter(|s| s.kind != Kind::Secret) {
-            for object in stream.objects.values() {
-                add(&mut store, object, &origin);
+            for kept in stream.objects.values() {
+                replay(kept.decoded(), &mut store);
             }
         }
         let wanted = credential_names(&store, gateway_namespace);
         for stream in self.streams.iter().filter(|s| s.kind == Kind::Secret) {
-            for (key, object) in &stream.objects {
+            for (key, kept) in &stream.objects {
                 let name = key.name.as_str();
                 let companion_of = name.strip_suffix("-cacert");
                 let referenced = wanted.contains(name) || companion_of.is_some_and(|n| wanted.contains(n));
                 if key.namespace == gateway_namespace && referenced {
-                    add(&mut store, object, &origin);
+                    replay(kept.decoded(), &mut store);
                 }
             }
         }
         store.compact();
         store
-    }
-}
-
-fn add(store: &mut Store, object: &Value, origin: &Origin) {
-    match serde_yaml::to_value(object) {
-        Ok(value) => decode::add_document(store, value, origin),
-        // JSON always maps to YAML; this would be a serde_yaml bug, so it is only logged.
-        Err(e) => tracing::error!(error = %e, "cannot convert an API object to YAML"),
     }
 }
 

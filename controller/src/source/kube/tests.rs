@@ -196,6 +196,46 @@ async fn watch_events_in_quick_succession_publish_once() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_event_decodes_only_the_object_it_changed() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    api.serve(
+        &virtual_services(),
+        vec![virtual_service("bookinfo", "reviews", "/reviews"), virtual_service("bookinfo", "ratings", "/ratings")],
+    );
+    let mut source = Source::start(&api, KubeOptions::default());
+    let first = source.next_store().await;
+
+    let watch = api.next_watch(&virtual_services()).await;
+    watch.modified(virtual_service("bookinfo", "reviews", "/v2"));
+    let second = source.next_store().await;
+    assert_eq!(prefixes(&second), ["/ratings", "/v2"]);
+
+    // Unchanged objects are the same decoded allocations (so translation reuses its results
+    // for them); the changed one was decoded again.
+    let vs = |store: &Store, name: &str| store.virtual_services[&ObjectKey::new("bookinfo", name)].spec.clone();
+    assert!(Arc::ptr_eq(&vs(&first, "ratings"), &vs(&second, "ratings")));
+    assert!(!Arc::ptr_eq(&vs(&first, "reviews"), &vs(&second, "reviews")));
+    let one = |store: &Store| {
+        let gateway = store.gateways.values().next().unwrap();
+        let service = store.services.values().next().unwrap();
+        (gateway.spec.clone(), gateway.meta.clone(), service.spec.clone())
+    };
+    let (before, after) = (one(&first), one(&second));
+    assert!(Arc::ptr_eq(&before.0, &after.0) && Arc::ptr_eq(&before.1, &after.1) && Arc::ptr_eq(&before.2, &after.2));
+
+    // And the Store is the one a fresh start on the changed cluster decodes.
+    let fresh_api = FakeApi::new();
+    serve_basics(&fresh_api);
+    fresh_api.serve(
+        &virtual_services(),
+        vec![virtual_service("bookinfo", "reviews", "/v2"), virtual_service("bookinfo", "ratings", "/ratings")],
+    );
+    let fresh = Source::start(&fresh_api, KubeOptions::default()).next_store().await;
+    assert_eq!(second, fresh);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_constantly_changing_cluster_still_publishes_within_ten_debounces() {
     let api = FakeApi::new();
     serve_basics(&api);
@@ -222,14 +262,21 @@ async fn a_constantly_changing_cluster_still_publishes_within_ten_debounces() {
 async fn gone_relists_and_publishes_the_relisted_contents() {
     let api = FakeApi::new();
     serve_basics(&api);
+    let ratings = virtual_service("bookinfo", "ratings", "/ratings");
+    api.serve(&virtual_services(), vec![virtual_service("bookinfo", "reviews", "/reviews"), ratings.clone()]);
     let mut source = Source::start(&api, KubeOptions::default());
-    assert_eq!(prefixes(&source.next_store().await), ["/reviews"]);
+    let first = source.next_store().await;
+    assert_eq!(prefixes(&first), ["/ratings", "/reviews"]);
 
     // While the watch was behind, the cluster changed; the server has compacted its history.
-    api.serve(&virtual_services(), vec![virtual_service("bookinfo", "reviews", "/relisted")]);
+    api.serve(&virtual_services(), vec![virtual_service("bookinfo", "reviews", "/relisted"), ratings]);
     api.next_watch(&virtual_services()).await.gone();
 
-    assert_eq!(prefixes(&source.next_store().await), ["/relisted"]);
+    let relisted = source.next_store().await;
+    assert_eq!(prefixes(&relisted), ["/ratings", "/relisted"]);
+    // What the relist returned unchanged was not decoded again.
+    let spec = |store: &Store| store.virtual_services[&ObjectKey::new("bookinfo", "ratings")].spec.clone();
+    assert!(Arc::ptr_eq(&spec(&first), &spec(&relisted)));
     let lists =
         api.requests().iter().filter(|u| u.starts_with(&virtual_services()) && !u.contains("watch=true")).count();
     assert_eq!(lists, 2, "one initial list and one relist");
