@@ -8,7 +8,8 @@
 //!  aggregator: Cache of JSON objects by (watch, namespace/name)
 //!     │  waits until every watch has listed once, then debounces changes
 //!     ▼
-//!  Cache::build → decode::add_document per object → Store → on_change(Store)
+//!  Cache::build → decode::add_document per new or changed object, replay of the
+//!                 kept results for the others → Store → on_change(Store)
 //! ```
 //!
 //! Failure handling: a failing watch (API server down, RBAC denial, 410) is logged, counted in
