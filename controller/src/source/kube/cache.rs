@@ -1,9 +1,9 @@
 //! The objects every watch currently sees, and how they become one [`Store`].
 //!
-//! Objects are kept as JSON exactly as the API server sent them (minus bookkeeping fields). Each
-//! goes through [`decode::add_document`] once, when a Store first needs it after it arrived or
-//! changed, so the Kubernetes source reports problems with the same codes and field paths as
-//! the file source. A Store is built by replaying those results: an event decodes one object,
+//! Each object the API server sends (minus bookkeeping fields) goes through
+//! [`decode::add_document`] once, when it arrives or changes, so the Kubernetes source reports
+//! problems with the same codes and field paths as the file source; what is kept is that result
+//! and a fingerprint of the JSON. A Store is built by replaying those results: an event decodes one object,
 //! not every object in the cluster (about a second at 10k services), and unchanged objects keep
 //! their decoded specs, so translation reuses its work for them as it does for unchanged files.
 
@@ -14,7 +14,6 @@ use crate::source::decode;
 use crate::store::{ObjectKey, Store};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
 
 /// What one watch tells the cache.
 #[derive(Debug)]
@@ -51,32 +50,35 @@ pub(super) struct Stream {
     objects: BTreeMap<ObjectKey, Kept>,
 }
 
-/// An object as the API server sent it and, once a Store needed it, what decoding it produced
-/// (on first use: a Secret no Gateway or DestinationRule names is never decoded).
+/// What decoding an object produced, and a fingerprint of the JSON it came from to tell a
+/// changed object from one sent again. The JSON itself is not kept: at 10k services it was
+/// a third of what the cache held.
 #[derive(Debug)]
 struct Kept {
-    json: Value,
-    decoded: OnceLock<Vec<Decoded>>,
+    fingerprint: u64,
+    decoded: Vec<Decoded>,
 }
 
 impl Kept {
-    fn new(json: Value) -> Kept {
-        Kept { json, decoded: OnceLock::new() }
+    fn new(json: &Value, fingerprint: u64) -> Kept {
+        let mut decoded = Vec::new();
+        match serde_yaml::to_value(json) {
+            // No file and no document index: diagnostics print the origin as `<api>`.
+            Ok(value) => decode::add_document(&mut decoded, value, &Origin::default()),
+            // JSON always maps to YAML; this would be a serde_yaml bug, so it is only logged.
+            Err(e) => tracing::error!(error = %e, "cannot convert an API object to YAML"),
+        }
+        decoded.shrink_to_fit();
+        Kept { fingerprint, decoded }
     }
+}
 
-    fn decoded(&self) -> &[Decoded] {
-        self.decoded.get_or_init(|| {
-            let mut decoded = Vec::new();
-            match serde_yaml::to_value(&self.json) {
-                // No file and no document index: diagnostics print the origin as `<api>`.
-                Ok(value) => decode::add_document(&mut decoded, value, &Origin::default()),
-                // JSON always maps to YAML; this would be a serde_yaml bug, so it is only logged.
-                Err(e) => tracing::error!(error = %e, "cannot convert an API object to YAML"),
-            }
-            decoded.shrink_to_fit();
-            decoded
-        })
-    }
+/// A 64-bit hash of the object's JSON text. Objects arrive stripped of the fields that change
+/// on every write (`resourceVersion`, `managedFields`), so equal content hashes equal; a
+/// different key order would only cost an unneeded decode.
+fn fingerprint(json: &Value) -> u64 {
+    let text = serde_json::to_vec(json).unwrap_or_default();
+    xxhash_rust::xxh64::xxh64(&text, 0)
 }
 
 #[derive(Debug, Default)]
@@ -114,11 +116,12 @@ impl Cache {
                 let mut previous = std::mem::take(&mut s.objects);
                 for (key, json) in objects {
                     // A relist mostly returns what the watch already had: keep those decoded.
+                    let print = fingerprint(&json);
                     let kept = match previous.remove(&key) {
-                        Some(kept) if kept.json == json => kept,
+                        Some(kept) if kept.fingerprint == print => kept,
                         _ => {
                             changed = true;
-                            Kept::new(json)
+                            Kept::new(&json, print)
                         }
                     };
                     s.objects.insert(key, kept);
@@ -129,10 +132,11 @@ impl Cache {
             }
             Update::Applied { stream, key, object } => {
                 let s = &mut self.streams[stream];
-                if s.objects.get(&key).is_some_and(|kept| kept.json == object) {
+                let print = fingerprint(&object);
+                if s.objects.get(&key).is_some_and(|kept| kept.fingerprint == print) {
                     return false;
                 }
-                s.objects.insert(key, Kept::new(object));
+                s.objects.insert(key, Kept::new(&object, print));
                 true
             }
             Update::Deleted { stream, key } => self.streams[stream].objects.remove(&key).is_some(),
@@ -152,7 +156,7 @@ impl Cache {
         let mut store = Store::default();
         for stream in self.streams.iter().filter(|s| s.kind != Kind::Secret) {
             for kept in stream.objects.values() {
-                replay(kept.decoded(), &mut store);
+                replay(&kept.decoded, &mut store);
             }
         }
         let wanted = credential_names(&store, gateway_namespace);
@@ -162,7 +166,7 @@ impl Cache {
                 let companion_of = name.strip_suffix("-cacert");
                 let referenced = wanted.contains(name) || companion_of.is_some_and(|n| wanted.contains(n));
                 if key.namespace == gateway_namespace && referenced {
-                    replay(kept.decoded(), &mut store);
+                    replay(&kept.decoded, &mut store);
                 }
             }
         }

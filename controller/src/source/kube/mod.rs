@@ -5,7 +5,7 @@
 //!  one watch task per kind (and per namespace when namespaces are listed)
 //!     │  kube::runtime::watcher + default backoff; relists by itself after 410 Gone
 //!     ▼  Update (Listed / Applied / Deleted / Unavailable) over one channel
-//!  aggregator: Cache of JSON objects by (watch, namespace/name)
+//!  aggregator: Cache of decoded objects (and JSON fingerprints) by (watch, namespace/name)
 //!     │  waits until every watch has listed once, then debounces changes
 //!     ▼
 //!  Cache::build → decode::add_document per new or changed object, replay of the
