@@ -3,9 +3,10 @@
 //! Each object the API server sends (minus bookkeeping fields) goes through
 //! [`decode::add_document`] once, when it arrives or changes, so the Kubernetes source reports
 //! problems with the same codes and field paths as the file source; what is kept is that result
-//! and a fingerprint of the JSON. A Store is built by replaying those results: an event decodes one object,
-//! not every object in the cluster (about a second at 10k services), and unchanged objects keep
-//! their decoded specs, so translation reuses its work for them as it does for unchanged files.
+//! and a fingerprint of the JSON. A Store is built by replaying those results: an event decodes
+//! one object, not every object in the cluster (about half a second at 10k services), and
+//! unchanged objects keep their decoded specs, so translation reuses its work for them as it
+//! does for unchanged files.
 
 use crate::api::Kind;
 use crate::diagnostics::Origin;
@@ -51,8 +52,8 @@ pub(super) struct Stream {
 }
 
 /// What decoding an object produced, and a fingerprint of the JSON it came from to tell a
-/// changed object from one sent again. The JSON itself is not kept: at 10k services it was
-/// a third of what the cache held.
+/// changed object from one sent again. The JSON itself is not kept: at 10k services its
+/// `serde_json::Value`s took 275 MiB, the decoded objects 49 MiB.
 #[derive(Debug)]
 struct Kept {
     fingerprint: u64,
