@@ -95,6 +95,11 @@ def proto(workload: str) -> str:
     return WORKLOADS[workload].get("proto", "http")
 
 
+def scheme(workload: str) -> str:
+    """The URL scheme a client uses for the workload (h2c is `http` with prior knowledge)."""
+    return "https" if proto(workload) == "tls" else "http"
+
+
 def config_of(workload: str) -> str:
     return WORKLOADS[workload].get("config", "simple")
 
@@ -614,15 +619,21 @@ class Target:
             self.proc.stop()
 
 
-NGINX_PROXY = """            proxy_pass http://up;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_set_header Host $http_host;
-            # 64 KiB fits in memory buffers: never spill a response to a temp file.
-            proxy_buffer_size 16k;
-            proxy_buffers 8 16k;
-            proxy_max_temp_file_size 0;
-"""
+# How nginx proxies: keep-alive upstream, Host passed through, and buffers large enough that a
+# 64 KiB body never spills to a temp file. In a `location` (one host) or at `http` level,
+# inherited by every location (10k hosts).
+NGINX_PROXY_SETTINGS = [
+    "proxy_http_version 1.1;",
+    'proxy_set_header Connection "";',
+    "proxy_set_header Host $http_host;",
+    "proxy_buffer_size 16k;",
+    "proxy_buffers 8 16k;",
+    "proxy_max_temp_file_size 0;",
+]
+
+
+def nginx_proxy_settings(indent: str) -> str:
+    return "".join(f"{indent}{line}\n" for line in NGINX_PROXY_SETTINGS)
 
 
 def nginx_proxy_conf(work: Path, upstream_port: int, ports: dict[str, int], config: str) -> str:
@@ -643,12 +654,10 @@ def nginx_proxy_conf(work: Path, upstream_port: int, ports: dict[str, int], conf
 """]
         servers += [f"    server {{ listen 127.0.0.1:{ports['http']}; server_name {h}; location / {{ proxy_pass http://up; }} }}\n"
                     for h in many_hosts()]
-        # The proxy settings at http level, inherited by every location.
-        common = NGINX_PROXY.replace("            proxy_pass http://up;\n", "").replace("            ", "    ")
         return nginx_common(work) + f"""http {{
 {nginx_http_common(work)}    server_names_hash_max_size 65536;
     server_names_hash_bucket_size 128;
-{common}{upstream}{"".join(servers)}}}
+{nginx_proxy_settings("    ")}{upstream}{"".join(servers)}}}
 """
     return nginx_common(work) + f"""http {{
 {nginx_http_common(work)}{upstream}    server {{
@@ -658,7 +667,8 @@ def nginx_proxy_conf(work: Path, upstream_port: int, ports: dict[str, int], conf
         ssl_certificate {TLS["crt"]};
         ssl_certificate_key {TLS["key"]};
         location / {{
-{NGINX_PROXY}        }}
+            proxy_pass http://up;
+{nginx_proxy_settings("            ")}        }}
     }}
 }}
 """
@@ -792,8 +802,7 @@ def load_cmd(target: "Target", workload: str, seconds: int) -> list[str]:
            "-H", f"Host: {HOST}"]
     if w["close"]:
         cmd += ["-H", "Connection: close"]
-    scheme = "https" if proto(workload) == "tls" else "http"
-    return cmd + [f"{scheme}://127.0.0.1:{port}{w['path']}"]
+    return cmd + [f"{scheme(workload)}://127.0.0.1:{port}{w['path']}"]
 
 
 def parse_h2load(out: str) -> dict:
@@ -922,10 +931,9 @@ def latency_run(target: Target, workload: str, rate: int, seconds: int, tmp: Pat
         script.write_text(K6_SCRIPT)
     summary = tmp / f"k6-{target.name}-{workload}.json"
     w = WORKLOADS[workload]
-    scheme = "https" if proto(workload) == "tls" else "http"
     # GODEBUG: k6 (Go) would take HTTP/2 where TLS offers it by ALPN (meshgate does); the TLS
     # workload is HTTPS with HTTP/1.1 for every target, as wrk speaks it.
-    env = dict(os.environ, BENCH_URL=f"{scheme}://127.0.0.1:{target.port_for(workload)}{w['path']}", BENCH_HOST=HOST,
+    env = dict(os.environ, BENCH_URL=f"{scheme(workload)}://127.0.0.1:{target.port_for(workload)}{w['path']}", BENCH_HOST=HOST,
                BENCH_CLOSE="1" if w["close"] else "0", BENCH_RATE=str(rate), BENCH_DURATION=f"{seconds}s",
                BENCH_SUMMARY=str(summary), K6_NO_USAGE_REPORT="true", GODEBUG="http2client=0")
     # Warm-up at the same rate (connections, pools), then the measured run.
