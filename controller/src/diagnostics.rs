@@ -25,7 +25,8 @@ pub enum Level {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Origin {
     pub file: Option<Arc<Path>>,
-    pub document: Option<usize>,
+    /// 32 bits: every resource carries its origin (twice, in the file cache and the store).
+    pub document: Option<u32>,
 }
 
 impl fmt::Display for Origin {

@@ -327,7 +327,8 @@ pub struct Endpoint {
 /// Who serves at an endpoint.
 #[derive(Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Workload {
-    pub labels: crate::api::Labels,
+    /// The Pod's own labels (shared with its metadata).
+    pub labels: crate::api::SharedLabels,
     /// Owning workload (Deployment name for pods created by one), for `destination_workload`.
     pub name: String,
     pub namespace: String,

@@ -65,7 +65,7 @@ pub struct ServicePortSummary {
 impl From<Service> for ServiceSummary {
     fn from(svc: Service) -> ServiceSummary {
         let spec = svc.spec.unwrap_or_default();
-        let ports = spec
+        let mut ports: Vec<_> = spec
             .ports
             .unwrap_or_default()
             .into_iter()
@@ -76,6 +76,16 @@ impl From<Service> for ServiceSummary {
                 target_port: p.target_port,
             })
             .collect();
-        ServiceSummary { selector: spec.selector.map(|s| s.into_iter().collect()), ports }
+        // Exact sizes: collected in place, the ports kept the capacity of Kubernetes' larger
+        // port objects; collected from an iterator, the map kept room for four entries.
+        ports.shrink_to_fit();
+        let selector = spec.selector.map(|s| {
+            let mut labels = Labels::with_capacity(s.len());
+            for (k, v) in s {
+                labels.insert(k, v);
+            }
+            labels
+        });
+        ServiceSummary { selector, ports }
     }
 }

@@ -115,7 +115,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
 fn spec<T: DeserializeOwned>(mut map: serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
     let value = map.remove("spec").unwrap_or(Value::Mapping(Default::default()));
     let mut unknown = Vec::new();
-    let mut record = |path: serde_ignored::Path| unknown.push(path.to_string());
+    let mut record = |path: serde_ignored::Path| unknown.push(field_path(&path));
     let de = serde_ignored::Deserializer::new(value, &mut record);
     let result: Result<T, _> = serde_path_to_error::deserialize(de);
     for path in unknown {
@@ -133,6 +133,21 @@ fn spec<T: DeserializeOwned>(mut map: serde_yaml::Mapping, prefix: &str, problem
             problems.push(Diagnostic::error(codes::SCHEMA, field, e.into_inner().to_string()));
             None
         }
+    }
+}
+
+/// An ignored field's path in the form errors use (`http[0].match[1].port`, as
+/// `serde_path_to_error` writes it), not serde_ignored's own (`http.0.match.1.port`).
+fn field_path(path: &serde_ignored::Path) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
     }
 }
 

@@ -99,12 +99,20 @@ pub(super) fn translate_virtual_service(
     let mut seen_clusters = BTreeSet::new();
     for (i, http) in spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let Some((route, match_gateways, clusters)) = http_route(vs, http, &field, ctx, creds, problems) else {
+        let Some((mut route, match_gateways, clusters)) = http_route(vs, http, &field, ctx, creds, problems) else {
             continue;
         };
         for c in clusters {
             if seen_clusters.insert(c.name.clone()) {
                 out.clusters.push(Arc::new(c));
+            }
+        }
+        // Routes name their clusters with the kept cluster's name: each resolution made its
+        // own copy, and routes often repeat a destination (a canary's v1 in two rules).
+        let RouteAction::Route { destinations } = &mut route.action;
+        for d in destinations {
+            if let Some(kept) = seen_clusters.get(&d.cluster) {
+                d.cluster = kept.clone();
             }
         }
         candidates.push(Candidate { route, match_gateways });
@@ -190,17 +198,18 @@ fn http_route(
 ) -> Option<HttpTranslation> {
     let (registry, rules, options) = (ctx.registry, ctx.rules, ctx.options);
     let ns = vs.namespace();
+    let rest = http.not_implemented();
     let unsupported = [
-        ("redirect", http.redirect.is_some()),
-        ("directResponse", http.direct_response.is_some()),
-        ("delegate", http.delegate.is_some()),
-        ("rewrite", http.rewrite.is_some()),
-        ("retries", http.retries.is_some()),
-        ("fault", http.fault.is_some()),
-        ("mirror", http.mirror.is_some() || http.mirrors.is_some()),
-        ("mirrorPercentage", http.mirror_percentage.is_some() || http.mirror_percent.is_some()),
-        ("corsPolicy", http.cors_policy.is_some()),
-        ("headers", http.headers.is_some()),
+        ("redirect", rest.redirect.is_some()),
+        ("directResponse", rest.direct_response.is_some()),
+        ("delegate", rest.delegate.is_some()),
+        ("rewrite", rest.rewrite.is_some()),
+        ("retries", rest.retries.is_some()),
+        ("fault", rest.fault.is_some()),
+        ("mirror", rest.mirror.is_some() || rest.mirrors.is_some()),
+        ("mirrorPercentage", rest.mirror_percentage.is_some() || rest.mirror_percent.is_some()),
+        ("corsPolicy", rest.cors_policy.is_some()),
+        ("headers", rest.headers.is_some()),
     ];
     for (name, set) in unsupported {
         if set {
@@ -212,7 +221,7 @@ fn http_route(
         }
     }
     if http.route.is_empty() {
-        if http.redirect.is_some() || http.direct_response.is_some() || http.delegate.is_some() {
+        if rest.redirect.is_some() || rest.direct_response.is_some() || rest.delegate.is_some() {
             // Reported above as unsupported; without a destination the route cannot apply.
             return None;
         }
@@ -229,14 +238,14 @@ fn http_route(
     for (j, m) in http.matches.iter().enumerate() {
         let mfield = format!("{field}.match[{j}]");
         // The gateway is the source workload: sourceLabels / sourceNamespace compare with it.
-        if !m.source_labels.iter().all(|(k, v)| options.labels.get(k) == Some(v)) {
+        if !m.more().source_labels.iter().all(|(k, v)| options.labels.get(k) == Some(v)) {
             continue;
         }
-        if m.source_namespace.as_deref().is_some_and(|s| s != options.namespace) {
+        if m.more().source_namespace.as_deref().is_some_and(|s| s != options.namespace) {
             continue;
         }
-        let gws: Vec<String> = m.gateways.iter().map(|g| gateway_key(g, ns)).collect();
-        if !m.gateways.is_empty() && gws.iter().all(|g| g.ends_with("/mesh")) {
+        let gws: Vec<String> = m.more().gateways.iter().map(|g| gateway_key(g, ns)).collect();
+        if !m.more().gateways.is_empty() && gws.iter().all(|g| g.ends_with("/mesh")) {
             continue;
         }
         match route_match(m, &mfield, &ctx.regexes, problems) {
@@ -358,9 +367,10 @@ fn route_match(
         }
     };
     let uri = one(&m.uri, "uri", problems);
-    let scheme = one(&m.scheme, "scheme", problems);
-    let method = one(&m.method, "method", problems);
-    let authority = one(&m.authority, "authority", problems);
+    let more = m.more();
+    let scheme = one(&more.scheme, "scheme", problems);
+    let method = one(&more.method, "method", problems);
+    let authority = one(&more.authority, "authority", problems);
     let mut keyed = |map: &KeyedMatches, name: &str, lower: bool, problems: &mut Vec<Diagnostic>| {
         let mut out = Vec::new();
         for (k, w) in map {
@@ -372,9 +382,9 @@ fn route_match(
         out
     };
     let headers = keyed(&m.headers, "headers", true, problems);
-    let without_headers = keyed(&m.without_headers, "withoutHeaders", true, problems);
-    let query_params = keyed(&m.query_params, "queryParams", false, problems);
-    let port = match m.port.map(u16::try_from) {
+    let without_headers = keyed(&more.without_headers, "withoutHeaders", true, problems);
+    let query_params = keyed(&more.query_params, "queryParams", false, problems);
+    let port = match more.port.map(u16::try_from) {
         None => None,
         Some(Ok(p)) => Some(p),
         Some(Err(_)) => {

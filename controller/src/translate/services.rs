@@ -212,9 +212,14 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
         }
     }
 
+    // Exact sizes: the registry is kept between translations. (Collected in place, the ports
+    // kept the capacity of the vector they came from.)
+    endpoints.shrink_to_fit();
+    let mut ports: Vec<ServicePort> = ports.into_iter().map(|(p, _)| p).collect();
+    ports.shrink_to_fit();
     ServiceInfo {
         service: Arc::new(ServiceRef { host: format!("{name}.{ns}.svc.cluster.local"), name, namespace: ns }),
-        ports: ports.into_iter().map(|(p, _)| p).collect(),
+        ports,
         endpoints,
     }
 }
@@ -303,7 +308,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
             address: w.address.clone(),
             ports: mapped,
             workload: Arc::new(Workload {
-                labels: w.labels.clone(),
+                labels: w.labels.clone().into(),
                 name: workload,
                 namespace: se.namespace().to_string(),
             }),

@@ -374,6 +374,52 @@ spec:
     assert_eq!(w.field, "spec.selectorr");
 }
 
+/// Routes and matches are decoded in their written form and kept compact
+/// (`api::istio::HttpRoute`): unknown fields, schema errors and "not supported" warnings must
+/// still name the field where the user wrote it.
+#[test]
+fn route_and_match_fields_keep_their_paths() {
+    let unknown = run(&format!(
+        r#"{BASE}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: bookinfo}}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - match: [{{uri: {{prefix: /a}}, methd: {{exact: GET}}}}]
+    retries: {{attempts: 3}}
+    route: [{{destination: {{host: reviews}}}}]
+    timout: 2s
+"#
+    ))
+    .1;
+    let fields: Vec<_> = unknown.iter().map(|d| (d.code, d.field.as_str())).collect();
+    assert!(fields.contains(&(codes::UNKNOWN_FIELD, "spec.http[0].match[0].methd")), "{fields:?}");
+    assert!(fields.contains(&(codes::UNKNOWN_FIELD, "spec.http[0].timout")), "{fields:?}");
+    assert!(fields.contains(&(codes::UNSUPPORTED, "spec.http[0].retries")), "{fields:?}");
+
+    let (snap, bad) = run(&format!(
+        r#"{BASE}
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: VirtualService
+metadata: {{name: bookinfo}}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - match: [{{uri: {{prefix: /a}}}}, {{method: {{exact: GET}}, port: eighty}}]
+    route: [{{destination: {{host: reviews}}}}]
+"#
+    ));
+    let error = bad.iter().find(|d| d.is_error()).expect("a schema error");
+    assert_eq!(error.field, "spec.http[0].match[1].port", "{error:?}");
+    assert!(snap.listeners.iter().all(|l| l.virtual_hosts.is_empty()), "the broken VirtualService is rejected");
+}
+
 const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUQ0VSVFRFU1RDRVJUVEVTVENFUlQwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
 
 /// A Secret with PEM text in `stringData` (the API server turns it into `data`).
