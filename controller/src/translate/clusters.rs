@@ -123,7 +123,7 @@ pub fn load_balancer(lb: &LoadBalancerSettings, field: &str, problems: &mut Vec<
                 ch.ring_hash.as_ref().and_then(|r| r.minimum_ring_size).or(ch.minimum_ring_size).unwrap_or(1024);
             HashAlgorithm::RingHash { minimum_ring_size }
         };
-        return Some(LoadBalancer::ConsistentHash { key, algorithm });
+        return Some(LoadBalancer::ConsistentHash { key: Box::new(key), algorithm });
     }
     match lb.simple.as_deref() {
         None | Some("UNSPECIFIED") => None,

@@ -140,7 +140,7 @@ fn subsets_select_endpoints_and_policies_follow_precedence() {
     assert_eq!(
         v2.load_balancer,
         LoadBalancer::ConsistentHash {
-            key: HashKey::Cookie { name: "user".into(), path: None, ttl_seconds: Some(10) },
+            key: Box::new(HashKey::Cookie { name: "user".into(), path: None, ttl_seconds: Some(10) }),
             algorithm: HashAlgorithm::Maglev { table_size: 1021 },
         }
     );

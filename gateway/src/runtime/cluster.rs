@@ -193,7 +193,7 @@ impl ClusterRuntime {
                     }
                     HashAlgorithm::Maglev { table_size } => Algorithm::Maglev { table_size: *table_size },
                 },
-                Some(Box::new(key.clone())),
+                Some(key.clone()),
             ),
         };
         ClusterRuntime {
