@@ -393,6 +393,10 @@ impl Snapshot {
     /// naming it, a service's `ServiceRef` among its clusters, and each workload among the
     /// endpoints it serves. A gateway replica calls this on a snapshot from the wire (at 10k
     /// services decoding made ~100k names, 20k service references and 40k workloads).
+    ///
+    /// It also trims every list to its length: JSON gives no lengths ahead, so each decoded
+    /// list grew by doubling from four, and a replica keeps them for as long as it serves the
+    /// version (12 MB of the 55 MB a 10k-service replica held).
     pub fn share_decoded_parts(&mut self) {
         let Snapshot { listeners, clusters, .. } = self;
         // Looked up by value through the `Arc`s they hold: no key copies per cluster or endpoint.
@@ -405,25 +409,48 @@ impl Snapshot {
             for endpoint in &mut cluster.endpoints {
                 endpoint.workload = first_of(&mut workloads, &endpoint.workload);
             }
+            cluster.endpoints.shrink_to_fit();
+            if let Some(tls) = &mut cluster.tls {
+                tls.subject_alt_names.shrink_to_fit();
+            }
         }
         let share = |destinations: &mut Vec<WeightedCluster>| {
-            for d in destinations {
+            for d in destinations.iter_mut() {
                 if let Some((name, _)) = clusters.get_key_value(&d.cluster) {
                     d.cluster = name.clone();
                 }
             }
+            destinations.shrink_to_fit();
         };
-        for listener in listeners {
+        for listener in listeners.iter_mut() {
             for host in &mut listener.virtual_hosts {
                 for route in &mut host.routes {
-                    let RouteAction::Route { destinations } = &mut Arc::make_mut(route).action;
+                    let route = Arc::make_mut(route);
+                    for m in &mut route.matches {
+                        m.headers.shrink_to_fit();
+                        m.without_headers.shrink_to_fit();
+                        m.query_params.shrink_to_fit();
+                    }
+                    route.matches.shrink_to_fit();
+                    let RouteAction::Route { destinations } = &mut route.action;
                     share(destinations);
                 }
+                host.routes.shrink_to_fit();
+                host.domains.shrink_to_fit();
             }
             for route in &mut listener.l4_routes {
                 share(&mut route.destinations);
+                route.sni_hosts.shrink_to_fit();
             }
+            for server in &mut listener.servers {
+                server.hosts.shrink_to_fit();
+            }
+            listener.virtual_hosts.shrink_to_fit();
+            listener.l4_routes.shrink_to_fit();
+            listener.servers.shrink_to_fit();
+            listener.tls.shrink_to_fit();
         }
+        listeners.shrink_to_fit();
     }
 }
 

@@ -30,8 +30,15 @@ impl std::ops::Deref for SharedLabels {
 }
 
 impl From<Labels> for SharedLabels {
+    /// Kept exact size: decoded from JSON (no length ahead) a two-label map had room for four.
     fn from(labels: Labels) -> SharedLabels {
-        SharedLabels((!labels.is_empty()).then(|| Arc::new(labels)))
+        if labels.is_empty() {
+            return SharedLabels(None);
+        }
+        let mut pairs = labels.into_tuple_vec();
+        pairs.shrink_to_fit();
+        // Still sorted: the pairs come from a map in key order.
+        SharedLabels(Some(Arc::new(Labels::from_sorted_store_unchecked(pairs))))
     }
 }
 

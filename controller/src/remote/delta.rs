@@ -309,6 +309,20 @@ mod tests {
         let crate::snapshot::RouteAction::Route { destinations } = &route.action;
         let (key, _) = decoded.clusters.get_key_value(&destinations[0].cluster).unwrap();
         assert!(Arc::ptr_eq(key, &destinations[0].cluster));
+        // Lists decoded from JSON grew by doubling; the replica keeps them trimmed.
+        let exact = |len: usize, capacity: usize| len == capacity;
+        for host in &decoded.listeners[0].virtual_hosts {
+            assert!(exact(host.routes.len(), host.routes.capacity()), "{}", host.name);
+            for route in &host.routes {
+                let crate::snapshot::RouteAction::Route { destinations } = &route.action;
+                assert!(exact(destinations.len(), destinations.capacity()), "{}", route.name);
+                assert!(exact(route.matches.len(), route.matches.capacity()), "{}", route.name);
+                assert!(route.matches.iter().all(|m| exact(m.headers.len(), m.headers.capacity())), "{}", route.name);
+            }
+        }
+        for cluster in decoded.clusters.values() {
+            assert!(exact(cluster.endpoints.len(), cluster.endpoints.capacity()), "{}", cluster.name);
+        }
     }
 
     #[test]
