@@ -107,7 +107,7 @@ where
     log.cluster = Some(cluster.clone());
     let Some(pick) = cluster.balancer.pick(None, None) else {
         log.flags = "UH";
-        metrics.tcp_open(Some(&cluster.telemetry().service_labels), "UH", cluster.security_policy).close();
+        metrics.tcp_open(Some(&cluster.telemetry().service_labels), "UH", cluster.security_policy()).close();
         return;
     };
     let endpoint = &cluster.endpoints[pick.index()];
@@ -118,17 +118,17 @@ where
         Ok(Err(e)) => {
             tracing::debug!(route = route.name, upstream = %endpoint.addr, error = %e, "tcp connect failed");
             log.flags = "UF";
-            metrics.tcp_open(Some(labels), "UF", cluster.security_policy).close();
+            metrics.tcp_open(Some(labels), "UF", cluster.security_policy()).close();
             return;
         }
         Err(_) => {
             log.flags = "UF";
-            metrics.tcp_open(Some(labels), "UF", cluster.security_policy).close();
+            metrics.tcp_open(Some(labels), "UF", cluster.security_policy()).close();
             return;
         }
     };
     let _ = upstream.set_nodelay(true);
-    let counters = metrics.tcp_open(Some(labels), "-", cluster.security_policy);
+    let counters = metrics.tcp_open(Some(labels), "-", cluster.security_policy());
     let stats = splice(downstream, upstream, IDLE_TIMEOUT, |direction, n| match direction {
         Direction::DownstreamToUpstream => counters.received.inc_by(n),
         Direction::UpstreamToDownstream => counters.sent.inc_by(n),

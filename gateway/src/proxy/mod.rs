@@ -149,7 +149,7 @@ impl ProxyHttp for MeshProxy {
             return Err(Error::explain(ErrorType::InternalError, "no endpoint picked"));
         };
         let endpoint = &cluster.endpoints[i];
-        let mut peer = match &cluster.tls {
+        let mut peer = match cluster.tls() {
             Ok(None) => HttpPeer::new(endpoint.addr, false, String::new()),
             Ok(Some(tls)) => tls.peer(endpoint.addr),
             Err(_) => return Err(Error::explain(ErrorType::InternalError, "upstream TLS unusable")),
@@ -277,7 +277,7 @@ impl ProxyHttp for MeshProxy {
             duration_ms: duration.as_secs_f64() * 1000.0,
             request_bytes,
             response_bytes,
-            security_policy: ctx.cluster.as_ref().map_or("unknown", |c| c.security_policy),
+            security_policy: ctx.cluster.as_ref().map_or("unknown", |c| c.security_policy()),
         });
         if self.shared.access_log.enabled() {
             let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
@@ -392,7 +392,7 @@ fn route_request(
     ctx.route = Some(route);
     let cluster = cluster.ok_or_else(LocalReply::no_cluster)?;
     ctx.cluster = Some(cluster.clone());
-    if cluster.tls.is_err() {
+    if cluster.tls().is_err() {
         return Err(LocalReply::upstream_tls_unusable());
     }
     let hash = request_hash(&cluster, session, ctx);

@@ -142,14 +142,12 @@ impl Telemetry {
 pub struct ClusterRuntime {
     pub definition: Arc<Cluster>,
     /// The secrets the definition names, to tell a rotated certificate from an unchanged one.
-    pub secrets: Vec<Option<Secret>>,
+    pub secrets: Box<[Option<Secret>]>,
     /// TLS origination; `Err` when its material could not be built (requests get 503 rather
     /// than going out in plain text). Boxed like the hash key and the telemetry: most
     /// clusters have no TLS and no hash key, and inline they were most of a 350-byte cluster.
-    pub tls: Result<Option<Box<UpstreamTlsRuntime>>, String>,
+    tls: Option<Box<Result<UpstreamTlsRuntime, String>>>,
     pub http2: bool,
-    /// `connection_security_policy` label: `mutual_tls` when we present a client certificate.
-    pub security_policy: &'static str,
     pub endpoints: Vec<EndpointRuntime>,
     pub balancer: Balancer,
     pub hash_key: Option<Box<HashKey>>,
@@ -158,19 +156,36 @@ pub struct ClusterRuntime {
 
 impl ClusterRuntime {
     /// The secrets a cluster definition depends on.
-    pub fn referenced_secrets(def: &Cluster, secrets: &BTreeMap<String, Secret>) -> Vec<Option<Secret>> {
-        let Some(tls) = &def.tls else { return Vec::new() };
+    pub fn referenced_secrets(def: &Cluster, secrets: &BTreeMap<String, Secret>) -> Box<[Option<Secret>]> {
+        let Some(tls) = &def.tls else { return Box::default() };
         [&tls.ca, &tls.client_certificate].iter().map(|n| n.as_ref().and_then(|n| secrets.get(n)).cloned()).collect()
     }
 
-    pub fn compile(def: &Arc<Cluster>, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
-        let tls = match &def.tls {
+    /// TLS origination: none (plain text), the compiled settings, or why they are unusable.
+    pub fn tls(&self) -> Result<Option<&UpstreamTlsRuntime>, &str> {
+        match self.tls.as_deref() {
             None => Ok(None),
-            Some(t) => UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map(|t| Some(Box::new(t))).map_err(|e| {
+            Some(Ok(tls)) => Ok(Some(tls)),
+            Some(Err(why)) => Err(why),
+        }
+    }
+
+    /// `connection_security_policy` label: `mutual_tls` when we present a client certificate.
+    pub fn security_policy(&self) -> &'static str {
+        if self.definition.tls.as_ref().is_some_and(|t| t.client_certificate.is_some()) {
+            "mutual_tls"
+        } else {
+            "none"
+        }
+    }
+
+    pub fn compile(def: &Arc<Cluster>, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
+        let tls = def.tls.as_ref().map(|t| {
+            Box::new(UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map_err(|e| {
                 tracing::error!(cluster = &*def.name, error = %e, "upstream TLS unusable; requests to this cluster get 503");
                 e.to_string()
-            }),
-        };
+            }))
+        });
         let mut endpoints = Vec::with_capacity(def.endpoints.len());
         for (source, e) in def.endpoints.iter().enumerate() {
             // Addresses were validated as IP literals by the controller; skip anything else.
@@ -201,11 +216,6 @@ impl ClusterRuntime {
             secrets: Self::referenced_secrets(def, secrets),
             tls,
             http2: def.upstream_protocol == UpstreamProtocol::Http2,
-            security_policy: if def.tls.as_ref().is_some_and(|t| t.client_certificate.is_some()) {
-                "mutual_tls"
-            } else {
-                "none"
-            },
             balancer: Balancer::new(&algorithm, &keyed),
             endpoints,
             hash_key,
