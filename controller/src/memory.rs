@@ -13,3 +13,45 @@ pub fn disable_transparent_huge_pages() {
         let _ = nix::sys::prctl::set_thp_disable(true);
     }
 }
+
+/// `items` in an allocation of exactly its length. `shrink_to_fit` is not enough with mimalloc:
+/// it keeps a block in place when the new size is at least half the old, so a list of three
+/// in room for four stays as it was.
+pub fn exact<T>(mut items: Vec<T>) -> Vec<T> {
+    if items.capacity() == items.len() {
+        return items;
+    }
+    let mut out = Vec::with_capacity(items.len());
+    out.append(&mut items);
+    out
+}
+
+/// `#[serde(deserialize_with = "crate::memory::exact_list")]` for lists a long-lived value
+/// keeps: JSON gives no length ahead, so a decoded list grows by doubling from four. Copied to
+/// its length as each list ends, the grown block is freed at once and taken by the next list
+/// that grows, instead of every list keeping its spare room (or all of them leaving holes when
+/// trimmed after the whole document).
+pub fn exact_list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    <Vec<T> as serde::Deserialize>::deserialize(deserializer).map(exact)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exact_copies_only_lists_with_spare_room() {
+        let mut spare = Vec::with_capacity(4);
+        spare.extend([1, 2, 3]);
+        let trimmed = super::exact(spare);
+        assert_eq!((trimmed.len(), trimmed.capacity()), (3, 3));
+        let full = vec![1, 2];
+        let at = full.as_ptr();
+        let kept = super::exact(full);
+        assert_eq!(kept.as_ptr(), at, "no copy when already exact");
+        let decoded: Vec<u32> = super::exact_list(&mut serde_json::Deserializer::from_str("[1,2,3]")).unwrap();
+        assert_eq!((decoded.len(), decoded.capacity()), (3, 3));
+    }
+}

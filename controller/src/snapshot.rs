@@ -130,6 +130,7 @@ pub struct Listener {
     pub protocol: Protocol,
     /// The Gateway servers that make up this listener, for diagnostics (`gateway ns/name`).
     pub servers: Vec<ServerInfo>,
+    #[serde(deserialize_with = "crate::memory::exact_list")]
     pub virtual_hosts: Vec<VirtualHost>,
     /// TLS servers of an HTTPS or TLS listener, in Gateway order; chosen by SNI.
     #[serde(default)]
@@ -151,10 +152,12 @@ pub struct VirtualHost {
     /// `domain:port`, as Istio names gateway virtual hosts.
     pub name: String,
     /// Exact names, `*.suffix` wildcards or `*`; lowercase.
+    #[serde(deserialize_with = "crate::memory::exact_list")]
     pub domains: Vec<String>,
     /// In order; the first whose match applies wins.
     /// Shared with the translation cache (`translate::Reuse`), so a VirtualService that did
     /// not change costs a reference count, not a copy of its routes.
+    #[serde(deserialize_with = "crate::memory::exact_list")]
     pub routes: Vec<Arc<Route>>,
     /// `tls.httpsRedirect` on the Gateway server: every request gets a 301 to https.
     #[serde(default)]
@@ -168,6 +171,7 @@ pub struct Route {
     /// `namespace/name` of the VirtualService this route comes from.
     pub virtual_service: String,
     /// Match blocks are OR-ed; empty means "match everything".
+    #[serde(deserialize_with = "crate::memory::exact_list")]
     pub matches: Vec<RouteMatch>,
     pub action: RouteAction,
     /// Upstream response timeout; `None` means none (Istio's default).
@@ -182,8 +186,11 @@ pub struct RouteMatch {
     pub scheme: Option<Box<StringMatch>>,
     pub method: Option<Box<StringMatch>>,
     pub authority: Option<Box<StringMatch>>,
+    #[serde(deserialize_with = "crate::memory::exact_list")]
     pub headers: Vec<KeyMatch>,
+    #[serde(deserialize_with = "crate::memory::exact_list")]
     pub without_headers: Vec<KeyMatch>,
+    #[serde(deserialize_with = "crate::memory::exact_list")]
     pub query_params: Vec<KeyMatch>,
     pub port: Option<u16>,
     pub ignore_uri_case: bool,
@@ -210,7 +217,10 @@ pub enum StringMatch {
 #[serde(rename_all = "snake_case")]
 pub enum RouteAction {
     /// Weighted destinations; weights are relative (they usually sum to 100).
-    Route { destinations: Vec<WeightedCluster> },
+    Route {
+        #[serde(deserialize_with = "crate::memory::exact_list")]
+        destinations: Vec<WeightedCluster>,
+    },
 }
 
 /// A cluster's name, shared by the cluster, the snapshot's and the gateway's cluster maps and
@@ -233,6 +243,7 @@ pub struct Cluster {
     pub subset: Option<String>,
     pub load_balancer: LoadBalancer,
     /// Ready endpoints only, after subset selection.
+    #[serde(deserialize_with = "crate::memory::exact_list")]
     pub endpoints: Vec<Endpoint>,
     /// What the upstream speaks (Istio's protocol selection from the service port).
     #[serde(default)]
@@ -392,11 +403,8 @@ impl Snapshot {
     /// shares them: each cluster's name (its map key) with the cluster and every destination
     /// naming it, a service's `ServiceRef` among its clusters, and each workload among the
     /// endpoints it serves. A gateway replica calls this on a snapshot from the wire (at 10k
-    /// services decoding made ~100k names, 20k service references and 40k workloads).
-    ///
-    /// It also trims every list to its length: JSON gives no lengths ahead, so each decoded
-    /// list grew by doubling from four, and a replica keeps them for as long as it serves the
-    /// version (12 MB of the 55 MB a 10k-service replica held).
+    /// services decoding made ~100k names, 20k service references and 40k workloads). The
+    /// lists a replica holds most of are decoded at their length (`memory::exact_list`).
     pub fn share_decoded_parts(&mut self) {
         let Snapshot { listeners, clusters, .. } = self;
         // Looked up by value through the `Arc`s they hold: no key copies per cluster or endpoint.
@@ -409,48 +417,25 @@ impl Snapshot {
             for endpoint in &mut cluster.endpoints {
                 endpoint.workload = first_of(&mut workloads, &endpoint.workload);
             }
-            cluster.endpoints.shrink_to_fit();
-            if let Some(tls) = &mut cluster.tls {
-                tls.subject_alt_names.shrink_to_fit();
-            }
         }
         let share = |destinations: &mut Vec<WeightedCluster>| {
-            for d in destinations.iter_mut() {
+            for d in destinations {
                 if let Some((name, _)) = clusters.get_key_value(&d.cluster) {
                     d.cluster = name.clone();
                 }
             }
-            destinations.shrink_to_fit();
         };
-        for listener in listeners.iter_mut() {
+        for listener in listeners {
             for host in &mut listener.virtual_hosts {
                 for route in &mut host.routes {
-                    let route = Arc::make_mut(route);
-                    for m in &mut route.matches {
-                        m.headers.shrink_to_fit();
-                        m.without_headers.shrink_to_fit();
-                        m.query_params.shrink_to_fit();
-                    }
-                    route.matches.shrink_to_fit();
-                    let RouteAction::Route { destinations } = &mut route.action;
+                    let RouteAction::Route { destinations } = &mut Arc::make_mut(route).action;
                     share(destinations);
                 }
-                host.routes.shrink_to_fit();
-                host.domains.shrink_to_fit();
             }
             for route in &mut listener.l4_routes {
                 share(&mut route.destinations);
-                route.sni_hosts.shrink_to_fit();
             }
-            for server in &mut listener.servers {
-                server.hosts.shrink_to_fit();
-            }
-            listener.virtual_hosts.shrink_to_fit();
-            listener.l4_routes.shrink_to_fit();
-            listener.servers.shrink_to_fit();
-            listener.tls.shrink_to_fit();
         }
-        listeners.shrink_to_fit();
     }
 }
 

@@ -78,7 +78,7 @@ impl From<Service> for ServiceSummary {
             .collect();
         // Exact sizes: collected in place, the ports kept the capacity of Kubernetes' larger
         // port objects; collected from an iterator, the map kept room for four entries.
-        ports.shrink_to_fit();
+        ports = crate::memory::exact(ports);
         let selector = spec.selector.map(|s| {
             let mut labels = Labels::with_capacity(s.len());
             for (k, v) in s {

@@ -36,7 +36,7 @@ impl From<Labels> for SharedLabels {
             return SharedLabels(None);
         }
         let mut pairs = labels.into_tuple_vec();
-        pairs.shrink_to_fit();
+        pairs = crate::memory::exact(pairs);
         // Still sorted: the pairs come from a map in key order.
         SharedLabels(Some(Arc::new(Labels::from_sorted_store_unchecked(pairs))))
     }

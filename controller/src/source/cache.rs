@@ -56,7 +56,7 @@ impl Entry {
         let mut decoded = Vec::new();
         files::load_shared(&mut decoded, text, Some(file.clone()));
         // Kept for as long as the file is unchanged: no room for a sixth document.
-        decoded.shrink_to_fit();
+        decoded = crate::memory::exact(decoded);
         Entry { hash: hash(text), decoded, stamp: None, generation: 0 }
     }
 

@@ -382,7 +382,7 @@ fn endpoints_of(svc: &ServiceInfo, port: u16, subset: Option<&crate::api::Labels
     out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
     // Collected through a filter, the vector has room for at least four; snapshots keep
     // 20k of these at 10k services.
-    out.shrink_to_fit();
+    out = crate::memory::exact(out);
     out
 }
 

@@ -395,11 +395,11 @@ pub fn translate_reusing(
         }
     }
     next.entries.sort_unstable_by_key(|(key, _)| *key);
-    next.entries.shrink_to_fit();
+    next.entries = crate::memory::exact(std::mem::take(&mut next.entries));
     for (port, mut list) in vhosts {
         if let Some(l) = listeners.get_mut(&port) {
             // Kept for as long as the snapshot serves: no room to grow.
-            list.shrink_to_fit();
+            list = crate::memory::exact(list);
             l.virtual_hosts = list;
         }
     }

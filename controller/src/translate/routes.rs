@@ -137,7 +137,7 @@ pub(super) fn translate_virtual_service(
             }
             let mut routes: Vec<Arc<Route>> =
                 candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).map(Arc::new).collect();
-            routes.shrink_to_fit();
+            routes = crate::memory::exact(routes);
             out.bindings.push((s.port, domain, routes));
         }
     }
@@ -179,7 +179,7 @@ fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
         .map(|(m, _)| m.clone())
         .collect();
     // A filtered collect reserves four; snapshots keep one of these per route.
-    matches.shrink_to_fit();
+    matches = crate::memory::exact(matches);
     if matches.is_empty() {
         return None;
     }

@@ -192,7 +192,7 @@ impl ClusterRuntime {
             let Ok(ip) = e.address.parse::<std::net::IpAddr>() else { continue };
             endpoints.push(EndpointRuntime { addr: SocketAddr::new(ip, e.port), source });
         }
-        endpoints.shrink_to_fit();
+        endpoints = controller::memory::exact(endpoints);
         // Weights by `source`: zipping with the definition's endpoints paired them wrongly after
         // a skipped address.
         let keyed: Vec<(String, u32)> =

@@ -38,7 +38,7 @@ impl Destinations {
             cumulative = cumulative.saturating_add(d.weight);
             out.push((c.clone(), cumulative));
         }
-        out.shrink_to_fit();
+        out = controller::memory::exact(out);
         Destinations { clusters: out, total_weight: cumulative }
     }
 
@@ -377,7 +377,7 @@ fn compile_route(
             return None;
         }
     };
-    matches.shrink_to_fit();
+    matches = controller::memory::exact(matches);
     let RouteAction::Route { destinations } = &r.action;
     Some(Route {
         definition: r.clone(),

@@ -69,7 +69,7 @@ impl Kept {
             // JSON always maps to YAML; this would be a serde_yaml bug, so it is only logged.
             Err(e) => tracing::error!(error = %e, "cannot convert an API object to YAML"),
         }
-        decoded.shrink_to_fit();
+        decoded = crate::memory::exact(decoded);
         Kept { fingerprint, decoded }
     }
 }
