@@ -124,7 +124,11 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-instr-"))
     print(f"binaries from {RELEASE}; callgrind output in {tmp}/<target>/callgrind.out", file=sys.stderr)
     bins = freeze(tmp)
-    upstream, upstream_port = R.start_upstream(tmp)
+    # The runner's upstream also serves HTTPS (and meshgate's configs declare port 443), so the
+    # run's certificate comes first.
+    R.make_certificate(tmp)
+    upstream, ports = R.start_upstream(tmp)
+    upstream_port = ports["http"]
     counts: dict[str, dict[str, int]] = {}
     try:
         for name in args.targets:
