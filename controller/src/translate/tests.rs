@@ -379,42 +379,23 @@ spec:
 /// still name the field where the user wrote it.
 #[test]
 fn route_and_match_fields_keep_their_paths() {
-    let unknown = run(&format!(
-        r#"{BASE}
----
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata: {{name: bookinfo}}
-spec:
-  hosts: ["*"]
-  gateways: [bookinfo-gateway]
-  http:
-  - match: [{{uri: {{prefix: /a}}, methd: {{exact: GET}}}}]
-    retries: {{attempts: 3}}
-    route: [{{destination: {{host: reviews}}}}]
-    timout: 2s
-"#
-    ))
-    .1;
+    // A VirtualService bound to BASE's gateway with `http` as given (YAML flow style).
+    let with_http = |http: &str| {
+        run(&format!(
+            "{BASE}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {{name: bookinfo}}\nspec:\n  hosts: [\"*\"]\n  gateways: [bookinfo-gateway]\n  http: {http}\n"
+        ))
+    };
+    let (_, unknown) = with_http(
+        "[{match: [{uri: {prefix: /a}, methd: {exact: GET}}], retries: {attempts: 3}, route: [{destination: {host: reviews}}], timout: 2s}]",
+    );
     let fields: Vec<_> = unknown.iter().map(|d| (d.code, d.field.as_str())).collect();
     assert!(fields.contains(&(codes::UNKNOWN_FIELD, "spec.http[0].match[0].methd")), "{fields:?}");
     assert!(fields.contains(&(codes::UNKNOWN_FIELD, "spec.http[0].timout")), "{fields:?}");
     assert!(fields.contains(&(codes::UNSUPPORTED, "spec.http[0].retries")), "{fields:?}");
 
-    let (snap, bad) = run(&format!(
-        r#"{BASE}
----
-apiVersion: networking.istio.io/v1alpha3
-kind: VirtualService
-metadata: {{name: bookinfo}}
-spec:
-  hosts: ["*"]
-  gateways: [bookinfo-gateway]
-  http:
-  - match: [{{uri: {{prefix: /a}}}}, {{method: {{exact: GET}}, port: eighty}}]
-    route: [{{destination: {{host: reviews}}}}]
-"#
-    ));
+    let (snap, bad) = with_http(
+        "[{match: [{uri: {prefix: /a}}, {method: {exact: GET}, port: eighty}], route: [{destination: {host: reviews}}]}]",
+    );
     let error = bad.iter().find(|d| d.is_error()).expect("a schema error");
     assert_eq!(error.field, "spec.http[0].match[1].port", "{error:?}");
     assert!(snap.listeners.iter().all(|l| l.virtual_hosts.is_empty()), "the broken VirtualService is rejected");
