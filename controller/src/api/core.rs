@@ -65,7 +65,7 @@ pub struct ServicePortSummary {
 impl From<Service> for ServiceSummary {
     fn from(svc: Service) -> ServiceSummary {
         let spec = svc.spec.unwrap_or_default();
-        let mut ports: Vec<_> = spec
+        let ports = spec
             .ports
             .unwrap_or_default()
             .into_iter()
@@ -78,7 +78,7 @@ impl From<Service> for ServiceSummary {
             .collect();
         // Exact sizes: collected in place, the ports kept the capacity of Kubernetes' larger
         // port objects; collected from an iterator, the map kept room for four entries.
-        ports = crate::memory::exact(ports);
+        let ports = crate::memory::exact(ports);
         let selector = spec.selector.map(|s| {
             let mut labels = Labels::with_capacity(s.len());
             for (k, v) in s {

@@ -396,11 +396,10 @@ pub fn translate_reusing(
     }
     next.entries.sort_unstable_by_key(|(key, _)| *key);
     next.entries = crate::memory::exact(std::mem::take(&mut next.entries));
-    for (port, mut list) in vhosts {
+    for (port, list) in vhosts {
         if let Some(l) = listeners.get_mut(&port) {
             // Kept for as long as the snapshot serves: no room to grow.
-            list = crate::memory::exact(list);
-            l.virtual_hosts = list;
+            l.virtual_hosts = crate::memory::exact(list);
         }
     }
 

@@ -214,13 +214,10 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
 
     // Exact sizes: the registry is kept between translations. (Collected in place, the ports
     // kept the capacity of the vector they came from.)
-    endpoints = crate::memory::exact(endpoints);
-    let mut ports: Vec<ServicePort> = ports.into_iter().map(|(p, _)| p).collect();
-    ports = crate::memory::exact(ports);
     ServiceInfo {
         service: Arc::new(ServiceRef { host: format!("{name}.{ns}.svc.cluster.local"), name, namespace: ns }),
-        ports,
-        endpoints,
+        ports: crate::memory::exact(ports.into_iter().map(|(p, _)| p).collect()),
+        endpoints: crate::memory::exact(endpoints),
     }
 }
 
