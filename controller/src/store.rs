@@ -14,16 +14,16 @@ use std::sync::Arc;
 
 pub const DEFAULT_NAMESPACE: &str = "default";
 
-/// `namespace/name`.
+/// `namespace/name`. Boxed strings: a key per object, 50k at 10k services, and never grown.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectKey {
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Box<str>,
+    pub name: Box<str>,
 }
 
 impl ObjectKey {
     pub fn new(namespace: &str, name: &str) -> Self {
-        ObjectKey { namespace: namespace.to_string(), name: name.to_string() }
+        ObjectKey { namespace: namespace.into(), name: name.into() }
     }
 }
 

@@ -425,7 +425,7 @@ mod tests {
         let store = check(&mut cache, d);
         assert_eq!(cache.parsed(), 2);
         assert_eq!(cache.len(), 5);
-        assert!(!store.virtual_services.keys().any(|k| k.name == "three"));
+        assert!(!store.virtual_services.keys().any(|k| &*k.name == "three"));
 
         // A broken file, a schema error and an unreadable file are diagnostics, kept as such.
         write("c.yaml", "kind: [oops\n");
@@ -533,7 +533,7 @@ mod tests {
         std::fs::write(&file, vs("three")).unwrap();
         let store = cache.load(&paths);
         assert_eq!((cache.read(), cache.parsed()), (1, 1));
-        assert!(store.virtual_services.keys().any(|k| k.name == "three"));
+        assert!(store.virtual_services.keys().any(|k| &*k.name == "three"));
     }
 
     #[test]

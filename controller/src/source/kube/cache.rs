@@ -163,10 +163,10 @@ impl Cache {
         let wanted = credential_names(&store, gateway_namespace);
         for stream in self.streams.iter().filter(|s| s.kind == Kind::Secret) {
             for (key, kept) in &stream.objects {
-                let name = key.name.as_str();
+                let name = &*key.name;
                 let companion_of = name.strip_suffix("-cacert");
                 let referenced = wanted.contains(name) || companion_of.is_some_and(|n| wanted.contains(n));
-                if key.namespace == gateway_namespace && referenced {
+                if &*key.namespace == gateway_namespace && referenced {
                     replay(&kept.decoded, &mut store);
                 }
             }

@@ -319,9 +319,9 @@ async fn only_referenced_secrets_and_their_cacert_companions_reach_the_store() {
     let mut source = Source::start(&api, KubeOptions::default());
 
     let store = source.next_store().await;
-    let names: Vec<&str> = store.secrets.keys().map(|k| k.name.as_str()).collect();
+    let names: Vec<&str> = store.secrets.keys().map(|k| &*k.name).collect();
     assert_eq!(names, ["gw-cert", "gw-cert-cacert"]);
-    assert!(store.secrets.keys().all(|k| k.namespace == "istio-system"));
+    assert!(store.secrets.keys().all(|k| &*k.namespace == "istio-system"));
 }
 
 #[tokio::test(start_paused = true)]
