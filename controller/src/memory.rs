@@ -39,6 +39,16 @@ where
     <Vec<T> as serde::Deserialize>::deserialize(deserializer).map(exact)
 }
 
+/// [`exact_list`] for a boxed slice (which `Box<[T]>`'s own decoding gets by shrinking, and so
+/// not always, see [`exact`]).
+pub fn exact_slice<'de, D, T>(deserializer: D) -> Result<Box<[T]>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    exact_list(deserializer).map(Vec::into_boxed_slice)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -379,7 +379,8 @@ fn route_match(
                 Err(()) => ok = false,
             }
         }
-        out
+        // A boxed slice of its length: kept by the snapshot for each match.
+        crate::memory::exact(out).into_boxed_slice()
     };
     let headers = keyed(&m.headers, "headers", true, problems);
     let without_headers = keyed(&more.without_headers, "withoutHeaders", true, problems);

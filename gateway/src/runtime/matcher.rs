@@ -238,18 +238,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("end-user", "jason".parse().unwrap());
         let m = compile(RouteMatch {
-            headers: vec![KeyMatch { name: "end-user".into(), value: Some(StringMatch::Exact("jason".into())) }],
+            headers: vec![KeyMatch { name: "end-user".into(), value: Some(StringMatch::Exact("jason".into())) }].into(),
             ..Default::default()
         });
         assert!(m.matches(&view("/", &h)));
         let present = compile(RouteMatch {
-            headers: vec![KeyMatch { name: "end-user".into(), value: None }],
+            headers: vec![KeyMatch { name: "end-user".into(), value: None }].into(),
             ..Default::default()
         });
         assert!(present.matches(&view("/", &h)));
         assert!(!present.matches(&view("/", &HeaderMap::new())));
         let without = compile(RouteMatch {
-            without_headers: vec![KeyMatch { name: "end-user".into(), value: None }],
+            without_headers: vec![KeyMatch { name: "end-user".into(), value: None }].into(),
             ..Default::default()
         });
         assert!(!without.matches(&view("/", &h)));
@@ -260,7 +260,7 @@ mod tests {
     fn query_params_and_port() {
         let h = HeaderMap::new();
         let m = compile(RouteMatch {
-            query_params: vec![KeyMatch { name: "v".into(), value: Some(StringMatch::Exact("2".into())) }],
+            query_params: vec![KeyMatch { name: "v".into(), value: Some(StringMatch::Exact("2".into())) }].into(),
             port: Some(80),
             ..Default::default()
         });
