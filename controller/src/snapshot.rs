@@ -169,7 +169,7 @@ pub struct Route {
     /// The http route's `name`, or `<vs-namespace>/<vs-name>.http[<i>]`.
     pub name: String,
     /// `namespace/name` of the VirtualService this route comes from.
-    pub virtual_service: String,
+    pub virtual_service: Arc<str>,
     /// Match blocks are OR-ed; empty means "match everything".
     #[serde(deserialize_with = "crate::memory::exact_list")]
     pub matches: Vec<RouteMatch>,
@@ -402,10 +402,11 @@ impl Snapshot {
 
     /// Shares the parts a decoded snapshot holds as separate equal copies, as translation
     /// shares them: each cluster's name (its map key) with the cluster and every destination
-    /// naming it, a service's `ServiceRef` among its clusters, and each workload among the
-    /// endpoints it serves. A gateway replica calls this on a snapshot from the wire (at 10k
-    /// services decoding made ~100k names, 20k service references and 40k workloads). The
-    /// lists a replica holds most of are decoded at their length (`memory::exact_list`).
+    /// naming it, a service's `ServiceRef` among its clusters, each workload among the
+    /// endpoints it serves, and a VirtualService's name among its routes. A gateway replica
+    /// calls this on a snapshot from the wire (at 10k services decoding made ~100k names, 20k
+    /// service references and 40k workloads). The lists a replica holds most of are decoded
+    /// at their length (`memory::exact_list`).
     pub fn share_decoded_parts(&mut self) {
         let Snapshot { listeners, clusters, .. } = self;
         // Looked up by value through the `Arc`s they hold: no key copies per cluster or endpoint.
@@ -426,10 +427,13 @@ impl Snapshot {
                 }
             }
         };
+        let mut virtual_services: HashSet<Arc<str>> = HashSet::new();
         for listener in listeners {
             for host in &mut listener.virtual_hosts {
                 for route in &mut host.routes {
-                    let RouteAction::Route { destinations } = &mut Arc::make_mut(route).action;
+                    let route = Arc::make_mut(route);
+                    route.virtual_service = first_of(&mut virtual_services, &route.virtual_service);
+                    let RouteAction::Route { destinations } = &mut route.action;
                     share(destinations);
                 }
             }
@@ -441,7 +445,7 @@ impl Snapshot {
 }
 
 /// The first of the equal values `seen` met, remembering `item` when it is the first.
-fn first_of<T: Hash + Eq>(seen: &mut HashSet<Arc<T>>, item: &Arc<T>) -> Arc<T> {
+fn first_of<T: Hash + Eq + ?Sized>(seen: &mut HashSet<Arc<T>>, item: &Arc<T>) -> Arc<T> {
     match seen.get(&**item) {
         Some(first) => first.clone(),
         None => {

@@ -90,7 +90,7 @@ pub fn routes(snapshot: &Snapshot, filter: &Filter) -> Table {
                     vh.name.clone(),
                     domains.clone(),
                     route_match(r),
-                    r.virtual_service.clone(),
+                    r.virtual_service.to_string(),
                     clusters(destinations),
                 ]);
             }

@@ -309,6 +309,9 @@ mod tests {
         let crate::snapshot::RouteAction::Route { destinations } = &route.action;
         let (key, _) = decoded.clusters.get_key_value(&destinations[0].cluster).unwrap();
         assert!(Arc::ptr_eq(key, &destinations[0].cluster));
+        let routes = &decoded.listeners[0].virtual_hosts[0].routes;
+        assert!(routes.len() > 1, "the synthetic VirtualServices have several routes");
+        assert!(routes.iter().all(|r| Arc::ptr_eq(&r.virtual_service, &routes[0].virtual_service)));
         // Lists decoded from JSON grew by doubling; the replica keeps them trimmed.
         let exact = |len: usize, capacity: usize| len == capacity;
         for host in &decoded.listeners[0].virtual_hosts {

@@ -97,9 +97,12 @@ pub(super) fn translate_virtual_service(
     // Routes and their clusters, validated once.
     let mut candidates = Vec::new();
     let mut seen_clusters = BTreeSet::new();
+    // One copy of `namespace/name` for all the VirtualService's routes.
+    let vs_name: Arc<str> = format!("{ns}/{}", vs.meta.name).into();
     for (i, http) in spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let Some((mut route, match_gateways, clusters)) = http_route(vs, http, &field, ctx, creds, problems) else {
+        let translated = http_route(vs, &vs_name, http, &field, ctx, creds, problems);
+        let Some((mut route, match_gateways, clusters)) = translated else {
             continue;
         };
         for c in clusters {
@@ -190,6 +193,7 @@ type HttpTranslation = (Route, Vec<Vec<String>>, Vec<Cluster>);
 
 fn http_route(
     vs: &Resource<VirtualServiceSpec>,
+    vs_name: &Arc<str>,
     http: &HttpRoute,
     field: &str,
     ctx: &Context,
@@ -337,7 +341,7 @@ fn http_route(
         .unwrap_or_else(|| format!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
     let route = Route {
         name,
-        virtual_service: format!("{ns}/{}", vs.meta.name),
+        virtual_service: vs_name.clone(),
         matches,
         action: RouteAction::Route { destinations },
         timeout_ms,

@@ -215,7 +215,7 @@ spec:
     );
     let (snap, _) = run(&yaml);
     let routes = &snap.listeners[0].virtual_hosts[0].routes;
-    let vs: Vec<_> = routes.iter().map(|r| r.virtual_service.as_str()).collect();
+    let vs: Vec<_> = routes.iter().map(|r| &*r.virtual_service).collect();
     assert_eq!(vs, ["default/first", "default/second"]);
 }
 
@@ -245,7 +245,7 @@ spec:
     assert!(snap.listeners[0]
         .virtual_hosts
         .iter()
-        .all(|v| v.routes.iter().all(|r| r.virtual_service != "default/broken")));
+        .all(|v| v.routes.iter().all(|r| &*r.virtual_service != "default/broken")));
     assert_eq!(snap.listeners[0].virtual_hosts[0].routes.len(), 2, "bookinfo still applies");
 }
 

@@ -158,7 +158,7 @@ async fn initial_lists_publish_one_store_that_translates_to_the_route() {
     let (snapshot, diagnostics) = translate(&store, &Options::default());
     assert_eq!(diagnostics.errors(), 0, "{:?}", diagnostics.items);
     let route = &snapshot.listeners[0].virtual_hosts[0].routes[0];
-    assert_eq!(route.virtual_service, "bookinfo/reviews");
+    assert_eq!(&*route.virtual_service, "bookinfo/reviews");
     let crate::snapshot::RouteAction::Route { destinations } = &route.action;
     let cluster = &snapshot.clusters[&destinations[0].cluster];
     assert_eq!(&*cluster.name, "outbound|9080||reviews.bookinfo.svc.cluster.local");
