@@ -189,7 +189,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
         // No EndpointSlices in the config: derive endpoints from Pods as the endpoints
         // controller would (file mode convenience: Pods with status.podIP).
         for pod in index.selected_pods(&ns, selector) {
-            let Some(ip) = pod.spec.ip.clone() else { continue };
+            let Some(ip) = pod.spec.ip.as_deref().map(str::to_string) else { continue };
             if !pod.spec.ready {
                 continue;
             }
@@ -225,7 +225,7 @@ fn target_port(pod: &PodSummary, port: u16, target: Option<&IntOrString>) -> Opt
     match target {
         None => Some(port),
         Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
-        Some(IntOrString::String(name)) => pod.named_ports.iter().find(|(n, _)| n == name).map(|(_, p)| *p),
+        Some(IntOrString::String(name)) => pod.named_ports.iter().find(|(n, _)| **n == **name).map(|(_, p)| *p),
     }
 }
 
@@ -234,10 +234,10 @@ fn target_port(pod: &PodSummary, port: u16, target: Option<&IntOrString>) -> Opt
 fn workload_of(pod: &Resource<PodSummary>) -> String {
     let hash = pod.meta.labels.get("pod-template-hash");
     match (&pod.spec.owner, hash) {
-        (Some((kind, name)), Some(hash)) if kind == "ReplicaSet" => {
+        (Some((kind, name)), Some(hash)) if &**kind == "ReplicaSet" => {
             name.strip_suffix(&format!("-{hash}")).unwrap_or(name).to_string()
         }
-        (Some((_, name)), _) => name.clone(),
+        (Some((_, name)), _) => name.to_string(),
         (None, _) => pod.meta.name.clone(),
     }
 }
