@@ -473,9 +473,10 @@ pub struct HttpRouteDestination {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
-    pub host: String,
+    /// Boxed: one per route destination (40k at 10k VirtualServices), never grown.
+    pub host: Box<str>,
     #[serde(default)]
-    pub subset: Option<String>,
+    pub subset: Option<Box<str>>,
     #[serde(default)]
     pub port: Option<PortSelector>,
 }
