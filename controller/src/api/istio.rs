@@ -440,14 +440,6 @@ impl<'de> Deserialize<'de> for KeyedMatches {
     }
 }
 
-impl FromIterator<(String, StringMatch)> for KeyedMatches {
-    fn from_iter<I: IntoIterator<Item = (String, StringMatch)>>(iter: I) -> Self {
-        // Through a map: repeated keys behave as when decoded.
-        let pairs: Vec<_> = iter.into_iter().collect::<IndexMap<_, _>>().into_iter().collect();
-        KeyedMatches((!pairs.is_empty()).then(|| pairs.into_boxed_slice()))
-    }
-}
-
 /// Istio's `StringMatch` oneof. An empty object means "present" for header matches.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
