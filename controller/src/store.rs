@@ -12,6 +12,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod build;
+pub use build::StoreBuilder;
+
 pub const DEFAULT_NAMESPACE: &str = "default";
 
 /// `namespace/name`. Boxed strings: a key per object, 50k at 10k services, and never grown.
@@ -141,13 +144,22 @@ impl Object {
     }
 }
 
+/// The warning for a second definition of one kind/namespace/name in one load.
+fn duplicate_warning(previous: &Origin, origin: &Origin, reference: ResourceRef) -> Diagnostic {
+    Diagnostic::warning(
+        codes::DUPLICATE,
+        "metadata.name",
+        format!("defined again; this definition replaces the one at {previous}"),
+    )
+    .at(origin, Some(reference))
+}
+
 impl Store {
     /// Inserts or replaces an object. A second definition of the same kind/namespace/name in
     /// one load replaces the first with a warning, as a later `kubectl apply` would.
     pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
         let key = ObjectKey::new(namespace_of(&meta), &meta.name);
-        self.next_seq += 1;
-        let seq = self.next_seq;
+        let seq = self.take_seq();
         // A reload inserts every object again (50k at 10k services): the origin moves into
         // the map and is copied back only for the rare duplicate warning.
         macro_rules! put {
@@ -178,15 +190,14 @@ impl Store {
             Object::EndpointSlice(s) => put!(self.endpoint_slices, s),
         };
         if let Some((previous, origin, reference)) = replaced {
-            self.diagnostics.push(
-                Diagnostic::warning(
-                    codes::DUPLICATE,
-                    "metadata.name",
-                    format!("defined again; this definition replaces the one at {previous}"),
-                )
-                .at(&origin, Some(reference)),
-            );
+            self.diagnostics.push(duplicate_warning(&previous, &origin, reference));
         }
+    }
+
+    /// The next number in load order.
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
     }
 
     /// Gives the resource defined at `origin` new metadata and spec, keeping its place in load
@@ -221,27 +232,6 @@ impl Store {
             Object::Secret(s) => update!(self.secrets, s),
             Object::EndpointSlice(s) => update!(self.endpoint_slices, s),
         }
-    }
-
-    /// Rebuilds each kind's map with full B-tree nodes. Inserting in key order leaves every
-    /// node about half full (5 MB of the 11 MB the maps take at 10k services); building from
-    /// sorted entries fills them. Cheap next to the load that precedes it (one pass, the
-    /// entries are already sorted), and a patched store keeps the compact maps.
-    pub fn compact(&mut self) {
-        fn rebuild<T>(map: &mut Objects<T>) {
-            if let Some(map) = Arc::get_mut(map) {
-                *map = std::mem::take(map).into_iter().collect();
-            }
-        }
-        rebuild(&mut self.gateways);
-        rebuild(&mut self.virtual_services);
-        rebuild(&mut self.destination_rules);
-        rebuild(&mut self.service_entries);
-        rebuild(&mut self.workload_entries);
-        rebuild(&mut self.services);
-        rebuild(&mut self.pods);
-        rebuild(&mut self.secrets);
-        rebuild(&mut self.endpoint_slices);
     }
 
     /// Number of resources the store holds (for logs and metrics).

@@ -17,7 +17,7 @@ use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Origin};
 use crate::source::decode::Sink;
 use crate::source::files;
-use crate::store::{namespace_of, Object, Store};
+use crate::store::{namespace_of, Object, Store, StoreBuilder};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,19 +116,45 @@ impl Entry {
         }
     }
 
-    fn replay(&self, store: &mut Store) {
+    fn replay(&self, store: &mut StoreBuilder) {
         replay(&self.decoded, store);
+    }
+}
+
+/// Where [`replay`] puts objects: a store being built whole, or a finished store.
+pub(crate) trait Replay {
+    fn diagnostic(&mut self, diagnostic: Diagnostic);
+    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object);
+}
+
+impl Replay for Store {
+    fn diagnostic(&mut self, diagnostic: Diagnostic) {
+        self.diagnostics.push(diagnostic);
+    }
+
+    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
+        self.insert(kind, meta, origin, object);
+    }
+}
+
+impl Replay for StoreBuilder {
+    fn diagnostic(&mut self, diagnostic: Diagnostic) {
+        self.push_diagnostic(diagnostic);
+    }
+
+    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
+        self.insert(kind, meta, origin, object);
     }
 }
 
 /// Puts recorded decoding results into `store` as decoding them would have: the same inserts
 /// (sharing the decoded metadata and specs) and diagnostics, in the same order.
-pub(crate) fn replay(decoded: &[Decoded], store: &mut Store) {
+pub(crate) fn replay(decoded: &[Decoded], store: &mut impl Replay) {
     for item in decoded {
         match item {
-            Decoded::Diagnostic(d) => store.diagnostics.push((**d).clone()),
+            Decoded::Diagnostic(d) => store.diagnostic((**d).clone()),
             Decoded::Object(kind, meta, origin, object) => {
-                store.insert(*kind, meta.clone(), origin.clone(), object.clone())
+                store.object(*kind, meta.clone(), origin.clone(), object.clone())
             }
         }
     }
@@ -320,16 +346,17 @@ impl FileCache {
                 store
             }
             None => {
-                let mut store = Store::default();
-                store.diagnostics.extend(problems.iter().cloned());
+                let mut builder = StoreBuilder::default();
+                for problem in &problems {
+                    builder.push_diagnostic(problem.clone());
+                }
                 for (index, file) in found.iter().enumerate() {
                     match unreadable.remove(&index) {
-                        Some(problem) => store.diagnostics.push(problem),
-                        None => self.entries[file.path.as_path()].replay(&mut store),
+                        Some(problem) => builder.push_diagnostic(problem),
+                        None => self.entries[file.path.as_path()].replay(&mut builder),
                     }
                 }
-                store.compact();
-                store
+                builder.build()
             }
         };
         drop(edited);

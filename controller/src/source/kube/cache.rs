@@ -12,7 +12,7 @@ use crate::api::Kind;
 use crate::diagnostics::Origin;
 use crate::source::cache::{replay, Decoded};
 use crate::source::decode;
-use crate::store::{ObjectKey, Store};
+use crate::store::{ObjectKey, Store, StoreBuilder};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -154,12 +154,14 @@ impl Cache {
     /// DestinationRule names them by `credentialName` (or as its `<name>-cacert` companion), so
     /// unrelated credentials in the gateway namespace never reach translation or snapshots.
     pub fn build(&self, gateway_namespace: &str) -> Store {
-        let mut store = Store::default();
+        let mut builder = StoreBuilder::default();
         for stream in self.streams.iter().filter(|s| s.kind != Kind::Secret) {
             for kept in stream.objects.values() {
-                replay(&kept.decoded, &mut store);
+                replay(&kept.decoded, &mut builder);
             }
         }
+        // Secrets are few: inserted one by one into the built store.
+        let mut store = builder.build();
         let wanted = credential_names(&store, gateway_namespace);
         for stream in self.streams.iter().filter(|s| s.kind == Kind::Secret) {
             for (key, kept) in &stream.objects {
@@ -171,7 +173,6 @@ impl Cache {
                 }
             }
         }
-        store.compact();
         store
     }
 }
