@@ -30,6 +30,110 @@ impl ObjectKey {
     }
 }
 
+/// A store map's key: the object's own metadata (the resource holds the same), ordered by
+/// namespace, then name. A key of its own cost two strings and 24 bytes more per object, 2.8 MB
+/// at 10k services.
+#[derive(Debug, Clone)]
+pub struct MetaKey(Arc<ObjectMeta>);
+
+impl MetaKey {
+    pub fn new(meta: &Arc<ObjectMeta>) -> MetaKey {
+        MetaKey(Arc::clone(meta))
+    }
+}
+
+/// What a store map is looked up by: a namespace and a name, held or borrowed
+/// (`store.pods.get(&("ns", "name") as &dyn Key)`, or [`lookup`]).
+pub trait Key {
+    fn namespace(&self) -> &str;
+    fn name(&self) -> &str;
+}
+
+impl Key for MetaKey {
+    fn namespace(&self) -> &str {
+        namespace_of(&self.0)
+    }
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+}
+
+impl Key for ObjectKey {
+    fn namespace(&self) -> &str {
+        &self.namespace
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Key for (&str, &str) {
+    fn namespace(&self) -> &str {
+        self.0
+    }
+    fn name(&self) -> &str {
+        self.1
+    }
+}
+
+impl PartialEq for dyn Key + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.name() == other.name() && self.namespace() == other.namespace()
+    }
+}
+
+impl Eq for dyn Key + '_ {}
+
+impl PartialOrd for dyn Key + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for dyn Key + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.namespace(), self.name()).cmp(&(other.namespace(), other.name()))
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn Key + 'a> for MetaKey {
+    fn borrow(&self) -> &(dyn Key + 'a) {
+        self
+    }
+}
+
+// The same order as the borrowed form's, as `Borrow` requires.
+impl PartialEq for MetaKey {
+    fn eq(&self, other: &Self) -> bool {
+        (self as &dyn Key) == (other as &dyn Key)
+    }
+}
+
+impl Eq for MetaKey {}
+
+impl PartialOrd for MetaKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MetaKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self as &dyn Key).cmp(other as &dyn Key)
+    }
+}
+
+impl std::hash::Hash for MetaKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.namespace(), self.name()).hash(state);
+    }
+}
+
+/// The resource `namespace/name` of one kind.
+pub fn lookup<'m, T>(objects: &'m Objects<T>, namespace: &str, name: &str) -> Option<&'m Resource<T>> {
+    objects.get(&(namespace, name) as &dyn Key)
+}
+
 /// The namespace a resource lands in: its own, or `default` when it names none.
 pub fn namespace_of(meta: &ObjectMeta) -> &str {
     meta.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
@@ -89,7 +193,7 @@ pub fn in_order<'a, T>(resources: impl IntoIterator<Item = &'a Resource<T>>) -> 
 /// One kind's resources. Shared: a reload that leaves a kind alone (most edits touch one
 /// object) keeps the same map, so cloning a store is cheap and translation can tell unchanged
 /// kinds apart by pointer ([`Store::same_registry_inputs`]).
-pub type Objects<T> = Arc<BTreeMap<ObjectKey, Resource<T>>>;
+pub type Objects<T> = Arc<BTreeMap<MetaKey, Resource<T>>>;
 
 /// `PartialEq` lets tests prove that an incremental reload equals a fresh load.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -127,6 +231,20 @@ pub enum Object {
 }
 
 impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Gateway(_) => Kind::Gateway,
+            Object::VirtualService(_) => Kind::VirtualService,
+            Object::DestinationRule(_) => Kind::DestinationRule,
+            Object::ServiceEntry(_) => Kind::ServiceEntry,
+            Object::WorkloadEntry(_) => Kind::WorkloadEntry,
+            Object::Service(_) => Kind::Service,
+            Object::Pod(_) => Kind::Pod,
+            Object::Secret(_) => Kind::Secret,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+        }
+    }
+
     /// Whether both hold equal content (deep comparison).
     pub fn same_content(&self, other: &Object) -> bool {
         match (self, other) {
@@ -158,7 +276,7 @@ impl Store {
     /// Inserts or replaces an object. A second definition of the same kind/namespace/name in
     /// one load replaces the first with a warning, as a later `kubectl apply` would.
     pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        let key = ObjectKey::new(namespace_of(&meta), &meta.name);
+        let key = MetaKey::new(&meta);
         let seq = self.take_seq();
         // A reload inserts every object again (50k at 10k services): the origin moves into
         // the map and is copied back only for the rare duplicate warning.
@@ -206,17 +324,25 @@ impl Store {
     /// (`source::cache`). Does nothing when a later definition replaced the one at `origin`,
     /// or when the resource already holds these very objects.
     pub fn update_in_place(&mut self, meta: &Arc<ObjectMeta>, origin: &Origin, object: &Object) {
-        let key = ObjectKey::new(namespace_of(meta), &meta.name);
+        let key = (namespace_of(meta), meta.name.as_str());
+        let key = &key as &dyn Key;
         macro_rules! update {
             ($map:expr, $spec:expr) => {{
-                let stale = $map.get(&key).is_some_and(|r| {
+                let stale = $map.get(key).is_some_and(|r| {
                     r.origin == *origin && !(Arc::ptr_eq(&r.meta, meta) && Arc::ptr_eq(&r.spec, $spec))
                 });
                 if stale {
                     // Copies the kind's map when the previous store still shares it.
-                    if let Some(r) = Arc::make_mut(&mut $map).get_mut(&key) {
-                        r.meta = Arc::clone(meta);
+                    let map = Arc::make_mut(&mut $map);
+                    if let Some(r) = map.get_mut(key) {
                         r.spec = Arc::clone($spec);
+                        if !Arc::ptr_eq(&r.meta, meta) {
+                            // The key is the metadata too: replaced with it, not left holding
+                            // the old one (same namespace and name, so the same place).
+                            let (_, mut r) = map.remove_entry(key).expect("just found");
+                            r.meta = Arc::clone(meta);
+                            map.insert(MetaKey::new(meta), r);
+                        }
                     }
                 }
             }};

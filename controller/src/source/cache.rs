@@ -24,11 +24,12 @@ use std::sync::Arc;
 
 /// What decoding one file (or one API object, `source::kube`) produced, in order. Diagnostics
 /// are boxed: they are rare and three times the size of an object entry, which every entry
-/// would otherwise take.
+/// would otherwise take. An object keeps only its document's number: the file is the cache
+/// entry's (none for API objects), and its kind is the object's (32 bytes, not 56, per object).
 #[derive(Debug, Clone)]
 pub(crate) enum Decoded {
     Diagnostic(Box<Diagnostic>),
-    Object(Kind, Arc<ObjectMeta>, Origin, Object),
+    Object { meta: Arc<ObjectMeta>, document: Option<u32>, object: Object },
 }
 
 impl Sink for Vec<Decoded> {
@@ -37,7 +38,8 @@ impl Sink for Vec<Decoded> {
     }
 
     fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object) {
-        self.push(Decoded::Object(kind, Arc::new(meta), origin.clone(), object));
+        debug_assert_eq!(kind, object.kind());
+        self.push(Decoded::Object { meta: Arc::new(meta), document: origin.document, object });
     }
 }
 
@@ -71,16 +73,16 @@ impl Entry {
             .decoded
             .iter()
             .filter_map(|d| match d {
-                Decoded::Object(kind, meta, _, object) => {
-                    Some(((*kind, meta.namespace.as_deref(), meta.name.as_str()), (meta, object)))
+                Decoded::Object { meta, object, .. } => {
+                    Some(((object.kind(), meta.namespace.as_deref(), meta.name.as_str()), (meta, object)))
                 }
                 Decoded::Diagnostic(_) => None,
             })
             .collect();
         for item in &mut self.decoded {
-            let Decoded::Object(kind, meta, _, object) = item else { continue };
+            let Decoded::Object { meta, object, .. } = item else { continue };
             let Some((old_meta, old_object)) =
-                previous.get(&(*kind, meta.namespace.as_deref(), meta.name.as_str())).copied()
+                previous.get(&(object.kind(), meta.namespace.as_deref(), meta.name.as_str())).copied()
             else {
                 continue;
             };
@@ -99,25 +101,23 @@ impl Entry {
         self.decoded.len() == other.decoded.len()
             && self.decoded.iter().zip(&other.decoded).all(|pair| match pair {
                 (Decoded::Diagnostic(a), Decoded::Diagnostic(b)) => a == b,
-                (Decoded::Object(ka, ma, oa, _), Decoded::Object(kb, mb, ob, _)) => {
-                    ka == kb && oa == ob && ma.name == mb.name && namespace_of(ma) == namespace_of(mb)
-                }
+                (
+                    Decoded::Object { meta: ma, document: da, object: oa },
+                    Decoded::Object { meta: mb, document: db, object: ob },
+                ) => oa.kind() == ob.kind() && da == db && ma.name == mb.name && namespace_of(ma) == namespace_of(mb),
                 _ => false,
             })
     }
 
     /// Puts this file's objects into a store built from an earlier version of the file of
     /// the same shape ([`Entry::same_shape`]).
-    fn patch(&self, store: &mut Store) {
+    fn patch(&self, file: &Arc<Path>, store: &mut Store) {
         for item in &self.decoded {
-            if let Decoded::Object(_, meta, origin, object) = item {
-                store.update_in_place(meta, origin, object);
+            if let Decoded::Object { meta, document, object } = item {
+                let origin = Origin { file: Some(file.clone()), document: *document };
+                store.update_in_place(meta, &origin, object);
             }
         }
-    }
-
-    fn replay(&self, store: &mut StoreBuilder) {
-        replay(&self.decoded, store);
     }
 }
 
@@ -147,14 +147,16 @@ impl Replay for StoreBuilder {
     }
 }
 
-/// Puts recorded decoding results into `store` as decoding them would have: the same inserts
-/// (sharing the decoded metadata and specs) and diagnostics, in the same order.
-pub(crate) fn replay(decoded: &[Decoded], store: &mut impl Replay) {
+/// Puts recorded decoding results of `file` (none for API objects) into `store` as decoding
+/// them would have: the same inserts (sharing the decoded metadata and specs) and diagnostics,
+/// in the same order.
+pub(crate) fn replay(decoded: &[Decoded], file: Option<&Arc<Path>>, store: &mut impl Replay) {
     for item in decoded {
         match item {
             Decoded::Diagnostic(d) => store.diagnostic((**d).clone()),
-            Decoded::Object(kind, meta, origin, object) => {
-                store.object(*kind, meta.clone(), origin.clone(), object.clone())
+            Decoded::Object { meta, document, object } => {
+                let origin = Origin { file: file.cloned(), document: *document };
+                store.object(object.kind(), meta.clone(), origin, object.clone())
             }
         }
     }
@@ -340,7 +342,8 @@ impl FileCache {
                 kept_files = Some(last.files);
                 let mut store = last.store;
                 for (file, _) in &edited {
-                    self.entries[*file].patch(&mut store);
+                    let (shared, entry) = self.entries.get_key_value(*file).expect("edited files have entries");
+                    entry.patch(shared, &mut store);
                 }
                 store.files.clear();
                 store
@@ -353,7 +356,11 @@ impl FileCache {
                 for (index, file) in found.iter().enumerate() {
                     match unreadable.remove(&index) {
                         Some(problem) => builder.push_diagnostic(problem),
-                        None => self.entries[file.path.as_path()].replay(&mut builder),
+                        None => {
+                            let (shared, entry) =
+                                self.entries.get_key_value(file.path.as_path()).expect("listed files have entries");
+                            replay(&entry.decoded, Some(shared), &mut builder);
+                        }
                     }
                 }
                 builder.build()
@@ -404,6 +411,7 @@ impl FileCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Key;
 
     const VS: &str = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: NAME}\nspec:\n  hosts: [a.example.com]\n  http:\n  - route: [{destination: {host: a}}]\n";
 
@@ -418,6 +426,13 @@ mod tests {
         let fresh = files::load(&paths);
         assert_eq!(incremental, fresh);
         incremental
+    }
+
+    #[test]
+    fn per_object_bookkeeping_stays_small() {
+        // 50k of each at 10k services (docs/benchmarks.md, "Eighth round").
+        assert_eq!(std::mem::size_of::<Decoded>(), 32);
+        assert_eq!(std::mem::size_of::<crate::store::MetaKey>(), 8);
     }
 
     #[test]
@@ -452,7 +467,7 @@ mod tests {
         let store = check(&mut cache, d);
         assert_eq!(cache.parsed(), 2);
         assert_eq!(cache.len(), 5);
-        assert!(!store.virtual_services.keys().any(|k| &*k.name == "three"));
+        assert!(!store.virtual_services.keys().any(|k| k.name() == "three"));
 
         // A broken file, a schema error and an unreadable file are diagnostics, kept as such.
         write("c.yaml", "kind: [oops\n");
@@ -489,8 +504,7 @@ mod tests {
         assert_eq!(before.diagnostics.warnings(), 1);
 
         let host = |store: &Store, name: &str| {
-            let key = crate::store::ObjectKey::new("default", name);
-            store.virtual_services[&key].spec.hosts.clone()
+            crate::store::lookup(&store.virtual_services, "default", name).unwrap().spec.hosts.clone()
         };
         // A spec edit: patched, and the kinds it did not touch keep their maps.
         write("a.yaml", &format!("{}---\n{}---\n{svc}", vs("one"), vs_for("two", "two.example.com")));
@@ -560,7 +574,7 @@ mod tests {
         std::fs::write(&file, vs("three")).unwrap();
         let store = cache.load(&paths);
         assert_eq!((cache.read(), cache.parsed()), (1, 1));
-        assert!(store.virtual_services.keys().any(|k| &*k.name == "three"));
+        assert!(store.virtual_services.keys().any(|k| k.name() == "three"));
     }
 
     #[test]

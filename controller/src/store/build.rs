@@ -7,7 +7,7 @@
 //! vector instead (one large block, returned to the system whole when it is freed) and builds
 //! every map once from sorted entries, with full nodes.
 
-use super::{namespace_of, ObjectKey, Objects, Resource, Store};
+use super::{MetaKey, Objects, Resource, Store};
 use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
 use crate::api::{Kind, ObjectMeta};
@@ -21,7 +21,7 @@ use std::sync::Arc;
 /// One kind's objects in load order, with an index by key so that a second definition
 /// replaces the first as [`Store::insert`] does.
 struct Pending<T> {
-    entries: Vec<(ObjectKey, Resource<T>)>,
+    entries: Vec<(MetaKey, Resource<T>)>,
     /// Positions in `entries`, hashed by key.
     index: hashbrown::HashTable<u32>,
 }
@@ -33,14 +33,14 @@ impl<T> Default for Pending<T> {
 }
 
 /// Fixed seeds: the index lives for one build and its order is never observed.
-fn hash(key: &ObjectKey) -> u64 {
+fn hash(key: &MetaKey) -> u64 {
     foldhash::fast::FixedState::default().hash_one(key)
 }
 
 impl<T> Pending<T> {
     /// Adds `resource`; when the key was already defined, returns the replaced definition's
     /// origin with the one that replaced it.
-    fn put(&mut self, key: ObjectKey, resource: Resource<T>) -> Option<(Origin, &Resource<T>)> {
+    fn put(&mut self, key: MetaKey, resource: Resource<T>) -> Option<(Origin, &Resource<T>)> {
         let Pending { entries, index } = self;
         let at = hash(&key);
         if let Some(&i) = index.find(at, |&i| entries[i as usize].0 == key) {
@@ -85,7 +85,7 @@ impl StoreBuilder {
     }
 
     pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        let key = ObjectKey::new(namespace_of(&meta), &meta.name);
+        let key = MetaKey::new(&meta);
         let seq = self.store.take_seq();
         macro_rules! put {
             ($pending:expr, $spec:expr) => {
@@ -130,6 +130,7 @@ mod tests {
     use super::*;
     use crate::source::cache::{replay, Decoded};
     use crate::source::files;
+    use crate::store::Key;
 
     #[test]
     fn building_equals_inserting_one_by_one() {
@@ -140,18 +141,19 @@ apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {ports: 
 apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: b}\nspec: {hosts: [c]}\n---
 apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: a}\nspec: {hosts: [a]}\n";
         let mut decoded: Vec<Decoded> = Vec::new();
-        files::load_text(&mut decoded, yaml, Some(std::path::Path::new("x.yaml")));
+        let file: Arc<std::path::Path> = Arc::from(std::path::Path::new("x.yaml"));
+        files::load_shared(&mut decoded, yaml, Some(file.clone()));
         let mut one_by_one = Store::default();
-        replay(&decoded, &mut one_by_one);
+        replay(&decoded, Some(&file), &mut one_by_one);
         let mut builder = StoreBuilder::default();
-        replay(&decoded, &mut builder);
+        replay(&decoded, Some(&file), &mut builder);
         let built = builder.build();
         assert_eq!(built, one_by_one);
         // The second `b` replaced the first, with a warning at the second's place.
         assert_eq!(built.virtual_services.len(), 2);
         assert_eq!(built.diagnostics.warnings(), 1);
-        let b = &built.virtual_services[&ObjectKey::new("default", "b")];
+        let b = crate::store::lookup(&built.virtual_services, "default", "b").unwrap();
         assert_eq!(b.origin.document, Some(3));
-        assert_eq!(built.virtual_services.keys().map(|k| &*k.name).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(built.virtual_services.keys().map(|k| k.name()).collect::<Vec<_>>(), ["a", "b"]);
     }
 }

@@ -8,7 +8,7 @@
 use crate::api::Kind;
 use crate::diagnostics::{codes, Diagnostic, ResourceRef};
 use crate::snapshot::Secret;
-use crate::store::{ObjectKey, Store};
+use crate::store::{lookup, Store};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::collections::BTreeMap;
@@ -54,7 +54,7 @@ impl<'a> Credentials<'a> {
             None => (self.namespace.clone(), name.to_string()),
         };
         let key = format!("kubernetes://{ns}/{secret_name}");
-        let Some(res) = self.store.secrets.get(&ObjectKey::new(&ns, &secret_name)) else {
+        let Some(res) = lookup(&self.store.secrets, &ns, &secret_name) else {
             return Err(format!("Secret {ns}/{secret_name} not found (credentialName must name a Secret in the gateway namespace {ns:?})"));
         };
         let data = secret_data(&res.spec);
@@ -66,7 +66,7 @@ impl<'a> Credentials<'a> {
         };
         if secret.ca_pem.is_none() {
             // Istio's split form: the CA lives in `<name>-cacert`.
-            if let Some(ca) = self.store.secrets.get(&ObjectKey::new(&ns, &format!("{secret_name}-cacert"))) {
+            if let Some(ca) = lookup(&self.store.secrets, &ns, &format!("{secret_name}-cacert")) {
                 let d = secret_data(&ca.spec);
                 secret.ca_pem = d.get("ca.crt").or_else(|| d.get("cacert")).cloned();
             }

@@ -159,9 +159,8 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
                 }
                 let pod =
                     ep.target_ref.as_ref().filter(|r| r.kind.as_deref().unwrap_or("Pod") == "Pod").and_then(|r| {
-                        let pns = r.namespace.clone().unwrap_or_else(|| ns.clone());
-                        let pname = r.name.clone()?;
-                        store.pods.get(&crate::store::ObjectKey::new(&pns, &pname))
+                        let pns = r.namespace.as_deref().unwrap_or(ns.as_str());
+                        crate::store::lookup(&store.pods, pns, r.name.as_deref()?)
                     });
                 let mut mapped = LiteMap::new();
                 for (sp, _) in &ports {

@@ -157,7 +157,7 @@ impl Cache {
         let mut builder = StoreBuilder::default();
         for stream in self.streams.iter().filter(|s| s.kind != Kind::Secret) {
             for kept in stream.objects.values() {
-                replay(&kept.decoded, &mut builder);
+                replay(&kept.decoded, None, &mut builder);
             }
         }
         // Secrets are few: inserted one by one into the built store.
@@ -169,7 +169,7 @@ impl Cache {
                 let companion_of = name.strip_suffix("-cacert");
                 let referenced = wanted.contains(name) || companion_of.is_some_and(|n| wanted.contains(n));
                 if &*key.namespace == gateway_namespace && referenced {
-                    replay(&kept.decoded, &mut store);
+                    replay(&kept.decoded, None, &mut store);
                 }
             }
         }

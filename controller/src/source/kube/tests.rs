@@ -7,6 +7,7 @@
 mod fake;
 
 use super::*;
+use crate::store::{lookup, Key};
 use crate::translate::{translate, Options};
 use fake::{path, FakeApi, Reply};
 use serde_json::{json, Value};
@@ -213,7 +214,7 @@ async fn an_event_decodes_only_the_object_it_changed() {
 
     // Unchanged objects are the same decoded allocations (so translation reuses its results
     // for them); the changed one was decoded again.
-    let vs = |store: &Store, name: &str| store.virtual_services[&ObjectKey::new("bookinfo", name)].spec.clone();
+    let vs = |store: &Store, name: &str| lookup(&store.virtual_services, "bookinfo", name).unwrap().spec.clone();
     assert!(Arc::ptr_eq(&vs(&first, "ratings"), &vs(&second, "ratings")));
     assert!(!Arc::ptr_eq(&vs(&first, "reviews"), &vs(&second, "reviews")));
     let one = |store: &Store| {
@@ -275,7 +276,7 @@ async fn gone_relists_and_publishes_the_relisted_contents() {
     let relisted = source.next_store().await;
     assert_eq!(prefixes(&relisted), ["/ratings", "/relisted"]);
     // What the relist returned unchanged was not decoded again.
-    let spec = |store: &Store| store.virtual_services[&ObjectKey::new("bookinfo", "ratings")].spec.clone();
+    let spec = |store: &Store| lookup(&store.virtual_services, "bookinfo", "ratings").unwrap().spec.clone();
     assert!(Arc::ptr_eq(&spec(&first), &spec(&relisted)));
     let lists =
         api.requests().iter().filter(|u| u.starts_with(&virtual_services()) && !u.contains("watch=true")).count();
@@ -319,9 +320,9 @@ async fn only_referenced_secrets_and_their_cacert_companions_reach_the_store() {
     let mut source = Source::start(&api, KubeOptions::default());
 
     let store = source.next_store().await;
-    let names: Vec<&str> = store.secrets.keys().map(|k| &*k.name).collect();
+    let names: Vec<&str> = store.secrets.keys().map(|k| k.name()).collect();
     assert_eq!(names, ["gw-cert", "gw-cert-cacert"]);
-    assert!(store.secrets.keys().all(|k| &*k.namespace == "istio-system"));
+    assert!(store.secrets.keys().all(|k| k.namespace() == "istio-system"));
 }
 
 #[tokio::test(start_paused = true)]
