@@ -4,6 +4,7 @@
 //! endpoints with labels. Serialisable so a remote controller can stream it and
 //! `config_dump` can print it. No pingora or kube types here.
 
+use crate::api::CompactString;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
@@ -150,10 +151,10 @@ pub struct ServerInfo {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VirtualHost {
     /// `domain:port`, as Istio names gateway virtual hosts.
-    pub name: String,
+    pub name: CompactString,
     /// Exact names, `*.suffix` wildcards or `*`; lowercase.
     #[serde(deserialize_with = "crate::memory::exact_list")]
-    pub domains: Vec<String>,
+    pub domains: Vec<CompactString>,
     /// In order; the first whose match applies wins.
     /// Shared with the translation cache (`translate::Reuse`), so a VirtualService that did
     /// not change costs a reference count, not a copy of its routes.
@@ -166,8 +167,9 @@ pub struct VirtualHost {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
-    /// The http route's `name`, or `<vs-namespace>/<vs-name>.http[<i>]`.
-    pub name: String,
+    /// The http route's `name`, or `<vs-namespace>/<vs-name>.http[<i>]` (inline up to 24
+    /// bytes, as most are, like the snapshot's other short strings).
+    pub name: CompactString,
     /// `namespace/name` of the VirtualService this route comes from.
     pub virtual_service: Arc<str>,
     /// Match blocks are OR-ed; empty means "match everything".
@@ -201,7 +203,7 @@ pub struct RouteMatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct KeyMatch {
     /// Header names are lowercase; query parameter names are as written.
-    pub name: String,
+    pub name: CompactString,
     pub value: Option<StringMatch>,
 }
 
@@ -209,9 +211,9 @@ pub struct KeyMatch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StringMatch {
-    Exact(String),
-    Prefix(String),
-    Regex(String),
+    Exact(CompactString),
+    Prefix(CompactString),
+    Regex(CompactString),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -241,7 +243,7 @@ pub struct Cluster {
     /// Shared by the service's clusters (one per subset and port) and the service registry.
     pub service: Arc<ServiceRef>,
     pub port: u16,
-    pub subset: Option<String>,
+    pub subset: Option<CompactString>,
     pub load_balancer: LoadBalancer,
     /// Ready endpoints only, after subset selection.
     #[serde(deserialize_with = "crate::memory::exact_list")]
@@ -286,8 +288,8 @@ pub struct UpstreamTls {
 pub struct ServiceRef {
     /// FQDN such as `reviews.default.svc.cluster.local`, or a ServiceEntry host.
     pub host: String,
-    pub name: String,
-    pub namespace: String,
+    pub name: CompactString,
+    pub namespace: CompactString,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -330,7 +332,7 @@ pub enum HashAlgorithm {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// IP address literal.
-    pub address: String,
+    pub address: CompactString,
     pub port: u16,
     pub weight: u32,
     /// Shared with the service registry and every other cluster of the same service (its
@@ -344,8 +346,8 @@ pub struct Workload {
     /// The Pod's own labels (shared with its metadata).
     pub labels: crate::api::SharedLabels,
     /// Owning workload (Deployment name for pods created by one), for `destination_workload`.
-    pub name: String,
-    pub namespace: String,
+    pub name: CompactString,
+    pub namespace: CompactString,
 }
 
 impl Endpoint {
@@ -360,14 +362,18 @@ impl Endpoint {
             .get("version")
             .or_else(|| labels.get("app.kubernetes.io/version"))
             .or_else(|| labels.get("service.istio.io/canonical-revision"))
-            .map(String::as_str)
+            .map(CompactString::as_str)
             .unwrap_or("unknown")
     }
 
     /// Istio's `destination_app`.
     pub fn app(&self) -> &str {
         let labels = self.labels();
-        labels.get("app").or_else(|| labels.get("app.kubernetes.io/name")).map(String::as_str).unwrap_or("unknown")
+        labels
+            .get("app")
+            .or_else(|| labels.get("app.kubernetes.io/name"))
+            .map(CompactString::as_str)
+            .unwrap_or("unknown")
     }
 }
 

@@ -4,7 +4,7 @@
 //! was a third of the gateway's memory. Decoding still checks the whole object against the
 //! Kubernetes schema (`source::decode`), then keeps this summary.
 
-use super::Labels;
+use super::{CompactString, Labels};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
@@ -14,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PodSummary {
     /// `status.podIP`.
-    pub ip: Option<Box<str>>,
+    pub ip: Option<CompactString>,
     /// The `Ready` condition; a Pod without conditions counts as ready, as in file mode's
     /// hand-written Pods.
     pub ready: bool,
@@ -89,7 +89,7 @@ impl From<Service> for ServiceSummary {
         let selector = spec.selector.map(|s| {
             let mut labels = Labels::with_capacity(s.len());
             for (k, v) in s {
-                labels.insert(k, v);
+                labels.insert(k.into(), v.into());
             }
             labels
         });

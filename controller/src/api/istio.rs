@@ -1,7 +1,7 @@
 //! networking.istio.io specs (Gateway, VirtualService, DestinationRule, ServiceEntry,
 //! WorkloadEntry), field names as in Istio's API reference.
 
-use super::Labels;
+use super::{CompactString, Labels};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -95,9 +95,9 @@ pub struct ServerPort {
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
     #[serde(default)]
-    pub hosts: Vec<String>,
+    pub hosts: Vec<CompactString>,
     #[serde(default)]
-    pub gateways: Vec<String>,
+    pub gateways: Vec<CompactString>,
     #[serde(default)]
     pub http: Vec<HttpRoute>,
     #[serde(default)]
@@ -403,15 +403,15 @@ mod written {
 /// spare capacity were most of the 230 bytes a one-header match took. Nothing when empty,
 /// which it nearly always is.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct KeyedMatches(Option<Box<[(String, StringMatch)]>>);
+pub struct KeyedMatches(Option<Box<[(CompactString, StringMatch)]>>);
 
-type PairRef<'a> = fn(&'a (String, StringMatch)) -> (&'a String, &'a StringMatch);
+type PairRef<'a> = fn(&'a (CompactString, StringMatch)) -> (&'a CompactString, &'a StringMatch);
 
 impl KeyedMatches {
     /// No conditions (for constant defaults).
     pub const NONE: KeyedMatches = KeyedMatches(None);
 
-    pub fn iter(&self) -> std::iter::Map<std::slice::Iter<'_, (String, StringMatch)>, PairRef<'_>> {
+    pub fn iter(&self) -> std::iter::Map<std::slice::Iter<'_, (CompactString, StringMatch)>, PairRef<'_>> {
         self.0.as_deref().unwrap_or_default().iter().map(|(k, v)| (k, v))
     }
 
@@ -425,8 +425,8 @@ impl KeyedMatches {
 }
 
 impl<'a> IntoIterator for &'a KeyedMatches {
-    type Item = (&'a String, &'a StringMatch);
-    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, StringMatch)>, PairRef<'a>>;
+    type Item = (&'a CompactString, &'a StringMatch);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (CompactString, StringMatch)>, PairRef<'a>>;
 
     fn into_iter(self) -> Self::IntoIter {
         self.iter()
@@ -435,7 +435,7 @@ impl<'a> IntoIterator for &'a KeyedMatches {
 
 impl<'de> Deserialize<'de> for KeyedMatches {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let pairs: Vec<_> = IndexMap::<String, StringMatch>::deserialize(deserializer)?.into_iter().collect();
+        let pairs: Vec<_> = IndexMap::<CompactString, StringMatch>::deserialize(deserializer)?.into_iter().collect();
         Ok(KeyedMatches((!pairs.is_empty()).then(|| pairs.into_boxed_slice())))
     }
 }
@@ -445,11 +445,11 @@ impl<'de> Deserialize<'de> for KeyedMatches {
 #[serde(rename_all = "camelCase")]
 pub struct StringMatch {
     #[serde(default)]
-    pub exact: Option<String>,
+    pub exact: Option<CompactString>,
     #[serde(default)]
-    pub prefix: Option<String>,
+    pub prefix: Option<CompactString>,
     #[serde(default)]
-    pub regex: Option<String>,
+    pub regex: Option<CompactString>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -465,10 +465,10 @@ pub struct HttpRouteDestination {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Destination {
-    /// Boxed: one per route destination (40k at 10k VirtualServices), never grown.
-    pub host: Box<str>,
+    /// Inline when short (most are): one per route destination, 40k at 10k VirtualServices.
+    pub host: CompactString,
     #[serde(default)]
-    pub subset: Option<Box<str>>,
+    pub subset: Option<CompactString>,
     #[serde(default)]
     pub port: Option<PortSelector>,
 }
@@ -484,7 +484,7 @@ pub struct PortSelector {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DestinationRuleSpec {
-    pub host: String,
+    pub host: CompactString,
     /// Boxed: a `TrafficPolicy` is 650 bytes inline and most subsets have none.
     #[serde(default)]
     pub traffic_policy: Option<Box<TrafficPolicy>>,
@@ -499,7 +499,7 @@ pub struct DestinationRuleSpec {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Subset {
-    pub name: String,
+    pub name: CompactString,
     #[serde(default)]
     pub labels: Labels,
     /// Boxed: a `TrafficPolicy` is 650 bytes inline and most subsets have none.

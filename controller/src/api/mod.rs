@@ -7,12 +7,13 @@
 pub mod core;
 pub mod istio;
 
+pub use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
 /// Kubernetes labels and label selectors. A sorted vector: these maps hold a handful of
 /// entries, and there are tens of thousands of them at scale (see the Cargo.toml note).
-pub type Labels = litemap::LiteMap<String, String>;
+pub type Labels = litemap::LiteMap<CompactString, CompactString>;
 
 /// A Pod's labels, shared by its metadata and the workload of every endpoint it backs (one
 /// copy instead of one per registry entry: 2 MB at 10k services). One pointer, and no
@@ -42,14 +43,14 @@ impl From<Labels> for SharedLabels {
     }
 }
 
-impl FromIterator<(String, String)> for SharedLabels {
-    fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> SharedLabels {
+impl FromIterator<(CompactString, CompactString)> for SharedLabels {
+    fn from_iter<I: IntoIterator<Item = (CompactString, CompactString)>>(iter: I) -> SharedLabels {
         SharedLabels::from(iter.into_iter().collect::<Labels>())
     }
 }
 
 impl<'a> IntoIterator for &'a SharedLabels {
-    type Item = (&'a String, &'a String);
+    type Item = (&'a CompactString, &'a CompactString);
     type IntoIter = <&'a Labels as IntoIterator>::IntoIter;
 
     fn into_iter(self) -> Self::IntoIter {
@@ -75,9 +76,9 @@ impl Serialize for SharedLabels {
 #[serde(rename_all = "camelCase")]
 pub struct ObjectMeta {
     #[serde(default)]
-    pub name: String,
+    pub name: CompactString,
     #[serde(default)]
-    pub namespace: Option<Box<str>>,
+    pub namespace: Option<CompactString>,
     #[serde(default)]
     pub labels: SharedLabels,
     #[serde(default)]

@@ -25,7 +25,7 @@ impl Filter {
     fn cluster(&self, c: &Cluster) -> bool {
         self.port.is_none_or(|p| p == c.port)
             && self.fqdn.as_ref().is_none_or(|f| c.service.host.contains(f.as_str()))
-            && self.subset.as_ref().is_none_or(|s| c.subset.as_ref() == Some(s))
+            && self.subset.as_ref().is_none_or(|s| c.subset.as_deref() == Some(s.as_str()))
     }
 
     fn cluster_name(&self, name: &str) -> bool {
@@ -72,7 +72,7 @@ pub fn routes(snapshot: &Snapshot, filter: &Filter) -> Table {
             if vh.https_redirect {
                 t.row(vec![
                     l.name.clone(),
-                    vh.name.clone(),
+                    vh.name.to_string(),
                     domains.clone(),
                     "/*".into(),
                     "-".into(),
@@ -81,13 +81,20 @@ pub fn routes(snapshot: &Snapshot, filter: &Filter) -> Table {
                 continue;
             }
             if vh.routes.is_empty() {
-                t.row(vec![l.name.clone(), vh.name.clone(), domains.clone(), "/*".into(), "-".into(), "404".into()]);
+                t.row(vec![
+                    l.name.clone(),
+                    vh.name.to_string(),
+                    domains.clone(),
+                    "/*".into(),
+                    "-".into(),
+                    "404".into(),
+                ]);
             }
             for r in &vh.routes {
                 let RouteAction::Route { destinations } = &r.action;
                 t.row(vec![
                     l.name.clone(),
-                    vh.name.clone(),
+                    vh.name.to_string(),
                     domains.clone(),
                     route_match(r),
                     r.virtual_service.to_string(),
@@ -105,7 +112,7 @@ pub fn clusters_table(snapshot: &Snapshot, filter: &Filter) -> Table {
         t.row(vec![
             c.service.host.clone(),
             c.port.to_string(),
-            c.subset.clone().unwrap_or_else(|| "-".into()),
+            c.subset.as_deref().unwrap_or("-").to_string(),
             "outbound".into(),
             load_balancer(&c.load_balancer),
             format!("{:?}", c.upstream_protocol).to_uppercase(),
@@ -177,10 +184,10 @@ fn tls_mode(m: ServerTlsMode) -> &'static str {
     }
 }
 
-fn domains(d: &[String]) -> String {
+fn domains(d: &[crate::api::CompactString]) -> String {
     match d {
         [] => "-".into(),
-        [one] => one.clone(),
+        [one] => one.to_string(),
         [first, rest @ ..] => format!("{first} + {} more...", rest.len()),
     }
 }
@@ -205,7 +212,7 @@ fn route_match(r: &Route) -> String {
             let mut s = match m.uri.as_deref() {
                 None => "/*".to_string(),
                 Some(StringMatch::Prefix(p)) => format!("{}*", p),
-                Some(StringMatch::Exact(p)) => p.clone(),
+                Some(StringMatch::Exact(p)) => p.to_string(),
                 Some(StringMatch::Regex(p)) => format!("~{p}"),
             };
             if let Some(StringMatch::Exact(method)) = m.method.as_deref() {

@@ -332,9 +332,9 @@ mod tests {
         use crate::snapshot::{Endpoint, LoadBalancer, ServiceRef, UpstreamProtocol, Workload};
         let workload = |pod: &str| {
             Arc::new(Workload {
-                labels: [("app".to_string(), "reviews".to_string())].into_iter().collect(),
-                name: pod.to_string(),
-                namespace: "default".to_string(),
+                labels: [("app".into(), "reviews".into())].into_iter().collect(),
+                name: pod.into(),
+                namespace: "default".into(),
             })
         };
         let cluster = |name: &str, pods: &[&str]| Cluster {

@@ -70,7 +70,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
     };
 
     let Some(kind) = Kind::from_type(&api_version, &kind_name) else {
-        tracing::debug!(%origin, api_version, kind = kind_name, name = meta.name, "skipping kind meshgate does not use");
+        tracing::debug!(%origin, api_version, kind = kind_name, name = meta.name.as_str(), "skipping kind meshgate does not use");
         return;
     };
     let reference = ResourceRef::new(kind, namespace_of(&meta), &meta.name);

@@ -291,8 +291,8 @@ pub fn resolve(
         Some(s) => s.service.clone(),
         None => std::sync::Arc::new(ServiceRef {
             host: host.to_string(),
-            name: host.split('.').next().unwrap_or(host).to_string(),
-            namespace: "unknown".to_string(),
+            name: host.split('.').next().unwrap_or(host).into(),
+            namespace: "unknown".into(),
         }),
     };
     Some(Resolved {
@@ -300,7 +300,7 @@ pub fn resolve(
             name: cluster_name(host, port, subset).into(),
             service: service_ref,
             port,
-            subset: subset.map(str::to_string),
+            subset: subset.map(Into::into),
             load_balancer: effective_lb(rule.map(|r| &*r.spec), subset, port),
             endpoints,
             upstream_protocol,

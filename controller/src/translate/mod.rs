@@ -357,8 +357,8 @@ pub fn translate_reusing(
                 None => {
                     vhost_index.insert((port, domain.clone()), list.len());
                     list.push(VirtualHost {
-                        name: format!("{domain}:{port}"),
-                        domains: vec![domain],
+                        name: compact_str::format_compact!("{domain}:{port}"),
+                        domains: vec![domain.into()],
                         routes,
                         https_redirect: false,
                     });
@@ -385,8 +385,8 @@ pub fn translate_reusing(
                 None => {
                     vhost_index.insert((s.port, domain.clone()), list.len());
                     list.push(VirtualHost {
-                        name: format!("{domain}:{}", s.port),
-                        domains: vec![domain],
+                        name: compact_str::format_compact!("{domain}:{}", s.port),
+                        domains: vec![domain.into()],
                         routes: Vec::new(),
                         https_redirect: true,
                     });

@@ -337,8 +337,8 @@ fn http_route(
     let name = http
         .name
         .as_deref()
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
+        .map(crate::api::CompactString::from)
+        .unwrap_or_else(|| compact_str::format_compact!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
     let route = Route {
         name,
         virtual_service: vs_name.clone(),

@@ -3,7 +3,7 @@
 
 use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::ServiceEntrySpec;
-use crate::api::Labels;
+use crate::api::{CompactString, Labels};
 use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::{ServiceRef, UpstreamProtocol, Workload};
 use crate::store::{Resource, Store};
@@ -59,7 +59,7 @@ fn entry_port_protocol(protocol: Option<&str>) -> UpstreamProtocol {
 /// An endpoint of a service with its port per service port name.
 #[derive(Debug, Clone)]
 pub struct RegistryEndpoint {
-    pub address: String,
+    pub address: CompactString,
     /// Service port number → endpoint port. A sorted vector: a B-tree's leaf is ~100 bytes
     /// for the one or two ports a service has, once per endpoint of every service.
     pub ports: LiteMap<u16, u16>,
@@ -172,11 +172,11 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
                 let workload = Arc::new(Workload {
                     labels: pod.map(|p| p.meta.labels.clone()).unwrap_or_default(),
                     name: pod.map(workload_of).unwrap_or_else(|| name.clone()),
-                    namespace: pod.map(|p| p.namespace().to_string()).unwrap_or_else(|| ns.clone()),
+                    namespace: pod.map_or(ns.as_str(), |p| p.namespace()).into(),
                 });
                 for address in &ep.addresses {
                     endpoints.push(RegistryEndpoint {
-                        address: address.clone(),
+                        address: address.as_str().into(),
                         ports: mapped.clone(),
                         workload: workload.clone(),
                         weight: 1,
@@ -188,7 +188,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
         // No EndpointSlices in the config: derive endpoints from Pods as the endpoints
         // controller would (file mode convenience: Pods with status.podIP).
         for pod in index.selected_pods(&ns, selector) {
-            let Some(ip) = pod.spec.ip.as_deref().map(str::to_string) else { continue };
+            let Some(ip) = pod.spec.ip.clone() else { continue };
             if !pod.spec.ready {
                 continue;
             }
@@ -204,7 +204,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
                 workload: Arc::new(Workload {
                     labels: pod.meta.labels.clone(),
                     name: workload_of(pod),
-                    namespace: pod.namespace().to_string(),
+                    namespace: pod.namespace().into(),
                 }),
                 weight: 1,
             });
@@ -214,7 +214,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
     // Exact sizes: the registry is kept between translations. (Collected in place, the ports
     // kept the capacity of the vector they came from.)
     ServiceInfo {
-        service: Arc::new(ServiceRef { host: format!("{name}.{ns}.svc.cluster.local"), name, namespace: ns }),
+        service: Arc::new(ServiceRef { host: format!("{name}.{ns}.svc.cluster.local"), name, namespace: ns.into() }),
         ports: crate::memory::exact(ports.into_iter().map(|(p, _)| p).collect()),
         endpoints: crate::memory::exact(endpoints),
     }
@@ -230,13 +230,13 @@ fn target_port(pod: &PodSummary, port: u16, target: Option<&IntOrString>) -> Opt
 
 /// The workload a pod belongs to: Deployment name when the pod was made by a ReplicaSet
 /// (strip the pod-template-hash), else the owner's name, else the pod's own name.
-fn workload_of(pod: &Resource<PodSummary>) -> String {
+fn workload_of(pod: &Resource<PodSummary>) -> CompactString {
     let hash = pod.meta.labels.get("pod-template-hash");
     match (&pod.spec.owner, hash) {
         (Some((kind, name)), Some(hash)) if &**kind == "ReplicaSet" => {
-            name.strip_suffix(&format!("-{hash}")).unwrap_or(name).to_string()
+            name.strip_suffix(&format!("-{hash}")).unwrap_or(name).into()
         }
-        (Some((_, name)), _) => name.to_string(),
+        (Some((_, name)), _) => name.as_ref().into(),
         (None, _) => pod.meta.name.clone(),
     }
 }
@@ -265,7 +265,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
     };
 
     // Inline endpoints and WorkloadEntries selected by workloadSelector, same namespace.
-    let mut workloads: Vec<(String, &crate::api::istio::WorkloadEntrySpec, String)> = spec
+    let mut workloads: Vec<(String, &crate::api::istio::WorkloadEntrySpec, CompactString)> = spec
         .endpoints
         .iter()
         .enumerate()
@@ -301,18 +301,18 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
             mapped.insert(p.number, port);
         }
         endpoints.push(RegistryEndpoint {
-            address: w.address.clone(),
+            address: w.address.as_str().into(),
             ports: mapped,
             workload: Arc::new(Workload {
                 labels: w.labels.clone().into(),
                 name: workload,
-                namespace: se.namespace().to_string(),
+                namespace: se.namespace().into(),
             }),
             weight: w.weight.unwrap_or(1).max(1),
         });
     }
     if resolution == "NONE" && !endpoints.is_empty() {
-        tracing::debug!(serviceentry = se.meta.name, "resolution NONE with endpoints: using them");
+        tracing::debug!(serviceentry = se.meta.name.as_str(), "resolution NONE with endpoints: using them");
     }
 
     spec.hosts
@@ -320,8 +320,8 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
         .map(|h| ServiceInfo {
             service: Arc::new(ServiceRef {
                 host: h.to_ascii_lowercase(),
-                name: h.to_ascii_lowercase(),
-                namespace: se.namespace().to_string(),
+                name: h.to_ascii_lowercase().into(),
+                namespace: se.namespace().into(),
             }),
             ports: ports.clone(),
             endpoints: endpoints.clone(),

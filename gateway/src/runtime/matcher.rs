@@ -96,7 +96,7 @@ impl Matcher {
 
 #[derive(Debug)]
 struct Keyed {
-    name: String,
+    name: controller::api::CompactString,
     /// `name` as a header name, parsed once: a lookup by `&str` parses and lower-cases it on
     /// every request. `None` for a name no header can have, which then never matches.
     header: Option<http::HeaderName>,

@@ -8,6 +8,7 @@ pub mod matcher;
 use crate::access_log::{Prepared, RouteName};
 use arc_swap::ArcSwap;
 use cluster::ClusterRuntime;
+use controller::api::CompactString;
 use controller::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
 use matcher::{CompiledMatch, RegexCache, RequestView};
 // foldhash, not SipHash: these maps are rebuilt on every compile (20k clusters, 10k hosts at
@@ -172,7 +173,7 @@ pub struct TlsServer {
 }
 
 pub struct VirtualHost {
-    pub name: String,
+    pub name: CompactString,
     pub routes: Vec<Arc<Route>>,
     /// `tls.httpsRedirect`: answer every request with a 301 to https.
     pub https_redirect: bool,
@@ -181,7 +182,7 @@ pub struct VirtualHost {
 /// Host → virtual host: exact names, then the longest `*.suffix`, then `*` (Envoy's order).
 #[derive(Default)]
 pub struct HostTable {
-    exact: HashMap<String, Arc<VirtualHost>>,
+    exact: HashMap<CompactString, Arc<VirtualHost>>,
     /// Suffix including the leading dot, longest first.
     wildcards: Vec<(String, Arc<VirtualHost>)>,
     any: Option<Arc<VirtualHost>>,
@@ -373,7 +374,7 @@ fn compile_route(
     {
         Ok(m) => m,
         Err(e) => {
-            tracing::error!(route = r.name, error = %e, "route dropped: matcher does not compile");
+            tracing::error!(route = r.name.as_str(), error = %e, "route dropped: matcher does not compile");
             return None;
         }
     };

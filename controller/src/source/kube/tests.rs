@@ -138,7 +138,7 @@ fn prefixes(store: &Store) -> Vec<String> {
         .values()
         .flat_map(|vs| vs.spec.http.iter())
         .flat_map(|h| h.matches.iter())
-        .filter_map(|m| m.uri.as_ref()?.prefix.clone())
+        .filter_map(|m| Some(m.uri.as_ref()?.prefix.as_ref()?.to_string()))
         .collect();
     out.sort();
     out
