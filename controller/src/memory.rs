@@ -26,6 +26,12 @@ pub fn exact<T>(mut items: Vec<T>) -> Vec<T> {
     out
 }
 
+/// `items` as a boxed slice in an allocation of exactly its length (see [`exact`]: a
+/// `Vec::into_boxed_slice` shrinks in place under mimalloc).
+pub fn boxed<T>(items: Vec<T>) -> Box<[T]> {
+    exact(items).into_boxed_slice()
+}
+
 /// `#[serde(deserialize_with = "crate::memory::exact_list")]` for lists a long-lived value
 /// keeps: JSON gives no length ahead, so a decoded list grows by doubling from four. Copied to
 /// its length as each list ends, the grown block is freed at once and taken by the next list

@@ -177,7 +177,12 @@ impl<T> Resource<T> {
     /// Istio orders competing resources by creation time, then by name; files add load order.
     /// Borrowed, so sorting 10k resources does not allocate (compare with [`Self::order_cmp`]).
     pub fn order_key(&self) -> (&str, u64, &str, &str) {
-        (self.meta.creation_timestamp.as_deref().unwrap_or_default(), self.seq, self.namespace(), &self.meta.name)
+        (
+            self.meta.creation_timestamp.as_deref().map_or("", |t| t.as_str()),
+            self.seq,
+            self.namespace(),
+            &self.meta.name,
+        )
     }
 }
 

@@ -18,10 +18,11 @@ pub struct PodSummary {
     /// The `Ready` condition; a Pod without conditions counts as ready, as in file mode's
     /// hand-written Pods.
     pub ready: bool,
-    /// Kind and name of the first owner reference.
-    pub owner: Option<(Box<str>, Box<str>)>,
+    /// Kind and name of the first owner reference. Boxed: a pointer when there is none, as in
+    /// file mode (20k Pods at 10k services), and one block for both names when there is.
+    pub owner: Option<Box<(CompactString, CompactString)>>,
     /// Container ports that have a name: (name, port).
-    pub named_ports: Box<[(Box<str>, u16)]>,
+    pub named_ports: Box<[(CompactString, u16)]>,
 }
 
 impl From<Pod> for PodSummary {
@@ -40,7 +41,7 @@ impl From<Pod> for PodSummary {
             .unwrap_or_default()
             .into_iter()
             .next()
-            .map(|o| (o.kind.into(), o.name.into()));
+            .map(|o| Box::new((o.kind.into(), o.name.into())));
         let named_ports = pod
             .spec
             .map(|s| s.containers)

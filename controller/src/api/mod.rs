@@ -81,8 +81,10 @@ pub struct ObjectMeta {
     pub namespace: Option<CompactString>,
     #[serde(default)]
     pub labels: SharedLabels,
+    /// Boxed (one pointer): file-mode objects have none. RFC 3339, so the text orders as the
+    /// time does.
     #[serde(default)]
-    pub creation_timestamp: Option<Box<str>>,
+    pub creation_timestamp: Option<Box<CompactString>>,
 }
 
 /// Kinds the controller understands. Everything else is skipped with a debug log.

@@ -315,12 +315,8 @@ mod tests {
         // Lists decoded from JSON grew by doubling; the replica keeps them trimmed.
         let exact = |len: usize, capacity: usize| len == capacity;
         for host in &decoded.listeners[0].virtual_hosts {
+            // (A route's matches and destinations are boxed slices: exact by their type.)
             assert!(exact(host.routes.len(), host.routes.capacity()), "{}", host.name);
-            for route in &host.routes {
-                let crate::snapshot::RouteAction::Route { destinations } = &route.action;
-                assert!(exact(destinations.len(), destinations.capacity()), "{}", route.name);
-                assert!(exact(route.matches.len(), route.matches.capacity()), "{}", route.name);
-            }
         }
         for cluster in decoded.clusters.values() {
             assert!(exact(cluster.endpoints.len(), cluster.endpoints.capacity()), "{}", cluster.name);

@@ -173,7 +173,7 @@ fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
     if c.route.matches.is_empty() {
         return Some(c.route.clone());
     }
-    let mut matches: Vec<RouteMatch> = c
+    let matches: Vec<RouteMatch> = c
         .route
         .matches
         .iter()
@@ -181,12 +181,11 @@ fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
         .filter(|(_, gws)| gws.is_empty() || gws.iter().any(|g| g == gateway))
         .map(|(m, _)| m.clone())
         .collect();
-    // A filtered collect reserves four; snapshots keep one of these per route.
-    matches = crate::memory::exact(matches);
     if matches.is_empty() {
         return None;
     }
-    Some(Route { matches, ..c.route.clone() })
+    // A filtered collect reserves four; snapshots keep one of these per route.
+    Some(Route { matches: crate::memory::boxed(matches), ..c.route.clone() })
 }
 
 type HttpTranslation = (Route, Vec<Vec<String>>, Vec<Cluster>);
@@ -268,7 +267,7 @@ fn http_route(
         None => None,
         Some(t) => match parse_duration_ms(t) {
             Some(0) => None,
-            Some(ms) => Some(ms),
+            Some(ms) => Some(u32::try_from(ms).unwrap_or(u32::MAX)),
             None => {
                 problems.push(Diagnostic::error(
                     codes::SCHEMA,
@@ -342,8 +341,8 @@ fn http_route(
     let route = Route {
         name,
         virtual_service: vs_name.clone(),
-        matches,
-        action: RouteAction::Route { destinations },
+        matches: crate::memory::boxed(matches),
+        action: RouteAction::Route { destinations: crate::memory::boxed(destinations) },
         timeout_ms,
     };
     Some((route, match_gateways, clusters))

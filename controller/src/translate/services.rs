@@ -232,11 +232,11 @@ fn target_port(pod: &PodSummary, port: u16, target: Option<&IntOrString>) -> Opt
 /// (strip the pod-template-hash), else the owner's name, else the pod's own name.
 fn workload_of(pod: &Resource<PodSummary>) -> CompactString {
     let hash = pod.meta.labels.get("pod-template-hash");
-    match (&pod.spec.owner, hash) {
-        (Some((kind, name)), Some(hash)) if &**kind == "ReplicaSet" => {
+    match (pod.spec.owner.as_deref(), hash) {
+        (Some((kind, name)), Some(hash)) if kind == "ReplicaSet" => {
             name.strip_suffix(&format!("-{hash}")).unwrap_or(name).into()
         }
-        (Some((_, name)), _) => name.as_ref().into(),
+        (Some((_, name)), _) => name.clone(),
         (None, _) => pod.meta.name.clone(),
     }
 }

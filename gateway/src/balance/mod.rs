@@ -61,9 +61,9 @@ pub struct Balancer {
     /// Shared with every outstanding [`Pick`], so a guard can outlive the balancer
     /// (e.g. across an endpoint update) and still decrement the right counter.
     in_flight: Arc<[AtomicU64]>,
-    /// Endpoint weights with 0 already mapped to 1.
-    weights: Box<[u32]>,
-    /// Inclusive prefix sums of `weights`; turns a uniform number into a weighted index
+    /// Inclusive prefix sums of the endpoint weights (0 counted as 1), which they are read
+    /// back from (a second list per cluster was 20k blocks at 10k services); turns a uniform
+    /// number into a weighted index
     /// with one binary search. Used by Random and as the hash-less fallback.
     cumulative: Box<[u64]>,
     strategy: Strategy,
@@ -82,7 +82,7 @@ impl Balancer {
     /// weight >= 1 (treat 0 as 1). Index i is the endpoint index returned by pick().
     pub fn new(algorithm: &Algorithm, endpoints: &[(String, u32)]) -> Balancer {
         let endpoints = &endpoints[..endpoints.len().min(MAX_ENDPOINTS)];
-        let weights: Box<[u32]> = endpoints.iter().map(|(_, w)| (*w).max(1)).collect();
+        let weights: Vec<u32> = endpoints.iter().map(|(_, w)| (*w).max(1)).collect();
         let cumulative = weights
             .iter()
             .scan(0u64, |sum, &w| {
@@ -102,7 +102,7 @@ impl Balancer {
             }
             Algorithm::Maglev { table_size } => Strategy::Maglev(Maglev::new(&keys, &weights, *table_size)),
         };
-        Balancer { in_flight: endpoints.iter().map(|_| AtomicU64::new(0)).collect(), weights, cumulative, strategy }
+        Balancer { in_flight: endpoints.iter().map(|_| AtomicU64::new(0)).collect(), cumulative, strategy }
     }
 
     /// Choose an endpoint. `hash` is the request hash for RingHash/Maglev (None -> fall back to a random pick).
@@ -149,6 +149,12 @@ impl Balancer {
         Pick { index, in_flight: Arc::clone(&self.in_flight) }
     }
 
+    /// Endpoint `i`'s weight (at least 1).
+    fn weight(&self, i: usize) -> Option<u64> {
+        let end = *self.cumulative.get(i)?;
+        Some(end - if i == 0 { 0 } else { self.cumulative[i - 1] })
+    }
+
     /// Weighted random pick in O(log n). An excluded endpoint is removed by cutting its
     /// span out of the number line instead of retrying, so the remaining endpoints keep
     /// their relative weights and the call has a fixed cost.
@@ -156,9 +162,8 @@ impl Balancer {
         let total = self.cumulative.last().copied()?;
         let (gap_start, gap_len) = match exclude {
             Some(e) => {
-                let end = *self.cumulative.get(e)?;
-                let w = u64::from(*self.weights.get(e)?);
-                (end - w, w)
+                let w = self.weight(e)?;
+                (self.cumulative[e] - w, w)
             }
             None => (u64::MAX, 0),
         };
@@ -190,7 +195,7 @@ impl Balancer {
             b += 1;
         }
         let (a, b) = (index_of(a), index_of(b));
-        let weight = |i: usize| u128::from(self.weights.get(i).copied().unwrap_or(1));
+        let weight = |i: usize| u128::from(self.weight(i).unwrap_or(1));
         let load = |i: usize| u128::from(self.in_flight(i)) + 1;
         // Compare wa/(la) with wb/(lb) without division: wa*lb vs wb*la.
         // (a, b) is a uniformly random ordered pair, so returning `a` on a tie is a

@@ -161,7 +161,7 @@ impl ProxyHttp for MeshProxy {
         }
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        if let Some(timeout) = ctx.route.as_ref().and_then(|r| r.timeout) {
+        if let Some(timeout) = ctx.route.as_ref().and_then(|r| r.timeout()) {
             peer.options.read_timeout = Some(timeout);
         }
         Ok(Box::new(peer))

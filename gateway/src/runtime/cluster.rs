@@ -97,7 +97,7 @@ pub struct EndpointRuntime {
     pub addr: SocketAddr,
     /// Position in the definition's endpoints (addresses that are not IP literals are left
     /// out of the runtime), for the endpoint's workload labels.
-    source: usize,
+    source: u32,
 }
 
 /// What metrics and access logs say about a cluster and its endpoints: Istio's destination
@@ -127,7 +127,7 @@ impl Telemetry {
         let mut labels = LabelSets::new(def);
         let mut telemetry = Vec::with_capacity(endpoints.len());
         for e in endpoints {
-            let labels = labels.endpoint(&def.endpoints[e.source]);
+            let labels = labels.endpoint(&def.endpoints[e.source as usize]);
             telemetry.push(EndpointTelemetry { labels, log_host: Prepared::address(e.addr) });
         }
         Telemetry { service_labels: labels.service, log_name: Prepared::string(&def.name), endpoints: telemetry }
@@ -148,7 +148,7 @@ pub struct ClusterRuntime {
     /// clusters have no TLS and no hash key, and inline they were most of a 350-byte cluster.
     tls: Option<Box<Result<UpstreamTlsRuntime, String>>>,
     pub http2: bool,
-    pub endpoints: Vec<EndpointRuntime>,
+    pub endpoints: Box<[EndpointRuntime]>,
     pub balancer: Balancer,
     pub hash_key: Option<Box<HashKey>>,
     telemetry: OnceLock<Box<Telemetry>>,
@@ -190,13 +190,13 @@ impl ClusterRuntime {
         for (source, e) in def.endpoints.iter().enumerate() {
             // Addresses were validated as IP literals by the controller; skip anything else.
             let Ok(ip) = e.address.parse::<std::net::IpAddr>() else { continue };
+            let Ok(source) = u32::try_from(source) else { break };
             endpoints.push(EndpointRuntime { addr: SocketAddr::new(ip, e.port), source });
         }
-        endpoints = controller::memory::exact(endpoints);
         // Weights by `source`: zipping with the definition's endpoints paired them wrongly after
         // a skipped address.
         let keyed: Vec<(String, u32)> =
-            endpoints.iter().map(|e| (e.addr.to_string(), def.endpoints[e.source].weight.max(1))).collect();
+            endpoints.iter().map(|e| (e.addr.to_string(), def.endpoints[e.source as usize].weight.max(1))).collect();
         let (algorithm, hash_key) = match &def.load_balancer {
             LoadBalancer::RoundRobin => (Algorithm::RoundRobin, None),
             LoadBalancer::LeastRequest => (Algorithm::LeastRequest, None),
@@ -217,7 +217,7 @@ impl ClusterRuntime {
             tls,
             http2: def.upstream_protocol == UpstreamProtocol::Http2,
             balancer: Balancer::new(&algorithm, &keyed),
-            endpoints,
+            endpoints: controller::memory::boxed(endpoints),
             hash_key,
             telemetry: OnceLock::new(),
         }
