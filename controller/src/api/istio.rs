@@ -93,19 +93,20 @@ pub struct ServerPort {
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
+/// Lists as boxed slices (16 bytes each, not 24): one spec per VirtualService, 10k at scale.
 pub struct VirtualServiceSpec {
     #[serde(default)]
-    pub hosts: Vec<CompactString>,
+    pub hosts: Box<[CompactString]>,
     #[serde(default)]
-    pub gateways: Vec<CompactString>,
+    pub gateways: Box<[CompactString]>,
     #[serde(default)]
-    pub http: Vec<HttpRoute>,
+    pub http: Box<[HttpRoute]>,
     #[serde(default)]
-    pub tls: Vec<TlsRoute>,
+    pub tls: Box<[TlsRoute]>,
     #[serde(default)]
-    pub tcp: Vec<TcpRoute>,
+    pub tcp: Box<[TcpRoute]>,
     #[serde(default)]
-    pub export_to: Vec<String>,
+    pub export_to: Box<[String]>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -457,7 +458,7 @@ pub struct StringMatch {
 pub struct HttpRouteDestination {
     pub destination: Destination,
     #[serde(default)]
-    pub weight: Option<i64>,
+    pub weight: Option<i32>,
     #[serde(default)]
     pub headers: Option<Opaque>,
 }

@@ -45,7 +45,8 @@ impl Sink for Vec<Decoded> {
 
 struct Entry {
     hash: u64,
-    decoded: Vec<Decoded>,
+    /// Kept for as long as the file is unchanged: no room for a sixth document.
+    decoded: Box<[Decoded]>,
     /// The file's metadata when its text was last read, if it can vouch for the text (see
     /// [`Stamp::trusted`]); an unchanged trusted stamp skips reading the file.
     stamp: Option<Stamp>,
@@ -57,9 +58,7 @@ impl Entry {
     fn decode(text: &str, file: &Arc<Path>) -> Entry {
         let mut decoded = Vec::new();
         files::load_shared(&mut decoded, text, Some(file.clone()));
-        // Kept for as long as the file is unchanged: no room for a sixth document.
-        decoded = crate::memory::exact(decoded);
-        Entry { hash: hash(text), decoded, stamp: None, generation: 0 }
+        Entry { hash: hash(text), decoded: crate::memory::boxed(decoded), stamp: None, generation: 0 }
     }
 
     /// Takes over `old`'s shared metadata and specs for the objects an edit left as they
@@ -166,14 +165,20 @@ fn hash(text: &str) -> u64 {
     xxhash_rust::xxh64::xxh64(text.as_bytes(), 0)
 }
 
-/// Size, inode, modification and change times of a file. Reading and hashing 10k files is a
-/// third of a reload; a `stat` is a third of that again.
+/// Size, inode, modification and change times (nanoseconds since the epoch) of a file.
+/// Reading and hashing 10k files is a third of a reload; a `stat` is a third of that again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stamp {
     len: u64,
     inode: u64,
-    modified: (i64, i64),
-    changed: (i64, i64),
+    modified: i64,
+    changed: i64,
+}
+
+/// Nanoseconds since the epoch (saturating: past the year 2262 every time is the same, and
+/// the stamp then never vouches for a file's text, see [`Stamp::trusted`]).
+fn nanos(secs: i64, nanos: i64) -> i64 {
+    secs.saturating_mul(1_000_000_000).saturating_add(nanos)
 }
 
 impl Stamp {
@@ -183,19 +188,24 @@ impl Stamp {
         Stamp {
             len: meta.len(),
             inode: meta.ino(),
-            modified: (meta.mtime(), meta.mtime_nsec()),
-            changed: (meta.ctime(), meta.ctime_nsec()),
+            modified: nanos(meta.mtime(), meta.mtime_nsec()),
+            changed: nanos(meta.ctime(), meta.ctime_nsec()),
         }
     }
 
     #[cfg(not(unix))]
     fn of(meta: &std::fs::Metadata) -> Stamp {
-        let nanos = |t: std::io::Result<std::time::SystemTime>| {
+        let since_epoch = |t: std::io::Result<std::time::SystemTime>| {
             t.ok()
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map_or((0, 0), |d| (d.as_secs() as i64, d.subsec_nanos() as i64))
+                .map_or(0, |d| nanos(d.as_secs() as i64, i64::from(d.subsec_nanos())))
         };
-        Stamp { len: meta.len(), inode: 0, modified: nanos(meta.modified()), changed: nanos(meta.modified()) }
+        Stamp {
+            len: meta.len(),
+            inode: 0,
+            modified: since_epoch(meta.modified()),
+            changed: since_epoch(meta.modified()),
+        }
     }
 
     /// Whether a later write is sure to change the stamp. File timestamps come from a coarse
@@ -204,9 +214,10 @@ impl Stamp {
     /// only vouches for text read well after its last change, `started` being when that read
     /// began.
     fn trusted(&self, started: std::time::SystemTime, margin: std::time::Duration) -> bool {
-        let time = |(secs, nanos): (i64, i64)| {
-            std::time::UNIX_EPOCH + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
-        };
+        if self.changed.max(self.modified) == i64::MAX {
+            return false;
+        }
+        let time = |nanos: i64| std::time::UNIX_EPOCH + std::time::Duration::from_nanos(nanos.max(0) as u64);
         time(self.changed).max(time(self.modified)) + margin < started
     }
 }
@@ -504,7 +515,7 @@ mod tests {
         assert_eq!(before.diagnostics.warnings(), 1);
 
         let host = |store: &Store, name: &str| {
-            crate::store::lookup(&store.virtual_services, "default", name).unwrap().spec.hosts.clone()
+            crate::store::lookup(&store.virtual_services, "default", name).unwrap().spec.hosts.to_vec()
         };
         // A spec edit: patched, and the kinds it did not touch keep their maps.
         write("a.yaml", &format!("{}---\n{}---\n{svc}", vs("one"), vs_for("two", "two.example.com")));

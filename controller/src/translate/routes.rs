@@ -281,7 +281,7 @@ fn http_route(
 
     let mut destinations = Vec::new();
     let mut clusters = Vec::new();
-    let weights: Vec<Option<i64>> = http.route.iter().map(|d| d.weight).collect();
+    let weights: Vec<Option<i32>> = http.route.iter().map(|d| d.weight).collect();
     for (k, dest) in http.route.iter().enumerate() {
         let dfield = format!("{field}.route[{k}].destination");
         if dest.destination.host.is_empty() {
@@ -289,7 +289,7 @@ fn http_route(
             return None;
         }
         let weight = match dest.weight {
-            Some(w) if !(0..=i64::from(u32::MAX)).contains(&w) => {
+            Some(w) if w < 0 => {
                 problems.push(Diagnostic::error(
                     codes::SCHEMA,
                     format!("{field}.route[{k}].weight"),
@@ -299,7 +299,7 @@ fn http_route(
             }
             // A single destination takes all traffic whatever its weight says, as in Istio.
             Some(_) if http.route.len() == 1 => 1,
-            Some(w) => w as u32,
+            Some(w) => w.unsigned_abs(),
             // Several without weights share the traffic evenly.
             None if weights.iter().all(Option::is_none) => 1,
             None => 0,
@@ -319,7 +319,7 @@ fn http_route(
         clusters.push(resolved.cluster);
     }
     if http.route.len() > 1 && weights.iter().any(Option::is_some) {
-        let sum: i64 = weights.iter().map(|w| w.unwrap_or(0)).sum();
+        let sum: i64 = weights.iter().map(|w| i64::from(w.unwrap_or(0))).sum();
         if sum != 100 {
             problems.push(Diagnostic::warning(
                 codes::WEIGHTS,
