@@ -31,14 +31,11 @@ pub struct AdminApp {
 impl AdminApp {
     fn endpoints(&self) -> Vec<EndpointStatus> {
         let runtime = self.current.load();
-        let mut names: Vec<_> = runtime.clusters.keys().collect();
-        names.sort();
         let mut out = Vec::new();
-        for name in names {
-            let c = &runtime.clusters[name];
+        for c in runtime.clusters.sorted() {
             for (i, e) in c.endpoints.iter().enumerate() {
                 out.push(EndpointStatus {
-                    cluster: name.to_string(),
+                    cluster: c.definition.name.to_string(),
                     address: e.addr.to_string(),
                     health: "HEALTHY".into(),
                     in_flight: c.balancer.in_flight(i),
@@ -80,11 +77,9 @@ impl AdminApp {
             }
             (Role::Admin, "/clusters") => {
                 let runtime = self.current.load();
-                let mut names: Vec<_> = runtime.clusters.keys().collect();
-                names.sort();
                 let mut out = String::new();
-                for name in names {
-                    let c = &runtime.clusters[name];
+                for c in runtime.clusters.sorted() {
+                    let name = &c.definition.name;
                     for (i, e) in c.endpoints.iter().enumerate() {
                         out.push_str(&format!("{name}::{}::rq_active::{}\n", e.addr, c.balancer.in_flight(i)));
                     }

@@ -18,14 +18,14 @@ use std::sync::Arc;
 pub struct ServiceInfo {
     /// Host, name and namespace, shared with the clusters of this service.
     pub service: Arc<ServiceRef>,
-    pub ports: Vec<ServicePort>,
-    pub endpoints: Vec<RegistryEndpoint>,
+    pub ports: Box<[ServicePort]>,
+    pub endpoints: Box<[RegistryEndpoint]>,
 }
 
 #[derive(Debug, Clone)]
 pub struct ServicePort {
     pub number: u16,
-    pub name: String,
+    pub name: CompactString,
     pub protocol: UpstreamProtocol,
 }
 
@@ -168,7 +168,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
         .iter()
         .filter_map(|p| {
             let number = u16::try_from(p.port).ok()?;
-            let name = p.name.clone().unwrap_or_default();
+            let name: CompactString = p.name.as_deref().unwrap_or_default().into();
             let protocol = kube_port_protocol(&name, p.app_protocol.as_deref());
             Some((ServicePort { number, name, protocol }, p.target_port.as_ref()))
         })
@@ -243,8 +243,8 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
     // kept the capacity of the vector they came from.)
     ServiceInfo {
         service: Arc::new(ServiceRef { host: format!("{name}.{ns}.svc.cluster.local"), name, namespace: ns.into() }),
-        ports: crate::memory::exact(ports.into_iter().map(|(p, _)| p).collect()),
-        endpoints: crate::memory::exact(endpoints),
+        ports: crate::memory::boxed(ports.into_iter().map(|(p, _)| p).collect()),
+        endpoints: crate::memory::boxed(endpoints),
     }
 }
 
@@ -278,7 +278,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
         .filter_map(|p| {
             Some(ServicePort {
                 number: u16::try_from(p.number).ok()?,
-                name: p.name.clone(),
+                name: p.name.as_str().into(),
                 protocol: entry_port_protocol(p.protocol.as_deref()),
             })
         })
@@ -325,7 +325,11 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
         }
         let mut mapped = LiteMap::new();
         for p in &ports {
-            let port = w.ports.get(&p.name).and_then(|n| u16::try_from(*n).ok()).unwrap_or_else(|| target_of(p.number));
+            let port = w
+                .ports
+                .get(p.name.as_str())
+                .and_then(|n| u16::try_from(*n).ok())
+                .unwrap_or_else(|| target_of(p.number));
             mapped.insert(p.number, port);
         }
         endpoints.push(RegistryEndpoint {
@@ -351,8 +355,8 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
                 name: h.to_ascii_lowercase().into(),
                 namespace: se.namespace().into(),
             }),
-            ports: ports.clone(),
-            endpoints: endpoints.clone(),
+            ports: ports.clone().into_boxed_slice(),
+            endpoints: endpoints.clone().into_boxed_slice(),
         })
         .collect()
 }
