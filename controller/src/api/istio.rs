@@ -29,8 +29,9 @@ pub struct Server {
     pub port: ServerPort,
     #[serde(default)]
     pub bind: Option<String>,
+    /// Inline when short: a Gateway may list thousands.
     #[serde(default)]
-    pub hosts: Vec<String>,
+    pub hosts: Vec<CompactString>,
     #[serde(default)]
     pub tls: Option<ServerTlsSettings>,
     #[serde(default)]

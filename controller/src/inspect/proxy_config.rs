@@ -110,7 +110,7 @@ pub fn clusters_table(snapshot: &Snapshot, filter: &Filter) -> Table {
     let mut t = Table::new(&["SERVICE FQDN", "PORT", "SUBSET", "DIRECTION", "LB", "PROTOCOL", "TLS", "ENDPOINTS"]);
     for c in snapshot.clusters.values().filter(|c| filter.cluster(c)) {
         t.row(vec![
-            c.service.host.clone(),
+            c.service.host.to_string(),
             c.port.to_string(),
             c.subset.as_deref().unwrap_or("-").to_string(),
             "outbound".into(),

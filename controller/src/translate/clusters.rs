@@ -290,7 +290,7 @@ pub fn resolve(
     let service_ref = match service {
         Some(s) => s.service.clone(),
         None => std::sync::Arc::new(ServiceRef {
-            host: host.to_string(),
+            host: host.into(),
             name: host.split('.').next().unwrap_or(host).into(),
             namespace: "unknown".into(),
         }),

@@ -119,7 +119,7 @@ impl Registry {
     }
 
     pub fn get(&self, host: &str) -> Option<&ServiceInfo> {
-        self.services.find(host_hash(host), |s| s.service.host == host)
+        self.services.find(host_hash(host), |s| &*s.service.host == host)
     }
 }
 
@@ -242,7 +242,11 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
     // Exact sizes: the registry is kept between translations. (Collected in place, the ports
     // kept the capacity of the vector they came from.)
     ServiceInfo {
-        service: Arc::new(ServiceRef { host: format!("{name}.{ns}.svc.cluster.local"), name, namespace: ns.into() }),
+        service: Arc::new(ServiceRef {
+            host: format!("{name}.{ns}.svc.cluster.local").into(),
+            name,
+            namespace: ns.into(),
+        }),
         ports: crate::memory::boxed(ports.into_iter().map(|(p, _)| p).collect()),
         endpoints: crate::memory::boxed(endpoints),
     }
@@ -351,7 +355,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
         .iter()
         .map(|h| ServiceInfo {
             service: Arc::new(ServiceRef {
-                host: h.to_ascii_lowercase(),
+                host: h.to_ascii_lowercase().into(),
                 name: h.to_ascii_lowercase().into(),
                 namespace: se.namespace().into(),
             }),

@@ -344,7 +344,7 @@ impl MeshProxy {
                 response_bytes: session.body_bytes_sent() as u64,
                 duration,
                 port: self.port,
-                destination: cluster.map(|c| (c.service.host.as_str(), c.port)),
+                destination: cluster.map(|c| (&*c.service.host, c.port)),
                 upstream_cluster: cluster.map(|c| &*c.name),
                 upstream_address: ctx.cluster.as_ref().zip(ctx.endpoint).map(|(c, i)| c.endpoints[i].addr),
                 request_id: request_id(req, ctx),

@@ -44,7 +44,7 @@ struct LabelSets<'a> {
 impl<'a> LabelSets<'a> {
     fn new(def: &Cluster) -> LabelSets<'a> {
         let service = Arc::new(DestinationLabels {
-            service: def.service.host.as_str().into(),
+            service: (&*def.service.host).into(),
             service_name: def.service.name.as_str().into(),
             service_namespace: def.service.namespace.as_str().into(),
             workload: unknown(),
