@@ -12,6 +12,25 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Applies `$apply` (a local macro taking a per-kind field and a spec) to `$owner`'s field for
+/// the object's kind: the one dispatch over kinds for the store and its builder, whose fields
+/// have the same names.
+macro_rules! by_kind {
+    ($object:expr, $apply:ident, $owner:expr) => {
+        match $object {
+            Object::Gateway(s) => $apply!($owner.gateways, s),
+            Object::VirtualService(s) => $apply!($owner.virtual_services, s),
+            Object::DestinationRule(s) => $apply!($owner.destination_rules, s),
+            Object::ServiceEntry(s) => $apply!($owner.service_entries, s),
+            Object::WorkloadEntry(s) => $apply!($owner.workload_entries, s),
+            Object::Service(s) => $apply!($owner.services, s),
+            Object::Pod(s) => $apply!($owner.pods, s),
+            Object::Secret(s) => $apply!($owner.secrets, s),
+            Object::EndpointSlice(s) => $apply!($owner.endpoint_slices, s),
+        }
+    };
+}
+
 mod build;
 pub use build::StoreBuilder;
 
@@ -301,17 +320,7 @@ impl Store {
                 }
             }};
         }
-        let replaced = match object {
-            Object::Gateway(s) => put!(self.gateways, s),
-            Object::VirtualService(s) => put!(self.virtual_services, s),
-            Object::DestinationRule(s) => put!(self.destination_rules, s),
-            Object::ServiceEntry(s) => put!(self.service_entries, s),
-            Object::WorkloadEntry(s) => put!(self.workload_entries, s),
-            Object::Service(s) => put!(self.services, s),
-            Object::Pod(s) => put!(self.pods, s),
-            Object::Secret(s) => put!(self.secrets, s),
-            Object::EndpointSlice(s) => put!(self.endpoint_slices, s),
-        };
+        let replaced = by_kind!(object, put, self);
         if let Some((previous, origin, reference)) = replaced {
             self.diagnostics.push(duplicate_warning(&previous, &origin, reference));
         }
@@ -352,17 +361,7 @@ impl Store {
                 }
             }};
         }
-        match object {
-            Object::Gateway(s) => update!(self.gateways, s),
-            Object::VirtualService(s) => update!(self.virtual_services, s),
-            Object::DestinationRule(s) => update!(self.destination_rules, s),
-            Object::ServiceEntry(s) => update!(self.service_entries, s),
-            Object::WorkloadEntry(s) => update!(self.workload_entries, s),
-            Object::Service(s) => update!(self.services, s),
-            Object::Pod(s) => update!(self.pods, s),
-            Object::Secret(s) => update!(self.secrets, s),
-            Object::EndpointSlice(s) => update!(self.endpoint_slices, s),
-        }
+        by_kind!(object, update, self)
     }
 
     /// Number of resources the store holds (for logs and metrics).

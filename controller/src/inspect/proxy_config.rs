@@ -69,26 +69,16 @@ pub fn routes(snapshot: &Snapshot, filter: &Filter) -> Table {
     for l in snapshot.listeners.iter().filter(|l| filter.listener(l)) {
         for vh in &l.virtual_hosts {
             let domains = domains(&vh.domains);
+            // A virtual host that answers every request the same way: one row.
+            let whole_host = |answer: &str| {
+                vec![l.name.clone(), vh.name.to_string(), domains.clone(), "/*".into(), "-".into(), answer.into()]
+            };
             if vh.https_redirect {
-                t.row(vec![
-                    l.name.clone(),
-                    vh.name.to_string(),
-                    domains.clone(),
-                    "/*".into(),
-                    "-".into(),
-                    "301 https".into(),
-                ]);
+                t.row(whole_host("301 https"));
                 continue;
             }
             if vh.routes.is_empty() {
-                t.row(vec![
-                    l.name.clone(),
-                    vh.name.to_string(),
-                    domains.clone(),
-                    "/*".into(),
-                    "-".into(),
-                    "404".into(),
-                ]);
+                t.row(whole_host("404"));
             }
             for r in &vh.routes {
                 let RouteAction::Route { destinations } = &r.action;

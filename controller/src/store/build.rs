@@ -94,17 +94,7 @@ impl StoreBuilder {
                     .map(|(previous, now)| (previous, now.origin.clone(), now.reference(kind)))
             };
         }
-        let replaced = match object {
-            Object::Gateway(s) => put!(self.gateways, s),
-            Object::VirtualService(s) => put!(self.virtual_services, s),
-            Object::DestinationRule(s) => put!(self.destination_rules, s),
-            Object::ServiceEntry(s) => put!(self.service_entries, s),
-            Object::WorkloadEntry(s) => put!(self.workload_entries, s),
-            Object::Service(s) => put!(self.services, s),
-            Object::Pod(s) => put!(self.pods, s),
-            Object::Secret(s) => put!(self.secrets, s),
-            Object::EndpointSlice(s) => put!(self.endpoint_slices, s),
-        };
+        let replaced = by_kind!(object, put, self);
         if let Some((previous, origin, reference)) = replaced {
             self.store.diagnostics.push(super::duplicate_warning(&previous, &origin, reference));
         }
