@@ -146,4 +146,30 @@ apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: 
         assert_eq!(b.origin.document, Some(3));
         assert_eq!(built.virtual_services.keys().map(|k| k.name()).collect::<Vec<_>>(), ["a", "b"]);
     }
+
+    #[test]
+    fn patching_new_metadata_replaces_the_key_too() {
+        let pod = |labels: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, labels: {{{labels}}}}}\nstatus: {{podIP: 10.0.0.1}}\n"
+            )
+        };
+        let file: Arc<std::path::Path> = Arc::from(std::path::Path::new("x.yaml"));
+        let decode = |yaml: &str| {
+            let mut decoded: Vec<Decoded> = Vec::new();
+            files::load_shared(&mut decoded, yaml, Some(file.clone()));
+            decoded
+        };
+        let mut builder = StoreBuilder::default();
+        replay(&decode(&pod("app: a")), Some(&file), &mut builder);
+        let mut store = builder.build();
+        let edited = decode(&pod("app: b"));
+        let Decoded::Object { meta, document, object } = &edited[0] else { panic!("a Pod") };
+        store.update_in_place(meta, &Origin { file: Some(file.clone()), document: *document }, object);
+        let (key, resource) = store.pods.iter().next().unwrap();
+        assert_eq!(resource.meta.labels.get("app").map(|v| v.as_str()), Some("b"));
+        // The key holds the new metadata, not the replaced one.
+        assert!(Arc::ptr_eq(&key.0, &resource.meta));
+        assert!(Arc::ptr_eq(&key.0, meta));
+    }
 }
