@@ -301,10 +301,7 @@ pub fn translate_reusing(
     }
     let mut vhosts: BTreeMap<u16, Vec<VirtualHost>> = BTreeMap::new();
     let mut vhost_index: HashMap<(u16, String), usize> = HashMap::new();
-    // Collected, then built at once from sorted entries: full B-tree nodes (inserted in
-    // VirtualService order, 20k clusters at 10k services left them part full), and a later
-    // cluster of the same name replaces an earlier one as inserting did.
-    let mut clusters = Vec::new();
+    let mut clusters = BTreeMap::new();
 
     let virtual_services = crate::store::in_order(store.virtual_services.values());
     let mut servers_by_gateway: HashMap<String, Vec<&BoundServer>> = HashMap::new();
@@ -410,7 +407,6 @@ pub fn translate_reusing(
     problems.append(&mut creds.secret_problems);
     let secrets = std::mem::take(&mut creds.secrets);
     diagnostics.extend(problems);
-    let clusters = clusters.into_iter().collect();
     let snapshot = Snapshot { version: 0, listeners: listeners.into_values().collect(), clusters, secrets };
     (snapshot, diagnostics, next)
 }
