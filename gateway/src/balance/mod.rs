@@ -61,10 +61,10 @@ pub struct Balancer {
     /// Shared with every outstanding [`Pick`], so a guard can outlive the balancer
     /// (e.g. across an endpoint update) and still decrement the right counter.
     in_flight: Arc<[AtomicU64]>,
-    /// Inclusive prefix sums of the endpoint weights (0 counted as 1), which they are read
-    /// back from (a second list per cluster was 20k blocks at 10k services); turns a uniform
-    /// number into a weighted index
-    /// with one binary search. Used by Random and as the hash-less fallback.
+    /// Inclusive prefix sums of the endpoint weights (0 counted as 1); turns a uniform number
+    /// into a weighted index with one binary search. Used by Random and as the hash-less
+    /// fallback. A weight is read back as the difference of two sums (a list of its own was
+    /// 20k more blocks at 10k services).
     cumulative: Box<[u64]>,
     strategy: Strategy,
 }
