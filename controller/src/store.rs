@@ -77,15 +77,6 @@ impl Key for MetaKey {
     }
 }
 
-impl Key for ObjectKey {
-    fn namespace(&self) -> &str {
-        &self.namespace
-    }
-    fn name(&self) -> &str {
-        &self.name
-    }
-}
-
 impl Key for (&str, &str) {
     fn namespace(&self) -> &str {
         self.0

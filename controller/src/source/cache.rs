@@ -37,9 +37,9 @@ impl Sink for Vec<Decoded> {
         self.push(Decoded::Diagnostic(Box::new(diagnostic)));
     }
 
-    fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object) {
+    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
         debug_assert_eq!(kind, object.kind());
-        self.push(Decoded::Object { meta: Arc::new(meta), document: origin.document, object });
+        self.push(Decoded::Object { meta, document: origin.document, object });
     }
 }
 
@@ -120,36 +120,10 @@ impl Entry {
     }
 }
 
-/// Where [`replay`] puts objects: a store being built whole, or a finished store.
-pub(crate) trait Replay {
-    fn diagnostic(&mut self, diagnostic: Diagnostic);
-    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object);
-}
-
-impl Replay for Store {
-    fn diagnostic(&mut self, diagnostic: Diagnostic) {
-        self.diagnostics.push(diagnostic);
-    }
-
-    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        self.insert(kind, meta, origin, object);
-    }
-}
-
-impl Replay for StoreBuilder {
-    fn diagnostic(&mut self, diagnostic: Diagnostic) {
-        self.push_diagnostic(diagnostic);
-    }
-
-    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        self.insert(kind, meta, origin, object);
-    }
-}
-
 /// Puts recorded decoding results of `file` (none for API objects) into `store` as decoding
 /// them would have: the same inserts (sharing the decoded metadata and specs) and diagnostics,
 /// in the same order.
-pub(crate) fn replay(decoded: &[Decoded], file: Option<&Arc<Path>>, store: &mut impl Replay) {
+pub(crate) fn replay(decoded: &[Decoded], file: Option<&Arc<Path>>, store: &mut impl Sink) {
     for item in decoded {
         match item {
             Decoded::Diagnostic(d) => store.diagnostic((**d).clone()),

@@ -3,17 +3,18 @@
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
 use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
-use crate::store::{namespace_of, Object, Store};
+use crate::store::{namespace_of, Object, Store, StoreBuilder};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use std::sync::Arc;
 
-/// Where decoded documents go: straight into a [`Store`], or recorded so that an unchanged
-/// file can be replayed into the next store without parsing it again (`source::cache`).
+/// Where decoded documents go: straight into a [`Store`] (or a [`StoreBuilder`]), or
+/// recorded so that an unchanged file can be replayed into the next store without parsing it
+/// again (`source::cache`, whose replay feeds the same trait).
 pub trait Sink {
     fn diagnostic(&mut self, diagnostic: Diagnostic);
-    fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object);
+    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object);
 }
 
 impl Sink for Store {
@@ -21,8 +22,18 @@ impl Sink for Store {
         self.diagnostics.push(diagnostic);
     }
 
-    fn object(&mut self, kind: Kind, meta: ObjectMeta, origin: &Origin, object: Object) {
-        self.insert(kind, Arc::new(meta), origin.clone(), object);
+    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
+        self.insert(kind, meta, origin, object);
+    }
+}
+
+impl Sink for StoreBuilder {
+    fn diagnostic(&mut self, diagnostic: Diagnostic) {
+        self.push_diagnostic(diagnostic);
+    }
+
+    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
+        self.insert(kind, meta, origin, object);
     }
 }
 
@@ -106,7 +117,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
         store.diagnostic(p.at(origin, Some(reference.clone())));
     }
     if let Some(object) = object {
-        store.object(kind, meta, origin, object);
+        store.object(kind, Arc::new(meta), origin.clone(), object);
     }
 }
 
