@@ -3,6 +3,7 @@
 
 pub mod analyze;
 pub mod api;
+pub mod by_name;
 pub mod diagnostics;
 pub mod inspect;
 pub mod memory;

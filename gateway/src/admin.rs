@@ -32,7 +32,7 @@ impl AdminApp {
     fn endpoints(&self) -> Vec<EndpointStatus> {
         let runtime = self.current.load();
         let mut out = Vec::new();
-        for c in runtime.clusters.sorted() {
+        for c in crate::runtime::sorted(&runtime.clusters) {
             for (i, e) in c.endpoints.iter().enumerate() {
                 out.push(EndpointStatus {
                     cluster: c.definition.name.to_string(),
@@ -78,7 +78,7 @@ impl AdminApp {
             (Role::Admin, "/clusters") => {
                 let runtime = self.current.load();
                 let mut out = String::new();
-                for c in runtime.clusters.sorted() {
+                for c in crate::runtime::sorted(&runtime.clusters) {
                     let name = &c.definition.name;
                     for (i, e) in c.endpoints.iter().enumerate() {
                         out.push_str(&format!("{name}::{}::rq_active::{}\n", e.addr, c.balancer.in_flight(i)));

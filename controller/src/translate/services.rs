@@ -4,6 +4,7 @@
 use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::ServiceEntrySpec;
 use crate::api::{CompactString, Labels};
+use crate::by_name::{ByName, Named};
 use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::{ServiceRef, UpstreamProtocol, Workload};
 use crate::store::{Resource, Store};
@@ -68,22 +69,16 @@ pub struct RegistryEndpoint {
     pub weight: u32,
 }
 
-/// Services by host. A table of the entries themselves, looked up by their own host: a map
-/// keyed by a copy of the host cost a string and 24 bytes more per service (10k at scale).
-#[derive(Default)]
+/// Services by host (the entries looked up by the host each holds).
+#[derive(Debug, Default)]
 pub struct Registry {
-    services: hashbrown::HashTable<ServiceInfo>,
+    services: ByName<ServiceInfo>,
 }
 
-impl std::fmt::Debug for Registry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Registry").field("services", &self.services.len()).finish()
+impl Named for ServiceInfo {
+    fn name(&self) -> &str {
+        &self.service.host
     }
-}
-
-fn host_hash(host: &str) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one(host)
 }
 
 impl Registry {
@@ -92,34 +87,19 @@ impl Registry {
         let index = Index::build(store);
         for svc in store.services.values() {
             let info = kube_service(store, &index, svc);
-            registry.insert(info, true);
+            registry.services.insert(info, true);
         }
         for se in store.service_entries.values() {
             for info in service_entry(store, se, problems) {
                 // Kubernetes Services win over ServiceEntries for the same host, as in Istio.
-                registry.insert(info, false);
+                registry.services.insert(info, false);
             }
         }
         registry
     }
 
-    /// Adds `info`; an entry for the same host is replaced when `replace` says so.
-    fn insert(&mut self, info: ServiceInfo, replace: bool) {
-        let hash = host_hash(&info.service.host);
-        match self.services.entry(hash, |s| s.service.host == info.service.host, |s| host_hash(&s.service.host)) {
-            hashbrown::hash_table::Entry::Occupied(mut o) => {
-                if replace {
-                    *o.get_mut() = info;
-                }
-            }
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(info);
-            }
-        }
-    }
-
     pub fn get(&self, host: &str) -> Option<&ServiceInfo> {
-        self.services.find(host_hash(host), |s| &*s.service.host == host)
+        self.services.get(host)
     }
 }
 

@@ -9,6 +9,7 @@ use crate::access_log::{Prepared, RouteName};
 use arc_swap::ArcSwap;
 use cluster::ClusterRuntime;
 use controller::api::CompactString;
+use controller::by_name::{ByName, Named};
 use controller::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
 use matcher::{CompiledMatch, RegexCache, RequestView};
 // foldhash, not SipHash: these maps are rebuilt on every compile (20k clusters, 10k hosts at
@@ -240,46 +241,20 @@ pub struct Runtime {
     pub clusters: Clusters,
 }
 
-/// The compiled clusters, looked up by the name their definition holds: a map keyed by a
-/// copy of it cost 16 bytes more per slot (32k slots at 10k services).
-#[derive(Default)]
-pub struct Clusters(hashbrown::HashTable<Arc<ClusterRuntime>>);
+/// The compiled clusters, looked up by the name their definition holds.
+pub type Clusters = ByName<Arc<ClusterRuntime>>;
 
-fn name_hash(name: &str) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::default().hash_one(name)
+impl Named for ClusterRuntime {
+    fn name(&self) -> &str {
+        &self.definition.name
+    }
 }
 
-impl Clusters {
-    pub fn get(&self, name: &str) -> Option<&Arc<ClusterRuntime>> {
-        self.0.find(name_hash(name), |c| &*c.definition.name == name)
-    }
-
-    /// Adds `cluster`, replacing one of the same name.
-    fn insert(&mut self, cluster: Arc<ClusterRuntime>) {
-        let hash = name_hash(&cluster.definition.name);
-        match self.0.entry(hash, |c| c.definition.name == cluster.definition.name, |c| name_hash(&c.definition.name)) {
-            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = cluster,
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(cluster);
-            }
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// By name.
-    pub fn sorted(&self) -> Vec<&Arc<ClusterRuntime>> {
-        let mut all: Vec<_> = self.0.iter().collect();
-        all.sort_by(|a, b| a.definition.name.cmp(&b.definition.name));
-        all
-    }
+/// By name, for listings.
+pub fn sorted(clusters: &Clusters) -> Vec<&Arc<ClusterRuntime>> {
+    let mut all: Vec<_> = clusters.iter().collect();
+    all.sort_by(|a, b| a.definition.name.cmp(&b.definition.name));
+    all
 }
 
 impl Runtime {
@@ -305,7 +280,7 @@ impl Runtime {
                 .cloned();
             reused_clusters += usize::from(reused.is_some());
             let compiled = reused.unwrap_or_else(|| Arc::new(ClusterRuntime::compile(def, &snapshot.secrets)));
-            clusters.insert(compiled);
+            clusters.insert(compiled, true);
         }
         // Every cluster, by name, is the previous compile's: routes compiled against them
         // still point at the right ones, so an unchanged virtual host needs no check of its
