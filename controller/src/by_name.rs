@@ -32,11 +32,15 @@ impl<T> std::fmt::Debug for ByName<T> {
 }
 
 /// Fixed seeds: names come from the config, and the tables' order is never observed.
-fn hash(name: &str) -> u64 {
+pub(crate) fn hash(name: &str) -> u64 {
     foldhash::fast::FixedState::default().hash_one(name)
 }
 
 impl<T: Named> ByName<T> {
+    pub fn with_capacity(capacity: usize) -> Self {
+        ByName(hashbrown::HashTable::with_capacity(capacity))
+    }
+
     pub fn get(&self, name: &str) -> Option<&T> {
         self.0.find(hash(name), |e| e.name() == name)
     }

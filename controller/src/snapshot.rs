@@ -131,8 +131,11 @@ pub struct Listener {
     pub protocol: Protocol,
     /// The Gateway servers that make up this listener, for diagnostics (`gateway ns/name`).
     pub servers: Vec<ServerInfo>,
+    /// Shared between snapshot versions: a VirtualService the translation reuses hands out
+    /// the same host, so an edit allocates only the hosts it changes, and the gateway (and a
+    /// replica applying a delta) tells an unchanged host by its pointer.
     #[serde(deserialize_with = "crate::memory::exact_list")]
-    pub virtual_hosts: Vec<VirtualHost>,
+    pub virtual_hosts: Vec<Arc<VirtualHost>>,
     /// TLS servers of an HTTPS or TLS listener, in Gateway order; chosen by SNI.
     #[serde(default)]
     pub tls: Vec<ServerTls>,
@@ -440,7 +443,7 @@ impl Snapshot {
         let mut virtual_services: HashSet<Arc<str>> = HashSet::new();
         for listener in listeners {
             for host in &mut listener.virtual_hosts {
-                for route in &mut host.routes {
+                for route in &mut Arc::make_mut(host).routes {
                     let route = Arc::make_mut(route);
                     route.virtual_service = first_of(&mut virtual_services, &route.virtual_service);
                     let RouteAction::Route { destinations } = &mut route.action;

@@ -222,7 +222,7 @@ status: {{podIP: 127.0.0.1}}
             time.sleep(1)  # let the reload finish settling (old snapshot freed) before the next edit
         print(f"| services | propagation median | min | max | RSS ready / after edits |\n| --- | --- | --- | --- | --- |\n"
               f"| {args.services:,} | {statistics.median(times):.0f} ms | {min(times):.0f} ms | {max(times):.0f} ms "
-              f"| {ready_rss:.0f} / {rss_mib(gw.pid):.0f} MiB |")
+              f"| {ready_rss:.1f} / {rss_mib(gw.pid):.1f} MiB |")
         if controller is not None:
             print(f"controller RSS after edits: {rss_mib(controller.pid):.0f} MiB", file=sys.stderr)
     finally:

@@ -9,7 +9,7 @@
 //! held two full snapshots while it switched. The gateway builds the new version from its own
 //! (shared) parts, so unchanged routes and clusters stay the same allocations.
 
-use crate::snapshot::VirtualHost;
+use crate::snapshot::{shared_or_equal, VirtualHost};
 use crate::snapshot::{Cluster, ClusterName, L4Route, Listener, Protocol, Secret, ServerInfo, ServerTls, Snapshot};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -56,7 +56,7 @@ pub struct ListenerDelta {
 #[serde(rename_all = "snake_case")]
 pub enum HostEntry {
     Same([u32; 2]),
-    Changed(VirtualHost),
+    Changed(Arc<VirtualHost>),
 }
 
 impl HostEntry {
@@ -104,7 +104,7 @@ impl SnapshotDelta {
         let clusters = next
             .clusters
             .iter()
-            .filter(|(name, cluster)| !base.clusters.get(*name).is_some_and(|old| same(old, cluster)))
+            .filter(|(name, cluster)| !base.clusters.get(*name).is_some_and(|old| shared_or_equal(old, cluster)))
             .map(|(name, cluster)| (name.clone(), cluster.clone()))
             .collect();
         let removed_clusters =
@@ -185,7 +185,7 @@ fn listener_delta(old: &Listener, new: &Listener) -> ListenerDelta {
     let mut virtual_hosts: Vec<HostEntry> = Vec::new();
     for host in &new.virtual_hosts {
         match by_name.get(host.name.as_str()) {
-            Some(&i) if old.virtual_hosts[i] == *host => {
+            Some(&i) if shared_or_equal(&old.virtual_hosts[i], host) => {
                 let i = i as u32;
                 match virtual_hosts.last_mut() {
                     Some(HostEntry::Same([from, count])) if *from + *count == i => *count += 1,
@@ -209,10 +209,6 @@ fn listener_delta(old: &Listener, new: &Listener) -> ListenerDelta {
 /// A listener part the delta sent, or the base listener's when it did not.
 fn kept<T: Clone>(part: Option<Vec<T>>, old: Option<&Listener>, from: fn(&Listener) -> &Vec<T>) -> Option<Vec<T>> {
     part.or_else(|| old.map(|old| from(old).clone()))
-}
-
-fn same(a: &Arc<Cluster>, b: &Arc<Cluster>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
 }
 
 #[cfg(test)]

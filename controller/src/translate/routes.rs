@@ -10,17 +10,20 @@ use crate::api::istio::{
     HttpMatchRequest, HttpRoute, KeyedMatches, RouteDestination, StringMatch as WireMatch, VirtualServiceSpec,
 };
 use crate::diagnostics::{codes, Diagnostic};
-use crate::snapshot::{Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, StringMatch, WeightedCluster};
+use crate::snapshot::{
+    Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
+};
 use crate::store::Resource;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// What one VirtualService contributes, shared so that it can be reused by the next
-/// translation (`translate::Reuse`) for the price of reference counts.
-#[derive(Clone)]
+/// What one VirtualService contributes, shared (whole, and its parts with the snapshot) so
+/// that the next translation reuses it for the price of reference counts (`translate::Reuse`).
 pub(super) struct Translated {
-    /// (listener port, virtual host domain, routes for it)
-    pub bindings: Vec<(u16, String, Vec<Arc<Route>>)>,
+    /// (listener port, the virtual host of one of its domains with this VirtualService's
+    /// routes). The snapshot takes the host as it is unless another VirtualService adds routes
+    /// to the same domain, so unchanged hosts are the same allocation from version to version.
+    pub bindings: Vec<(u16, Arc<VirtualHost>)>,
     /// (listener port, tcp or tls route)
     pub l4_routes: Vec<(u16, L4Route)>,
     pub clusters: Vec<Arc<Cluster>>,
@@ -141,7 +144,13 @@ pub(super) fn translate_virtual_service(
             let mut routes: Vec<Arc<Route>> =
                 candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).map(Arc::new).collect();
             routes = crate::memory::exact(routes);
-            out.bindings.push((s.port, domain, routes));
+            let host = VirtualHost {
+                name: compact_str::format_compact!("{domain}:{}", s.port),
+                domains: vec![domain.into()],
+                routes,
+                https_redirect: false,
+            };
+            out.bindings.push((s.port, Arc::new(host)));
         }
     }
     l4_routes(vs, ctx, &gateway_keys, &hosts, creds, &mut out, &mut bound_any, problems);

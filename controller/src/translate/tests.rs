@@ -652,6 +652,9 @@ fn reusing_translation_equals_a_fresh_one() {
     let mut previous: Option<(Store, Reuse)> = None;
     let registry_reused = std::cell::Cell::new(false);
     let rules_reused = std::cell::Cell::new(false);
+    // Virtual hosts the snapshot shares (by pointer) with the one before.
+    let shared_hosts = std::cell::Cell::new(0);
+    let mut last: Option<Snapshot> = None;
     let mut step = |what: &str, edit: &dyn Fn()| -> usize {
         edit();
         let store = cache.load(&paths);
@@ -663,6 +666,10 @@ fn reusing_translation_equals_a_fresh_one() {
         let reused = reuse.reused();
         registry_reused.set(reuse.registry_reused());
         rules_reused.set(reuse.rules_reused());
+        let hosts = |s: &Snapshot| s.listeners.iter().flat_map(|l| l.virtual_hosts.clone()).collect::<Vec<_>>();
+        let before = last.as_ref().map(hosts).unwrap_or_default();
+        shared_hosts.set(hosts(&snapshot).iter().filter(|h| before.iter().any(|b| Arc::ptr_eq(h, b))).count());
+        last = Some(snapshot);
         previous = Some((store, reuse));
         reused
     };
@@ -670,8 +677,10 @@ fn reusing_translation_equals_a_fresh_one() {
     assert_eq!(step("first load", &|| ()), 0);
     assert_eq!(step("nothing changed", &|| ()), 29, "all but the one that looks up a credential");
     assert!(rules_reused.get());
+    assert_eq!(shared_hosts.get(), 29, "reused VirtualServices' hosts are the same allocations");
     let edited = original.replace("/api/v1", "/api/v9");
     assert_eq!(step("one VirtualService edited", &|| write(&vs_file, &edited)), 28);
+    assert_eq!(shared_hosts.get(), 28);
     let broken = original.replace("prefix: /api/v1", "regex: \"([\"");
     assert_eq!(step("one VirtualService broken", &|| write(&vs_file, &broken)), 28);
     let merged = original.replace("name: svc-7, namespace: default}\nspec", "name: svc-7b, namespace: default}\nspec");

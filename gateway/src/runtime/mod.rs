@@ -173,10 +173,25 @@ pub struct TlsServer {
 }
 
 pub struct VirtualHost {
-    pub name: CompactString,
-    pub routes: Vec<Arc<Route>>,
+    /// The snapshot's host, to tell it unchanged on the next compile (by pointer, as the
+    /// translation shares unchanged hosts between versions).
+    definition: Arc<controller::snapshot::VirtualHost>,
+    pub routes: Box<[Arc<Route>]>,
     /// `tls.httpsRedirect`: answer every request with a 301 to https.
     pub https_redirect: bool,
+}
+
+impl VirtualHost {
+    /// `domain:port`.
+    pub fn name(&self) -> &str {
+        &self.definition.name
+    }
+}
+
+impl Named for VirtualHost {
+    fn name(&self) -> &str {
+        &self.definition.name
+    }
 }
 
 /// Host → virtual host: exact names, then the longest `*.suffix`, then `*` (Envoy's order).
@@ -207,9 +222,9 @@ pub struct Listener {
     pub name: String,
     pub protocol: Protocol,
     pub hosts: HostTable,
-    /// Compiled virtual hosts in the snapshot listener's order, so the next compile can find
-    /// each one's definition and reuse it when nothing it depends on changed.
-    virtual_hosts: Vec<Arc<VirtualHost>>,
+    /// Compiled virtual hosts by name, so the next compile can reuse each one whose
+    /// definition and clusters did not change.
+    virtual_hosts: ByName<Arc<VirtualHost>>,
     /// TLS servers (HTTPS listeners), chosen by SNI.
     pub tls: Vec<Arc<TlsServer>>,
     pub l4_routes: Vec<L4Route>,
@@ -291,26 +306,37 @@ impl Runtime {
         let mut regexes = RegexCache::default();
         for l in &snapshot.listeners {
             let mut hosts = HostTable::default();
-            let reusable = previous.map(|p| p.reusable_virtual_hosts(l.port)).unwrap_or_default();
-            let mut virtual_hosts = Vec::with_capacity(l.virtual_hosts.len());
+            let previous_hosts = previous.and_then(|p| p.listeners.get(&l.port)).map(|l| &l.virtual_hosts);
+            let mut virtual_hosts = ByName::with_capacity(l.virtual_hosts.len());
             for vh in &l.virtual_hosts {
-                let compiled = match reusable.get(vh.name.as_str()) {
-                    Some((def, compiled))
-                        if *def == vh && (same_clusters || compiled.uses_clusters_of(vh, &clusters)) =>
-                    {
-                        compiled.clone()
-                    }
-                    _ => {
-                        let routes = vh
+                let kept = previous_hosts.and_then(|hosts| hosts.get(&vh.name)).filter(|c| {
+                    controller::snapshot::shared_or_equal(&c.definition, vh)
+                        && (same_clusters || c.uses_clusters_of(vh, &clusters))
+                });
+                let compiled = match kept {
+                    Some(c) if Arc::ptr_eq(&c.definition, vh) => c.clone(),
+                    // Equal but not shared (a host two VirtualServices make is built anew by
+                    // each translation): the compiled routes serve, the new definition is kept.
+                    Some(c) => Arc::new(VirtualHost {
+                        definition: vh.clone(),
+                        routes: c.routes.clone(),
+                        https_redirect: c.https_redirect,
+                    }),
+                    None => {
+                        let routes: Vec<_> = vh
                             .routes
                             .iter()
                             .filter_map(|r| compile_route(r, &clusters, &mut regexes))
                             .map(Arc::new)
                             .collect();
-                        Arc::new(VirtualHost { name: vh.name.clone(), routes, https_redirect: vh.https_redirect })
+                        Arc::new(VirtualHost {
+                            definition: vh.clone(),
+                            routes: controller::memory::boxed(routes),
+                            https_redirect: vh.https_redirect,
+                        })
                     }
                 };
-                virtual_hosts.push(compiled.clone());
+                virtual_hosts.insert(compiled.clone(), true);
                 for domain in &vh.domains {
                     if domain == "*" {
                         hosts.any = Some(compiled.clone());
@@ -349,21 +375,6 @@ impl Runtime {
             );
         }
         Runtime { snapshot, listeners, clusters }
-    }
-}
-
-impl Runtime {
-    /// The previous compile's virtual hosts of a port by name, with their definitions.
-    fn reusable_virtual_hosts(
-        &self,
-        port: u16,
-    ) -> HashMap<&str, (&controller::snapshot::VirtualHost, Arc<VirtualHost>)> {
-        let (Some(def), Some(compiled)) =
-            (self.snapshot.listeners.iter().find(|l| l.port == port), self.listeners.get(&port))
-        else {
-            return HashMap::default();
-        };
-        def.virtual_hosts.iter().zip(&compiled.virtual_hosts).map(|(d, c)| (d.name.as_str(), (d, c.clone()))).collect()
     }
 }
 
@@ -518,18 +529,36 @@ spec:
         runtime.listeners[&80].hosts.exact[host].clone()
     }
 
+    fn same_routes(a: &Runtime, b: &Runtime, host: &str) -> bool {
+        let (a, b) = (vhost(a, host), vhost(b, host));
+        a.routes.len() == b.routes.len() && a.routes.iter().zip(b.routes.iter()).all(|(a, b)| Arc::ptr_eq(a, b))
+    }
+
     #[test]
     fn unchanged_virtual_hosts_are_reused_and_changed_clusters_recompile_theirs() {
-        let first = Runtime::compile(snapshot("10.0.0.7"), None);
-        let same = Runtime::compile(snapshot("10.0.0.7"), Some(&first));
+        let snap = snapshot("10.0.0.7");
+        let first = Runtime::compile(snap.clone(), None);
+        // The next version shares the hosts (as the translation shares unchanged ones): the
+        // compiled hosts are the same.
+        let next = Arc::new(Snapshot { version: 2, ..(*snap).clone() });
+        let same = Runtime::compile(next, Some(&first));
         assert!(Arc::ptr_eq(&vhost(&first, "reviews.example.com"), &vhost(&same, "reviews.example.com")));
         assert!(Arc::ptr_eq(&vhost(&first, "ratings.example.com"), &vhost(&same, "ratings.example.com")));
 
+        // Equal hosts translated anew: the compiled routes serve on, under the new definition
+        // (the old one is not kept alive by the runtime).
+        let equal = snapshot("10.0.0.7");
+        let again = Runtime::compile(equal.clone(), Some(&same));
+        assert!(same_routes(&same, &again, "reviews.example.com"));
+        assert!(same_routes(&same, &again, "ratings.example.com"));
+        let defined = equal.listeners[0].virtual_hosts.iter().find(|h| h.name == "ratings.example.com:80");
+        assert!(Arc::ptr_eq(&vhost(&again, "ratings.example.com").definition, defined.expect("the host")));
+
         // reviews' endpoints change: its cluster is new, so routes pointing at it are rebuilt
         // (they must not keep sending to the old endpoint list); ratings is untouched.
-        let moved = Runtime::compile(snapshot("10.0.0.8"), Some(&same));
-        assert!(!Arc::ptr_eq(&vhost(&same, "reviews.example.com"), &vhost(&moved, "reviews.example.com")));
-        assert!(Arc::ptr_eq(&vhost(&same, "ratings.example.com"), &vhost(&moved, "ratings.example.com")));
+        let moved = Runtime::compile(snapshot("10.0.0.8"), Some(&again));
+        assert!(!same_routes(&again, &moved, "reviews.example.com"));
+        assert!(same_routes(&again, &moved, "ratings.example.com"));
         let route = &vhost(&moved, "reviews.example.com").routes[0];
         let cluster = route.pick_cluster().expect("a destination");
         assert_eq!(cluster.endpoints[0].addr.to_string(), "10.0.0.8:80");
