@@ -176,6 +176,9 @@ spec:
     route: [{destination: {host: empty}}]
   - match: [{uri: {prefix: /closed}}]
     route: [{destination: {host: closed}}]
+  - match: [{uri: {prefix: /slower}}]
+    timeout: 1s
+    route: [{destination: {host: slow}}]
   - match: [{uri: {prefix: /slow}}]
     timeout: 0.3s
     route: [{destination: {host: slow}}]
@@ -198,6 +201,11 @@ spec:
     assert_eq!(r.text(), "upstream request timeout");
     let r = get(at, "/slow/delay/10").send().await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "under the timeout");
+    // Timeouts of a second or more run on tokio's timer rather than Pingora's (src/main.rs).
+    let r = get(at, "/slower/delay/3000").send().await.unwrap();
+    assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
+    let r = get(at, "/slower/delay/10").send().await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
 
     let log = gw.wait_for_log(|l| l.contains("\"response_flags\":\"UT\""), Duration::from_secs(5)).await;
     assert!(log.is_some(), "timeout logged with UT");
