@@ -90,7 +90,7 @@ fn main() -> Result<()> {
             // Pingora times upstream reads (a route `timeout`) with its own timer wheel: one
             // global B-tree of 10 ms slots under a lock, a clock thread, and two clock reads
             // per armed read. Timeouts of a second or more go to tokio's timer instead, which
-            // each worker arms and disarms on its own (docs/benchmarks.md, "Ninth round").
+            // each worker arms and disarms on its own (docs/benchmarks.md, "Features are free?").
             pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(std::time::Duration::ZERO));
             let rt = builder.enable_all().thread_name("meshgate-worker").build()?;
             rt.block_on(gateway::server::run(cli.run))?;

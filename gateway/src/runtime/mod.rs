@@ -181,13 +181,7 @@ pub struct VirtualHost {
     pub https_redirect: bool,
 }
 
-impl VirtualHost {
-    /// `domain:port`.
-    pub fn name(&self) -> &str {
-        &self.definition.name
-    }
-}
-
+/// By `domain:port`.
 impl Named for VirtualHost {
     fn name(&self) -> &str {
         &self.definition.name
