@@ -390,6 +390,19 @@ pub fn shared_or_equal<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
     Arc::ptr_eq(a, b) || a == b
 }
 
+impl VirtualHost {
+    /// The host of one domain on a listener port, named `domain:port` as Istio names gateway
+    /// virtual hosts.
+    pub fn new(domain: &str, port: u16, routes: Vec<Arc<Route>>, https_redirect: bool) -> VirtualHost {
+        VirtualHost {
+            name: compact_str::format_compact!("{domain}:{port}"),
+            domains: vec![domain.into()],
+            routes,
+            https_redirect,
+        }
+    }
+}
+
 /// Equal content; shared routes (the translation cache hands out the same `Arc`s for an
 /// unchanged VirtualService) compare by pointer first. At 10k services comparing every route
 /// deeply was a tenth of a reload.

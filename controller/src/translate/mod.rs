@@ -373,15 +373,10 @@ pub fn translate_reusing(
         let list = vhosts.entry(s.port).or_default();
         for entry in &s.server.hosts {
             let domain = hosts::split_server_host(entry, s.gateway.namespace()).1.to_ascii_lowercase();
-            let name = compact_str::format_compact!("{domain}:{}", s.port);
-            match list.find(&name) {
+            let host = VirtualHost::new(&domain, s.port, Vec::new(), true);
+            match list.find(&host.name) {
                 Some(i) => Arc::make_mut(&mut list.hosts[i]).https_redirect = true,
-                None => list.push(Arc::new(VirtualHost {
-                    name,
-                    domains: vec![domain.into()],
-                    routes: Vec::new(),
-                    https_redirect: true,
-                })),
+                None => list.push(Arc::new(host)),
             }
         }
     }

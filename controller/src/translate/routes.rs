@@ -144,13 +144,7 @@ pub(super) fn translate_virtual_service(
             let mut routes: Vec<Arc<Route>> =
                 candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).map(Arc::new).collect();
             routes = crate::memory::exact(routes);
-            let host = VirtualHost {
-                name: compact_str::format_compact!("{domain}:{}", s.port),
-                domains: vec![domain.into()],
-                routes,
-                https_redirect: false,
-            };
-            out.bindings.push((s.port, Arc::new(host)));
+            out.bindings.push((s.port, Arc::new(VirtualHost::new(&domain, s.port, routes, false))));
         }
     }
     l4_routes(vs, ctx, &gateway_keys, &hosts, creds, &mut out, &mut bound_any, problems);

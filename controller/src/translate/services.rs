@@ -333,14 +333,17 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
 
     spec.hosts
         .iter()
-        .map(|h| ServiceInfo {
-            service: Arc::new(ServiceRef {
-                host: h.to_ascii_lowercase().into(),
-                name: h.to_ascii_lowercase().into(),
-                namespace: se.namespace().into(),
-            }),
-            ports: ports.clone().into_boxed_slice(),
-            endpoints: endpoints.clone().into_boxed_slice(),
+        .map(|h| {
+            let host = h.to_ascii_lowercase();
+            ServiceInfo {
+                service: Arc::new(ServiceRef {
+                    name: host.as_str().into(),
+                    host: host.into(),
+                    namespace: se.namespace().into(),
+                }),
+                ports: ports.clone().into_boxed_slice(),
+                endpoints: endpoints.clone().into_boxed_slice(),
+            }
         })
         .collect()
 }
