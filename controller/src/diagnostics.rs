@@ -93,6 +93,8 @@ pub mod codes {
     pub const UNKNOWN_FIELD: &str = "MG0005";
     /// A rejected resource or unreadable file keeps serving its last valid version.
     pub const KEPT: &str = "MG0006";
+    /// A certificate that is served or trusted although it is outside its validity dates.
+    pub const CERTIFICATE: &str = "MG0007";
 }
 
 impl Diagnostic {

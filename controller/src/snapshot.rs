@@ -77,8 +77,10 @@ pub struct ServerTls {
     /// After termination the server speaks HTTP (HTTPS, HTTP2, GRPC servers) rather than raw
     /// TCP (TLS servers with SIMPLE/MUTUAL).
     pub http: bool,
-    /// Key into [`Snapshot::secrets`] for the certificate and key (unset for passthrough).
-    pub credential: Option<String>,
+    /// Keys into [`Snapshot::secrets`] for the certificates and keys, in `credentialNames`
+    /// order (one for `credentialName` or files; none for passthrough).
+    #[serde(default)]
+    pub credentials: Vec<String>,
     /// Key into [`Snapshot::secrets`] for the client CA (MUTUAL, OPTIONAL_MUTUAL).
     pub client_ca: Option<String>,
     pub min_version: Option<TlsVersion>,

@@ -149,6 +149,8 @@ pub struct Metrics {
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
+    /// `notAfter` of each served certificate, by secret (`kubernetes://ns/name`, `file://...`).
+    pub certificate_expiry: prometheus::IntGaugeVec,
     /// Span export (`meshgate_trace_spans_*_total`), registered whether or not tracing is on.
     pub trace: crate::trace::export::ExportCounters,
     /// Series of requests that reached no destination (404 NR and the like).
@@ -227,6 +229,16 @@ impl Metrics {
             &["port", "reason"],
         )
         .expect("static metric definition");
+        // Envoy's `ssl.certificate.<name>.expiration_unix_time_seconds`: a timestamp, so an
+        // alert is `meshgate_certificate_expiry_seconds - time() < 14 * 86400`.
+        let certificate_expiry = prometheus::IntGaugeVec::new(
+            Opts::new(
+                "meshgate_certificate_expiry_seconds",
+                "When each served certificate expires, in seconds since the Unix epoch",
+            ),
+            &["secret"],
+        )
+        .expect("static metric definition");
         let access_log_dropped = IntCounter::new(
             "meshgate_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
@@ -251,6 +263,7 @@ impl Metrics {
             Box::new(tcp_opened.clone()),
             Box::new(tcp_closed.clone()),
             Box::new(tls_handshake_failures.clone()),
+            Box::new(certificate_expiry.clone()),
             Box::new(trace.dropped.clone()),
             Box::new(trace.exported.clone()),
             Box::new(trace.failed.clone()),
@@ -277,6 +290,7 @@ impl Metrics {
             tcp_opened,
             tcp_closed,
             tls_handshake_failures,
+            certificate_expiry,
             trace,
             no_destination: SeriesCache::default(),
         }

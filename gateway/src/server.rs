@@ -215,6 +215,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 applied.send_replace(version);
                 metrics.config_version.set(version as i64);
                 metrics.config_swaps.inc();
+                crate::tls::report_expiry(&current.load(), &metrics.certificate_expiry);
                 tracing::info!(version, listeners = snapshot.listeners.len(), clusters = snapshot.clusters.len(), compile_ms, "snapshot serving");
             }
             _ = retry.tick(), if !all_open => {

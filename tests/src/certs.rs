@@ -130,6 +130,15 @@ impl TestCa {
         self.issue(names.first().copied().unwrap_or("server"), names, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server leaf valid only between two dates (year, month, day), e.g. one that expired.
+    pub fn issue_server_valid(&self, names: &[&str], from: (i32, u8, u8), until: (i32, u8, u8)) -> CertKey {
+        let mut params = leaf_params(names.first().copied().unwrap_or("server"), names);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.not_before = rcgen::date_time_ymd(from.0, from.1, from.2);
+        params.not_after = rcgen::date_time_ymd(until.0, until.1, until.2);
+        self.sign(params)
+    }
+
     /// A client (clientAuth) leaf with `common_name` and `sans` (typically a
     /// SPIFFE URI such as `spiffe://cluster.local/ns/default/sa/sleep`).
     pub fn issue_client(&self, common_name: &str, sans: &[&str]) -> CertKey {

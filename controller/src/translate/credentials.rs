@@ -6,7 +6,7 @@
 //! serving; the server is skipped only when no usable version exists.
 
 use crate::api::Kind;
-use crate::diagnostics::{codes, Diagnostic, ResourceRef};
+use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
 use crate::snapshot::Secret;
 use crate::store::{lookup, Store};
 use rustls_pki_types::pem::PemObject;
@@ -72,14 +72,25 @@ impl<'a> Credentials<'a> {
             }
         }
         let reference = ResourceRef::new(Kind::Secret, &ns, &secret_name);
-        if let Err((field, why)) = validate(&secret, need) {
-            if self.reported.insert(key.clone()) {
+        let warnings = match validate(&secret, need) {
+            Ok(warnings) => warnings,
+            Err((field, why)) => {
+                if self.reported.insert(key.clone()) {
+                    self.secret_problems.push(
+                        Diagnostic::error(codes::SCHEMA, format!("data.{field}"), why.clone())
+                            .at(&res.origin, Some(reference)),
+                    );
+                }
+                return Err(format!("Secret {ns}/{secret_name} is unusable: {why}"));
+            }
+        };
+        if self.reported.insert(key.clone()) {
+            for (field, why) in warnings {
                 self.secret_problems.push(
-                    Diagnostic::error(codes::SCHEMA, format!("data.{field}"), why.clone())
-                        .at(&res.origin, Some(reference)),
+                    Diagnostic::warning(codes::CERTIFICATE, format!("data.{field}"), why)
+                        .at(&res.origin, Some(reference.clone())),
                 );
             }
-            return Err(format!("Secret {ns}/{secret_name} is unusable: {why}"));
         }
         self.secrets.insert(key.clone(), secret);
         Ok(key)
@@ -108,9 +119,17 @@ impl<'a> Credentials<'a> {
             }
         };
         let secret = Secret { cert_pem: read(cert)?, key_pem: read(key)?, ca_pem: read(ca)? };
-        validate(&secret, need).map_err(|(field, why)| format!("{field}: {why}"))?;
+        let warnings = validate(&secret, need).map_err(|(field, why)| format!("{field}: {why}"))?;
         let name = [cert, key, ca].iter().flatten().copied().collect::<Vec<_>>().join(",");
         let key = format!("file://{name}");
+        if self.reported.insert(key.clone()) {
+            for (field, why) in warnings {
+                let file = if field == "ca.crt" { ca } else { cert };
+                let origin =
+                    Origin { file: file.map(|f| std::sync::Arc::from(std::path::Path::new(f))), document: None };
+                self.secret_problems.push(Diagnostic::warning(codes::CERTIFICATE, "", why).at(&origin, None));
+            }
+        }
         self.secrets.insert(key.clone(), secret);
         Ok(key)
     }
@@ -130,16 +149,20 @@ fn secret_data(secret: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, 
     out
 }
 
-/// Checks that the PEM parts a consumer needs are present and parse.
-fn validate(secret: &Secret, need: Need) -> Result<(), (&'static str, String)> {
-    let certs = |pem: &str| CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>();
+/// A problem that leaves the material usable: the field it is about, and why.
+type Warning = (&'static str, String);
+
+/// Checks that the PEM parts a consumer needs are present and parse as X.509 (any version:
+/// Envoy serves v1 certificates, and Istio's own tasks make them). Certificates outside their
+/// validity dates are still usable, as in Envoy, and come back as warnings.
+fn validate(secret: &Secret, need: Need) -> Result<Vec<Warning>, (&'static str, String)> {
+    let mut warnings = Vec::new();
     match need {
         Need::CertAndKey => {
             let cert = secret.cert_pem.as_deref().ok_or(("tls.crt", "no certificate (tls.crt or cert)".to_string()))?;
-            match certs(cert) {
-                Ok(c) if !c.is_empty() => {}
-                Ok(_) => return Err(("tls.crt", "no PEM certificate found".into())),
-                Err(e) => return Err(("tls.crt", format!("invalid PEM certificate: {e}"))),
+            let chain = x509_chain("tls.crt", cert)?;
+            if let Some(leaf) = chain.first() {
+                warnings.extend(validity("tls.crt", leaf, "served anyway, as Envoy does; clients will refuse it"));
             }
             let key = secret.key_pem.as_deref().ok_or(("tls.key", "no private key (tls.key or key)".to_string()))?;
             PrivateKeyDer::from_pem_slice(key.as_bytes())
@@ -148,13 +171,40 @@ fn validate(secret: &Secret, need: Need) -> Result<(), (&'static str, String)> {
         Need::Ca => {}
     }
     if let Some(ca) = &secret.ca_pem {
-        match certs(ca) {
-            Ok(c) if !c.is_empty() => {}
-            Ok(_) => return Err(("ca.crt", "no PEM certificate found".into())),
-            Err(e) => return Err(("ca.crt", format!("invalid PEM CA certificate: {e}"))),
+        for cert in x509_chain("ca.crt", ca)? {
+            warnings.extend(validity("ca.crt", &cert, "still trusted, as Envoy does"));
         }
     } else if need == Need::Ca {
         return Err(("ca.crt", "no CA certificate (ca.crt, cacert, or a <name>-cacert Secret)".into()));
     }
-    Ok(())
+    Ok(warnings)
+}
+
+/// The PEM certificates of `pem`, each checked to be X.509.
+fn x509_chain(field: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, (&'static str, String)> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| (field, format!("invalid PEM certificate: {e}")))?;
+    if certs.is_empty() {
+        return Err((field, "no PEM certificate found".into()));
+    }
+    for (i, der) in certs.iter().enumerate() {
+        x509_parser::parse_x509_certificate(der)
+            .map_err(|e| (field, format!("certificate {} of {} is not X.509: {e}", i + 1, certs.len())))?;
+    }
+    Ok(certs)
+}
+
+/// A warning when the certificate is not valid now.
+fn validity(field: &'static str, der: &CertificateDer<'_>, consequence: &str) -> Option<Warning> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let v = cert.validity();
+    let subject = cert.subject();
+    if v.not_after < x509_parser::time::ASN1Time::now() {
+        Some((field, format!("certificate {subject} expired at {}; {consequence}", v.not_after)))
+    } else if v.not_before > x509_parser::time::ASN1Time::now() {
+        Some((field, format!("certificate {subject} is not valid before {}; {consequence}", v.not_before)))
+    } else {
+        None
+    }
 }

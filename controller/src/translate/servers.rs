@@ -134,7 +134,7 @@ fn server_tls(
         hosts,
         mode,
         http: kind == ServerKind::TerminatedHttp,
-        credential: None,
+        credentials: Vec::new(),
         client_ca: None,
         min_version: None,
         max_version: None,
@@ -154,28 +154,40 @@ fn server_tls(
         ));
         None
     };
-    if let Some(name) = t.credential_name.as_deref().or(t.credential_names.first().map(String::as_str)) {
-        match creds.from_secret(name, Need::CertAndKey) {
-            Ok(key) => {
-                if needs_ca {
-                    match creds.secret_has_ca(&key) {
-                        true => out.client_ca = Some(key.clone()),
-                        false => {
-                            return unusable(
-                                problems,
-                                "credentialName",
-                                format!("mode {mode:?} needs a client CA: add ca.crt to Secret {name:?} or create Secret \"{name}-cacert\""),
-                            )
-                        }
+    // `credentialName`, or every name of `credentialNames` (e.g. an RSA and an ECDSA
+    // certificate, served by the client's signature schemes). The client CA of a MUTUAL
+    // server comes from the first of them that carries one, as Istio reads it.
+    let names: Vec<(String, &str)> = match t.credential_name.as_deref() {
+        Some(name) => vec![("credentialName".to_string(), name)],
+        None => {
+            t.credential_names.iter().enumerate().map(|(i, n)| (format!("credentialNames[{i}]"), n.as_str())).collect()
+        }
+    };
+    if !names.is_empty() {
+        for (f, name) in &names {
+            match creds.from_secret(name, Need::CertAndKey) {
+                Ok(key) => {
+                    if needs_ca && out.client_ca.is_none() && creds.secret_has_ca(&key) {
+                        out.client_ca = Some(key.clone());
                     }
+                    out.credentials.push(key);
                 }
-                out.credential = Some(key);
+                Err(why) => return unusable(problems, f, why),
             }
-            Err(why) => return unusable(problems, "credentialName", why),
+        }
+        if needs_ca && out.client_ca.is_none() {
+            let name = names[0].1;
+            return unusable(
+                problems,
+                &names[0].0,
+                format!(
+                    "mode {mode:?} needs a client CA: add ca.crt to Secret {name:?} or create Secret \"{name}-cacert\""
+                ),
+            );
         }
     } else if t.server_certificate.is_some() || t.private_key.is_some() {
         match creds.from_files(t.server_certificate.as_deref(), t.private_key.as_deref(), None, Need::CertAndKey) {
-            Ok(key) => out.credential = Some(key),
+            Ok(key) => out.credentials.push(key),
             Err(why) => return unusable(problems, "serverCertificate", why),
         }
         if needs_ca {

@@ -401,7 +401,20 @@ fn route_and_match_fields_keep_their_paths() {
     assert!(snap.listeners.iter().all(|l| l.virtual_hosts.is_empty()), "the broken VirtualService is rejected");
 }
 
-const TEST_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBdzCCAR2gAwIBAgIUQ0VSVFRFU1RDRVJUVEVTVENFUlQwCgYIKoZIzj0EAwIw\n-----END CERTIFICATE-----\n";
+/// A real self-signed certificate (P-256, valid until 2126): Secrets are checked as X.509.
+const TEST_CERT: &str = concat!(
+    "-----BEGIN CERTIFICATE-----\n",
+    "MIIBjTCCATOgAwIBAgIUDzZZv7QPbq7SSzKol0Ypy8TpkZEwCgYIKoZIzj0EAwIw\n",
+    "GzEZMBcGA1UEAwwQdGVzdC5leGFtcGxlLmNvbTAgFw0yNjEyMDYyMzAwMDdaGA8y\n",
+    "MTI2MTExMjIzMDAwN1owGzEZMBcGA1UEAwwQdGVzdC5leGFtcGxlLmNvbTBZMBMG\n",
+    "ByqGSM49AgEGCCqGSM49AwEHA0IABCCDGcjq4NugkMjU9z8vmOHxmV2vTMKudbZK\n",
+    "i1Y8Qx6mCrvCGLkW9ISPmfRZVSyp8BPh3AxoirJj3oDzGgKYjCKjUzBRMB0GA1Ud\n",
+    "DgQWBBRohCs50IwlXs67+f+2gZtUqz17vTAfBgNVHSMEGDAWgBRohCs50IwlXs67\n",
+    "+f+2gZtUqz17vTAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA0gAMEUCIQCa\n",
+    "Rg8JMwAa0FVD8FNFdHsiljWuHCPJKxZgFI/mChSbggIgQpnVp5L/oGC0AQ3zwSwZ\n",
+    "9ssrGFnHuzNBv8wnocJV5g0=\n",
+    "-----END CERTIFICATE-----\n",
+);
 
 /// A Secret with PEM text in `stringData` (the API server turns it into `data`).
 fn tls_secret(name: &str, with_ca: bool) -> String {
@@ -450,7 +463,7 @@ spec:
     let modes: Vec<_> = https.tls.iter().map(|t| (t.hosts[0].as_str(), t.mode)).collect();
     use crate::snapshot::ServerTlsMode::*;
     assert_eq!(modes, [("a.example.com", Simple), ("b.example.com", Mutual), ("d.example.com", Passthrough)]);
-    assert_eq!(https.tls[0].credential.as_deref(), Some("kubernetes://istio-system/good"));
+    assert_eq!(https.tls[0].credentials, ["kubernetes://istio-system/good"]);
     assert_eq!(https.tls[0].min_version, Some(crate::snapshot::TlsVersion::V1_3));
     assert_eq!(https.tls[0].cipher_suites, ["TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"]);
     assert_eq!(https.tls[1].client_ca.as_deref(), Some("kubernetes://istio-system/mtls"));

@@ -170,6 +170,8 @@ pub struct TlsServer {
     pub hosts: HostPatterns,
     /// `None` for passthrough servers.
     pub acceptor: Option<Arc<pingora_core::listeners::tls::Acceptor>>,
+    /// The certificates this server serves (none for passthrough).
+    pub served: Vec<crate::tls::serving::Served>,
 }
 
 pub struct VirtualHost {
@@ -408,13 +410,14 @@ fn compile_route(r: &Arc<controller::snapshot::Route>, clusters: &Clusters, rege
 fn compile_tls(def: &ServerTls, snapshot: &Snapshot, previous: Option<&Listener>) -> Option<Arc<TlsServer>> {
     let hosts = HostPatterns::new(&def.hosts);
     if def.mode == ServerTlsMode::Passthrough {
-        return Some(Arc::new(TlsServer { def: def.clone(), hosts, acceptor: None }));
+        return Some(Arc::new(TlsServer { def: def.clone(), hosts, acceptor: None, served: Vec::new() }));
     }
     match crate::tls::server_config(def, &snapshot.secrets) {
-        Ok(config) => Some(Arc::new(TlsServer {
+        Ok(built) => Some(Arc::new(TlsServer {
             def: def.clone(),
             hosts,
-            acceptor: Some(Arc::new(pingora_core::listeners::tls::Acceptor::from_server_config(config))),
+            acceptor: Some(Arc::new(pingora_core::listeners::tls::Acceptor::from_server_config(built.config))),
+            served: built.served,
         })),
         Err(e) => {
             let kept = previous.and_then(|l| l.tls.iter().find(|t| t.def.server == def.server)).cloned();

@@ -5,7 +5,9 @@
 //! Everything here is built when a snapshot is compiled, never per connection. A server whose
 //! material fails to build is reported and left out; the other servers keep serving.
 
+pub mod client_auth;
 pub mod san;
+pub mod serving;
 pub mod upstream;
 
 use controller::snapshot::{Secret, ServerTls, ServerTlsMode, TlsVersion};
@@ -31,6 +33,25 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("client verifier: {0}")]
     Verifier(String),
+    #[error("secret {0:?}: the private key does not belong to the certificate (tls.key and tls.crt differ)")]
+    KeyMismatch(String),
+}
+
+/// A terminating server's rustls config and the certificates it serves.
+pub struct ServerTlsConfig {
+    pub config: Arc<ServerConfig>,
+    pub served: Vec<serving::Served>,
+}
+
+/// Sets `meshgate_certificate_expiry_seconds` to the certificates `runtime` serves (a removed
+/// certificate's series goes away).
+pub fn report_expiry(runtime: &crate::runtime::Runtime, gauge: &prometheus::IntGaugeVec) {
+    gauge.reset();
+    for server in runtime.listeners.values().flat_map(|l| &l.tls) {
+        for served in &server.served {
+            gauge.with_label_values(&[served.secret.as_str()]).set(served.not_after);
+        }
+    }
 }
 
 /// The process-wide crypto provider (ring, as pingora's rustls build uses).
@@ -69,13 +90,7 @@ pub fn roots(pem: &str, name: &str) -> Result<RootCertStore, TlsError> {
 }
 
 /// Builds the rustls config of one terminating Gateway server.
-pub fn server_config(def: &ServerTls, secrets: &BTreeMap<String, Secret>) -> Result<Arc<ServerConfig>, TlsError> {
-    let cred_name = def.credential.as_deref().unwrap_or("");
-    let cred = secret(secrets, cred_name)?;
-    let chain =
-        certs(cred.cert_pem.as_deref().ok_or(TlsError::MissingPart(cred_name.into(), "certificate"))?, cred_name)?;
-    let key = key(cred.key_pem.as_deref().ok_or(TlsError::MissingPart(cred_name.into(), "private key"))?, cred_name)?;
-
+pub fn server_config(def: &ServerTls, secrets: &BTreeMap<String, Secret>) -> Result<ServerTlsConfig, TlsError> {
     let mut provider = rustls::crypto::ring::default_provider();
     if !def.cipher_suites.is_empty() {
         // TLS 1.3 suites are kept unless named: Envoy's cipherSuites applies to TLS <= 1.2 only.
@@ -98,27 +113,45 @@ pub fn server_config(def: &ServerTls, secrets: &BTreeMap<String, Secret>) -> Res
     if versions.is_empty() || !usable {
         return Err(TlsError::NoCipherSuites);
     }
+
+    let mut keys = Vec::new();
+    let mut served = Vec::new();
+    for cred_name in &def.credentials {
+        let cred = secret(secrets, cred_name)?;
+        let missing = |what| TlsError::MissingPart(cred_name.clone(), what);
+        let chain = certs(cred.cert_pem.as_deref().ok_or_else(|| missing("certificate"))?, cred_name)?;
+        let key = key(cred.key_pem.as_deref().ok_or_else(|| missing("private key"))?, cred_name)?;
+        let (certified, not_after) = serving::certified_key(chain, key, &provider, cred_name)?;
+        keys.push(Arc::new(certified));
+        served.push(serving::Served { secret: cred_name.clone(), not_after });
+    }
+    if keys.is_empty() {
+        return Err(TlsError::MissingSecret(String::new()));
+    }
+
     let provider = Arc::new(provider);
     let builder = ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(&versions)?;
     let builder = match def.mode {
         ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual => {
             let ca_name = def.client_ca.as_deref().unwrap_or("");
             let ca = secret(secrets, ca_name)?;
-            let roots =
-                Arc::new(roots(ca.ca_pem.as_deref().ok_or(TlsError::MissingPart(ca_name.into(), "ca.crt"))?, ca_name)?);
+            let ca_pem = ca.ca_pem.as_deref().ok_or(TlsError::MissingPart(ca_name.into(), "ca.crt"))?;
+            let roots = Arc::new(roots(ca_pem, ca_name)?);
+            let algorithms = provider.signature_verification_algorithms;
             let mut verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
             if def.mode == ServerTlsMode::OptionalMutual {
                 verifier = verifier.allow_unauthenticated();
             }
             let verifier = verifier.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
+            let verifier = client_auth::ClientVerifier::new(verifier, certs(ca_pem, ca_name)?, algorithms);
             let verifier = san::SanCheckingVerifier::wrap(verifier, &def.subject_alt_names);
             builder.with_client_cert_verifier(verifier)
         }
         _ => builder.with_no_client_auth(),
     };
-    let mut config = builder.with_single_cert(chain, key)?;
+    let mut config = builder.with_cert_resolver(Arc::new(serving::ByClientSchemes::new(keys)));
     if def.http {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
-    Ok(Arc::new(config))
+    Ok(ServerTlsConfig { config: Arc::new(config), served })
 }
