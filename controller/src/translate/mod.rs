@@ -13,6 +13,7 @@ pub mod hosts;
 mod routes;
 pub mod servers;
 pub mod services;
+pub mod visibility;
 
 use crate::api::istio::{GatewaySpec, Server};
 use crate::api::Kind;
