@@ -93,8 +93,14 @@ pub mod codes {
     pub const UNKNOWN_FIELD: &str = "MG0005";
     /// A rejected resource or unreadable file keeps serving its last valid version.
     pub const KEPT: &str = "MG0006";
+    /// Part or all of a DestinationRule is not applied because another rule for the same host
+    /// takes its place when the rules are merged (a subset of a name already defined, a second
+    /// top-level policy, a rule with a different `exportTo`).
+    pub const MERGE: &str = "MG0007";
+    /// A resource is not exported (`exportTo`) to the gateway's namespace, so it does not apply.
+    pub const NOT_EXPORTED: &str = "MG0008";
     /// A certificate that is served or trusted although it is outside its validity dates.
-    pub const CERTIFICATE: &str = "MG0007";
+    pub const CERTIFICATE: &str = "MG0009";
 }
 
 impl Diagnostic {

@@ -353,7 +353,7 @@ async fn an_expired_certificate_is_served_with_a_warning_and_its_expiry_in_metri
     let (code, out, err) = run_analyze([cfg.path()]);
     assert_eq!(code, 0, "analyze: {out}{err}");
     let all = format!("{out}{err}");
-    assert!(all.contains("MG0007") && all.contains("expired") && all.contains("old-cred"), "{all}");
+    assert!(all.contains("MG0009") && all.contains("expired") && all.contains("old-cred"), "{all}");
 
     let gw = start(&cfg, &[443]).await;
     let port = gw.addr(443).port();

@@ -1,63 +1,20 @@
 //! Destinations → clusters: service port, subset endpoints and load-balancer policy from the
 //! DestinationRule (subset port level > subset > port level > top level > LEAST_REQUEST).
+//! Which rule applies to a host (merging, namespaces, `exportTo`) is [`super::rules`]' business.
 
 use super::credentials::{Credentials, Need};
+use super::rules::Rules;
 use super::services::{Registry, ServiceInfo};
 use crate::api::istio::{ClientTlsSettings, DestinationRuleSpec, LoadBalancerSettings, TrafficPolicy};
-use crate::api::Kind;
 use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, ServiceRef, UpstreamTls};
-use crate::store::{Resource, Store};
-
-/// DestinationRules by resolved host. Owns (shared) copies of the rules, so a translation
-/// whose DestinationRules are the same map as its predecessor's reuses this index and the
-/// problems it reported (`Reuse`): building it checks every rule's policies.
-pub struct Rules {
-    by_host: foldhash::HashMap<String, Resource<DestinationRuleSpec>>,
-    /// The `*` and `*.suffix` hosts of `by_host`, longest first.
-    wildcards: Vec<String>,
-}
-
-impl Rules {
-    /// Indexes valid DestinationRules; invalid policies are reported here, once per rule.
-    pub fn build(store: &Store, problems: &mut Vec<Diagnostic>) -> Rules {
-        let mut rules: Vec<&Resource<DestinationRuleSpec>> = Vec::new();
-        for dr in store.destination_rules.values() {
-            let mut local = Vec::new();
-            check_policy(dr.spec.traffic_policy.as_deref(), || "spec.trafficPolicy".to_string(), &mut local);
-            for (i, s) in dr.spec.subsets.iter().enumerate() {
-                let field = || format!("spec.subsets[{i}].trafficPolicy");
-                check_policy(s.traffic_policy.as_deref(), field, &mut local);
-            }
-            let rejected = local.iter().any(Diagnostic::is_error);
-            problems.extend(local.into_iter().map(|d| d.at(&dr.origin, Some(dr.reference(Kind::DestinationRule)))));
-            if !rejected {
-                rules.push(dr);
-            }
-        }
-        // Oldest first so the first definition for a host wins, as in Istio.
-        let mut by_host = foldhash::HashMap::default();
-        for dr in crate::store::in_order(rules) {
-            let host = super::hosts::resolve_short_name(&dr.spec.host, dr.namespace());
-            by_host.entry(host).or_insert_with(|| dr.clone());
-        }
-        let mut wildcards: Vec<String> = by_host.keys().filter(|h| h.starts_with('*')).cloned().collect();
-        wildcards.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-        Rules { by_host, wildcards }
-    }
-
-    /// The rule for a host: exact name first, then the most specific wildcard.
-    pub fn for_host(&self, host: &str) -> Option<&Resource<DestinationRuleSpec>> {
-        if let Some(r) = self.by_host.get(host) {
-            return Some(r);
-        }
-        let pattern = self.wildcards.iter().find(|pattern| super::hosts::covers(pattern, host))?;
-        self.by_host.get(pattern)
-    }
-}
 
 /// `field` names the policy; it is only formatted for a policy that is there.
-fn check_policy(policy: Option<&TrafficPolicy>, field: impl FnOnce() -> String, problems: &mut Vec<Diagnostic>) {
+pub(super) fn check_policy(
+    policy: Option<&TrafficPolicy>,
+    field: impl FnOnce() -> String,
+    problems: &mut Vec<Diagnostic>,
+) {
     let Some(policy) = policy else { return };
     let field = field();
     if let Some(lb) = &policy.load_balancer {
@@ -209,7 +166,7 @@ pub fn resolve(
     problems: &mut Vec<Diagnostic>,
 ) -> Option<Resolved> {
     let service = registry.get(host);
-    let rule = rules.for_host(host);
+    let rule = rules.for_host(host, service.map(|s| s.service.namespace.as_str()));
     let port = match (port, service) {
         (Some(p), Some(svc)) => {
             if !svc.ports.is_empty() && !svc.ports.iter().any(|sp| sp.number == p) {
@@ -238,24 +195,29 @@ pub fn resolve(
         (None, None) => 80,
     };
     if service.is_none() {
-        problems.push(Diagnostic::warning(
-            codes::NOT_FOUND,
-            format!("{field}.host"),
-            format!("unknown host {host:?}: no Service or ServiceEntry defines it; requests get 503"),
-        ));
+        let message = match registry.hidden(host) {
+            Some(entry) => format!(
+                "unknown host {host:?}: ServiceEntry {entry} defines it but is not exported (exportTo) to this gateway's namespace; requests get 503"
+            ),
+            None => format!("unknown host {host:?}: no Service or ServiceEntry defines it; requests get 503"),
+        };
+        problems.push(Diagnostic::warning(codes::NOT_FOUND, format!("{field}.host"), message));
     }
     let subset_labels = match subset {
         None => None,
-        Some(name) => match rule.and_then(|r| r.spec.subsets.iter().find(|s| s.name == name)) {
+        Some(name) => match rule.and_then(|r| r.subset(name)) {
             Some(s) => Some(&s.labels),
             None => {
-                problems.push(Diagnostic::warning(
-                    codes::NOT_FOUND,
-                    format!("{field}.subset"),
-                    format!(
-                        "subset {name:?} is not defined by any DestinationRule for host {host:?}; requests get 503"
+                let message = match rule {
+                    Some(r) => format!(
+                        "subset {name:?} is not defined by DestinationRule {} (the rule this gateway uses for host {host:?}); requests get 503",
+                        r.source(None)
                     ),
-                ));
+                    None => format!(
+                        "subset {name:?} is not defined: no DestinationRule for host {host:?} applies to this gateway; requests get 503"
+                    ),
+                };
+                problems.push(Diagnostic::warning(codes::NOT_FOUND, format!("{field}.subset"), message));
                 None
             }
         },
@@ -267,7 +229,7 @@ pub fn resolve(
     };
     let tls = match rule.and_then(|r| effective_tls(&r.spec, subset, port).map(|t| (r, t))) {
         None => None,
-        Some((r, settings)) => match upstream_tls(settings, creds) {
+        Some((r, (settings, in_subset))) => match upstream_tls(settings, creds) {
             Ok(tls) => tls.map(Box::new),
             Err(why) => {
                 // Fail closed: never fall back to plain text for a destination meant to use TLS.
@@ -275,9 +237,8 @@ pub fn resolve(
                     codes::UNSUPPORTED,
                     format!("{field}.host"),
                     format!(
-                        "DestinationRule {}/{} trafficPolicy.tls: {why}; requests to this destination get 503",
-                        r.namespace(),
-                        r.meta.name
+                        "DestinationRule {} trafficPolicy.tls: {why}; requests to this destination get 503",
+                        r.source(subset.filter(|_| in_subset))
                     ),
                 ));
                 endpoints.clear();
@@ -309,8 +270,13 @@ pub fn resolve(
     })
 }
 
-/// The TLS settings for one cluster, most specific first (as for load balancing).
-fn effective_tls<'a>(dr: &'a DestinationRuleSpec, subset: Option<&str>, port: u16) -> Option<&'a ClientTlsSettings> {
+/// The TLS settings for one cluster, most specific first (as for load balancing), and
+/// whether they are the subset's.
+fn effective_tls<'a>(
+    dr: &'a DestinationRuleSpec,
+    subset: Option<&str>,
+    port: u16,
+) -> Option<(&'a ClientTlsSettings, bool)> {
     let from = |p: Option<&'a TrafficPolicy>| -> Option<&'a ClientTlsSettings> {
         let p = p?;
         p.port_level_settings
@@ -321,7 +287,7 @@ fn effective_tls<'a>(dr: &'a DestinationRuleSpec, subset: Option<&str>, port: u1
     };
     let subset_policy =
         subset.and_then(|s| dr.subsets.iter().find(|x| x.name == s)).and_then(|s| s.traffic_policy.as_deref());
-    from(subset_policy).or_else(|| from(dr.traffic_policy.as_deref()))
+    from(subset_policy).map(|t| (t, true)).or_else(|| from(dr.traffic_policy.as_deref()).map(|t| (t, false)))
 }
 
 /// DestinationRule TLS → snapshot form. `Ok(None)` is DISABLE.

@@ -11,8 +11,10 @@ pub mod clusters;
 pub mod credentials;
 pub mod hosts;
 mod routes;
+pub mod rules;
 pub mod servers;
 pub mod services;
+pub mod visibility;
 
 use crate::api::istio::{GatewaySpec, Server};
 use crate::api::Kind;
@@ -142,7 +144,7 @@ pub struct Reuse {
     registry_reused: bool,
     /// The DestinationRule index and its problems, reused while the store's DestinationRules
     /// are the same map (checking 10k rules' policies is a twentieth of a reload).
-    rules: Option<(Arc<clusters::Rules>, Vec<Diagnostic>)>,
+    rules: Option<(Arc<rules::Rules>, Vec<Diagnostic>)>,
     rules_reused: bool,
 }
 
@@ -189,14 +191,14 @@ pub fn translate_reusing(
 
     let kept = previous.filter(|(prev, _)| store.same_registry_inputs(prev)).and_then(|(_, r)| r.registry.clone());
     next.registry_reused = kept.is_some();
-    let (registry, found) = kept_or_built(kept, |found| services::Registry::build(store, found));
+    let (registry, found) = kept_or_built(kept, |found| services::Registry::build(store, &options.namespace, found));
     problems.extend(found.iter().cloned());
     next.registry = Some((registry.clone(), found));
     let kept = previous
         .filter(|(prev, _)| Arc::ptr_eq(&store.destination_rules, &prev.destination_rules))
         .and_then(|(_, r)| r.rules.clone());
     next.rules_reused = kept.is_some();
-    let (rules, found) = kept_or_built(kept, |found| clusters::Rules::build(store, found));
+    let (rules, found) = kept_or_built(kept, |found| rules::Rules::build(store, &options.namespace, found));
     problems.extend(found.iter().cloned());
     next.rules = Some((rules.clone(), found));
 
@@ -303,7 +305,7 @@ pub fn translate_reusing(
     let mut vhosts: BTreeMap<u16, HostList> = BTreeMap::new();
     let mut clusters = BTreeMap::new();
 
-    let virtual_services = crate::store::in_order(store.virtual_services.values());
+    let virtual_services = gateway_order(store, &options.namespace);
     let mut servers_by_gateway: HashMap<String, Vec<&BoundServer>> = HashMap::new();
     for s in &servers {
         servers_by_gateway.entry(s.gateway_key.clone()).or_default().push(s);
@@ -428,6 +430,31 @@ fn kept_or_built<T>(
         let mut found = Vec::new();
         (Arc::new(build(&mut found)), found)
     })
+}
+
+/// VirtualServices in the order a gateway in `consumer` takes them, which is the order their
+/// routes are appended in for a shared host: those of its own namespace exported to it by
+/// name (or `.`), then those of other namespaces exported to it by name, then those exported
+/// to all; each group oldest first, as Istio lists them for a gateway. Ones not exported to
+/// `consumer` come last; they do not bind (the translation says so).
+fn gateway_order<'a>(store: &'a Store, consumer: &str) -> Vec<&'a Resource<crate::api::istio::VirtualServiceSpec>> {
+    let mut list = crate::store::in_order(store.virtual_services.values());
+    let group = |vs: &Resource<crate::api::istio::VirtualServiceSpec>| {
+        let export_to = &vs.spec.export_to;
+        let named = |e: &String| e == consumer || (e == "." && vs.namespace() == consumer);
+        if export_to.is_empty() || export_to.iter().any(|e| e == "*") {
+            2
+        } else if !export_to.iter().any(named) {
+            3
+        } else if vs.namespace() == consumer {
+            0
+        } else {
+            1
+        }
+    };
+    // Stable: creation order within each group.
+    list.sort_by_key(|vs| group(vs));
+    list
 }
 
 /// A Gateway applies when its selector is a subset of this instance's labels.

@@ -1,10 +1,12 @@
 //! VirtualService → routes bound to gateway servers.
 
-use super::clusters::{parse_duration_ms, resolve, Rules};
+use super::clusters::{parse_duration_ms, resolve};
 use super::credentials::Credentials;
 use super::hosts::{intersect, resolve_short_name, split_server_host};
+use super::rules::Rules;
 use super::servers::ServerKind;
 use super::services::Registry;
+use super::visibility::{self, Allowed};
 use super::{BoundServer, Options};
 use crate::api::istio::{
     HttpMatchRequest, HttpRoute, KeyedMatches, RouteDestination, StringMatch as WireMatch, VirtualServiceSpec,
@@ -95,6 +97,27 @@ pub(super) fn translate_virtual_service(
                 format!("gateway {key:?} does not exist (write ns/name for a Gateway in another namespace)"),
             ));
         }
+    }
+
+    let before = problems.len();
+    visibility::check(&spec.export_to, ns, Allowed::Namespaces, problems);
+    if problems[before..].iter().any(Diagnostic::is_error) {
+        return out;
+    }
+    if !visibility::visible(&spec.export_to, ns, &ctx.options.namespace) {
+        // Istio leaves it out of the gateway's configuration whole; say so when it names a
+        // Gateway this instance serves, where the user expects it to bind.
+        if gateway_keys.iter().any(|k| ctx.servers_by_gateway.contains_key(k)) {
+            problems.push(Diagnostic::warning(
+                codes::NOT_EXPORTED,
+                "spec.exportTo",
+                format!(
+                    "not exported to namespace {:?} of this gateway; the VirtualService does not bind here",
+                    ctx.options.namespace
+                ),
+            ));
+        }
+        return out;
     }
 
     // Routes and their clusters, validated once.

@@ -1,9 +1,10 @@
 //! The service registry: every host a destination can name (Kubernetes Services and
 //! ServiceEntry hosts) with its ports and ready endpoints, labels included.
 
+use super::visibility::{self, Allowed};
 use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::ServiceEntrySpec;
-use crate::api::{CompactString, Labels};
+use crate::api::{CompactString, Kind, Labels};
 use crate::by_name::{ByName, Named};
 use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::{ServiceRef, UpstreamProtocol, Workload};
@@ -73,6 +74,9 @@ pub struct RegistryEndpoint {
 #[derive(Debug, Default)]
 pub struct Registry {
     services: ByName<ServiceInfo>,
+    /// Hosts of ServiceEntries not exported to the gateway's namespace → `namespace/name` of
+    /// the first such entry, so that a route to one says why its host is unknown.
+    hidden: HashMap<String, String>,
 }
 
 impl Named for ServiceInfo {
@@ -82,7 +86,9 @@ impl Named for ServiceInfo {
 }
 
 impl Registry {
-    pub fn build(store: &Store, problems: &mut Vec<Diagnostic>) -> Registry {
+    /// The services a gateway in namespace `consumer` sees: all Kubernetes Services, and the
+    /// ServiceEntries exported to `consumer`.
+    pub fn build(store: &Store, consumer: &str, problems: &mut Vec<Diagnostic>) -> Registry {
         let mut registry = Registry::default();
         let index = Index::build(store);
         for svc in store.services.values() {
@@ -90,6 +96,22 @@ impl Registry {
             registry.services.insert(info, true);
         }
         for se in store.service_entries.values() {
+            let mut local = Vec::new();
+            visibility::check(&se.spec.export_to, se.namespace(), Allowed::NamespacesOrNone, &mut local);
+            let rejected = local.iter().any(Diagnostic::is_error);
+            problems.extend(local.into_iter().map(|d| d.at(&se.origin, Some(se.reference(Kind::ServiceEntry)))));
+            if rejected {
+                continue;
+            }
+            if !visibility::visible(&se.spec.export_to, se.namespace(), consumer) {
+                // As in Istio, not a destination for this gateway: routes to its hosts find no
+                // service (another entry for the host may still be visible).
+                for host in &se.spec.hosts {
+                    let name = format!("{}/{}", se.namespace(), se.meta.name);
+                    registry.hidden.entry(host.to_ascii_lowercase()).or_insert(name);
+                }
+                continue;
+            }
             for info in service_entry(store, se, problems) {
                 // Kubernetes Services win over ServiceEntries for the same host, as in Istio.
                 registry.services.insert(info, false);
@@ -100,6 +122,12 @@ impl Registry {
 
     pub fn get(&self, host: &str) -> Option<&ServiceInfo> {
         self.services.get(host)
+    }
+
+    /// The ServiceEntry (`namespace/name`) that defines `host` but is not exported to the
+    /// gateway's namespace.
+    pub fn hidden(&self, host: &str) -> Option<&str> {
+        self.hidden.get(host).map(String::as_str)
     }
 }
 
@@ -303,7 +331,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
                         w.address
                     ),
                 )
-                .at(&se.origin, Some(se.reference(crate::api::Kind::ServiceEntry))),
+                .at(&se.origin, Some(se.reference(Kind::ServiceEntry))),
             );
             continue;
         }

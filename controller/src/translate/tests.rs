@@ -740,3 +740,317 @@ fn reusing_translation_equals_a_fresh_one() {
     step("a VirtualService edited after that", &|| write(&vs_file, &pods.replace("/api/v1", "/api/v7")));
     assert!(registry_reused.get(), "only a VirtualService changed");
 }
+
+/// BASE without its DestinationRule: the bookinfo Gateway, the reviews Service and its Pods.
+fn bookinfo_without_rules() -> &'static str {
+    &BASE[..BASE.find("---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule").unwrap()]
+}
+
+fn run_in(yaml: &str, namespace: &str) -> (Snapshot, Diagnostics) {
+    let mut store = Store::default();
+    load_text(&mut store, yaml, Some(std::path::Path::new("test.yaml")));
+    translate(&store, &Options { namespace: namespace.into(), ..Options::default() })
+}
+
+fn reviews(subset: &str) -> String {
+    format!("outbound|9080|{subset}|reviews.default.svc.cluster.local")
+}
+
+/// Subsets v1 and v2 of one host in two DestinationRules, as Istio's docs split them: the
+/// gateway sees both subsets and the older rule's top-level policy.
+#[test]
+fn destination_rules_for_one_host_merge_subsets_and_keep_the_first_policy() {
+    let rules = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-v1, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {simple: ROUND_ROBIN}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-v2, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  host: reviews.default.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+  subsets:
+  - name: v2
+    labels: {version: v2}
+  - name: v1
+    labels: {version: v2}
+"#;
+    let (snap, diags) = run(&format!("{}{rules}{VS}", bookinfo_without_rules()));
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let v1 = &snap.clusters[&*reviews("v1")];
+    let v2 = &snap.clusters[&*reviews("v2")];
+    assert_eq!(v1.endpoints.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(), ["10.0.0.1"], "the first v1 wins");
+    assert_eq!(v2.endpoints.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(), ["10.0.0.2"]);
+    assert_eq!(v1.load_balancer, LoadBalancer::RoundRobin);
+    assert_eq!(v2.load_balancer, LoadBalancer::RoundRobin, "the later rule's top-level policy is dropped");
+    let mut dropped: Vec<_> = diags
+        .iter()
+        .filter(|d| d.code == codes::MERGE)
+        .map(|d| (d.resource.as_ref().unwrap().name.as_str(), d.field.as_str()))
+        .collect();
+    dropped.sort();
+    assert_eq!(dropped, [("reviews-v2", "spec.subsets[1]"), ("reviews-v2", "spec.trafficPolicy")]);
+    assert_eq!(diags.warnings(), 2, "{:?}", diags.items);
+}
+
+#[test]
+fn a_first_rule_without_policy_takes_the_later_rules_policy() {
+    let rules = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-v1, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  host: reviews
+  subsets: [{name: v1, labels: {version: v1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-v2, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  host: reviews
+  trafficPolicy: {loadBalancer: {simple: RANDOM}}
+  subsets: [{name: v2, labels: {version: v2}}]
+"#;
+    let (snap, diags) = run(&format!("{}{rules}{VS}", bookinfo_without_rules()));
+    assert_eq!(diags.warnings(), 0, "{:?}", diags.items);
+    assert_eq!(snap.clusters[&*reviews("v1")].load_balancer, LoadBalancer::Random);
+    assert_eq!(snap.clusters[&*reviews("v2")].endpoints.len(), 1);
+}
+
+fn reviews_rule(namespace: &str, name: &str, export_to: &str, lb: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  host: reviews.default.svc.cluster.local
+  exportTo: {export_to}
+  trafficPolicy: {{loadBalancer: {{simple: {lb}}}}}
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+"#
+    )
+}
+
+/// A gateway in the root namespace (the default): its namespace's rules private to it, then
+/// the service's namespace, then the root namespace's exported rules.
+#[test]
+fn destination_rule_namespace_precedence_for_a_gateway_in_the_root_namespace() {
+    let lb = |rules: &[String]| {
+        let (snap, diags) = run(&format!("{}{}{VS}", bookinfo_without_rules(), rules.concat()));
+        assert_eq!(diags.warnings(), 0, "{:?}", diags.items);
+        snap.clusters[&*reviews("v1")].load_balancer.clone()
+    };
+    let root = reviews_rule("istio-system", "root", "[]", "RANDOM");
+    let service = reviews_rule("default", "service", "[]", "ROUND_ROBIN");
+    let private = reviews_rule("istio-system", "private", "[.]", "LEAST_REQUEST");
+    assert_eq!(lb(std::slice::from_ref(&root)), LoadBalancer::Random, "the root namespace is the fallback");
+    assert_eq!(lb(&[root.clone(), service.clone()]), LoadBalancer::RoundRobin, "the service's namespace first");
+    assert_eq!(lb(&[root, service, private]), LoadBalancer::LeastRequest, "the gateway's own private rule first");
+}
+
+#[test]
+fn destination_rule_namespace_precedence_for_a_gateway_in_its_own_namespace() {
+    let lb = |rules: &[String]| {
+        let (snap, diags) = run_in(&format!("{}{}{VS}", bookinfo_without_rules(), rules.concat()), "ingress");
+        assert_eq!(diags.warnings(), 0, "{:?}", diags.items);
+        snap.clusters[&*reviews("v1")].load_balancer.clone()
+    };
+    let root = reviews_rule("istio-system", "root", "[]", "RANDOM");
+    let service = reviews_rule("default", "service", "[]", "ROUND_ROBIN");
+    let own = reviews_rule("ingress", "own", "[.]", "LEAST_REQUEST");
+    let root_private = reviews_rule("istio-system", "private", "[.]", "ROUND_ROBIN");
+    assert_eq!(lb(&[root.clone(), root_private]), LoadBalancer::Random, "root rules private to it are not seen");
+    assert_eq!(lb(&[root.clone(), service.clone()]), LoadBalancer::RoundRobin);
+    assert_eq!(lb(&[root, service, own]), LoadBalancer::LeastRequest, "the gateway's namespace first");
+}
+
+#[test]
+fn destination_rules_not_exported_to_the_gateway_do_not_apply() {
+    let run_rules = |rules: &[String]| run(&format!("{}{}{VS}", bookinfo_without_rules(), rules.concat()));
+    // Private to the service's namespace: no rule, so no subsets.
+    let (snap, diags) = run_rules(&[reviews_rule("default", "private", "[.]", "RANDOM")]);
+    assert!(snap.clusters[&*reviews("v1")].endpoints.is_empty());
+    let unknown = diags.iter().find(|d| d.field.ends_with(".subset")).expect("subset warning");
+    assert!(unknown.message.contains("no DestinationRule"), "{}", unknown.message);
+    // Exported to the gateway's namespace by name.
+    let (snap, diags) = run_rules(&[reviews_rule("default", "named", "[istio-system]", "RANDOM")]);
+    assert_eq!(diags.warnings(), 0, "{:?}", diags.items);
+    assert_eq!(snap.clusters[&*reviews("v1")].load_balancer, LoadBalancer::Random);
+    // Exported elsewhere: the lookup goes on to the root namespace.
+    let (snap, _) = run_rules(&[
+        reviews_rule("default", "elsewhere", "[other]", "RANDOM"),
+        reviews_rule("istio-system", "root", "[]", "ROUND_ROBIN"),
+    ]);
+    assert_eq!(snap.clusters[&*reviews("v1")].load_balancer, LoadBalancer::RoundRobin);
+}
+
+#[test]
+fn destination_rules_with_different_export_to_do_not_merge() {
+    let first = reviews_rule("default", "first", "[]", "RANDOM")
+        .replace("{name: first,", "{name: first, creationTimestamp: \"2024-01-01T00:00:00Z\",");
+    let second = reviews_rule("default", "second", "['*']", "ROUND_ROBIN")
+        .replace("{name: second,", "{name: second, creationTimestamp: \"2024-02-01T00:00:00Z\",")
+        .replace("{name: v1, labels: {version: v1}}, ", "");
+    let (snap, diags) = run(&format!("{}{first}{second}{VS}", bookinfo_without_rules()));
+    // The later rule applies alone: its policy, and no v1.
+    assert_eq!(snap.clusters[&*reviews("v2")].load_balancer, LoadBalancer::RoundRobin);
+    assert!(snap.clusters[&*reviews("v1")].endpoints.is_empty());
+    let lost = diags.iter().find(|d| d.code == codes::MERGE).expect("the first rule is reported");
+    assert_eq!((lost.resource.as_ref().unwrap().name.as_str(), lost.field.as_str()), ("first", "spec.exportTo"));
+    assert!(lost.message.contains("default/second"), "{}", lost.message);
+}
+
+fn bookinfo_vs(name: &str, namespace: &str, export_to: &str, prefix: &str) -> String {
+    format!(
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  hosts: ["*"]
+  gateways: [default/bookinfo-gateway]
+  exportTo: {export_to}
+  http:
+  - match: [{{uri: {{prefix: {prefix}}}}}]
+    route: [{{destination: {{host: reviews.default.svc.cluster.local}}}}]
+"#
+    )
+}
+
+#[test]
+fn virtual_services_bind_only_when_exported_to_the_gateway_namespace() {
+    let routes = |vs: &str, namespace: &str| {
+        let (snap, diags) = run_in(&format!("{BASE}{vs}"), namespace);
+        assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+        let names: Vec<String> = snap
+            .listeners
+            .iter()
+            .flat_map(|l| l.virtual_hosts.iter().flat_map(|h| h.routes.iter().map(|r| r.virtual_service.to_string())))
+            .collect();
+        (names, diags)
+    };
+    let (bound, diags) = routes(&bookinfo_vs("private", "default", "[.]", "/a"), "istio-system");
+    assert!(bound.is_empty());
+    let hidden = diags.iter().find(|d| d.code == codes::NOT_EXPORTED).expect("MG0008");
+    assert_eq!((hidden.field.as_str(), hidden.resource.as_ref().unwrap().name.as_str()), ("spec.exportTo", "private"));
+    assert_eq!(routes(&bookinfo_vs("private", "default", "[.]", "/a"), "default").0, ["default/private"]);
+    assert_eq!(routes(&bookinfo_vs("named", "default", "[istio-system]", "/a"), "istio-system").0, ["default/named"]);
+    assert_eq!(routes(&bookinfo_vs("own", "istio-system", "[.]", "/a"), "istio-system").0, ["istio-system/own"]);
+    assert_eq!(routes(&bookinfo_vs("all", "default", "['*']", "/a"), "istio-system").0, ["default/all"]);
+}
+
+/// For a shared host, Istio gives a gateway its own namespace's VirtualServices exported to it
+/// by name first, then other namespaces' exported to it by name, then those exported to all.
+#[test]
+fn virtual_services_exported_by_name_come_first() {
+    let vs = [
+        bookinfo_vs("public", "default", "[]", "/public"),
+        bookinfo_vs("named", "default", "[istio-system]", "/named"),
+        bookinfo_vs("own", "istio-system", "[.]", "/own"),
+    ]
+    .concat();
+    let (snap, diags) = run(&format!("{BASE}{vs}"));
+    assert_eq!(diags.warnings(), 0, "{:?}", diags.items);
+    let order: Vec<_> = snap.listeners[0].virtual_hosts[0].routes.iter().map(|r| &*r.virtual_service).collect();
+    assert_eq!(order, ["istio-system/own", "default/named", "default/public"]);
+}
+
+#[test]
+fn service_entries_not_exported_to_the_gateway_are_unknown_hosts() {
+    let entry = |namespace: &str, export_to: &str, address: &str| {
+        format!(
+            r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext, namespace: {namespace}}}
+spec:
+  hosts: [api.external.test]
+  exportTo: {export_to}
+  ports: [{{number: 443, name: https, protocol: HTTPS}}]
+  resolution: STATIC
+  endpoints: [{{address: {address}}}]
+"#
+        )
+    };
+    let vs = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ext}
+spec:
+  hosts: ["*"]
+  gateways: [bookinfo-gateway]
+  http:
+  - route: [{destination: {host: api.external.test, port: {number: 443}}}]
+"#;
+    let cluster = "outbound|443||api.external.test";
+    let (snap, diags) = run(&format!("{}{}{vs}", bookinfo_without_rules(), entry("default", "[.]", "10.9.9.9")));
+    assert!(snap.clusters[cluster].endpoints.is_empty(), "not a destination");
+    let unknown = diags.iter().find(|d| d.field == "spec.http[0].route[0].destination.host").expect("IST0101");
+    assert!(unknown.message.contains("ServiceEntry default/ext") && unknown.message.contains("exportTo"));
+    // Another entry for the host, exported to the gateway, is the destination.
+    let yaml = format!(
+        "{}{}{}{vs}",
+        bookinfo_without_rules(),
+        entry("default", "['~']", "10.9.9.9"),
+        entry("shared", "[istio-system]", "10.8.8.8")
+    );
+    let (snap, diags) = run(&yaml);
+    assert_eq!(diags.warnings(), 0, "{:?}", diags.items);
+    assert_eq!(snap.clusters[cluster].endpoints[0].address, "10.8.8.8");
+}
+
+#[test]
+fn export_to_is_validated_with_field_paths() {
+    let yaml = format!(
+        "{}{}{}{}",
+        bookinfo_without_rules(),
+        bookinfo_vs("both", "default", "[., '*']", "/a"),
+        reviews_rule("default", "none", "['~']", "RANDOM"),
+        r#"
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [api.external.test]
+  exportTo: [istio-system, Bad_Name]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+"#
+    );
+    let (snap, diags) = run(&yaml);
+    let mut errors: Vec<_> = diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| {
+            let r = d.resource.as_ref().unwrap();
+            (r.kind.as_str(), r.name.as_str(), d.field.as_str())
+        })
+        .collect();
+    errors.sort();
+    assert_eq!(
+        errors,
+        [
+            ("DestinationRule", "none", "spec.exportTo[0]"),
+            ("ServiceEntry", "ext", "spec.exportTo[1]"),
+            ("VirtualService", "both", "spec.exportTo"),
+        ]
+    );
+    assert!(snap.listeners[0].virtual_hosts.is_empty(), "the invalid VirtualService is left out");
+}
