@@ -101,6 +101,10 @@ pub mod codes {
     pub const NOT_EXPORTED: &str = "MG0008";
     /// A certificate that is served or trusted although it is outside its validity dates.
     pub const CERTIFICATE: &str = "MG0009";
+    /// A security policy (AuthorizationPolicy, RequestAuthentication) selects this gateway and
+    /// meshgate cannot enforce it: requests are denied. Not a rejection: the policy is in force
+    /// as "deny everything", so no earlier version of it is restored.
+    pub const UNENFORCED: &str = "MG0010";
 }
 
 impl Diagnostic {

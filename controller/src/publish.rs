@@ -102,6 +102,9 @@ fn rejected(diagnostics: &Diagnostics) -> Vec<(String, String, String)> {
     let mut out: Vec<_> = diagnostics
         .iter()
         .filter(|d| d.level == Level::Error)
+        // An unenforced policy is applied (as "deny everything"), not rejected: restoring an
+        // earlier version of it (say, an AUDIT one) would open access again.
+        .filter(|d| d.code != crate::diagnostics::codes::UNENFORCED)
         .filter_map(|d| d.resource.as_ref())
         .map(|r| (r.kind.clone(), r.namespace.clone(), r.name.clone()))
         .collect();

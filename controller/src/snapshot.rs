@@ -24,6 +24,18 @@ pub struct Snapshot {
     /// listeners and clusters. Private keys are never printed (see [`Secret`]'s serializer).
     #[serde(default)]
     pub secrets: BTreeMap<String, Secret>,
+    /// Security policies that select this gateway and that meshgate cannot enforce yet; while
+    /// any is listed the gateway denies (see `translate::policies`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unenforced_policies: Vec<UnenforcedPolicy>,
+}
+
+/// A `security.istio.io` policy by kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnenforcedPolicy {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
 }
 
 /// PEM certificate material. `Debug` and the default serializer redact the private key so a
@@ -426,6 +438,7 @@ impl Snapshot {
             && self.clusters.len() == other.clusters.len()
             && self.clusters.iter().zip(&other.clusters).all(|((ka, a), (kb, b))| ka == kb && shared_or_equal(a, b))
             && self.secrets == other.secrets
+            && self.unenforced_policies == other.unenforced_policies
     }
 
     /// Shares the parts a decoded snapshot holds as separate equal copies, as translation

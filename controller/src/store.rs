@@ -5,6 +5,7 @@
 
 use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use crate::api::security::PolicySpec;
 use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Diagnostics, Origin, ResourceRef};
 use k8s_openapi::api::core::v1::Secret;
@@ -27,6 +28,8 @@ macro_rules! by_kind {
             Object::Pod(s) => $apply!($owner.pods, s),
             Object::Secret(s) => $apply!($owner.secrets, s),
             Object::EndpointSlice(s) => $apply!($owner.endpoint_slices, s),
+            Object::AuthorizationPolicy(s) => $apply!($owner.authorization_policies, s),
+            Object::RequestAuthentication(s) => $apply!($owner.request_authentications, s),
         }
     };
 }
@@ -222,6 +225,8 @@ pub struct Store {
     pub pods: Objects<PodSummary>,
     pub secrets: Objects<Secret>,
     pub endpoint_slices: Objects<EndpointSlice>,
+    pub authorization_policies: Objects<PolicySpec>,
+    pub request_authentications: Objects<PolicySpec>,
     /// Contents of files that Gateways and DestinationRules name by path (certificates, keys,
     /// CAs), read by the source so translation stays pure. `Err` holds the read error.
     pub files: BTreeMap<std::path::PathBuf, Result<String, String>>,
@@ -243,6 +248,8 @@ pub enum Object {
     Pod(Arc<PodSummary>),
     Secret(Arc<Secret>),
     EndpointSlice(Arc<EndpointSlice>),
+    AuthorizationPolicy(Arc<PolicySpec>),
+    RequestAuthentication(Arc<PolicySpec>),
 }
 
 impl Object {
@@ -257,6 +264,8 @@ impl Object {
             Object::Pod(_) => Kind::Pod,
             Object::Secret(_) => Kind::Secret,
             Object::EndpointSlice(_) => Kind::EndpointSlice,
+            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
+            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
         }
     }
 
@@ -272,6 +281,8 @@ impl Object {
             (Object::Pod(a), Object::Pod(b)) => a == b,
             (Object::Secret(a), Object::Secret(b)) => a == b,
             (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a == b,
+            (Object::AuthorizationPolicy(a), Object::AuthorizationPolicy(b)) => a == b,
+            (Object::RequestAuthentication(a), Object::RequestAuthentication(b)) => a == b,
             _ => false,
         }
     }
@@ -366,6 +377,8 @@ impl Store {
             + self.pods.len()
             + self.secrets.len()
             + self.endpoint_slices.len()
+            + self.authorization_policies.len()
+            + self.request_authentications.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -412,6 +425,8 @@ impl Store {
             && same_objects(&self.destination_rules, &other.destination_rules)
             && self.same_registry_inputs(other)
             && same_objects(&self.secrets, &other.secrets)
+            && same_objects(&self.authorization_policies, &other.authorization_policies)
+            && same_objects(&self.request_authentications, &other.request_authentications)
             && self.files == other.files
     }
 
@@ -459,6 +474,20 @@ impl Store {
         restore_map(&mut self.pods, &prev.pods, Kind::Pod, pred, &mut notes);
         restore_map(&mut self.secrets, &prev.secrets, Kind::Secret, pred, &mut notes);
         restore_map(&mut self.endpoint_slices, &prev.endpoint_slices, Kind::EndpointSlice, pred, &mut notes);
+        restore_map(
+            &mut self.authorization_policies,
+            &prev.authorization_policies,
+            Kind::AuthorizationPolicy,
+            pred,
+            &mut notes,
+        );
+        restore_map(
+            &mut self.request_authentications,
+            &prev.request_authentications,
+            Kind::RequestAuthentication,
+            pred,
+            &mut notes,
+        );
         notes
     }
 }

@@ -40,6 +40,9 @@ pub struct Entry<'a> {
     pub protocol: &'static str,
     pub response_code: u16,
     pub response_flags: &'static str,
+    /// Why the gateway answered itself where a flag alone does not say (Envoy's
+    /// `%RESPONSE_CODE_DETAILS%`); the field is left out when unset.
+    pub response_code_details: Option<&'a str>,
     pub bytes_received: u64,
     pub bytes_sent: u64,
     pub duration: u64,
@@ -161,6 +164,10 @@ impl Entry<'_> {
         number(out, u64::from(self.response_code));
         out.extend_from_slice(b",\"response_flags\":\"");
         out.extend_from_slice(self.response_flags.as_bytes());
+        if let Some(details) = self.response_code_details {
+            out.extend_from_slice(b"\",\"response_code_details\":\"");
+            contents(out, details);
+        }
         out.extend_from_slice(b"\",\"bytes_received\":");
         number(out, self.bytes_received);
         out.extend_from_slice(b",\"bytes_sent\":");
@@ -199,6 +206,7 @@ impl Entry<'_> {
             + self.path.len()
             + self.protocol.len()
             + self.response_flags.len()
+            + optional(self.response_code_details)
             + Prepared::len(self.upstream_host)
             + Prepared::len(self.upstream_cluster)
             + Prepared::len(self.route_name)
@@ -493,6 +501,8 @@ mod tests {
         protocol: &'static str,
         response_code: u16,
         response_flags: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        response_code_details: Option<&'a str>,
         bytes_received: u64,
         bytes_sent: u64,
         duration: u64,
@@ -531,6 +541,7 @@ mod tests {
                 protocol: self.protocol,
                 response_code: self.response_code,
                 response_flags: self.response_flags,
+                response_code_details: self.response_code_details,
                 bytes_received: self.bytes_received,
                 bytes_sent: self.bytes_sent,
                 duration: self.duration,
@@ -555,6 +566,7 @@ mod tests {
             protocol: "HTTP/1.1",
             response_code: 503,
             response_flags: "UF",
+            response_code_details: None,
             bytes_received: 0,
             bytes_sent: 18_446_744_073_709_551_615,
             duration: 12,

@@ -1,7 +1,7 @@
 //! Command-line contract (users' scripts and the Helm chart rely on it).
 
 use crate::access_log::Target;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -77,6 +77,11 @@ pub struct RunArgs {
     /// On SIGTERM, how long in-flight requests may take before the process exits.
     #[arg(long, default_value_t = 5)]
     pub drain_seconds: u64,
+    /// What to do while an AuthorizationPolicy or RequestAuthentication that meshgate cannot
+    /// enforce selects this gateway: deny every request (403), or allow as if it were absent
+    /// (logged as an error at every reload).
+    #[arg(long, value_enum, default_value_t = UnenforcedPolicy::Deny)]
+    pub unenforced_policy: UnenforcedPolicy,
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -165,4 +170,11 @@ mod tests {
         let cli = Cli::parse_from(["gateway", "analyze", "a", "b"]);
         assert!(matches!(cli.command, Some(Command::Analyze { paths, .. }) if paths.len() == 2));
     }
+}
+
+/// `--unenforced-policy`: fail closed (the default) or open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UnenforcedPolicy {
+    Deny,
+    Allow,
 }

@@ -132,7 +132,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }));
     let access_log =
         AccessLog::start(&args.access_log, metrics.access_log_dropped.clone()).context("opening the access log")?;
-    let current = Arc::new(Current::new());
+    let current =
+        Arc::new(Current::with_unenforced_policy(args.unenforced_policy == crate::cli::UnenforcedPolicy::Deny));
     let tracer = Tracer::start(
         &args.tracing,
         TraceIdentity { workload: args.workload_name.clone(), namespace: identity.namespace.clone() },

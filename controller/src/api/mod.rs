@@ -6,6 +6,7 @@
 
 pub mod core;
 pub mod istio;
+pub mod security;
 
 pub use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,8 @@ pub enum Kind {
     Pod,
     Secret,
     EndpointSlice,
+    AuthorizationPolicy,
+    RequestAuthentication,
 }
 
 impl Kind {
@@ -114,6 +117,9 @@ impl Kind {
             ("networking.istio.io", "DestinationRule") => Some(Kind::DestinationRule),
             ("networking.istio.io", "ServiceEntry") => Some(Kind::ServiceEntry),
             ("networking.istio.io", "WorkloadEntry") => Some(Kind::WorkloadEntry),
+            ("security.istio.io", _) if !matches!(version, "v1beta1" | "v1") => None,
+            ("security.istio.io", "AuthorizationPolicy") => Some(Kind::AuthorizationPolicy),
+            ("security.istio.io", "RequestAuthentication") => Some(Kind::RequestAuthentication),
             ("", "Service") if version == "v1" => Some(Kind::Service),
             ("", "Pod") if version == "v1" => Some(Kind::Pod),
             ("", "Secret") if version == "v1" => Some(Kind::Secret),
@@ -133,6 +139,8 @@ impl Kind {
             Kind::Pod => "Pod",
             Kind::Secret => "Secret",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
+            Kind::RequestAuthentication => "RequestAuthentication",
         }
     }
 }
@@ -156,6 +164,11 @@ mod tests {
         assert_eq!(Kind::from_type("networking.istio.io/v2", "Gateway"), None);
         assert_eq!(Kind::from_type("v1", "Service"), Some(Kind::Service));
         assert_eq!(Kind::from_type("discovery.k8s.io/v1", "EndpointSlice"), Some(Kind::EndpointSlice));
+        assert_eq!(Kind::from_type("security.istio.io/v1", "AuthorizationPolicy"), Some(Kind::AuthorizationPolicy));
+        assert_eq!(
+            Kind::from_type("security.istio.io/v1beta1", "RequestAuthentication"),
+            Some(Kind::RequestAuthentication)
+        );
         assert_eq!(Kind::from_type("apps/v1", "Deployment"), None);
         assert_eq!(Kind::from_type("v1", "Namespace"), None);
     }

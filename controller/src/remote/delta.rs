@@ -10,7 +10,9 @@
 //! (shared) parts, so unchanged routes and clusters stay the same allocations.
 
 use crate::snapshot::{shared_or_equal, VirtualHost};
-use crate::snapshot::{Cluster, ClusterName, L4Route, Listener, Protocol, Secret, ServerInfo, ServerTls, Snapshot};
+use crate::snapshot::{
+    Cluster, ClusterName, L4Route, Listener, Protocol, Secret, ServerInfo, ServerTls, Snapshot, UnenforcedPolicy,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,6 +33,9 @@ pub struct SnapshotDelta {
     pub secrets: BTreeMap<String, Secret>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_secrets: Vec<String>,
+    /// The new version's whole list (a handful at most).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unenforced_policies: Vec<UnenforcedPolicy>,
 }
 
 /// One listener of the new version. The optional parts are absent when they equal those of
@@ -124,6 +129,7 @@ impl SnapshotDelta {
             removed_clusters,
             secrets,
             removed_secrets,
+            unenforced_policies: next.unenforced_policies.clone(),
         }
     }
 
@@ -175,7 +181,13 @@ impl SnapshotDelta {
             secrets.remove(name);
         }
         secrets.extend(self.secrets);
-        Ok(Snapshot { version: self.version, listeners, clusters, secrets })
+        Ok(Snapshot {
+            version: self.version,
+            listeners,
+            clusters,
+            secrets,
+            unenforced_policies: self.unenforced_policies,
+        })
     }
 }
 

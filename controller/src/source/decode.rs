@@ -1,6 +1,7 @@
 //! One YAML/JSON document → typed object, with field paths for every problem.
 
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use crate::api::security::PolicySpec;
 use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
 use crate::store::{namespace_of, Object, Store, StoreBuilder};
@@ -112,6 +113,12 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
         Kind::Pod => whole::<Pod>(map, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o.into()))),
         Kind::Secret => whole(map, prefix, &mut problems).map(|o| Object::Secret(Arc::new(o))),
         Kind::EndpointSlice => whole(map, prefix, &mut problems).map(|o| Object::EndpointSlice(Arc::new(o))),
+        Kind::AuthorizationPolicy => {
+            spec::<PolicySpec>(map, prefix, &mut problems).map(|o| Object::AuthorizationPolicy(o.into()))
+        }
+        Kind::RequestAuthentication => {
+            spec::<PolicySpec>(map, prefix, &mut problems).map(|o| Object::RequestAuthentication(o.into()))
+        }
     };
     for p in problems {
         store.diagnostic(p.at(origin, Some(reference.clone())));

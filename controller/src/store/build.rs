@@ -10,6 +10,7 @@
 use super::{MetaKey, Objects, Resource, Store};
 use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use crate::api::security::PolicySpec;
 use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{Diagnostic, Origin};
 use crate::store::Object;
@@ -77,6 +78,8 @@ pub struct StoreBuilder {
     pods: Pending<PodSummary>,
     secrets: Pending<Secret>,
     endpoint_slices: Pending<EndpointSlice>,
+    authorization_policies: Pending<PolicySpec>,
+    request_authentications: Pending<PolicySpec>,
 }
 
 impl StoreBuilder {
@@ -111,6 +114,8 @@ impl StoreBuilder {
         store.pods = self.pods.build();
         store.secrets = self.secrets.build();
         store.endpoint_slices = self.endpoint_slices.build();
+        store.authorization_policies = self.authorization_policies.build();
+        store.request_authentications = self.request_authentications.build();
         store
     }
 }

@@ -10,6 +10,7 @@
 pub mod clusters;
 pub mod credentials;
 pub mod hosts;
+pub mod policies;
 mod routes;
 pub mod rules;
 pub mod servers;
@@ -395,7 +396,9 @@ pub fn translate_reusing(
     problems.append(&mut creds.secret_problems);
     let secrets = std::mem::take(&mut creds.secrets);
     diagnostics.extend(problems);
-    let snapshot = Snapshot { version: 0, listeners: listeners.into_values().collect(), clusters, secrets };
+    let unenforced_policies = policies::unenforced(store, options, &mut diagnostics.items);
+    let snapshot =
+        Snapshot { version: 0, listeners: listeners.into_values().collect(), clusters, secrets, unenforced_policies };
     (snapshot, diagnostics, next)
 }
 

@@ -66,6 +66,7 @@ where
             protocol: "TCP",
             response_code: 0,
             response_flags: log.flags,
+            response_code_details: None,
             bytes_received: log.stats.downstream_to_upstream,
             bytes_sent: log.stats.upstream_to_downstream,
             duration: duration.as_millis() as u64,
@@ -94,6 +95,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let metrics = &shared.metrics;
+    // Envoy's network RBAC filter closes the connection before anything is proxied.
+    if shared.current.load().deny.is_some() {
+        log.flags = crate::proxy::RBAC;
+        metrics.tcp_open(None, crate::proxy::RBAC, "unknown").close();
+        return;
+    }
     let Some(route) = route else {
         log.flags = "NR";
         metrics.tcp_open(None, "NR", "unknown").close();

@@ -13,7 +13,17 @@ pub struct LocalReply {
     pub location: Option<String>,
 }
 
+/// The flag of a request denied because a security policy meshgate cannot enforce selects
+/// the gateway (Envoy's RBAC filter sets none; the access log's `response_code_details` names
+/// the policy).
+pub const RBAC: &str = "RBAC";
+
 impl LocalReply {
+    /// Envoy's RBAC filter denial: 403 with its body.
+    pub fn rbac_denied() -> LocalReply {
+        LocalReply { code: 403, flags: RBAC, body: "RBAC: access denied", location: None }
+    }
+
     /// No virtual host or route matched (Envoy: 404, flag NR, empty body).
     pub fn no_route() -> LocalReply {
         LocalReply { code: 404, flags: "NR", body: "", location: None }

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //!  request_filter ── trace context (when tracing is on; see crate::trace)
+//!       │            → 403 RBAC while an unenforced security policy selects the gateway
 //!       │            → host → virtual host → first matching route → weighted cluster
 //!       │            → endpoint (LB pick, guard held in ctx); 404 NR / 503 UH answered here
 //!  upstream_peer ─── HttpPeer for the picked endpoint (pool reuse keyed by address)
@@ -15,6 +16,7 @@
 
 mod headers;
 mod local_reply;
+pub use local_reply::RBAC;
 pub(crate) mod request;
 
 use crate::access_log::{AccessLog, Entry, RequestId};
@@ -290,6 +292,10 @@ impl ProxyHttp for MeshProxy {
                 protocol: request::protocol_name(req),
                 response_code: code,
                 response_flags: ctx.flags,
+                response_code_details: match ctx.flags {
+                    local_reply::RBAC => ctx.runtime.as_ref().and_then(|r| r.deny.as_deref()),
+                    _ => None,
+                },
                 bytes_received: request_bytes,
                 bytes_sent: response_bytes,
                 duration: duration.as_millis() as u64,
@@ -363,6 +369,9 @@ fn route_request(
     session: &mut Session,
     ctx: &mut Ctx,
 ) -> std::result::Result<(), LocalReply> {
+    if runtime.deny.is_some() {
+        return Err(LocalReply::rbac_denied());
+    }
     let listener = runtime.listeners.get(&proxy.port).ok_or_else(LocalReply::no_route)?;
     let req = session.req_header();
     let host = request::host_without_port(req);

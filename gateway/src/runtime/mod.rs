@@ -250,6 +250,10 @@ pub struct Runtime {
     pub snapshot: Arc<Snapshot>,
     pub listeners: HashMap<u16, Listener>,
     pub clusters: Clusters,
+    /// Set while a security policy meshgate cannot enforce selects this gateway (and
+    /// `--unenforced-policy deny`): every request is answered 403 and every TCP connection
+    /// closed. Holds the access log's `response_code_details`.
+    pub deny: Option<Box<str>>,
 }
 
 /// The compiled clusters, looked up by the name their definition holds.
@@ -274,6 +278,7 @@ impl Runtime {
             snapshot: Arc::new(Snapshot::default()),
             listeners: HashMap::default(),
             clusters: Clusters::default(),
+            deny: None,
         }
     }
 
@@ -370,7 +375,7 @@ impl Runtime {
                 },
             );
         }
-        Runtime { snapshot, listeners, clusters }
+        Runtime { snapshot, listeners, clusters, deny: None }
     }
 }
 
@@ -430,11 +435,18 @@ fn compile_tls(def: &ServerTls, snapshot: &Snapshot, previous: Option<&Listener>
 /// The currently served runtime, swapped atomically.
 pub struct Current {
     inner: ArcSwap<Runtime>,
+    /// Whether unenforced security policies deny (`--unenforced-policy deny`).
+    deny_unenforced: bool,
 }
 
 impl Current {
+    /// Fails closed on unenforced security policies (see [`Current::with_unenforced_policy`]).
     pub fn new() -> Current {
-        Current { inner: ArcSwap::from_pointee(Runtime::empty()) }
+        Current::with_unenforced_policy(true)
+    }
+
+    pub fn with_unenforced_policy(deny: bool) -> Current {
+        Current { inner: ArcSwap::from_pointee(Runtime::empty()), deny_unenforced: deny }
     }
 
     pub fn load(&self) -> Arc<Runtime> {
@@ -445,9 +457,27 @@ impl Current {
     pub fn swap(&self, snapshot: Arc<Snapshot>) -> u64 {
         let previous = self.inner.load_full();
         let version = snapshot.version;
-        let next = Runtime::compile(snapshot, Some(&previous));
+        let mut next = Runtime::compile(snapshot, Some(&previous));
+        next.deny = self.denial(&next.snapshot);
         self.inner.store(Arc::new(next));
         version
+    }
+
+    /// The access log's reason when `snapshot` lists policies to fail closed on, logged at
+    /// every reload either way (Envoy's RBAC filter names its policy the same way).
+    fn denial(&self, snapshot: &Snapshot) -> Option<Box<str>> {
+        let policies = &snapshot.unenforced_policies;
+        if policies.is_empty() {
+            return None;
+        }
+        let names: Vec<String> = policies.iter().map(|p| format!("{}/{}/{}", p.kind, p.namespace, p.name)).collect();
+        if !self.deny_unenforced {
+            tracing::error!(policies = ?names, "security policies select this gateway and are NOT enforced: requests are allowed (--unenforced-policy allow)");
+            return None;
+        }
+        tracing::warn!(policies = ?names, "security policies select this gateway and meshgate cannot enforce them: every request is denied (403 RBAC: access denied)");
+        let first = &policies[0];
+        Some(format!("rbac_access_denied_unenforced_policy[ns[{}]-policy[{}]]", first.namespace, first.name).into())
     }
 
     pub fn version(&self) -> u64 {

@@ -205,7 +205,9 @@ fn targets(options: &KubeOptions) -> Vec<Target> {
     if options.istio_version == "v1" {
         istio_versions.push("v1beta1".to_string());
     }
-    let kinds: [(Kind, &str, &str, bool); 8] = [
+    // The security kinds are read so that a policy meshgate cannot enforce denies instead of
+    // being ignored (they share networking.istio.io's versions, v1 then v1beta1).
+    let kinds: [(Kind, &str, &str, bool); 10] = [
         (Kind::Gateway, "networking.istio.io", "gateways", true),
         (Kind::VirtualService, "networking.istio.io", "virtualservices", true),
         (Kind::DestinationRule, "networking.istio.io", "destinationrules", true),
@@ -214,6 +216,8 @@ fn targets(options: &KubeOptions) -> Vec<Target> {
         (Kind::Service, "", "services", false),
         (Kind::Pod, "", "pods", false),
         (Kind::EndpointSlice, "discovery.k8s.io", "endpointslices", false),
+        (Kind::AuthorizationPolicy, "security.istio.io", "authorizationpolicies", true),
+        (Kind::RequestAuthentication, "security.istio.io", "requestauthentications", true),
     ];
     let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
