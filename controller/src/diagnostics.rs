@@ -93,6 +93,8 @@ pub mod codes {
     pub const UNKNOWN_FIELD: &str = "MG0005";
     /// A rejected resource or unreadable file keeps serving its last valid version.
     pub const KEPT: &str = "MG0006";
+    /// A folder met again in one walk (a symlink loop, or a second path to it) is not read again.
+    pub const FOLDER_SKIPPED: &str = "MG0007";
 }
 
 impl Diagnostic {

@@ -214,6 +214,9 @@ pub struct FileCache {
     /// How long after its last change a file's stamp vouches for its text (see
     /// [`Stamp::trusted`]); tests shorten it.
     margin: std::time::Duration,
+    /// Skipped folders (symlink loops) already logged, so a loop is logged once while it
+    /// lasts rather than on every reload.
+    logged_skips: std::collections::HashSet<Arc<Path>>,
 }
 
 /// The file list, listing problems and store of a load.
@@ -235,6 +238,7 @@ impl Default for FileCache {
             read: 0,
             patched: false,
             margin: std::time::Duration::from_secs(2),
+            logged_skips: std::collections::HashSet::new(),
         }
     }
 }
@@ -249,6 +253,7 @@ impl FileCache {
     /// rebuilt by replaying every file's entry.
     pub fn load(&mut self, paths: &[PathBuf]) -> Store {
         let (found, problems) = files::expand(paths);
+        self.log_new_skips(&problems);
         self.generation += 1;
         let generation = self.generation;
         self.parsed = 0;
@@ -366,6 +371,19 @@ impl FileCache {
         });
         self.last = Some(Last { files, problems, store: store.clone() });
         store
+    }
+
+    /// Logs each folder the listing skipped the first time it is skipped; the diagnostic
+    /// itself is in every load's store.
+    fn log_new_skips(&mut self, problems: &[Diagnostic]) {
+        let skipped: Vec<&Diagnostic> = problems.iter().filter(|d| d.code == codes::FOLDER_SKIPPED).collect();
+        self.logged_skips.retain(|path| skipped.iter().any(|d| d.origin.file.as_ref() == Some(path)));
+        for d in skipped {
+            let Some(path) = &d.origin.file else { continue };
+            if self.logged_skips.insert(path.clone()) {
+                tracing::warn!(path = %path.display(), "{}", d.message);
+            }
+        }
     }
 
     /// How many files the last load had to parse.
@@ -574,5 +592,56 @@ mod tests {
             assert_eq!(store.diagnostics.warnings(), 1, "the second load of the file replaces the first");
         }
         assert_eq!(cache.parsed(), 0);
+    }
+
+    /// Log lines written while `f` runs on this thread.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = capture.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_symlink_loop_is_logged_once_while_it_lasts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/a.yaml"), vs("a")).unwrap();
+        let link = d.join("sub/loop");
+        std::os::unix::fs::symlink("..", &link).unwrap();
+        let paths = [d.to_path_buf()];
+        let mut cache = FileCache::default();
+        let count = |logs: &str| logs.lines().filter(|l| l.contains("WARN") && l.contains("sub/loop")).count();
+
+        let logs = logs_of(|| {
+            for _ in 0..3 {
+                let store = cache.load(&paths);
+                assert!(store.diagnostics.iter().any(|d| d.code == codes::FOLDER_SKIPPED), "reported on every load");
+            }
+        });
+        assert_eq!(count(&logs), 1, "{logs}");
+
+        // Fixed, then back: logged again.
+        let logs = logs_of(|| {
+            std::fs::remove_file(&link).unwrap();
+            cache.load(&paths);
+            std::os::unix::fs::symlink("..", &link).unwrap();
+            cache.load(&paths);
+        });
+        assert_eq!(count(&logs), 1, "{logs}");
     }
 }

@@ -4,6 +4,7 @@ use crate::diagnostics::{codes, Diagnostic, Origin};
 use crate::source::decode::{add_document, Sink};
 use crate::store::Store;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A config file found by [`expand`], with its metadata when the listing could take it.
@@ -15,41 +16,90 @@ pub struct Found {
 }
 
 /// Expands files and folders (recursively, sorted, `.yaml`/`.yml`/`.json`) into the files to read.
+///
+/// Each named path is walked once: a folder met again in the same walk (a symlink back to an
+/// ancestor, or a second symlink to a folder already read) is skipped with a warning, so a
+/// symlink loop costs one listing instead of a walk forty levels deep on every reload.
 pub fn expand(paths: &[PathBuf]) -> (Vec<Found>, Vec<Diagnostic>) {
-    let mut files = Vec::new();
-    let mut problems = Vec::new();
+    let mut walk = Walk::default();
     for path in paths {
-        collect(path, true, &mut files, &mut problems);
+        // A path named twice is read twice, as a file named twice is: each walk is its own.
+        walk.folders.clear();
+        walk.collect(path, true);
     }
-    (files, problems)
+    (walk.files, walk.problems)
 }
 
-fn collect(path: &Path, explicit: bool, files: &mut Vec<Found>, problems: &mut Vec<Diagnostic>) {
-    match std::fs::metadata(path) {
-        Ok(m) => collect_entry(path, m, explicit, files, problems),
-        Err(e) => problems.push(io_problem(path, e)),
-    }
+/// A folder's identity: the same folder reached by another path has the same one.
+type FolderId = (u64, u64);
+
+#[cfg(unix)]
+fn folder_id(metadata: &std::fs::Metadata) -> Option<FolderId> {
+    use std::os::unix::fs::MetadataExt;
+    Some((metadata.dev(), metadata.ino()))
 }
 
-/// `metadata` comes from the folder listing when it can (see [`Found::metadata`]), else from
-/// `fs::metadata`, which follows symlinks.
-fn collect_entry(
-    path: &Path,
-    metadata: std::fs::Metadata,
-    explicit: bool,
-    files: &mut Vec<Found>,
-    problems: &mut Vec<Diagnostic>,
-) {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-    if metadata.is_dir() {
-        // A mounted ConfigMap holds its files twice more under `..data` and `..2025_...`;
-        // hidden folders are skipped unless named explicitly.
-        if hidden && !explicit {
+/// Without device and inode numbers loops are not detected (the file source targets Linux).
+#[cfg(not(unix))]
+fn folder_id(_: &std::fs::Metadata) -> Option<FolderId> {
+    None
+}
+
+#[derive(Default)]
+struct Walk {
+    files: Vec<Found>,
+    problems: Vec<Diagnostic>,
+    /// Folders read by the current walk, with the path they were read at.
+    folders: HashMap<FolderId, PathBuf>,
+}
+
+impl Walk {
+    fn collect(&mut self, path: &Path, explicit: bool) {
+        match std::fs::metadata(path) {
+            Ok(m) => self.collect_entry(path, m, explicit),
+            Err(e) => self.problems.push(io_problem(path, e)),
+        }
+    }
+
+    /// `metadata` comes from the folder listing when it can (see [`Found::metadata`]), else
+    /// from `fs::metadata`, which follows symlinks.
+    fn collect_entry(&mut self, path: &Path, metadata: std::fs::Metadata, explicit: bool) {
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if metadata.is_dir() {
+            // A mounted ConfigMap holds its files twice more under `..data` and `..2025_...`;
+            // hidden folders are skipped unless named explicitly.
+            if (explicit || !hidden) && self.first_visit(path, &metadata) {
+                self.collect_folder(path);
+            }
             return;
         }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let is_config = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
+        // Hidden files are editor swap files and atomic-write temporaries.
+        if explicit || (is_config && !hidden) {
+            self.files.push(Found { path: path.to_path_buf(), metadata: Some(metadata) });
+        }
+    }
+
+    /// Records the folder as read, or reports that it was read already in this walk.
+    fn first_visit(&mut self, path: &Path, metadata: &std::fs::Metadata) -> bool {
+        let Some(id) = folder_id(metadata) else { return true };
+        match self.folders.get(&id) {
+            None => {
+                self.folders.insert(id, path.to_path_buf());
+                true
+            }
+            Some(earlier) => {
+                self.problems.push(skipped_folder(path, earlier));
+                false
+            }
+        }
+    }
+
+    fn collect_folder(&mut self, path: &Path) {
         let entries = match std::fs::read_dir(path) {
             Ok(entries) => entries,
-            Err(e) => return problems.push(io_problem(path, e)),
+            Err(e) => return self.problems.push(io_problem(path, e)),
         };
         // Children of one folder sort as full paths do when sorted by name; each name is
         // taken once, not once per comparison.
@@ -58,18 +108,22 @@ fn collect_entry(
         for (_, child) in children {
             let child_path = child.path();
             match child.metadata() {
-                Ok(m) if !m.file_type().is_symlink() => collect_entry(&child_path, m, false, files, problems),
-                _ => collect(&child_path, false, files, problems),
+                Ok(m) if !m.file_type().is_symlink() => self.collect_entry(&child_path, m, false),
+                _ => self.collect(&child_path, false),
             }
         }
-        return;
     }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let is_config = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
-    // Hidden files are editor swap files and atomic-write temporaries.
-    if explicit || (is_config && !hidden) {
-        files.push(Found { path: path.to_path_buf(), metadata: Some(metadata) });
-    }
+}
+
+/// The warning for a folder not read because this walk read it already at `earlier`.
+fn skipped_folder(path: &Path, earlier: &Path) -> Diagnostic {
+    let why = if path.starts_with(earlier) {
+        format!("symlink loop: this leads back to {}, which contains it; not followed", earlier.display())
+    } else {
+        format!("the same folder as {}, which was read already; not read again", earlier.display())
+    };
+    let origin = Origin { file: Some(path.into()), document: None };
+    Diagnostic::warning(codes::FOLDER_SKIPPED, "", why).at(&origin, None)
 }
 
 fn io_problem(path: &Path, e: std::io::Error) -> Diagnostic {
@@ -142,5 +196,57 @@ mod tests {
         let store = load(&[dir.path().to_path_buf()]);
         assert_eq!(store.services.len(), 1);
         assert!(store.diagnostics.items.is_empty(), "{:?}", store.diagnostics.items);
+    }
+
+    const VS: &str = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: NAME}\nspec: {hosts: [a.example.com]}\n";
+
+    fn skipped(store: &Store) -> Vec<(PathBuf, String)> {
+        let items = store.diagnostics.iter().filter(|d| d.code == codes::FOLDER_SKIPPED);
+        items.map(|d| (d.origin.file.as_deref().unwrap().to_path_buf(), d.message.clone())).collect()
+    }
+
+    #[test]
+    fn a_symlink_back_to_an_ancestor_is_not_followed_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+        std::fs::write(d.join("a.yaml"), VS.replace("NAME", "a")).unwrap();
+        std::fs::write(d.join("sub/deeper/b.yaml"), VS.replace("NAME", "b")).unwrap();
+        std::os::unix::fs::symlink("../..", d.join("sub/deeper/up")).unwrap();
+
+        let (found, _) = expand(&[d.to_path_buf()]);
+        let names: Vec<_> = found.iter().map(|f| f.path.strip_prefix(d).unwrap().to_path_buf()).collect();
+        assert_eq!(names, [PathBuf::from("a.yaml"), PathBuf::from("sub/deeper/b.yaml")]);
+        let store = load(&[d.to_path_buf()]);
+        assert_eq!(store.virtual_services.len(), 2);
+        let skips = skipped(&store);
+        assert_eq!(skips.len(), 1, "{:?}", store.diagnostics);
+        assert_eq!(skips[0].0, d.join("sub/deeper/up"));
+        assert!(skips[0].1.contains("symlink loop") && skips[0].1.contains(&d.display().to_string()), "{}", skips[0].1);
+        assert_eq!(store.diagnostics.errors(), 0, "a skipped folder is a warning: {:?}", store.diagnostics);
+    }
+
+    #[test]
+    fn a_folder_reached_twice_through_symlinks_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::fs::write(d.join("real/c.yaml"), VS.replace("NAME", "c")).unwrap();
+        std::os::unix::fs::symlink("real", d.join("alias")).unwrap();
+
+        let store = load(&[d.to_path_buf()]);
+        assert_eq!(store.virtual_services.len(), 1);
+        // Read once: no "defined again" warning for the second copy.
+        assert_eq!(store.diagnostics.iter().filter(|d| d.code == codes::DUPLICATE).count(), 0);
+        // `alias` sorts first, so `real` is the one skipped.
+        let skips = skipped(&store);
+        assert_eq!(skips.len(), 1, "{:?}", store.diagnostics);
+        assert_eq!(skips[0].0, d.join("real"));
+        assert!(skips[0].1.contains(&d.join("alias").display().to_string()), "{}", skips[0].1);
+
+        // A path named twice is still read twice, as before.
+        let twice = load(&[d.join("real"), d.join("real")]);
+        assert_eq!(twice.diagnostics.iter().filter(|d| d.code == codes::DUPLICATE).count(), 1);
+        assert!(skipped(&twice).is_empty());
     }
 }
