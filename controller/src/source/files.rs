@@ -7,6 +7,64 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// How config files are read: the options of the file source (`--max-config-file-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    /// A config or certificate file larger than this is not read: an error names it and, in
+    /// the running gateway, the resources it held keep serving. A stray dump or log file
+    /// with a `.yaml` name would otherwise be read, parsed and held on every reload.
+    pub max_file_bytes: u64,
+}
+
+/// 16 MiB: far above a hand-written or generated config file (the 10k-service benchmark
+/// folder holds one file per service); a larger `.yaml` is more likely a stray dump.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 << 20;
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions { max_file_bytes: DEFAULT_MAX_FILE_BYTES }
+    }
+}
+
+/// Why a file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the file is {size} bytes, over the limit of {limit} bytes (--max-config-file-bytes); not read")]
+    TooLarge { size: u64, limit: u64 },
+}
+
+impl ReadError {
+    /// The error as a diagnostic on the file (a file-level problem: no resource, no field).
+    pub fn diagnostic(&self, file: &Path) -> Diagnostic {
+        let origin = Origin { file: Some(file.into()), document: None };
+        Diagnostic::error(codes::IO, "", self.to_string()).at(&origin, None)
+    }
+}
+
+/// Reads a file as text unless it is larger than `limit`. `listed` is its metadata from the
+/// folder listing, if taken: a file the listing shows too large is not even opened.
+pub fn read_limited(path: &Path, listed: Option<&std::fs::Metadata>, limit: u64) -> Result<String, ReadError> {
+    use std::io::Read;
+    if let Some(size) = listed.map(std::fs::Metadata::len).filter(|len| *len > limit) {
+        return Err(ReadError::TooLarge { size, limit });
+    }
+    let mut file = std::fs::File::open(path)?;
+    // The listing may be stale (a file still being written) or absent, and a named path may be
+    // a pipe or device: never read more than one byte past the limit.
+    let expected = listed.map_or(0, std::fs::Metadata::len).min(limit);
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0).saturating_add(1));
+    (&mut file).take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    let read = bytes.len() as u64;
+    if read > limit {
+        let size = file.metadata().map_or(read, |m| m.len().max(read));
+        return Err(ReadError::TooLarge { size, limit });
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8").into())
+}
+
 /// A config file found by [`expand`], with its metadata when the listing could take it.
 pub struct Found {
     pub path: PathBuf,
@@ -57,7 +115,7 @@ impl Walk {
     fn collect(&mut self, path: &Path, explicit: bool) {
         match std::fs::metadata(path) {
             Ok(m) => self.collect_entry(path, m, explicit),
-            Err(e) => self.problems.push(io_problem(path, e)),
+            Err(e) => self.problems.push(ReadError::Io(e).diagnostic(path)),
         }
     }
 
@@ -99,7 +157,7 @@ impl Walk {
     fn collect_folder(&mut self, path: &Path) {
         let entries = match std::fs::read_dir(path) {
             Ok(entries) => entries,
-            Err(e) => return self.problems.push(io_problem(path, e)),
+            Err(e) => return self.problems.push(ReadError::Io(e).diagnostic(path)),
         };
         // Children of one folder sort as full paths do when sorted by name; each name is
         // taken once, not once per comparison.
@@ -126,34 +184,31 @@ fn skipped_folder(path: &Path, earlier: &Path) -> Diagnostic {
     Diagnostic::warning(codes::FOLDER_SKIPPED, "", why).at(&origin, None)
 }
 
-fn io_problem(path: &Path, e: std::io::Error) -> Diagnostic {
-    let origin = Origin { file: Some(path.into()), document: None };
-    Diagnostic::error(codes::IO, "", e.to_string()).at(&origin, None)
-}
-
 /// Reads every file and document into a fresh store. Parse problems are diagnostics in the
 /// store; a file that cannot be read at all is reported and contributes nothing.
 pub fn load(paths: &[PathBuf]) -> Store {
+    load_with(paths, &FileOptions::default())
+}
+
+/// [`load`] with the file source's options.
+pub fn load_with(paths: &[PathBuf], options: &FileOptions) -> Store {
     let mut store = Store::default();
     let (files, problems) = expand(paths);
     store.diagnostics.extend(problems);
-    for Found { path: file, .. } in files {
-        match std::fs::read_to_string(&file) {
+    for Found { path: file, metadata } in files {
+        match read_limited(&file, metadata.as_ref(), options.max_file_bytes) {
             Ok(text) => load_text(&mut store, &text, Some(&file)),
-            Err(e) => store.diagnostics.push(
-                Diagnostic::error(codes::IO, "", e.to_string())
-                    .at(&Origin { file: Some(file.as_path().into()), document: None }, None),
-            ),
+            Err(e) => store.diagnostics.push(e.diagnostic(&file)),
         }
     }
-    read_referenced_files(&mut store);
+    read_referenced_files(&mut store, options);
     store
 }
 
 /// Reads the certificate files the loaded resources name, so translation can use them.
-pub fn read_referenced_files(store: &mut Store) {
+pub fn read_referenced_files(store: &mut Store, options: &FileOptions) {
     for path in store.referenced_files() {
-        let content = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        let content = read_limited(&path, None, options.max_file_bytes).map_err(|e| e.to_string());
         store.files.insert(path, content);
     }
 }
@@ -248,5 +303,69 @@ mod tests {
         let twice = load(&[d.join("real"), d.join("real")]);
         assert_eq!(twice.diagnostics.iter().filter(|d| d.code == codes::DUPLICATE).count(), 1);
         assert!(skipped(&twice).is_empty());
+    }
+
+    #[test]
+    fn files_over_the_size_limit_are_errors_naming_size_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let small = VS.replace("NAME", "small");
+        let big = format!("{}# {}\n", VS.replace("NAME", "big"), "x".repeat(2000));
+        std::fs::write(d.join("small.yaml"), &small).unwrap();
+        std::fs::write(d.join("big.yaml"), &big).unwrap();
+        let options = FileOptions { max_file_bytes: 1000 };
+
+        let store = load_with(&[d.to_path_buf()], &options);
+        assert_eq!(store.virtual_services.len(), 1);
+        use crate::store::Key;
+        assert!(store.virtual_services.keys().all(|k| k.name() == "small"));
+        let errors: Vec<_> = store.diagnostics.iter().filter(|d| d.is_error()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].code, codes::IO);
+        assert_eq!(errors[0].origin.file.as_deref(), Some(d.join("big.yaml").as_path()));
+        assert!(errors[0].message.contains(&format!("{} bytes", big.len())), "{}", errors[0].message);
+        assert!(errors[0].message.contains("limit of 1000 bytes"), "{}", errors[0].message);
+
+        // The default limit reads both.
+        assert_eq!(load(&[d.to_path_buf()]).virtual_services.len(), 2);
+    }
+
+    #[test]
+    fn certificate_files_over_the_limit_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cert = d.join("certs/tls.crt");
+        std::fs::create_dir(d.join("certs")).unwrap();
+        std::fs::write(&cert, "x".repeat(5000)).unwrap();
+        let gateway = format!(
+            "apiVersion: networking.istio.io/v1beta1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [\"*\"]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}\n",
+            cert.display(),
+            cert.display()
+        );
+        std::fs::write(d.join("gw.yaml"), gateway).unwrap();
+        let store = load_with(&[d.join("gw.yaml")], &FileOptions { max_file_bytes: 4096 });
+        let content = store.files.get(&cert).expect("the certificate file is listed");
+        assert!(content.as_ref().is_err_and(|e| e.contains("5000 bytes") && e.contains("4096")), "{content:?}");
+        let (_, diagnostics) = crate::translate(&store, &crate::Options::default());
+        let field = "spec.servers[0].tls.serverCertificate";
+        assert!(diagnostics.iter().any(|d| d.code == codes::NOT_FOUND && d.field == field), "{diagnostics:?}");
+    }
+
+    #[test]
+    fn reads_stop_at_the_limit_whatever_the_listing_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grown.yaml");
+        std::fs::write(&file, "x".repeat(100)).unwrap();
+        // Listed while still small (or not listed at all): the read itself stops past the limit.
+        let listed = std::fs::metadata(&file).unwrap();
+        std::fs::write(&file, "x".repeat(5000)).unwrap();
+        for listed in [Some(&listed), None] {
+            match read_limited(&file, listed, 1000) {
+                Err(ReadError::TooLarge { size, limit }) => assert_eq!((size, limit), (5000, 1000)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(read_limited(&file, None, 5000).unwrap().len(), 5000);
+        assert!(matches!(read_limited(&dir.path().join("missing.yaml"), None, 10), Err(ReadError::Io(_))));
     }
 }

@@ -85,18 +85,32 @@ fn absolute(p: &Path) -> PathBuf {
         .unwrap_or_else(|_| std::env::current_dir().map(|d| d.join(p)).unwrap_or_else(|_| p.to_path_buf()))
 }
 
-/// Loads `paths` now and again after every change (certificate files the config names are
-/// watched too, so rotating them on disk acts like editing the YAML), on its own thread
-/// because file reads block. `on_store` receives each fresh store. Reloads parse only the
-/// files whose text changed (`source::cache`); the store is the same as a fresh load's.
+/// What the file source loads: the paths given with `--config` and how to read them.
+#[derive(Debug, Clone, Default)]
+pub struct FileSource {
+    pub paths: Vec<PathBuf>,
+    pub options: super::files::FileOptions,
+}
+
+impl From<Vec<PathBuf>> for FileSource {
+    fn from(paths: Vec<PathBuf>) -> FileSource {
+        FileSource { paths, options: Default::default() }
+    }
+}
+
+/// Loads the source's paths now and again after every change (certificate files the config
+/// names are watched too, so rotating them on disk acts like editing the YAML), on its own
+/// thread because file reads block. `on_store` receives each fresh store. Reloads parse only
+/// the files whose text changed (`source::cache`); the store is the same as a fresh load's.
 /// `on_idle` runs on the same thread once the config has not changed for [`IDLE_AFTER`] after
 /// a reload: housekeeping (giving memory back) that should not delay the data plane's swap.
 pub fn spawn_loop(
-    paths: Vec<PathBuf>,
+    source: impl Into<FileSource>,
     quiet: Duration,
     mut on_store: impl FnMut(crate::store::Store) + Send + 'static,
     mut on_idle: impl FnMut() + Send + 'static,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let FileSource { paths, options } = source.into();
     let mut watcher = match FileWatcher::new(&paths) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -104,7 +118,7 @@ pub fn spawn_loop(
             None
         }
     };
-    let mut cache = super::cache::FileCache::default();
+    let mut cache = super::cache::FileCache::new(options);
     std::thread::Builder::new().name("config".into()).spawn(move || loop {
         let started = std::time::Instant::now();
         let store = cache.load(&paths);
