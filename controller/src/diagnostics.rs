@@ -105,6 +105,8 @@ pub mod codes {
     /// meshgate cannot enforce it: requests are denied. Not a rejection: the policy is in force
     /// as "deny everything", so no earlier version of it is restored.
     pub const UNENFORCED: &str = "MG0010";
+    /// A folder met again in one walk (a symlink loop, or a second path to it) is not read again.
+    pub const FOLDER_SKIPPED: &str = "MG0011";
 }
 
 impl Diagnostic {

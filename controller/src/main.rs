@@ -66,6 +66,10 @@ struct ServeArgs {
     /// Quiet time after a change before translating (a burst of changes is one version).
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
+    /// With --config: larger config and certificate files are not read (an error names them;
+    /// what they held before keeps serving).
+    #[arg(long, value_name = "BYTES", default_value_t = files::DEFAULT_MAX_FILE_BYTES)]
+    max_config_file_bytes: u64,
 }
 
 fn main() -> Result<()> {
@@ -123,7 +127,11 @@ async fn run(args: ServeArgs) -> Result<()> {
         // of a 10k-service folder (docs/benchmarks.md, "Sixth round").
         // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
         let release = || unsafe { libmimalloc_sys::mi_collect(true) };
-        file_watch::spawn_loop(args.config.clone(), debounce, move |store| d.set_store(store), release)?;
+        let source = file_watch::FileSource {
+            paths: args.config.clone(),
+            options: files::FileOptions { max_file_bytes: args.max_config_file_bytes },
+        };
+        file_watch::spawn_loop(source, debounce, move |store| d.set_store(store), release)?;
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

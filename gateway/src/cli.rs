@@ -42,6 +42,10 @@ pub struct RunArgs {
     /// Files or folders of Istio/Kubernetes YAML; repeatable; watched for changes.
     #[arg(long = "config", value_name = "PATH", num_args = 1.., conflicts_with_all = ["controller", "kube"])]
     pub config: Vec<PathBuf>,
+    /// With --config: config and certificate files larger than this are not read (an error
+    /// names each; what it held before keeps serving).
+    #[arg(long, value_name = "BYTES", default_value_t = controller::source::files::DEFAULT_MAX_FILE_BYTES)]
+    pub max_config_file_bytes: u64,
     /// Take snapshots from a meshgate controller (`controller --kube`), e.g.
     /// http://meshgate-controller.istio-system:15010. The last snapshot keeps serving while
     /// the controller is unreachable.

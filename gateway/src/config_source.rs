@@ -36,8 +36,12 @@ pub async fn start(
     let (mut publisher, snapshots) = Publisher::new(identity);
     // The quiet time that turns a burst of file events into one reload. Editors and `cp`
     // write a file within a few milliseconds; a longer wait only delays every change.
+    let source = file_watch::FileSource {
+        paths: args.config.clone(),
+        options: controller::source::files::FileOptions { max_file_bytes: args.max_config_file_bytes },
+    };
     file_watch::spawn_loop(
-        args.config.clone(),
+        source,
         Duration::from_millis(10),
         move |store| {
             let started = Instant::now();

@@ -214,6 +214,10 @@ pub struct FileCache {
     /// How long after its last change a file's stamp vouches for its text (see
     /// [`Stamp::trusted`]); tests shorten it.
     margin: std::time::Duration,
+    options: files::FileOptions,
+    /// Skipped folders (symlink loops) already logged, so a loop is logged once while it
+    /// lasts rather than on every reload.
+    logged_skips: std::collections::HashSet<Arc<Path>>,
 }
 
 /// The file list, listing problems and store of a load.
@@ -235,11 +239,17 @@ impl Default for FileCache {
             read: 0,
             patched: false,
             margin: std::time::Duration::from_secs(2),
+            options: files::FileOptions::default(),
+            logged_skips: std::collections::HashSet::new(),
         }
     }
 }
 
 impl FileCache {
+    pub fn new(options: files::FileOptions) -> FileCache {
+        FileCache { options, ..FileCache::default() }
+    }
+
     /// Loads `paths` like [`files::load`], parsing only files whose text changed since the
     /// previous call. Files that disappeared are forgotten.
     ///
@@ -249,6 +259,7 @@ impl FileCache {
     /// rebuilt by replaying every file's entry.
     pub fn load(&mut self, paths: &[PathBuf]) -> Store {
         let (found, problems) = files::expand(paths);
+        self.log_new_skips(&problems);
         self.generation += 1;
         let generation = self.generation;
         self.parsed = 0;
@@ -270,11 +281,10 @@ impl FileCache {
                 }
             }
             self.read += 1;
-            let text = match std::fs::read_to_string(file) {
+            let text = match files::read_limited(file, metadata.as_ref(), self.options.max_file_bytes) {
                 Ok(text) => text,
                 Err(e) => {
-                    let origin = Origin { file: Some(file.as_path().into()), document: None };
-                    unreadable.insert(index, Diagnostic::error(codes::IO, "", e.to_string()).at(&origin, None));
+                    unreadable.insert(index, e.diagnostic(file));
                     continue;
                 }
             };
@@ -352,7 +362,7 @@ impl FileCache {
             }
         };
         drop(edited);
-        files::read_referenced_files(&mut store);
+        files::read_referenced_files(&mut store, &self.options);
         // Cheap: the store's maps are shared, not copied.
         let files = kept_files.unwrap_or_else(|| {
             found
@@ -366,6 +376,19 @@ impl FileCache {
         });
         self.last = Some(Last { files, problems, store: store.clone() });
         store
+    }
+
+    /// Logs each folder the listing skipped the first time it is skipped; the diagnostic
+    /// itself is in every load's store.
+    fn log_new_skips(&mut self, problems: &[Diagnostic]) {
+        let skipped: Vec<&Diagnostic> = problems.iter().filter(|d| d.code == codes::FOLDER_SKIPPED).collect();
+        self.logged_skips.retain(|path| skipped.iter().any(|d| d.origin.file.as_ref() == Some(path)));
+        for d in skipped {
+            let Some(path) = &d.origin.file else { continue };
+            if self.logged_skips.insert(path.clone()) {
+                tracing::warn!(path = %path.display(), "{}", d.message);
+            }
+        }
     }
 
     /// How many files the last load had to parse.
@@ -574,5 +597,115 @@ mod tests {
             assert_eq!(store.diagnostics.warnings(), 1, "the second load of the file replaces the first");
         }
         assert_eq!(cache.parsed(), 0);
+    }
+
+    #[test]
+    fn only_files_whose_metadata_changed_are_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for name in ["a", "b", "c"] {
+            std::fs::write(d.join(format!("{name}.yaml")), vs(name)).unwrap();
+        }
+        let paths = [d.to_path_buf()];
+        // No margin: every stamp vouches at once (see `Stamp::trusted`).
+        let mut cache = FileCache { margin: std::time::Duration::ZERO, ..FileCache::default() };
+        cache.load(&paths);
+        assert_eq!((cache.read(), cache.parsed()), (3, 3));
+        cache.load(&paths);
+        assert_eq!((cache.read(), cache.parsed()), (0, 0));
+        // An atomic replace of the same length: a new inode, so it is read (and parsed: the
+        // text differs) while the other two are not.
+        std::fs::write(d.join(".b.tmp"), vs("x")).unwrap();
+        std::fs::rename(d.join(".b.tmp"), d.join("b.yaml")).unwrap();
+        let store = cache.load(&paths);
+        assert_eq!((cache.read(), cache.parsed()), (1, 1));
+        assert_eq!(store, files::load(&paths));
+    }
+
+    #[test]
+    fn an_oversized_file_is_an_error_and_its_resources_keep_serving() {
+        const GATEWAY: &str = "apiVersion: networking.istio.io/v1beta1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]\n";
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let route = |name: &str| vs(name).replace("  http:", "  gateways: [gw]\n  http:");
+        std::fs::write(d.join("gw.yaml"), GATEWAY).unwrap();
+        std::fs::write(d.join("vs.yaml"), route("web")).unwrap();
+        let paths = [d.to_path_buf()];
+        let mut cache = FileCache::new(files::FileOptions { max_file_bytes: 1024 });
+        let (mut publisher, snapshots) = crate::publish::Publisher::new(crate::Options::default());
+        publisher.apply(cache.load(&paths));
+        let served = snapshots.borrow().clone();
+        assert_eq!(served.listeners[0].virtual_hosts.len(), 1);
+
+        // Grown past the limit: not read, reported with its size and the limit, and the
+        // VirtualService it held keeps serving.
+        let big = format!("{}# {}\n", route("web2"), "x".repeat(2048));
+        std::fs::write(d.join("vs.yaml"), &big).unwrap();
+        let store = cache.load(&paths);
+        assert!(store.virtual_services.is_empty());
+        let outcome = publisher.apply(store);
+        let error = outcome.diagnostics.iter().find(|d| d.is_error()).expect("an error");
+        assert_eq!(error.origin.file.as_deref(), Some(d.join("vs.yaml").as_path()));
+        assert!(error.message.contains(&format!("{} bytes", big.len())) && error.message.contains("1024"), "{error}");
+        assert!(outcome.diagnostics.iter().any(|d| d.code == codes::KEPT));
+        assert_eq!(outcome.rejected, 1);
+        assert!(!outcome.changed, "the served snapshot is the same");
+
+        // Back under the limit: read again.
+        std::fs::write(d.join("vs.yaml"), route("web2")).unwrap();
+        let store = cache.load(&paths);
+        assert!(store.virtual_services.keys().any(|k| k.name() == "web2"));
+        assert_eq!(store.diagnostics.errors(), 0);
+    }
+
+    /// Log lines written while `f` runs on this thread.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Capture(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Capture {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let capture = Capture::default();
+        let writer = capture.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = capture.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_symlink_loop_is_logged_once_while_it_lasts() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/a.yaml"), vs("a")).unwrap();
+        let link = d.join("sub/loop");
+        std::os::unix::fs::symlink("..", &link).unwrap();
+        let paths = [d.to_path_buf()];
+        let mut cache = FileCache::default();
+        let count = |logs: &str| logs.lines().filter(|l| l.contains("WARN") && l.contains("sub/loop")).count();
+
+        let logs = logs_of(|| {
+            for _ in 0..3 {
+                let store = cache.load(&paths);
+                assert!(store.diagnostics.iter().any(|d| d.code == codes::FOLDER_SKIPPED), "reported on every load");
+            }
+        });
+        assert_eq!(count(&logs), 1, "{logs}");
+
+        // Fixed, then back: logged again.
+        let logs = logs_of(|| {
+            std::fs::remove_file(&link).unwrap();
+            cache.load(&paths);
+            std::os::unix::fs::symlink("..", &link).unwrap();
+            cache.load(&paths);
+        });
+        assert_eq!(count(&logs), 1, "{logs}");
     }
 }

@@ -4,7 +4,66 @@ use crate::diagnostics::{codes, Diagnostic, Origin};
 use crate::source::decode::{add_document, Sink};
 use crate::store::Store;
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+
+/// How config files are read: the options of the file source (`--max-config-file-bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileOptions {
+    /// A config or certificate file larger than this is not read: an error names it and, in
+    /// the running gateway, the resources it held keep serving. A stray dump or log file
+    /// with a `.yaml` name would otherwise be read, parsed and held on every reload.
+    pub max_file_bytes: u64,
+}
+
+/// 16 MiB: far above a hand-written or generated config file (the 10k-service benchmark
+/// folder holds one file per service); a larger `.yaml` is more likely a stray dump.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 << 20;
+
+impl Default for FileOptions {
+    fn default() -> Self {
+        FileOptions { max_file_bytes: DEFAULT_MAX_FILE_BYTES }
+    }
+}
+
+/// Why a file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("the file is {size} bytes, over the limit of {limit} bytes (--max-config-file-bytes); not read")]
+    TooLarge { size: u64, limit: u64 },
+}
+
+impl ReadError {
+    /// The error as a diagnostic on the file (a file-level problem: no resource, no field).
+    pub fn diagnostic(&self, file: &Path) -> Diagnostic {
+        let origin = Origin { file: Some(file.into()), document: None };
+        Diagnostic::error(codes::IO, "", self.to_string()).at(&origin, None)
+    }
+}
+
+/// Reads a file as text unless it is larger than `limit`. `listed` is its metadata from the
+/// folder listing, if taken: a file the listing shows too large is not even opened.
+pub fn read_limited(path: &Path, listed: Option<&std::fs::Metadata>, limit: u64) -> Result<String, ReadError> {
+    use std::io::Read;
+    if let Some(size) = listed.map(std::fs::Metadata::len).filter(|len| *len > limit) {
+        return Err(ReadError::TooLarge { size, limit });
+    }
+    let mut file = std::fs::File::open(path)?;
+    // The listing may be stale (a file still being written) or absent, and a named path may be
+    // a pipe or device: never read more than one byte past the limit.
+    let expected = listed.map_or(0, std::fs::Metadata::len).min(limit);
+    let mut bytes = Vec::with_capacity(usize::try_from(expected).unwrap_or(0).saturating_add(1));
+    (&mut file).take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    let read = bytes.len() as u64;
+    if read > limit {
+        let size = file.metadata().map_or(read, |m| m.len().max(read));
+        return Err(ReadError::TooLarge { size, limit });
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "stream did not contain valid UTF-8").into())
+}
 
 /// A config file found by [`expand`], with its metadata when the listing could take it.
 pub struct Found {
@@ -15,41 +74,90 @@ pub struct Found {
 }
 
 /// Expands files and folders (recursively, sorted, `.yaml`/`.yml`/`.json`) into the files to read.
+///
+/// Each named path is walked once: a folder met again in the same walk (a symlink back to an
+/// ancestor, or a second symlink to a folder already read) is skipped with a warning, so a
+/// symlink loop costs one listing instead of a walk forty levels deep on every reload.
 pub fn expand(paths: &[PathBuf]) -> (Vec<Found>, Vec<Diagnostic>) {
-    let mut files = Vec::new();
-    let mut problems = Vec::new();
+    let mut walk = Walk::default();
     for path in paths {
-        collect(path, true, &mut files, &mut problems);
+        // A path named twice is read twice, as a file named twice is: each walk is its own.
+        walk.folders.clear();
+        walk.collect(path, true);
     }
-    (files, problems)
+    (walk.files, walk.problems)
 }
 
-fn collect(path: &Path, explicit: bool, files: &mut Vec<Found>, problems: &mut Vec<Diagnostic>) {
-    match std::fs::metadata(path) {
-        Ok(m) => collect_entry(path, m, explicit, files, problems),
-        Err(e) => problems.push(io_problem(path, e)),
-    }
+/// A folder's identity: the same folder reached by another path has the same one.
+type FolderId = (u64, u64);
+
+#[cfg(unix)]
+fn folder_id(metadata: &std::fs::Metadata) -> Option<FolderId> {
+    use std::os::unix::fs::MetadataExt;
+    Some((metadata.dev(), metadata.ino()))
 }
 
-/// `metadata` comes from the folder listing when it can (see [`Found::metadata`]), else from
-/// `fs::metadata`, which follows symlinks.
-fn collect_entry(
-    path: &Path,
-    metadata: std::fs::Metadata,
-    explicit: bool,
-    files: &mut Vec<Found>,
-    problems: &mut Vec<Diagnostic>,
-) {
-    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-    if metadata.is_dir() {
-        // A mounted ConfigMap holds its files twice more under `..data` and `..2025_...`;
-        // hidden folders are skipped unless named explicitly.
-        if hidden && !explicit {
+/// Without device and inode numbers loops are not detected (the file source targets Linux).
+#[cfg(not(unix))]
+fn folder_id(_: &std::fs::Metadata) -> Option<FolderId> {
+    None
+}
+
+#[derive(Default)]
+struct Walk {
+    files: Vec<Found>,
+    problems: Vec<Diagnostic>,
+    /// Folders read by the current walk, with the path they were read at.
+    folders: HashMap<FolderId, PathBuf>,
+}
+
+impl Walk {
+    fn collect(&mut self, path: &Path, explicit: bool) {
+        match std::fs::metadata(path) {
+            Ok(m) => self.collect_entry(path, m, explicit),
+            Err(e) => self.problems.push(ReadError::Io(e).diagnostic(path)),
+        }
+    }
+
+    /// `metadata` comes from the folder listing when it can (see [`Found::metadata`]), else
+    /// from `fs::metadata`, which follows symlinks.
+    fn collect_entry(&mut self, path: &Path, metadata: std::fs::Metadata, explicit: bool) {
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        if metadata.is_dir() {
+            // A mounted ConfigMap holds its files twice more under `..data` and `..2025_...`;
+            // hidden folders are skipped unless named explicitly.
+            if (explicit || !hidden) && self.first_visit(path, &metadata) {
+                self.collect_folder(path);
+            }
             return;
         }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let is_config = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
+        // Hidden files are editor swap files and atomic-write temporaries.
+        if explicit || (is_config && !hidden) {
+            self.files.push(Found { path: path.to_path_buf(), metadata: Some(metadata) });
+        }
+    }
+
+    /// Records the folder as read, or reports that it was read already in this walk.
+    fn first_visit(&mut self, path: &Path, metadata: &std::fs::Metadata) -> bool {
+        let Some(id) = folder_id(metadata) else { return true };
+        match self.folders.get(&id) {
+            None => {
+                self.folders.insert(id, path.to_path_buf());
+                true
+            }
+            Some(earlier) => {
+                self.problems.push(skipped_folder(path, earlier));
+                false
+            }
+        }
+    }
+
+    fn collect_folder(&mut self, path: &Path) {
         let entries = match std::fs::read_dir(path) {
             Ok(entries) => entries,
-            Err(e) => return problems.push(io_problem(path, e)),
+            Err(e) => return self.problems.push(ReadError::Io(e).diagnostic(path)),
         };
         // Children of one folder sort as full paths do when sorted by name; each name is
         // taken once, not once per comparison.
@@ -58,48 +166,49 @@ fn collect_entry(
         for (_, child) in children {
             let child_path = child.path();
             match child.metadata() {
-                Ok(m) if !m.file_type().is_symlink() => collect_entry(&child_path, m, false, files, problems),
-                _ => collect(&child_path, false, files, problems),
+                Ok(m) if !m.file_type().is_symlink() => self.collect_entry(&child_path, m, false),
+                _ => self.collect(&child_path, false),
             }
         }
-        return;
-    }
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    let is_config = [".yaml", ".yml", ".json"].iter().any(|ext| name.ends_with(ext));
-    // Hidden files are editor swap files and atomic-write temporaries.
-    if explicit || (is_config && !hidden) {
-        files.push(Found { path: path.to_path_buf(), metadata: Some(metadata) });
     }
 }
 
-fn io_problem(path: &Path, e: std::io::Error) -> Diagnostic {
+/// The warning for a folder not read because this walk read it already at `earlier`.
+fn skipped_folder(path: &Path, earlier: &Path) -> Diagnostic {
+    let why = if path.starts_with(earlier) {
+        format!("symlink loop: this leads back to {}, which contains it; not followed", earlier.display())
+    } else {
+        format!("the same folder as {}, which was read already; not read again", earlier.display())
+    };
     let origin = Origin { file: Some(path.into()), document: None };
-    Diagnostic::error(codes::IO, "", e.to_string()).at(&origin, None)
+    Diagnostic::warning(codes::FOLDER_SKIPPED, "", why).at(&origin, None)
 }
 
 /// Reads every file and document into a fresh store. Parse problems are diagnostics in the
 /// store; a file that cannot be read at all is reported and contributes nothing.
 pub fn load(paths: &[PathBuf]) -> Store {
+    load_with(paths, &FileOptions::default())
+}
+
+/// [`load`] with the file source's options.
+pub fn load_with(paths: &[PathBuf], options: &FileOptions) -> Store {
     let mut store = Store::default();
     let (files, problems) = expand(paths);
     store.diagnostics.extend(problems);
-    for Found { path: file, .. } in files {
-        match std::fs::read_to_string(&file) {
+    for Found { path: file, metadata } in files {
+        match read_limited(&file, metadata.as_ref(), options.max_file_bytes) {
             Ok(text) => load_text(&mut store, &text, Some(&file)),
-            Err(e) => store.diagnostics.push(
-                Diagnostic::error(codes::IO, "", e.to_string())
-                    .at(&Origin { file: Some(file.as_path().into()), document: None }, None),
-            ),
+            Err(e) => store.diagnostics.push(e.diagnostic(&file)),
         }
     }
-    read_referenced_files(&mut store);
+    read_referenced_files(&mut store, options);
     store
 }
 
 /// Reads the certificate files the loaded resources name, so translation can use them.
-pub fn read_referenced_files(store: &mut Store) {
+pub fn read_referenced_files(store: &mut Store, options: &FileOptions) {
     for path in store.referenced_files() {
-        let content = std::fs::read_to_string(&path).map_err(|e| e.to_string());
+        let content = read_limited(&path, None, options.max_file_bytes).map_err(|e| e.to_string());
         store.files.insert(path, content);
     }
 }
@@ -142,5 +251,121 @@ mod tests {
         let store = load(&[dir.path().to_path_buf()]);
         assert_eq!(store.services.len(), 1);
         assert!(store.diagnostics.items.is_empty(), "{:?}", store.diagnostics.items);
+    }
+
+    const VS: &str = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: NAME}\nspec: {hosts: [a.example.com]}\n";
+
+    fn skipped(store: &Store) -> Vec<(PathBuf, String)> {
+        let items = store.diagnostics.iter().filter(|d| d.code == codes::FOLDER_SKIPPED);
+        items.map(|d| (d.origin.file.as_deref().unwrap().to_path_buf(), d.message.clone())).collect()
+    }
+
+    #[test]
+    fn a_symlink_back_to_an_ancestor_is_not_followed_and_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("sub/deeper")).unwrap();
+        std::fs::write(d.join("a.yaml"), VS.replace("NAME", "a")).unwrap();
+        std::fs::write(d.join("sub/deeper/b.yaml"), VS.replace("NAME", "b")).unwrap();
+        std::os::unix::fs::symlink("../..", d.join("sub/deeper/up")).unwrap();
+
+        let (found, _) = expand(&[d.to_path_buf()]);
+        let names: Vec<_> = found.iter().map(|f| f.path.strip_prefix(d).unwrap().to_path_buf()).collect();
+        assert_eq!(names, [PathBuf::from("a.yaml"), PathBuf::from("sub/deeper/b.yaml")]);
+        let store = load(&[d.to_path_buf()]);
+        assert_eq!(store.virtual_services.len(), 2);
+        let skips = skipped(&store);
+        assert_eq!(skips.len(), 1, "{:?}", store.diagnostics);
+        assert_eq!(skips[0].0, d.join("sub/deeper/up"));
+        assert!(skips[0].1.contains("symlink loop") && skips[0].1.contains(&d.display().to_string()), "{}", skips[0].1);
+        assert_eq!(store.diagnostics.errors(), 0, "a skipped folder is a warning: {:?}", store.diagnostics);
+    }
+
+    #[test]
+    fn a_folder_reached_twice_through_symlinks_is_read_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("real")).unwrap();
+        std::fs::write(d.join("real/c.yaml"), VS.replace("NAME", "c")).unwrap();
+        std::os::unix::fs::symlink("real", d.join("alias")).unwrap();
+
+        let store = load(&[d.to_path_buf()]);
+        assert_eq!(store.virtual_services.len(), 1);
+        // Read once: no "defined again" warning for the second copy.
+        assert_eq!(store.diagnostics.iter().filter(|d| d.code == codes::DUPLICATE).count(), 0);
+        // `alias` sorts first, so `real` is the one skipped.
+        let skips = skipped(&store);
+        assert_eq!(skips.len(), 1, "{:?}", store.diagnostics);
+        assert_eq!(skips[0].0, d.join("real"));
+        assert!(skips[0].1.contains(&d.join("alias").display().to_string()), "{}", skips[0].1);
+
+        // A path named twice is still read twice, as before.
+        let twice = load(&[d.join("real"), d.join("real")]);
+        assert_eq!(twice.diagnostics.iter().filter(|d| d.code == codes::DUPLICATE).count(), 1);
+        assert!(skipped(&twice).is_empty());
+    }
+
+    #[test]
+    fn files_over_the_size_limit_are_errors_naming_size_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let small = VS.replace("NAME", "small");
+        let big = format!("{}# {}\n", VS.replace("NAME", "big"), "x".repeat(2000));
+        std::fs::write(d.join("small.yaml"), &small).unwrap();
+        std::fs::write(d.join("big.yaml"), &big).unwrap();
+        let options = FileOptions { max_file_bytes: 1000 };
+
+        let store = load_with(&[d.to_path_buf()], &options);
+        assert_eq!(store.virtual_services.len(), 1);
+        use crate::store::Key;
+        assert!(store.virtual_services.keys().all(|k| k.name() == "small"));
+        let errors: Vec<_> = store.diagnostics.iter().filter(|d| d.is_error()).collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].code, codes::IO);
+        assert_eq!(errors[0].origin.file.as_deref(), Some(d.join("big.yaml").as_path()));
+        assert!(errors[0].message.contains(&format!("{} bytes", big.len())), "{}", errors[0].message);
+        assert!(errors[0].message.contains("limit of 1000 bytes"), "{}", errors[0].message);
+
+        // The default limit reads both.
+        assert_eq!(load(&[d.to_path_buf()]).virtual_services.len(), 2);
+    }
+
+    #[test]
+    fn certificate_files_over_the_limit_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let cert = d.join("certs/tls.crt");
+        std::fs::create_dir(d.join("certs")).unwrap();
+        std::fs::write(&cert, "x".repeat(5000)).unwrap();
+        let gateway = format!(
+            "apiVersion: networking.istio.io/v1beta1\nkind: Gateway\nmetadata: {{name: gw}}\nspec:\n  servers:\n  - port: {{number: 443, name: https, protocol: HTTPS}}\n    hosts: [\"*\"]\n    tls: {{mode: SIMPLE, serverCertificate: {}, privateKey: {}}}\n",
+            cert.display(),
+            cert.display()
+        );
+        std::fs::write(d.join("gw.yaml"), gateway).unwrap();
+        let store = load_with(&[d.join("gw.yaml")], &FileOptions { max_file_bytes: 4096 });
+        let content = store.files.get(&cert).expect("the certificate file is listed");
+        assert!(content.as_ref().is_err_and(|e| e.contains("5000 bytes") && e.contains("4096")), "{content:?}");
+        let (_, diagnostics) = crate::translate(&store, &crate::Options::default());
+        let field = "spec.servers[0].tls.serverCertificate";
+        assert!(diagnostics.iter().any(|d| d.code == codes::NOT_FOUND && d.field == field), "{diagnostics:?}");
+    }
+
+    #[test]
+    fn reads_stop_at_the_limit_whatever_the_listing_said() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("grown.yaml");
+        std::fs::write(&file, "x".repeat(100)).unwrap();
+        // Listed while still small (or not listed at all): the read itself stops past the limit.
+        let listed = std::fs::metadata(&file).unwrap();
+        std::fs::write(&file, "x".repeat(5000)).unwrap();
+        for listed in [Some(&listed), None] {
+            match read_limited(&file, listed, 1000) {
+                Err(ReadError::TooLarge { size, limit }) => assert_eq!((size, limit), (5000, 1000)),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(read_limited(&file, None, 5000).unwrap().len(), 5000);
+        assert!(matches!(read_limited(&dir.path().join("missing.yaml"), None, 10), Err(ReadError::Io(_))));
     }
 }

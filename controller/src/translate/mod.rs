@@ -223,11 +223,13 @@ pub fn translate_reusing(
         let mut accepted = Vec::new();
         for (i, server) in gw.spec.servers.iter().enumerate() {
             let field = format!("spec.servers[{i}]");
-            let Ok(port) = u16::try_from(server.port.number) else {
+            // Port 0 would make the gateway listen on a port the kernel picks, which no
+            // Service can target.
+            let Some(port) = u16::try_from(server.port.number).ok().filter(|p| *p != 0) else {
                 local.push(Diagnostic::error(
                     codes::SCHEMA,
                     format!("{field}.port.number"),
-                    format!("{} is not a valid port", server.port.number),
+                    format!("{} is not a valid port (1-65535)", server.port.number),
                 ));
                 continue;
             };

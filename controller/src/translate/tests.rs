@@ -582,6 +582,39 @@ spec:
 }
 
 #[test]
+fn gateway_server_ports_zero_and_above_65535_are_errors() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 0, name: zero, protocol: HTTP}
+    hosts: ["*"]
+  - port: {number: 70000, name: big, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {name: ok, namespace: istio-system}
+spec:
+  servers:
+  - port: {number: 8080, name: http, protocol: HTTP}
+    hosts: ["*"]
+"#;
+    let (snap, diags) = run(yaml);
+    let errors: Vec<_> = diags.iter().filter(|d| d.is_error()).collect();
+    let fields: Vec<_> = errors.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(fields, ["spec.servers[0].port.number", "spec.servers[1].port.number"], "{errors:?}");
+    for e in &errors {
+        assert_eq!(e.resource.as_ref().map(|r| r.name.as_str()), Some("gw"));
+        assert_eq!(e.origin.file.as_deref(), Some(std::path::Path::new("test.yaml")));
+    }
+    let ports: Vec<_> = snap.listeners.iter().map(|l| l.port).collect();
+    assert_eq!(ports, [8080], "the rejected Gateway is left out, the other one serves");
+}
+
+#[test]
 fn destination_rule_tls_origination() {
     let yaml = format!(
         r#"{}
