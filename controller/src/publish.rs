@@ -182,4 +182,23 @@ spec:
         assert!(outcome.changed);
         assert!(rx.borrow().listeners.is_empty());
     }
+
+    #[test]
+    fn an_unenforced_policy_is_applied_not_rejected() {
+        // An AUDIT policy (access unchanged) edited into an ALLOW list: restoring the AUDIT
+        // version as "last good" would open the gateway.
+        let policy = |action: &str| {
+            format!(
+                "{GOOD}---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: istio-system}}\nspec:\n  selector: {{matchLabels: {{app: istio-ingressgateway}}}}\n  action: {action}\n  rules: [{{from: [{{source: {{ipBlocks: [1.2.3.4]}}}}]}}]\n"
+            )
+        };
+        let (mut p, rx) = Publisher::new(Options::default());
+        p.apply(store(&policy("AUDIT"), "a.yaml"));
+        assert!(rx.borrow().unenforced_policies.is_empty());
+        let outcome = p.apply(store(&policy("ALLOW"), "a.yaml"));
+        assert_eq!(outcome.rejected, 0);
+        assert!(outcome.changed);
+        assert_eq!(rx.borrow().unenforced_policies.len(), 1);
+        assert!(!outcome.diagnostics.iter().any(|d| d.code == crate::diagnostics::codes::KEPT));
+    }
 }

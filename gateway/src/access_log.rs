@@ -682,6 +682,11 @@ mod tests {
         (r.upstream_host, r.upstream_cluster, r.route_name, r.request_id) = (None, None, None, None);
         (r.x_forwarded_for, r.downstream_remote_address) = (None, None);
         cases.push(r);
+        // A local reply's details, as the denial of an unenforced policy writes them.
+        let mut r = reference("/denied", None, "10.0.0.1:1");
+        (r.response_code, r.response_flags) = (403, "RBAC");
+        r.response_code_details = Some("rbac_access_denied_unenforced_policy[ns[istio-system]-policy[a\"b]]");
+        cases.push(r);
         for r in cases {
             let fields = r.fields();
             let mut ours = Vec::new();

@@ -459,6 +459,7 @@ for name in names:
               where + "no ClusterRole grants secrets")
         granted = {(g_, res) for r in roles for rule in r["rules"] for g_ in rule["apiGroups"] for res in rule["resources"]}
         for want in [("networking.istio.io", k) for k in ("gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries")] + \
+                    [("security.istio.io", k) for k in ("authorizationpolicies", "requestauthentications")] + \
                     [("", "services"), ("", "pods"), ("discovery.k8s.io", "endpointslices"), ("", "secrets")]:
             check(want in granted, where + "the API reader may read %s/%s" % want)
         watch = v["controller"]["watchNamespaces"] if mode == "controller" else (g.get("watchNamespaces") or [])
