@@ -457,9 +457,11 @@ for name in names:
               and secret_roles[0]["metadata"]["namespace"] == "istio-system", where + "Secrets readable only in the gateway (release) namespace")
         check(not any("secrets" in rule["resources"] for r in roles if r["kind"] == "ClusterRole" for rule in r["rules"]),
               where + "no ClusterRole grants secrets")
+        check(any("security.istio.io" in rule["apiGroups"] and "authorizationpolicies" in rule["resources"]
+                  and "requestauthentications" in rule["resources"] for r in secret_roles for rule in r["rules"]),
+              where + "security policies readable in the gateway namespace")
         granted = {(g_, res) for r in roles for rule in r["rules"] for g_ in rule["apiGroups"] for res in rule["resources"]}
         for want in [("networking.istio.io", k) for k in ("gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries")] + \
-                    [("security.istio.io", k) for k in ("authorizationpolicies", "requestauthentications")] + \
                     [("", "services"), ("", "pods"), ("discovery.k8s.io", "endpointslices"), ("", "secrets")]:
             check(want in granted, where + "the API reader may read %s/%s" % want)
         watch = v["controller"]["watchNamespaces"] if mode == "controller" else (g.get("watchNamespaces") or [])

@@ -79,7 +79,10 @@ async fn a_policy_selecting_the_gateway_denies_every_request_and_fails_analyze()
     let (code, out, err) = run_analyze([cfg.path()]);
     assert_ne!(code, 0, "analyze fails on an unenforced policy: {out}{err}");
     let report = format!("{out}{err}");
-    assert!(report.contains("MG0010") && report.contains("AuthorizationPolicy istio-system/ingress-policy"), "{report}");
+    assert!(
+        report.contains("MG0010") && report.contains("AuthorizationPolicy istio-system/ingress-policy"),
+        "{report}"
+    );
 
     let gw = start(&cfg, &[80]).await;
     let r = get(gw.addr(80), "/headers").host("httpbin.example.com").send().await.unwrap();
@@ -96,8 +99,12 @@ async fn a_policy_selecting_the_gateway_denies_every_request_and_fails_analyze()
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["response_code"], 403);
     assert_eq!(v["response_flags"], "RBAC");
-    assert_eq!(v["response_code_details"], "rbac_access_denied_unenforced_policy[ns[istio-system]-policy[ingress-policy]]");
-    let text = wait_metric(&gw, "istio_requests_total", &[("response_code", "403"), ("response_flags", "RBAC")], 2.0).await;
+    assert_eq!(
+        v["response_code_details"],
+        "rbac_access_denied_unenforced_policy[ns[istio-system]-policy[ingress-policy]]"
+    );
+    let text =
+        wait_metric(&gw, "istio_requests_total", &[("response_code", "403"), ("response_flags", "RBAC")], 2.0).await;
     assert_eq!(metric_value(&text, "istio_requests_total", &[("response_code", "200")]), None, "{text}");
 
     // Removing the policy opens the gateway again, without a restart.

@@ -168,10 +168,6 @@ app.kubernetes.io/component: controller
 - apiGroups: ["networking.istio.io"]
   resources: ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"]
   verbs: ["get", "list", "watch"]
-{{- /* Read so that a policy meshgate cannot enforce yet denies instead of being ignored. */}}
-- apiGroups: ["security.istio.io"]
-  resources: ["authorizationpolicies", "requestauthentications"]
-  verbs: ["get", "list", "watch"]
 - apiGroups: [""]
   resources: ["services", "pods"]
   verbs: ["get", "list", "watch"]

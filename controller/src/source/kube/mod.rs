@@ -205,9 +205,7 @@ fn targets(options: &KubeOptions) -> Vec<Target> {
     if options.istio_version == "v1" {
         istio_versions.push("v1beta1".to_string());
     }
-    // The security kinds are read so that a policy meshgate cannot enforce denies instead of
-    // being ignored (they share networking.istio.io's versions, v1 then v1beta1).
-    let kinds: [(Kind, &str, &str, bool); 10] = [
+    let kinds: [(Kind, &str, &str, bool); 8] = [
         (Kind::Gateway, "networking.istio.io", "gateways", true),
         (Kind::VirtualService, "networking.istio.io", "virtualservices", true),
         (Kind::DestinationRule, "networking.istio.io", "destinationrules", true),
@@ -216,8 +214,6 @@ fn targets(options: &KubeOptions) -> Vec<Target> {
         (Kind::Service, "", "services", false),
         (Kind::Pod, "", "pods", false),
         (Kind::EndpointSlice, "discovery.k8s.io", "endpointslices", false),
-        (Kind::AuthorizationPolicy, "security.istio.io", "authorizationpolicies", true),
-        (Kind::RequestAuthentication, "security.istio.io", "requestauthentications", true),
     ];
     let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
@@ -229,6 +225,28 @@ fn targets(options: &KubeOptions) -> Vec<Target> {
         let versions = if istio { istio_versions.clone() } else { vec!["v1".to_string()] };
         for namespace in &scopes {
             out.push(Target { kind, group, versions: versions.clone(), plural, namespace: namespace.clone(), istio });
+        }
+    }
+    // Security policies are read so that one meshgate cannot enforce denies instead of being
+    // ignored. Only the gateway's namespace and the root namespace hold policies that can
+    // select it (translate::policies), whatever namespaces are watched. They share
+    // networking.istio.io's versions (v1, then v1beta1).
+    let mut policy_namespaces = vec![options.gateway_namespace.clone()];
+    if options.gateway_namespace != crate::translate::policies::ROOT_NAMESPACE {
+        policy_namespaces.push(crate::translate::policies::ROOT_NAMESPACE.to_string());
+    }
+    for (kind, plural) in
+        [(Kind::AuthorizationPolicy, "authorizationpolicies"), (Kind::RequestAuthentication, "requestauthentications")]
+    {
+        for namespace in &policy_namespaces {
+            out.push(Target {
+                kind,
+                group: "security.istio.io",
+                versions: istio_versions.clone(),
+                plural,
+                namespace: Some(namespace.clone()),
+                istio: true,
+            });
         }
     }
     // Secrets hold private keys: read them only where Istio allows credentials to live.

@@ -442,3 +442,26 @@ async fn missing_istio_crds_still_publish_kubernetes_objects() {
     let gw = source.kind("Gateway");
     assert!(!gw.synced && gw.errors["not_found"] >= 2, "{gw:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn security_policies_in_the_gateway_namespace_are_read_and_deny() {
+    let api = FakeApi::new();
+    serve_basics(&api);
+    let policy = json!({
+        "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ingress-policy", "namespace": "istio-system", "resourceVersion": "1"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "istio-ingressgateway"}},
+            "action": "ALLOW",
+            "rules": [{"from": [{"source": {"ipBlocks": ["1.2.3.4"]}}]}]
+        }
+    });
+    // Watched in the gateway's namespace even when every namespace is watched for routing.
+    api.serve(&path("security.istio.io/v1", "authorizationpolicies", Some("istio-system")), vec![policy]);
+    let mut source = Source::start(&api, KubeOptions::default());
+    let store = source.next_store().await;
+    assert_eq!(store.authorization_policies.len(), 1);
+    let (snapshot, diagnostics) = translate(&store, &Options::default());
+    assert_eq!(snapshot.unenforced_policies.len(), 1);
+    assert!(diagnostics.iter().any(|d| d.code == crate::diagnostics::codes::UNENFORCED), "{:?}", diagnostics.items);
+}
