@@ -31,7 +31,8 @@ pub struct ClientVerifier {
 }
 
 impl ClientVerifier {
-    pub fn new(
+    /// Wraps webpki's verifier for the CA certificates `anchors`.
+    pub fn wrap(
         webpki: Arc<dyn ClientCertVerifier>,
         anchors: Vec<CertificateDer<'static>>,
         algorithms: WebPkiSupportedAlgorithms,
