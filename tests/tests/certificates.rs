@@ -44,49 +44,10 @@ const TASK_CLIENT_CERTS: &[&str] = &[
     "openssl x509 -req -sha256 -days 365 -CA example.com.crt -CAkey example.com.key -set_serial 1 -in client.example.com.csr -out client.example.com.crt",
 ];
 
-/// The task's Gateway and VirtualService (applied to the default namespace, as the task does).
+/// The task's Gateway and VirtualService for `mode` (SIMPLE or MUTUAL), applied to the default
+/// namespace as the task does.
 fn task_gateway(mode: &str) -> String {
-    format!(
-        r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: mygateway
-spec:
-  selector:
-    istio: ingressgateway # use istio default ingress gateway
-  servers:
-  - port:
-      number: 443
-      name: https
-      protocol: HTTPS
-    tls:
-      mode: {mode}
-      credentialName: httpbin-credential # must be the same as secret
-    hosts:
-    - httpbin.example.com
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: httpbin
-spec:
-  hosts:
-  - "httpbin.example.com"
-  gateways:
-  - mygateway
-  http:
-  - match:
-    - uri:
-        prefix: /status
-    - uri:
-        prefix: /delay
-    route:
-    - destination:
-        port:
-          number: 8000
-        host: httpbin
-"#
-    )
+    istio_docs(&format!("tasks/traffic-management/ingress/secure-ingress/mygateway-{}.yaml", mode.to_lowercase()))
 }
 
 /// httpbin in `default` on port 8000, answering `/status/418` with a 418.

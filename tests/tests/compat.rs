@@ -139,46 +139,9 @@ async fn httpbin_sample_gateway() {
 /// HTTP 404 error".
 #[tokio::test]
 async fn ingress_gateways_task() {
-    const TASK: &str = r#"apiVersion: networking.istio.io/v1
-kind: Gateway
-metadata:
-  name: httpbin-gateway
-spec:
-  # The selector matches the ingress gateway pod labels.
-  # If you installed Istio using Helm following the standard documentation, this would be "istio=ingress"
-  selector:
-    istio: ingressgateway
-  servers:
-  - port:
-      number: 80
-      name: http
-      protocol: HTTP
-    hosts:
-    - "httpbin.example.com"
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata:
-  name: httpbin
-spec:
-  hosts:
-  - "httpbin.example.com"
-  gateways:
-  - httpbin-gateway
-  http:
-  - match:
-    - uri:
-        prefix: /status
-    - uri:
-        prefix: /delay
-    route:
-    - destination:
-        port:
-          number: 8000
-        host: httpbin
-"#;
     let cfg = folder_with(&["samples/httpbin/httpbin.yaml"]);
-    cfg.write("task.yaml", TASK).unwrap();
+    cfg.write("task.yaml", &istio_docs("tasks/traffic-management/ingress/ingress-control/httpbin-gateway.yaml"))
+        .unwrap();
     let _httpbin = running(&cfg, "httpbin", "http", &["v1"]).await;
     let (code, report) = analyze(&cfg);
     assert_eq!(code, 0, "{report}");

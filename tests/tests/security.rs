@@ -9,37 +9,15 @@ use common::*;
 use meshgate_e2e::prelude::*;
 
 /// Istio's task "Ingress Gateway" (security/authorization/authz-ingress): an IP allow-list on
-/// the ingress gateway, verbatim.
-const INGRESS_POLICY: &str = r#"apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata:
-  name: ingress-policy
-  namespace: istio-system
-spec:
-  selector:
-    matchLabels:
-      app: istio-ingressgateway
-  action: ALLOW
-  rules:
-  - from:
-    - source:
-        ipBlocks: ["1.2.3.4", "5.6.7.0/24"]
-"#;
+/// the ingress gateway.
+fn ingress_policy() -> String {
+    istio_docs("tasks/security/authorization/authz-ingress/ingress-policy.yaml")
+}
 
-/// Istio's "JWT authentication" task, applied to the ingress gateway as the task does.
-const JWT_ON_INGRESS: &str = r#"apiVersion: security.istio.io/v1
-kind: RequestAuthentication
-metadata:
-  name: "jwt-example"
-  namespace: istio-system
-spec:
-  selector:
-    matchLabels:
-      istio: ingressgateway
-  jwtRules:
-  - issuer: "testing@secure.istio.io"
-    jwksUri: "https://raw.githubusercontent.com/istio/istio/release-1.24/security/tools/jwt/samples/jwks.json"
-"#;
+/// Istio's "Authentication Policy" task, JWT on the ingress gateway.
+fn jwt_on_ingress() -> String {
+    istio_docs("tasks/security/authentication/authn-policy/jwt-example-ingress.yaml")
+}
 
 /// The httpbin sample's policy from the same task series: it selects httpbin, not the gateway.
 const HTTPBIN_POLICY: &str = r#"apiVersion: security.istio.io/v1
@@ -74,7 +52,7 @@ async fn app(cfg: &ConfigDir) -> Upstream {
 async fn a_policy_selecting_the_gateway_denies_every_request_and_fails_analyze() {
     let cfg = ConfigDir::new().unwrap();
     let _up = app(&cfg).await;
-    cfg.write("policy.yaml", INGRESS_POLICY).unwrap();
+    cfg.write("policy.yaml", &ingress_policy()).unwrap();
 
     let (code, out, err) = run_analyze([cfg.path()]);
     assert_ne!(code, 0, "analyze fails on an unenforced policy: {out}{err}");
@@ -120,7 +98,7 @@ async fn a_policy_selecting_the_gateway_denies_every_request_and_fails_analyze()
 async fn request_authentication_on_the_gateway_denies_too() {
     let cfg = ConfigDir::new().unwrap();
     let _up = app(&cfg).await;
-    cfg.write("jwt.yaml", JWT_ON_INGRESS).unwrap();
+    cfg.write("jwt.yaml", &jwt_on_ingress()).unwrap();
     let gw = start(&cfg, &[80]).await;
     let r = get(gw.addr(80), "/headers").host("httpbin.example.com").send().await.unwrap();
     assert_eq!(r.status, 403);
@@ -142,7 +120,7 @@ async fn a_policy_for_another_workload_changes_nothing() {
 async fn unenforced_policy_allow_lets_requests_through_and_says_so() {
     let cfg = ConfigDir::new().unwrap();
     let _up = app(&cfg).await;
-    cfg.write("policy.yaml", INGRESS_POLICY).unwrap();
+    cfg.write("policy.yaml", &ingress_policy()).unwrap();
     let gw = GatewayProcess::builder()
         .config(cfg.path())
         .ports(&[80])
@@ -181,7 +159,7 @@ async fn tcp_connections_are_closed_while_denying() {
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db}\nspec:\n  hosts: [\"*\"]\n  gateways: [istio-system/gw]\n  tcp:\n  - route: [{destination: {host: db, port: {number: 27017}}}]\n",
     )
     .unwrap();
-    cfg.write("policy.yaml", INGRESS_POLICY).unwrap();
+    cfg.write("policy.yaml", &ingress_policy()).unwrap();
     let gw = start(&cfg, &[31400]).await;
     let reply = tcp_exchange(gw.addr(31400), b"ping", true).await.unwrap_or_default();
     assert!(reply.is_empty(), "nothing reaches the upstream: {:?}", String::from_utf8_lossy(&reply));

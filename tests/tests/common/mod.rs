@@ -136,3 +136,10 @@ pub async fn replica(controller: &ControllerProcess, name: &str) -> GatewayProce
         .await
         .expect("replica becomes ready from the controller's snapshot")
 }
+
+/// The YAML of an Istio task page, as the task applies it (`tests/compat/istio.io/`, see its
+/// README).
+pub fn istio_docs(path: &str) -> String {
+    let file = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/compat/istio.io")).join(path);
+    std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
