@@ -331,7 +331,7 @@ mod tests {
         // Istio sets treat_missing_header_as_empty on withoutHeaders with a value.
         let none = HeaderMap::new();
         let empty = compile(RouteMatch {
-            without_headers: header("x", Some(StringMatch::Exact(String::new()))),
+            without_headers: header("x", Some(StringMatch::Exact("".into()))),
             ..Default::default()
         });
         assert!(!empty.matches(&view("/", &none)));
