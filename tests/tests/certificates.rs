@@ -319,7 +319,7 @@ async fn credential_names_serve_rsa_and_ecdsa_by_what_the_client_accepts() {
         "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: istio-system}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [multi.example.com]\n    tls:\n      mode: SIMPLE\n      credentialNames: [rsa-cred, ecdsa-cred]\n",
     )
     .unwrap();
-    cfg.write("vs.yaml", &VS_MULTI).unwrap();
+    cfg.write("vs.yaml", VS_MULTI).unwrap();
     let gw = start(&cfg, &[443]).await;
     let port = gw.addr(443).port();
     // A client that can verify both gets ECDSA (Envoy's preference), an RSA-only client RSA.

@@ -31,7 +31,8 @@ pub struct ClientVerifier {
 }
 
 impl ClientVerifier {
-    pub fn new(
+    /// The verifier, ready for rustls (which takes it as a trait object).
+    pub fn shared(
         webpki: Arc<dyn ClientCertVerifier>,
         anchors: Vec<CertificateDer<'static>>,
         algorithms: WebPkiSupportedAlgorithms,

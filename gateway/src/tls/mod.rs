@@ -143,7 +143,7 @@ pub fn server_config(def: &ServerTls, secrets: &BTreeMap<String, Secret>) -> Res
                 verifier = verifier.allow_unauthenticated();
             }
             let verifier = verifier.build().map_err(|e| TlsError::Verifier(e.to_string()))?;
-            let verifier = client_auth::ClientVerifier::new(verifier, certs(ca_pem, ca_name)?, algorithms);
+            let verifier = client_auth::ClientVerifier::shared(verifier, certs(ca_pem, ca_name)?, algorithms);
             let verifier = san::SanCheckingVerifier::wrap(verifier, &def.subject_alt_names);
             builder.with_client_cert_verifier(verifier)
         }
