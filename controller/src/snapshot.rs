@@ -134,6 +134,11 @@ pub struct L4Route {
     /// Gateway port the match is limited to.
     pub port: Option<u16>,
     pub destinations: Vec<WeightedCluster>,
+    /// For a tcp route of a TLS-terminating server: the server it is bound to
+    /// ([`ServerTls::server`]); each such server has its own tcp routes, as each has its own
+    /// filter chain in Envoy. `None` for the tcp routes of a TCP port and for tls routes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -275,6 +280,11 @@ pub struct Cluster {
     /// have none, and inline it was a third of each of the 20k clusters of a 10k config.
     #[serde(default)]
     pub tls: Option<Box<UpstreamTls>>,
+    /// No Service or ServiceEntry defines the host, or no DestinationRule defines the subset:
+    /// Envoy would have no such cluster, and a request routed to it gets 503 with flag `NC`
+    /// (cluster not found), not `UH`. Kept so that route weights still count it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_found: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -213,9 +213,12 @@ spec:
     )
     .unwrap();
     let gw = start(&cfg, &[80]).await;
-    let r = get(gw.addr(80), "/productpage?u=1").host("bookinfo.example.com:8080").send().await.unwrap();
+    let r = get(gw.addr(80), "/productpage?u=1").host("bookinfo.example.com").send().await.unwrap();
     assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(r.header("location"), Some("https://bookinfo.example.com/productpage?u=1"));
+    // As Envoy's require_tls: the Host header as sent, port included.
+    let r = get(gw.addr(80), "/productpage").host("bookinfo.example.com:8080").send().await.unwrap();
+    assert_eq!(r.header("location"), Some("https://bookinfo.example.com:8080/productpage"));
 }
 
 #[tokio::test]

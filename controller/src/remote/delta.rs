@@ -353,6 +353,7 @@ mod tests {
                 .collect(),
             upstream_protocol: UpstreamProtocol::Http1,
             tls: None,
+            not_found: false,
         };
         let mut snapshot = Snapshot::default();
         for (name, pods) in [("a", &["reviews-v1", "reviews-v2"][..]), ("b", &["reviews-v2"][..])] {

@@ -197,9 +197,9 @@ pub fn resolve(
     if service.is_none() {
         let message = match registry.hidden(host) {
             Some(entry) => format!(
-                "unknown host {host:?}: ServiceEntry {entry} defines it but is not exported (exportTo) to this gateway's namespace; requests get 503"
+                "unknown host {host:?}: ServiceEntry {entry} defines it but is not exported (exportTo) to this gateway's namespace; requests get 503 (NC)"
             ),
-            None => format!("unknown host {host:?}: no Service or ServiceEntry defines it; requests get 503"),
+            None => format!("unknown host {host:?}: no Service or ServiceEntry defines it; requests get 503 (NC)"),
         };
         problems.push(Diagnostic::warning(codes::NOT_FOUND, format!("{field}.host"), message));
     }
@@ -266,6 +266,7 @@ pub fn resolve(
             endpoints,
             upstream_protocol,
             tls,
+            not_found: service.is_none() || !subset_known,
         },
     })
 }

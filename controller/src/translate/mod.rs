@@ -243,6 +243,16 @@ pub fn translate_reusing(
                 accepted.iter().find(|a: &&BoundServer| a.port == port).map(|a| (a.kind.port_class(), key.clone()))
             });
             if let Some((other, other_gw)) = claimed {
+                // Istio merges servers on a port when they are HTTP or TLS (told apart by SNI);
+                // a second plain TCP server has nothing to be told apart by and is skipped.
+                if other == class && class == "TCP" {
+                    local.push(Diagnostic::warning(
+                        codes::CONFLICT,
+                        format!("{field}.port"),
+                        format!("port {port} already has a TCP server (gateway {other_gw}); this server is ignored, as Istio keeps the first"),
+                    ));
+                    continue;
+                }
                 if other != class {
                     local.push(Diagnostic::warning(
                         codes::CONFLICT,
@@ -359,7 +369,12 @@ pub fn translate_reusing(
             match list.find(&host.name) {
                 // Several VirtualServices for one host merge in creation order, as in Istio
                 // (into a copy: the first one's host stays as its translation made it).
-                Some(i) => Arc::make_mut(&mut list.hosts[i]).routes.extend(host.routes.iter().cloned()),
+                Some(i) => {
+                    let merged = Arc::make_mut(&mut list.hosts[i]);
+                    merged.routes.extend(host.routes.iter().cloned());
+                    // One server with httpsRedirect on the port makes the shared host redirect.
+                    merged.https_redirect |= host.https_redirect;
+                }
                 None => list.push(host.clone()),
             }
         }
@@ -370,7 +385,8 @@ pub fn translate_reusing(
         }
         clusters.extend(translated.clusters.iter().map(|c| (c.name.clone(), c.clone())));
     }
-    // httpsRedirect: every host of such a server answers 301, bound or not.
+    // httpsRedirect: every host of such a server answers 301, bound or not (hosts that bound
+    // VirtualServices add under it were marked while binding).
     for s in servers.iter().filter(|s| s.kind == servers::ServerKind::PlainHttp) {
         if !s.server.tls.as_ref().is_some_and(|t| t.https_redirect) {
             continue;

@@ -2,7 +2,7 @@
 
 use super::clusters::{parse_duration_ms, resolve};
 use super::credentials::Credentials;
-use super::hosts::{intersect, resolve_short_name, split_server_host};
+use super::hosts::{covers, intersect, resolve_short_name};
 use super::rules::Rules;
 use super::servers::ServerKind;
 use super::services::Registry;
@@ -161,13 +161,25 @@ pub(super) fn translate_virtual_service(
             }
             let Some(domain) = intersect(&hosts[h], server_host) else { continue };
             *bound = true;
+            // Istio sets `require_tls` on every virtual host a server with httpsRedirect makes,
+            // a VirtualService's more specific host (`a.example.com` under `*.example.com`)
+            // included.
+            let redirect = s.kind == ServerKind::PlainHttp && s.server.tls.as_ref().is_some_and(|t| t.https_redirect);
             if !seen.insert((s.port, domain.clone(), s.gateway_key.clone())) {
+                if redirect {
+                    let same = |(p, vh): &&mut (u16, Arc<VirtualHost>)| {
+                        *p == s.port && vh.domains.iter().any(|d| d.as_str() == domain)
+                    };
+                    for (_, vh) in out.bindings.iter_mut().filter(same) {
+                        Arc::make_mut(vh).https_redirect = true;
+                    }
+                }
                 continue;
             }
             let mut routes: Vec<Arc<Route>> =
                 candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).map(Arc::new).collect();
             routes = crate::memory::exact(routes);
-            out.bindings.push((s.port, Arc::new(VirtualHost::new(&domain, s.port, routes, false))));
+            out.bindings.push((s.port, Arc::new(VirtualHost::new(&domain, s.port, routes, redirect))));
         }
     }
     l4_routes(vs, ctx, &gateway_keys, &hosts, creds, &mut out, &mut bound_any, problems);
@@ -385,9 +397,9 @@ fn route_match(
     problems: &mut Vec<Diagnostic>,
 ) -> Option<RouteMatch> {
     let mut ok = true;
-    let mut one = |w: &Option<Box<WireMatch>>, name: &str, problems: &mut Vec<Diagnostic>| -> Option<StringMatch> {
+    let mut one = |w: &Option<Box<WireMatch>>, name: &str, header: bool, problems: &mut Vec<Diagnostic>| {
         let w = w.as_ref()?;
-        match string_match(w, &format!("{field}.{name}"), regexes, problems) {
+        match string_match(w, &format!("{field}.{name}"), header, regexes, problems) {
             Ok(v) => v,
             Err(()) => {
                 ok = false;
@@ -395,15 +407,15 @@ fn route_match(
             }
         }
     };
-    let uri = one(&m.uri, "uri", problems);
+    let uri = one(&m.uri, "uri", false, problems);
     let more = m.more();
-    let scheme = one(&more.scheme, "scheme", problems);
-    let method = one(&more.method, "method", problems);
-    let authority = one(&more.authority, "authority", problems);
+    let scheme = one(&more.scheme, "scheme", true, problems);
+    let method = one(&more.method, "method", true, problems);
+    let authority = one(&more.authority, "authority", true, problems);
     let mut keyed = |map: &KeyedMatches, name: &str, lower: bool, problems: &mut Vec<Diagnostic>| {
         let mut out = Vec::new();
         for (k, w) in map {
-            match string_match(w, &format!("{field}.{name}.{k}"), regexes, problems) {
+            match string_match(w, &format!("{field}.{name}.{k}"), true, regexes, problems) {
                 Ok(value) => out.push(KeyMatch { name: if lower { k.to_ascii_lowercase() } else { k.clone() }, value }),
                 Err(()) => ok = false,
             }
@@ -439,9 +451,14 @@ fn route_match(
 }
 
 /// Exactly one of exact/prefix/regex; none means "present" (headers) or "any".
+///
+/// `header`: the match becomes an Envoy header or query parameter match (everything but `uri`),
+/// where Istio reads `regex: "*"` as "present" (`canBeConvertedToPresentMatch`: `*` is not an
+/// RE2 regex; istio/istio#20629).
 fn string_match(
     w: &WireMatch,
     field: &str,
+    header: bool,
     regexes: &RegexChecks,
     problems: &mut Vec<Diagnostic>,
 ) -> Result<Option<StringMatch>, ()> {
@@ -449,6 +466,9 @@ fn string_match(
     if set > 1 {
         problems.push(Diagnostic::error(codes::SCHEMA, field, "set only one of exact, prefix, regex"));
         return Err(());
+    }
+    if header && w.regex.as_deref() == Some("*") {
+        return Ok(None);
     }
     if let Some(r) = &w.regex {
         if let Err(e) = regexes.check(r) {
@@ -465,7 +485,8 @@ fn string_match(
 }
 
 /// `tls` routes bind to passthrough servers whose hosts meet the VirtualService's; `tcp` routes
-/// bind to TCP servers and TLS-terminated TCP servers of the referenced gateways.
+/// bind to TCP servers and TLS-terminated TCP servers of the referenced gateways whose hosts
+/// meet the VirtualService's.
 #[allow(clippy::too_many_arguments)]
 fn l4_routes<'a>(
     vs: &Resource<VirtualServiceSpec>,
@@ -526,14 +547,8 @@ fn l4_routes<'a>(
                 if !m.gateways.is_empty() && !m.gateways.iter().any(|g| gateway_key(g, ns) == s.gateway_key) {
                     continue;
                 }
-                let server_hosts: Vec<String> = s
-                    .server
-                    .hosts
-                    .iter()
-                    .map(|h| split_server_host(h, s.gateway.namespace()).1.to_ascii_lowercase())
-                    .collect();
-                let meets = hosts.iter().any(|h| server_hosts.iter().any(|sh| intersect(h, sh).is_some()));
-                if !meets {
+                if !meets(s, hosts, ns) {
+                    bound_any.entry(s.gateway_key.as_str()).or_insert(false);
                     continue;
                 }
                 bound_any.insert(s.gateway_key.as_str(), true);
@@ -546,11 +561,15 @@ fn l4_routes<'a>(
                         sni_hosts: if sni.is_empty() { hosts.to_vec() } else { sni.clone() },
                         port: m.port.and_then(|p| u16::try_from(p).ok()),
                         destinations: destinations.clone(),
+                        server: None,
                     },
                 ));
             }
         }
     }
+    // Istio (`buildGatewayNetworkFiltersFromTCPRoutes`): per server, the VirtualService's hosts
+    // must meet the server's (a TCP server's `*` meets every host), then its first tcp block
+    // whose match holds serves that server. A terminating TLS server's routes are its own.
     for (i, tcp) in vs.spec.tcp.iter().enumerate() {
         let field = format!("spec.tcp[{i}]");
         let Some(destinations) = destinations_of(&tcp.route, &field, problems) else { continue };
@@ -563,6 +582,10 @@ fn l4_routes<'a>(
                 if !m.gateways.is_empty() && !m.gateways.iter().any(|g| gateway_key(g, ns) == s.gateway_key) {
                     continue;
                 }
+                if !meets(s, hosts, ns) {
+                    bound_any.entry(s.gateway_key.as_str()).or_insert(false);
+                    continue;
+                }
                 bound_any.insert(s.gateway_key.as_str(), true);
                 out.l4_routes.push((
                     s.port,
@@ -573,9 +596,24 @@ fn l4_routes<'a>(
                         sni_hosts: Vec::new(),
                         port: m.port.and_then(|p| u16::try_from(p).ok()),
                         destinations: destinations.clone(),
+                        server: s
+                            .tls
+                            .as_ref()
+                            .filter(|_| s.kind == ServerKind::TerminatedTcp)
+                            .map(|t| t.server.clone()),
                     },
                 ));
             }
         }
     }
+}
+
+/// Whether one of the VirtualService's `hosts` meets one of the server's, the server's
+/// namespace filters (`ns/host`) applied as for HTTP routes (Istio's `pickMatchingGatewayHosts`).
+fn meets(s: &BoundServer, hosts: &[String], ns: &str) -> bool {
+    s.hosts
+        .entries
+        .iter()
+        .filter(|(filter, _)| filter.is_none_or(|f| f == ns))
+        .any(|(_, server_host)| hosts.iter().any(|h| covers(h, server_host) || covers(server_host, h)))
 }

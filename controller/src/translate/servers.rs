@@ -118,10 +118,11 @@ fn server_tls(
     creds: &mut Credentials,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<ServerTls> {
-    let mode = match t.mode.as_deref().map(str::to_ascii_uppercase).as_deref() {
-        Some("MUTUAL") => ServerTlsMode::Mutual,
-        Some("OPTIONAL_MUTUAL") => ServerTlsMode::OptionalMutual,
-        Some("PASSTHROUGH") => ServerTlsMode::Passthrough,
+    // No `mode` is PASSTHROUGH here too (`classify` made the server a passthrough one).
+    let mode = match t.mode.as_deref().unwrap_or("PASSTHROUGH").to_ascii_uppercase().as_str() {
+        "MUTUAL" => ServerTlsMode::Mutual,
+        "OPTIONAL_MUTUAL" => ServerTlsMode::OptionalMutual,
+        "PASSTHROUGH" => ServerTlsMode::Passthrough,
         _ => ServerTlsMode::Simple,
     };
     let hosts: Vec<String> = server

@@ -1087,3 +1087,209 @@ spec:
     );
     assert!(snap.listeners[0].virtual_hosts.is_empty(), "the invalid VirtualService is left out");
 }
+
+fn gateway_and_reviews(servers: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: Gateway
+metadata: {{name: gw, namespace: istio-system}}
+spec:
+  servers:
+{servers}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: reviews}}
+spec:
+  selector: {{app: reviews}}
+  ports: [{{name: http, port: 9080}}]
+"#
+    )
+}
+
+fn first_match(snap: &Snapshot) -> &crate::snapshot::RouteMatch {
+    &snap.listeners[0].virtual_hosts[0].routes[0].matches[0]
+}
+
+#[test]
+fn regex_star_means_present_in_header_and_query_matches() {
+    // Istio's canBeConvertedToPresentMatch: `*` is not an RE2 regex; it becomes present_match.
+    let yaml = gateway_and_reviews("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]")
+        + r#"---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: star}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/gw]
+  http:
+  - match:
+    - headers: {x-canary: {regex: "*"}}
+      withoutHeaders: {x-debug: {regex: "*"}}
+      queryParams: {v: {regex: "*"}}
+      authority: {regex: "*"}
+    route: [{destination: {host: reviews}}]
+"#;
+    let (snap, diags) = run(&yaml);
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let m = first_match(&snap);
+    assert_eq!(m.headers[0].name, "x-canary");
+    assert_eq!(m.headers[0].value, None, "present");
+    assert_eq!(m.without_headers[0].value, None, "present");
+    assert_eq!(m.query_params[0].value, None, "present");
+    assert!(m.authority.is_none(), ":authority is always present");
+
+    // Not for `uri`: there Istio passes `*` to Envoy as a regex, which is invalid.
+    let bad = yaml.replace("authority: {regex: \"*\"}", "uri: {regex: \"*\"}");
+    let (_, diags) = run(&bad);
+    let err = diags.iter().find(|d| d.is_error()).expect("uri regex * is invalid");
+    assert_eq!(err.field, "spec.http[0].match[0].uri.regex");
+}
+
+#[test]
+fn unknown_hosts_and_subsets_are_clusters_envoy_would_not_have() {
+    let yaml = gateway_and_reviews("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*\"]")
+        + r#"---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: vs}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/gw]
+  http:
+  - match: [{uri: {prefix: /nope}}]
+    route: [{destination: {host: nope}}]
+  - match: [{uri: {prefix: /v9}}]
+    route: [{destination: {host: reviews, subset: v9}}]
+  - route: [{destination: {host: reviews}}]
+"#;
+    let (snap, diags) = run(&yaml);
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let warned: Vec<_> = diags.iter().filter(|d| d.code == codes::NOT_FOUND).map(|d| d.field.as_str()).collect();
+    assert_eq!(warned, ["spec.http[0].route[0].destination.host", "spec.http[1].route[0].destination.subset"]);
+    assert!(snap.clusters["outbound|80||nope.default.svc.cluster.local"].not_found);
+    assert!(snap.clusters["outbound|9080|v9|reviews.default.svc.cluster.local"].not_found);
+    assert!(!snap.clusters["outbound|9080||reviews.default.svc.cluster.local"].not_found);
+    let json = serde_json::to_string(&snap.clusters["outbound|9080||reviews.default.svc.cluster.local"]).unwrap();
+    assert!(!json.contains("not_found"), "left out of the wire form when false: {json}");
+}
+
+#[test]
+fn https_redirect_covers_the_hosts_bound_virtual_services_add() {
+    // Istio's gateway.go: every virtual host made from a server with httpsRedirect gets
+    // require_tls, including a VirtualService host more specific than the server's.
+    let yaml = gateway_and_reviews(
+        "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"*.example.com\"]\n    tls: {httpsRedirect: true}\n  - port: {number: 80, name: http-other, protocol: HTTP}\n    hosts: [\"plain.other.com\"]",
+    ) + r#"---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: a}
+spec:
+  hosts: [a.example.com, plain.other.com]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: reviews}}]
+"#;
+    let (snap, diags) = run(&yaml);
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let redirect: Vec<_> =
+        snap.listeners[0].virtual_hosts.iter().map(|h| (h.name.as_str(), h.https_redirect)).collect();
+    assert_eq!(
+        redirect,
+        [("a.example.com:80", true), ("plain.other.com:80", false), ("*.example.com:80", true)],
+        "the server without httpsRedirect keeps serving its host"
+    );
+}
+
+#[test]
+fn https_redirect_on_one_server_covers_a_host_another_server_shares() {
+    let yaml = gateway_and_reviews(
+        "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [\"a.example.com\"]\n  - port: {number: 80, name: http-redirect, protocol: HTTP}\n    hosts: [\"*.example.com\"]\n    tls: {httpsRedirect: true}",
+    ) + r#"---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: a}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/gw]
+  http:
+  - route: [{destination: {host: reviews}}]
+"#;
+    let (snap, _) = run(&yaml);
+    let a = snap.listeners[0].virtual_hosts.iter().find(|h| h.name == "a.example.com:80").unwrap();
+    assert!(a.https_redirect, "Istio merges both servers' host into one virtual host with require_tls");
+    assert_eq!(a.routes.len(), 1, "bound once per gateway");
+}
+
+#[test]
+fn a_tls_block_without_mode_is_passthrough() {
+    // ServerTLSSettings.mode's zero value is PASSTHROUGH.
+    let yaml = gateway_and_reviews(
+        "  - port: {number: 443, name: tls, protocol: TLS}\n    hosts: [\"a.example.com\"]\n    tls: {}\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [\"b.example.com\"]\n    tls: {credentialName: unused}",
+    );
+    let (snap, diags) = run(&yaml);
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let modes: Vec<_> = snap.listeners[0].tls.iter().map(|t| t.mode).collect();
+    assert_eq!(modes, [crate::snapshot::ServerTlsMode::Passthrough, crate::snapshot::ServerTlsMode::Passthrough]);
+}
+
+#[test]
+fn tcp_routes_bind_by_host_and_belong_to_their_terminating_server() {
+    let yaml = format!(
+        "{}---\n{}---\n{}",
+        tls_secret("a-cert", false),
+        tls_secret("b-cert", false),
+        gateway_and_reviews(
+            "  - port: {number: 9443, name: tls-a, protocol: TLS}\n    hosts: [a.example.com]\n    tls: {mode: SIMPLE, credentialName: a-cert}\n  - port: {number: 9443, name: tls-b, protocol: TLS}\n    hosts: [b.example.com]\n    tls: {mode: SIMPLE, credentialName: b-cert}\n  - port: {number: 31400, name: tcp, protocol: TCP}\n    hosts: [\"*\"]\n  - port: {number: 31400, name: tcp-2, protocol: TCP}\n    hosts: [\"*\"]\n  - port: {number: 31401, name: tcp-narrow, protocol: TCP}\n    hosts: [db.example.com]"
+        )
+    ) + r#"---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: a}
+spec:
+  hosts: [a.example.com]
+  gateways: [istio-system/gw]
+  tcp:
+  - route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: b}
+spec:
+  hosts: [b.example.com]
+  gateways: [istio-system/gw]
+  tcp:
+  - route: [{destination: {host: reviews}}]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: elsewhere}
+spec:
+  hosts: [other.org]
+  gateways: [istio-system/gw]
+  tcp:
+  - match: [{port: 31401}]
+    route: [{destination: {host: reviews}}]
+"#;
+    let (snap, diags) = run(&yaml);
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let routes = |port: u16| -> Vec<(String, Option<String>)> {
+        let l = snap.listeners.iter().find(|l| l.port == port).unwrap();
+        l.l4_routes.iter().map(|r| (r.name.clone(), r.server.clone())).collect()
+    };
+    assert_eq!(
+        routes(9443),
+        [
+            ("default/a.tcp[0]".to_string(), Some("gateway istio-system/gw spec.servers[0]".to_string())),
+            ("default/b.tcp[0]".to_string(), Some("gateway istio-system/gw spec.servers[1]".to_string())),
+        ],
+        "each VirtualService binds to the server whose host it names, and only there"
+    );
+    // A TCP server for `*` meets every host; the second TCP server on the port is ignored.
+    let tcp: Vec<_> = routes(31400).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(tcp, ["default/a.tcp[0]", "default/b.tcp[0]"]);
+    assert!(diags.iter().any(|d| d.code == codes::CONFLICT && d.field == "spec.servers[3].port"));
+    assert!(routes(31401).is_empty(), "other.org does not meet db.example.com");
+    let unbound = diags.iter().find(|d| d.code == codes::HOST_NOT_IN_GATEWAY).expect("IST0132");
+    assert_eq!(unbound.resource.as_ref().unwrap().name, "elsewhere");
+}

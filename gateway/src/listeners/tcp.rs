@@ -18,7 +18,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envoy's default tcp_proxy idle timeout in Istio.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
-/// Forwards a connection along the first tcp route of the listener.
+/// Forwards a connection along the first tcp route of the port's TCP server.
 pub struct TcpHandler {
     pub port: u16,
     pub shared: Arc<Shared>,
@@ -29,7 +29,7 @@ impl ConnectionHandler for TcpHandler {
     async fn handle(&self, stream: L4Stream, _shutdown: &ShutdownWatch) {
         let runtime = self.shared.current.load();
         let Some(listener) = runtime.listeners.get(&self.port) else { return };
-        let route = listener.l4_route(false, None);
+        let route = listener.l4_route(false, None, None);
         let info = ConnectionInfo { downstream: peer_addr(&stream), sni: None };
         forward(&self.shared, route, stream, info).await;
     }
@@ -43,8 +43,8 @@ pub struct ConnectionInfo<'a> {
 }
 
 /// Connects to an endpoint of the route's weighted destination and splices. Failures are
-/// counted with Envoy's response flags (NR no route, UH no endpoint, UF connect failure), and
-/// every connection gets one access log line, as Envoy's tcp_proxy logs.
+/// counted with Envoy's response flags (NR no route, NC no cluster, UH no endpoint, UF connect
+/// failure), and every connection gets one access log line, as Envoy's tcp_proxy logs.
 pub async fn forward<S>(shared: &Shared, route: Option<&L4Route>, downstream: S, info: ConnectionInfo<'_>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -106,7 +106,8 @@ where
         metrics.tcp_open(None, "NR", "unknown").close();
         return;
     };
-    let Some(cluster) = route.destinations.pick() else {
+    // No destination, or one Envoy would have no cluster for (unknown host or subset).
+    let Some(cluster) = route.destinations.pick().filter(|c| !c.definition.not_found) else {
         log.flags = "NC";
         metrics.tcp_open(None, "NC", "unknown").close();
         return;

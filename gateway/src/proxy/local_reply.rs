@@ -29,9 +29,11 @@ impl LocalReply {
         LocalReply { code: 404, flags: "NR", body: "", location: None }
     }
 
-    /// The route's destinations all have weight 0 or name no cluster (Envoy: NC).
+    /// The route's destinations all have weight 0, or the picked one names a cluster Envoy
+    /// would not have (unknown host or subset): Envoy's `NC`, cluster not found, which its
+    /// router answers with `cluster_not_found_response_code` (503) and no body.
     pub fn no_cluster() -> LocalReply {
-        LocalReply { code: 503, flags: "NC", body: "no healthy upstream", location: None }
+        LocalReply { code: 503, flags: "NC", body: "", location: None }
     }
 
     /// The cluster has no ready endpoint (Envoy: UH).
@@ -43,7 +45,8 @@ impl LocalReply {
         LocalReply { code: 500, flags: "-", body: "internal error", location: None }
     }
 
-    /// `tls.httpsRedirect` (Envoy's require_tls): same host and path on https.
+    /// `tls.httpsRedirect` (Envoy's `require_tls: ALL`): `https://` + the `Host` as the client
+    /// sent it (port included) + the path, as Envoy's `createSslRedirectPath` writes it.
     pub fn https_redirect(host: &str, path: &str) -> LocalReply {
         LocalReply { code: 301, flags: "-", body: "", location: Some(format!("https://{host}{path}")) }
     }

@@ -4,7 +4,7 @@
 //!  request_filter ── trace context (when tracing is on; see crate::trace)
 //!       │            → 403 RBAC while an unenforced security policy selects the gateway
 //!       │            → host → virtual host → first matching route → weighted cluster
-//!       │            → endpoint (LB pick, guard held in ctx); 404 NR / 503 UH answered here
+//!       │            → endpoint (LB pick, guard held in ctx); 404 NR / 503 NC, UH answered here
 //!  upstream_peer ─── HttpPeer for the picked endpoint (pool reuse keyed by address)
 //!  upstream_request_filter ── x-forwarded-for/-proto, x-request-id, traceparent/B3; start upstream timer
 //!  upstream_response_filter ─ upstream service time (for x-envoy-upstream-service-time)
@@ -385,21 +385,24 @@ fn route_request(
     }
     let vhost = listener.hosts.find(&host).ok_or_else(LocalReply::no_route)?;
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    // As sent: port and case kept (Envoy's `:authority`).
+    let authority = request::authority(req).unwrap_or(&host);
     if vhost.https_redirect {
-        return Err(LocalReply::https_redirect(&host, path));
+        return Err(LocalReply::https_redirect(authority, path));
     }
     let view = RequestView {
         path,
         method: req.method.as_str(),
         scheme: if proxy.tls_server.is_some() { "https" } else { "http" },
-        authority: &host,
+        authority,
         headers: &req.headers,
         port: proxy.port,
     };
     let route = vhost.routes.iter().find(|r| r.matches(&view)).ok_or_else(LocalReply::no_route)?.clone();
     let cluster = route.pick_cluster().cloned();
     ctx.route = Some(route);
-    let cluster = cluster.ok_or_else(LocalReply::no_cluster)?;
+    // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
+    let cluster = cluster.filter(|c| !c.definition.not_found).ok_or_else(LocalReply::no_cluster)?;
     ctx.cluster = Some(cluster.clone());
     if cluster.tls().is_err() {
         return Err(LocalReply::upstream_tls_unusable());

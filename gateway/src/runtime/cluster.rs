@@ -254,6 +254,7 @@ mod tests {
             endpoints: vec![endpoint("not-an-ip", 5, "a"), endpoint("10.0.0.1", 1, "b"), endpoint("10.0.0.2", 3, "c")],
             upstream_protocol: UpstreamProtocol::Http1,
             tls: None,
+            not_found: false,
         });
         let cluster = ClusterRuntime::compile(&def, &BTreeMap::new());
         assert_eq!(cluster.endpoints.len(), 2);

@@ -1,5 +1,6 @@
 //! Compiled route matchers. Regexes are compiled once per snapshot; matching never allocates
-//! for the common cases (exact and prefix on path and headers).
+//! for the common cases (exact and prefix on path and headers; a header sent several times is
+//! the one case that joins its values into a new string, as Envoy matches it).
 
 use controller::snapshot::{KeyMatch, RouteMatch, StringMatch};
 use http::HeaderMap;
@@ -12,7 +13,9 @@ pub struct RequestView<'a> {
     pub path: &'a str,
     pub method: &'a str,
     pub scheme: &'a str,
-    /// Host without port, lowercase.
+    /// `Host` (HTTP/1) or `:authority` (HTTP/2) as the client sent it, port and case kept:
+    /// Istio turns an `authority` match into an Envoy header match on `:authority`, which sees
+    /// the raw value (only virtual host selection ignores the port).
     pub authority: &'a str,
     pub headers: &'a HeaderMap,
     /// The Gateway server port the request arrived on.
@@ -171,26 +174,50 @@ impl CompiledMatch {
             Condition::Method(m) => m.matches(req.method),
             Condition::Scheme(m) => m.matches(req.scheme),
             Condition::Authority(m) => m.matches(req.authority),
-            Condition::Header(h) => header_matches(h, req.headers),
-            Condition::WithoutHeader(h) => !header_matches(h, req.headers),
+            Condition::Header(h) => header_matches(h, req.headers, false),
+            Condition::WithoutHeader(h) => !header_matches(h, req.headers, true),
             Condition::QueryParam(q) => query_matches(q, req.query()),
         })
     }
 }
 
-fn header_matches(k: &Keyed, headers: &HeaderMap) -> bool {
-    let Some(value) = k.header.as_ref().and_then(|name| headers.get(name)) else { return false };
-    match &k.value {
-        None => true,
-        Some(m) => value.to_str().is_ok_and(|v| m.matches(v)),
+/// Envoy's header match: the values of a repeated header are joined with `,` and matched as
+/// one (`HeaderUtility::getAllOfHeaderAsString`). A header sent once is matched in place; only a
+/// repeated one allocates the joined value. `missing_as_empty` is Istio's
+/// `treat_missing_header_as_empty` for `withoutHeaders` with a value: an absent header is
+/// matched as the empty string (so `withoutHeaders: {x: {exact: ""}}` does not match a request
+/// without `x`).
+fn header_matches(k: &Keyed, headers: &HeaderMap, missing_as_empty: bool) -> bool {
+    let missing = || missing_as_empty && k.value.as_ref().is_some_and(|m| m.matches(""));
+    let Some(name) = &k.header else { return missing() };
+    let mut values = headers.get_all(name).iter();
+    let Some(first) = values.next() else { return missing() };
+    let Some(m) = &k.value else { return true };
+    let Some(second) = values.next() else { return text(first).is_some_and(|v| m.matches(v)) };
+    let mut joined = String::new();
+    for (i, v) in [first, second].into_iter().chain(values).enumerate() {
+        let Some(v) = text(v) else { return false };
+        if i > 0 {
+            joined.push(',');
+        }
+        joined.push_str(v);
     }
+    m.matches(&joined)
+}
+
+/// Envoy looks at the first occurrence of a repeated query parameter only.
+/// A header value as text. Envoy compares bytes; a value that is not UTF-8 cannot meet a
+/// (UTF-8) pattern anyway.
+fn text(v: &http::HeaderValue) -> Option<&str> {
+    std::str::from_utf8(v.as_bytes()).ok()
 }
 
 fn query_matches(k: &Keyed, query: &str) -> bool {
-    query.split('&').any(|pair| {
+    let first = query.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-        name == k.name && k.value.as_ref().is_none_or(|m| m.matches(value))
-    })
+        (name == k.name).then_some(value)
+    });
+    first.is_some_and(|value| k.value.as_ref().is_none_or(|m| m.matches(value)))
 }
 
 #[cfg(test)]
@@ -256,6 +283,83 @@ mod tests {
         assert!(without.matches(&view("/", &HeaderMap::new())));
     }
 
+    fn header(name: &str, value: Option<StringMatch>) -> Box<[KeyMatch]> {
+        vec![KeyMatch { name: name.into(), value }].into()
+    }
+
+    #[test]
+    fn repeated_headers_are_joined_with_commas() {
+        // Envoy: `x-tag: a` and `x-tag: b` are matched as "a,b".
+        let mut h = HeaderMap::new();
+        h.append("x-tag", "a".parse().unwrap());
+        h.append("x-tag", "b".parse().unwrap());
+        let exact = |v: &str| {
+            compile(RouteMatch { headers: header("x-tag", Some(StringMatch::Exact(v.into()))), ..Default::default() })
+        };
+        assert!(exact("a,b").matches(&view("/", &h)));
+        assert!(!exact("a").matches(&view("/", &h)), "not the first value alone");
+        assert!(!exact("b").matches(&view("/", &h)));
+        let prefix = compile(RouteMatch {
+            headers: header("x-tag", Some(StringMatch::Prefix("a,".into()))),
+            ..Default::default()
+        });
+        assert!(prefix.matches(&view("/", &h)));
+        let regex = compile(RouteMatch {
+            headers: header("x-tag", Some(StringMatch::Regex("a,b".into()))),
+            ..Default::default()
+        });
+        assert!(regex.matches(&view("/", &h)));
+        let without = compile(RouteMatch {
+            without_headers: header("x-tag", Some(StringMatch::Exact("a".into()))),
+            ..Default::default()
+        });
+        assert!(without.matches(&view("/", &h)), "\"a,b\" is not \"a\"");
+        let without = compile(RouteMatch {
+            without_headers: header("x-tag", Some(StringMatch::Exact("a,b".into()))),
+            ..Default::default()
+        });
+        assert!(!without.matches(&view("/", &h)));
+        h.append("x-tag", "c".parse().unwrap());
+        assert!(exact("a,b,c").matches(&view("/", &h)));
+        let mut once = HeaderMap::new();
+        once.insert("x-tag", "a".parse().unwrap());
+        assert!(exact("a").matches(&view("/", &once)));
+    }
+
+    #[test]
+    fn without_headers_treat_a_missing_header_as_empty() {
+        // Istio sets treat_missing_header_as_empty on withoutHeaders with a value.
+        let none = HeaderMap::new();
+        let empty = compile(RouteMatch {
+            without_headers: header("x", Some(StringMatch::Exact("".into()))),
+            ..Default::default()
+        });
+        assert!(!empty.matches(&view("/", &none)));
+        let any = compile(RouteMatch {
+            without_headers: header("x", Some(StringMatch::Regex(".*".into()))),
+            ..Default::default()
+        });
+        assert!(!any.matches(&view("/", &none)));
+        let value = compile(RouteMatch {
+            without_headers: header("x", Some(StringMatch::Exact("v".into()))),
+            ..Default::default()
+        });
+        assert!(value.matches(&view("/", &none)));
+        let present = compile(RouteMatch { without_headers: header("x", None), ..Default::default() });
+        assert!(present.matches(&view("/", &none)));
+    }
+
+    #[test]
+    fn query_params_match_the_first_occurrence() {
+        let h = HeaderMap::new();
+        let m = compile(RouteMatch {
+            query_params: vec![KeyMatch { name: "v".into(), value: Some(StringMatch::Exact("2".into())) }].into(),
+            ..Default::default()
+        });
+        assert!(m.matches(&view("/x?v=2&v=1", &h)));
+        assert!(!m.matches(&view("/x?v=1&v=2", &h)), "Envoy ignores all but the first value");
+    }
+
     #[test]
     fn query_params_and_port() {
         let h = HeaderMap::new();
@@ -284,5 +388,27 @@ mod tests {
         assert!(!m.matches(&v));
         v.method = "POST";
         assert!(m.matches(&v));
+    }
+
+    #[test]
+    fn authority_is_compared_as_sent() {
+        // Istio: `authority` becomes an Envoy header match on `:authority`, port included.
+        let h = HeaderMap::new();
+        let exact = compile(RouteMatch {
+            authority: Some(Box::new(StringMatch::Exact("bookinfo.com".into()))),
+            ..Default::default()
+        });
+        let mut v = view("/", &h);
+        assert!(exact.matches(&v));
+        v.authority = "bookinfo.com:8080";
+        assert!(!exact.matches(&v));
+        v.authority = "Bookinfo.com";
+        assert!(!exact.matches(&v), "header values are case-sensitive");
+        let with_port = compile(RouteMatch {
+            authority: Some(Box::new(StringMatch::Regex("bookinfo\\.com(:[0-9]+)?".into()))),
+            ..Default::default()
+        });
+        v.authority = "bookinfo.com:8080";
+        assert!(with_port.matches(&v));
     }
 }

@@ -111,12 +111,17 @@ pub struct L4Route {
     pub passthrough: bool,
     sni: HostPatterns,
     port: Option<u16>,
+    /// The TLS-terminating server a tcp route belongs to (`ServerTls::server`).
+    server: Option<String>,
     pub destinations: Destinations,
 }
 
 impl L4Route {
-    pub fn matches(&self, passthrough: bool, sni: Option<&str>, port: u16) -> bool {
+    /// `server`: the terminating TLS server the connection was handed to, `None` on a TCP port
+    /// and for passthrough.
+    pub fn matches(&self, passthrough: bool, sni: Option<&str>, server: Option<&str>, port: u16) -> bool {
         self.passthrough == passthrough
+            && self.server.as_deref() == server
             && self.port.is_none_or(|p| p == port)
             && (!passthrough || self.sni.is_empty() || sni.is_some_and(|s| self.sni.covers(s)))
     }
@@ -241,8 +246,9 @@ impl Listener {
             .map(|(_, s)| s)
     }
 
-    pub fn l4_route(&self, passthrough: bool, sni: Option<&str>) -> Option<&L4Route> {
-        self.l4_routes.iter().find(|r| r.matches(passthrough, sni, self.port))
+    /// The first tcp or tls route for a connection; see [`L4Route::matches`].
+    pub fn l4_route(&self, passthrough: bool, sni: Option<&str>, server: Option<&str>) -> Option<&L4Route> {
+        self.l4_routes.iter().find(|r| r.matches(passthrough, sni, server, self.port))
     }
 }
 
@@ -359,6 +365,7 @@ impl Runtime {
                     passthrough: r.passthrough,
                     sni: HostPatterns::new(&r.sni_hosts),
                     port: r.port,
+                    server: r.server.clone(),
                     destinations: Destinations::compile(&r.destinations, &clusters),
                 })
                 .collect();
