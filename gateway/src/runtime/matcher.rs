@@ -205,13 +205,13 @@ fn header_matches(k: &Keyed, headers: &HeaderMap, missing_as_empty: bool) -> boo
     m.matches(&joined)
 }
 
-/// Envoy looks at the first occurrence of a repeated query parameter only.
 /// A header value as text. Envoy compares bytes; a value that is not UTF-8 cannot meet a
 /// (UTF-8) pattern anyway.
 fn text(v: &http::HeaderValue) -> Option<&str> {
     std::str::from_utf8(v.as_bytes()).ok()
 }
 
+/// Envoy looks at the first occurrence of a repeated query parameter only.
 fn query_matches(k: &Keyed, query: &str) -> bool {
     let first = query.split('&').find_map(|pair| {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
