@@ -3,17 +3,16 @@
 
 pub mod analyze;
 pub mod api;
-pub mod by_name;
-pub mod diagnostics;
 pub mod inspect;
-pub mod memory;
 pub mod publish;
 pub mod remote;
-pub mod snapshot;
 pub mod source;
 pub mod store;
 pub mod synth;
 pub mod translate;
+
+// The contract's modules under their old names, so the controller's own code reads as before.
+pub use meshgate_model::{by_name, diagnostics, memory, snapshot};
 
 pub use diagnostics::{Diagnostic, Diagnostics, Level};
 pub use snapshot::Snapshot;

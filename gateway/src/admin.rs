@@ -4,9 +4,9 @@
 use crate::metrics::Metrics;
 use crate::runtime::Current;
 use async_trait::async_trait;
-use controller::inspect::{CertificateInfo, EndpointStatus};
-use controller::snapshot::Snapshot;
 use http::{Response, StatusCode};
+use meshgate_model::admin::{CertificateInfo, EndpointStatus};
+use meshgate_model::snapshot::Snapshot;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -29,7 +29,7 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct Identity {
     /// This instance's labels; a Gateway applies when its selector is a subset of them.
-    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = controller::translate::parse_labels)]
+    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = meshgate_model::labels::parse)]
     pub labels: BTreeMap<String, String>,
     /// The gateway's own namespace: where `credentialName` Secrets live, what `sourceNamespace`
     /// matches compare with, and the `source_workload_namespace` metric label.
@@ -43,9 +43,9 @@ pub struct RunArgs {
     #[arg(long = "config", value_name = "PATH", num_args = 1.., conflicts_with_all = ["controller", "kube"])]
     pub config: Vec<PathBuf>,
     /// With --config: config and certificate files larger than this are not read (an error
-    /// names each; what it held before keeps serving).
-    #[arg(long, value_name = "BYTES", default_value_t = controller::source::files::DEFAULT_MAX_FILE_BYTES)]
-    pub max_config_file_bytes: u64,
+    /// names each; what it held before keeps serving). Default 16 MiB.
+    #[arg(long, value_name = "BYTES")]
+    pub max_config_file_bytes: Option<u64>,
     /// Take snapshots from a meshgate controller (`controller --kube`), e.g.
     /// http://meshgate-controller.istio-system:15010. The last snapshot keeps serving while
     /// the controller is unreachable.

@@ -1,6 +1,5 @@
 use anyhow::Result;
 use clap::Parser;
-use controller::analyze;
 use gateway::cli::{Cli, Command};
 
 /// mimalloc: glibc's malloc/free were a fifth of the proxy's CPU per request in profiles
@@ -57,7 +56,7 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
 }
 
 fn main() -> Result<()> {
-    controller::memory::disable_transparent_huge_pages();
+    meshgate_model::memory::disable_transparent_huge_pages();
     // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
     gateway::memory::set_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
     let cli = Cli::parse();
@@ -67,11 +66,20 @@ fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     match cli.command {
+        #[cfg(feature = "embedded")]
         Some(Command::Analyze { paths, identity }) => {
+            use controller::analyze;
             let options = controller::Options { labels: identity.labels, namespace: identity.namespace };
             let (text, code) = analyze::report(&analyze::analyze(&paths, &options));
             print!("{text}");
             std::process::exit(code);
+        }
+        #[cfg(not(feature = "embedded"))]
+        Some(Command::Analyze { .. }) => {
+            eprintln!(
+                "this gateway was built without the embedded controller (feature `embedded`); run `meshctl analyze`"
+            );
+            std::process::exit(2);
         }
         None => {
             // One thread: a current-thread runtime, which polls tasks where they are woken

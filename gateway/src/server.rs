@@ -13,7 +13,7 @@ use crate::proxy::{MeshProxy, Shared};
 use crate::runtime::Current;
 use crate::trace::{TraceIdentity, Tracer};
 use anyhow::{Context, Result};
-use controller::snapshot::{Protocol, Snapshot};
+use meshgate_model::snapshot::{Protocol, Snapshot};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;

@@ -18,8 +18,9 @@
 //! (Gateways select gateway pods by labels, `credentialName` Secrets live in the gateway's
 //! namespace), so the controller keeps one publisher per distinct identity it has seen.
 
-pub mod client;
-pub mod delta;
 pub mod server;
-pub mod transport;
-pub mod wire;
+#[cfg(test)]
+mod tests;
+
+// The side a gateway replica shares lives in the contract crate.
+pub use meshgate_model::remote::{client, delta, transport, wire};

@@ -33,16 +33,7 @@ pub struct Options {
     pub namespace: String,
 }
 
-/// `k=v,k=v` as the `--labels` flags of the binaries take it.
-pub fn parse_labels(s: &str) -> Result<BTreeMap<String, String>, String> {
-    s.split(',')
-        .filter(|p| !p.trim().is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').ok_or_else(|| format!("label {pair:?} is not key=value"))?;
-            Ok((k.trim().to_string(), v.trim().to_string()))
-        })
-        .collect()
-}
+pub use meshgate_model::labels::parse as parse_labels;
 
 impl Default for Options {
     fn default() -> Self {

@@ -5,7 +5,7 @@
 use crate::access_log::{Prepared, UpstreamCluster, UpstreamHost};
 use crate::balance::{Algorithm, Balancer};
 use crate::tls::upstream::UpstreamTlsRuntime;
-use controller::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, Secret, UpstreamProtocol};
+use meshgate_model::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, Secret, UpstreamProtocol};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -217,7 +217,7 @@ impl ClusterRuntime {
             tls,
             http2: def.upstream_protocol == UpstreamProtocol::Http2,
             balancer: Balancer::new(&algorithm, &keyed),
-            endpoints: controller::memory::boxed(endpoints),
+            endpoints: meshgate_model::memory::boxed(endpoints),
             hash_key,
             telemetry: OnceLock::new(),
         }
@@ -232,7 +232,7 @@ impl ClusterRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use controller::snapshot::{ServiceRef, Workload};
+    use meshgate_model::snapshot::{ServiceRef, Workload};
 
     fn endpoint(address: &str, weight: u32, workload: &str) -> Endpoint {
         let workload = Arc::new(Workload { name: workload.into(), namespace: "default".into(), ..Default::default() });

@@ -2,8 +2,8 @@
 //! for the common cases (exact and prefix on path and headers; a header sent several times is
 //! the one case that joins its values into a new string, as Envoy matches it).
 
-use controller::snapshot::{KeyMatch, RouteMatch, StringMatch};
 use http::HeaderMap;
+use meshgate_model::snapshot::{KeyMatch, RouteMatch, StringMatch};
 use regex::Regex;
 use std::sync::Arc;
 
@@ -99,7 +99,7 @@ impl Matcher {
 
 #[derive(Debug)]
 struct Keyed {
-    name: controller::api::CompactString,
+    name: meshgate_model::CompactString,
     /// `name` as a header name, parsed once: a lookup by `&str` parses and lower-cases it on
     /// every request. `None` for a name no header can have, which then never matches.
     header: Option<http::HeaderName>,

@@ -8,10 +8,10 @@ pub mod matcher;
 use crate::access_log::{Prepared, RouteName};
 use arc_swap::ArcSwap;
 use cluster::ClusterRuntime;
-use controller::api::CompactString;
-use controller::by_name::{ByName, Named};
-use controller::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
 use matcher::{CompiledMatch, RegexCache, RequestView};
+use meshgate_model::by_name::{ByName, Named};
+use meshgate_model::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
+use meshgate_model::CompactString;
 // foldhash, not SipHash: these maps are rebuilt on every compile (20k clusters, 10k hosts at
 // scale) and the host table is looked up on every request; their keys come from the config.
 use foldhash::HashMap;
@@ -37,7 +37,7 @@ impl Destinations {
             cumulative = cumulative.saturating_add(d.weight);
             out.push((c.clone(), cumulative));
         }
-        out = controller::memory::exact(out);
+        out = meshgate_model::memory::exact(out);
         Destinations { clusters: out, total_weight: cumulative }
     }
 
@@ -72,7 +72,7 @@ impl Destinations {
 
 pub struct Route {
     /// The snapshot's route: its names are not copied (they were ~4 MB of a 10k-service runtime).
-    definition: Arc<controller::snapshot::Route>,
+    definition: Arc<meshgate_model::snapshot::Route>,
     /// A boxed slice, and the timeout read from the definition: 40k routes at 10k services,
     /// each in a 96-byte block instead of 128.
     matches: Box<[CompiledMatch]>,
@@ -182,7 +182,7 @@ pub struct TlsServer {
 pub struct VirtualHost {
     /// The snapshot's host, to tell it unchanged on the next compile (by pointer, as the
     /// translation shares unchanged hosts between versions).
-    definition: Arc<controller::snapshot::VirtualHost>,
+    definition: Arc<meshgate_model::snapshot::VirtualHost>,
     pub routes: Box<[Arc<Route>]>,
     /// `tls.httpsRedirect`: answer every request with a 301 to https.
     pub https_redirect: bool,
@@ -298,7 +298,7 @@ impl Runtime {
             let secrets = ClusterRuntime::referenced_secrets(def, &snapshot.secrets);
             let reused = previous
                 .and_then(|p| p.clusters.get(name))
-                .filter(|c| controller::snapshot::shared_or_equal(&c.definition, def) && c.secrets == secrets)
+                .filter(|c| meshgate_model::snapshot::shared_or_equal(&c.definition, def) && c.secrets == secrets)
                 .cloned();
             reused_clusters += usize::from(reused.is_some());
             let compiled = reused.unwrap_or_else(|| Arc::new(ClusterRuntime::compile(def, &snapshot.secrets)));
@@ -317,7 +317,7 @@ impl Runtime {
             let mut virtual_hosts = ByName::with_capacity(l.virtual_hosts.len());
             for vh in &l.virtual_hosts {
                 let kept = previous_hosts.and_then(|hosts| hosts.get(&vh.name)).filter(|c| {
-                    controller::snapshot::shared_or_equal(&c.definition, vh)
+                    meshgate_model::snapshot::shared_or_equal(&c.definition, vh)
                         && (same_clusters || c.uses_clusters_of(vh, &clusters))
                 });
                 let compiled = match kept {
@@ -338,7 +338,7 @@ impl Runtime {
                             .collect();
                         Arc::new(VirtualHost {
                             definition: vh.clone(),
-                            routes: controller::memory::boxed(routes),
+                            routes: meshgate_model::memory::boxed(routes),
                             https_redirect: vh.https_redirect,
                         })
                     }
@@ -389,17 +389,21 @@ impl Runtime {
 impl VirtualHost {
     /// The compiled routes point at exactly the clusters `def` resolves to now (a changed
     /// cluster is a new `Arc`, so routes compiled against the old one must be rebuilt).
-    fn uses_clusters_of(&self, def: &controller::snapshot::VirtualHost, clusters: &Clusters) -> bool {
+    fn uses_clusters_of(&self, def: &meshgate_model::snapshot::VirtualHost, clusters: &Clusters) -> bool {
         // A route that did not compile was left out; then the pairing below does not hold.
         self.routes.len() == def.routes.len()
             && self.routes.iter().zip(&def.routes).all(|(compiled, route)| {
-                let controller::snapshot::RouteAction::Route { destinations } = &route.action;
+                let meshgate_model::snapshot::RouteAction::Route { destinations } = &route.action;
                 compiled.destinations.same_as(destinations, clusters)
             })
     }
 }
 
-fn compile_route(r: &Arc<controller::snapshot::Route>, clusters: &Clusters, regexes: &mut RegexCache) -> Option<Route> {
+fn compile_route(
+    r: &Arc<meshgate_model::snapshot::Route>,
+    clusters: &Clusters,
+    regexes: &mut RegexCache,
+) -> Option<Route> {
     // Collecting through `Result` reserves room for four; runtimes keep one per route.
     let matches = match r.matches.iter().map(|m| CompiledMatch::compile(m, regexes)).collect::<Result<Vec<_>, _>>() {
         Ok(m) => m,
@@ -411,7 +415,7 @@ fn compile_route(r: &Arc<controller::snapshot::Route>, clusters: &Clusters, rege
     let RouteAction::Route { destinations } = &r.action;
     Some(Route {
         definition: r.clone(),
-        matches: controller::memory::boxed(matches),
+        matches: meshgate_model::memory::boxed(matches),
         destinations: Destinations::compile(destinations, clusters),
         log_name: OnceLock::new(),
     })

@@ -10,7 +10,7 @@ pub mod san;
 pub mod serving;
 pub mod upstream;
 
-use controller::snapshot::{Secret, ServerTls, ServerTlsMode, TlsVersion};
+use meshgate_model::snapshot::{Secret, ServerTls, ServerTlsMode, TlsVersion};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -1,7 +1,7 @@
 //! TLS origination to upstreams (DestinationRule `trafficPolicy.tls`) as pingora peer options.
 
 use super::TlsError;
-use controller::snapshot::{Secret, UpstreamTls};
+use meshgate_model::snapshot::{Secret, UpstreamTls};
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{CertKey, WrappedX509};
 use std::collections::BTreeMap;

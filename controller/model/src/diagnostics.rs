@@ -4,7 +4,6 @@
 //! `istioctl analyze` where an Istio analyzer exists for the same finding, so users can search
 //! Istio's docs for them.
 
-use crate::api::Kind;
 use serde::Serialize;
 use std::fmt;
 use std::path::Path;
@@ -48,8 +47,9 @@ pub struct ResourceRef {
 }
 
 impl ResourceRef {
-    pub fn new(kind: Kind, namespace: &str, name: &str) -> Self {
-        ResourceRef { kind: kind.as_str().to_string(), namespace: namespace.to_string(), name: name.to_string() }
+    /// `kind` as the input schemas name it (`VirtualService`), e.g. the controller's `api::Kind`.
+    pub fn new(kind: impl fmt::Display, namespace: &str, name: &str) -> Self {
+        ResourceRef { kind: kind.to_string(), namespace: namespace.to_string(), name: name.to_string() }
     }
 }
 

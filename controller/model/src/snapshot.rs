@@ -4,7 +4,7 @@
 //! endpoints with labels. Serialisable so a remote controller can stream it and
 //! `config_dump` can print it. No pingora or kube types here.
 
-use crate::api::CompactString;
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
@@ -375,14 +375,14 @@ pub struct Endpoint {
 #[derive(Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Workload {
     /// The Pod's own labels (shared with its metadata).
-    pub labels: crate::api::SharedLabels,
+    pub labels: crate::labels::SharedLabels,
     /// Owning workload (Deployment name for pods created by one), for `destination_workload`.
     pub name: CompactString,
     pub namespace: CompactString,
 }
 
 impl Endpoint {
-    pub fn labels(&self) -> &crate::api::Labels {
+    pub fn labels(&self) -> &crate::labels::Labels {
         &self.workload.labels
     }
 

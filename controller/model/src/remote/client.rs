@@ -196,64 +196,6 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::server::{serve, Distributor};
-    use crate::source::files::load_text;
-    use crate::store::Store;
-    use crate::{synth, Options};
-
-    fn store(services: usize) -> Store {
-        let mut store = Store::default();
-        load_text(&mut store, &synth::config(services), Some(std::path::Path::new("config.yaml")));
-        store
-    }
-
-    /// A controller on loopback (the real server) and the client's polls against it: whole
-    /// snapshot first, then deltas from the held version, and an error, not a wrong snapshot,
-    /// when the held snapshot is not what the delta builds on.
-    #[tokio::test]
-    async fn polls_get_a_whole_snapshot_then_deltas_from_the_held_one() {
-        let distributor = Distributor::new("token".into(), Options::default());
-        let setter = distributor.clone();
-        tokio::task::spawn_blocking(move || setter.set_store(store(3))).await.unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (_stop, shutdown) = watch::channel(false);
-        tokio::spawn(serve(listener, distributor.clone(), shutdown));
-        let options = ClientOptions {
-            url: format!("http://{addr}"),
-            token: "token".into(),
-            gateway: "gw-1".into(),
-            namespace: "istio-system".into(),
-            labels: Options::default().labels,
-            wait: Duration::from_secs(5),
-            after_decode: None,
-        };
-
-        let nothing = Arc::new(Snapshot::default());
-        let first = poll_once(&options, &nothing, "", 0).await.unwrap().expect("a snapshot");
-        assert!(!first.delta, "nothing held: the whole snapshot");
-        let held = Arc::new(first.snapshot);
-        assert_eq!(held.listeners[0].virtual_hosts.len(), 3);
-
-        let setter = distributor.clone();
-        tokio::task::spawn_blocking(move || setter.set_store(store(4))).await.unwrap();
-        let second = poll_once(&options, &held, &first.instance, held.version).await.unwrap().expect("a snapshot");
-        assert!(second.delta, "the held version is the one before: a delta");
-        assert_eq!(second.snapshot.version, held.version + 1);
-        assert_eq!(second.snapshot.listeners[0].virtual_hosts.len(), 4);
-        let (name, cluster) = held.clusters.iter().next().unwrap();
-        assert!(Arc::ptr_eq(cluster, &second.snapshot.clusters[name]), "kept clusters are the held ones");
-
-        // Same version number, other content (as after a restart of the gateway's state):
-        // the delta does not apply and the poll says so.
-        let impostor = Arc::new(Snapshot { version: held.version, ..Default::default() });
-        let error = poll_once(&options, &impostor, &first.instance, 0).await.unwrap_err();
-        assert!(matches!(error, PollError::Delta(DeltaError::NoListener { .. })), "{error}");
-        // Without the controller's instance (what `run` sends after such an error), whole.
-        let again = poll_once(&options, &impostor, "", 0).await.unwrap().expect("a snapshot");
-        assert!(!again.delta);
-        assert_eq!(again.snapshot, second.snapshot);
-    }
 
     #[test]
     fn backoff_grows_to_a_cap_and_resets() {

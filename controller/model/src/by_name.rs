@@ -32,7 +32,7 @@ impl<T> std::fmt::Debug for ByName<T> {
 }
 
 /// Fixed seeds: names come from the config, and the tables' order is never observed.
-pub(crate) fn hash(name: &str) -> u64 {
+pub fn hash(name: &str) -> u64 {
     foldhash::fast::FixedState::default().hash_one(name)
 }
 
