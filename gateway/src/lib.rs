@@ -11,6 +11,7 @@ pub mod listeners;
 pub mod memory;
 pub mod metrics;
 pub mod proxy;
+pub mod response_flag;
 pub mod runtime;
 pub mod server;
 pub mod tls;

@@ -331,8 +331,13 @@ impl Metrics {
     }
 
     /// Counts an opened TCP connection and returns its byte/close counters.
-    pub fn tcp_open(&self, destination: Option<&DestinationLabels>, flags: &str, security_policy: &str) -> TcpCounters {
-        let values = self.label_values(destination, &["tcp", flags, security_policy]);
+    pub fn tcp_open(
+        &self,
+        destination: Option<&DestinationLabels>,
+        flags: crate::response_flag::ResponseFlag,
+        security_policy: &str,
+    ) -> TcpCounters {
+        let values = self.label_values(destination, &["tcp", flags.as_str(), security_policy]);
         self.tcp_opened.with_label_values(&values).inc();
         TcpCounters {
             sent: self.tcp_sent.with_label_values(&values),

@@ -201,7 +201,7 @@ pub fn translate_reusing(
     // Istio does). A server whose TLS material is unusable is skipped with a warning so the
     // Gateway's other servers keep serving.
     let mut servers: Vec<BoundServer> = Vec::new();
-    let mut port_class: BTreeMap<u16, (&'static str, String)> = BTreeMap::new();
+    let mut port_class: BTreeMap<u16, (Protocol, String)> = BTreeMap::new();
     let gateways = crate::store::in_order(store.gateways.values());
     let mut known_gateways = HashMap::new();
     for gw in gateways {
@@ -236,7 +236,7 @@ pub fn translate_reusing(
             if let Some((other, other_gw)) = claimed {
                 // Istio merges servers on a port when they are HTTP or TLS (told apart by SNI);
                 // a second plain TCP server has nothing to be told apart by and is skipped.
-                if other == class && class == "TCP" {
+                if other == class && class == Protocol::Tcp {
                     local.push(Diagnostic::warning(
                         codes::CONFLICT,
                         format!("{field}.port"),
@@ -248,7 +248,12 @@ pub fn translate_reusing(
                     local.push(Diagnostic::warning(
                         codes::CONFLICT,
                         format!("{field}.port"),
-                        format!("port {port} is already served as {other} by gateway {other_gw}; this {} server ({class}) is ignored", server.port.protocol),
+                        format!(
+                            "port {port} is already served as {} by gateway {other_gw}; this {} server ({}) is ignored",
+                            class_name(other),
+                            server.port.protocol,
+                            class_name(class)
+                        ),
                     ));
                     continue;
                 }
@@ -278,11 +283,7 @@ pub fn translate_reusing(
     // Listeners: one per port, with the TLS servers in Gateway order.
     let mut listeners: BTreeMap<u16, Listener> = BTreeMap::new();
     for s in &servers {
-        let protocol = match s.kind.port_class() {
-            "HTTP" => Protocol::Http,
-            "TLS" => Protocol::Https,
-            _ => Protocol::Tcp,
-        };
+        let protocol = s.kind.port_class();
         let prefix = match protocol {
             Protocol::Tcp => "tcp",
             Protocol::Https => "https",
@@ -467,6 +468,15 @@ fn gateway_order<'a>(store: &'a Store, consumer: &str) -> Vec<&'a Resource<crate
     // Stable: creation order within each group.
     list.sort_by_key(|vs| group(vs));
     list
+}
+
+/// A port class as the messages name it.
+fn class_name(p: Protocol) -> &'static str {
+    match p {
+        Protocol::Http => "HTTP",
+        Protocol::Https => "TLS",
+        Protocol::Tcp => "TCP",
+    }
 }
 
 /// A Gateway applies when its selector is a subset of this instance's labels.

@@ -4,7 +4,7 @@
 use super::credentials::{Credentials, Need};
 use crate::api::istio::{Server, ServerTlsSettings};
 use crate::diagnostics::{codes, Diagnostic};
-use crate::snapshot::{ServerTls, ServerTlsMode, TlsVersion};
+use crate::snapshot::{Protocol, ServerTls, ServerTlsMode, TlsVersion};
 
 /// How a server handles its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,12 +22,13 @@ pub enum ServerKind {
 }
 
 impl ServerKind {
-    /// Servers on one port must agree on this: plain HTTP, TLS-based, or TCP.
-    pub fn port_class(self) -> &'static str {
+    /// Servers on one port must agree on this, the listener's protocol: plain HTTP,
+    /// TLS-based (`Https`, told apart by SNI), or TCP.
+    pub fn port_class(self) -> Protocol {
         match self {
-            ServerKind::PlainHttp => "HTTP",
-            ServerKind::TerminatedHttp | ServerKind::TerminatedTcp | ServerKind::Passthrough => "TLS",
-            ServerKind::Tcp => "TCP",
+            ServerKind::PlainHttp => Protocol::Http,
+            ServerKind::TerminatedHttp | ServerKind::TerminatedTcp | ServerKind::Passthrough => Protocol::Https,
+            ServerKind::Tcp => Protocol::Tcp,
         }
     }
 

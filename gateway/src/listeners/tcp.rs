@@ -4,6 +4,7 @@
 use crate::l4::splice::{splice, Direction};
 use crate::listeners::ConnectionHandler;
 use crate::proxy::Shared;
+use crate::response_flag::ResponseFlag;
 use crate::runtime::cluster::ClusterRuntime;
 use crate::runtime::L4Route;
 use async_trait::async_trait;
@@ -50,7 +51,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let start = std::time::Instant::now();
-    let mut log = L4Log { flags: "-", cluster: None, endpoint: None, stats: Default::default() };
+    let mut log = L4Log { flags: ResponseFlag::None, cluster: None, endpoint: None, stats: Default::default() };
     forward_inner(shared, route, downstream, &mut log).await;
     if shared.access_log.enabled() {
         let duration = start.elapsed();
@@ -65,7 +66,7 @@ where
             path: "-",
             protocol: "TCP",
             response_code: 0,
-            response_flags: log.flags,
+            response_flags: log.flags.as_str(),
             response_code_details: None,
             bytes_received: log.stats.downstream_to_upstream,
             bytes_sent: log.stats.upstream_to_downstream,
@@ -83,7 +84,7 @@ where
 }
 
 struct L4Log {
-    flags: &'static str,
+    flags: ResponseFlag,
     cluster: Option<Arc<ClusterRuntime>>,
     /// Index of the endpoint in `cluster`.
     endpoint: Option<usize>,
@@ -97,25 +98,25 @@ where
     let metrics = &shared.metrics;
     // Envoy's network RBAC filter closes the connection before anything is proxied.
     if shared.current.load().deny.is_some() {
-        log.flags = crate::proxy::RBAC;
-        metrics.tcp_open(None, crate::proxy::RBAC, "unknown").close();
+        log.flags = ResponseFlag::UnenforcedPolicy;
+        metrics.tcp_open(None, log.flags, "unknown").close();
         return;
     }
     let Some(route) = route else {
-        log.flags = "NR";
-        metrics.tcp_open(None, "NR", "unknown").close();
+        log.flags = ResponseFlag::NoRoute;
+        metrics.tcp_open(None, log.flags, "unknown").close();
         return;
     };
     // No destination, or one Envoy would have no cluster for (unknown host or subset).
     let Some(cluster) = route.destinations.pick().filter(|c| !c.definition.not_found) else {
-        log.flags = "NC";
-        metrics.tcp_open(None, "NC", "unknown").close();
+        log.flags = ResponseFlag::NoClusterFound;
+        metrics.tcp_open(None, log.flags, "unknown").close();
         return;
     };
     log.cluster = Some(cluster.clone());
     let Some(pick) = cluster.balancer.pick(None, None) else {
-        log.flags = "UH";
-        metrics.tcp_open(Some(&cluster.telemetry().service_labels), "UH", cluster.security_policy()).close();
+        log.flags = ResponseFlag::NoHealthyUpstream;
+        metrics.tcp_open(Some(&cluster.telemetry().service_labels), log.flags, cluster.security_policy()).close();
         return;
     };
     let endpoint = &cluster.endpoints[pick.index()];
@@ -125,18 +126,18 @@ where
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::debug!(route = route.name, upstream = %endpoint.addr, error = %e, "tcp connect failed");
-            log.flags = "UF";
-            metrics.tcp_open(Some(labels), "UF", cluster.security_policy()).close();
+            log.flags = ResponseFlag::UpstreamConnectionFailure;
+            metrics.tcp_open(Some(labels), log.flags, cluster.security_policy()).close();
             return;
         }
         Err(_) => {
-            log.flags = "UF";
-            metrics.tcp_open(Some(labels), "UF", cluster.security_policy()).close();
+            log.flags = ResponseFlag::UpstreamConnectionFailure;
+            metrics.tcp_open(Some(labels), log.flags, cluster.security_policy()).close();
             return;
         }
     };
     let _ = upstream.set_nodelay(true);
-    let counters = metrics.tcp_open(Some(labels), "-", cluster.security_policy());
+    let counters = metrics.tcp_open(Some(labels), ResponseFlag::None, cluster.security_policy());
     let stats = splice(downstream, upstream, IDLE_TIMEOUT, |direction, n| match direction {
         Direction::DownstreamToUpstream => counters.received.inc_by(n),
         Direction::UpstreamToDownstream => counters.sent.inc_by(n),

@@ -5,87 +5,92 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+use crate::response_flag::ResponseFlag;
+
 pub struct LocalReply {
     pub code: u16,
-    pub flags: &'static str,
+    pub flags: ResponseFlag,
     pub body: &'static str,
     /// `location` header of a redirect.
     pub location: Option<String>,
 }
 
-/// The flag of a request denied because a security policy meshgate cannot enforce selects
-/// the gateway (Envoy's RBAC filter sets none; the access log's `response_code_details` names
-/// the policy).
-pub const RBAC: &str = "RBAC";
-
 impl LocalReply {
     /// Envoy's RBAC filter denial: 403 with its body.
     pub fn rbac_denied() -> LocalReply {
-        LocalReply { code: 403, flags: RBAC, body: "RBAC: access denied", location: None }
+        LocalReply { code: 403, flags: ResponseFlag::UnenforcedPolicy, body: "RBAC: access denied", location: None }
     }
 
     /// No virtual host or route matched (Envoy: 404, flag NR, empty body).
     pub fn no_route() -> LocalReply {
-        LocalReply { code: 404, flags: "NR", body: "", location: None }
+        LocalReply { code: 404, flags: ResponseFlag::NoRoute, body: "", location: None }
     }
 
     /// The route's destinations all have weight 0, or the picked one names a cluster Envoy
     /// would not have (unknown host or subset): Envoy's `NC`, cluster not found, which its
     /// router answers with `cluster_not_found_response_code` (503) and no body.
     pub fn no_cluster() -> LocalReply {
-        LocalReply { code: 503, flags: "NC", body: "", location: None }
+        LocalReply { code: 503, flags: ResponseFlag::NoClusterFound, body: "", location: None }
     }
 
     /// The cluster has no ready endpoint (Envoy: UH).
     pub fn no_healthy_upstream() -> LocalReply {
-        LocalReply { code: 503, flags: "UH", body: "no healthy upstream", location: None }
+        LocalReply { code: 503, flags: ResponseFlag::NoHealthyUpstream, body: "no healthy upstream", location: None }
     }
 
     pub fn internal() -> LocalReply {
-        LocalReply { code: 500, flags: "-", body: "internal error", location: None }
+        LocalReply { code: 500, flags: ResponseFlag::None, body: "internal error", location: None }
     }
 
     /// `tls.httpsRedirect` (Envoy's `require_tls: ALL`): `https://` + the `Host` as the client
     /// sent it (port included) + the path, as Envoy's `createSslRedirectPath` writes it.
     pub fn https_redirect(host: &str, path: &str) -> LocalReply {
-        LocalReply { code: 301, flags: "-", body: "", location: Some(format!("https://{host}{path}")) }
+        LocalReply { code: 301, flags: ResponseFlag::None, body: "", location: Some(format!("https://{host}{path}")) }
     }
 
     /// HTTP/2 connection coalescing sent a request for a host this connection's certificate
     /// (server) does not serve, while another server on the port does.
     pub fn misdirected() -> LocalReply {
-        LocalReply { code: 421, flags: "NR", body: "misdirected request", location: None }
+        LocalReply { code: 421, flags: ResponseFlag::NoRoute, body: "misdirected request", location: None }
     }
 
     /// TLS origination is configured but its material is unusable.
     pub fn upstream_tls_unusable() -> LocalReply {
-        LocalReply { code: 503, flags: "UF", body: "upstream TLS settings are unusable", location: None }
+        LocalReply {
+            code: 503,
+            flags: ResponseFlag::UpstreamConnectionFailure,
+            body: "upstream TLS settings are unusable",
+            location: None,
+        }
     }
 
     /// Connect failures → 503 UF; timeouts waiting for the response → 504 UT; a reset after
     /// connecting → 503 UC.
-    pub fn upstream_failure(e: &Error, flags: &'static str) -> LocalReply {
+    pub fn upstream_failure(e: &Error, flags: ResponseFlag) -> LocalReply {
         use ErrorType::*;
         match e.etype() {
-            ReadTimedout | WriteTimedout => {
-                LocalReply { code: 504, flags: "UT", body: "upstream request timeout", location: None }
-            }
+            ReadTimedout | WriteTimedout => LocalReply {
+                code: 504,
+                flags: ResponseFlag::UpstreamRequestTimeout,
+                body: "upstream request timeout",
+                location: None,
+            },
             ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
             | BindError => LocalReply {
                 code: 503,
-                flags: "UF",
+                flags: ResponseFlag::UpstreamConnectionFailure,
                 body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
                 location: None,
             },
-            _ if flags == "UF" => LocalReply {
+            _ if flags == ResponseFlag::UpstreamConnectionFailure => LocalReply {
                 code: 503,
-                flags: "UF",
+                flags: ResponseFlag::UpstreamConnectionFailure,
                 body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
                 location: None,
             },
             _ => LocalReply {
                 code: 503,
-                flags: "UC",
+                flags: ResponseFlag::UpstreamConnectionTermination,
                 body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
                 location: None,
             },

@@ -16,12 +16,12 @@
 
 mod headers;
 mod local_reply;
-pub use local_reply::RBAC;
 pub(crate) mod request;
 
 use crate::access_log::{AccessLog, Entry, RequestId};
 use crate::balance::{hash_key, Pick};
 use crate::metrics::{Metrics, RequestRecord};
+use crate::response_flag::ResponseFlag;
 use crate::runtime::cluster::ClusterRuntime;
 use crate::runtime::matcher::RequestView;
 use crate::runtime::{Current, Route, Runtime};
@@ -81,7 +81,7 @@ pub struct Ctx {
     endpoint: Option<usize>,
     /// Holds the endpoint's in-flight count until the request ends.
     pick: Option<Pick>,
-    flags: &'static str,
+    flags: ResponseFlag,
     local_code: Option<u16>,
     /// The x-request-id generated for a request that came without one (inline: no
     /// allocation); added to the upstream request. A request's own id stays in its header.
@@ -110,7 +110,7 @@ impl ProxyHttp for MeshProxy {
             cluster: None,
             endpoint: None,
             pick: None,
-            flags: "-",
+            flags: ResponseFlag::None,
             local_code: None,
             generated_id: None,
             no_forwarded_for: false,
@@ -233,7 +233,7 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut Box<Ctx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        ctx.flags = "UF";
+        ctx.flags = ResponseFlag::UpstreamConnectionFailure;
         e.set_retry(false);
         e
     }
@@ -243,7 +243,7 @@ impl ProxyHttp for MeshProxy {
         let reply = match e.esource() {
             pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, ctx.flags)),
             pingora_error::ErrorSource::Downstream => {
-                ctx.flags = "DC";
+                ctx.flags = ResponseFlag::DownstreamConnectionTermination;
                 None
             }
             _ => Some(LocalReply::internal()),
@@ -275,7 +275,7 @@ impl ProxyHttp for MeshProxy {
             destination,
             protocol,
             code,
-            flags: ctx.flags,
+            flags: ctx.flags.as_str(),
             duration_ms: duration.as_secs_f64() * 1000.0,
             request_bytes,
             response_bytes,
@@ -291,9 +291,9 @@ impl ProxyHttp for MeshProxy {
                 path: req.uri.path_and_query().map_or("", |p| p.as_str()),
                 protocol: request::protocol_name(req),
                 response_code: code,
-                response_flags: ctx.flags,
+                response_flags: ctx.flags.as_str(),
                 response_code_details: match ctx.flags {
-                    local_reply::RBAC => ctx.runtime.as_ref().and_then(|r| r.deny.as_deref()),
+                    ResponseFlag::UnenforcedPolicy => ctx.runtime.as_ref().and_then(|r| r.deny.as_deref()),
                     _ => None,
                 },
                 bytes_received: request_bytes,
@@ -345,7 +345,7 @@ impl MeshProxy {
                 path: req.uri.path_and_query().map_or("", |p| p.as_str()),
                 protocol: request::protocol_name(req),
                 status_code: code,
-                response_flags: ctx.flags,
+                response_flags: ctx.flags.as_str(),
                 request_bytes: session.body_bytes_read() as u64,
                 response_bytes: session.body_bytes_sent() as u64,
                 duration,
