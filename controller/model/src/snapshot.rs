@@ -362,8 +362,8 @@ pub enum HashAlgorithm {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// IP address literal.
-    pub address: CompactString,
+    /// On the wire as its text (`"10.0.0.7"`, `"fd00::7"`); the gateway uses it as it is.
+    pub address: std::net::IpAddr,
     pub port: u16,
     pub weight: u32,
     /// Shared with the service registry and every other cluster of the same service (its

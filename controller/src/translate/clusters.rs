@@ -342,10 +342,10 @@ fn endpoints_of(svc: &ServiceInfo, port: u16, subset: Option<&crate::api::Labels
         .filter(|e| subset.is_none_or(|labels| labels.iter().all(|(k, v)| e.workload.labels.get(k) == Some(v))))
         .filter_map(|e| {
             let target = if svc.ports.is_empty() { Some(port) } else { e.ports.get(&port).copied() }?;
-            Some(Endpoint { address: e.address.clone(), port: target, weight: e.weight, workload: e.workload.clone() })
+            Some(Endpoint { address: e.address, port: target, weight: e.weight, workload: e.workload.clone() })
         })
         .collect();
-    out.sort_by(|a, b| (&a.address, a.port).cmp(&(&b.address, b.port)));
+    out.sort_by_key(|e| (e.address, e.port));
     out.dedup_by(|a, b| a.address == b.address && a.port == b.port);
     // Collected through a filter, the vector has room for at least four; snapshots keep
     // 20k of these at 10k services.

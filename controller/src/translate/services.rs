@@ -61,7 +61,7 @@ fn entry_port_protocol(protocol: Option<&str>) -> UpstreamProtocol {
 /// An endpoint of a service with its port per service port name.
 #[derive(Debug, Clone)]
 pub struct RegistryEndpoint {
-    pub address: CompactString,
+    pub address: IpAddr,
     /// Service port number → endpoint port. A sorted vector: a B-tree's leaf is ~100 bytes
     /// for the one or two ports a service has, once per endpoint of every service.
     pub ports: LiteMap<u16, u16>,
@@ -210,9 +210,11 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
                     name: pod.map(workload_of).unwrap_or_else(|| name.clone()),
                     namespace: pod.map_or(ns.as_str(), |p| p.namespace()).into(),
                 });
-                for address in &ep.addresses {
+                // FQDN-type slices (and anything else that is not an IP) carry no address
+                // meshgate can connect to without DNS.
+                for address in ep.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
                     endpoints.push(RegistryEndpoint {
-                        address: address.as_str().into(),
+                        address,
                         ports: mapped.clone(),
                         workload: workload.clone(),
                         weight: 1,
@@ -224,7 +226,7 @@ fn kube_service(store: &Store, index: &Index, svc: &Resource<ServiceSummary>) ->
         // No EndpointSlices in the config: derive endpoints from Pods as the endpoints
         // controller would (file mode convenience: Pods with status.podIP).
         for pod in index.selected_pods(&ns, selector) {
-            let Some(ip) = pod.spec.ip.clone() else { continue };
+            let Some(ip) = pod.spec.ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()) else { continue };
             if !pod.spec.ready {
                 continue;
             }
@@ -321,7 +323,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
 
     let mut endpoints = Vec::new();
     for (field, w, workload) in workloads {
-        if w.address.parse::<IpAddr>().is_err() {
+        let Ok(address) = w.address.parse::<IpAddr>() else {
             problems.push(
                 Diagnostic::warning(
                     codes::UNSUPPORTED,
@@ -334,7 +336,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
                 .at(&se.origin, Some(se.reference(Kind::ServiceEntry))),
             );
             continue;
-        }
+        };
         let mut mapped = LiteMap::new();
         for p in &ports {
             let port = w
@@ -345,7 +347,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
             mapped.insert(p.number, port);
         }
         endpoints.push(RegistryEndpoint {
-            address: w.address.as_str().into(),
+            address,
             ports: mapped,
             workload: Arc::new(Workload {
                 labels: w.labels.clone().into(),

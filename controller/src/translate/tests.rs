@@ -120,7 +120,7 @@ spec:
     let all = &snap.clusters["outbound|9080||reviews.default.svc.cluster.local"];
     let v1 = &snap.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"];
     assert_eq!(all.endpoints.len(), 2);
-    let in_all = all.endpoints.iter().find(|e| e.address == "10.0.0.1").unwrap();
+    let in_all = all.endpoints.iter().find(|e| e.address.to_string() == "10.0.0.1").unwrap();
     assert_eq!(in_all.workload.name, "reviews-v1-1");
     assert_eq!(in_all.version(), "v1");
     assert!(Arc::ptr_eq(&in_all.workload, &v1.endpoints[0].workload), "one copy of the pod's labels and names");
@@ -131,7 +131,7 @@ fn subsets_select_endpoints_and_policies_follow_precedence() {
     let (snap, _) = run(&format!("{BASE}{VS}"));
     let v1 = &snap.clusters["outbound|9080|v1|reviews.default.svc.cluster.local"];
     assert_eq!(v1.endpoints.len(), 1);
-    assert_eq!(v1.endpoints[0].address, "10.0.0.1");
+    assert_eq!(v1.endpoints[0].address.to_string(), "10.0.0.1");
     assert_eq!(v1.endpoints[0].port, 9080);
     assert_eq!(v1.endpoints[0].workload.name, "reviews-v1-1");
     // Subset v1 has no policy: the top level's port-level setting beats its plain setting.
@@ -301,7 +301,7 @@ spec:
     assert_eq!(diags.errors(), 0, "{:?}", diags.items);
     let c = &snap.clusters["outbound|81||web.shop.svc.cluster.local"];
     assert_eq!(c.endpoints.len(), 1, "not-ready endpoint dropped");
-    assert_eq!((c.endpoints[0].address.as_str(), c.endpoints[0].port), ("10.1.0.1", 9901));
+    assert_eq!((c.endpoints[0].address.to_string().as_str(), c.endpoints[0].port), ("10.1.0.1", 9901));
     assert_eq!(c.endpoints[0].version(), "v7", "labels come from the target Pod");
 }
 
@@ -823,8 +823,12 @@ spec:
     assert_eq!(diags.errors(), 0, "{:?}", diags.items);
     let v1 = &snap.clusters[&*reviews("v1")];
     let v2 = &snap.clusters[&*reviews("v2")];
-    assert_eq!(v1.endpoints.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(), ["10.0.0.1"], "the first v1 wins");
-    assert_eq!(v2.endpoints.iter().map(|e| e.address.as_str()).collect::<Vec<_>>(), ["10.0.0.2"]);
+    assert_eq!(
+        v1.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(),
+        ["10.0.0.1"],
+        "the first v1 wins"
+    );
+    assert_eq!(v2.endpoints.iter().map(|e| e.address.to_string()).collect::<Vec<_>>(), ["10.0.0.2"]);
     assert_eq!(v1.load_balancer, LoadBalancer::RoundRobin);
     assert_eq!(v2.load_balancer, LoadBalancer::RoundRobin, "the later rule's top-level policy is dropped");
     let mut dropped: Vec<_> = diags
@@ -1046,7 +1050,7 @@ spec:
     );
     let (snap, diags) = run(&yaml);
     assert_eq!(diags.warnings(), 0, "{:?}", diags.items);
-    assert_eq!(snap.clusters[cluster].endpoints[0].address, "10.8.8.8");
+    assert_eq!(snap.clusters[cluster].endpoints[0].address.to_string(), "10.8.8.8");
 }
 
 #[test]

@@ -92,12 +92,10 @@ impl<'a> LabelSets<'a> {
     }
 }
 
+/// One of the definition's endpoints, at the same index.
 #[derive(Debug)]
 pub struct EndpointRuntime {
     pub addr: SocketAddr,
-    /// Position in the definition's endpoints (addresses that are not IP literals are left
-    /// out of the runtime), for the endpoint's workload labels.
-    source: u32,
 }
 
 /// What metrics and access logs say about a cluster and its endpoints: Istio's destination
@@ -126,8 +124,8 @@ impl Telemetry {
     fn build(def: &Cluster, endpoints: &[EndpointRuntime]) -> Telemetry {
         let mut labels = LabelSets::new(def);
         let mut telemetry = Vec::with_capacity(endpoints.len());
-        for e in endpoints {
-            let labels = labels.endpoint(&def.endpoints[e.source as usize]);
+        for (e, definition) in endpoints.iter().zip(def.endpoints.iter()) {
+            let labels = labels.endpoint(definition);
             telemetry.push(EndpointTelemetry { labels, log_host: Prepared::address(e.addr) });
         }
         Telemetry { service_labels: labels.service, log_name: Prepared::string(&def.name), endpoints: telemetry }
@@ -186,17 +184,10 @@ impl ClusterRuntime {
                 e.to_string()
             }))
         });
-        let mut endpoints = Vec::with_capacity(def.endpoints.len());
-        for (source, e) in def.endpoints.iter().enumerate() {
-            // Addresses were validated as IP literals by the controller; skip anything else.
-            let Ok(ip) = e.address.parse::<std::net::IpAddr>() else { continue };
-            let Ok(source) = u32::try_from(source) else { break };
-            endpoints.push(EndpointRuntime { addr: SocketAddr::new(ip, e.port), source });
-        }
-        // Weights by `source`: zipping with the definition's endpoints paired them wrongly after
-        // a skipped address.
+        let endpoints: Vec<EndpointRuntime> =
+            def.endpoints.iter().map(|e| EndpointRuntime { addr: SocketAddr::new(e.address, e.port) }).collect();
         let keyed: Vec<(String, u32)> =
-            endpoints.iter().map(|e| (e.addr.to_string(), def.endpoints[e.source as usize].weight.max(1))).collect();
+            endpoints.iter().zip(def.endpoints.iter()).map(|(e, d)| (e.addr.to_string(), d.weight.max(1))).collect();
         let (algorithm, hash_key) = match &def.load_balancer {
             LoadBalancer::RoundRobin => (Algorithm::RoundRobin, None),
             LoadBalancer::LeastRequest => (Algorithm::LeastRequest, None),
@@ -236,11 +227,11 @@ mod tests {
 
     fn endpoint(address: &str, weight: u32, workload: &str) -> Endpoint {
         let workload = Arc::new(Workload { name: workload.into(), namespace: "default".into(), ..Default::default() });
-        Endpoint { address: address.into(), port: 80, weight, workload }
+        Endpoint { address: address.parse().unwrap(), port: 80, weight, workload }
     }
 
     #[test]
-    fn a_skipped_address_leaves_labels_and_weights_with_their_endpoints() {
+    fn labels_and_weights_stay_with_their_endpoints() {
         let def = Arc::new(Cluster {
             name: "outbound|80||svc.default.svc.cluster.local".into(),
             service: Arc::new(ServiceRef {
@@ -251,7 +242,7 @@ mod tests {
             port: 80,
             subset: None,
             load_balancer: LoadBalancer::RoundRobin,
-            endpoints: vec![endpoint("not-an-ip", 5, "a"), endpoint("10.0.0.1", 1, "b"), endpoint("10.0.0.2", 3, "c")],
+            endpoints: vec![endpoint("10.0.0.1", 1, "b"), endpoint("10.0.0.2", 3, "c")],
             upstream_protocol: UpstreamProtocol::Http1,
             tls: None,
             not_found: false,

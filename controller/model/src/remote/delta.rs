@@ -246,7 +246,7 @@ mod tests {
             load_balancer: LoadBalancer::LeastRequest,
             endpoints: pods
                 .iter()
-                .map(|pod| Endpoint { address: "10.0.0.1".into(), port: 9080, weight: 1, workload: workload(pod) })
+                .map(|pod| Endpoint { address: [10, 0, 0, 1].into(), port: 9080, weight: 1, workload: workload(pod) })
                 .collect(),
             upstream_protocol: UpstreamProtocol::Http1,
             tls: None,

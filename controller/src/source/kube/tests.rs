@@ -163,7 +163,7 @@ async fn initial_lists_publish_one_store_that_translates_to_the_route() {
     let crate::snapshot::RouteAction::Route { destinations } = &route.action;
     let cluster = &snapshot.clusters[&destinations[0].cluster];
     assert_eq!(&*cluster.name, "outbound|9080||reviews.bookinfo.svc.cluster.local");
-    assert_eq!((cluster.endpoints[0].address.as_str(), cluster.endpoints[0].port), ("10.0.0.7", 9080));
+    assert_eq!((cluster.endpoints[0].address.to_string().as_str(), cluster.endpoints[0].port), ("10.0.0.7", 9080));
 
     source.assert_quiet().await;
     let summary = source.health.summary();
