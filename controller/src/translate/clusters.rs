@@ -24,6 +24,17 @@ pub(super) fn check_policy(
         if let Some(lb) = &p.load_balancer {
             let _ = load_balancer(lb, &format!("{field}.portLevelSettings[{i}].loadBalancer"), problems);
         }
+        for (name, set) in
+            [("connectionPool", p.connection_pool.is_some()), ("outlierDetection", p.outlier_detection.is_some())]
+        {
+            if set {
+                problems.push(Diagnostic::warning(
+                    codes::UNSUPPORTED,
+                    format!("{field}.portLevelSettings[{i}].{name}"),
+                    "not supported yet, ignored",
+                ));
+            }
+        }
     }
     for (name, set) in [
         ("connectionPool", policy.connection_pool.is_some()),

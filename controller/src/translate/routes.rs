@@ -261,6 +261,13 @@ fn http_route(
             ));
         }
     }
+    for (i, _) in http.route.iter().enumerate().filter(|(_, d)| d.headers.is_some()) {
+        problems.push(Diagnostic::warning(
+            codes::UNSUPPORTED,
+            format!("{field}.route[{i}].headers"),
+            "not supported yet, ignored",
+        ));
+    }
     if http.route.is_empty() {
         if rest.redirect.is_some() || rest.direct_response.is_some() || rest.delegate.is_some() {
             // Reported above as unsupported; without a destination the route cannot apply.

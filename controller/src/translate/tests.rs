@@ -1297,3 +1297,51 @@ spec:
     let unbound = diags.iter().find(|d| d.code == codes::HOST_NOT_IN_GATEWAY).expect("IST0132");
     assert_eq!(unbound.resource.as_ref().unwrap().name, "elsewhere");
 }
+
+#[test]
+fn destination_headers_and_port_level_pools_are_reported_as_unsupported() {
+    let yaml = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*"]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  ports: [{port: 9080, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: [istio-system/gw]
+  http:
+  - route:
+    - destination: {host: reviews}
+      headers: {request: {set: {x-a: b}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 9080}
+      connectionPool: {tcp: {maxConnections: 100}}
+      outlierDetection: {consecutive5xxErrors: 7}
+"#;
+    let (_, diags) = run(yaml);
+    let unsupported: Vec<&str> =
+        diags.iter().filter(|d| d.code == codes::UNSUPPORTED).map(|d| d.field.as_str()).collect();
+    assert!(unsupported.contains(&"spec.http[0].route[0].headers"), "{unsupported:?}");
+    assert!(unsupported.contains(&"spec.trafficPolicy.portLevelSettings[0].connectionPool"), "{unsupported:?}");
+    assert!(unsupported.contains(&"spec.trafficPolicy.portLevelSettings[0].outlierDetection"), "{unsupported:?}");
+}
