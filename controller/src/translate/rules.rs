@@ -14,8 +14,10 @@
 //! later one's list contains a non-empty earlier one's): the later rule adds subsets of new
 //! names and its top-level `trafficPolicy` only when the merged rule has none yet. Rules that
 //! cannot merge stay apart, and the gateway uses the last of those exported to it. Every part
-//! Istio drops this way is reported (MG0007) on the rule that loses it. `workloadSelector` is
-//! not evaluated (see docs/compatibility.md), so every rule merges as one without a selector.
+//! Istio drops this way is reported (MG0007) on the rule that loses it. A rule with a
+//! `workloadSelector` applies, as in Istio, only to workloads of its own namespace whose labels
+//! match: it is left out unless it is in the gateway's namespace and selects the gateway's
+//! labels; one that selects the gateway merges as one without a selector.
 
 use super::clusters::check_policy;
 use super::visibility::{self, Allowed, ROOT_NAMESPACE};
@@ -25,6 +27,18 @@ use crate::diagnostics::{codes, Diagnostic};
 use crate::store::{Resource, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
+
+/// Whether a rule can apply to this gateway: one without `workloadSelector` can; one with it
+/// only in the gateway's own namespace and when every `matchLabels` entry is among the
+/// gateway's labels (Istio applies such a rule to the matching workloads of its namespace).
+fn applies_to_gateway(dr: &Resource<DestinationRuleSpec>, consumer: &str, labels: &BTreeMap<String, String>) -> bool {
+    let Some(selector) = &dr.spec.workload_selector else { return true };
+    if dr.namespace() != consumer {
+        return false;
+    }
+    let wanted = selector.get("matchLabels").and_then(|m| m.as_object());
+    wanted.is_none_or(|m| m.iter().all(|(k, v)| v.as_str().is_some_and(|v| labels.get(k).is_some_and(|l| l == v))))
+}
 
 /// One rule as the gateway applies it: a DestinationRule, or several merged.
 #[derive(Debug)]
@@ -85,14 +99,19 @@ impl Scope {
 impl Rules {
     /// Checks every DestinationRule (invalid ones are reported and left out), then merges and
     /// indexes the valid ones for a gateway in `consumer` (the `--namespace`).
-    pub fn build(store: &Store, consumer: &str, problems: &mut Vec<Diagnostic>) -> Rules {
+    pub fn build(
+        store: &Store,
+        consumer: &str,
+        labels: &BTreeMap<String, String>,
+        problems: &mut Vec<Diagnostic>,
+    ) -> Rules {
         let mut valid: Vec<&Resource<DestinationRuleSpec>> = Vec::new();
         for dr in store.destination_rules.values() {
             let mut local = Vec::new();
             check(dr, &mut local);
             let rejected = local.iter().any(Diagnostic::is_error);
             problems.extend(local.into_iter().map(|d| d.at(&dr.origin, Some(dr.reference(Kind::DestinationRule)))));
-            if !rejected {
+            if !rejected && applies_to_gateway(dr, consumer, labels) {
                 valid.push(dr);
             }
         }
@@ -402,7 +421,7 @@ mod tests {
         ];
         for (proxy, service, host, want) in cases {
             let mut problems = Vec::new();
-            let rules = Rules::build(&store, proxy, &mut problems);
+            let rules = Rules::build(&store, proxy, &BTreeMap::new(), &mut problems);
             assert!(problems.is_empty(), "{problems:?}");
             assert_eq!(subsets(&rules, host, service), *want, "gateway in {proxy}, service in {service}, {host}");
         }
@@ -420,7 +439,7 @@ mod tests {
         .concat();
         let store = store(&yaml);
         let mut problems = Vec::new();
-        let rules = Rules::build(&store, "test", &mut problems);
+        let rules = Rules::build(&store, "test", &BTreeMap::new(), &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         let merged = rules.for_host("httpbin.org", Some("test")).unwrap();
         assert_eq!(subsets(&rules, "httpbin.org", "test"), ["subset1", "subset2", "subset3", "subset4"]);
@@ -440,7 +459,7 @@ mod tests {
         .concat();
         let store = store(&yaml);
         let mut problems = Vec::new();
-        let rules = Rules::build(&store, "istio-system", &mut problems);
+        let rules = Rules::build(&store, "istio-system", &BTreeMap::new(), &mut problems);
         // [a+c, b, c]: c alone is the last.
         assert_eq!(subsets(&rules, "reviews.default.svc.cluster.local", "default"), ["v3"]);
         let mut lost: Vec<_> = problems.iter().map(|d| (d.code, d.resource.as_ref().unwrap().name.as_str())).collect();

@@ -1345,3 +1345,44 @@ spec:
     assert!(unsupported.contains(&"spec.trafficPolicy.portLevelSettings[0].connectionPool"), "{unsupported:?}");
     assert!(unsupported.contains(&"spec.trafficPolicy.portLevelSettings[0].outlierDetection"), "{unsupported:?}");
 }
+
+#[test]
+fn destination_rules_with_a_workload_selector_apply_only_to_the_workloads_they_select() {
+    // Istio's shape (networking/v1 DestinationRule `workloadSelector`): a rule for the ratings
+    // pods' own outbound traffic, and one selecting the ingress gateway in its namespace.
+    let for_ratings = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews-from-ratings, namespace: default, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  host: reviews
+  workloadSelector:
+    matchLabels:
+      app: ratings
+  trafficPolicy:
+    loadBalancer: {simple: RANDOM}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+"#;
+    let (snap, diags) = run(&format!("{}{for_ratings}{VS}", bookinfo_without_rules()));
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    assert!(
+        snap.clusters.get(&*reviews("v1")).is_none_or(|c| c.not_found),
+        "a rule for other workloads does not give the gateway its subsets"
+    );
+    let for_gateway = for_ratings
+        .replace("namespace: default", "namespace: istio-system")
+        .replace("app: ratings", "istio: ingressgateway")
+        .replace("host: reviews", "host: reviews.default.svc.cluster.local");
+    let (snap, diags) = run(&format!("{}{for_gateway}{VS}", bookinfo_without_rules()));
+    assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+    let v1 = &snap.clusters[&*reviews("v1")];
+    assert!(!v1.not_found);
+    assert_eq!(v1.load_balancer, LoadBalancer::Random, "it selects the gateway");
+    // Selecting the gateway's labels from another namespace is not enough.
+    let elsewhere = for_gateway.replace("namespace: istio-system", "namespace: default");
+    let (snap, _) = run(&format!("{}{elsewhere}{VS}", bookinfo_without_rules()));
+    assert!(snap.clusters.get(&*reviews("v1")).is_none_or(|c| c.not_found));
+}
