@@ -190,7 +190,8 @@ pub fn translate_reusing(
         .filter(|(prev, _)| Arc::ptr_eq(&store.destination_rules, &prev.destination_rules))
         .and_then(|(_, r)| r.rules.clone());
     next.rules_reused = kept.is_some();
-    let (rules, found) = kept_or_built(kept, |found| rules::Rules::build(store, &options.namespace, &options.labels, found));
+    let (rules, found) =
+        kept_or_built(kept, |found| rules::Rules::build(store, &options.namespace, &options.labels, found));
     problems.extend(found.iter().cloned());
     next.rules = Some((rules.clone(), found));
 
