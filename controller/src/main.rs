@@ -4,12 +4,12 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use controller::remote::server::{serve, Distributor};
-use controller::source::{files, watch as file_watch};
+use controller::source::files;
+use controller::source::run::{self as source, SourceArgs};
 use controller::{analyze, translate, Options};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// mimalloc, as in the gateway: a reload at 10k services allocates and frees millions of
@@ -36,12 +36,9 @@ enum Command {
 
 #[derive(Args)]
 struct ServeArgs {
-    /// Files or folders of Istio/Kubernetes YAML to serve; watched for changes.
-    #[arg(long = "config", value_name = "PATH", num_args = 1.., conflicts_with = "kube")]
-    config: Vec<PathBuf>,
-    /// Read resources from the Kubernetes API (in-cluster config or KUBECONFIG).
-    #[arg(long)]
-    kube: bool,
+    /// `--config PATH...` (files, watched) or `--kube`, with the options of each.
+    #[command(flatten)]
+    source: SourceArgs,
     /// Where gateways poll for snapshots (istiod's plaintext xDS port is 15010).
     #[arg(long, default_value = "0.0.0.0:15010")]
     listen: SocketAddr,
@@ -52,28 +49,23 @@ struct ServeArgs {
     #[arg(long, env = "MESHGATE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Identity translated before any gateway connects (for readiness and analysis).
-    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = controller::translate::parse_labels)]
+    #[arg(long, default_value = meshgate_model::labels::DEFAULT_GATEWAY_LABELS, value_parser = controller::translate::parse_labels)]
     labels: BTreeMap<String, String>,
-    #[arg(long, default_value = "istio-system")]
+    #[arg(long, default_value = meshgate_model::labels::DEFAULT_GATEWAY_NAMESPACE)]
     namespace: String,
-    /// With --kube: namespaces to watch (default: all).
-    #[arg(long, value_delimiter = ',')]
-    watch_namespaces: Vec<String>,
-    /// With --kube: only resources labelled `istio.io/rev=<revision>` ("default" also takes
-    /// unlabelled ones), as istiod revisions select their config.
-    #[arg(long)]
-    revision: Option<String>,
-    /// Quiet time after a change before translating (a burst of changes is one version).
-    #[arg(long, default_value_t = 100)]
-    debounce_ms: u64,
-    /// With --config: larger config and certificate files are not read (an error names them;
-    /// what they held before keeps serving).
-    #[arg(long, value_name = "BYTES", default_value_t = files::DEFAULT_MAX_FILE_BYTES)]
-    max_config_file_bytes: u64,
 }
+
+/// The controller's quiet time after a change, files or cluster: gateways poll, so a burst of
+/// edits should become one version.
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
 fn main() -> Result<()> {
     controller::memory::disable_transparent_huge_pages();
+    // Once a reload settles, give back what it freed (the previous store, parsing and
+    // translation garbage): without it the controller grew by ~40 MiB over ten edits of a
+    // 10k-service folder (docs/benchmarks.md, "Sixth round").
+    // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
+    controller::memory::set_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -108,7 +100,10 @@ fn token(args: &ServeArgs) -> Result<String> {
 }
 
 async fn run(args: ServeArgs) -> Result<()> {
-    anyhow::ensure!(args.kube || !args.config.is_empty(), "give --config PATH or --kube as the resource source");
+    anyhow::ensure!(
+        args.source.kube || !args.source.config.is_empty(),
+        "give --config PATH or --kube as the resource source"
+    );
     let identity = Options { labels: args.labels.clone(), namespace: args.namespace.clone() };
     let distributor = Distributor::new(token(&args)?, identity);
     let listener =
@@ -117,22 +112,12 @@ async fn run(args: ServeArgs) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(serve(listener, distributor.clone(), shutdown_rx));
 
-    let debounce = Duration::from_millis(args.debounce_ms);
-    if args.kube {
-        start_kube(&args, distributor.clone(), debounce).await?;
-    } else {
-        let d = distributor.clone();
-        // Once the folder settles, give back what the reload freed (the previous store, parsing
-        // and translation garbage): without it the controller grew by ~40 MiB over ten edits
-        // of a 10k-service folder (docs/benchmarks.md, "Sixth round").
-        // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
-        let release = || unsafe { libmimalloc_sys::mi_collect(true) };
-        let source = file_watch::FileSource {
-            paths: args.config.clone(),
-            options: files::FileOptions { max_file_bytes: args.max_config_file_bytes },
-        };
-        file_watch::spawn_loop(source, debounce, move |store| d.set_store(store), release)?;
-    }
+    let (apply, report) = (distributor.clone(), distributor.clone());
+    let sink = source::Sink {
+        on_store: move |store| apply.set_store(store),
+        on_health: move |health| report.set_source_status(health),
+    };
+    source::start(&args.source, &args.namespace, DEBOUNCE, distributor.registry(), sink).await?;
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -141,32 +126,5 @@ async fn run(args: ServeArgs) -> Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let _ = server.await;
-    Ok(())
-}
-
-#[cfg(not(feature = "kube"))]
-async fn start_kube(_: &ServeArgs, _: Arc<Distributor>, _: Duration) -> Result<()> {
-    anyhow::bail!("this controller was built without the `kube` feature")
-}
-
-#[cfg(feature = "kube")]
-async fn start_kube(args: &ServeArgs, distributor: Arc<Distributor>, debounce: Duration) -> Result<()> {
-    use controller::source::kube::{self, KubeOptions};
-    let options = KubeOptions {
-        namespaces: args.watch_namespaces.clone(),
-        gateway_namespace: args.namespace.clone(),
-        revision: args.revision.clone(),
-        debounce,
-        ..Default::default()
-    };
-    let (apply, report) = (distributor.clone(), distributor.clone());
-    kube::start(
-        options,
-        distributor.registry(),
-        move |store| apply.set_store(store),
-        move |health| report.set_source_status(health),
-    )
-    .await?;
-    tracing::info!(namespaces = ?args.watch_namespaces, "watching the Kubernetes API");
     Ok(())
 }

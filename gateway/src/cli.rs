@@ -29,37 +29,30 @@ pub enum Command {
 #[derive(Args, Debug, Clone)]
 pub struct Identity {
     /// This instance's labels; a Gateway applies when its selector is a subset of them.
-    #[arg(long, default_value = "istio=ingressgateway,app=istio-ingressgateway", value_parser = meshgate_model::labels::parse)]
+    #[arg(long, default_value = meshgate_model::labels::DEFAULT_GATEWAY_LABELS, value_parser = meshgate_model::labels::parse)]
     pub labels: BTreeMap<String, String>,
     /// The gateway's own namespace: where `credentialName` Secrets live, what `sourceNamespace`
     /// matches compare with, and the `source_workload_namespace` metric label.
-    #[arg(long, default_value = "istio-system")]
+    #[arg(long, default_value = meshgate_model::labels::DEFAULT_GATEWAY_NAMESPACE)]
     pub namespace: String,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Files or folders of Istio/Kubernetes YAML; repeatable; watched for changes.
-    #[arg(long = "config", value_name = "PATH", num_args = 1.., conflicts_with_all = ["controller", "kube"])]
-    pub config: Vec<PathBuf>,
-    /// With --config: config and certificate files larger than this are not read (an error
-    /// names each; what it held before keeps serving). Default 16 MiB.
-    #[arg(long, value_name = "BYTES")]
-    pub max_config_file_bytes: Option<u64>,
+    /// The embedded controller's source: `--config PATH...` (files, watched) or `--kube`, with
+    /// the options of each (the same flags as the `controller` binary's).
+    #[cfg(feature = "embedded")]
+    #[command(flatten)]
+    pub source: controller::source::run::SourceArgs,
     /// Take snapshots from a meshgate controller (`controller --kube`), e.g.
     /// http://meshgate-controller.istio-system:15010. The last snapshot keeps serving while
     /// the controller is unreachable.
-    #[arg(long, value_name = "URL", conflicts_with = "kube")]
+    #[arg(long, value_name = "URL")]
+    #[cfg_attr(feature = "embedded", arg(conflicts_with_all = ["config", "kube"]))]
     pub controller: Option<String>,
     /// File with the token the controller expects (or MESHGATE_TOKEN).
     #[arg(long, env = "MESHGATE_TOKEN_FILE", value_name = "PATH")]
     pub controller_token_file: Option<PathBuf>,
-    /// Read resources from the Kubernetes API in-process (single-replica installs).
-    #[arg(long)]
-    pub kube: bool,
-    /// Namespaces to watch with --kube (default: all).
-    #[arg(long, value_delimiter = ',')]
-    pub watch_namespaces: Vec<String>,
     /// This replica's name for `proxy-status` (the pod name in Kubernetes).
     #[arg(long, env = "POD_NAME")]
     pub name: Option<String>,

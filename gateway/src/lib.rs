@@ -8,7 +8,6 @@ pub mod cli;
 pub mod config_source;
 pub mod l4;
 pub mod listeners;
-pub mod memory;
 pub mod metrics;
 pub mod proxy;
 pub mod response_flag;

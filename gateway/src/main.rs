@@ -58,7 +58,7 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
 fn main() -> Result<()> {
     meshgate_model::memory::disable_transparent_huge_pages();
     // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
-    gateway::memory::set_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
+    meshgate_model::memory::set_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
     let cli = Cli::parse();
     // Logs go to stderr: stdout carries the access log.
     tracing_subscriber::fmt()

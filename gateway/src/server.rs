@@ -206,7 +206,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 // The previous runtime is freed there too; give its pages back.
                 let version = tokio::task::spawn_blocking(move || {
                     let version = cur.swap(snap);
-                    crate::memory::release_freed();
+                    meshgate_model::memory::release_freed();
                     version
                 })
                 .await?;

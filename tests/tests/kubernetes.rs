@@ -201,6 +201,38 @@ async fn embedded_gateway_kube() {
     );
 }
 
+/// `gateway --kube` takes the controller's source flags: with `--revision default`, config
+/// labelled for another revision does not apply (Istio's revision filter).
+#[tokio::test]
+async fn embedded_gateway_kube_takes_the_revision_flag() {
+    let cluster = Cluster::start().await;
+    let canary = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        // Created at the same time as the catch-all `reviews` (the fake API server's clock) and
+        // ordered before it by name, so its route comes first when both apply.
+        "metadata": {"name": "a-canary", "namespace": "default", "labels": {"istio.io/rev": "canary"}},
+        "spec": {
+            "hosts": ["*"],
+            "gateways": ["istio-system/gw"],
+            "http": [{"match": [{"uri": {"prefix": "/canary"}}],
+                      "route": [{"destination": {"host": "reviews", "subset": "v2"}}]}],
+        },
+    });
+    cluster.api.apply(canary).unwrap();
+    let start = |revision: Option<&'static str>| {
+        let mut b = GatewayProcess::builder().ports(&[80]).arg("--kube").env("KUBECONFIG", cluster.kubeconfig());
+        if let Some(r) = revision {
+            b = b.args(["--revision", r]);
+        }
+        b.start()
+    };
+    let all = start(None).await.expect("gateway --kube becomes ready");
+    assert_eq!(version_of(&all, 80, "/canary", "x").await, "v2", "without a revision every VirtualService applies");
+    let default_only = start(Some("default")).await.expect("gateway --kube --revision default becomes ready");
+    assert_eq!(version_of(&default_only, 80, "/canary", "x").await, "v1", "the canary's VirtualService is left out");
+}
+
 #[tokio::test]
 async fn a_forbidden_kind_does_not_block() {
     let cluster = Cluster::start().await;

@@ -64,6 +64,13 @@ impl Serialize for SharedLabels {
     }
 }
 
+/// The labels of the istio-ingressgateway Deployment, which meshgate replaces: Gateways select
+/// them (`selector: {istio: ingressgateway}`). The default of both binaries' `--labels`.
+pub const DEFAULT_GATEWAY_LABELS: &str = "istio=ingressgateway,app=istio-ingressgateway";
+
+/// The namespace istio-ingressgateway runs in by default, and Istio's root namespace.
+pub const DEFAULT_GATEWAY_NAMESPACE: &str = "istio-system";
+
 /// `k=v,k=v` as the `--labels` flags of the binaries take it.
 pub fn parse(s: &str) -> Result<BTreeMap<String, String>, String> {
     s.split(',')

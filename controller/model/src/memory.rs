@@ -14,6 +14,27 @@ pub fn disable_transparent_huge_pages() {
     }
 }
 
+/// The allocator's "give freed memory back to the system" call, registered once by the binary
+/// that picks the allocator (`mi_collect` in both `main`s), so the libraries stay free of
+/// `unsafe`. A reload of a large config frees a whole store, snapshot and runtime at once, and
+/// mimalloc keeps freed pages for reuse by their owning thread: without a collection RSS grew
+/// with each of the first edits (docs/benchmarks.md, "Third round"). Requests never call it: a
+/// collection walks the thread's pages, milliseconds at 10k services.
+static RELEASE: std::sync::OnceLock<fn()> = std::sync::OnceLock::new();
+
+/// Registers the allocator's release call. The first registration wins.
+pub fn set_release(release: fn()) {
+    let _ = RELEASE.set(release);
+}
+
+/// Called by the threads that load, translate and compile configs after each change. Does
+/// nothing unless the binary registered a release call.
+pub fn release_freed() {
+    if let Some(release) = RELEASE.get() {
+        release();
+    }
+}
+
 /// `items` in an allocation of exactly its length. `shrink_to_fit` is not enough with mimalloc:
 /// it keeps a block in place when the new size is at least half the old, so a list of three
 /// in room for four stays as it was.

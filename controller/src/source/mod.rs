@@ -6,4 +6,5 @@ pub mod decode;
 pub mod files;
 #[cfg(feature = "kube")]
 pub mod kube;
+pub mod run;
 pub mod watch;

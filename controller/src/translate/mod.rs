@@ -36,13 +36,12 @@ pub struct Options {
 pub use meshgate_model::labels::parse as parse_labels;
 
 impl Default for Options {
+    /// istio-ingressgateway's identity, as the binaries' `--labels` and `--namespace` default.
     fn default() -> Self {
+        use meshgate_model::labels::{parse, DEFAULT_GATEWAY_LABELS, DEFAULT_GATEWAY_NAMESPACE};
         Options {
-            labels: [("istio", "ingressgateway"), ("app", "istio-ingressgateway")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            namespace: "istio-system".to_string(),
+            labels: parse(DEFAULT_GATEWAY_LABELS).unwrap_or_default(),
+            namespace: DEFAULT_GATEWAY_NAMESPACE.to_string(),
         }
     }
 }

@@ -1,77 +1,32 @@
-//! The embedded controller (cargo feature `embedded`, on by default): YAML files translated
-//! in-process, or the Kubernetes API read in-process (`--kube`, feature `kube`).
+//! The embedded controller (cargo feature `embedded`, on by default): the source the flags name
+//! (files, or the Kubernetes API with `--kube`), translated in-process.
 
 use crate::cli::RunArgs;
 use crate::metrics::Metrics;
 use anyhow::Result;
 use controller::publish::{Outcome, Publisher};
-use controller::source::watch as file_watch;
+use controller::source::run::{self, Sink};
 use controller::{Level, Options};
 use meshgate_model::snapshot::Snapshot;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-fn identity(args: &RunArgs) -> Options {
-    Options { labels: args.identity.labels.clone(), namespace: args.identity.namespace.clone() }
-}
+/// The quiet time that turns a burst of file events into one reload. Editors and `cp` write a
+/// file within a few milliseconds; a longer wait only delays every change.
+const FILE_DEBOUNCE: Duration = Duration::from_millis(10);
 
-/// `--config`: the files, watched, translated on every change.
-pub fn files(args: &RunArgs, metrics: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
-    let (mut publisher, snapshots) = Publisher::new(identity(args));
-    // The quiet time that turns a burst of file events into one reload. Editors and `cp`
-    // write a file within a few milliseconds; a longer wait only delays every change.
-    let source = file_watch::FileSource {
-        paths: args.config.clone(),
-        options: controller::source::files::FileOptions {
-            max_file_bytes: args.max_config_file_bytes.unwrap_or(controller::source::files::DEFAULT_MAX_FILE_BYTES),
-        },
-    };
-    file_watch::spawn_loop(
-        source,
-        Duration::from_millis(10),
-        move |store| {
-            let started = Instant::now();
-            let outcome = publisher.apply(store);
-            report(&outcome, &metrics, started.elapsed());
-        },
-        // Parsing and translation garbage, and the previous store, were freed on this thread.
-        // Given back once the config settles, not right after publishing, where the
-        // collection competed with the data plane's compile of the new snapshot.
-        crate::memory::release_freed,
-    )?;
-    Ok(snapshots)
-}
-
-#[cfg(not(feature = "kube"))]
-pub async fn kube(_: &RunArgs, _: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
-    anyhow::bail!("this gateway was built without the `kube` feature; use --config or --controller")
-}
-
-/// The controller in-process on the Kubernetes API (single-replica installs).
-#[cfg(feature = "kube")]
-pub async fn kube(args: &RunArgs, metrics: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
-    use controller::source::kube::{self as source, KubeOptions};
-    let identity = identity(args);
-    let options = KubeOptions {
-        namespaces: args.watch_namespaces.clone(),
-        gateway_namespace: identity.namespace.clone(),
-        ..Default::default()
-    };
+pub async fn start(args: &RunArgs, metrics: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
+    let identity = Options { labels: args.identity.labels.clone(), namespace: args.identity.namespace.clone() };
     let (mut publisher, snapshots) = Publisher::new(identity);
     let registry = metrics.registry.clone();
-    source::start(
-        options,
-        &registry,
-        move |store| {
-            let started = Instant::now();
-            let outcome = publisher.apply(store);
-            report(&outcome, &metrics, started.elapsed())
-        },
-        |_| {},
-    )
-    .await?;
-    tracing::info!(namespaces = ?args.watch_namespaces, "watching the Kubernetes API");
+    let on_store = move |store| {
+        let started = Instant::now();
+        let outcome = publisher.apply(store);
+        report(&outcome, &metrics, started.elapsed());
+    };
+    let sink = Sink { on_store, on_health: |_| {} };
+    run::start(&args.source, &args.identity.namespace, FILE_DEBOUNCE, &registry, sink).await?;
     Ok(snapshots)
 }
 

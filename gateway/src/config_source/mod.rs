@@ -28,14 +28,7 @@ pub async fn start(
     }
     #[cfg(feature = "embedded")]
     {
-        if args.kube {
-            return embedded::kube(args, metrics).await;
-        }
-        anyhow::ensure!(
-            !args.config.is_empty(),
-            "give a config source: --config PATH (a folder or file of Istio YAML), --controller URL or --kube"
-        );
-        embedded::files(args, metrics)
+        embedded::start(args, metrics).await
     }
     #[cfg(not(feature = "embedded"))]
     {
@@ -65,7 +58,7 @@ fn remote(
         namespace: args.identity.namespace.clone(),
         labels: args.identity.labels.clone(),
         wait: Duration::from_secs(30),
-        after_decode: Some(crate::memory::release_freed),
+        after_decode: Some(meshgate_model::memory::release_freed),
     };
     let connected = IntGauge::new(
         "meshgate_controller_connected",
