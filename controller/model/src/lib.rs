@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod by_name;
 pub mod diagnostics;
+pub mod host;
 pub mod labels;
 pub mod memory;
 pub mod remote;

@@ -1,34 +1,8 @@
-//! Host name rules shared by Gateways and VirtualServices: exact names, `*.suffix` wildcards and
-//! `*`, compared case-insensitively.
+//! Host name rules of the input resources: `ns/host` server hosts and short names. Pattern
+//! coverage and intersection are the contract crate's (`meshgate_model::host`), shared with
+//! the gateway's lookups.
 
-/// Does `pattern` (exact, `*.suffix` or `*`) cover `host` (which may itself be a wildcard)?
-pub fn covers(pattern: &str, host: &str) -> bool {
-    if pattern == "*" {
-        return true;
-    }
-    if host == "*" {
-        return false;
-    }
-    match (pattern.strip_prefix('*'), host.strip_prefix('*')) {
-        // *.example.com covers a.example.com and *.a.example.com, not example.com.
-        (Some(psuffix), Some(hsuffix)) => hsuffix.ends_with(psuffix),
-        (Some(psuffix), None) => host.len() > psuffix.len() && host.ends_with(psuffix),
-        (None, Some(_)) => false,
-        (None, None) => pattern == host,
-    }
-}
-
-/// The hosts two host sets share: the more specific of each overlapping pair, as Istio
-/// computes the virtual host names of a VirtualService bound to a Gateway server.
-pub fn intersect(a: &str, b: &str) -> Option<String> {
-    if covers(a, b) {
-        Some(b.to_string())
-    } else if covers(b, a) {
-        Some(a.to_string())
-    } else {
-        None
-    }
-}
+pub use meshgate_model::host::{covers, intersect};
 
 /// Splits a Gateway server host `ns/host` into a namespace filter and host. `./host` means
 /// the Gateway's namespace; `*/host` and a bare `host` mean any namespace.
@@ -56,28 +30,6 @@ pub fn resolve_short_name(host: &str, namespace: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wildcard_coverage() {
-        assert!(covers("*", "a.b"));
-        assert!(covers("*", "*"));
-        assert!(covers("*.magedu.com", "demoapp.magedu.com"));
-        assert!(covers("*.magedu.com", "*.a.magedu.com"));
-        assert!(!covers("*.magedu.com", "magedu.com"));
-        assert!(!covers("demoapp.magedu.com", "*.magedu.com"));
-        assert!(covers("a.b", "a.b"));
-        assert!(!covers("a.b", "a.c"));
-        assert!(!covers("*.b", "*"));
-    }
-
-    #[test]
-    fn intersection_keeps_the_more_specific() {
-        assert_eq!(intersect("*", "demoapp.magedu.com").as_deref(), Some("demoapp.magedu.com"));
-        assert_eq!(intersect("demoapp.magedu.com", "*").as_deref(), Some("demoapp.magedu.com"));
-        assert_eq!(intersect("*.magedu.com", "*").as_deref(), Some("*.magedu.com"));
-        assert_eq!(intersect("*.magedu.com", "kiali.magedu.com").as_deref(), Some("kiali.magedu.com"));
-        assert_eq!(intersect("kiali.magedu.com", "grafana.magedu.com"), None);
-    }
 
     #[test]
     fn server_host_namespaces() {

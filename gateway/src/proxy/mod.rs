@@ -378,8 +378,8 @@ fn route_request(
     let host = request::lowercase(host);
     if let Some(server) = &proxy.tls_server {
         let mine = listener.tls.iter().find(|t| &t.def.server == server);
-        let served_here = mine.is_some_and(|t| t.hosts.covers(&host));
-        if !served_here && listener.tls.iter().any(|t| t.hosts.covers(&host)) {
+        let served_here = mine.is_some_and(|t| t.hosts.find(&host).is_some());
+        if !served_here && listener.tls.iter().any(|t| t.hosts.find(&host).is_some()) {
             return Err(LocalReply::misdirected());
         }
     }

@@ -10,8 +10,8 @@ use arc_swap::ArcSwap;
 use cluster::ClusterRuntime;
 use matcher::{CompiledMatch, RegexCache, RequestView};
 use meshgate_model::by_name::{ByName, Named};
+use meshgate_model::host::HostMap;
 use meshgate_model::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
-use meshgate_model::CompactString;
 // foldhash, not SipHash: these maps are rebuilt on every compile (20k clusters, 10k hosts at
 // scale) and the host table is looked up on every request; their keys come from the config.
 use foldhash::HashMap;
@@ -123,51 +123,12 @@ impl L4Route {
         self.passthrough == passthrough
             && self.server.as_deref() == server
             && self.port.is_none_or(|p| p == port)
-            && (!passthrough || self.sni.is_empty() || sni.is_some_and(|s| self.sni.covers(s)))
+            && (!passthrough || self.sni.is_empty() || sni.is_some_and(|s| self.sni.find(s).is_some()))
     }
 }
 
 /// Exact names, `*.suffix` wildcards and `*`, for SNI and 421 checks.
-#[derive(Default, Debug, Clone)]
-pub struct HostPatterns {
-    exact: Vec<String>,
-    suffixes: Vec<String>,
-    any: bool,
-}
-
-impl HostPatterns {
-    pub fn new<'a>(patterns: impl IntoIterator<Item = &'a String>) -> HostPatterns {
-        let mut out = HostPatterns::default();
-        for p in patterns {
-            if p == "*" {
-                out.any = true;
-            } else if let Some(suffix) = p.strip_prefix('*') {
-                out.suffixes.push(suffix.to_string());
-            } else {
-                out.exact.push(p.clone());
-            }
-        }
-        out
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.exact.is_empty() && self.suffixes.is_empty() && !self.any
-    }
-
-    pub fn covers(&self, host: &str) -> bool {
-        self.specificity(host).is_some()
-    }
-
-    /// How specifically `host` is matched: exact beats the longest wildcard, which beats `*`.
-    pub fn specificity(&self, host: &str) -> Option<usize> {
-        if self.exact.iter().any(|e| e == host) {
-            return Some(usize::MAX);
-        }
-        let best =
-            self.suffixes.iter().filter(|s| host.len() > s.len() && host.ends_with(s.as_str())).map(|s| s.len()).max();
-        best.map(|l| l + 1).or(if self.any { Some(0) } else { None })
-    }
-}
+pub type HostPatterns = HostMap<()>;
 
 /// A TLS server of a listener, ready for handshakes.
 pub struct TlsServer {
@@ -196,27 +157,7 @@ impl Named for VirtualHost {
 }
 
 /// Host → virtual host: exact names, then the longest `*.suffix`, then `*` (Envoy's order).
-#[derive(Default)]
-pub struct HostTable {
-    exact: HashMap<CompactString, Arc<VirtualHost>>,
-    /// Suffix including the leading dot, longest first.
-    wildcards: Vec<(String, Arc<VirtualHost>)>,
-    any: Option<Arc<VirtualHost>>,
-}
-
-impl HostTable {
-    /// `host` must be lowercase and without port.
-    pub fn find(&self, host: &str) -> Option<&Arc<VirtualHost>> {
-        if let Some(v) = self.exact.get(host) {
-            return Some(v);
-        }
-        self.wildcards
-            .iter()
-            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-            .map(|(_, v)| v)
-            .or(self.any.as_ref())
-    }
-}
+pub type HostTable = HostMap<Arc<VirtualHost>>;
 
 pub struct Listener {
     pub port: u16,
@@ -238,7 +179,7 @@ impl Listener {
         let sni = sni.unwrap_or("");
         self.tls
             .iter()
-            .filter_map(|s| s.hosts.specificity(sni).map(|rank| (rank, s)))
+            .filter_map(|s| s.hosts.find_ranked(sni).map(|(rank, _)| (rank, s)))
             .fold(None, |best: Option<(usize, &Arc<TlsServer>)>, (rank, s)| match best {
                 Some((b, _)) if b >= rank => best,
                 _ => Some((rank, s)),
@@ -345,16 +286,9 @@ impl Runtime {
                 };
                 virtual_hosts.insert(compiled.clone(), true);
                 for domain in &vh.domains {
-                    if domain == "*" {
-                        hosts.any = Some(compiled.clone());
-                    } else if let Some(suffix) = domain.strip_prefix('*') {
-                        hosts.wildcards.push((suffix.to_string(), compiled.clone()));
-                    } else {
-                        hosts.exact.insert(domain.clone(), compiled.clone());
-                    }
+                    hosts.insert(domain, compiled.clone());
                 }
             }
-            hosts.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
             let previous_listener = previous.and_then(|p| p.listeners.get(&l.port));
             let tls = l.tls.iter().filter_map(|t| compile_tls(t, &snapshot, previous_listener)).collect();
             let l4_routes = l
@@ -363,7 +297,7 @@ impl Runtime {
                 .map(|r| L4Route {
                     name: r.name.clone(),
                     passthrough: r.passthrough,
-                    sni: HostPatterns::new(&r.sni_hosts),
+                    sni: r.sni_hosts.iter().collect(),
                     port: r.port,
                     server: r.server.clone(),
                     destinations: Destinations::compile(&r.destinations, &clusters),
@@ -424,7 +358,7 @@ fn compile_route(
 /// Builds one TLS server. If its material does not build, the previous compiled version of
 /// the same server (same name) keeps serving; without one the server is left out.
 fn compile_tls(def: &ServerTls, snapshot: &Snapshot, previous: Option<&Listener>) -> Option<Arc<TlsServer>> {
-    let hosts = HostPatterns::new(&def.hosts);
+    let hosts: HostPatterns = def.hosts.iter().collect();
     if def.mode == ServerTlsMode::Passthrough {
         return Some(Arc::new(TlsServer { def: def.clone(), hosts, acceptor: None, served: Vec::new() }));
     }
@@ -564,7 +498,7 @@ spec:
     }
 
     fn vhost(runtime: &Runtime, host: &str) -> Arc<VirtualHost> {
-        runtime.listeners[&80].hosts.exact[host].clone()
+        runtime.listeners[&80].hosts.exact(host).unwrap().clone()
     }
 
     fn same_routes(a: &Runtime, b: &Runtime, host: &str) -> bool {
