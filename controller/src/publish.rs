@@ -4,7 +4,7 @@
 //! warning); a file that cannot be read or parsed keeps all its previous resources. Only real
 //! changes move the version and wake the gateway.
 
-use crate::diagnostics::{Diagnostics, Level};
+use crate::diagnostics::{Diagnostics, Level, ObjectRef};
 use crate::snapshot::Snapshot;
 use crate::store::Store;
 use crate::translate::{translate_reusing, Options, Reuse};
@@ -97,16 +97,15 @@ impl Publisher {
     }
 }
 
-/// kind, namespace, name of every resource an error rejected.
-fn rejected(diagnostics: &Diagnostics) -> Vec<(String, String, String)> {
+/// Every resource an error rejected.
+fn rejected(diagnostics: &Diagnostics) -> Vec<ObjectRef> {
     let mut out: Vec<_> = diagnostics
         .iter()
         .filter(|d| d.level == Level::Error)
         // An unenforced policy is applied (as "deny everything"), not rejected: restoring an
         // earlier version of it (say, an AUDIT one) would open access again.
         .filter(|d| d.code != crate::diagnostics::codes::UNENFORCED)
-        .filter_map(|d| d.resource.as_ref())
-        .map(|r| (r.kind.clone(), r.namespace.clone(), r.name.clone()))
+        .filter_map(|d| d.resource.clone())
         .collect();
     out.sort();
     out.dedup();

@@ -7,7 +7,7 @@ use crate::api::core::{PodSummary, ServiceSummary};
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
 use crate::api::security::PolicySpec;
 use crate::api::{Kind, ObjectMeta};
-use crate::diagnostics::{codes, Diagnostic, Diagnostics, Origin, ResourceRef};
+use crate::diagnostics::{codes, Diagnostic, Diagnostics, ObjectRef, Origin};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
@@ -179,8 +179,8 @@ impl<T> Resource<T> {
         namespace_of(&self.meta)
     }
 
-    pub fn reference(&self, kind: Kind) -> ResourceRef {
-        ResourceRef::new(kind, self.namespace(), &self.meta.name)
+    pub fn reference(&self, kind: Kind) -> ObjectRef {
+        ObjectRef::new(kind, self.namespace(), &self.meta.name)
     }
 
     pub fn name(&self) -> &str {
@@ -289,7 +289,7 @@ impl Object {
 }
 
 /// The warning for a second definition of one kind/namespace/name in one load.
-fn duplicate_warning(previous: &Origin, origin: &Origin, reference: ResourceRef) -> Diagnostic {
+fn duplicate_warning(previous: &Origin, origin: &Origin, reference: ObjectRef) -> Diagnostic {
     Diagnostic::warning(
         codes::DUPLICATE,
         "metadata.name",
@@ -456,10 +456,10 @@ impl Store {
         self.restore_where(prev, &|origin, _, _, _| origin.file.as_ref().is_some_and(|f| broken.contains(f)))
     }
 
-    /// Puts back the previous version of each rejected resource (kind, namespace, name).
-    pub fn restore_resources(&mut self, prev: &Store, refs: &[(String, String, String)]) -> Vec<Diagnostic> {
+    /// Puts back the previous version of each rejected resource.
+    pub fn restore_resources(&mut self, prev: &Store, refs: &[ObjectRef]) -> Vec<Diagnostic> {
         self.restore_where(prev, &|_, kind, ns, name| {
-            refs.iter().any(|(k, n, m)| k == kind.as_str() && n == ns && m == name)
+            refs.iter().any(|r| r.kind == kind.as_str() && r.namespace == ns && r.name == name)
         })
     }
 
@@ -523,7 +523,7 @@ fn restore_map<T: PartialEq>(
         Arc::make_mut(map).insert(key.clone(), r.clone());
         notes.push(
             Diagnostic::warning(codes::KEPT, "", "rejected; the last valid version keeps serving until this is fixed")
-                .at(&origin, Some(ResourceRef::new(kind, r.namespace(), &r.meta.name))),
+                .at(&origin, Some(ObjectRef::new(kind, r.namespace(), &r.meta.name))),
         );
     }
 }

@@ -38,22 +38,23 @@ impl fmt::Display for Origin {
     }
 }
 
-/// The resource a message is about.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ResourceRef {
+/// A resource by kind, namespace and name: what a message is about, what a rejection names,
+/// what the publisher restores.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectRef {
     pub kind: String,
     pub namespace: String,
     pub name: String,
 }
 
-impl ResourceRef {
+impl ObjectRef {
     /// `kind` as the input schemas name it (`VirtualService`), e.g. the controller's `api::Kind`.
     pub fn new(kind: impl fmt::Display, namespace: &str, name: &str) -> Self {
-        ResourceRef { kind: kind.to_string(), namespace: namespace.to_string(), name: name.to_string() }
+        ObjectRef { kind: kind.to_string(), namespace: namespace.to_string(), name: name.to_string() }
     }
 }
 
-impl fmt::Display for ResourceRef {
+impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
     }
@@ -65,7 +66,7 @@ pub struct Diagnostic {
     /// `istioctl analyze` style code, e.g. IST0101.
     pub code: &'static str,
     pub origin: Origin,
-    pub resource: Option<ResourceRef>,
+    pub resource: Option<ObjectRef>,
     /// Field path inside the resource, e.g. `spec.http[2].route[0].destination.host`.
     pub field: String,
     pub message: String,
@@ -129,7 +130,7 @@ impl Diagnostic {
         }
     }
 
-    pub fn at(mut self, origin: &Origin, resource: Option<ResourceRef>) -> Self {
+    pub fn at(mut self, origin: &Origin, resource: Option<ObjectRef>) -> Self {
         self.origin = origin.clone();
         self.resource = resource;
         self

@@ -3,7 +3,7 @@
 use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
 use crate::api::security::PolicySpec;
 use crate::api::{Kind, ObjectMeta};
-use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
+use crate::diagnostics::{codes, Diagnostic, ObjectRef, Origin};
 use crate::store::{namespace_of, Object, Store, StoreBuilder};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::de::DeserializeOwned;
@@ -85,7 +85,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
         tracing::debug!(%origin, api_version, kind = kind_name, name = meta.name.as_str(), "skipping kind meshgate does not use");
         return;
     };
-    let reference = ResourceRef::new(kind, namespace_of(&meta), &meta.name);
+    let reference = ObjectRef::new(kind, namespace_of(&meta), &meta.name);
     if meta.name.is_empty() {
         store.diagnostic(
             Diagnostic::error(codes::SCHEMA, format!("{prefix}metadata.name"), "name is required")

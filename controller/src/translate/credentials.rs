@@ -6,7 +6,7 @@
 //! serving; the server is skipped only when no usable version exists.
 
 use crate::api::Kind;
-use crate::diagnostics::{codes, Diagnostic, Origin, ResourceRef};
+use crate::diagnostics::{codes, Diagnostic, ObjectRef, Origin};
 use crate::snapshot::Secret;
 use crate::store::{lookup, Store};
 use rustls_pki_types::pem::PemObject;
@@ -71,7 +71,7 @@ impl<'a> Credentials<'a> {
                 secret.ca_pem = d.get("ca.crt").or_else(|| d.get("cacert")).cloned();
             }
         }
-        let reference = ResourceRef::new(Kind::Secret, &ns, &secret_name);
+        let reference = ObjectRef::new(Kind::Secret, &ns, &secret_name);
         let warnings = match validate(&secret, need) {
             Ok(warnings) => warnings,
             Err((field, why)) => {
