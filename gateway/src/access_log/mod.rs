@@ -1,0 +1,27 @@
+//! One JSON line per request, written by a dedicated thread so the request path never blocks
+//! on stdout or disk. Lines are batched per worker thread (`writer.rs`); when the writer
+//! falls behind, lines are dropped and counted.
+
+mod line;
+mod writer;
+
+pub use line::{Entry, Key, Prepared, RequestId, RouteName, UpstreamCluster, UpstreamHost};
+pub use writer::AccessLog;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Off,
+    Stdout,
+    File(std::path::PathBuf),
+}
+
+impl std::str::FromStr for Target {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "off" | "" => Target::Off,
+            "stdout" | "-" => Target::Stdout,
+            path => Target::File(path.into()),
+        })
+    }
+}
