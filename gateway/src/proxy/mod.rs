@@ -2,9 +2,8 @@
 //!
 //! ```text
 //!  request_filter ── trace context (when tracing is on; see crate::trace)
-//!       │            → 403 RBAC while an unenforced security policy selects the gateway
-//!       │            → host → virtual host → first matching route → weighted cluster
-//!       │            → endpoint (LB pick, guard held in ctx); 404 NR / 503 NC, UH answered here
+//!       │            → decide::decide (pure: 403 RBAC, 421, host, 301, route, cluster, endpoint)
+//!       │            → the decision into ctx (LB guard held there), or its local reply sent
 //!  upstream_peer ─── HttpPeer for the picked endpoint (pool reuse keyed by address)
 //!  upstream_request_filter ── x-forwarded-for/-proto, x-request-id, traceparent/B3; start upstream timer
 //!  upstream_response_filter ─ upstream service time (for x-envoy-upstream-service-time)
@@ -14,23 +13,22 @@
 //!  logging ───────── istio_* metrics, access log line, span (if sampled), LB guard released (ctx drop)
 //! ```
 
+mod decide;
 mod headers;
 mod local_reply;
 pub(crate) mod request;
 
 use crate::access_log::{AccessLog, Entry, RequestId};
-use crate::balance::{hash_key, Pick};
+use crate::balance::Pick;
 use crate::metrics::{Metrics, RequestRecord};
 use crate::response_flag::ResponseFlag;
 use crate::runtime::cluster::ClusterRuntime;
-use crate::runtime::matcher::RequestView;
 use crate::runtime::{Current, Route, Runtime};
 use crate::trace::context::SpanContext;
 use crate::trace::{RequestFacts, Tracer};
 use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue};
 use local_reply::LocalReply;
-use meshgate_model::snapshot::HashKey;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -127,7 +125,24 @@ impl ProxyHttp for MeshProxy {
             ctx.trace = Some(tracer.begin(session.req_header()));
         }
         let runtime = self.shared.current.load();
-        let decision = route_request(&runtime, self, session, ctx);
+        let incoming = decide::Incoming {
+            port: self.port,
+            tls_server: self.tls_server.as_deref(),
+            head: session.req_header(),
+            client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        };
+        let decision = match decide::decide(&runtime, &incoming) {
+            Ok(d) => {
+                ctx.endpoint = Some(d.pick.index());
+                (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie) =
+                    (Some(d.route), Some(d.cluster), Some(d.pick), d.set_cookie);
+                Ok(())
+            }
+            Err(refusal) => {
+                (ctx.route, ctx.cluster) = (refusal.route, refusal.cluster);
+                Err(refusal.reply)
+            }
+        };
         ctx.runtime = Some(runtime);
         // Like Envoy, a request keeps its own id; one without (or with an unreadable one) gets a
         // fresh id, which replaces its header upstream.
@@ -359,89 +374,6 @@ impl MeshProxy {
                 tracestate: header("tracestate"),
             },
         );
-    }
-}
-
-/// Finds route, cluster and endpoint for the request, or the local reply to send.
-fn route_request(
-    runtime: &Runtime,
-    proxy: &MeshProxy,
-    session: &mut Session,
-    ctx: &mut Ctx,
-) -> std::result::Result<(), LocalReply> {
-    if runtime.deny.is_some() {
-        return Err(LocalReply::rbac_denied());
-    }
-    let listener = runtime.listeners.get(&proxy.port).ok_or_else(LocalReply::no_route)?;
-    let req = session.req_header();
-    let host = request::host_without_port(req);
-    let host = request::lowercase(host);
-    if let Some(server) = &proxy.tls_server {
-        let mine = listener.tls.iter().find(|t| &t.def.server == server);
-        let served_here = mine.is_some_and(|t| t.hosts.find(&host).is_some());
-        if !served_here && listener.tls.iter().any(|t| t.hosts.find(&host).is_some()) {
-            return Err(LocalReply::misdirected());
-        }
-    }
-    let vhost = listener.hosts.find(&host).ok_or_else(LocalReply::no_route)?;
-    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    // As sent: port and case kept (Envoy's `:authority`).
-    let authority = request::authority(req).unwrap_or(&host);
-    if vhost.https_redirect {
-        return Err(LocalReply::https_redirect(authority, path));
-    }
-    let view = RequestView {
-        path,
-        method: req.method.as_str(),
-        scheme: if proxy.tls_server.is_some() { "https" } else { "http" },
-        authority,
-        headers: &req.headers,
-        port: proxy.port,
-    };
-    let route = vhost.routes.iter().find(|r| r.matches(&view)).ok_or_else(LocalReply::no_route)?.clone();
-    let cluster = route.pick_cluster().cloned();
-    ctx.route = Some(route);
-    // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
-    let cluster = cluster.filter(|c| !c.definition.not_found).ok_or_else(LocalReply::no_cluster)?;
-    ctx.cluster = Some(cluster.clone());
-    if cluster.tls().is_err() {
-        return Err(LocalReply::upstream_tls_unusable());
-    }
-    let hash = request_hash(&cluster, session, ctx);
-    let pick = cluster.balancer.pick(hash, None).ok_or_else(LocalReply::no_healthy_upstream)?;
-    ctx.endpoint = Some(pick.index());
-    ctx.pick = Some(pick);
-    Ok(())
-}
-
-/// The consistent-hash input for clusters that use one. A missing cookie is generated and
-/// set on the response, so the client sticks from its next request on.
-fn request_hash(cluster: &ClusterRuntime, session: &Session, ctx: &mut Ctx) -> Option<u64> {
-    let key = cluster.hash_key.as_deref()?;
-    let req = session.req_header();
-    match key {
-        HashKey::Header(name) => req.headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
-        HashKey::QueryParameter(name) => request::query_param(req, name).map(|v| hash_key(v.as_bytes())),
-        HashKey::SourceIp => session.client_addr().and_then(|a| a.as_inet()).map(|a| match a.ip() {
-            std::net::IpAddr::V4(ip) => hash_key(&ip.octets()),
-            std::net::IpAddr::V6(ip) => hash_key(&ip.octets()),
-        }),
-        HashKey::Cookie { name, path, ttl_seconds } => {
-            if let Some(value) = request::cookie(req, name) {
-                return Some(hash_key(value.as_bytes()));
-            }
-            let value = format!("{:016x}", fastrand::u64(..));
-            let mut cookie = format!("{name}=\"{value}\"");
-            if let Some(ttl) = ttl_seconds.filter(|t| *t > 0) {
-                cookie.push_str(&format!("; Max-Age={ttl}"));
-            }
-            if let Some(path) = path {
-                cookie.push_str(&format!("; Path={path}"));
-            }
-            cookie.push_str("; HttpOnly");
-            ctx.set_cookie = Some(cookie);
-            Some(hash_key(value.as_bytes()))
-        }
     }
 }
 

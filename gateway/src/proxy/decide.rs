@@ -1,0 +1,260 @@
+//! The routing decision: a pure function of the compiled runtime and the request's head, with
+//! no Pingora session, so it is table-tested like the matcher. The `ProxyHttp` hooks only adapt
+//! it (see `request_filter`).
+//!
+//! ```text
+//!  unenforced policy? ─► 403 RBAC
+//!  listener(port) ─► TLS server mismatch? 421 ─► virtual host(Host) or 404 NR ─► httpsRedirect? 301
+//!  ─► first matching route or 404 NR ─► cluster (weights) or 503 NC ─► TLS settings or 503 UF
+//!  ─► endpoint (LB, hash key) or 503 UH
+//! ```
+
+use super::local_reply::LocalReply;
+use super::request;
+use crate::balance::{hash_key, Pick};
+use crate::runtime::cluster::ClusterRuntime;
+use crate::runtime::matcher::RequestView;
+use crate::runtime::{Route, Runtime};
+use meshgate_model::snapshot::HashKey;
+use pingora_http::RequestHeader;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// What the decision reads of a request.
+pub struct Incoming<'a> {
+    /// The Gateway server port (Service port) the request arrived on.
+    pub port: u16,
+    /// For TLS-terminated connections, the server whose certificate the client got.
+    pub tls_server: Option<&'a str>,
+    pub head: &'a RequestHeader,
+    /// For `consistentHash.useSourceIp`.
+    pub client_ip: Option<IpAddr>,
+}
+
+/// Where the request goes.
+pub struct Decision {
+    pub route: Arc<Route>,
+    pub cluster: Arc<ClusterRuntime>,
+    /// The endpoint, holding its in-flight count until dropped.
+    pub pick: Pick,
+    /// A consistent-hash cookie to set on the response: the request had none.
+    pub set_cookie: Option<String>,
+}
+
+/// What the gateway answers itself, with the route and cluster when they were known (for
+/// metrics and the access log).
+pub struct Refusal {
+    pub reply: LocalReply,
+    pub route: Option<Arc<Route>>,
+    pub cluster: Option<Arc<ClusterRuntime>>,
+}
+
+impl From<LocalReply> for Refusal {
+    fn from(reply: LocalReply) -> Refusal {
+        Refusal { reply, route: None, cluster: None }
+    }
+}
+
+/// Decides where `request` goes.
+pub fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decision, Refusal> {
+    if runtime.deny.is_some() {
+        return Err(LocalReply::rbac_denied().into());
+    }
+    let listener = runtime.listeners.get(&request.port).ok_or_else(LocalReply::no_route)?;
+    let req = request.head;
+    let host = request::lowercase(request::host_without_port(req));
+    if let Some(server) = request.tls_server {
+        let mine = listener.tls.iter().find(|t| t.def.server == server);
+        let served_here = mine.is_some_and(|t| t.hosts.find(&host).is_some());
+        if !served_here && listener.tls.iter().any(|t| t.hosts.find(&host).is_some()) {
+            return Err(LocalReply::misdirected().into());
+        }
+    }
+    let vhost = listener.hosts.find(&host).ok_or_else(LocalReply::no_route)?;
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    // As sent: port and case kept (Envoy's `:authority`).
+    let authority = request::authority(req).unwrap_or(&host);
+    if vhost.https_redirect {
+        return Err(LocalReply::https_redirect(authority, path).into());
+    }
+    let view = RequestView {
+        path,
+        method: req.method.as_str(),
+        scheme: if request.tls_server.is_some() { "https" } else { "http" },
+        authority,
+        headers: &req.headers,
+        port: request.port,
+    };
+    let route = vhost.routes.iter().find(|r| r.matches(&view)).ok_or_else(LocalReply::no_route)?.clone();
+    // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
+    let Some(cluster) = route.pick_cluster().filter(|c| !c.definition.not_found).cloned() else {
+        return Err(Refusal { reply: LocalReply::no_cluster(), route: Some(route), cluster: None });
+    };
+    let refuse = |reply, route, cluster| Err(Refusal { reply, route: Some(route), cluster: Some(cluster) });
+    if cluster.tls().is_err() {
+        return refuse(LocalReply::upstream_tls_unusable(), route, cluster);
+    }
+    let (hash, set_cookie) = request_hash(&cluster, request);
+    match cluster.balancer.pick(hash, None) {
+        Some(pick) => Ok(Decision { route, cluster, pick, set_cookie }),
+        None => refuse(LocalReply::no_healthy_upstream(), route, cluster),
+    }
+}
+
+/// The consistent-hash input for clusters that use one, and the cookie to set when the hash
+/// is by cookie and the request had none (so the client sticks from its next request on).
+fn request_hash(cluster: &ClusterRuntime, request: &Incoming<'_>) -> (Option<u64>, Option<String>) {
+    let Some(key) = cluster.hash_key.as_deref() else { return (None, None) };
+    let req = request.head;
+    let hash = match key {
+        HashKey::Header(name) => req.headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
+        HashKey::QueryParameter(name) => request::query_param(req, name).map(|v| hash_key(v.as_bytes())),
+        HashKey::SourceIp => request.client_ip.map(|ip| match ip {
+            IpAddr::V4(ip) => hash_key(&ip.octets()),
+            IpAddr::V6(ip) => hash_key(&ip.octets()),
+        }),
+        HashKey::Cookie { name, path, ttl_seconds } => {
+            if let Some(value) = request::cookie(req, name) {
+                return (Some(hash_key(value.as_bytes())), None);
+            }
+            let value = format!("{:016x}", fastrand::u64(..));
+            let mut cookie = format!("{name}=\"{value}\"");
+            if let Some(ttl) = ttl_seconds.filter(|t| *t > 0) {
+                cookie.push_str(&format!("; Max-Age={ttl}"));
+            }
+            if let Some(path) = path {
+                cookie.push_str(&format!("; Path={path}"));
+            }
+            cookie.push_str("; HttpOnly");
+            return (Some(hash_key(value.as_bytes())), Some(cookie));
+        }
+    };
+    (hash, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::response_flag::ResponseFlag;
+    use controller::source::files::load_text;
+    use controller::store::Store;
+    use controller::{translate, Options};
+
+    const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: istio-system}
+spec:
+  selector: {istio: ingressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: ["*.example.com"]
+  - port: {number: 8080, name: redirect, protocol: HTTP}
+    hosts: ["secure.example.com"]
+    tls: {httpsRedirect: true}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: reviews, namespace: default}
+spec:
+  ports: [{port: 9080, name: http}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: reviews-1, namespace: default, labels: {kubernetes.io/service-name: reviews}}
+addressType: IPv4
+ports: [{name: http, port: 9080}]
+endpoints: [{addresses: ["10.0.0.1"], conditions: {ready: true}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: empty, namespace: default}
+spec:
+  ports: [{port: 9080, name: http}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: default}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      consistentHash:
+        httpCookie: {name: user, ttl: 0s}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: app, namespace: default}
+spec:
+  hosts: ["*.example.com", "secure.example.com"]
+  gateways: ["istio-system/gw"]
+  http:
+  - match: [{uri: {prefix: /reviews}}]
+    route: [{destination: {host: reviews}}]
+  - match: [{uri: {prefix: /nobody}}]
+    route: [{destination: {host: empty}}]
+  - match: [{uri: {prefix: /unknown}}]
+    route: [{destination: {host: nowhere.example.org}}]
+"#;
+
+    fn runtime() -> Runtime {
+        let mut store = Store::default();
+        load_text(&mut store, CONFIG, None);
+        let (snapshot, diags) = translate(&store, &Options::default());
+        assert_eq!(diags.errors(), 0, "{:?}", diags.items);
+        Runtime::compile(Arc::new(snapshot), None)
+    }
+
+    fn head(path: &str, host: &str, cookie: Option<&str>) -> RequestHeader {
+        let mut h = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        h.insert_header("host", host).unwrap();
+        if let Some(c) = cookie {
+            h.insert_header("cookie", c).unwrap();
+        }
+        h
+    }
+
+    fn decide_on(runtime: &Runtime, port: u16, path: &str, host: &str) -> Result<Decision, Refusal> {
+        let h = head(path, host, None);
+        decide(runtime, &Incoming { port, tls_server: None, head: &h, client_ip: None })
+    }
+
+    fn refused(r: Result<Decision, Refusal>) -> (u16, ResponseFlag) {
+        match r {
+            Ok(d) => panic!("routed to {}", d.cluster.definition.name),
+            Err(r) => (r.reply.code, r.reply.flags),
+        }
+    }
+
+    #[test]
+    fn each_outcome_of_the_decision() {
+        let rt = runtime();
+        let ok = decide_on(&rt, 80, "/reviews/1", "a.example.com").ok().expect("routed");
+        assert_eq!(&*ok.cluster.definition.name, "outbound|9080||reviews.default.svc.cluster.local");
+        assert!(ok.set_cookie.as_deref().is_some_and(|c| c.starts_with("user=\"")), "a hash cookie is handed out");
+        assert_eq!(refused(decide_on(&rt, 80, "/reviews", "example.org")), (404, ResponseFlag::NoRoute));
+        assert_eq!(refused(decide_on(&rt, 80, "/other", "a.example.com")), (404, ResponseFlag::NoRoute));
+        assert_eq!(refused(decide_on(&rt, 81, "/reviews", "a.example.com")), (404, ResponseFlag::NoRoute));
+        assert_eq!(refused(decide_on(&rt, 80, "/nobody", "a.example.com")), (503, ResponseFlag::NoHealthyUpstream));
+        assert_eq!(refused(decide_on(&rt, 80, "/unknown", "a.example.com")), (503, ResponseFlag::NoClusterFound));
+        // httpsRedirect keeps the Host as sent, port included.
+        let r = decide_on(&rt, 8080, "/x?y=1", "Secure.example.com:8080").err().expect("redirected");
+        assert_eq!((r.reply.code, r.reply.location.as_deref()), (301, Some("https://Secure.example.com:8080/x?y=1")));
+    }
+
+    #[test]
+    fn a_hash_cookie_sent_back_keeps_the_endpoint_and_sets_nothing() {
+        let rt = runtime();
+        let h = head("/reviews", "a.example.com", Some("user=\"00000000000000ab\""));
+        let d = decide(&rt, &Incoming { port: 80, tls_server: None, head: &h, client_ip: None }).ok().unwrap();
+        assert!(d.set_cookie.is_none());
+    }
+
+    #[test]
+    fn an_unenforced_policy_denies_before_routing() {
+        let mut rt = runtime();
+        rt.deny = Some("rbac_access_denied_unenforced_policy[ns[istio-system]-policy[p]]".into());
+        assert_eq!(refused(decide_on(&rt, 80, "/reviews", "a.example.com")), (403, ResponseFlag::UnenforcedPolicy));
+        assert_eq!(refused(decide_on(&rt, 81, "/", "nowhere")), (403, ResponseFlag::UnenforcedPolicy));
+    }
+}
