@@ -45,11 +45,12 @@ where
 /// `accept(&value)` holds, and yields that value. If `deadline` passes first it
 /// panics with the deadline, the condition, the last value seen (`{:?}`) and
 /// the optional message (format arguments, evaluated only on failure, may
-/// `.await`).
+/// `.await`). A `Result` probe yields a `#[must_use]` value: write
+/// `let _ = assert_eventually!(...)` where the accepted value is not needed.
 ///
 /// ```ignore
 /// let v = assert_eventually!(Duration::from_secs(10), version_of(&gw, 80, "/", "x").await, |v| v == "v2");
-/// assert_eventually!(
+/// let _ = assert_eventually!(
 ///     Duration::from_secs(10),
 ///     get(at, "/").send().await.map(|r| r.status),
 ///     |r| r.is_err(),
