@@ -5,7 +5,9 @@
 //! ([`gateway`]), a plain HTTP client ([`client`]) and config folders with
 //! Kubernetes YAML builders ([`config`]). TLS suites add throw-away
 //! certificates and Secrets ([`certs`]), HTTPS/h2c/gRPC upstream variants,
-//! raw TCP upstreams ([`tcp`]) and handshake-level client probes. This crate deliberately does not
+//! raw TCP upstreams ([`tcp`]) and handshake-level client probes. Waits for
+//! asynchronous effects use [`assert_eventually!`] ([`eventually`]), which
+//! reports the last value it saw. This crate deliberately does not
 //! depend on the `gateway` or `controller` crates, so suites test only the
 //! shipped contract and keep compiling while those crates change.
 //!
@@ -30,6 +32,7 @@ pub mod client;
 pub mod collector;
 pub mod config;
 pub mod controller;
+pub mod eventually;
 pub mod gateway;
 pub mod manifest;
 pub mod tcp;
@@ -61,11 +64,13 @@ pub use upstream::{grpc_frame, grpc_messages, pattern_bytes, Echo, TlsEcho, Upst
 /// `StatusCode`, `Version` and the TLS version constants.
 pub mod prelude {
     pub use crate::apiserver::*;
+    pub use crate::assert_eventually;
     pub use crate::certs::*;
     pub use crate::client::*;
     pub use crate::collector::*;
     pub use crate::config::*;
     pub use crate::controller::*;
+    pub use crate::eventually::poll_until;
     pub use crate::gateway::*;
     pub use crate::tcp::*;
     pub use crate::upstream::*;

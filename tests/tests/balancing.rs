@@ -64,8 +64,10 @@ async fn round_robin_rotates_and_survives_unrelated_config_changes() {
     let version = |m: String| metric_value(&m, "meshgate_config_version", &[]).unwrap_or(0.0);
     let v0 = version(metrics(gw.metrics_addr()).await.unwrap());
     cfg.write("other.yaml", &gateway("other", 80, &["other.example.com"])).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async { version(metrics(gw.metrics_addr()).await.unwrap()) > v0 }).await,
+    assert_eventually!(
+        Duration::from_secs(10),
+        version(metrics(gw.metrics_addr()).await.unwrap()),
+        |v| *v > v0,
         "config change was not picked up"
     );
     let after = pod(&client, &gw, "/", &[]).await.0;

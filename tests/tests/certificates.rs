@@ -123,11 +123,13 @@ async fn istio_secure_gateways_task_serves_its_v1_certificates() {
     cfg.write("gateway.yaml", &task_gateway("MUTUAL")).unwrap();
     let with_cert =
         ["--cacert", "example.com.crt", "--cert", "client.example.com.crt", "--key", "client.example.com.key"];
-    let mutual = eventually(Duration::from_secs(10), || async {
-        curl("httpbin.example.com", port, "/status/418", dir, &with_cert).await == Ok(418)
-    })
-    .await;
-    assert!(mutual, "the task's v1 client certificate is accepted: {}", gw.stderr());
+    let _ = assert_eventually!(
+        Duration::from_secs(10),
+        curl("httpbin.example.com", port, "/status/418", dir, &with_cert).await,
+        |r| *r == Ok(418),
+        "the task's v1 client certificate is accepted: {}",
+        gw.stderr()
+    );
     // Without a client certificate, as the task shows first: refused.
     let refused = curl("httpbin.example.com", port, "/status/418", dir, &["--cacert", "example.com.crt"]).await;
     assert!(refused.is_err(), "no client certificate must be refused: {refused:?}");

@@ -66,14 +66,12 @@ async fn proxy_status_proxy_config_and_live_analysis() {
     let token = token.to_str().unwrap();
     let url = controller.url();
     let ctl = ["--controller", url.as_str(), "--token-file", token];
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let (code, out) = meshctl(&[&["proxy-status"][..], &ctl].concat()).await;
-            code == 0 && out.lines().any(|l| l.starts_with("istio-ingressgateway-7f9c") && l.contains("SYNCED"))
-        })
-        .await,
-        "{}",
-        meshctl(&[&["proxy-status"][..], &ctl].concat()).await.1
+    assert_eventually!(
+        Duration::from_secs(10),
+        meshctl(&[&["proxy-status"][..], &ctl].concat()).await,
+        |(code, out)| *code == 0
+            && out.lines().any(|l| l.starts_with("istio-ingressgateway-7f9c") && l.contains("SYNCED")),
+        "proxy-status shows the replica SYNCED"
     );
     let (code, json) = meshctl(&[&["proxy-status", "-o", "json"][..], &ctl].concat()).await;
     assert_eq!(code, 0, "{json}");
@@ -119,14 +117,11 @@ async fn proxy_status_proxy_config_and_live_analysis() {
         "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: lost, namespace: default}\nspec:\n  hosts: [\"lost.example.com\"]\n  gateways: [\"istio-system/nowhere\"]\n  http:\n  - route: [{destination: {host: productpage}}]\n",
     )
     .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            let (_, out) = meshctl(&[&["analyze", "--live"][..], &ctl].concat()).await;
-            out.contains("VirtualService default/lost")
-        })
-        .await,
-        "{}",
-        meshctl(&[&["analyze", "--live"][..], &ctl].concat()).await.1
+    assert_eventually!(
+        Duration::from_secs(10),
+        meshctl(&[&["analyze", "--live"][..], &ctl].concat()).await.1,
+        |out| out.contains("VirtualService default/lost"),
+        "live analysis reports the VirtualService bound to a missing Gateway"
     );
     // File analysis of the same folder agrees.
     let (_, out) = meshctl(&["analyze", cfg.path().to_str().unwrap()]).await;

@@ -37,15 +37,14 @@ async fn replicas_follow_the_controller_and_acknowledge_versions() {
 
     cfg.write("vs.yaml", &reviews_to("v2")).unwrap();
     for gw in [&a, &b] {
-        assert!(eventually(Duration::from_secs(10), || async { version_of(gw, 80, "/", "x").await == "v2" }).await);
+        assert_eventually!(Duration::from_secs(10), version_of(gw, 80, "/", "x").await, |v| v == "v2");
     }
     // Both acknowledge the new version: the controller's status shows them in sync.
     for name in ["gw-a", "gw-b"] {
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                matches!(sync_state(&controller, name).await, Some((acked, current, true)) if acked == current && current >= 2)
-            })
-            .await,
+        assert_eventually!(
+            Duration::from_secs(10),
+            sync_state(&controller, name).await,
+            |s| matches!(*s, Some((acked, current, true)) if acked == current && current >= 2),
             "{name} acknowledges the current version: {:?}",
             controller.status().await
         );
@@ -73,11 +72,10 @@ async fn losing_the_controller_keeps_the_last_snapshot_serving() {
     assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
 
     controller.kill();
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            metric_value(&metrics(gw.metrics_addr()).await.unwrap(), "meshgate_controller_connected", &[]) == Some(0.0)
-        })
-        .await,
+    assert_eventually!(
+        Duration::from_secs(20),
+        metric_value(&metrics(gw.metrics_addr()).await.unwrap(), "meshgate_controller_connected", &[]),
+        |v| *v == Some(0.0),
         "the replica notices the controller is gone"
     );
     for _ in 0..5 {
@@ -89,8 +87,10 @@ async fn losing_the_controller_keeps_the_last_snapshot_serving() {
     // restart at 1 but come from another process, so the replica takes them.
     cfg.write("vs.yaml", &reviews_to("v2")).unwrap();
     let again = ControllerProcess::start(cfg.path(), Some(addr)).await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(40), || async { version_of(&gw, 80, "/", "x").await == "v2" }).await,
+    assert_eventually!(
+        Duration::from_secs(40),
+        version_of(&gw, 80, "/", "x").await,
+        |v| v == "v2",
         "reconnects with backoff and applies the new controller's snapshot\n{}",
         gw.stderr()
     );
@@ -109,8 +109,10 @@ async fn a_wrong_token_is_refused() {
         .start_unready()
         .await
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async { gw.stderr().contains("401") }).await,
+    assert_eventually!(
+        Duration::from_secs(10),
+        gw.stderr(),
+        |log| log.contains("401"),
         "the refusal is logged: {}",
         gw.stderr()
     );
@@ -140,9 +142,7 @@ async fn each_identity_gets_its_own_translation() {
         .start_unready()
         .await
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async { sync_state(&controller, "egress-1").await.is_some() }).await
-    );
+    assert_eventually!(Duration::from_secs(10), sync_state(&controller, "egress-1").await, Option::is_some);
     let status = controller.status().await.unwrap();
     let versions = status["versions"].as_object().unwrap();
     assert!(versions.keys().any(|k| k.contains("istio=egressgateway")), "{versions:?}");
@@ -189,11 +189,10 @@ async fn a_replica_that_followed_deltas_holds_what_a_fresh_one_gets_whole() {
     for (i, edit) in edits.iter().enumerate() {
         let before = sync_state(&controller, "gw-follower").await.expect("the follower is known").1;
         edit();
-        assert!(
-            eventually(Duration::from_secs(10), || async {
-                matches!(sync_state(&controller, "gw-follower").await, Some((acked, current, _)) if current > before && acked == current)
-            })
-            .await,
+        assert_eventually!(
+            Duration::from_secs(10),
+            sync_state(&controller, "gw-follower").await,
+            |s| matches!(*s, Some((acked, current, _)) if current > before && acked == current),
             "edit {i} is published and applied: {:?}",
             controller.status().await
         );

@@ -71,24 +71,21 @@ async fn newest_version(controller: &ControllerProcess) -> u64 {
     status["versions"].as_object().map(|v| v.values().filter_map(Value::as_u64).max().unwrap_or(0)).unwrap_or(0)
 }
 
-async fn routes_to(gw: &GatewayProcess, version: &str, within: Duration) -> bool {
-    eventually(within, || async { version_of(gw, 80, "/", "x").await == version }).await
-}
-
 /// Waits until the replica serves `version` and has acknowledged a controller version newer
 /// than `before`.
 async fn followed(controller: &ControllerProcess, gw: &GatewayProcess, name: &str, version: &str, before: u64) {
-    assert!(
-        routes_to(gw, version, Duration::from_secs(20)).await,
+    assert_eventually!(
+        Duration::from_secs(20),
+        version_of(gw, 80, "/", "x").await,
+        |v| v == version,
         "the gateway follows the cluster to {version}\n--- controller ---\n{}\n--- gateway ---\n{}",
         controller.stderr(),
         gw.stderr()
     );
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            matches!(sync_state(controller, name).await, Some((acked, current)) if acked == current && current > before)
-        })
-        .await,
+    assert_eventually!(
+        Duration::from_secs(10),
+        sync_state(controller, name).await,
+        |s| matches!(*s, Some((acked, current)) if acked == current && current > before),
         "{name} acknowledges a version newer than {before}: {:?}",
         controller.status().await
     );
@@ -112,8 +109,10 @@ async fn controller_follows_the_cluster() {
     // following.
     let lists = cluster.lists("virtualservices");
     cluster.api.expire_watches();
-    assert!(
-        eventually(Duration::from_secs(20), || async { cluster.lists("virtualservices") > lists }).await,
+    assert_eventually!(
+        Duration::from_secs(20),
+        cluster.lists("virtualservices"),
+        |n| *n > lists,
         "the VirtualService watcher relists after 410: {:?}",
         cluster.api.requests()
     );
@@ -123,13 +122,14 @@ async fn controller_follows_the_cluster() {
 
     // The API server goes away: the controller reports it and keeps serving what it has.
     cluster.api.set_down(true);
-    assert!(
-        eventually(Duration::from_secs(30), || async {
+    assert_eventually!(
+        Duration::from_secs(30),
+        {
             let text = controller.metrics().await.unwrap_or_default();
-            metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "VirtualService")]) == Some(1.0)
-                && metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "VirtualService")]) > 0.0
-        })
-        .await,
+            let failing = metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "VirtualService")]);
+            (failing, metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "VirtualService")]))
+        },
+        |(failing, errors)| *failing == Some(1.0) && *errors > 0.0,
         "the outage shows in the controller's metrics:\n{}",
         controller.metrics().await.unwrap_or_default()
     );
@@ -142,18 +142,21 @@ async fn controller_follows_the_cluster() {
     cluster.api.set_down(false);
     let before = newest_version(&controller).await;
     cluster.api.apply(vs_to("v2")).unwrap();
-    assert!(
-        routes_to(&gw, "v2", Duration::from_secs(60)).await,
+    assert_eventually!(
+        Duration::from_secs(60),
+        version_of(&gw, 80, "/", "x").await,
+        |v| v == "v2",
         "followed after the outage\n--- controller ---\n{}",
         controller.stderr()
     );
     followed(&controller, &gw, "kube-a", "v2", before).await;
-    assert!(
-        eventually(Duration::from_secs(10), || async {
+    assert_eventually!(
+        Duration::from_secs(10),
+        {
             let text = controller.metrics().await.unwrap_or_default();
-            metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "VirtualService")]) == Some(0.0)
-        })
-        .await,
+            metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "VirtualService")])
+        },
+        |failing| *failing == Some(0.0),
         "recovered watches stop counting as failing"
     );
     // Losing the controller does not stop traffic.
@@ -177,25 +180,31 @@ async fn embedded_gateway_kube() {
     assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
 
     cluster.api.apply(vs_to("v2")).unwrap();
-    assert!(routes_to(&gw, "v2", Duration::from_secs(20)).await, "follows a change\n{}", gw.stderr());
+    assert_eventually!(
+        Duration::from_secs(20),
+        version_of(&gw, 80, "/", "x").await,
+        |v| v == "v2",
+        "follows a change\n{}",
+        gw.stderr()
+    );
 
     // A deletion arrives as DELETED: no VirtualService binds the Gateway any more.
     assert!(cluster.api.delete("networking.istio.io/v1", "VirtualService", "default", "reviews"));
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            get(gw.addr(80), "/").host("x").send().await.is_ok_and(|r| r.status == StatusCode::NOT_FOUND)
-        })
-        .await,
+    let _ = assert_eventually!(
+        Duration::from_secs(20),
+        get(gw.addr(80), "/").host("x").send().await.map(|r| r.status),
+        |r| r.as_ref().is_ok_and(|s| *s == StatusCode::NOT_FOUND),
         "the deleted route is gone\n{}",
         gw.stderr()
     );
     // The source's health is exported once a second.
-    assert!(
-        eventually(Duration::from_secs(5), || async {
+    assert_eventually!(
+        Duration::from_secs(5),
+        {
             let text = metrics(gw.metrics_addr()).await.unwrap_or_default();
-            metric_value(&text, "meshgate_kube_watch_synced", &[("kind", "VirtualService")]) == Some(1.0)
-        })
-        .await,
+            metric_value(&text, "meshgate_kube_watch_synced", &[("kind", "VirtualService")])
+        },
+        |synced| *synced == Some(1.0),
         "the gateway exports the source's health:\n{}",
         metrics(gw.metrics_addr()).await.unwrap_or_default()
     );
@@ -240,12 +249,13 @@ async fn a_forbidden_kind_does_not_block() {
     let controller = ControllerProcess::start_kube(&cluster.kubeconfig(), &[]).await.unwrap();
     let gw = replica(&controller, "kube-no-secrets").await;
     assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
-    assert!(
-        eventually(Duration::from_secs(10), || async {
+    assert_eventually!(
+        Duration::from_secs(10),
+        {
             let text = controller.metrics().await.unwrap_or_default();
-            metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "Secret"), ("reason", "forbidden")]) > 0.0
-        })
-        .await,
+            metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "Secret"), ("reason", "forbidden")])
+        },
+        |errors| *errors > 0.0,
         "the denial is counted:\n{}",
         controller.metrics().await.unwrap_or_default()
     );
@@ -266,13 +276,14 @@ async fn a_forbidden_kind_does_not_block() {
 
     // Granting the permission later: the retrying watch lists Secrets (after its backoff).
     cluster.api.allow("secrets");
-    assert!(
-        eventually(Duration::from_secs(60), || async {
+    assert_eventually!(
+        Duration::from_secs(60),
+        {
             let text = controller.metrics().await.unwrap_or_default();
-            metric_value(&text, "meshgate_kube_watch_synced", &[("kind", "Secret")]) == Some(1.0)
-                && metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "Secret")]) == Some(0.0)
-        })
-        .await,
+            let synced = metric_value(&text, "meshgate_kube_watch_synced", &[("kind", "Secret")]);
+            (synced, metric_value(&text, "meshgate_kube_watch_failing", &[("kind", "Secret")]))
+        },
+        |(synced, failing)| *synced == Some(1.0) && *failing == Some(0.0),
         "Secrets sync once allowed:\n{}",
         controller.metrics().await.unwrap_or_default()
     );
@@ -286,7 +297,13 @@ async fn istio_before_v1_falls_back_to_v1beta1() {
     let gw = replica(&controller, "kube-old-istio").await;
     assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
     cluster.api.apply(vs_to("v2")).unwrap();
-    assert!(routes_to(&gw, "v2", Duration::from_secs(20)).await, "follows through v1beta1\n{}", controller.stderr());
+    assert_eventually!(
+        Duration::from_secs(20),
+        version_of(&gw, 80, "/", "x").await,
+        |v| v == "v2",
+        "follows through v1beta1\n{}",
+        controller.stderr()
+    );
     assert!(cluster.api.requests().iter().any(|r| r.contains("/apis/networking.istio.io/v1beta1/virtualservices")));
 }
 
@@ -296,8 +313,10 @@ async fn the_controller_waits_for_the_api_server() {
     cluster.api.set_down(true);
     let kubeconfig = cluster.kubeconfig();
     let starting = tokio::spawn(async move { ControllerProcess::start_kube(&kubeconfig, &[]).await });
-    assert!(
-        eventually(Duration::from_secs(20), || async { cluster.api.refused_connections() >= 3 }).await,
+    assert_eventually!(
+        Duration::from_secs(20),
+        cluster.api.refused_connections(),
+        |n| *n >= 3,
         "the controller tries the API server"
     );
     assert!(!starting.is_finished(), "not ready without the cluster");
@@ -337,10 +356,7 @@ async fn watching_listed_namespaces_only() {
     probe["spec"]["hosts"] = json!(["probe.example.com"]);
     cluster.api.apply(other).unwrap();
     cluster.api.apply(probe).unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || async { version_of(&gw, 80, "/", "probe.example.com").await == "v2" })
-            .await
-    );
+    assert_eventually!(Duration::from_secs(20), version_of(&gw, 80, "/", "probe.example.com").await, |v| v == "v2");
     assert_eq!(version_of(&gw, 80, "/", "other.example.com").await, "v1", "the unwatched namespace is ignored");
 }
 
@@ -387,11 +403,10 @@ async fn credentials_come_from_secrets_in_the_gateway_namespace() {
         .api
         .apply_yaml(&tls_secret_yaml("bookinfo-cred", "istio-system", &second.issue_server(&[HOST]), None))
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(20), || async {
-            https(&second).await.is_ok_and(|r| r.status == StatusCode::OK)
-        })
-        .await,
+    let _ = assert_eventually!(
+        Duration::from_secs(20),
+        https(&second).await.map(|r| r.status),
+        |r| r.as_ref().is_ok_and(|s| *s == StatusCode::OK),
         "the rotated certificate is served\n{}",
         gw.stderr()
     );
@@ -416,23 +431,29 @@ async fn a_resumed_watch_stops_counting_as_failing() {
     // Pods relist (410), then starting the watch is refused: the watch restarts fail.
     cluster.api.forbid_watch("pods");
     cluster.api.expire_watches();
-    assert!(
-        eventually(Duration::from_secs(20), || async {
+    assert_eventually!(
+        Duration::from_secs(20),
+        {
             let text = controller.metrics().await.unwrap_or_default();
-            metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "Pod"), ("reason", "forbidden")]) > 0.0
-                && failing("Pod").await == Some(1.0)
-        })
-        .await
+            let errors =
+                metric_sum(&text, "meshgate_kube_watch_errors_total", &[("kind", "Pod"), ("reason", "forbidden")]);
+            (errors, failing("Pod").await)
+        },
+        |(errors, failing)| *errors > 0.0 && *failing == Some(1.0)
     );
     // Watching is allowed again and the watch resumes, with no Pod changing.
     let watches = cluster.api.watch_count("pods");
     cluster.api.allow("pods");
-    assert!(
-        eventually(Duration::from_secs(60), || async { cluster.api.watch_count("pods") > watches }).await,
+    assert_eventually!(
+        Duration::from_secs(60),
+        cluster.api.watch_count("pods"),
+        |n| *n > watches,
         "the watch is retried"
     );
-    assert!(
-        eventually(Duration::from_secs(100), || async { failing("Pod").await == Some(0.0) }).await,
+    assert_eventually!(
+        Duration::from_secs(100),
+        failing("Pod").await,
+        |failing| *failing == Some(0.0),
         "the resumed Pod watch still counts as failing:\n{}\n{:?}",
         controller.metrics().await.unwrap_or_default(),
         cluster.api.requests().iter().filter(|r| r.contains("/pods")).collect::<Vec<_>>()

@@ -36,12 +36,16 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     assert!(up.wait_for_hits(1, Duration::from_secs(5)).await);
 
     gw.sigterm().unwrap();
-    assert!(
-        eventually(Duration::from_secs(5), || async { gw.ready_status().await != Some(200) }).await,
+    assert_eventually!(
+        Duration::from_secs(5),
+        gw.ready_status().await,
+        |s| *s != Some(200),
         "readiness fails while draining"
     );
-    assert!(
-        eventually(Duration::from_secs(5), || async { get(at, "/").send().await.is_err() }).await,
+    let _ = assert_eventually!(
+        Duration::from_secs(5),
+        get(at, "/").send().await.map(|r| r.status),
+        |r| r.is_err(),
         "new connections are refused while draining"
     );
     let r = in_flight.await.unwrap().unwrap();
@@ -85,9 +89,13 @@ async fn not_ready_until_every_listener_is_open() {
     let addr = free_addr();
     let squatter = std::net::TcpListener::bind(addr).unwrap();
     let gw = GatewayProcess::builder().config(cfg.path()).port_addr(80, addr).start_unready().await.unwrap();
-    let logged =
-        eventually(Duration::from_secs(10), || async { gw.stderr().contains("cannot listen for gateway port") }).await;
-    assert!(logged, "bind failure reported: {}", gw.stderr());
+    assert_eventually!(
+        Duration::from_secs(10),
+        gw.stderr(),
+        |log| log.contains("cannot listen for gateway port"),
+        "bind failure reported: {}",
+        gw.stderr()
+    );
     assert_eq!(gw.ready_status().await, Some(503), "not ready while port 80 cannot open");
 
     drop(squatter);

@@ -130,11 +130,13 @@ async fn access_log_to_a_file() {
         .await
         .unwrap();
     get(gw.addr(80), "/reviews").host("bookinfo.example.com").header("x-request-id", "in-file").send().await.unwrap();
-    let found = eventually(Duration::from_secs(5), || async {
-        std::fs::read_to_string(&path).is_ok_and(|s| s.lines().any(|l| l.contains("in-file")))
-    })
-    .await;
-    assert!(found, "line written to {}", path.display());
+    let _ = assert_eventually!(
+        Duration::from_secs(5),
+        std::fs::read_to_string(&path),
+        |s| s.as_ref().is_ok_and(|s| s.lines().any(|l| l.contains("in-file"))),
+        "line written to {}",
+        path.display()
+    );
 }
 
 #[tokio::test]

@@ -77,11 +77,12 @@ spec:
         .spawn()
         .expect("prometheus is installed (apt-get install prometheus)");
     let _prom = Prometheus(child);
-    let ready = eventually(Duration::from_secs(30), || async {
-        get(prom_addr, "/-/ready").send().await.is_ok_and(|r| r.status == 200)
-    })
-    .await;
-    assert!(ready, "prometheus did not become ready");
+    let _ = assert_eventually!(
+        Duration::from_secs(30),
+        get(prom_addr, "/-/ready").send().await.map(|r| r.status),
+        |r| r.as_ref().is_ok_and(|s| *s == 200),
+        "prometheus did not become ready"
+    );
 
     // Traffic keeps flowing while we query, so rate() always has increasing samples.
     let at = gw.addr(80);
@@ -104,17 +105,20 @@ spec:
     let _traffic = Abort(traffic);
 
     let by_code = r#"sum(rate(istio_requests_total{reporter="source",source_workload="istio-ingressgateway"}[1m])) by (destination_service, response_code)"#;
-    let found = eventually(Duration::from_secs(30), || async {
-        let rows = query(prom_addr, by_code).await;
-        let has = |svc: &str, code: &str| {
-            rows.iter().any(|r| r["metric"]["destination_service"] == svc && r["metric"]["response_code"] == code)
-        };
-        let positive =
-            rows.iter().all(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0));
-        positive && has("reviews.default.svc.cluster.local", "200") && has("unknown", "404")
-    })
-    .await;
-    assert!(found, "series by destination_service/response_code: {:?}", query(prom_addr, by_code).await);
+    assert_eventually!(
+        Duration::from_secs(30),
+        query(prom_addr, by_code).await,
+        |rows| {
+            let has = |svc: &str, code: &str| {
+                rows.iter().any(|r| r["metric"]["destination_service"] == svc && r["metric"]["response_code"] == code)
+            };
+            let positive = rows
+                .iter()
+                .all(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0));
+            positive && has("reviews.default.svc.cluster.local", "200") && has("unknown", "404")
+        },
+        "series by destination_service/response_code"
+    );
 
     let versions = query(
         prom_addr,
@@ -127,18 +131,17 @@ spec:
     assert_eq!(seen, ["v1", "v2"], "Kiali's per-version traffic: {versions:?}");
 
     let p99 = r#"histogram_quantile(0.99, sum(rate(istio_request_duration_milliseconds_bucket{reporter="source",destination_service_name="reviews"}[1m])) by (le))"#;
-    let finite = eventually(Duration::from_secs(20), || async {
-        let rows = query(prom_addr, p99).await;
-        rows.first()
+    let buckets =
+        r#"sum(rate(istio_request_duration_milliseconds_bucket{destination_service_name="reviews"}[1m])) by (le)"#;
+    assert_eventually!(
+        Duration::from_secs(20),
+        query(prom_addr, p99).await,
+        |rows| rows
+            .first()
             .and_then(|r| r["value"][1].as_str())
             .and_then(|v| v.parse::<f64>().ok())
-            .is_some_and(|v| v.is_finite() && v > 0.0)
-    })
-    .await;
-    let raw = query(
-        prom_addr,
-        r#"sum(rate(istio_request_duration_milliseconds_bucket{destination_service_name="reviews"}[1m])) by (le)"#,
-    )
-    .await;
-    assert!(finite, "p99 from the histogram: {:?}; buckets: {raw:?}", query(prom_addr, p99).await);
+            .is_some_and(|v| v.is_finite() && v > 0.0),
+        "p99 from the histogram; buckets: {:?}",
+        query(prom_addr, buckets).await
+    );
 }

@@ -17,7 +17,7 @@ async fn edits_apply_without_restart() {
     assert_eq!(version_of(&gw, 80, "/", "x").await, "v1");
     let version = metric(&gw, "meshgate_config_version").await;
     cfg.write("vs.yaml", &reviews_to("v2")).unwrap();
-    assert!(eventually(Duration::from_secs(10), || async { version_of(&gw, 80, "/", "x").await == "v2" }).await);
+    assert_eventually!(Duration::from_secs(10), version_of(&gw, 80, "/", "x").await, |v| v == "v2");
     assert!(metric(&gw, "meshgate_config_version").await > version);
     assert!(metric(&gw, "meshgate_config_swaps_total").await >= 2.0);
 }
@@ -31,11 +31,11 @@ async fn a_broken_edit_keeps_the_last_good_version_serving() {
     // Invalid regex: the VirtualService is rejected; its previous version keeps routing.
     let broken = reviews_to("v2").replace("{prefix: /}", "{regex: \"([\"}");
     cfg.write("vs.yaml", &broken).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            metric(&gw, "meshgate_config_rejected_resources").await == 1.0
-        })
-        .await
+    assert_eventually!(
+        Duration::from_secs(10),
+        metric(&gw, "meshgate_config_rejected_resources").await,
+        |rejected| *rejected == 1.0,
+        "the VirtualService with the invalid regex is rejected"
     );
     for _ in 0..5 {
         assert_eq!(version_of(&gw, 80, "/", "x").await, "v1", "the last good VirtualService still routes");
@@ -50,12 +50,16 @@ async fn a_broken_edit_keeps_the_last_good_version_serving() {
     cfg.write("gw.yaml", "apiVersion: networking.istio.io/v1beta1\nkind: Gateway\nmetadata: {name: gw\n").unwrap();
     cfg.write("vs.yaml", &reviews_to("v1").replace("name: reviews", "name: reviews\n  labels: {touch: \"1\"}"))
         .unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            metric(&gw, "meshgate_config_rejected_resources").await == 1.0
-        })
-        .await
-            && eventually(Duration::from_secs(10), || async { version_of(&gw, 80, "/", "x").await == "v1" }).await,
+    assert_eventually!(
+        Duration::from_secs(10),
+        metric(&gw, "meshgate_config_rejected_resources").await,
+        |rejected| *rejected == 1.0,
+        "the fixed VirtualService is accepted; only the broken file counts"
+    );
+    assert_eventually!(
+        Duration::from_secs(10),
+        version_of(&gw, 80, "/", "x").await,
+        |v| v == "v1",
         "the fixed VirtualService is accepted; only the broken file counts"
     );
     assert_eq!(version_of(&gw, 80, "/", "x").await, "v1", "the Gateway of the broken file still serves");
@@ -63,7 +67,7 @@ async fn a_broken_edit_keeps_the_last_good_version_serving() {
     // Fixing everything resumes normal updates.
     cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
     cfg.write("vs.yaml", &reviews_to("v2")).unwrap();
-    assert!(eventually(Duration::from_secs(10), || async { version_of(&gw, 80, "/", "x").await == "v2" }).await);
+    assert_eventually!(Duration::from_secs(10), version_of(&gw, 80, "/", "x").await, |v| v == "v2");
     assert_eq!(metric(&gw, "meshgate_config_rejected_resources").await, 0.0);
 }
 
@@ -79,11 +83,10 @@ async fn ports_open_and_close_live() {
         "    hosts:\n    - \"*\"\n  - port:\n      number: 9090\n      name: http-9090\n      protocol: HTTP\n    hosts:\n    - \"*\"\n",
     );
     cfg.write("gw.yaml", &both).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async {
-            get(extra, "/").send().await.is_ok_and(|r| r.status == StatusCode::OK)
-        })
-        .await,
+    let _ = assert_eventually!(
+        Duration::from_secs(10),
+        get(extra, "/").send().await.map(|r| r.status),
+        |r| r.as_ref().is_ok_and(|s| *s == StatusCode::OK),
         "port 9090 opened"
     );
     // Port 80 kept serving throughout and keeps its connections.
@@ -91,8 +94,10 @@ async fn ports_open_and_close_live() {
     assert_eq!(client.get(gw.addr(80), "/").send().await.unwrap().status, StatusCode::OK);
 
     cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async { get(extra, "/").send().await.is_err() }).await,
+    let _ = assert_eventually!(
+        Duration::from_secs(10),
+        get(extra, "/").send().await.map(|r| r.status),
+        |r| r.is_err(),
         "port 9090 closed"
     );
     assert_eq!(client.get(gw.addr(80), "/").send().await.unwrap().status, StatusCode::OK);

@@ -87,11 +87,13 @@ async fn a_policy_selecting_the_gateway_denies_every_request_and_fails_analyze()
 
     // Removing the policy opens the gateway again, without a restart.
     cfg.remove("policy.yaml").unwrap();
-    let open = eventually(Duration::from_secs(10), || async {
-        get(gw.addr(80), "/headers").host("httpbin.example.com").send().await.is_ok_and(|r| r.status == 200)
-    })
-    .await;
-    assert!(open, "{}", gw.stderr());
+    let _ = assert_eventually!(
+        Duration::from_secs(10),
+        get(gw.addr(80), "/headers").host("httpbin.example.com").send().await.map(|r| r.status),
+        |r| r.as_ref().is_ok_and(|s| *s == 200),
+        "{}",
+        gw.stderr()
+    );
 }
 
 #[tokio::test]
@@ -130,11 +132,13 @@ async fn unenforced_policy_allow_lets_requests_through_and_says_so() {
         .unwrap();
     let r = get(gw.addr(80), "/headers").host("httpbin.example.com").send().await.unwrap();
     assert_eq!(r.status, 200);
-    let logged = eventually(Duration::from_secs(5), || async {
-        gw.stderr().contains("are NOT enforced") && gw.stderr().contains("ingress-policy")
-    })
-    .await;
-    assert!(logged, "an error at every reload: {}", gw.stderr());
+    assert_eventually!(
+        Duration::from_secs(5),
+        gw.stderr(),
+        |log| log.contains("are NOT enforced") && log.contains("ingress-policy"),
+        "an error at every reload: {}",
+        gw.stderr()
+    );
 }
 
 #[tokio::test]
@@ -171,9 +175,11 @@ async fn tcp_connections_are_closed_while_denying() {
     );
     // Without the policy the same connection is proxied.
     cfg.remove("policy.yaml").unwrap();
-    let proxied = eventually(Duration::from_secs(10), || async {
-        tcp_exchange(gw.addr(31400), b"ping", true).await.is_ok_and(|r| r.starts_with(b"db\n"))
-    })
-    .await;
-    assert!(proxied, "{}", gw.stderr());
+    let _ = assert_eventually!(
+        Duration::from_secs(10),
+        tcp_exchange(gw.addr(31400), b"ping", true).await.map(|r| String::from_utf8_lossy(&r).into_owned()),
+        |r| r.as_ref().is_ok_and(|r| r.starts_with("db\n")),
+        "{}",
+        gw.stderr()
+    );
 }

@@ -247,10 +247,14 @@ async fn certificates_rotate_without_restart_and_broken_secrets_keep_the_old_one
     assert!(http1_get(&mut kept).await.starts_with("HTTP/1.1 200"));
 
     cfg.write("secret.yaml", &tls_secret_yaml("cred", "istio-system", &cert2, None)).unwrap();
-    assert!(
-        eventually(Duration::from_secs(10), || async { served().await == Some(cert2.cert_der()) }).await,
-        "rotated"
-    );
+    // Names the served certificate, so a failure says which one the gateway still serves.
+    let which = |der: Option<Vec<u8>>| match der {
+        Some(der) if der == cert1.cert_der() => "cert1",
+        Some(der) if der == cert2.cert_der() => "cert2",
+        Some(_) => "another certificate",
+        None => "no certificate",
+    };
+    assert_eventually!(Duration::from_secs(10), which(served().await), |c| *c == "cert2", "rotated");
     assert!(http1_get(&mut kept).await.starts_with("HTTP/1.1 200"), "the old connection still serves");
 
     // Garbage in the Secret: rejected with a diagnostic, the last good certificate serves.
@@ -259,10 +263,11 @@ async fn certificates_rotate_without_restart_and_broken_secrets_keep_the_old_one
         "apiVersion: v1\nkind: Secret\nmetadata: {name: cred, namespace: istio-system}\nstringData: {tls.crt: junk, tls.key: junk}\n",
     )
     .unwrap();
-    let rejected = || async {
-        metric_value(&metrics(gw.metrics_addr()).await.unwrap(), "meshgate_config_rejected_resources", &[]) == Some(1.0)
-    };
-    assert!(eventually(Duration::from_secs(10), rejected).await);
+    assert_eventually!(
+        Duration::from_secs(10),
+        metric_value(&metrics(gw.metrics_addr()).await.unwrap(), "meshgate_config_rejected_resources", &[]),
+        |rejected| *rejected == Some(1.0)
+    );
     assert_eq!(served().await, Some(cert2.cert_der()), "the last valid certificate keeps serving");
     assert!(gw.stderr().contains("Secret istio-system/cred"), "the diagnostic names the Secret");
 }

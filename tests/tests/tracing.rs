@@ -78,11 +78,12 @@ async fn send(gw: &GatewayProcess, path: &str, headers: &[(&str, &str)]) -> Echo
 /// Waits until the gateway has logged `n` requests, i.e. their `logging` phase (where spans
 /// are queued) ran: spans of later requests then queue behind theirs.
 async fn logged(gw: &GatewayProcess, n: f64) {
-    let counted = || async move {
-        let text = metrics(gw.metrics_addr()).await.unwrap_or_default();
-        metric_sum(&text, "istio_requests_total", &[]) >= n
-    };
-    assert!(eventually(Duration::from_secs(5), counted).await, "{n} requests not logged");
+    assert_eventually!(
+        Duration::from_secs(5),
+        metric_sum(&metrics(gw.metrics_addr()).await.unwrap_or_default(), "istio_requests_total", &[]),
+        |logged| *logged >= n,
+        "{n} requests not logged"
+    );
 }
 
 #[tokio::test]

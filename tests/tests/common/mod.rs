@@ -57,24 +57,6 @@ pub async fn start(cfg: &ConfigDir, ports: &[u16]) -> GatewayProcess {
     GatewayProcess::builder().config(cfg.path()).ports(ports).start().await.expect("gateway starts")
 }
 
-/// Polls `check` until it returns true or `deadline` passes (readiness-style waiting).
-pub async fn eventually<F, Fut>(deadline: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if check().await {
-            return true;
-        }
-        if tokio::time::Instant::now() > end {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Which upstream pod/version answered, via the echo body.
 pub async fn version_of(gw: &GatewayProcess, port: u16, path: &str, host: &str) -> String {
     let r = get(gw.addr(port), path).host(host).send().await.expect("request");
