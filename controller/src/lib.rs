@@ -2,10 +2,10 @@
 #![forbid(unsafe_code)]
 
 pub mod analyze;
-pub mod api;
 pub mod inspect;
 pub mod publish;
 pub mod remote;
+pub mod schema;
 pub mod source;
 pub mod store;
 pub mod synth;

@@ -3,11 +3,11 @@
 //! The store is the only input of translation, so file mode and cluster mode share one
 //! translation (and its tests).
 
-use crate::api::core::{PodSummary, ServiceSummary};
-use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
-use crate::api::security::PolicySpec;
-use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Diagnostics, ObjectRef, Origin};
+use crate::schema::core::{PodSummary, ServiceSummary};
+use crate::schema::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use crate::schema::security::PolicySpec;
+use crate::schema::{Kind, ObjectMeta};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::BTreeMap;
@@ -396,7 +396,7 @@ impl Store {
             }
         }
         for dr in self.destination_rules.values() {
-            let mut policies: Vec<&crate::api::istio::TrafficPolicy> =
+            let mut policies: Vec<&crate::schema::istio::TrafficPolicy> =
                 dr.spec.traffic_policy.as_deref().into_iter().collect();
             policies.extend(dr.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_deref()));
             for p in policies {

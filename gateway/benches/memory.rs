@@ -16,7 +16,7 @@ use controller::remote::delta::SnapshotDelta;
 use controller::remote::wire::{DeltaMessage, SnapshotMessage};
 use controller::source::cache::FileCache;
 use controller::{synth, Options};
-use gateway::runtime::Runtime;
+use gateway::compiled::Runtime;
 use std::alloc::System;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};

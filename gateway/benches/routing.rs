@@ -6,8 +6,8 @@ use controller::source::files::load_text;
 use controller::store::Store;
 use controller::{synth, translate, Options};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use gateway::runtime::matcher::RequestView;
-use gateway::runtime::Runtime;
+use gateway::compiled::matcher::RequestView;
+use gateway::compiled::Runtime;
 use std::hint::black_box;
 use std::sync::Arc;
 

@@ -1,8 +1,8 @@
 //! Status (`/healthz/ready`), Prometheus (`/stats/prometheus`) and admin (`/config_dump`,
 //! `/clusters`, `/ready`) endpoints, on their own ports as istio-ingressgateway has them.
 
+use crate::compiled::Current;
 use crate::metrics::Metrics;
-use crate::runtime::Current;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use meshgate_model::admin::{CertificateInfo, EndpointStatus};
@@ -32,7 +32,7 @@ impl AdminApp {
     fn endpoints(&self) -> Vec<EndpointStatus> {
         let runtime = self.current.load();
         let mut out = Vec::new();
-        for c in crate::runtime::sorted(&runtime.clusters) {
+        for c in crate::compiled::sorted(&runtime.clusters) {
             for (i, e) in c.endpoints.iter().enumerate() {
                 out.push(EndpointStatus {
                     cluster: c.definition.name.to_string(),
@@ -78,7 +78,7 @@ impl AdminApp {
             (Role::Admin, "/clusters") => {
                 let runtime = self.current.load();
                 let mut out = String::new();
-                for c in crate::runtime::sorted(&runtime.clusters) {
+                for c in crate::compiled::sorted(&runtime.clusters) {
                     let name = &c.definition.name;
                     for (i, e) in c.endpoints.iter().enumerate() {
                         out.push_str(&format!("{name}::{}::rq_active::{}\n", e.addr, c.balancer.in_flight(i)));

@@ -1,7 +1,7 @@
 //! Istio's standard request metrics (so Kiali and Istio's Grafana dashboards work unchanged)
 //! and meshgate's own `meshgate_*` metrics, in one Prometheus registry.
 
-use crate::runtime::cluster::DestinationLabels;
+use crate::compiled::cluster::DestinationLabels;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };

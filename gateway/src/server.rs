@@ -4,13 +4,13 @@
 use crate::access_log::AccessLog;
 use crate::admin::{AdminApp, Role};
 use crate::cli::RunArgs;
+use crate::compiled::Current;
 use crate::config_source;
 use crate::listeners::tcp::TcpHandler;
 use crate::listeners::tls::TlsHandler;
 use crate::listeners::{self, Acceptor, AppHandler, ConnectionHandler, Connections};
 use crate::metrics::{Metrics, SourceIdentity};
 use crate::proxy::{MeshProxy, Shared};
-use crate::runtime::Current;
 use crate::trace::{TraceIdentity, Tracer};
 use anyhow::{Context, Result};
 use meshgate_model::snapshot::{Protocol, Snapshot};

@@ -48,7 +48,7 @@ pub struct ObjectRef {
 }
 
 impl ObjectRef {
-    /// `kind` as the input schemas name it (`VirtualService`), e.g. the controller's `api::Kind`.
+    /// `kind` as the input schemas name it (`VirtualService`), e.g. the controller's `schema::Kind`.
     pub fn new(kind: impl fmt::Display, namespace: &str, name: &str) -> Self {
         ObjectRef { kind: kind.to_string(), namespace: namespace.to_string(), name: name.to_string() }
     }

@@ -174,7 +174,7 @@ fn tls_mode(m: ServerTlsMode) -> &'static str {
     }
 }
 
-fn domains(d: &[crate::api::CompactString]) -> String {
+fn domains(d: &[crate::schema::CompactString]) -> String {
     match d {
         [] => "-".into(),
         [one] => one.to_string(),

@@ -13,8 +13,8 @@
 //! order"), "defined again" warnings for duplicates across files, and diagnostic order all
 //! come out the same. Tests compare both paths with fresh loads.
 
-use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, Origin};
+use crate::schema::{Kind, ObjectMeta};
 use crate::source::decode::Sink;
 use crate::source::files;
 use crate::store::{namespace_of, Object, Store, StoreBuilder};

@@ -1,9 +1,9 @@
 //! One YAML/JSON document → typed object, with field paths for every problem.
 
-use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
-use crate::api::security::PolicySpec;
-use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{codes, Diagnostic, ObjectRef, Origin};
+use crate::schema::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use crate::schema::security::PolicySpec;
+use crate::schema::{Kind, ObjectMeta};
 use crate::store::{namespace_of, Object, Store, StoreBuilder};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::de::DeserializeOwned;

@@ -8,11 +8,11 @@
 //! every map once from sorted entries, with full nodes.
 
 use super::{MetaKey, Objects, Resource, Store};
-use crate::api::core::{PodSummary, ServiceSummary};
-use crate::api::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
-use crate::api::security::PolicySpec;
-use crate::api::{Kind, ObjectMeta};
 use crate::diagnostics::{Diagnostic, Origin};
+use crate::schema::core::{PodSummary, ServiceSummary};
+use crate::schema::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
+use crate::schema::security::PolicySpec;
+use crate::schema::{Kind, ObjectMeta};
 use crate::store::Object;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;

@@ -5,8 +5,8 @@
 use super::credentials::{Credentials, Need};
 use super::rules::Rules;
 use super::services::{Registry, ServiceInfo};
-use crate::api::istio::{ClientTlsSettings, DestinationRuleSpec, LoadBalancerSettings, TrafficPolicy};
 use crate::diagnostics::{codes, Diagnostic};
+use crate::schema::istio::{ClientTlsSettings, DestinationRuleSpec, LoadBalancerSettings, TrafficPolicy};
 use crate::snapshot::{Cluster, Endpoint, HashAlgorithm, HashKey, LoadBalancer, ServiceRef, UpstreamTls};
 
 /// `field` names the policy; it is only formatted for a policy that is there.
@@ -346,7 +346,7 @@ fn port_list(svc: &ServiceInfo) -> String {
     svc.ports.iter().map(|p| p.number.to_string()).collect::<Vec<_>>().join(", ")
 }
 
-fn endpoints_of(svc: &ServiceInfo, port: u16, subset: Option<&crate::api::Labels>) -> Vec<Endpoint> {
+fn endpoints_of(svc: &ServiceInfo, port: u16, subset: Option<&crate::schema::Labels>) -> Vec<Endpoint> {
     let mut out: Vec<Endpoint> = svc
         .endpoints
         .iter()

@@ -5,8 +5,8 @@
 //! unusable content is an error *on the Secret*, so the publisher keeps its last valid version
 //! serving; the server is skipped only when no usable version exists.
 
-use crate::api::Kind;
 use crate::diagnostics::{codes, Diagnostic, ObjectRef, Origin};
+use crate::schema::Kind;
 use crate::snapshot::Secret;
 use crate::store::{lookup, Store};
 use rustls_pki_types::pem::PemObject;

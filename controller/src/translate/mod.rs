@@ -17,10 +17,10 @@ pub mod servers;
 pub mod services;
 pub mod visibility;
 
-use crate::api::istio::{GatewaySpec, Server};
-use crate::api::Kind;
 use crate::by_name::hash;
 use crate::diagnostics::{codes, Diagnostic, Diagnostics};
+use crate::schema::istio::{GatewaySpec, Server};
+use crate::schema::Kind;
 use crate::snapshot::{Listener, Protocol, ServerInfo, Snapshot, VirtualHost};
 use crate::store::{Resource, Store};
 use std::collections::{BTreeMap, HashMap};
@@ -140,8 +140,8 @@ pub struct Reuse {
 }
 
 struct Reusable {
-    meta: Arc<crate::api::ObjectMeta>,
-    spec: Arc<crate::api::istio::VirtualServiceSpec>,
+    meta: Arc<crate::schema::ObjectMeta>,
+    spec: Arc<crate::schema::istio::VirtualServiceSpec>,
     translated: Arc<routes::Translated>,
     /// Its diagnostics, before they are placed at the resource (origins are the current ones).
     problems: Vec<Diagnostic>,
@@ -450,9 +450,9 @@ fn kept_or_built<T>(
 /// name (or `.`), then those of other namespaces exported to it by name, then those exported
 /// to all; each group oldest first, as Istio lists them for a gateway. Ones not exported to
 /// `consumer` come last; they do not bind (the translation says so).
-fn gateway_order<'a>(store: &'a Store, consumer: &str) -> Vec<&'a Resource<crate::api::istio::VirtualServiceSpec>> {
+fn gateway_order<'a>(store: &'a Store, consumer: &str) -> Vec<&'a Resource<crate::schema::istio::VirtualServiceSpec>> {
     let mut list = crate::store::in_order(store.virtual_services.values());
-    let group = |vs: &Resource<crate::api::istio::VirtualServiceSpec>| {
+    let group = |vs: &Resource<crate::schema::istio::VirtualServiceSpec>| {
         let export_to = &vs.spec.export_to;
         let named = |e: &String| e == consumer || (e == "." && vs.namespace() == consumer);
         if export_to.is_empty() || export_to.iter().any(|e| e == "*") {

@@ -13,9 +13,9 @@
 //! Service, neither of which is this gateway. An AUDIT policy never changes access, so it is
 //! only a warning.
 
-use crate::api::security::PolicySpec;
-use crate::api::Kind;
 use crate::diagnostics::{codes, Diagnostic};
+use crate::schema::security::PolicySpec;
+use crate::schema::Kind;
 use crate::snapshot::UnenforcedPolicy;
 use crate::store::{in_order, Objects, Resource, Store};
 use crate::translate::Options;

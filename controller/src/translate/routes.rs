@@ -8,10 +8,10 @@ use super::servers::ServerKind;
 use super::services::Registry;
 use super::visibility::{self, Allowed};
 use super::{BoundServer, Options};
-use crate::api::istio::{
+use crate::diagnostics::{codes, Diagnostic};
+use crate::schema::istio::{
     HttpMatchRequest, HttpRoute, KeyedMatches, RouteDestination, StringMatch as WireMatch, VirtualServiceSpec,
 };
-use crate::diagnostics::{codes, Diagnostic};
 use crate::snapshot::{
     Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
 };
@@ -381,7 +381,7 @@ fn http_route(
     let name = http
         .name
         .as_deref()
-        .map(crate::api::CompactString::from)
+        .map(crate::schema::CompactString::from)
         .unwrap_or_else(|| compact_str::format_compact!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
     let route = Route {
         name,

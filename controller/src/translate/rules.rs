@@ -21,9 +21,9 @@
 
 use super::clusters::check_policy;
 use super::visibility::{self, Allowed, ROOT_NAMESPACE};
-use crate::api::istio::{DestinationRuleSpec, Subset};
-use crate::api::{CompactString, Kind};
 use crate::diagnostics::{codes, Diagnostic};
+use crate::schema::istio::{DestinationRuleSpec, Subset};
+use crate::schema::{CompactString, Kind};
 use crate::store::{Resource, Store};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 //! settings with credentials resolved.
 
 use super::credentials::{Credentials, Need};
-use crate::api::istio::{Server, ServerTlsSettings};
 use crate::diagnostics::{codes, Diagnostic};
+use crate::schema::istio::{Server, ServerTlsSettings};
 use crate::snapshot::{Protocol, ServerTls, ServerTlsMode, TlsVersion};
 
 /// How a server handles its connections.

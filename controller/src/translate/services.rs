@@ -2,11 +2,11 @@
 //! ServiceEntry hosts) with its ports and ready endpoints, labels included.
 
 use super::visibility::{self, Allowed};
-use crate::api::core::{PodSummary, ServiceSummary};
-use crate::api::istio::ServiceEntrySpec;
-use crate::api::{CompactString, Kind, Labels};
 use crate::by_name::{ByName, Named};
 use crate::diagnostics::{codes, Diagnostic};
+use crate::schema::core::{PodSummary, ServiceSummary};
+use crate::schema::istio::ServiceEntrySpec;
+use crate::schema::{CompactString, Kind, Labels};
 use crate::snapshot::{ServiceRef, UpstreamProtocol, Workload};
 use crate::store::{Resource, Store};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -307,7 +307,7 @@ fn service_entry(store: &Store, se: &Resource<ServiceEntrySpec>, problems: &mut 
     };
 
     // Inline endpoints and WorkloadEntries selected by workloadSelector, same namespace.
-    let mut workloads: Vec<(String, &crate::api::istio::WorkloadEntrySpec, CompactString)> = spec
+    let mut workloads: Vec<(String, &crate::schema::istio::WorkloadEntrySpec, CompactString)> = spec
         .endpoints
         .iter()
         .enumerate()

@@ -1,12 +1,12 @@
 //! TCP forwarding for tcp routes (TCP servers, TLS-terminated TCP servers) and tls routes
 //! (SNI passthrough): pick a destination, connect, splice bytes both ways.
 
+use crate::compiled::cluster::ClusterRuntime;
+use crate::compiled::L4Route;
 use crate::l4::splice::{splice, Direction};
 use crate::listeners::ConnectionHandler;
 use crate::proxy::Shared;
 use crate::response_flag::ResponseFlag;
-use crate::runtime::cluster::ClusterRuntime;
-use crate::runtime::L4Route;
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;

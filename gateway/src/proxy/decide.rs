@@ -12,9 +12,9 @@
 use super::local_reply::LocalReply;
 use super::request;
 use crate::balance::{hash_key, Pick};
-use crate::runtime::cluster::ClusterRuntime;
-use crate::runtime::matcher::RequestView;
-use crate::runtime::{Route, Runtime};
+use crate::compiled::cluster::ClusterRuntime;
+use crate::compiled::matcher::RequestView;
+use crate::compiled::{Route, Runtime};
 use meshgate_model::snapshot::HashKey;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;

@@ -20,10 +20,10 @@ pub(crate) mod request;
 
 use crate::access_log::{AccessLog, Entry, RequestId};
 use crate::balance::Pick;
+use crate::compiled::cluster::ClusterRuntime;
+use crate::compiled::{Current, Route, Runtime};
 use crate::metrics::{Metrics, RequestRecord};
 use crate::response_flag::ResponseFlag;
-use crate::runtime::cluster::ClusterRuntime;
-use crate::runtime::{Current, Route, Runtime};
 use crate::trace::context::SpanContext;
 use crate::trace::{RequestFacts, Tracer};
 use async_trait::async_trait;

@@ -45,7 +45,7 @@ pub struct ServerTlsConfig {
 
 /// Sets `meshgate_certificate_expiry_seconds` to the certificates `runtime` serves (a removed
 /// certificate's series goes away).
-pub fn report_expiry(runtime: &crate::runtime::Runtime, gauge: &prometheus::IntGaugeVec) {
+pub fn report_expiry(runtime: &crate::compiled::Runtime, gauge: &prometheus::IntGaugeVec) {
     gauge.reset();
     for server in runtime.listeners.values().flat_map(|l| &l.tls) {
         for served in &server.served {

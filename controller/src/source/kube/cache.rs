@@ -8,8 +8,8 @@
 //! unchanged objects keep their decoded specs, so translation reuses its work for them as it
 //! does for unchanged files.
 
-use crate::api::Kind;
 use crate::diagnostics::Origin;
+use crate::schema::Kind;
 use crate::source::cache::{replay, Decoded};
 use crate::source::decode;
 use crate::store::{ObjectKey, Store, StoreBuilder};
@@ -188,7 +188,7 @@ fn credential_names(store: &Store, gateway_namespace: &str) -> BTreeSet<String> 
         }
     }
     for dr in store.destination_rules.values() {
-        let mut policies: Vec<&crate::api::istio::TrafficPolicy> =
+        let mut policies: Vec<&crate::schema::istio::TrafficPolicy> =
             dr.spec.traffic_policy.as_deref().into_iter().collect();
         policies.extend(dr.spec.subsets.iter().filter_map(|s| s.traffic_policy.as_deref()));
         for p in policies {

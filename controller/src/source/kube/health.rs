@@ -4,7 +4,7 @@
 //! lock is cheap and keeps the per-kind record consistent. The controller binary decides how
 //! to export [`HealthSummary`]; this module knows nothing about Prometheus.
 
-use crate::api::Kind;
+use crate::schema::Kind;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

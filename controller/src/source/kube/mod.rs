@@ -33,7 +33,7 @@ mod tests;
 pub use embed::{start, EmbedError};
 pub use health::{ErrorReason, HealthSummary, KindSummary, SourceHealth};
 
-use crate::api::Kind;
+use crate::schema::Kind;
 use crate::store::{ObjectKey, Store, DEFAULT_NAMESPACE};
 use cache::{Cache, Update};
 use futures_util::StreamExt;

@@ -1,4 +1,4 @@
-//! Wire formats: the Istio and Kubernetes resources exactly as users write them.
+//! Input schemas: the Istio and Kubernetes resources exactly as users write them.
 //!
 //! Nothing downstream of [`crate::store`] touches raw YAML; translation works on these typed
 //! structs. Fields the gateway does not implement yet are still declared (as opaque JSON) so a
