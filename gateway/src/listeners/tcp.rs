@@ -2,7 +2,7 @@
 //! (SNI passthrough): pick a destination, connect, splice bytes both ways.
 
 use crate::compiled::cluster::ClusterRuntime;
-use crate::compiled::L4Route;
+use crate::compiled::{L4Route, Runtime};
 use crate::l4::splice::{splice, Direction};
 use crate::listeners::ConnectionHandler;
 use crate::proxy::Shared;
@@ -32,7 +32,7 @@ impl ConnectionHandler for TcpHandler {
         let Some(listener) = runtime.listeners.get(&self.port) else { return };
         let route = listener.l4_route(false, None, None);
         let info = ConnectionInfo { downstream: peer_addr(&stream), sni: None };
-        forward(&self.shared, route, stream, info).await;
+        forward(&self.shared, &runtime, route, stream, info).await;
     }
 }
 
@@ -46,13 +46,20 @@ pub struct ConnectionInfo<'a> {
 /// Connects to an endpoint of the route's weighted destination and splices. Failures are
 /// counted with Envoy's response flags (NR no route, NC no cluster, UH no endpoint, UF connect
 /// failure), and every connection gets one access log line, as Envoy's tcp_proxy logs.
-pub async fn forward<S>(shared: &Shared, route: Option<&L4Route>, downstream: S, info: ConnectionInfo<'_>)
-where
+/// `runtime` is the one `route` was looked up in, so the denial below and the route come from
+/// the same snapshot.
+pub async fn forward<S>(
+    shared: &Shared,
+    runtime: &Runtime,
+    route: Option<&L4Route>,
+    downstream: S,
+    info: ConnectionInfo<'_>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let start = std::time::Instant::now();
     let mut log = L4Log { flags: ResponseFlag::None, cluster: None, endpoint: None, stats: Default::default() };
-    forward_inner(shared, route, downstream, &mut log).await;
+    forward_inner(shared, runtime, route, downstream, &mut log).await;
     if shared.access_log.enabled() {
         let duration = start.elapsed();
         let start_time = crate::proxy::request::rfc3339_now_minus(duration);
@@ -91,13 +98,13 @@ struct L4Log {
     stats: crate::l4::splice::SpliceStats,
 }
 
-async fn forward_inner<S>(shared: &Shared, route: Option<&L4Route>, downstream: S, log: &mut L4Log)
+async fn forward_inner<S>(shared: &Shared, runtime: &Runtime, route: Option<&L4Route>, downstream: S, log: &mut L4Log)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let metrics = &shared.metrics;
     // Envoy's network RBAC filter closes the connection before anything is proxied.
-    if shared.current.load().deny.is_some() {
+    if runtime.deny.is_some() {
         log.flags = ResponseFlag::UnenforcedPolicy;
         metrics.tcp_open(None, log.flags, "unknown").close();
         return;
