@@ -160,10 +160,8 @@ fn validate(secret: &Secret, need: Need) -> Result<Vec<Warning>, (&'static str, 
     match need {
         Need::CertAndKey => {
             let cert = secret.cert_pem.as_deref().ok_or(("tls.crt", "no certificate (tls.crt or cert)".to_string()))?;
-            let chain = x509_chain("tls.crt", cert)?;
-            if let Some(leaf) = chain.first() {
-                warnings.extend(validity("tls.crt", leaf, "served anyway, as Envoy does; clients will refuse it"));
-            }
+            let served = "served anyway, as Envoy does; clients will refuse it";
+            warnings.extend(x509_chain("tls.crt", cert, Dates::Leaf, served)?);
             let key = secret.key_pem.as_deref().ok_or(("tls.key", "no private key (tls.key or key)".to_string()))?;
             PrivateKeyDer::from_pem_slice(key.as_bytes())
                 .map_err(|e| ("tls.key", format!("invalid PEM private key: {e}")))?;
@@ -171,40 +169,50 @@ fn validate(secret: &Secret, need: Need) -> Result<Vec<Warning>, (&'static str, 
         Need::Ca => {}
     }
     if let Some(ca) = &secret.ca_pem {
-        for cert in x509_chain("ca.crt", ca)? {
-            warnings.extend(validity("ca.crt", &cert, "still trusted, as Envoy does"));
-        }
+        warnings.extend(x509_chain("ca.crt", ca, Dates::All, "still trusted, as Envoy does")?);
     } else if need == Need::Ca {
         return Err(("ca.crt", "no CA certificate (ca.crt, cacert, or a <name>-cacert Secret)".into()));
     }
     Ok(warnings)
 }
 
-/// The PEM certificates of `pem`, each checked to be X.509.
-fn x509_chain(field: &'static str, pem: &str) -> Result<Vec<CertificateDer<'static>>, (&'static str, String)> {
+/// Whose validity dates a chain's check reports: the leaf's (a served chain: the client judges
+/// the rest) or every certificate's (trust anchors).
+#[derive(Clone, Copy, PartialEq)]
+enum Dates {
+    Leaf,
+    All,
+}
+
+/// Checks that every PEM certificate of `pem` is X.509 (parsed once each), and returns a
+/// warning for each certificate `dates` names that is not valid now.
+fn x509_chain(
+    field: &'static str,
+    pem: &str,
+    dates: Dates,
+    consequence: &str,
+) -> Result<Vec<Warning>, (&'static str, String)> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| (field, format!("invalid PEM certificate: {e}")))?;
     if certs.is_empty() {
         return Err((field, "no PEM certificate found".into()));
     }
+    let now = x509_parser::time::ASN1Time::now();
+    let mut warnings = Vec::new();
     for (i, der) in certs.iter().enumerate() {
-        x509_parser::parse_x509_certificate(der)
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| (field, format!("certificate {} of {} is not X.509: {e}", i + 1, certs.len())))?;
+        if i > 0 && dates == Dates::Leaf {
+            continue;
+        }
+        let (v, subject) = (cert.validity(), cert.subject());
+        if v.not_after < now {
+            warnings.push((field, format!("certificate {subject} expired at {}; {consequence}", v.not_after)));
+        } else if v.not_before > now {
+            warnings
+                .push((field, format!("certificate {subject} is not valid before {}; {consequence}", v.not_before)));
+        }
     }
-    Ok(certs)
-}
-
-/// A warning when the certificate is not valid now.
-fn validity(field: &'static str, der: &CertificateDer<'_>, consequence: &str) -> Option<Warning> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let v = cert.validity();
-    let subject = cert.subject();
-    if v.not_after < x509_parser::time::ASN1Time::now() {
-        Some((field, format!("certificate {subject} expired at {}; {consequence}", v.not_after)))
-    } else if v.not_before > x509_parser::time::ASN1Time::now() {
-        Some((field, format!("certificate {subject} is not valid before {}; {consequence}", v.not_before)))
-    } else {
-        None
-    }
+    Ok(warnings)
 }
