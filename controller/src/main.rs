@@ -100,10 +100,7 @@ fn token(args: &ServeArgs) -> Result<String> {
 }
 
 async fn run(args: ServeArgs) -> Result<()> {
-    anyhow::ensure!(
-        args.source.kube || !args.source.config.is_empty(),
-        "give --config PATH or --kube as the resource source"
-    );
+    args.source.check()?;
     let identity = Options { labels: args.labels.clone(), namespace: args.namespace.clone() };
     let distributor = Distributor::new(token(&args)?, identity);
     let listener =

@@ -38,6 +38,17 @@ pub struct SourceArgs {
     pub debounce_ms: Option<u64>,
 }
 
+impl SourceArgs {
+    /// `NoSource` unless the flags name a source (a binary checks before it starts serving).
+    pub fn check(&self) -> Result<(), StartError> {
+        if self.kube || !self.config.is_empty() {
+            Ok(())
+        } else {
+            Err(StartError::NoSource)
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("give a config source: --config PATH (a folder or file of Istio YAML) or --kube")]
@@ -74,11 +85,9 @@ where
     S: FnMut(Store) + Send + 'static,
     H: Fn(serde_json::Value) + Send + 'static,
 {
+    args.check()?;
     if args.kube {
         return start_kube(args, gateway_namespace, registry, sink).await;
-    }
-    if args.config.is_empty() {
-        return Err(StartError::NoSource);
     }
     let source = FileSource {
         paths: args.config.clone(),

@@ -28,6 +28,12 @@ pub async fn start(
     }
     #[cfg(feature = "embedded")]
     {
+        // The gateway has a third source, so it names it too.
+        args.source.check().map_err(|_| {
+            anyhow::anyhow!(
+                "give a config source: --config PATH (a folder or file of Istio YAML), --controller URL or --kube"
+            )
+        })?;
         embedded::start(args, metrics).await
     }
     #[cfg(not(feature = "embedded"))]
