@@ -7,35 +7,17 @@ use crate::diagnostics::{codes, Diagnostic, Diagnostics, ObjectRef, Origin};
 use crate::schema::core::{PodSummary, ServiceSummary};
 use crate::schema::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
 use crate::schema::security::PolicySpec;
-use crate::schema::{Kind, ObjectMeta};
+use crate::schema::ObjectMeta;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kind::{same_objects, Selector};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Applies `$apply` (a local macro taking a per-kind field and a spec) to `$owner`'s field for
-/// the object's kind: the one dispatch over kinds for the store and its builder, whose fields
-/// have the same names.
-macro_rules! by_kind {
-    ($object:expr, $apply:ident, $owner:expr) => {
-        match $object {
-            Object::Gateway(s) => $apply!($owner.gateways, s),
-            Object::VirtualService(s) => $apply!($owner.virtual_services, s),
-            Object::DestinationRule(s) => $apply!($owner.destination_rules, s),
-            Object::ServiceEntry(s) => $apply!($owner.service_entries, s),
-            Object::WorkloadEntry(s) => $apply!($owner.workload_entries, s),
-            Object::Service(s) => $apply!($owner.services, s),
-            Object::Pod(s) => $apply!($owner.pods, s),
-            Object::Secret(s) => $apply!($owner.secrets, s),
-            Object::EndpointSlice(s) => $apply!($owner.endpoint_slices, s),
-            Object::AuthorizationPolicy(s) => $apply!($owner.authorization_policies, s),
-            Object::RequestAuthentication(s) => $apply!($owner.request_authentications, s),
-        }
-    };
-}
-
 mod build;
+pub mod kind;
 pub use build::StoreBuilder;
+pub use kind::{Kind, KindSpec, Object};
 
 pub const DEFAULT_NAMESPACE: &str = "default";
 
@@ -235,61 +217,8 @@ pub struct Store {
     next_seq: u64,
 }
 
-/// A typed object ready to be inserted (short-lived; size differences do not matter).
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone)]
-pub enum Object {
-    Gateway(Arc<GatewaySpec>),
-    VirtualService(Arc<VirtualServiceSpec>),
-    DestinationRule(Arc<DestinationRuleSpec>),
-    ServiceEntry(Arc<ServiceEntrySpec>),
-    WorkloadEntry(Arc<WorkloadEntrySpec>),
-    Service(Arc<ServiceSummary>),
-    Pod(Arc<PodSummary>),
-    Secret(Arc<Secret>),
-    EndpointSlice(Arc<EndpointSlice>),
-    AuthorizationPolicy(Arc<PolicySpec>),
-    RequestAuthentication(Arc<PolicySpec>),
-}
-
-impl Object {
-    pub fn kind(&self) -> Kind {
-        match self {
-            Object::Gateway(_) => Kind::Gateway,
-            Object::VirtualService(_) => Kind::VirtualService,
-            Object::DestinationRule(_) => Kind::DestinationRule,
-            Object::ServiceEntry(_) => Kind::ServiceEntry,
-            Object::WorkloadEntry(_) => Kind::WorkloadEntry,
-            Object::Service(_) => Kind::Service,
-            Object::Pod(_) => Kind::Pod,
-            Object::Secret(_) => Kind::Secret,
-            Object::EndpointSlice(_) => Kind::EndpointSlice,
-            Object::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
-            Object::RequestAuthentication(_) => Kind::RequestAuthentication,
-        }
-    }
-
-    /// Whether both hold equal content (deep comparison).
-    pub fn same_content(&self, other: &Object) -> bool {
-        match (self, other) {
-            (Object::Gateway(a), Object::Gateway(b)) => a == b,
-            (Object::VirtualService(a), Object::VirtualService(b)) => a == b,
-            (Object::DestinationRule(a), Object::DestinationRule(b)) => a == b,
-            (Object::ServiceEntry(a), Object::ServiceEntry(b)) => a == b,
-            (Object::WorkloadEntry(a), Object::WorkloadEntry(b)) => a == b,
-            (Object::Service(a), Object::Service(b)) => a == b,
-            (Object::Pod(a), Object::Pod(b)) => a == b,
-            (Object::Secret(a), Object::Secret(b)) => a == b,
-            (Object::EndpointSlice(a), Object::EndpointSlice(b)) => a == b,
-            (Object::AuthorizationPolicy(a), Object::AuthorizationPolicy(b)) => a == b,
-            (Object::RequestAuthentication(a), Object::RequestAuthentication(b)) => a == b,
-            _ => false,
-        }
-    }
-}
-
 /// The warning for a second definition of one kind/namespace/name in one load.
-fn duplicate_warning(previous: &Origin, origin: &Origin, reference: ObjectRef) -> Diagnostic {
+pub(crate) fn duplicate_warning(previous: &Origin, origin: &Origin, reference: ObjectRef) -> Diagnostic {
     Diagnostic::warning(
         codes::DUPLICATE,
         "metadata.name",
@@ -302,28 +231,9 @@ impl Store {
     /// Inserts or replaces an object. A second definition of the same kind/namespace/name in
     /// one load replaces the first with a warning, as a later `kubectl apply` would.
     pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        let key = MetaKey::new(&meta);
+        debug_assert_eq!(kind, object.kind());
         let seq = self.take_seq();
-        // A reload inserts every object again (50k at 10k services): the origin moves into
-        // the map and is copied back only for the rare duplicate warning.
-        macro_rules! put {
-            ($map:expr, $spec:expr) => {{
-                let resource = Resource { meta, origin, seq, spec: $spec };
-                match Arc::make_mut(&mut $map).entry(key) {
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(resource);
-                        None
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut o) => {
-                        let previous = std::mem::replace(o.get_mut(), resource);
-                        let now = o.get();
-                        Some((previous.origin, now.origin.clone(), now.reference(kind)))
-                    }
-                }
-            }};
-        }
-        let replaced = by_kind!(object, put, self);
-        if let Some((previous, origin, reference)) = replaced {
+        if let Some((previous, origin, reference)) = kind.ops().insert(self, meta, origin, seq, &object) {
             self.diagnostics.push(duplicate_warning(&previous, &origin, reference));
         }
     }
@@ -340,45 +250,12 @@ impl Store {
     /// (`source::cache`). Does nothing when a later definition replaced the one at `origin`,
     /// or when the resource already holds these very objects.
     pub fn update_in_place(&mut self, meta: &Arc<ObjectMeta>, origin: &Origin, object: &Object) {
-        let key = (namespace_of(meta), meta.name.as_str());
-        let key = &key as &dyn Key;
-        macro_rules! update {
-            ($map:expr, $spec:expr) => {{
-                let stale = $map.get(key).is_some_and(|r| {
-                    r.origin == *origin && !(Arc::ptr_eq(&r.meta, meta) && Arc::ptr_eq(&r.spec, $spec))
-                });
-                if stale {
-                    // Copies the kind's map when the previous store still shares it.
-                    let map = Arc::make_mut(&mut $map);
-                    if let Some(r) = map.get_mut(key) {
-                        r.spec = Arc::clone($spec);
-                        if !Arc::ptr_eq(&r.meta, meta) {
-                            // The key is the metadata too: replaced with it, not left holding
-                            // the old one (same namespace and name, so the same place).
-                            let (_, mut r) = map.remove_entry(key).expect("just found");
-                            r.meta = Arc::clone(meta);
-                            map.insert(MetaKey::new(meta), r);
-                        }
-                    }
-                }
-            }};
-        }
-        by_kind!(object, update, self)
+        object.kind().ops().update_in_place(self, meta, origin, object)
     }
 
     /// Number of resources the store holds (for logs and metrics).
     pub fn len(&self) -> usize {
-        self.gateways.len()
-            + self.virtual_services.len()
-            + self.destination_rules.len()
-            + self.service_entries.len()
-            + self.workload_entries.len()
-            + self.services.len()
-            + self.pods.len()
-            + self.secrets.len()
-            + self.endpoint_slices.len()
-            + self.authorization_policies.len()
-            + self.request_authentications.len()
+        Kind::ALL.iter().map(|k| k.ops().len(self)).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -421,12 +298,7 @@ impl Store {
     /// the same order: same keys, sequence numbers and shared metadata and specs. Pointer
     /// comparison is sound because `other` keeps its objects alive while we compare.
     pub fn same_except_virtual_services(&self, other: &Store) -> bool {
-        same_objects(&self.gateways, &other.gateways)
-            && same_objects(&self.destination_rules, &other.destination_rules)
-            && self.same_registry_inputs(other)
-            && same_objects(&self.secrets, &other.secrets)
-            && same_objects(&self.authorization_policies, &other.authorization_policies)
-            && same_objects(&self.request_authentications, &other.request_authentications)
+        Kind::ALL.iter().filter(|&&k| k != Kind::VirtualService).all(|k| k.ops().same(self, other))
             && self.files == other.files
     }
 
@@ -465,65 +337,9 @@ impl Store {
 
     fn restore_where(&mut self, prev: &Store, pred: &Selector) -> Vec<Diagnostic> {
         let mut notes = Vec::new();
-        restore_map(&mut self.gateways, &prev.gateways, Kind::Gateway, pred, &mut notes);
-        restore_map(&mut self.virtual_services, &prev.virtual_services, Kind::VirtualService, pred, &mut notes);
-        restore_map(&mut self.destination_rules, &prev.destination_rules, Kind::DestinationRule, pred, &mut notes);
-        restore_map(&mut self.service_entries, &prev.service_entries, Kind::ServiceEntry, pred, &mut notes);
-        restore_map(&mut self.workload_entries, &prev.workload_entries, Kind::WorkloadEntry, pred, &mut notes);
-        restore_map(&mut self.services, &prev.services, Kind::Service, pred, &mut notes);
-        restore_map(&mut self.pods, &prev.pods, Kind::Pod, pred, &mut notes);
-        restore_map(&mut self.secrets, &prev.secrets, Kind::Secret, pred, &mut notes);
-        restore_map(&mut self.endpoint_slices, &prev.endpoint_slices, Kind::EndpointSlice, pred, &mut notes);
-        restore_map(
-            &mut self.authorization_policies,
-            &prev.authorization_policies,
-            Kind::AuthorizationPolicy,
-            pred,
-            &mut notes,
-        );
-        restore_map(
-            &mut self.request_authentications,
-            &prev.request_authentications,
-            Kind::RequestAuthentication,
-            pred,
-            &mut notes,
-        );
+        for kind in Kind::ALL {
+            kind.ops().restore(self, prev, pred, &mut notes);
+        }
         notes
-    }
-}
-
-/// Same keys, sequence numbers and shared metadata and specs, in the same order.
-fn same_objects<T>(a: &Objects<T>, b: &Objects<T>) -> bool {
-    Arc::ptr_eq(a, b)
-        || a.len() == b.len()
-            && a.iter().zip(b.iter()).all(|((ka, a), (kb, b))| {
-                ka == kb && a.seq == b.seq && Arc::ptr_eq(&a.meta, &b.meta) && Arc::ptr_eq(&a.spec, &b.spec)
-            })
-}
-
-/// Which previous resources to bring back: (origin, kind, namespace, name).
-type Selector<'a> = dyn Fn(&Origin, Kind, &str, &str) -> bool + 'a;
-
-fn restore_map<T: PartialEq>(
-    map: &mut Objects<T>,
-    old: &Objects<T>,
-    kind: Kind,
-    pred: &Selector,
-    notes: &mut Vec<Diagnostic>,
-) {
-    for (key, r) in old.iter() {
-        if !pred(&r.origin, kind, r.namespace(), &r.meta.name) {
-            continue;
-        }
-        let same = map.get(key).is_some_and(|cur| cur.spec == r.spec && cur.meta == r.meta);
-        if same {
-            continue;
-        }
-        let origin = map.get(key).map(|c| c.origin.clone()).unwrap_or_else(|| r.origin.clone());
-        Arc::make_mut(map).insert(key.clone(), r.clone());
-        notes.push(
-            Diagnostic::warning(codes::KEPT, "", "rejected; the last valid version keeps serving until this is fixed")
-                .at(&origin, Some(ObjectRef::new(kind, r.namespace(), &r.meta.name))),
-        );
     }
 }

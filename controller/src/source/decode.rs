@@ -1,11 +1,8 @@
 //! One YAML/JSON document → typed object, with field paths for every problem.
 
 use crate::diagnostics::{codes, Diagnostic, ObjectRef, Origin};
-use crate::schema::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
-use crate::schema::security::PolicySpec;
-use crate::schema::{Kind, ObjectMeta};
-use crate::store::{namespace_of, Object, Store, StoreBuilder};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use crate::schema::ObjectMeta;
+use crate::store::{namespace_of, Kind, Object, Store, StoreBuilder};
 use serde::de::DeserializeOwned;
 use serde_yaml::Value;
 use std::sync::Arc;
@@ -95,31 +92,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
     }
 
     let mut problems = Vec::new();
-    let object = match kind {
-        Kind::Gateway => spec::<GatewaySpec>(map, prefix, &mut problems).map(|o| Object::Gateway(o.into())),
-        Kind::VirtualService => {
-            spec::<VirtualServiceSpec>(map, prefix, &mut problems).map(|o| Object::VirtualService(o.into()))
-        }
-        Kind::DestinationRule => {
-            spec::<DestinationRuleSpec>(map, prefix, &mut problems).map(|o| Object::DestinationRule(o.into()))
-        }
-        Kind::ServiceEntry => {
-            spec::<ServiceEntrySpec>(map, prefix, &mut problems).map(|o| Object::ServiceEntry(o.into()))
-        }
-        Kind::WorkloadEntry => {
-            spec::<WorkloadEntrySpec>(map, prefix, &mut problems).map(|o| Object::WorkloadEntry(o.into()))
-        }
-        Kind::Service => whole::<Service>(map, prefix, &mut problems).map(|o| Object::Service(Arc::new(o.into()))),
-        Kind::Pod => whole::<Pod>(map, prefix, &mut problems).map(|o| Object::Pod(Arc::new(o.into()))),
-        Kind::Secret => whole(map, prefix, &mut problems).map(|o| Object::Secret(Arc::new(o))),
-        Kind::EndpointSlice => whole(map, prefix, &mut problems).map(|o| Object::EndpointSlice(Arc::new(o))),
-        Kind::AuthorizationPolicy => {
-            spec::<PolicySpec>(map, prefix, &mut problems).map(|o| Object::AuthorizationPolicy(o.into()))
-        }
-        Kind::RequestAuthentication => {
-            spec::<PolicySpec>(map, prefix, &mut problems).map(|o| Object::RequestAuthentication(o.into()))
-        }
-    };
+    let object = kind.ops().decode(map, prefix, &mut problems);
     for p in problems {
         store.diagnostic(p.at(origin, Some(reference.clone())));
     }
@@ -128,9 +101,16 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
     }
 }
 
+/// Problems found while decoding one object, with field paths; the caller adds where.
+pub(crate) type Problems = Vec<Diagnostic>;
+
 /// Decodes `spec` of an Istio resource. Unknown fields are warnings (Istio's CRD schema would
 /// prune them, so the resource still applies); wrong shapes reject the resource.
-fn spec<T: DeserializeOwned>(mut map: serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
+pub(crate) fn spec<T: DeserializeOwned>(
+    mut map: serde_yaml::Mapping,
+    prefix: &str,
+    problems: &mut Problems,
+) -> Option<T> {
     let value = map.remove("spec").unwrap_or(Value::Mapping(Default::default()));
     let mut unknown = Vec::new();
     let mut record = |path: serde_ignored::Path| unknown.push(field_path(&path));
@@ -170,7 +150,7 @@ fn field_path(path: &serde_ignored::Path) -> String {
 }
 
 /// Decodes a whole Kubernetes object with k8s-openapi types.
-fn whole<T: DeserializeOwned>(map: serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
+pub(crate) fn whole<T: DeserializeOwned>(map: serde_yaml::Mapping, prefix: &str, problems: &mut Problems) -> Option<T> {
     match serde_path_to_error::deserialize(Value::Mapping(map)) {
         Ok(v) => Some(v),
         Err(e) => {

@@ -7,27 +7,23 @@
 //! vector instead (one large block, returned to the system whole when it is freed) and builds
 //! every map once from sorted entries, with full nodes.
 
+use super::kind::{Kind, KindSpec};
 use super::{MetaKey, Objects, Resource, Store};
-use crate::diagnostics::{Diagnostic, Origin};
-use crate::schema::core::{PodSummary, ServiceSummary};
-use crate::schema::istio::{DestinationRuleSpec, GatewaySpec, ServiceEntrySpec, VirtualServiceSpec, WorkloadEntrySpec};
-use crate::schema::security::PolicySpec;
-use crate::schema::{Kind, ObjectMeta};
+use crate::diagnostics::{Diagnostic, ObjectRef, Origin};
+use crate::schema::ObjectMeta;
 use crate::store::Object;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 /// One kind's objects in load order, with an index by key so that a second definition
 /// replaces the first as [`Store::insert`] does.
-struct Pending<T> {
-    entries: Vec<(MetaKey, Resource<T>)>,
+pub(crate) struct Pending<K: KindSpec> {
+    entries: Vec<(MetaKey, Resource<K::Spec>)>,
     /// Positions in `entries`, hashed by key.
     index: hashbrown::HashTable<u32>,
 }
 
-impl<T> Default for Pending<T> {
+impl<K: KindSpec> Default for Pending<K> {
     fn default() -> Self {
         Pending { entries: Vec::new(), index: hashbrown::HashTable::new() }
     }
@@ -38,10 +34,10 @@ fn hash(key: &MetaKey) -> u64 {
     foldhash::fast::FixedState::default().hash_one(key)
 }
 
-impl<T> Pending<T> {
+impl<K: KindSpec> Pending<K> {
     /// Adds `resource`; when the key was already defined, returns the replaced definition's
     /// origin with the one that replaced it.
-    fn put(&mut self, key: MetaKey, resource: Resource<T>) -> Option<(Origin, &Resource<T>)> {
+    fn put(&mut self, key: MetaKey, resource: Resource<K::Spec>) -> Option<(Origin, &Resource<K::Spec>)> {
         let Pending { entries, index } = self;
         let at = hash(&key);
         if let Some(&i) = index.find(at, |&i| entries[i as usize].0 == key) {
@@ -55,31 +51,61 @@ impl<T> Pending<T> {
         None
     }
 
-    fn build(self) -> Objects<T> {
+    fn build(self) -> Objects<K::Spec> {
         drop(self.index);
         // `BTreeMap`'s `FromIterator` sorts the vector in place and builds full nodes from it.
         Arc::new(self.entries.into_iter().collect())
     }
 }
 
+/// A [`Pending`] of any kind, for the builder's one-per-kind list.
+pub(crate) trait PendingObjects {
+    /// Adds the object; when the key was already defined, returns the replaced definition's
+    /// origin, the new one's and the object (for the duplicate warning).
+    fn put(
+        &mut self,
+        meta: Arc<ObjectMeta>,
+        origin: Origin,
+        seq: u64,
+        object: Object,
+    ) -> Option<(Origin, Origin, ObjectRef)>;
+    /// Moves the objects into their map in `store`.
+    fn build_into(self: Box<Self>, store: &mut Store);
+}
+
+impl<K: KindSpec> PendingObjects for Pending<K> {
+    fn put(
+        &mut self,
+        meta: Arc<ObjectMeta>,
+        origin: Origin,
+        seq: u64,
+        object: Object,
+    ) -> Option<(Origin, Origin, ObjectRef)> {
+        let spec = K::unwrap(&object).unwrap_or_else(|| panic!("a {} object given as {}", object.kind(), K::KIND));
+        let key = MetaKey::new(&meta);
+        let resource = Resource { meta, origin, seq, spec: Arc::clone(spec) };
+        self.put(key, resource).map(|(previous, now)| (previous, now.origin.clone(), now.reference(K::KIND)))
+    }
+
+    fn build_into(self: Box<Self>, store: &mut Store) {
+        *K::objects_mut(store) = self.build();
+    }
+}
+
 /// A [`Store`] under construction: [`StoreBuilder::insert`] behaves as [`Store::insert`]
 /// (same load order, replacements and duplicate warnings), [`StoreBuilder::build`] makes the
 /// maps.
-#[derive(Default)]
 pub struct StoreBuilder {
     /// Diagnostics and load order go here as they come; the maps stay empty until `build`.
     store: Store,
-    gateways: Pending<GatewaySpec>,
-    virtual_services: Pending<VirtualServiceSpec>,
-    destination_rules: Pending<DestinationRuleSpec>,
-    service_entries: Pending<ServiceEntrySpec>,
-    workload_entries: Pending<WorkloadEntrySpec>,
-    services: Pending<ServiceSummary>,
-    pods: Pending<PodSummary>,
-    secrets: Pending<Secret>,
-    endpoint_slices: Pending<EndpointSlice>,
-    authorization_policies: Pending<PolicySpec>,
-    request_authentications: Pending<PolicySpec>,
+    /// One per kind, in [`Kind::ALL`]'s order.
+    pending: Vec<Box<dyn PendingObjects>>,
+}
+
+impl Default for StoreBuilder {
+    fn default() -> Self {
+        StoreBuilder { store: Store::default(), pending: Kind::ALL.iter().map(|k| k.ops().pending()).collect() }
+    }
 }
 
 impl StoreBuilder {
@@ -88,34 +114,19 @@ impl StoreBuilder {
     }
 
     pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        let key = MetaKey::new(&meta);
+        debug_assert_eq!(kind, object.kind());
         let seq = self.store.take_seq();
-        macro_rules! put {
-            ($pending:expr, $spec:expr) => {
-                $pending
-                    .put(key, Resource { meta, origin, seq, spec: $spec })
-                    .map(|(previous, now)| (previous, now.origin.clone(), now.reference(kind)))
-            };
-        }
-        let replaced = by_kind!(object, put, self);
-        if let Some((previous, origin, reference)) = replaced {
+        // `Kind::ALL` lists the kinds in declaration order, so a kind's number is its place.
+        if let Some((previous, origin, reference)) = self.pending[kind as usize].put(meta, origin, seq, object) {
             self.store.diagnostics.push(super::duplicate_warning(&previous, &origin, reference));
         }
     }
 
     pub fn build(self) -> Store {
         let mut store = self.store;
-        store.gateways = self.gateways.build();
-        store.virtual_services = self.virtual_services.build();
-        store.destination_rules = self.destination_rules.build();
-        store.service_entries = self.service_entries.build();
-        store.workload_entries = self.workload_entries.build();
-        store.services = self.services.build();
-        store.pods = self.pods.build();
-        store.secrets = self.secrets.build();
-        store.endpoint_slices = self.endpoint_slices.build();
-        store.authorization_policies = self.authorization_policies.build();
-        store.request_authentications = self.request_authentications.build();
+        for pending in self.pending {
+            pending.build_into(&mut store);
+        }
         store
     }
 }

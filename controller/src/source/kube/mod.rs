@@ -33,7 +33,8 @@ mod tests;
 pub use embed::{start, EmbedError};
 pub use health::{ErrorReason, HealthSummary, KindSummary, SourceHealth};
 
-use crate::schema::Kind;
+use crate::store::kind::Scope;
+use crate::store::Kind;
 use crate::store::{ObjectKey, Store, DEFAULT_NAMESPACE};
 use cache::{Cache, Update};
 use futures_util::StreamExt;
@@ -205,59 +206,38 @@ fn targets(options: &KubeOptions) -> Vec<Target> {
     if options.istio_version == "v1" {
         istio_versions.push("v1beta1".to_string());
     }
-    let kinds: [(Kind, &str, &str, bool); 8] = [
-        (Kind::Gateway, "networking.istio.io", "gateways", true),
-        (Kind::VirtualService, "networking.istio.io", "virtualservices", true),
-        (Kind::DestinationRule, "networking.istio.io", "destinationrules", true),
-        (Kind::ServiceEntry, "networking.istio.io", "serviceentries", true),
-        (Kind::WorkloadEntry, "networking.istio.io", "workloadentries", true),
-        (Kind::Service, "", "services", false),
-        (Kind::Pod, "", "pods", false),
-        (Kind::EndpointSlice, "discovery.k8s.io", "endpointslices", false),
-    ];
     let scopes: Vec<Option<String>> = if options.namespaces.is_empty() {
         vec![None]
     } else {
         options.namespaces.iter().map(|n| Some(n.clone())).collect()
     };
-    let mut out = Vec::new();
-    for (kind, group, plural, istio) in kinds {
-        let versions = if istio { istio_versions.clone() } else { vec!["v1".to_string()] };
-        for namespace in &scopes {
-            out.push(Target { kind, group, versions: versions.clone(), plural, namespace: namespace.clone(), istio });
-        }
-    }
-    // Security policies are read so that one meshgate cannot enforce denies instead of being
-    // ignored. Only the gateway's namespace and the root namespace hold policies that can
-    // select it (translate::policies), whatever namespaces are watched. They share
-    // networking.istio.io's versions (v1, then v1beta1).
-    let mut policy_namespaces = vec![options.gateway_namespace.clone()];
+    // Policies are read so that meshgate denies instead of ignoring what it cannot enforce;
+    // only these namespaces hold policies that can select the gateway.
+    let mut policy_scopes = vec![Some(options.gateway_namespace.clone())];
     if options.gateway_namespace != crate::translate::policies::ROOT_NAMESPACE {
-        policy_namespaces.push(crate::translate::policies::ROOT_NAMESPACE.to_string());
+        policy_scopes.push(Some(crate::translate::policies::ROOT_NAMESPACE.to_string()));
     }
-    for (kind, plural) in
-        [(Kind::AuthorizationPolicy, "authorizationpolicies"), (Kind::RequestAuthentication, "requestauthentications")]
-    {
-        for namespace in &policy_namespaces {
+    let gateway_scope = vec![Some(options.gateway_namespace.clone())];
+    let mut out = Vec::new();
+    for &kind in Kind::ALL {
+        let api = kind.api();
+        let versions = if api.istio { istio_versions.clone() } else { vec![api.versions[0].to_string()] };
+        let namespaces = match api.scope {
+            Scope::Watched => &scopes,
+            Scope::GatewayAndRoot => &policy_scopes,
+            Scope::Gateway => &gateway_scope,
+        };
+        for namespace in namespaces {
             out.push(Target {
                 kind,
-                group: "security.istio.io",
-                versions: istio_versions.clone(),
-                plural,
-                namespace: Some(namespace.clone()),
-                istio: true,
+                group: api.group,
+                versions: versions.clone(),
+                plural: api.plural,
+                namespace: namespace.clone(),
+                istio: api.istio,
             });
         }
     }
-    // Secrets hold private keys: read them only where Istio allows credentials to live.
-    out.push(Target {
-        kind: Kind::Secret,
-        group: "",
-        versions: vec!["v1".to_string()],
-        plural: "secrets",
-        namespace: Some(options.gateway_namespace.clone()),
-        istio: false,
-    });
     out
 }
 
