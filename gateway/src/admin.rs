@@ -2,7 +2,7 @@
 //! `/clusters`, `/ready`) endpoints, on their own ports as istio-ingressgateway has them.
 
 use crate::compiled::Current;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use meshgate_model::admin::{CertificateInfo, EndpointStatus};

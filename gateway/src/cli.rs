@@ -1,6 +1,6 @@
 //! Command-line contract (users' scripts and the Helm chart rely on it).
 
-use crate::access_log::Target;
+use crate::telemetry::access_log::Target;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,7 +1,6 @@
 //! Wiring of the embedded default: config files → controller (in-process) → snapshots →
 //! compiled runtime → listeners; plus status/metrics/admin servers, signals and draining.
 
-use crate::access_log::AccessLog;
 use crate::admin::{AdminApp, Role};
 use crate::cli::RunArgs;
 use crate::compiled::Current;
@@ -9,8 +8,9 @@ use crate::config_source;
 use crate::listeners::tcp::TcpHandler;
 use crate::listeners::tls::TlsHandler;
 use crate::listeners::{self, Acceptor, AppHandler, ConnectionHandler, Connections};
-use crate::metrics::{Metrics, SourceIdentity};
 use crate::proxy::{MeshProxy, Shared};
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::{Metrics, SourceIdentity};
 use crate::trace::{TraceIdentity, Tracer};
 use anyhow::{Context, Result};
 use meshgate_model::snapshot::{Protocol, Snapshot};

@@ -9,7 +9,7 @@ pub mod matcher;
 
 pub use current::Current;
 
-use crate::access_log::{Prepared, RouteName};
+use crate::telemetry::access_log::{Prepared, RouteName};
 use cluster::ClusterRuntime;
 use matcher::{CompiledMatch, RegexCache, RequestView};
 use meshgate_model::by_name::{ByName, Named};

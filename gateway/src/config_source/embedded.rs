@@ -2,7 +2,7 @@
 //! (files, or the Kubernetes API with `--kube`), translated in-process.
 
 use crate::cli::RunArgs;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use anyhow::Result;
 use controller::publish::{Outcome, Publisher};
 use controller::source::run::{self, Sink};

@@ -7,7 +7,7 @@
 mod embedded;
 
 use crate::cli::RunArgs;
-use crate::metrics::Metrics;
+use crate::telemetry::metrics::Metrics;
 use anyhow::{Context, Result};
 use meshgate_model::remote::client::{self, ClientOptions, Event};
 use meshgate_model::snapshot::Snapshot;

@@ -7,6 +7,8 @@ use crate::l4::splice::{splice, Direction};
 use crate::listeners::ConnectionHandler;
 use crate::proxy::Shared;
 use crate::response_flag::ResponseFlag;
+use crate::telemetry::access_log::Prepared;
+use crate::telemetry::Exchange;
 use async_trait::async_trait;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
@@ -31,13 +33,15 @@ impl ConnectionHandler for TcpHandler {
         let runtime = self.shared.current.load();
         let Some(listener) = runtime.listeners.get(&self.port) else { return };
         let route = listener.l4_route(false, None, None);
-        let info = ConnectionInfo { downstream: peer_addr(&stream), sni: None };
+        let info = ConnectionInfo { port: self.port, downstream: peer_addr(&stream), sni: None };
         forward(&self.shared, &runtime, route, stream, info).await;
     }
 }
 
 /// What the access log says about one TCP connection.
 pub struct ConnectionInfo<'a> {
+    /// The Gateway server port it came in on.
+    pub port: u16,
     pub downstream: Option<std::net::SocketAddr>,
     /// SNI of passthrough and terminated TLS connections (logged as the authority).
     pub sni: Option<&'a str>,
@@ -61,31 +65,26 @@ pub async fn forward<S>(
     let mut log = L4Log { flags: ResponseFlag::None, cluster: None, endpoint: None, stats: Default::default() };
     forward_inner(shared, runtime, route, downstream, &mut log).await;
     if shared.access_log.enabled() {
-        let duration = start.elapsed();
-        let start_time = crate::proxy::request::rfc3339_now_minus(duration);
         // Per connection, not per request: encoded here rather than kept in the route.
-        let route_name = route.map(|r| crate::access_log::Prepared::string(&r.name));
-        let telemetry = log.cluster.as_deref().map(ClusterRuntime::telemetry);
-        shared.access_log.log(&crate::access_log::Entry {
-            start_time: start_time.as_bytes(),
-            method: "-",
-            authority: info.sni.unwrap_or("-"),
-            path: "-",
-            protocol: "TCP",
-            response_code: 0,
-            response_flags: log.flags.as_str(),
-            response_code_details: None,
+        let route_name = route.map(|r| Prepared::string(&r.name));
+        shared.access_log.log(&Exchange {
+            duration: start.elapsed(),
+            head: None,
+            port: info.port,
+            tls: info.sni.is_some(),
+            sni: info.sni,
+            code: 0,
+            flags: log.flags,
+            details: None,
+            route_name: route_name.as_ref(),
+            cluster: log.cluster.as_deref(),
+            endpoint: log.endpoint,
             bytes_received: log.stats.downstream_to_upstream,
             bytes_sent: log.stats.upstream_to_downstream,
-            duration: duration.as_millis() as u64,
             upstream_service_time: None,
-            upstream_host: telemetry.zip(log.endpoint).map(|(t, i)| &t.endpoint(i).log_host),
-            upstream_cluster: telemetry.map(|t| &t.log_name),
-            route_name: route_name.as_ref(),
-            request_id: None,
-            x_forwarded_for: None,
-            user_agent: None,
-            downstream_remote_address: info.downstream,
+            generated_id: None,
+            no_forwarded_for: true,
+            downstream: info.downstream,
         });
     }
 }

@@ -109,7 +109,7 @@ impl ConnectionHandler for TlsHandler {
         };
         let Some(acceptor) = &server.acceptor else {
             let route = listener.l4_route(true, sni, None);
-            forward(&self.shared, &runtime, route, stream, ConnectionInfo { downstream, sni }).await;
+            forward(&self.shared, &runtime, route, stream, ConnectionInfo { port: self.port, downstream, sni }).await;
             return;
         };
         if server.def.http {
@@ -132,7 +132,7 @@ impl ConnectionHandler for TlsHandler {
             let Some(tls) = self.handshake(acceptor, stream, sni).await else { return };
             // The tcp routes of the server the SNI chose, as each server is its own filter chain.
             let route = listener.l4_route(false, sni, Some(&server.def.server));
-            forward(&self.shared, &runtime, route, tls, ConnectionInfo { downstream, sni }).await;
+            forward(&self.shared, &runtime, route, tls, ConnectionInfo { port: self.port, downstream, sni }).await;
         }
     }
 

@@ -10,11 +10,11 @@
 //! ```
 
 use super::local_reply::LocalReply;
-use super::request;
 use crate::balance::{hash_key, Pick};
 use crate::compiled::cluster::ClusterRuntime;
 use crate::compiled::matcher::RequestView;
 use crate::compiled::{Route, Runtime};
+use crate::head;
 use meshgate_model::snapshot::HashKey;
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -62,7 +62,7 @@ pub fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decision, Ref
     }
     let listener = runtime.listeners.get(&request.port).ok_or_else(LocalReply::no_route)?;
     let req = request.head;
-    let host = request::lowercase(request::host_without_port(req));
+    let host = head::lowercase(head::host_without_port(req));
     if let Some(server) = request.tls_server {
         let mine = listener.tls.iter().find(|t| t.def.server == server);
         let served_here = mine.is_some_and(|t| t.hosts.find(&host).is_some());
@@ -73,7 +73,7 @@ pub fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decision, Ref
     let vhost = listener.hosts.find(&host).ok_or_else(LocalReply::no_route)?;
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     // As sent: port and case kept (Envoy's `:authority`).
-    let authority = request::authority(req).unwrap_or(&host);
+    let authority = head::authority(req).unwrap_or(&host);
     if vhost.https_redirect {
         return Err(LocalReply::https_redirect(authority, path).into());
     }
@@ -108,13 +108,13 @@ fn request_hash(cluster: &ClusterRuntime, request: &Incoming<'_>) -> (Option<u64
     let req = request.head;
     let hash = match key {
         HashKey::Header(name) => req.headers.get(name.as_str()).map(|v| hash_key(v.as_bytes())),
-        HashKey::QueryParameter(name) => request::query_param(req, name).map(|v| hash_key(v.as_bytes())),
+        HashKey::QueryParameter(name) => head::query_param(req, name).map(|v| hash_key(v.as_bytes())),
         HashKey::SourceIp => request.client_ip.map(|ip| match ip {
             IpAddr::V4(ip) => hash_key(&ip.octets()),
             IpAddr::V6(ip) => hash_key(&ip.octets()),
         }),
         HashKey::Cookie { name, path, ttl_seconds } => {
-            if let Some(value) = request::cookie(req, name) {
+            if let Some(value) = head::cookie(req, name) {
                 return (Some(hash_key(value.as_bytes())), None);
             }
             let value = format!("{:016x}", fastrand::u64(..));

@@ -10,7 +10,8 @@
 //!  response_filter ── server, x-envoy-upstream-service-time, consistent-hash cookie
 //!  (header edits leave Pingora's case-preserving name maps behind: see headers.rs)
 //!  fail_to_connect / fail_to_proxy ── UF → 503, UT → 504, Envoy-style bodies
-//!  logging ───────── istio_* metrics, access log line, span (if sampled), LB guard released (ctx drop)
+//!  logging ───────── one telemetry::Exchange → istio_* metrics, access log line, span (if sampled);
+//!                    LB guard released (ctx drop)
 //! ```
 
 mod decide;
@@ -18,14 +19,15 @@ mod headers;
 mod local_reply;
 pub(crate) mod request;
 
-use crate::access_log::{AccessLog, Entry, RequestId};
 use crate::balance::Pick;
 use crate::compiled::cluster::ClusterRuntime;
 use crate::compiled::{Current, Route, Runtime};
-use crate::metrics::{Metrics, RequestRecord};
 use crate::response_flag::ResponseFlag;
+use crate::telemetry::access_log::AccessLog;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::{Exchange, X_REQUEST_ID};
 use crate::trace::context::SpanContext;
-use crate::trace::{RequestFacts, Tracer};
+use crate::trace::Tracer;
 use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue};
 use local_reply::LocalReply;
@@ -45,7 +47,6 @@ const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 // into a new allocation on every insert of a non-standard header.
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 // Fixed values built once: a `&str` value is validated and copied on every request.
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
@@ -275,113 +276,37 @@ impl ProxyHttp for MeshProxy {
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 
-    /// Metrics and access log; the LB guard in `ctx` is released when ctx drops after this.
+    /// Metrics, access log and span, from one exchange record; the LB guard in `ctx` is
+    /// released when ctx drops after this.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<Ctx>) {
-        let code = session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0);
-        let duration = ctx.start.elapsed();
-        let telemetry = ctx.cluster.as_deref().map(ClusterRuntime::telemetry);
-        let endpoint = telemetry.zip(ctx.endpoint).map(|(t, i)| t.endpoint(i));
-        let destination = endpoint.map(|e| &*e.labels).or_else(|| telemetry.map(|t| &*t.service_labels));
-        let req = session.req_header();
-        let protocol = request::protocol_label(req);
-        let request_bytes = session.body_bytes_read() as u64;
-        let response_bytes = session.body_bytes_sent() as u64;
-        self.shared.metrics.record(&RequestRecord {
-            destination,
-            protocol,
-            code,
-            flags: ctx.flags.as_str(),
-            duration_ms: duration.as_secs_f64() * 1000.0,
-            request_bytes,
-            response_bytes,
-            security_policy: ctx.cluster.as_ref().map_or("unknown", |c| c.security_policy()),
-        });
-        if self.shared.access_log.enabled() {
-            let header = |name: &HeaderName| req.headers.get(name).and_then(|v| v.to_str().ok());
-            let start_time = request::rfc3339_now_minus(duration);
-            self.shared.access_log.log(&Entry {
-                start_time: start_time.as_bytes(),
-                method: req.method.as_str(),
-                authority: request::authority(req).unwrap_or_default(),
-                path: req.uri.path_and_query().map_or("", |p| p.as_str()),
-                protocol: request::protocol_name(req),
-                response_code: code,
-                response_flags: ctx.flags.as_str(),
-                response_code_details: match ctx.flags {
-                    ResponseFlag::UnenforcedPolicy => ctx.runtime.as_ref().and_then(|r| r.deny.as_deref()),
-                    _ => None,
-                },
-                bytes_received: request_bytes,
-                bytes_sent: response_bytes,
-                duration: duration.as_millis() as u64,
-                upstream_service_time: ctx.upstream_time_ms,
-                upstream_host: endpoint.map(|e| &e.log_host),
-                upstream_cluster: telemetry.map(|t| &t.log_name),
-                route_name: ctx.route.as_deref().map(Route::log_name),
-                request_id: match &ctx.generated_id {
-                    Some(id) => Some(RequestId::Generated(id)),
-                    None => req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).map(RequestId::Header),
-                },
-                x_forwarded_for: if ctx.no_forwarded_for { None } else { header(&X_FORWARDED_FOR) },
-                user_agent: header(&http::header::USER_AGENT),
-                downstream_remote_address: session.client_addr().and_then(|a| a.as_inet()).copied(),
-            });
-        }
+        let exchange = Exchange {
+            duration: ctx.start.elapsed(),
+            head: Some(session.req_header()),
+            port: self.port,
+            tls: self.tls_server.is_some(),
+            sni: None,
+            code: session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0),
+            flags: ctx.flags,
+            details: match ctx.flags {
+                ResponseFlag::UnenforcedPolicy => ctx.runtime.as_ref().and_then(|r| r.deny.as_deref()),
+                _ => None,
+            },
+            route_name: ctx.route.as_deref().map(Route::log_name),
+            cluster: ctx.cluster.as_deref(),
+            endpoint: ctx.endpoint,
+            bytes_received: session.body_bytes_read() as u64,
+            bytes_sent: session.body_bytes_sent() as u64,
+            upstream_service_time: ctx.upstream_time_ms,
+            generated_id: ctx.generated_id.as_ref(),
+            no_forwarded_for: ctx.no_forwarded_for,
+            downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        };
+        self.shared.metrics.record(&exchange);
+        self.shared.access_log.log(&exchange);
         if let (Some(tracer), Some(trace)) = (&self.shared.tracer, &ctx.trace) {
-            if trace.sampled {
-                self.finish_span(tracer, trace, session, ctx, code, duration);
-            }
+            tracer.finish(trace, &exchange);
         }
         ctx.pick = None;
-    }
-}
-
-impl MeshProxy {
-    /// The request's server span, from what `logging` knows (sampled requests only).
-    fn finish_span(
-        &self,
-        tracer: &Tracer,
-        trace: &SpanContext,
-        session: &Session,
-        ctx: &Ctx,
-        code: u16,
-        duration: Duration,
-    ) {
-        let req = session.req_header();
-        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
-        let cluster = ctx.cluster.as_ref().map(|c| &c.definition);
-        let downstream = session.client_addr().map(|a| a.to_string());
-        tracer.finish(
-            trace,
-            &RequestFacts {
-                method: req.method.as_str(),
-                scheme: if self.tls_server.is_some() { "https" } else { "http" },
-                authority: request::authority(req).unwrap_or_default(),
-                path: req.uri.path_and_query().map_or("", |p| p.as_str()),
-                protocol: request::protocol_name(req),
-                status_code: code,
-                response_flags: ctx.flags.as_str(),
-                request_bytes: session.body_bytes_read() as u64,
-                response_bytes: session.body_bytes_sent() as u64,
-                duration,
-                port: self.port,
-                destination: cluster.map(|c| (&*c.service.host, c.port)),
-                upstream_cluster: cluster.map(|c| &*c.name),
-                upstream_address: ctx.cluster.as_ref().zip(ctx.endpoint).map(|(c, i)| c.endpoints[i].addr),
-                request_id: request_id(req, ctx),
-                user_agent: header("user-agent"),
-                downstream_address: downstream.as_deref(),
-                tracestate: header("tracestate"),
-            },
-        );
-    }
-}
-
-/// The request's own x-request-id, or the one generated for it.
-fn request_id<'a>(req: &'a RequestHeader, ctx: &'a Ctx) -> Option<&'a str> {
-    match &ctx.generated_id {
-        Some(id) => std::str::from_utf8(id).ok(),
-        None => req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()),
     }
 }
 

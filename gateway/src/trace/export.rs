@@ -99,7 +99,7 @@ enum Message {
     Flush(std::sync::mpsc::Sender<()>),
 }
 
-/// Counters the exporter keeps (registered in [`crate::metrics::Metrics`]).
+/// Counters the exporter keeps (registered in [`crate::telemetry::metrics::Metrics`]).
 #[derive(Clone)]
 pub struct ExportCounters {
     pub dropped: prometheus::IntCounter,

@@ -117,9 +117,11 @@ impl Tracer {
     }
 
     /// Encodes and queues the span of a finished request if it is sampled.
-    pub fn finish(&self, span: &SpanContext, facts: &RequestFacts) {
+    pub fn finish(&self, span: &SpanContext, exchange: &crate::telemetry::Exchange) {
         if span.sampled {
-            self.exporter.send(span::encode(span, facts, &self.tags));
+            let downstream = exchange.downstream.map(|a| a.to_string());
+            let facts = RequestFacts::of(exchange, downstream.as_deref());
+            self.exporter.send(span::encode(span, &facts, &self.tags));
         }
     }
 

@@ -16,7 +16,7 @@ const KIND_SERVER: u8 = 2;
 /// OTLP `Status.STATUS_CODE_ERROR`.
 const STATUS_ERROR: u8 = 2;
 
-/// What the proxy knows about a finished request, borrowed from its context.
+/// What a span says about a finished request, taken from its exchange record.
 pub struct RequestFacts<'a> {
     pub method: &'a str,
     pub scheme: &'static str,
@@ -41,6 +41,32 @@ pub struct RequestFacts<'a> {
     pub tracestate: Option<&'a str>,
 }
 
+impl<'a> RequestFacts<'a> {
+    pub fn of(x: &crate::telemetry::Exchange<'a>, downstream_address: Option<&'a str>) -> RequestFacts<'a> {
+        let cluster = x.cluster.map(|c| &*c.definition);
+        RequestFacts {
+            method: x.method(),
+            scheme: if x.tls { "https" } else { "http" },
+            authority: x.authority(),
+            path: x.path(),
+            protocol: x.protocol_name(),
+            status_code: x.code,
+            response_flags: x.flags.as_str(),
+            request_bytes: x.bytes_received,
+            response_bytes: x.bytes_sent,
+            duration: x.duration,
+            port: x.port,
+            destination: cluster.map(|c| (&*c.service.host, c.port)),
+            upstream_cluster: cluster.map(|c| &*c.name),
+            upstream_address: x.upstream_address(),
+            request_id: x.request_id().map(|id| id.as_str()),
+            user_agent: x.user_agent(),
+            downstream_address,
+            tracestate: x.tracestate(),
+        }
+    }
+}
+
 /// Span attributes the same for every request of this gateway (Envoy sets these as tags).
 pub struct GatewayTags {
     pub node_id: String,
@@ -56,7 +82,7 @@ pub fn encode(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTags) -> V
     // destination (404, 503 before routing) it uses the request's authority.
     let name = match facts.destination {
         Some((host, port)) => format!("{host}:{port}/*"),
-        None => format!("{}:{}/*", crate::proxy::request::strip_port(facts.authority), facts.port),
+        None => format!("{}:{}/*", crate::head::strip_port(facts.authority), facts.port),
     };
     let url = format!("{}://{}{}", facts.scheme, facts.authority, facts.path);
     let upstream_address = facts.upstream_address.map(|a| a.to_string());

@@ -1,7 +1,8 @@
 //! Istio's standard request metrics (so Kiali and Istio's Grafana dashboards work unchanged)
 //! and meshgate's own `meshgate_*` metrics, in one Prometheus registry.
 
-use crate::compiled::cluster::DestinationLabels;
+use super::destination::DestinationLabels;
+use super::Exchange;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
@@ -65,7 +66,7 @@ impl TcpCounters {
 }
 
 /// The four request metrics of one label set, resolved once.
-struct Series {
+pub(crate) struct Series {
     requests: IntCounter,
     duration: prometheus::Histogram,
     request_bytes: prometheus::Histogram,
@@ -155,19 +156,6 @@ pub struct Metrics {
     pub trace: crate::trace::export::ExportCounters,
     /// Series of requests that reached no destination (404 NR and the like).
     no_destination: SeriesCache,
-}
-
-/// One finished request, as metrics see it.
-pub struct RequestRecord<'a> {
-    pub destination: Option<&'a DestinationLabels>,
-    pub protocol: &'static str,
-    pub code: u16,
-    pub flags: &'static str,
-    pub duration_ms: f64,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    /// `mutual_tls` when the upstream connection used a client certificate, else `none`.
-    pub security_policy: &'static str,
 }
 
 impl Metrics {
@@ -346,20 +334,23 @@ impl Metrics {
         }
     }
 
-    pub fn record(&self, r: &RequestRecord) {
-        let key = (r.code, r.flags, r.protocol, r.security_policy);
-        let cache = r.destination.map_or(&self.no_destination, |d| &d.series);
-        let series = cache.get(key, || self.series(r));
+    /// Istio's request metrics for one finished HTTP request.
+    pub fn record(&self, x: &Exchange) {
+        let key = (x.code, x.flags.as_str(), x.protocol_label(), x.security_policy());
+        let destination = x.destination_labels();
+        let cache = destination.map_or(&self.no_destination, |d| &d.series);
+        let series = cache.get(key, || self.series(destination, key));
         series.requests.inc();
-        series.duration.observe(r.duration_ms);
-        series.request_bytes.observe(r.request_bytes as f64);
-        series.response_bytes.observe(r.response_bytes as f64);
+        series.duration.observe(x.duration.as_secs_f64() * 1000.0);
+        series.request_bytes.observe(x.bytes_received as f64);
+        series.response_bytes.observe(x.bytes_sent as f64);
     }
 
-    fn series(&self, r: &RequestRecord) -> Series {
+    fn series(&self, destination: Option<&DestinationLabels>, key: SeriesKey) -> Series {
+        let (code, flags, protocol, security_policy) = key;
         let mut code_buf = [0u8; 5];
-        let code = code_str(&mut code_buf, r.code);
-        let values = self.label_values(r.destination, &[r.protocol, code, "-", r.flags, r.security_policy]);
+        let code = code_str(&mut code_buf, code);
+        let values = self.label_values(destination, &[protocol, code, "-", flags, security_policy]);
         Series {
             requests: self.requests.with_label_values(&values),
             duration: self.duration.with_label_values(&values),

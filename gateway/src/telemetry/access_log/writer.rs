@@ -115,7 +115,17 @@ impl AccessLog {
         self.writer.is_some()
     }
 
-    pub fn log(&self, entry: &Entry) {
+    /// Queues the exchange's line (nothing when the log is off).
+    pub fn log(&self, exchange: &crate::telemetry::Exchange) {
+        if self.writer.is_none() {
+            return;
+        }
+        let start_time = crate::telemetry::timestamp::rfc3339_now_minus(exchange.duration);
+        self.log_entry(&Entry::of(exchange, &start_time));
+    }
+
+    /// Queues one line.
+    fn log_entry(&self, entry: &Entry) {
         let Some(writer) = &self.writer else { return };
         let queue = &writer.queue;
         let wake = LOCAL.with(|local| {
@@ -166,13 +176,13 @@ fn write_loop(queue: &Queue) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::line::tests::reference;
     use super::*;
-    use crate::access_log::line::tests::reference;
 
     /// Logs the line of `reference(path, ...)`.
     fn log_line(log: &AccessLog, path: &str) {
         let r = reference(path, None, "127.0.0.1:1");
-        log.log(&r.entry(&r.fields()));
+        log.log_entry(&r.entry(&r.fields()));
     }
 
     fn counter() -> prometheus::IntCounter {

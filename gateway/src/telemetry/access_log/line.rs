@@ -1,5 +1,5 @@
-//! The access log line: its fields, the parts prepared when the runtime is compiled, and the
-//! hand-written JSON encoding (held byte for byte to serde_json's by the tests).
+//! The access log line: its fields (taken from the exchange record), the parts prepared once
+//! per cluster or route, and the hand-written JSON encoding (held byte for byte to serde_json's by the tests).
 
 /// Field names follow Envoy's default access log vocabulary as Istio prints it. Borrowed so
 /// a request serialises its line straight from its own state: one buffer, no field copies.
@@ -7,7 +7,7 @@
 /// built once when the configuration is compiled.
 #[derive(Debug)]
 pub struct Entry<'a> {
-    /// RFC 3339 text (ASCII, see `request::Timestamp::as_bytes`); written without escaping,
+    /// RFC 3339 text (ASCII, see `telemetry::timestamp::Timestamp::as_bytes`); written without escaping,
     /// like `method` (a token: no quotes, backslashes or control bytes), `protocol` and
     /// `response_flags` (the gateway's own vocabulary).
     pub start_time: &'a [u8],
@@ -112,7 +112,32 @@ impl<K: Key> Prepared<K> {
     }
 }
 
-impl Entry<'_> {
+impl<'a> Entry<'a> {
+    /// The line's fields for an exchange that started at `start_time`.
+    pub fn of(x: &crate::telemetry::Exchange<'a>, start_time: &'a crate::telemetry::timestamp::Timestamp) -> Entry<'a> {
+        Entry {
+            start_time: start_time.as_bytes(),
+            method: x.method(),
+            authority: x.authority(),
+            path: x.path(),
+            protocol: x.protocol_name(),
+            response_code: x.code,
+            response_flags: x.flags.as_str(),
+            response_code_details: x.details,
+            bytes_received: x.bytes_received,
+            bytes_sent: x.bytes_sent,
+            duration: x.duration.as_millis() as u64,
+            upstream_service_time: x.upstream_service_time,
+            upstream_host: x.endpoint_telemetry().map(|e| &e.log_host),
+            upstream_cluster: x.cluster_telemetry().map(|t| &t.log_name),
+            route_name: x.route_name,
+            request_id: x.request_id(),
+            x_forwarded_for: x.x_forwarded_for(),
+            user_agent: x.user_agent(),
+            downstream_remote_address: x.downstream,
+        }
+    }
+
     /// The JSON line (with its newline), written field by field. serde_json's derive produced
     /// the same bytes at about twice the instructions: it escapes strings byte by byte and
     /// formats numbers and addresses through `core::fmt`. The unit tests hold the output equal
