@@ -26,7 +26,13 @@
 //! assert_eq!(r.echo()?.version, "v1");
 //! ```
 
-pub mod apiserver;
+/// The fake Kubernetes API server of the `--kube` suites. It lives in the `fake-apiserver`
+/// crate so that the controller's unit tests use the same one without depending on this
+/// harness; the same two names are re-exported here, so `apiserver::FakeApiServer` and the
+/// prelude work as before.
+pub mod apiserver {
+    pub use fake_apiserver::{FakeApiServer, FAKE_API_TOKEN};
+}
 pub mod certs;
 pub mod client;
 pub mod collector;

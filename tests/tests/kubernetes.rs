@@ -49,12 +49,7 @@ impl Cluster {
 
     /// List (not watch) requests of `plural` so far.
     fn lists(&self, plural: &str) -> usize {
-        let suffix = format!("/{plural}");
-        self.api
-            .requests()
-            .iter()
-            .filter(|r| r.split('?').next().is_some_and(|p| p.ends_with(&suffix)) && !r.contains("watch=true"))
-            .count()
+        self.api.list_count(plural)
     }
 }
 

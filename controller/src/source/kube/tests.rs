@@ -1,34 +1,34 @@
-//! The Kubernetes source against a scripted API server (see `fake`): lists, watch events,
-//! 410 relists, RBAC denials and outages, observed through `on_change` and `SourceHealth`.
+//! The Kubernetes source against the fake API server the end-to-end tests use too (crate
+//! `fake-apiserver`, in process): lists, watch events, 410 relists, RBAC denials and outages,
+//! observed through `on_change` and `SourceHealth`.
 //!
 //! Time is paused: the debounce and kube's backoff run on virtual time, which only advances
-//! when every task is idle, so "wait for the next Store" is deterministic.
-
-mod fake;
+//! when every task is idle, so "wait for the next Store" is deterministic. The fake answers in
+//! process for that reason (a request on a real socket would count as idle).
 
 use super::*;
 use crate::store::{lookup, Key};
 use crate::translate::{translate, Options};
-use fake::{path, FakeApi, Reply};
+use fake_apiserver::FakeApiServer;
 use serde_json::{json, Value};
 use std::time::Duration;
 
 const ISTIO: &str = "networking.istio.io/v1";
 
-fn gateways() -> String {
-    path(ISTIO, "gateways", None)
+/// A collection's URL path as kube-rs requests it (`api_version` `v1` is the core group).
+fn path(api_version: &str, plural: &str, namespace: Option<&str>) -> String {
+    let prefix = if api_version == "v1" { "/api/v1".to_string() } else { format!("/apis/{api_version}") };
+    match namespace {
+        Some(ns) => format!("{prefix}/namespaces/{ns}/{plural}"),
+        None => format!("{prefix}/{plural}"),
+    }
 }
-fn virtual_services() -> String {
-    path(ISTIO, "virtualservices", None)
-}
-fn services() -> String {
-    path("v1", "services", None)
-}
-fn slices() -> String {
-    path("discovery.k8s.io/v1", "endpointslices", None)
-}
-fn secrets() -> String {
-    path("v1", "secrets", Some("istio-system"))
+
+/// The cluster's objects, applied in order (the fake assigns resourceVersions and uids).
+fn apply(api: &FakeApiServer, objects: impl IntoIterator<Item = Value>) {
+    for object in objects {
+        api.apply(object).expect("the fake serves the kind");
+    }
 }
 
 fn gateway(credential: Option<&str>) -> Value {
@@ -84,11 +84,8 @@ fn secret(name: &str) -> Value {
 }
 
 /// The bookinfo-like cluster most tests start from.
-fn serve_basics(api: &FakeApi) {
-    api.serve(&gateways(), vec![gateway(None)]);
-    api.serve(&virtual_services(), vec![virtual_service("bookinfo", "reviews", "/reviews")]);
-    api.serve(&services(), vec![service()]);
-    api.serve(&slices(), vec![endpoint_slice()]);
+fn serve_basics(api: &FakeApiServer) {
+    apply(api, [gateway(None), virtual_service("bookinfo", "reviews", "/reviews"), service(), endpoint_slice()]);
 }
 
 struct Source {
@@ -98,10 +95,11 @@ struct Source {
 }
 
 impl Source {
-    fn start(api: &FakeApi, options: KubeOptions) -> Source {
+    fn start(api: &FakeApiServer, options: KubeOptions) -> Source {
         let (tx, stores) = mpsc::unbounded_channel();
         let health = Arc::new(SourceHealth::new());
-        let task = tokio::spawn(run(api.client(), options, health.clone(), move |store| {
+        let client = kube::Client::new(api.service(), "default");
+        let task = tokio::spawn(run(client, options, health.clone(), move |store| {
             let _ = tx.send(store);
         }));
         Source { stores, health, task }
@@ -146,7 +144,7 @@ fn prefixes(store: &Store) -> Vec<String> {
 
 #[tokio::test(start_paused = true)]
 async fn initial_lists_publish_one_store_that_translates_to_the_route() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
     let mut source = Source::start(&api, KubeOptions::default());
 
@@ -173,42 +171,44 @@ async fn initial_lists_publish_one_store_that_translates_to_the_route() {
 
 #[tokio::test(start_paused = true)]
 async fn watch_events_in_quick_succession_publish_once() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
     let mut source = Source::start(&api, KubeOptions::default());
     source.next_store().await;
 
-    let watch = api.next_watch(&virtual_services()).await;
-    assert!(watch.uri.contains("watch=true") && watch.uri.contains("resourceVersion="), "{}", watch.uri);
-    watch.modified(virtual_service("bookinfo", "reviews", "/v2"));
+    // The watch goes on from the list's resourceVersion.
+    let requests = api.requests();
+    let watch = format!("GET {}?", path(ISTIO, "virtualservices", None));
+    assert!(
+        requests.iter().any(|r| r.starts_with(&watch) && r.contains("watch=true") && r.contains("resourceVersion=")),
+        "{requests:?}"
+    );
+    api.apply(virtual_service("bookinfo", "reviews", "/v2")).unwrap();
     // Virtual time: by the time this sleep ends the first event has been taken in and the
     // debounce (100 ms) is running; the second event lands inside it.
     tokio::time::sleep(Duration::from_millis(60)).await;
-    watch.added(virtual_service("bookinfo", "ratings", "/ratings"));
-    watch.bookmark(ISTIO, "VirtualService");
+    api.apply(virtual_service("bookinfo", "ratings", "/ratings")).unwrap();
 
     let store = source.next_store().await;
     assert_eq!(prefixes(&store), ["/ratings", "/v2"]);
+    // Quiet for 10 s, during which the fake sends a BOOKMARK a second on every watch: those
+    // publish nothing either.
     source.assert_quiet().await;
 
-    watch.deleted(virtual_service("bookinfo", "ratings", "/ratings"));
+    assert!(api.delete(ISTIO, "VirtualService", "bookinfo", "ratings"));
     assert_eq!(prefixes(&source.next_store().await), ["/v2"]);
     assert_eq!(source.health.summary().published, 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_event_decodes_only_the_object_it_changed() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
-    api.serve(
-        &virtual_services(),
-        vec![virtual_service("bookinfo", "reviews", "/reviews"), virtual_service("bookinfo", "ratings", "/ratings")],
-    );
+    apply(&api, [virtual_service("bookinfo", "ratings", "/ratings")]);
     let mut source = Source::start(&api, KubeOptions::default());
     let first = source.next_store().await;
 
-    let watch = api.next_watch(&virtual_services()).await;
-    watch.modified(virtual_service("bookinfo", "reviews", "/v2"));
+    api.apply(virtual_service("bookinfo", "reviews", "/v2")).unwrap();
     let second = source.next_store().await;
     assert_eq!(prefixes(&second), ["/ratings", "/v2"]);
 
@@ -226,11 +226,11 @@ async fn an_event_decodes_only_the_object_it_changed() {
     assert!(Arc::ptr_eq(&before.0, &after.0) && Arc::ptr_eq(&before.1, &after.1) && Arc::ptr_eq(&before.2, &after.2));
 
     // And the Store is the one a fresh start on the changed cluster decodes.
-    let fresh_api = FakeApi::new();
+    let fresh_api = FakeApiServer::new();
     serve_basics(&fresh_api);
-    fresh_api.serve(
-        &virtual_services(),
-        vec![virtual_service("bookinfo", "reviews", "/v2"), virtual_service("bookinfo", "ratings", "/ratings")],
+    apply(
+        &fresh_api,
+        [virtual_service("bookinfo", "reviews", "/v2"), virtual_service("bookinfo", "ratings", "/ratings")],
     );
     let fresh = Source::start(&fresh_api, KubeOptions::default()).next_store().await;
     assert_eq!(second, fresh);
@@ -238,16 +238,15 @@ async fn an_event_decodes_only_the_object_it_changed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_constantly_changing_cluster_still_publishes_within_ten_debounces() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
     let mut source = Source::start(&api, KubeOptions::default());
     source.next_store().await;
     let start = tokio::time::Instant::now();
 
-    let watch = api.next_watch(&virtual_services()).await;
     let mut published = None;
     for i in 0..100 {
-        watch.modified(virtual_service("bookinfo", "reviews", &format!("/v{i}")));
+        api.apply(virtual_service("bookinfo", "reviews", &format!("/v{i}"))).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         if let Ok(store) = source.stores.try_recv() {
             published = Some((store, start.elapsed()));
@@ -261,27 +260,25 @@ async fn a_constantly_changing_cluster_still_publishes_within_ten_debounces() {
 
 #[tokio::test(start_paused = true)]
 async fn gone_relists_and_publishes_the_relisted_contents() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
-    let ratings = virtual_service("bookinfo", "ratings", "/ratings");
-    api.serve(&virtual_services(), vec![virtual_service("bookinfo", "reviews", "/reviews"), ratings.clone()]);
+    apply(&api, [virtual_service("bookinfo", "ratings", "/ratings")]);
     let mut source = Source::start(&api, KubeOptions::default());
     let first = source.next_store().await;
     assert_eq!(prefixes(&first), ["/ratings", "/reviews"]);
 
-    // While the watch was behind, the cluster changed; the server has compacted its history.
-    api.serve(&virtual_services(), vec![virtual_service("bookinfo", "reviews", "/relisted"), ratings]);
-    api.next_watch(&virtual_services()).await.gone();
+    // The server compacts its history and ends the watches with 410; the change after that
+    // reaches the source only through the relist (an expired watch delivers nothing more).
+    api.expire_watches();
+    api.apply(virtual_service("bookinfo", "reviews", "/relisted")).unwrap();
 
     let relisted = source.next_store().await;
     assert_eq!(prefixes(&relisted), ["/ratings", "/relisted"]);
     // What the relist returned unchanged was not decoded again.
     let spec = |store: &Store| lookup(&store.virtual_services, "bookinfo", "ratings").unwrap().spec.clone();
     assert!(Arc::ptr_eq(&spec(&first), &spec(&relisted)));
-    let lists =
-        api.requests().iter().filter(|u| u.starts_with(&virtual_services()) && !u.contains("watch=true")).count();
-    assert_eq!(lists, 2, "one initial list and one relist");
-    api.next_watch(&virtual_services()).await; // and it watches again from the relist
+    assert_eq!(api.list_count("virtualservices"), 2, "one initial list and one relist");
+    assert_eq!(api.watch_count("virtualservices"), 2, "and it watches again from the relist");
     let vs = source.kind("VirtualService");
     assert_eq!(vs.errors.get("gone"), Some(&1));
     assert!(vs.synced && !vs.failing);
@@ -289,10 +286,10 @@ async fn gone_relists_and_publishes_the_relisted_contents() {
 
 #[tokio::test(start_paused = true)]
 async fn forbidden_secrets_do_not_block_the_rest_and_show_in_health() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
-    api.serve(&gateways(), vec![gateway(Some("gw-cert"))]);
-    api.set_list(&secrets(), Reply::Status(403, "Forbidden"));
+    apply(&api, [gateway(Some("gw-cert"))]);
+    api.forbid("secrets");
     let mut source = Source::start(&api, KubeOptions::default());
 
     let store = source.next_store().await;
@@ -304,7 +301,8 @@ async fn forbidden_secrets_do_not_block_the_rest_and_show_in_health() {
     assert!(source.kind("Gateway").synced);
 
     // RBAC fixed: the retry (after backoff) lists the Secret and publishes it.
-    api.serve(&secrets(), vec![secret("gw-cert")]);
+    api.allow("secrets");
+    apply(&api, [secret("gw-cert")]);
     let store = source.next_store().await;
     assert_eq!(store.secrets.len(), 1);
     let secrets_health = source.kind("Secret");
@@ -313,10 +311,9 @@ async fn forbidden_secrets_do_not_block_the_rest_and_show_in_health() {
 
 #[tokio::test(start_paused = true)]
 async fn only_referenced_secrets_and_their_cacert_companions_reach_the_store() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
-    api.serve(&gateways(), vec![gateway(Some("gw-cert"))]);
-    api.serve(&secrets(), vec![secret("gw-cert"), secret("gw-cert-cacert"), secret("database-password")]);
+    apply(&api, [gateway(Some("gw-cert")), secret("gw-cert"), secret("gw-cert-cacert"), secret("database-password")]);
     let mut source = Source::start(&api, KubeOptions::default());
 
     let store = source.next_store().await;
@@ -327,19 +324,16 @@ async fn only_referenced_secrets_and_their_cacert_companions_reach_the_store() {
 
 #[tokio::test(start_paused = true)]
 async fn listed_namespaces_use_namespaced_urls_only() {
-    let api = FakeApi::new();
-    // Cluster-wide paths hold an object the namespaced watches must never see.
-    api.serve(&virtual_services(), vec![virtual_service("elsewhere", "stray", "/stray")]);
-    api.serve(
-        &path(ISTIO, "virtualservices", Some("bookinfo")),
-        vec![virtual_service("bookinfo", "reviews", "/reviews")],
-    );
+    let api = FakeApiServer::new();
+    // An object in a namespace nobody asked for: the namespaced watches must never see it.
+    apply(&api, [virtual_service("elsewhere", "stray", "/stray"), virtual_service("bookinfo", "reviews", "/reviews")]);
     let options = KubeOptions { namespaces: vec!["bookinfo".into(), "web".into()], ..KubeOptions::default() };
     let mut source = Source::start(&api, options);
 
     let store = source.next_store().await;
     assert_eq!(prefixes(&store), ["/reviews"]);
-    let requests = api.requests();
+    // Recorded as `GET /path?query`.
+    let requests: Vec<String> = api.requests().iter().map(|r| r.trim_start_matches("GET ").to_string()).collect();
     for plural in ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"] {
         for ns in ["bookinfo", "web"] {
             let url = path(ISTIO, plural, Some(ns));
@@ -350,34 +344,33 @@ async fn listed_namespaces_use_namespaced_urls_only() {
         assert!(requests.iter().any(|u| u.starts_with(&url)), "{url} not requested");
     }
     assert!(requests.iter().all(|u| u.contains("/namespaces/")), "a cluster-wide request: {requests:?}");
-    assert!(requests.iter().any(|u| u.starts_with(&secrets())), "Secrets come from the gateway namespace");
+    let secrets = path("v1", "secrets", Some("istio-system"));
+    assert!(requests.iter().any(|u| u.starts_with(&secrets)), "Secrets come from the gateway namespace");
 }
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_keeps_the_last_store_and_resumes_with_backoff() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
     let mut source = Source::start(&api, KubeOptions::default());
     source.next_store().await;
 
-    // The watch breaks and the API server is unreachable: reconnects fail, nothing publishes.
-    api.set_watch(&virtual_services(), Some(Reply::Disconnect));
-    drop(api.next_watch(&virtual_services()).await);
+    // The API server becomes unreachable: the watches break, reconnects are refused, nothing
+    // publishes.
+    api.set_down(true);
     source.assert_quiet().await;
     let vs = source.kind("VirtualService");
-    assert!(vs.failing && vs.errors["connect"] >= 2, "{vs:?}");
-    let attempts = api.requests().iter().filter(|u| u.starts_with(&virtual_services())).count();
-    assert!(attempts < 15, "backoff spaces the retries out over 10s: {attempts} requests");
+    // One error for the broken watch, one per refused reconnect.
+    let attempts = vs.errors["connect"];
+    assert!(vs.failing && attempts >= 3, "{vs:?}");
+    assert!(attempts < 15, "backoff spaces the retries out over 10s: {attempts} errors");
 
     // Back again: the watch resumes from its resourceVersion (no relist) and new events flow.
-    api.set_watch(&virtual_services(), None);
-    let watch = api.next_watch(&virtual_services()).await;
-    watch.modified(virtual_service("bookinfo", "reviews", "/after-outage"));
+    api.set_down(false);
+    api.apply(virtual_service("bookinfo", "reviews", "/after-outage")).unwrap();
     assert_eq!(prefixes(&source.next_store().await), ["/after-outage"]);
     assert!(!source.kind("VirtualService").failing);
-    let lists =
-        api.requests().iter().filter(|u| u.starts_with(&virtual_services()) && !u.contains("watch=true")).count();
-    assert_eq!(lists, 1);
+    assert_eq!(api.list_count("virtualservices"), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -389,12 +382,11 @@ async fn revision_selects_istio_config_by_label() {
         }
         vs
     };
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
-    api.serve(
-        &virtual_services(),
-        vec![labelled("canary", Some("canary")), labelled("stable", Some("stable")), labelled("plain", None)],
-    );
+    // These three instead of the basics' VirtualService.
+    assert!(api.delete(ISTIO, "VirtualService", "bookinfo", "reviews"));
+    apply(&api, [labelled("canary", Some("canary")), labelled("stable", Some("stable")), labelled("plain", None)]);
 
     let mut canary = Source::start(&api, KubeOptions { revision: Some("canary".into()), ..KubeOptions::default() });
     assert_eq!(prefixes(&canary.next_store().await), ["/canary"]);
@@ -410,14 +402,13 @@ async fn revision_selects_istio_config_by_label() {
 
 #[tokio::test(start_paused = true)]
 async fn istio_v1_missing_falls_back_to_v1beta1() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
-    for plural in ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"] {
-        api.set_list(&path(ISTIO, plural, None), Reply::Status(404, "NotFound"));
-    }
+    // Istio before 1.22: v1 answers 404.
+    api.serve_istio_versions(&["v1beta1"]);
     let mut old = virtual_service("bookinfo", "reviews", "/old-istio");
     old["apiVersion"] = json!("networking.istio.io/v1beta1");
-    api.serve(&path("networking.istio.io/v1beta1", "virtualservices", None), vec![old]);
+    api.apply(old).unwrap();
     let mut source = Source::start(&api, KubeOptions::default());
 
     let store = source.next_store().await;
@@ -428,13 +419,10 @@ async fn istio_v1_missing_falls_back_to_v1beta1() {
 
 #[tokio::test(start_paused = true)]
 async fn missing_istio_crds_still_publish_kubernetes_objects() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
-    for version in ["networking.istio.io/v1", "networking.istio.io/v1beta1"] {
-        for plural in ["gateways", "virtualservices", "destinationrules", "serviceentries", "workloadentries"] {
-            api.set_list(&path(version, plural, None), Reply::Status(404, "NotFound"));
-        }
-    }
+    // No Istio CRDs at all: every version of its groups answers 404.
+    api.serve_istio_versions(&[]);
     let mut source = Source::start(&api, KubeOptions::default());
 
     let store = source.next_store().await;
@@ -445,7 +433,7 @@ async fn missing_istio_crds_still_publish_kubernetes_objects() {
 
 #[tokio::test(start_paused = true)]
 async fn security_policies_in_the_gateway_namespace_are_read_and_deny() {
-    let api = FakeApi::new();
+    let api = FakeApiServer::new();
     serve_basics(&api);
     let policy = json!({
         "apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
@@ -457,7 +445,7 @@ async fn security_policies_in_the_gateway_namespace_are_read_and_deny() {
         }
     });
     // Watched in the gateway's namespace even when every namespace is watched for routing.
-    api.serve(&path("security.istio.io/v1", "authorizationpolicies", Some("istio-system")), vec![policy]);
+    apply(&api, [policy]);
     let mut source = Source::start(&api, KubeOptions::default());
     let store = source.next_store().await;
     assert_eq!(store.authorization_policies.len(), 1);

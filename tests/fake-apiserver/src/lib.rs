@@ -1,20 +1,40 @@
-//! A fake Kubernetes API server over real HTTP, for running `controller --kube` and
-//! `gateway --kube` end to end.
+//! A fake Kubernetes API server: one in-memory "cluster" that speaks enough of the real API
+//! for kube-rs's watcher. It is shared by the controller's unit tests of its Kubernetes source
+//! and by the end-to-end tests (through `meshgate_e2e::apiserver`).
 //!
-//! It speaks enough of the real API for kube-rs's watcher: list and watch (by URL path,
-//! cluster-wide and per namespace) of every kind meshgate watches, with a global
-//! resourceVersion, newline-delimited JSON watch events over a chunked response, BOOKMARKs,
-//! `timeoutSeconds`, `410 Expired` after compaction, and `Status` bodies for 401/403/404.
-//! Tests change the "cluster" with [`FakeApiServer::apply`] / [`FakeApiServer::delete`] and
-//! simulate trouble with [`FakeApiServer::expire_watches`], [`FakeApiServer::set_down`] and
-//! [`FakeApiServer::forbid`]. [`FakeApiServer::kubeconfig`] writes a kubeconfig pointing at it
-//! (plain `http://`, which kube-rs accepts: its rustls connector is built `https_or_http`).
+//! It serves list and watch (by URL path, cluster-wide and per namespace) of every kind
+//! meshgate watches, with a global resourceVersion, newline-delimited JSON watch events over a
+//! streamed body, BOOKMARKs, `timeoutSeconds`, `410 Expired` after compaction, and `Status`
+//! bodies for 401/403/404. Tests change the cluster with [`FakeApiServer::apply`] /
+//! [`FakeApiServer::delete`] and simulate trouble with [`FakeApiServer::expire_watches`],
+//! [`FakeApiServer::set_down`], [`FakeApiServer::forbid`] and
+//! [`FakeApiServer::serve_istio_versions`].
+//!
+//! Two transports reach the same cluster:
+//!
+//! - [`FakeApiServer::start`] listens on a loopback port over real HTTP, for `controller
+//!   --kube` and `gateway --kube` processes; [`FakeApiServer::kubeconfig`] writes a kubeconfig
+//!   pointing at it (plain `http://`, which kube-rs accepts: its rustls connector is built
+//!   `https_or_http`), and requests must carry its bearer token ([`FAKE_API_TOKEN`]).
+//! - [`FakeApiServer::service`] answers in process, as the tower `Service` that
+//!   `kube::Client::new` takes. Unit tests run on paused (virtual) time, which auto-advances
+//!   whenever every task is idle: a request waiting on a real socket would count as idle and
+//!   let timeouts fire, while an in-process answer is ready at once, so those tests stay
+//!   deterministic. There is no connection to authenticate, so no token is checked.
+//!
+//! It is a crate of its own rather than a module of `meshgate-e2e` because the controller's
+//! unit tests cannot depend on that harness without building all of it (reqwest, rcgen, the
+//! process launchers); and it depends on neither kube nor the controller, so both sides use it
+//! without a cycle.
 //!
 //! ```ignore
+//! // End to end:
 //! let api = FakeApiServer::start().await;
-//! api.apply_yaml(&gateway("gw", 80, &["*"]));
-//! let kubeconfig = api.kubeconfig(dir.path());
-//! let controller = ControllerProcess::start_kube(&kubeconfig, &[]).await?;
+//! api.apply_yaml(&gateway("gw", 80, &["*"]))?;
+//! let controller = ControllerProcess::start_kube(&api.kubeconfig(dir.path()), &[]).await?;
+//! // In process:
+//! let api = FakeApiServer::new();
+//! let client = kube::Client::new(api.service(), "default");
 //! ```
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -26,6 +46,7 @@ use hyper::body::{Frame, Incoming};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -35,7 +56,9 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::AbortHandle;
 
-type Body = BoxBody<Bytes, Infallible>;
+/// Response bodies of both transports. A watch body ends with an error when the server goes
+/// [down](FakeApiServer::set_down), which is how a broken connection looks to the client.
+pub type Body = BoxBody<Bytes, io::Error>;
 
 /// The bearer token the fake expects (written into [`FakeApiServer::kubeconfig`]).
 pub const FAKE_API_TOKEN: &str = "fake-apiserver-token";
@@ -54,9 +77,11 @@ struct Resource {
 }
 
 impl Resource {
-    /// Custom resources keep `apiVersion`/`kind` on list items; built-in kinds do not.
+    /// Istio's custom resources (networking and security) keep `apiVersion`/`kind` on list
+    /// items, are served in several versions and follow [`FakeApiServer::serve_istio_versions`];
+    /// built-in kinds do none of this.
     fn is_crd(&self) -> bool {
-        self.group == "networking.istio.io"
+        self.group.ends_with(".istio.io")
     }
 
     fn api_version(&self, version: &str) -> String {
@@ -69,19 +94,25 @@ impl Resource {
 }
 
 fn resources() -> Vec<Resource> {
-    let istio = |plural, kind| Resource {
-        group: "networking.istio.io",
+    let istio = |group, plural, kind| Resource {
+        group,
         versions: vec!["v1".into(), "v1beta1".into(), "v1alpha3".into()],
         plural,
         kind,
     };
+    let networking = |plural, kind| istio("networking.istio.io", plural, kind);
+    // The security kinds are there because the controller watches them in the gateway's and
+    // the root namespace: a kind the fake does not serve would show as failing (404).
+    let security = |plural, kind| istio("security.istio.io", plural, kind);
     let v1 = |group, plural, kind| Resource { group, versions: vec!["v1".into()], plural, kind };
     vec![
-        istio("gateways", "Gateway"),
-        istio("virtualservices", "VirtualService"),
-        istio("destinationrules", "DestinationRule"),
-        istio("serviceentries", "ServiceEntry"),
-        istio("workloadentries", "WorkloadEntry"),
+        networking("gateways", "Gateway"),
+        networking("virtualservices", "VirtualService"),
+        networking("destinationrules", "DestinationRule"),
+        networking("serviceentries", "ServiceEntry"),
+        networking("workloadentries", "WorkloadEntry"),
+        security("authorizationpolicies", "AuthorizationPolicy"),
+        security("requestauthentications", "RequestAuthentication"),
         v1("", "services", "Service"),
         v1("", "pods", "Pod"),
         v1("", "secrets", "Secret"),
@@ -113,8 +144,9 @@ struct State {
     forbidden: BTreeSet<String>,
     /// Plurals whose watches (only) answer 403.
     watch_forbidden: BTreeSet<String>,
+    /// Open connections of the HTTP transport, aborted when the server goes down.
     connections: Vec<AbortHandle>,
-    /// Connections closed on accept while down.
+    /// Connections closed on accept (or in-process requests refused) while down.
     refused: u64,
     requests: Vec<String>,
 }
@@ -126,6 +158,8 @@ struct Shared {
     changes: broadcast::Sender<Arc<Change>>,
     /// Bumped by [`FakeApiServer::expire_watches`].
     expire: watch::Sender<u64>,
+    /// Bumped when the server goes down: open watches break.
+    outage: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -134,23 +168,40 @@ impl Shared {
     }
 }
 
-/// A fake kube-apiserver on a loopback port. Stops (and drops every connection) on drop.
+/// A fake kube-apiserver holding one cluster. With a listener ([`start`](Self::start)) it
+/// stops, and drops every connection, on drop.
 pub struct FakeApiServer {
-    addr: SocketAddr,
     shared: Arc<Shared>,
+    listener: Option<Listener>,
+}
+
+struct Listener {
+    addr: SocketAddr,
     accept: AbortHandle,
 }
 
+impl Default for FakeApiServer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FakeApiServer {
-    /// Binds a free loopback port and starts serving an empty cluster.
+    /// An empty cluster without a socket, reached through [`service`](Self::service).
+    pub fn new() -> FakeApiServer {
+        let (changes, _) = broadcast::channel(4096);
+        let state = State { resources: resources(), ..Default::default() };
+        let shared =
+            Shared { state: Mutex::new(state), changes, expire: watch::channel(0).0, outage: watch::channel(0).0 };
+        FakeApiServer { shared: Arc::new(shared), listener: None }
+    }
+
+    /// An empty cluster served over HTTP on a free loopback port.
     pub async fn start() -> FakeApiServer {
+        let mut api = FakeApiServer::new();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fake API server");
         let addr = listener.local_addr().expect("local_addr");
-        let (changes, _) = broadcast::channel(4096);
-        let (expire, _) = watch::channel(0);
-        let state = State { resources: resources(), ..Default::default() };
-        let shared = Arc::new(Shared { state: Mutex::new(state), changes, expire });
-        let accept_shared = shared.clone();
+        let accept_shared = api.shared.clone();
         let accept = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
@@ -165,7 +216,7 @@ impl FakeApiServer {
                 let task = tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |request| {
                         let shared = conn_shared.clone();
-                        async move { Ok::<_, Infallible>(handle(&shared, request)) }
+                        async move { Ok::<_, Infallible>(handle_http(&shared, request)) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -175,15 +226,24 @@ impl FakeApiServer {
             }
         })
         .abort_handle();
-        FakeApiServer { addr, shared, accept }
+        api.listener = Some(Listener { addr, accept });
+        api
     }
 
+    /// The in-process transport: a tower `Service` for `kube::Client::new(api.service(), ns)`.
+    /// Clones share this cluster. While the server is [down](Self::set_down), calls fail as a
+    /// refused connection would.
+    pub fn service(&self) -> InProcess {
+        InProcess { shared: self.shared.clone() }
+    }
+
+    /// The loopback address; only after [`start`](Self::start).
     pub fn addr(&self) -> SocketAddr {
-        self.addr
+        self.listener.as_ref().expect("FakeApiServer::new() has no socket; use start()").addr
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("http://{}", self.addr())
     }
 
     /// Writes `<dir>/kubeconfig` (cluster at [`url`](Self::url), bearer [`FAKE_API_TOKEN`]) and
@@ -234,7 +294,7 @@ impl FakeApiServer {
     }
 
     /// [`apply`](Self::apply) for every document of a (multi-document) YAML string, as the
-    /// [`crate::config`] builders write them.
+    /// `meshgate_e2e::config` builders write them.
     pub fn apply_yaml(&self, yaml: &str) -> Result<()> {
         use serde::Deserialize;
         for document in serde_yaml::Deserializer::from_str(yaml) {
@@ -268,12 +328,13 @@ impl FakeApiServer {
         self.shared.expire.send_modify(|generation| *generation += 1);
     }
 
-    /// `true`: every open connection is closed and new ones are closed on accept (the API
-    /// server is unreachable). `false`: serving again.
+    /// `true`: the API server is unreachable. Open watches break, every open connection is
+    /// closed and new ones are closed on accept (in process: refused). `false`: serving again.
     pub fn set_down(&self, down: bool) {
         let mut state = self.shared.lock();
         state.down = down;
         if down {
+            self.shared.outage.send_modify(|generation| *generation += 1);
             for connection in state.connections.drain(..) {
                 connection.abort();
             }
@@ -298,11 +359,12 @@ impl FakeApiServer {
         state.watch_forbidden.remove(plural);
     }
 
-    /// Serves only these versions of `networking.istio.io` (e.g. `["v1beta1"]` for Istio
-    /// before 1.22); other versions answer 404.
+    /// Serves only these versions of Istio's groups (`networking.istio.io` and
+    /// `security.istio.io`, which gained `v1` together in Istio 1.22: e.g. `["v1beta1"]` for
+    /// older Istio, `[]` for a cluster without Istio's CRDs); other versions answer 404.
     pub fn serve_istio_versions(&self, versions: &[&str]) {
         let mut state = self.shared.lock();
-        for r in state.resources.iter_mut().filter(|r| r.group == "networking.istio.io") {
+        for r in state.resources.iter_mut().filter(|r| r.is_crd()) {
             r.versions = versions.iter().map(|v| v.to_string()).collect();
         }
     }
@@ -324,8 +386,12 @@ impl FakeApiServer {
 
     /// Watch requests so far on paths ending in `/<plural>`.
     pub fn watch_count(&self, plural: &str) -> usize {
-        let suffix = format!("/{plural}?");
-        self.requests().iter().filter(|r| r.contains(&suffix) && r.contains("watch=true")).count()
+        self.requests().iter().filter(|r| names_collection(r, plural) && is_watch_request(r)).count()
+    }
+
+    /// List (not watch) requests so far on paths ending in `/<plural>`.
+    pub fn list_count(&self, plural: &str) -> usize {
+        self.requests().iter().filter(|r| names_collection(r, plural) && !is_watch_request(r)).count()
     }
 
     fn record(&self, state: &mut State, change: Change) {
@@ -337,10 +403,51 @@ impl FakeApiServer {
 
 impl Drop for FakeApiServer {
     fn drop(&mut self) {
-        self.accept.abort();
+        if let Some(listener) = &self.listener {
+            listener.accept.abort();
+        }
         for connection in self.shared.lock().connections.drain(..) {
             connection.abort();
         }
+    }
+}
+
+/// Whether a recorded request (`METHOD path?query`) is on a collection `/<plural>`.
+fn names_collection(request: &str, plural: &str) -> bool {
+    let path = request.split(' ').nth(1).unwrap_or("").split('?').next().unwrap_or("");
+    path.strip_suffix(plural).is_some_and(|rest| rest.ends_with('/'))
+}
+
+fn is_watch_request(request: &str) -> bool {
+    request.split_once('?').is_some_and(|(_, query)| query.split('&').any(|p| p == "watch=true" || p == "watch=1"))
+}
+
+/// [`FakeApiServer::service`]: answers kube-rs's requests without a socket.
+#[derive(Clone)]
+pub struct InProcess {
+    shared: Arc<Shared>,
+}
+
+impl<B> tower_service::Service<Request<B>> for InProcess {
+    type Response = Response<Body>;
+    type Error = io::Error;
+    type Future = std::future::Ready<Result<Response<Body>, io::Error>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), io::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let mut state = self.shared.lock();
+        if state.down {
+            state.refused += 1;
+            return std::future::ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "the fake API server is down",
+            )));
+        }
+        // No connection, so no credentials to check: the client is the test itself.
+        std::future::ready(Ok(answer(&self.shared, &mut state, request.method(), request.uri(), true)))
     }
 }
 
@@ -399,10 +506,27 @@ fn route(state: &State, path: &str, watch: bool) -> Route {
     Route::Found(Target { resource, version: version.to_string(), namespace })
 }
 
-fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
-    let path = request.uri().path().to_string();
-    let query: BTreeMap<String, String> = request
-        .uri()
+/// A request of the HTTP transport, which checks the bearer token of the kubeconfig.
+fn handle_http(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    let authorized = request
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v == format!("Bearer {FAKE_API_TOKEN}"));
+    let mut state = shared.lock();
+    answer(shared, &mut state, request.method(), request.uri(), authorized)
+}
+
+/// The answer of either transport, recorded in [`FakeApiServer::requests`].
+fn answer(
+    shared: &Arc<Shared>,
+    state: &mut State,
+    method: &Method,
+    uri: &http::Uri,
+    authorized: bool,
+) -> Response<Body> {
+    let path = uri.path().to_string();
+    let query: BTreeMap<String, String> = uri
         .query()
         .unwrap_or("")
         .split('&')
@@ -410,17 +534,11 @@ fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
         .filter(|(k, _)| !k.is_empty())
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let mut state = shared.lock();
-    state.requests.push(format!("{} {}", request.method(), request.uri()));
-    let authorized = request
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v == format!("Bearer {FAKE_API_TOKEN}"));
+    state.requests.push(format!("{method} {uri}"));
     if !authorized {
         return status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized".into());
     }
-    let target = match route(&state, &path, is_watch(&query)) {
+    let target = match route(state, &path, is_watch(&query)) {
         Route::Found(target) => target,
         Route::NotFound => {
             return status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource".into())
@@ -438,7 +556,7 @@ fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
             return status(StatusCode::FORBIDDEN, "Forbidden", message);
         }
     };
-    if request.method() != Method::GET {
+    if method != Method::GET {
         return status(
             StatusCode::METHOD_NOT_ALLOWED,
             "MethodNotAllowed",
@@ -446,9 +564,9 @@ fn handle(shared: &Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
         );
     }
     if is_watch(&query) {
-        start_watch(shared, &mut state, target, &query)
+        start_watch(shared, state, target, &query)
     } else {
-        list(&state, &target)
+        list(state, &target)
     }
 }
 
@@ -484,7 +602,7 @@ fn list(state: &State, target: &Target) -> Response<Body> {
         "metadata": {"resourceVersion": state.rv.to_string()},
         "items": items,
     });
-    respond(StatusCode::OK, Full::new(Bytes::from(body.to_string())).boxed())
+    respond(StatusCode::OK, full(body))
 }
 
 fn event_line(kind: &str, object: Value) -> Bytes {
@@ -518,7 +636,7 @@ fn start_watch(
         let index = target.resource;
         move |r: usize, ns: &str| r == index && namespace.as_deref().is_none_or(|t| t == ns)
     };
-    let (tx, rx) = mpsc::channel::<Bytes>(1024);
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(1024);
     let body = ChannelBody(rx).boxed();
     let requested = query.get("resourceVersion").cloned().unwrap_or_default();
     let mut backlog = Vec::new();
@@ -540,7 +658,7 @@ fn start_watch(
             }
             _ => {
                 // Too old (compacted) or garbage: one ERROR event, then the end.
-                let _ = tx.try_send(expired_line(rv, state.compacted));
+                let _ = tx.try_send(Ok(expired_line(rv, state.compacted)));
                 return respond(StatusCode::OK, body);
             }
         },
@@ -548,11 +666,13 @@ fn start_watch(
     let mut changes = shared.changes.subscribe();
     let mut expire = shared.expire.subscribe();
     expire.borrow_and_update();
+    let mut outage = shared.outage.subscribe();
+    outage.borrow_and_update();
     let timeout = query.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs);
     let bookmarks = query.get("allowWatchBookmarks").is_some_and(|v| v == "true");
     tokio::spawn(async move {
         for line in backlog {
-            if tx.send(line).await.is_err() {
+            if tx.send(Ok(line)).await.is_err() {
                 return;
             }
         }
@@ -563,12 +683,20 @@ fn start_watch(
         tick.tick().await;
         loop {
             let line = tokio::select! {
-                () = &mut end => return,
-                () = tx.closed() => return,
-                _ = expire.changed() => {
-                    let _ = tx.send(expired_line(&last_rv.to_string(), last_rv)).await;
+                // In this order: a watch that was expired or broken delivers no change made
+                // after that (a test may change the cluster right after expire_watches, for
+                // the relist to find).
+                biased;
+                _ = outage.changed() => {
+                    let _ = tx.send(Err(io::Error::new(io::ErrorKind::ConnectionReset, "the fake API server went down"))).await;
                     return;
                 }
+                _ = expire.changed() => {
+                    let _ = tx.send(Ok(expired_line(&last_rv.to_string(), last_rv))).await;
+                    return;
+                }
+                () = &mut end => return,
+                () = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
                     let object = json!({
                         "apiVersion": resource.api_version(&target.version),
@@ -586,13 +714,13 @@ fn start_watch(
                         event_line(change.kind, present(&resource, &target.version, &change.object, false))
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let _ = tx.send(expired_line(&last_rv.to_string(), last_rv)).await;
+                        let _ = tx.send(Ok(expired_line(&last_rv.to_string(), last_rv))).await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
             };
-            if tx.send(line).await.is_err() {
+            if tx.send(Ok(line)).await.is_err() {
                 return;
             }
         }
@@ -600,19 +728,21 @@ fn start_watch(
     respond(StatusCode::OK, body)
 }
 
-/// A streaming body fed by a channel; ends (chunked terminator) when the sender is dropped.
-struct ChannelBody(mpsc::Receiver<Bytes>);
+/// A streaming body fed by a channel: ends (chunked terminator) when the sender is dropped,
+/// fails (over HTTP: the connection is cut) on an error.
+struct ChannelBody(mpsc::Receiver<io::Result<Bytes>>);
 
 impl hyper::body::Body for ChannelBody {
     type Data = Bytes;
-    type Error = Infallible;
+    type Error = io::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut TaskContext<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|line| line.map(|bytes| Ok(Frame::data(bytes))))
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<io::Result<Frame<Bytes>>>> {
+        self.0.poll_recv(cx).map(|line| line.map(|bytes| bytes.map(Frame::data)))
     }
+}
+
+fn full(body: Value) -> Body {
+    Full::new(Bytes::from(body.to_string())).map_err(|never| match never {}).boxed()
 }
 
 fn respond(code: StatusCode, body: Body) -> Response<Body> {
@@ -630,145 +760,8 @@ fn status(code: StatusCode, reason: &str, message: String) -> Response<Body> {
         "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
         "message": message, "reason": reason, "details": {}, "code": code.as_u16(),
     });
-    respond(code, Full::new(Bytes::from(body.to_string())).boxed())
+    respond(code, full(body))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn client() -> reqwest::Client {
-        reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
-    }
-
-    async fn get(api: &FakeApiServer, path: &str) -> (u16, Value) {
-        let r = client().get(format!("{}{path}", api.url())).bearer_auth(FAKE_API_TOKEN).send().await.unwrap();
-        assert_eq!(r.headers()["content-type"], "application/json");
-        (r.status().as_u16(), r.json().await.unwrap())
-    }
-
-    /// Reads watch events until `n` arrived or the stream ended.
-    async fn events(r: &mut reqwest::Response, n: usize) -> Vec<Value> {
-        let mut buf = Vec::new();
-        let mut out = Vec::new();
-        while out.len() < n {
-            let Some(chunk) = r.chunk().await.unwrap() else { break };
-            buf.extend_from_slice(&chunk);
-            while let Some(i) = buf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = buf.drain(..=i).collect();
-                out.push(serde_json::from_slice(&line).unwrap());
-            }
-        }
-        out
-    }
-
-    async fn watch(api: &FakeApiServer, path_and_query: &str) -> reqwest::Response {
-        let r =
-            client().get(format!("{}{path_and_query}", api.url())).bearer_auth(FAKE_API_TOKEN).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        assert_eq!(r.headers()["transfer-encoding"], "chunked");
-        r
-    }
-
-    fn svc(name: &str, ns: &str) -> Value {
-        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": ns}, "spec": {}})
-    }
-
-    #[tokio::test]
-    async fn lists_by_namespace_and_version() {
-        let api = FakeApiServer::start().await;
-        api.apply(svc("a", "default")).unwrap();
-        api.apply(svc("b", "other")).unwrap();
-        let vs = json!({"apiVersion": "networking.istio.io/v1beta1", "kind": "VirtualService",
-                        "metadata": {"name": "r", "namespace": "default"}, "spec": {}});
-        let rv = api.apply(vs).unwrap();
-
-        let (code, all) = get(&api, "/api/v1/services").await;
-        assert_eq!(code, 200);
-        assert_eq!(all["kind"], "ServiceList");
-        assert_eq!(all["metadata"]["resourceVersion"], rv.to_string());
-        assert_eq!(all["items"].as_array().unwrap().len(), 2);
-        assert!(all["items"][0].get("kind").is_none(), "built-in list items carry no kind");
-        let (_, one) = get(&api, "/api/v1/namespaces/other/services").await;
-        assert_eq!(one["items"].as_array().unwrap().len(), 1);
-        assert_eq!(one["items"][0]["metadata"]["name"], "b");
-        assert!(one["items"][0]["metadata"]["uid"].is_string());
-
-        // Istio objects are served in every version, as the API server converts them.
-        let (_, v1) = get(&api, "/apis/networking.istio.io/v1/namespaces/default/virtualservices").await;
-        assert_eq!(v1["items"][0]["apiVersion"], "networking.istio.io/v1");
-        let (_, beta) = get(&api, "/apis/networking.istio.io/v1beta1/virtualservices").await;
-        assert_eq!(beta["items"][0]["apiVersion"], "networking.istio.io/v1beta1");
-        api.serve_istio_versions(&["v1beta1"]);
-        let (code, status) = get(&api, "/apis/networking.istio.io/v1/virtualservices").await;
-        assert_eq!((code, status["reason"].as_str()), (404, Some("NotFound")));
-        let (code, _) = get(&api, "/apis/example.com/v1/widgets").await;
-        assert_eq!(code, 404);
-
-        api.forbid("secrets");
-        let (code, status) = get(&api, "/api/v1/namespaces/istio-system/secrets").await;
-        assert_eq!((code, status["reason"].as_str(), status["code"].as_u64()), (403, Some("Forbidden"), Some(403)));
-        let r = client().get(format!("{}/api/v1/pods", api.url())).send().await.unwrap();
-        assert_eq!(r.status(), 401, "no token");
-    }
-
-    #[tokio::test]
-    async fn watches_stream_changes_after_the_resource_version() {
-        let api = FakeApiServer::start().await;
-        api.apply(svc("a", "default")).unwrap();
-        let listed = api.resource_version();
-        api.apply(svc("b", "default")).unwrap(); // between list and watch: in the backlog
-        let mut w =
-            watch(&api, &format!("/api/v1/namespaces/default/services?watch=true&resourceVersion={listed}")).await;
-        api.apply(svc("c", "other")).unwrap(); // another namespace: not seen
-        api.apply(svc("a", "default")).unwrap();
-        assert!(api.delete("v1", "Service", "default", "b"));
-        let got = events(&mut w, 3).await;
-        let summary: Vec<(String, String)> = got
-            .iter()
-            .map(|e| {
-                (e["type"].as_str().unwrap().to_string(), e["object"]["metadata"]["name"].as_str().unwrap().to_string())
-            })
-            .collect();
-        assert_eq!(
-            summary,
-            [("ADDED".into(), "b".into()), ("MODIFIED".into(), "a".into()), ("DELETED".into(), "b".into())]
-        );
-        assert_eq!(got[0]["object"]["kind"], "Service");
-        let rvs: Vec<u64> =
-            got.iter().map(|e| e["object"]["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()).collect();
-        assert!(rvs.windows(2).all(|w| w[0] < w[1]), "{rvs:?}");
-
-        // Compaction: open watches end with 410, and old resourceVersions are refused.
-        api.expire_watches();
-        let got = events(&mut w, 2).await;
-        assert_eq!(got.len(), 1, "one ERROR, then the end: {got:?}");
-        assert_eq!((got[0]["type"].as_str(), got[0]["object"]["code"].as_u64()), (Some("ERROR"), Some(410)));
-        let mut old = watch(&api, &format!("/api/v1/services?watch=true&resourceVersion={listed}")).await;
-        assert_eq!(events(&mut old, 2).await[0]["object"]["reason"], "Expired");
-
-        // timeoutSeconds ends the stream; resourceVersion 0 starts with every object.
-        let mut short = watch(&api, "/api/v1/services?watch=true&resourceVersion=0&timeoutSeconds=1").await;
-        let got = events(&mut short, 10).await;
-        assert_eq!(got.len(), 2, "a and c as ADDED, then the end: {got:?}");
-    }
-
-    #[tokio::test]
-    async fn bookmarks_and_outages() {
-        let api = FakeApiServer::start().await;
-        let rv = api.apply(svc("a", "default")).unwrap();
-        let mut w =
-            watch(&api, &format!("/api/v1/services?watch=true&resourceVersion={rv}&allowWatchBookmarks=true")).await;
-        let got = events(&mut w, 1).await;
-        assert_eq!(got[0]["type"], "BOOKMARK");
-        assert_eq!(got[0]["object"]["metadata"]["resourceVersion"], rv.to_string());
-
-        api.set_down(true);
-        assert!(w.chunk().await.is_err() || w.chunk().await.is_err(), "the open watch breaks");
-        let refused = client().get(format!("{}/api/v1/services", api.url())).bearer_auth(FAKE_API_TOKEN).send().await;
-        assert!(refused.is_err(), "connections are closed while down");
-        api.set_down(false);
-        let (code, _) = get(&api, "/api/v1/services").await;
-        assert_eq!(code, 200);
-    }
-}
+mod tests;
