@@ -13,6 +13,7 @@ pub mod host;
 pub mod labels;
 pub mod memory;
 pub mod remote;
+pub mod shared;
 pub mod snapshot;
 
 pub use compact_str::CompactString;

@@ -3,12 +3,34 @@
 //! Listeners (one per Gateway server port) → virtual hosts → ordered routes → clusters →
 //! endpoints with labels. Serialisable so a remote controller can stream it and
 //! `config_dump` can print it. No pingora or kube types here.
+//!
+//! Versions share their unchanged parts: virtual hosts, routes and clusters are [`Shared`]
+//! (equal by pointer or content; the same object by pointer, see its docs), and services,
+//! workloads and names are `Arc`s deduplicated within a snapshot. Why each type is laid out
+//! as it is (boxed fields, inline strings, what each saved at 10k services) is in
+//! docs/benchmarks.md, "The snapshot's layout".
+//!
+//! # Adding a field
+//!
+//! A new field of a type here needs, besides its translation:
+//! - **sharing**: inside a [`Shared`] part it is reused with its part; a field that holds its
+//!   own shared values (like `Endpoint::workload`) is deduplicated after decoding in
+//!   [`Snapshot::share_decoded_parts`] as translation shares it;
+//! - **delta** (`remote::delta`): a field of [`Snapshot`] itself must be carried by the delta
+//!   format (and its equality by [`Snapshot::same_content`]); fields inside listeners, virtual
+//!   hosts and clusters travel with them;
+//! - **compile reuse** (the gateway's `compiled::compile`): a compiled cluster or virtual host
+//!   is kept while the snapshot hands the same [`Shared`] definition; state the gateway
+//!   derives from a field must be rebuilt when the definition changes, and a field read from
+//!   elsewhere (like the secrets a cluster names) must be compared there too.
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
+
+pub use crate::shared::Shared;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -18,8 +40,8 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     /// Keyed by cluster name (`outbound|PORT|SUBSET|HOST`, as Envoy in Istio names them).
     /// Shared with the gateway's compiled clusters, which keep their definition to tell an
-    /// unchanged cluster on the next snapshot (a copy was 10 MB at 10k services).
-    pub clusters: BTreeMap<ClusterName, Arc<Cluster>>,
+    /// unchanged cluster on the next snapshot.
+    pub clusters: BTreeMap<ClusterName, Shared<Cluster>>,
     /// TLS material by name (`kubernetes://ns/secret` or `file://path`), referenced by
     /// listeners and clusters. Private keys are never printed (see [`Secret`]'s serializer).
     #[serde(default)]
@@ -154,7 +176,7 @@ pub struct Listener {
     /// the same host, so an edit allocates only the hosts it changes, and the gateway (and a
     /// replica applying a delta) tells an unchanged host by its pointer.
     #[serde(deserialize_with = "crate::memory::exact_list")]
-    pub virtual_hosts: Vec<Arc<VirtualHost>>,
+    pub virtual_hosts: Vec<Shared<VirtualHost>>,
     /// TLS servers of an HTTPS or TLS listener, in Gateway order; chosen by SNI.
     #[serde(default)]
     pub tls: Vec<ServerTls>,
@@ -170,18 +192,17 @@ pub struct ServerInfo {
     pub hosts: Vec<CompactString>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VirtualHost {
     /// `domain:port`, as Istio names gateway virtual hosts.
     pub name: CompactString,
     /// Exact names, `*.suffix` wildcards or `*`; lowercase.
     #[serde(deserialize_with = "crate::memory::exact_list")]
     pub domains: Vec<CompactString>,
-    /// In order; the first whose match applies wins.
-    /// Shared with the translation cache (`translate::Reuse`), so a VirtualService that did
-    /// not change costs a reference count, not a copy of its routes.
+    /// In order; the first whose match applies wins. Shared with the translation cache
+    /// (`translate::Reuse`): a VirtualService that did not change hands out the same routes.
     #[serde(deserialize_with = "crate::memory::exact_list")]
-    pub routes: Vec<Arc<Route>>,
+    pub routes: Vec<Shared<Route>>,
     /// `tls.httpsRedirect` on the Gateway server: every request gets a 301 to https.
     #[serde(default)]
     pub https_redirect: bool,
@@ -189,14 +210,11 @@ pub struct VirtualHost {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Route {
-    /// The http route's `name`, or `<vs-namespace>/<vs-name>.http[<i>]` (inline up to 24
-    /// bytes, as most are, like the snapshot's other short strings).
+    /// The http route's `name`, or `<vs-namespace>/<vs-name>.http[<i>]`.
     pub name: CompactString,
     /// `namespace/name` of the VirtualService this route comes from.
     pub virtual_service: Arc<str>,
-    /// Match blocks are OR-ed; empty means "match everything". Boxed slices here and in the
-    /// action, and a 32-bit timeout: 30k routes at 10k services, each in a 96-byte block
-    /// instead of 128.
+    /// Match blocks are OR-ed; empty means "match everything".
     #[serde(deserialize_with = "crate::memory::exact_slice")]
     pub matches: Box<[RouteMatch]>,
     pub action: RouteAction,
@@ -205,9 +223,7 @@ pub struct Route {
     pub timeout_ms: Option<u32>,
 }
 
-/// Boxed string matches: a match sets one or two of the eight fields, and inline the four
-/// options were 128 of a match's 208 bytes (6 MB of a 10k-service snapshot); the keyed lists
-/// are boxed slices (16 bytes each, not 24). Serialised as before.
+/// One match block: every field that is set must match.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RouteMatch {
     pub uri: Option<Box<StringMatch>>,
@@ -252,8 +268,7 @@ pub enum RouteAction {
 }
 
 /// A cluster's name, shared by the cluster, the snapshot's and the gateway's cluster maps and
-/// every route destination naming it (four or more copies of a ~50-byte name per cluster
-/// before; serialised as the plain string).
+/// every route destination naming it (serialised as the plain string).
 pub type ClusterName = Arc<str>;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,8 +291,7 @@ pub struct Cluster {
     /// What the upstream speaks (Istio's protocol selection from the service port).
     #[serde(default)]
     pub upstream_protocol: UpstreamProtocol,
-    /// TLS origination from the DestinationRule; `None` is plain text. Boxed: most clusters
-    /// have none, and inline it was a third of each of the 20k clusters of a 10k config.
+    /// TLS origination from the DestinationRule; `None` is plain text.
     #[serde(default)]
     pub tls: Option<Box<UpstreamTls>>,
     /// No Service or ServiceEntry defines the host, or no DestinationRule defines the subset:
@@ -316,8 +330,7 @@ pub struct UpstreamTls {
 /// Identity of the destination service, for metrics labels and diagnostics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ServiceRef {
-    /// FQDN such as `reviews.default.svc.cluster.local`, or a ServiceEntry host. Boxed: one
-    /// per service, never grown (64 bytes with its names, not 72).
+    /// FQDN such as `reviews.default.svc.cluster.local`, or a ServiceEntry host.
     pub host: Box<str>,
     pub name: CompactString,
     pub namespace: CompactString,
@@ -331,8 +344,6 @@ pub enum LoadBalancer {
     LeastRequest,
     Random,
     ConsistentHash {
-        /// Boxed: inline, a cookie key made every cluster's policy 80 bytes (20k clusters at
-        /// 10k services), and few clusters hash.
         key: Box<HashKey>,
         algorithm: HashAlgorithm,
     },
@@ -408,16 +419,10 @@ impl Endpoint {
     }
 }
 
-/// The same shared object, or equal content. Translation results are shared by `Arc` between
-/// snapshots (and with the gateway's compiled runtime), so the pointer usually answers.
-pub fn shared_or_equal<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
-    Arc::ptr_eq(a, b) || a == b
-}
-
 impl VirtualHost {
     /// The host of one domain on a listener port, named `domain:port` as Istio names gateway
     /// virtual hosts.
-    pub fn new(domain: &str, port: u16, routes: Vec<Arc<Route>>, https_redirect: bool) -> VirtualHost {
+    pub fn new(domain: &str, port: u16, routes: Vec<Shared<Route>>, https_redirect: bool) -> VirtualHost {
         VirtualHost {
             name: compact_str::format_compact!("{domain}:{port}"),
             domains: vec![domain.into()],
@@ -427,26 +432,12 @@ impl VirtualHost {
     }
 }
 
-/// Equal content; shared routes (the translation cache hands out the same `Arc`s for an
-/// unchanged VirtualService) compare by pointer first. At 10k services comparing every route
-/// deeply was a tenth of a reload.
-impl PartialEq for VirtualHost {
-    fn eq(&self, other: &VirtualHost) -> bool {
-        self.name == other.name
-            && self.domains == other.domains
-            && self.https_redirect == other.https_redirect
-            && self.routes.len() == other.routes.len()
-            && self.routes.iter().zip(&other.routes).all(|(a, b)| shared_or_equal(a, b))
-    }
-}
-
 impl Snapshot {
-    /// A snapshot with everything but the version; used to publish only real changes.
-    /// Clusters shared with the previous translation compare by pointer first.
+    /// A snapshot with everything but the version; used to publish only real changes. Parts
+    /// shared with the previous translation compare by pointer first ([`Shared`]).
     pub fn same_content(&self, other: &Snapshot) -> bool {
         self.listeners == other.listeners
-            && self.clusters.len() == other.clusters.len()
-            && self.clusters.iter().zip(&other.clusters).all(|((ka, a), (kb, b))| ka == kb && shared_or_equal(a, b))
+            && self.clusters == other.clusters
             && self.secrets == other.secrets
             && self.unenforced_policies == other.unenforced_policies
     }
@@ -455,16 +446,14 @@ impl Snapshot {
     /// shares them: each cluster's name (its map key) with the cluster and every destination
     /// naming it, a service's `ServiceRef` among its clusters, each workload among the
     /// endpoints it serves, and a VirtualService's name among its routes. A gateway replica
-    /// calls this on a snapshot from the wire (at 10k services decoding made ~100k names, 20k
-    /// service references and 40k workloads). The lists a replica holds most of are decoded
-    /// at their length (`memory::exact_list`).
+    /// calls this on a snapshot from the wire, whose decoding made a copy of each.
     pub fn share_decoded_parts(&mut self) {
         let Snapshot { listeners, clusters, .. } = self;
         // Looked up by value through the `Arc`s they hold: no key copies per cluster or endpoint.
         let mut services: HashSet<Arc<ServiceRef>> = HashSet::new();
         let mut workloads: HashSet<Arc<Workload>> = HashSet::new();
         for (name, cluster) in clusters.iter_mut() {
-            let cluster = Arc::make_mut(cluster);
+            let cluster = Shared::make_mut(cluster);
             cluster.name = name.clone();
             cluster.service = first_of(&mut services, &cluster.service);
             for endpoint in &mut cluster.endpoints {
@@ -481,8 +470,8 @@ impl Snapshot {
         let mut virtual_services: HashSet<Arc<str>> = HashSet::new();
         for listener in listeners {
             for host in &mut listener.virtual_hosts {
-                for route in &mut Arc::make_mut(host).routes {
-                    let route = Arc::make_mut(route);
+                for route in &mut Shared::make_mut(host).routes {
+                    let route = Shared::make_mut(route);
                     route.virtual_service = first_of(&mut virtual_services, &route.virtual_service);
                     let RouteAction::Route { destinations } = &mut route.action;
                     share(destinations);

@@ -6,7 +6,7 @@ mod delta {
     use crate::publish::Publisher;
     use crate::remote::delta::{DeltaError, HostEntry, SnapshotDelta};
     use crate::remote::wire::DeltaMessage;
-    use crate::snapshot::Snapshot;
+    use crate::snapshot::{Shared, Snapshot};
     use crate::source::files::load_text;
     use crate::store::Store;
     use crate::{synth, Options};
@@ -73,10 +73,10 @@ mod delta {
 
         // What the delta kept is the held snapshot's own allocations.
         let (name, cluster) = first.clusters.iter().next().unwrap();
-        assert!(Arc::ptr_eq(cluster, &rebuilt.clusters[name]));
+        assert!(Shared::is(cluster, &rebuilt.clusters[name]));
         let kept = &first.listeners[0].virtual_hosts[0];
         let again = rebuilt.listeners[0].virtual_hosts.iter().find(|h| h.name == kept.name).unwrap();
-        assert!(kept.routes.iter().zip(&again.routes).all(|(a, b)| Arc::ptr_eq(a, b)));
+        assert!(kept.routes.iter().zip(&again.routes).all(|(a, b)| Shared::is(a, b)));
     }
 
     #[test]
@@ -133,7 +133,7 @@ mod client {
     use crate::remote::client::{poll_once, ClientOptions, PollError};
     use crate::remote::delta::DeltaError;
     use crate::remote::server::{serve, Distributor};
-    use crate::snapshot::Snapshot;
+    use crate::snapshot::{Shared, Snapshot};
     use crate::source::files::load_text;
     use crate::store::Store;
     use crate::{synth, Options};
@@ -182,7 +182,7 @@ mod client {
         assert_eq!(second.snapshot.version, held.version + 1);
         assert_eq!(second.snapshot.listeners[0].virtual_hosts.len(), 4);
         let (name, cluster) = held.clusters.iter().next().unwrap();
-        assert!(Arc::ptr_eq(cluster, &second.snapshot.clusters[name]), "kept clusters are the held ones");
+        assert!(Shared::is(cluster, &second.snapshot.clusters[name]), "kept clusters are the held ones");
 
         // Same version number, other content (as after a restart of the gateway's state):
         // the delta does not apply and the poll says so.

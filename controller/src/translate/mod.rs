@@ -21,7 +21,7 @@ use crate::by_name::hash;
 use crate::diagnostics::{codes, Diagnostic, Diagnostics};
 use crate::schema::istio::{GatewaySpec, Server};
 use crate::schema::Kind;
-use crate::snapshot::{Listener, Protocol, ServerInfo, Snapshot, VirtualHost};
+use crate::snapshot::{Listener, Protocol, ServerInfo, Shared, Snapshot, VirtualHost};
 use crate::store::{Resource, Store};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -362,7 +362,7 @@ pub fn translate_reusing(
                 // Several VirtualServices for one host merge in creation order, as in Istio
                 // (into a copy: the first one's host stays as its translation made it).
                 Some(i) => {
-                    let merged = Arc::make_mut(&mut list.hosts[i]);
+                    let merged = Shared::make_mut(&mut list.hosts[i]);
                     merged.routes.extend(host.routes.iter().cloned());
                     // One server with httpsRedirect on the port makes the shared host redirect.
                     merged.https_redirect |= host.https_redirect;
@@ -388,8 +388,8 @@ pub fn translate_reusing(
             let domain = hosts::split_server_host(entry, s.gateway.namespace()).1.to_ascii_lowercase();
             let host = VirtualHost::new(&domain, s.port, Vec::new(), true);
             match list.find(&host.name) {
-                Some(i) => Arc::make_mut(&mut list.hosts[i]).https_redirect = true,
-                None => list.push(Arc::new(host)),
+                Some(i) => Shared::make_mut(&mut list.hosts[i]).https_redirect = true,
+                None => list.push(Shared::new(host)),
             }
         }
     }
@@ -416,7 +416,7 @@ pub fn translate_reusing(
 /// (`domain:port`) through an index of positions: no key copies for 10k hosts each reload.
 #[derive(Default)]
 struct HostList {
-    hosts: Vec<Arc<VirtualHost>>,
+    hosts: Vec<Shared<VirtualHost>>,
     index: hashbrown::HashTable<usize>,
 }
 
@@ -426,7 +426,7 @@ impl HostList {
     }
 
     /// Adds a host whose name is not in the list yet.
-    fn push(&mut self, host: Arc<VirtualHost>) {
+    fn push(&mut self, host: Shared<VirtualHost>) {
         let hosts = &self.hosts;
         self.index.insert_unique(hash(&host.name), hosts.len(), |&i| hash(&hosts[i].name));
         self.hosts.push(host);

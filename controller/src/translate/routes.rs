@@ -13,7 +13,7 @@ use crate::schema::istio::{
     HttpMatchRequest, HttpRoute, KeyedMatches, RouteDestination, StringMatch as WireMatch, VirtualServiceSpec,
 };
 use crate::snapshot::{
-    Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, StringMatch, VirtualHost, WeightedCluster,
+    Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, Shared, StringMatch, VirtualHost, WeightedCluster,
 };
 use crate::store::Resource;
 use std::collections::{BTreeSet, HashMap};
@@ -25,10 +25,10 @@ pub(super) struct Translated {
     /// (listener port, the virtual host of one of its domains with this VirtualService's
     /// routes). The snapshot takes the host as it is unless another VirtualService adds routes
     /// to the same domain, so unchanged hosts are the same allocation from version to version.
-    pub bindings: Vec<(u16, Arc<VirtualHost>)>,
+    pub bindings: Vec<(u16, Shared<VirtualHost>)>,
     /// (listener port, tcp or tls route)
     pub l4_routes: Vec<(u16, L4Route)>,
-    pub clusters: Vec<Arc<Cluster>>,
+    pub clusters: Vec<Shared<Cluster>>,
 }
 
 /// What every VirtualService is translated against.
@@ -133,7 +133,7 @@ pub(super) fn translate_virtual_service(
         };
         for c in clusters {
             if seen_clusters.insert(c.name.clone()) {
-                out.clusters.push(Arc::new(c));
+                out.clusters.push(Shared::new(c));
             }
         }
         // Routes name their clusters with the kept cluster's name: each resolution made its
@@ -167,19 +167,19 @@ pub(super) fn translate_virtual_service(
             let redirect = s.kind == ServerKind::PlainHttp && s.server.tls.as_ref().is_some_and(|t| t.https_redirect);
             if !seen.insert((s.port, domain.clone(), s.gateway_key.clone())) {
                 if redirect {
-                    let same = |(p, vh): &&mut (u16, Arc<VirtualHost>)| {
+                    let same = |(p, vh): &&mut (u16, Shared<VirtualHost>)| {
                         *p == s.port && vh.domains.iter().any(|d| d.as_str() == domain)
                     };
                     for (_, vh) in out.bindings.iter_mut().filter(same) {
-                        Arc::make_mut(vh).https_redirect = true;
+                        Shared::make_mut(vh).https_redirect = true;
                     }
                 }
                 continue;
             }
-            let mut routes: Vec<Arc<Route>> =
-                candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).map(Arc::new).collect();
+            let mut routes: Vec<Shared<Route>> =
+                candidates.iter().filter_map(|c| for_gateway(c, &s.gateway_key)).map(Shared::new).collect();
             routes = crate::memory::exact(routes);
-            out.bindings.push((s.port, Arc::new(VirtualHost::new(&domain, s.port, routes, redirect))));
+            out.bindings.push((s.port, Shared::new(VirtualHost::new(&domain, s.port, routes, redirect))));
         }
     }
     l4_routes(vs, ctx, &gateway_keys, &hosts, creds, &mut out, &mut bound_any, problems);
@@ -533,7 +533,7 @@ fn l4_routes<'a>(
             };
             dests.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight });
             if seen_clusters.insert(resolved.cluster.name.clone()) {
-                out.clusters.push(Arc::new(resolved.cluster));
+                out.clusters.push(Shared::new(resolved.cluster));
             }
         }
         Some(dests)

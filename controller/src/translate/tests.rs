@@ -1,7 +1,7 @@
 //! Translation as a pure function: YAML objects in, snapshot and diagnostics out.
 
 use super::*;
-use crate::snapshot::{HashAlgorithm, HashKey, LoadBalancer, RouteAction, StringMatch};
+use crate::snapshot::{HashAlgorithm, HashKey, LoadBalancer, RouteAction, Shared, StringMatch};
 use crate::source::files::load_text;
 
 fn run(yaml: &str) -> (Snapshot, Diagnostics) {
@@ -714,7 +714,7 @@ fn reusing_translation_equals_a_fresh_one() {
         rules_reused.set(reuse.rules_reused());
         let hosts = |s: &Snapshot| s.listeners.iter().flat_map(|l| l.virtual_hosts.clone()).collect::<Vec<_>>();
         let before = last.as_ref().map(hosts).unwrap_or_default();
-        shared_hosts.set(hosts(&snapshot).iter().filter(|h| before.iter().any(|b| Arc::ptr_eq(h, b))).count());
+        shared_hosts.set(hosts(&snapshot).iter().filter(|h| before.iter().any(|b| Shared::is(h, b))).count());
         last = Some(snapshot);
         previous = Some((store, reuse));
         reused

@@ -5,10 +5,10 @@
 use crate::balance::{Algorithm, Balancer};
 use crate::telemetry::destination::ClusterTelemetry;
 use crate::tls::upstream::UpstreamTlsRuntime;
-use meshgate_model::snapshot::{Cluster, HashAlgorithm, HashKey, LoadBalancer, Secret, UpstreamProtocol};
+use meshgate_model::snapshot::{Cluster, HashAlgorithm, HashKey, LoadBalancer, Secret, Shared, UpstreamProtocol};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 /// One of the definition's endpoints, at the same index.
 #[derive(Debug)]
@@ -17,7 +17,7 @@ pub struct EndpointRuntime {
 }
 
 pub struct ClusterRuntime {
-    pub definition: Arc<Cluster>,
+    pub definition: Shared<Cluster>,
     /// The secrets the definition names, to tell a rotated certificate from an unchanged one.
     pub secrets: Box<[Option<Secret>]>,
     /// TLS origination; `Err` when its material could not be built (requests get 503 rather
@@ -56,7 +56,7 @@ impl ClusterRuntime {
         }
     }
 
-    pub fn compile(def: &Arc<Cluster>, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
+    pub fn compile(def: &Shared<Cluster>, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
         let tls = def.tls.as_ref().map(|t| {
             Box::new(UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map_err(|e| {
                 tracing::error!(cluster = &*def.name, error = %e, "upstream TLS unusable; requests to this cluster get 503");
@@ -106,6 +106,7 @@ impl ClusterRuntime {
 mod tests {
     use super::*;
     use meshgate_model::snapshot::{Endpoint, ServiceRef, Workload};
+    use std::sync::Arc;
 
     fn endpoint(address: &str, weight: u32, workload: &str) -> Endpoint {
         let workload = Arc::new(Workload { name: workload.into(), namespace: "default".into(), ..Default::default() });
@@ -114,7 +115,7 @@ mod tests {
 
     #[test]
     fn labels_and_weights_stay_with_their_endpoints() {
-        let def = Arc::new(Cluster {
+        let def = Shared::new(Cluster {
             name: "outbound|80||svc.default.svc.cluster.local".into(),
             service: Arc::new(ServiceRef {
                 host: "svc.default.svc.cluster.local".into(),

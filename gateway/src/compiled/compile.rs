@@ -14,7 +14,7 @@ impl Runtime {
             let secrets = ClusterRuntime::referenced_secrets(def, &snapshot.secrets);
             let reused = previous
                 .and_then(|p| p.clusters.get(name))
-                .filter(|c| meshgate_model::snapshot::shared_or_equal(&c.definition, def) && c.secrets == secrets)
+                .filter(|c| c.definition == *def && c.secrets == secrets)
                 .cloned();
             reused_clusters += usize::from(reused.is_some());
             let compiled = reused.unwrap_or_else(|| Arc::new(ClusterRuntime::compile(def, &snapshot.secrets)));
@@ -32,12 +32,11 @@ impl Runtime {
             let previous_hosts = previous.and_then(|p| p.listeners.get(&l.port)).map(|l| &l.virtual_hosts);
             let mut virtual_hosts = ByName::with_capacity(l.virtual_hosts.len());
             for vh in &l.virtual_hosts {
-                let kept = previous_hosts.and_then(|hosts| hosts.get(&vh.name)).filter(|c| {
-                    meshgate_model::snapshot::shared_or_equal(&c.definition, vh)
-                        && (same_clusters || c.uses_clusters_of(vh, &clusters))
-                });
+                let kept = previous_hosts
+                    .and_then(|hosts| hosts.get(&vh.name))
+                    .filter(|c| c.definition == *vh && (same_clusters || c.uses_clusters_of(vh, &clusters)));
                 let compiled = match kept {
-                    Some(c) if Arc::ptr_eq(&c.definition, vh) => c.clone(),
+                    Some(c) if Shared::is(&c.definition, vh) => c.clone(),
                     // Equal but not shared (a host two VirtualServices make is built anew by
                     // each translation): the compiled routes serve, the new definition is kept.
                     Some(c) => Arc::new(VirtualHost {
@@ -109,7 +108,7 @@ impl VirtualHost {
 }
 
 fn compile_route(
-    r: &Arc<meshgate_model::snapshot::Route>,
+    r: &Shared<meshgate_model::snapshot::Route>,
     clusters: &Clusters,
     regexes: &mut RegexCache,
 ) -> Option<Route> {

@@ -14,7 +14,7 @@ use cluster::ClusterRuntime;
 use matcher::{CompiledMatch, RegexCache, RequestView};
 use meshgate_model::by_name::{ByName, Named};
 use meshgate_model::host::HostMap;
-use meshgate_model::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Snapshot, WeightedCluster};
+use meshgate_model::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Shared, Snapshot, WeightedCluster};
 // foldhash, not SipHash: these maps are rebuilt on every compile (20k clusters, 10k hosts at
 // scale) and the host table is looked up on every request; their keys come from the config.
 use foldhash::HashMap;
@@ -75,7 +75,7 @@ impl Destinations {
 
 pub struct Route {
     /// The snapshot's route: its names are not copied (they were ~4 MB of a 10k-service runtime).
-    definition: Arc<meshgate_model::snapshot::Route>,
+    definition: Shared<meshgate_model::snapshot::Route>,
     /// A boxed slice, and the timeout read from the definition: 40k routes at 10k services,
     /// each in a 96-byte block instead of 128.
     matches: Box<[CompiledMatch]>,
@@ -146,7 +146,7 @@ pub struct TlsServer {
 pub struct VirtualHost {
     /// The snapshot's host, to tell it unchanged on the next compile (by pointer, as the
     /// translation shares unchanged hosts between versions).
-    definition: Arc<meshgate_model::snapshot::VirtualHost>,
+    definition: Shared<meshgate_model::snapshot::VirtualHost>,
     pub routes: Box<[Arc<Route>]>,
     /// `tls.httpsRedirect`: answer every request with a 301 to https.
     pub https_redirect: bool,
@@ -321,7 +321,7 @@ spec:
         assert!(same_routes(&same, &again, "reviews.example.com"));
         assert!(same_routes(&same, &again, "ratings.example.com"));
         let defined = equal.listeners[0].virtual_hosts.iter().find(|h| h.name == "ratings.example.com:80");
-        assert!(Arc::ptr_eq(&vhost(&again, "ratings.example.com").definition, defined.expect("the host")));
+        assert!(Shared::is(&vhost(&again, "ratings.example.com").definition, defined.expect("the host")));
 
         // reviews' endpoints change: its cluster is new, so routes pointing at it are rebuilt
         // (they must not keep sending to the old endpoint list); ratings is untouched.

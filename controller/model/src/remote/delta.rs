@@ -9,13 +9,12 @@
 //! held two full snapshots while it switched. The gateway builds the new version from its own
 //! (shared) parts, so unchanged routes and clusters stay the same allocations.
 
-use crate::snapshot::{shared_or_equal, VirtualHost};
 use crate::snapshot::{
     Cluster, ClusterName, L4Route, Listener, Protocol, Secret, ServerInfo, ServerTls, Snapshot, UnenforcedPolicy,
 };
+use crate::snapshot::{Shared, VirtualHost};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 
 /// The difference from version `base` to `version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -25,7 +24,7 @@ pub struct SnapshotDelta {
     /// Every listener of the new version, in order.
     pub listeners: Vec<ListenerDelta>,
     /// Clusters that are new or differ from the base's of the same name.
-    pub clusters: BTreeMap<ClusterName, Arc<Cluster>>,
+    pub clusters: BTreeMap<ClusterName, Shared<Cluster>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed_clusters: Vec<ClusterName>,
     /// Secrets that are new or differ (private keys travel beside them, as for whole snapshots).
@@ -61,7 +60,7 @@ pub struct ListenerDelta {
 #[serde(rename_all = "snake_case")]
 pub enum HostEntry {
     Same([u32; 2]),
-    Changed(Arc<VirtualHost>),
+    Changed(Shared<VirtualHost>),
 }
 
 impl HostEntry {
@@ -109,7 +108,7 @@ impl SnapshotDelta {
         let clusters = next
             .clusters
             .iter()
-            .filter(|(name, cluster)| !base.clusters.get(*name).is_some_and(|old| shared_or_equal(old, cluster)))
+            .filter(|(name, cluster)| !base.clusters.get(*name).is_some_and(|old| old == *cluster))
             .map(|(name, cluster)| (name.clone(), cluster.clone()))
             .collect();
         let removed_clusters =
@@ -197,7 +196,7 @@ fn listener_delta(old: &Listener, new: &Listener) -> ListenerDelta {
     let mut virtual_hosts: Vec<HostEntry> = Vec::new();
     for host in &new.virtual_hosts {
         match by_name.get(host.name.as_str()) {
-            Some(&i) if shared_or_equal(&old.virtual_hosts[i], host) => {
+            Some(&i) if old.virtual_hosts[i] == *host => {
                 let i = i as u32;
                 match virtual_hosts.last_mut() {
                     Some(HostEntry::Same([from, count])) if *from + *count == i => *count += 1,
@@ -227,6 +226,7 @@ fn kept<T: Clone>(part: Option<Vec<T>>, old: Option<&Listener>, from: fn(&Listen
 mod tests {
     use super::*;
     use crate::remote::wire::DeltaMessage;
+    use std::sync::Arc;
 
     #[test]
     fn equal_workloads_of_decoded_clusters_are_shared() {
@@ -254,7 +254,7 @@ mod tests {
         };
         let mut snapshot = Snapshot::default();
         for (name, pods) in [("a", &["reviews-v1", "reviews-v2"][..]), ("b", &["reviews-v2"][..])] {
-            snapshot.clusters.insert(name.into(), Arc::new(cluster(name, pods)));
+            snapshot.clusters.insert(name.into(), Shared::new(cluster(name, pods)));
         }
         let before = snapshot.clone();
         snapshot.share_decoded_parts();
