@@ -2,9 +2,9 @@
 #![forbid(unsafe_code)]
 
 pub mod analyze;
-pub mod inspect;
+pub mod distribution;
+pub mod meshctl;
 pub mod publish;
-pub mod remote;
 pub mod schema;
 pub mod source;
 pub mod store;

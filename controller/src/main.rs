@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use controller::remote::server::{serve, Distributor};
+use controller::distribution::server::{serve, Distributor};
 use controller::source::files;
 use controller::source::run::{self as source, SourceArgs};
 use controller::{analyze, translate, Options};

@@ -11,9 +11,9 @@
 //! --controller URL`, as the Helm chart runs them): it holds only the snapshot decoded from the
 //! wire and its compiled runtime.
 
+use controller::distribution::delta::SnapshotDelta;
+use controller::distribution::wire::{DeltaMessage, SnapshotMessage};
 use controller::publish::Publisher;
-use controller::remote::delta::SnapshotDelta;
-use controller::remote::wire::{DeltaMessage, SnapshotMessage};
 use controller::source::cache::FileCache;
 use controller::{synth, Options};
 use gateway::compiled::Runtime;

@@ -9,10 +9,10 @@
 pub mod admin;
 pub mod by_name;
 pub mod diagnostics;
+pub mod distribution;
 pub mod host;
 pub mod labels;
 pub mod memory;
-pub mod remote;
 pub mod shared;
 pub mod snapshot;
 

@@ -16,7 +16,7 @@
 //! - **sharing**: inside a [`Shared`] part it is reused with its part; a field that holds its
 //!   own shared values (like `Endpoint::workload`) is deduplicated after decoding in
 //!   [`Snapshot::share_decoded_parts`] as translation shares it;
-//! - **delta** (`remote::delta`): a field of [`Snapshot`] itself must be carried by the delta
+//! - **delta** (`distribution::delta`): a field of [`Snapshot`] itself must be carried by the delta
 //!   format (and its equality by [`Snapshot::same_content`]); fields inside listeners, virtual
 //!   hosts and clusters travel with them;
 //! - **compile reuse** (the gateway's `compiled::compile`): a compiled cluster or virtual host

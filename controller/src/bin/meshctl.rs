@@ -8,10 +8,10 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use controller::inspect::proxy_config::{self, Filter};
-use controller::inspect::{proxy_status, CertificateInfo, EndpointStatus};
-use controller::remote::transport;
-use controller::remote::wire::ControllerStatus;
+use controller::distribution::transport;
+use controller::distribution::wire::ControllerStatus;
+use controller::meshctl::proxy_config::{self, Filter};
+use controller::meshctl::{proxy_status, CertificateInfo, EndpointStatus};
 use controller::snapshot::Snapshot;
 use controller::{analyze, Options};
 use std::path::PathBuf;

@@ -9,7 +9,7 @@ mod embedded;
 use crate::cli::RunArgs;
 use crate::telemetry::metrics::Metrics;
 use anyhow::{Context, Result};
-use meshgate_model::remote::client::{self, ClientOptions, Event};
+use meshgate_model::distribution::client::{self, ClientOptions, Event};
 use meshgate_model::snapshot::Snapshot;
 use prometheus::{IntCounter, IntGauge};
 use std::sync::Arc;

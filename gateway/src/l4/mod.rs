@@ -1,4 +1,4 @@
-//! Layer-4 building blocks for TLS passthrough and TCP routing.
+//! The layer-4 data path: TLS passthrough and TCP routing.
 //!
 //! Istio `Gateway` servers with `tls.mode: PASSTHROUGH` (and `TCP`/`TLS` routes in a
 //! `VirtualService`) are routed on what the client reveals before any HTTP exists: the SNI and
@@ -7,10 +7,12 @@
 //! * [`client_hello::read_client_hello`] peeks the ClientHello without terminating TLS, handing
 //!   back every consumed byte so the connection can still be terminated locally (after rewinding)
 //!   or forwarded verbatim to a passthrough upstream.
+//! * [`forward::forward`] routes a connection (tcp and tls routes), connects and logs it.
 //! * [`splice::splice`] shovels bytes between the downstream and upstream connections once a
 //!   route is chosen, honouring half-close and an idle timeout.
 
 pub mod client_hello;
+pub mod forward;
 pub mod splice;
 
 pub use client_hello::{read_client_hello, ClientHelloInfo, HelloError};

@@ -8,9 +8,10 @@
 //! ```
 
 use super::buffered::Buffered;
-use super::tcp::{forward, peer_addr, ConnectionInfo};
+use super::tcp::peer_addr;
 use super::ConnectionHandler;
 use crate::l4::client_hello::read_client_hello;
+use crate::l4::forward::{forward, ConnectionInfo};
 use crate::proxy::{MeshProxy, Shared};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;

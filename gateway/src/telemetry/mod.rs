@@ -2,7 +2,7 @@
 //! [`Exchange`] when a request or connection ends; every sink renders from it:
 //!
 //! ```text
-//!  proxy::logging / listeners::tcp::forward
+//!  proxy::logging / l4::forward
 //!        │  Exchange { head, timing, route, cluster, endpoint, flags, ids, bytes, … }
 //!        ├─► metrics::Metrics::record      istio_requests_total and friends (series cached per destination)
 //!        ├─► access_log::AccessLog::log    one JSON line (fields of the config pre-encoded)

@@ -225,7 +225,7 @@ fn kept<T: Clone>(part: Option<Vec<T>>, old: Option<&Listener>, from: fn(&Listen
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::remote::wire::DeltaMessage;
+    use crate::distribution::wire::DeltaMessage;
     use std::sync::Arc;
 
     #[test]

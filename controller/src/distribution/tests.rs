@@ -3,9 +3,9 @@
 //! tests cannot build snapshots with the controller.)
 
 mod delta {
+    use crate::distribution::delta::{DeltaError, HostEntry, SnapshotDelta};
+    use crate::distribution::wire::DeltaMessage;
     use crate::publish::Publisher;
-    use crate::remote::delta::{DeltaError, HostEntry, SnapshotDelta};
-    use crate::remote::wire::DeltaMessage;
     use crate::snapshot::{Shared, Snapshot};
     use crate::source::files::load_text;
     use crate::store::Store;
@@ -82,8 +82,8 @@ mod delta {
     #[test]
     fn a_decoded_snapshot_shares_names_services_and_workloads_again() {
         let (_, second) = versions();
-        let wire = crate::remote::wire::SnapshotMessage::encode("c", &second).unwrap();
-        let mut decoded = crate::remote::wire::SnapshotMessage::decode(&wire).unwrap().snapshot;
+        let wire = crate::distribution::wire::SnapshotMessage::encode("c", &second).unwrap();
+        let mut decoded = crate::distribution::wire::SnapshotMessage::decode(&wire).unwrap().snapshot;
         let (name, cluster) = decoded.clusters.iter().next().unwrap();
         assert!(!Arc::ptr_eq(name, &cluster.name), "decoding gives each its own copy");
         decoded.share_decoded_parts();
@@ -130,9 +130,9 @@ mod delta {
 }
 
 mod client {
-    use crate::remote::client::{poll_once, ClientOptions, PollError};
-    use crate::remote::delta::DeltaError;
-    use crate::remote::server::{serve, Distributor};
+    use crate::distribution::client::{poll_once, ClientOptions, PollError};
+    use crate::distribution::delta::DeltaError;
+    use crate::distribution::server::{serve, Distributor};
     use crate::snapshot::{Shared, Snapshot};
     use crate::source::files::load_text;
     use crate::store::Store;

@@ -1,7 +1,7 @@
 //! `proxy-status`: every gateway replica the controller knows and whether it is in sync.
 
 use super::table::Table;
-use crate::remote::wire::ControllerStatus;
+use crate::distribution::wire::ControllerStatus;
 
 pub fn table(status: &ControllerStatus) -> Table {
     let mut t = Table::new(&["NAME", "NAMESPACE", "ACKED", "CONTROLLER", "STATUS", "ADDRESS", "LAST SEEN"]);

@@ -1,6 +1,6 @@
 //! Snapshot distribution, the side both ends share: the wire format, deltas between versions,
 //! the HTTP transport and the client a gateway replica runs. The server is the controller's
-//! (`controller::remote::server`); the protocol is described there.
+//! (`controller::distribution::server`); the protocol is described there.
 
 pub mod client;
 pub mod delta;

@@ -23,4 +23,4 @@ pub mod server;
 mod tests;
 
 // The side a gateway replica shares lives in the contract crate.
-pub use meshgate_model::remote::{client, delta, transport, wire};
+pub use meshgate_model::distribution::{client, delta, transport, wire};
