@@ -23,6 +23,7 @@ use crate::schema::istio::{GatewaySpec, Server};
 use crate::schema::Kind;
 use crate::snapshot::{Listener, Protocol, ServerInfo, Shared, Snapshot, VirtualHost};
 use crate::store::{Resource, Store};
+use meshgate_model::host::HostPattern;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
@@ -57,7 +58,8 @@ struct BoundServer<'a> {
     hosts: ServerHosts<'a>,
 }
 
-/// A server's `hosts`, split and lowercased once per translation instead of once per
+/// A server's `hosts` (patterns as `meshgate_model::host` reads them), split and lowercased
+/// once per translation instead of once per
 /// VirtualService that binds to the server (a Gateway may list thousands of hosts, each bound
 /// by its own VirtualService), and indexed by exact name.
 struct ServerHosts<'a> {
@@ -75,10 +77,9 @@ impl<'a> ServerHosts<'a> {
         for (i, entry) in server.hosts.iter().enumerate() {
             let (ns_filter, host) = hosts::split_server_host(entry, gateway_namespace);
             let host = host.to_ascii_lowercase();
-            if host.starts_with('*') {
-                out.wildcards.push(i);
-            } else {
-                out.exact.entry(host.clone()).or_default().push(i);
+            match HostPattern::parse(&host) {
+                HostPattern::Exact(_) => out.exact.entry(host.clone()).or_default().push(i),
+                HostPattern::Suffix(_) | HostPattern::Any => out.wildcards.push(i),
             }
             out.entries.push((ns_filter, host));
         }
@@ -89,7 +90,7 @@ impl<'a> ServerHosts<'a> {
     /// intersect: all pairs when a host is a wildcard, else only equal names and wildcard
     /// entries (an exact host meets an exact entry only when they are equal).
     fn candidates(&self, hosts: &[String]) -> Vec<(usize, usize)> {
-        if hosts.iter().any(|h| h.starts_with('*')) {
+        if hosts.iter().any(|h| !matches!(HostPattern::parse(h), HostPattern::Exact(_))) {
             return (0..self.entries.len()).flat_map(|e| (0..hosts.len()).map(move |h| (e, h))).collect();
         }
         let mut out = Vec::new();
