@@ -59,9 +59,9 @@ struct BoundServer<'a> {
 }
 
 /// A server's `hosts` (patterns as `meshgate_model::host` reads them), split and lowercased
-/// once per translation instead of once per
-/// VirtualService that binds to the server (a Gateway may list thousands of hosts, each bound
-/// by its own VirtualService), and indexed by exact name.
+/// once per translation instead of once per VirtualService that binds to the server (a
+/// Gateway may list thousands of hosts, each bound by its own VirtualService), and indexed by
+/// exact name.
 struct ServerHosts<'a> {
     /// (namespace filter, lowercase host) in the server's order.
     entries: Vec<(Option<&'a str>, String)>,
