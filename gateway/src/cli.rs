@@ -1,5 +1,6 @@
 //! Command-line contract (users' scripts and the Helm chart rely on it).
 
+use crate::config::{self, Config, Source};
 use crate::telemetry::access_log::Target;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
@@ -117,27 +118,47 @@ fn parse_port_map(s: &str) -> Result<(u16, SocketAddr), String> {
 }
 
 impl RunArgs {
-    /// `--name`, else the host name (a pod's host name is its name).
-    pub fn replica_name(&self) -> String {
-        self.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "gateway".into())
-        })
-    }
-
-    /// Where the gateway listens for a Gateway server port.
-    pub fn listen_addr(&self, port: u16) -> SocketAddr {
-        if let Some((_, addr)) = self.port_map.iter().rev().find(|(p, _)| *p == port) {
-            return *addr;
-        }
-        let target = match port {
-            80 => 8080,
-            443 => 8443,
-            p => p,
+    /// The settings these flags give.
+    pub fn config(self) -> Config {
+        let source = match self.controller {
+            Some(url) => {
+                Source::Controller { url, token_file: self.controller_token_file, replica: replica_name(self.name) }
+            }
+            #[cfg(feature = "embedded")]
+            None => Source::Embedded(self.source),
+            #[cfg(not(feature = "embedded"))]
+            None => Source::None,
         };
-        SocketAddr::from(([0, 0, 0, 0], target))
+        Config {
+            source,
+            port_map: self.port_map,
+            status_addr: self.status_addr,
+            metrics_addr: self.metrics_addr,
+            admin_addr: self.admin_addr,
+            identity: config::Identity {
+                labels: self.identity.labels,
+                namespace: self.identity.namespace,
+                workload: self.workload_name,
+            },
+            access_log: self.access_log,
+            drain: std::time::Duration::from_secs(self.drain_seconds),
+            deny_unenforced_policies: self.unenforced_policy == UnenforcedPolicy::Deny,
+            threads: self.threads,
+            tracing: config::Tracing {
+                otlp_endpoint: self.tracing.otlp_endpoint,
+                sampling_percent: self.tracing.trace_sampling,
+            },
+        }
     }
+}
+
+/// `--name`, else the host name (a pod's host name is its name).
+fn replica_name(name: Option<String>) -> String {
+    name.filter(|n| !n.is_empty()).unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "gateway".into())
+    })
 }
 
 #[cfg(test)]
@@ -147,10 +168,12 @@ mod tests {
     #[test]
     fn port_map_defaults_and_overrides() {
         let cli = Cli::parse_from(["gateway", "--config", "x", "--port-map", "80=127.0.0.1:18080"]);
-        assert_eq!(cli.run.listen_addr(80), "127.0.0.1:18080".parse().unwrap());
-        assert_eq!(cli.run.listen_addr(443), "0.0.0.0:8443".parse().unwrap());
-        assert_eq!(cli.run.listen_addr(15029), "0.0.0.0:15029".parse().unwrap());
-        assert_eq!(cli.run.identity.labels.get("istio").map(String::as_str), Some("ingressgateway"));
+        let config = cli.run.config();
+        assert_eq!(config.listen_addr(80), "127.0.0.1:18080".parse().unwrap());
+        assert_eq!(config.listen_addr(443), "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(config.listen_addr(15029), "0.0.0.0:15029".parse().unwrap());
+        assert_eq!(config.identity.labels.get("istio").map(String::as_str), Some("ingressgateway"));
+        assert!(config.deny_unenforced_policies, "fail closed by default");
     }
 
     #[test]
@@ -158,8 +181,8 @@ mod tests {
         assert!(Cli::try_parse_from(["gateway", "--config", "x", "--controller", "http://c:15010"]).is_err());
         assert!(Cli::try_parse_from(["gateway", "--controller", "http://c:15010", "--kube"]).is_err());
         let cli = Cli::parse_from(["gateway", "--controller", "c:15010", "--name", "gw-1"]);
-        assert_eq!(cli.run.controller.as_deref(), Some("c:15010"));
-        assert_eq!(cli.run.replica_name(), "gw-1");
+        let Source::Controller { url, replica, .. } = cli.run.config().source else { panic!("a controller source") };
+        assert_eq!((url.as_str(), replica.as_str()), ("c:15010", "gw-1"));
     }
 
     #[test]

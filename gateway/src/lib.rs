@@ -5,6 +5,7 @@ pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod compiled;
+pub mod config;
 pub mod config_source;
 pub mod head;
 pub mod l4;

@@ -86,7 +86,8 @@ fn main() -> Result<()> {
             // instead of going through the work-stealing queues and worker wake-ups of the
             // multi-thread scheduler (~500 instructions per proxied request, for nothing when
             // there is no other worker to steal from).
-            let mut builder = match cli.run.threads {
+            let config = cli.run.config();
+            let mut builder = match config.threads {
                 Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
                 Some(n) => {
                     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -101,7 +102,7 @@ fn main() -> Result<()> {
             // each worker arms and disarms on its own (docs/benchmarks.md, "Features are free?").
             pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(std::time::Duration::ZERO));
             let rt = builder.enable_all().thread_name("meshgate-worker").build()?;
-            rt.block_on(gateway::server::run(cli.run))?;
+            rt.block_on(gateway::server::run(config))?;
             // Do not wait for lingering connections past the drain deadline.
             rt.shutdown_timeout(std::time::Duration::from_millis(100));
             Ok(())

@@ -2,8 +2,8 @@
 //! compiled runtime → listeners; plus status/metrics/admin servers, signals and draining.
 
 use crate::admin::{AdminApp, Role};
-use crate::cli::RunArgs;
 use crate::compiled::Current;
+use crate::config::Config;
 use crate::config_source;
 use crate::listeners::tcp::TcpHandler;
 use crate::listeners::tls::TlsHandler;
@@ -35,7 +35,7 @@ struct Running {
 /// The data-plane listeners: one accept loop per Gateway port, with a handler that follows
 /// the port's protocol (HTTP proxy, TLS by SNI, TCP).
 struct DataPlane {
-    args: RunArgs,
+    config: Arc<Config>,
     conf: Arc<ServerConf>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
@@ -97,7 +97,7 @@ impl DataPlane {
                 r.tls = tls;
                 continue;
             }
-            let addr = self.args.listen_addr(port);
+            let addr = self.config.listen_addr(port);
             match listeners::start(addr, handler, self.shutdown.clone(), self.connections.clone()) {
                 Ok(acceptor) => {
                     tracing::info!(port, ?protocol, addr = %acceptor.addr, "listener open");
@@ -122,21 +122,21 @@ impl DataPlane {
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
-    let identity = &args.identity;
+pub async fn run(config: Config) -> Result<()> {
+    let config = Arc::new(config);
+    let identity = &config.identity;
     let metrics = Arc::new(Metrics::new(SourceIdentity {
-        workload: args.workload_name.clone(),
+        workload: identity.workload.clone(),
         namespace: identity.namespace.clone(),
         app: identity.labels.get("app").cloned().unwrap_or_else(|| "istio-ingressgateway".into()),
         version: "unknown".into(),
     }));
     let access_log =
-        AccessLog::start(&args.access_log, metrics.access_log_dropped.clone()).context("opening the access log")?;
-    let current =
-        Arc::new(Current::with_unenforced_policy(args.unenforced_policy == crate::cli::UnenforcedPolicy::Deny));
+        AccessLog::start(&config.access_log, metrics.access_log_dropped.clone()).context("opening the access log")?;
+    let current = Arc::new(Current::with_unenforced_policy(config.deny_unenforced_policies));
     let tracer = Tracer::start(
-        &args.tracing,
-        TraceIdentity { workload: args.workload_name.clone(), namespace: identity.namespace.clone() },
+        &config.tracing,
+        TraceIdentity { workload: identity.workload.clone(), namespace: identity.namespace.clone() },
         metrics.trace.clone(),
     )
     .context("starting tracing")?
@@ -151,7 +151,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // Status, metrics and admin servers come up first so probes answer (503) while loading.
     let mut side = Vec::new();
     for (role, addr) in
-        [(Role::Status, args.status_addr), (Role::Metrics, args.metrics_addr), (Role::Admin, args.admin_addr)]
+        [(Role::Status, config.status_addr), (Role::Metrics, config.metrics_addr), (Role::Admin, config.admin_addr)]
     {
         let app = Arc::new(AdminApp {
             role,
@@ -171,13 +171,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 
     let (applied, applied_rx) = watch::channel(0u64);
-    let mut snapshots = config_source::start(&args, metrics.clone(), applied_rx).await?;
+    let mut snapshots = config_source::start(&config, metrics.clone(), applied_rx).await?;
 
     // Pingora's max_retries counts attempts (1 = no retry). Retries come from VirtualService
     // policy, not from a blanket count.
     let conf = ServerConf { max_retries: 1, ..Default::default() };
     let mut data = DataPlane {
-        args: args.clone(),
+        config: config.clone(),
         conf: Arc::new(conf),
         shared,
         shutdown: shutdown_rx.clone(),
@@ -230,11 +230,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 
     // Drain: fail readiness, stop accepting, close idle keep-alives, wait for in-flight work.
-    tracing::info!(drain_seconds = args.drain_seconds, open = connections.count(), "draining");
+    tracing::info!(drain_seconds = config.drain.as_secs(), open = connections.count(), "draining");
     draining.store(true, Ordering::Release);
     let _ = shutdown_tx.send(true);
     data.stop_accepting().await;
-    let drained = tokio::time::timeout(Duration::from_secs(args.drain_seconds), connections.wait_idle()).await.is_ok();
+    let drained = tokio::time::timeout(config.drain, connections.wait_idle()).await.is_ok();
     tracing::info!(drained, open = connections.count(), "exiting");
     for s in side {
         s.stop();

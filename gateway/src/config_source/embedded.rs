@@ -1,7 +1,7 @@
 //! The embedded controller (cargo feature `embedded`, on by default): the source the flags name
 //! (files, or the Kubernetes API with `--kube`), translated in-process.
 
-use crate::cli::RunArgs;
+use crate::config::Identity;
 use crate::telemetry::metrics::Metrics;
 use anyhow::Result;
 use controller::publish::{Outcome, Publisher};
@@ -16,8 +16,13 @@ use tokio::sync::watch;
 /// file within a few milliseconds; a longer wait only delays every change.
 const FILE_DEBOUNCE: Duration = Duration::from_millis(10);
 
-pub async fn start(args: &RunArgs, metrics: Arc<Metrics>) -> Result<watch::Receiver<Arc<Snapshot>>> {
-    let identity = Options { labels: args.identity.labels.clone(), namespace: args.identity.namespace.clone() };
+pub async fn start(
+    source: &run::SourceArgs,
+    identity: &Identity,
+    metrics: Arc<Metrics>,
+) -> Result<watch::Receiver<Arc<Snapshot>>> {
+    let namespace = &identity.namespace;
+    let identity = Options { labels: identity.labels.clone(), namespace: namespace.clone() };
     let (mut publisher, snapshots) = Publisher::new(identity);
     let registry = metrics.registry.clone();
     let on_store = move |store| {
@@ -26,7 +31,7 @@ pub async fn start(args: &RunArgs, metrics: Arc<Metrics>) -> Result<watch::Recei
         report(&outcome, &metrics, started.elapsed());
     };
     let sink = Sink { on_store, on_health: |_| {} };
-    run::start(&args.source, &args.identity.namespace, FILE_DEBOUNCE, &registry, sink).await?;
+    run::start(source, namespace, FILE_DEBOUNCE, &registry, sink).await?;
     Ok(snapshots)
 }
 

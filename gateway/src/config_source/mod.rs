@@ -6,7 +6,7 @@
 #[cfg(feature = "embedded")]
 mod embedded;
 
-use crate::cli::RunArgs;
+use crate::config::{Config, Source};
 use crate::telemetry::metrics::Metrics;
 use anyhow::{Context, Result};
 use meshgate_model::distribution::client::{self, ClientOptions, Event};
@@ -19,39 +19,40 @@ use tokio::sync::watch;
 /// Starts the configured source. `applied` follows the version the data plane serves (the
 /// remote source reports it to the controller as its acknowledgement).
 pub async fn start(
-    args: &RunArgs,
+    config: &Config,
     metrics: Arc<Metrics>,
     applied: watch::Receiver<u64>,
 ) -> Result<watch::Receiver<Arc<Snapshot>>> {
-    if let Some(url) = &args.controller {
-        return remote(args, url, metrics, applied);
-    }
-    #[cfg(feature = "embedded")]
-    {
-        // The gateway has a third source, so it names it too.
-        args.source.check().map_err(|_| {
-            anyhow::anyhow!(
-                "give a config source: --config PATH (a folder or file of Istio YAML), --controller URL or --kube"
-            )
-        })?;
-        embedded::start(args, metrics).await
-    }
-    #[cfg(not(feature = "embedded"))]
-    {
-        let _ = metrics;
-        anyhow::bail!(
+    match &config.source {
+        Source::Controller { url, token_file, replica } => {
+            remote(config, url, token_file.as_deref(), replica, metrics, applied)
+        }
+        #[cfg(feature = "embedded")]
+        Source::Embedded(source) => {
+            // The gateway has a third source, so it names it too.
+            source.check().map_err(|_| {
+                anyhow::anyhow!(
+                    "give a config source: --config PATH (a folder or file of Istio YAML), --controller URL or --kube"
+                )
+            })?;
+            embedded::start(source, &config.identity, metrics).await
+        }
+        #[cfg(not(feature = "embedded"))]
+        Source::None => anyhow::bail!(
             "this gateway was built without the embedded controller (feature `embedded`): use --controller URL"
-        )
+        ),
     }
 }
 
 fn remote(
-    args: &RunArgs,
+    config: &Config,
     url: &str,
+    token_file: Option<&std::path::Path>,
+    replica: &str,
     metrics: Arc<Metrics>,
     applied: watch::Receiver<u64>,
 ) -> Result<watch::Receiver<Arc<Snapshot>>> {
-    let token = match &args.controller_token_file {
+    let token = match token_file {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("reading the controller token from {}", path.display()))?,
         None => std::env::var("MESHGATE_TOKEN")
@@ -60,9 +61,9 @@ fn remote(
     let options = ClientOptions {
         url: url.to_string(),
         token: token.trim().to_string(),
-        gateway: args.replica_name(),
-        namespace: args.identity.namespace.clone(),
-        labels: args.identity.labels.clone(),
+        gateway: replica.to_string(),
+        namespace: config.identity.namespace.clone(),
+        labels: config.identity.labels.clone(),
         wait: Duration::from_secs(30),
         after_decode: Some(meshgate_model::memory::release_freed),
     };

@@ -16,7 +16,7 @@ pub mod context;
 pub mod export;
 pub mod span;
 
-use crate::cli::TraceArgs;
+use crate::config::Tracing;
 use context::SpanContext;
 use export::{Endpoint, EndpointError, ExportCounters, Exporter};
 use pingora_http::RequestHeader;
@@ -68,13 +68,13 @@ pub struct Tracer {
 impl Tracer {
     /// `None` when no `--otlp-endpoint` is set: tracing and propagation are off.
     pub fn start(
-        args: &TraceArgs,
+        settings: &Tracing,
         identity: TraceIdentity,
         counters: ExportCounters,
     ) -> Result<Option<Tracer>, TraceError> {
-        let Some(url) = &args.otlp_endpoint else { return Ok(None) };
+        let Some(url) = &settings.otlp_endpoint else { return Ok(None) };
         let endpoint: Endpoint = url.parse()?;
-        tracing::info!(endpoint = url, sampling_percent = args.trace_sampling, "tracing on (OTLP/HTTP JSON)");
+        tracing::info!(endpoint = url, sampling_percent = settings.sampling_percent, "tracing on (OTLP/HTTP JSON)");
         let exporter = Exporter::start(
             endpoint,
             &[("service.name", &identity.workload), ("k8s.namespace.name", &identity.namespace)],
@@ -91,7 +91,7 @@ impl Tracer {
             canonical_service: identity.workload,
             namespace: identity.namespace,
         };
-        Ok(Some(Tracer { sampler: Sampler::from_percent(args.trace_sampling), exporter, tags }))
+        Ok(Some(Tracer { sampler: Sampler::from_percent(settings.sampling_percent), exporter, tags }))
     }
 
     /// The gateway's span for a new request: continues the incoming trace or starts one.
@@ -151,7 +151,7 @@ mod tests {
 
     fn tracer(percent: f64) -> Tracer {
         let c = |n: &str| prometheus::IntCounter::new(n, "-").unwrap();
-        let args = TraceArgs { otlp_endpoint: Some("http://127.0.0.1:9/v1/traces".into()), trace_sampling: percent };
+        let args = Tracing { otlp_endpoint: Some("http://127.0.0.1:9/v1/traces".into()), sampling_percent: percent };
         let identity = TraceIdentity { workload: "istio-ingressgateway".into(), namespace: "istio-system".into() };
         let counters = ExportCounters { dropped: c("d"), exported: c("e"), failed: c("f") };
         Tracer::start(&args, identity, counters).unwrap().unwrap()
@@ -175,7 +175,7 @@ mod tests {
     #[test]
     fn off_without_endpoint() {
         let c = |n: &str| prometheus::IntCounter::new(n, "-").unwrap();
-        let args = TraceArgs { otlp_endpoint: None, trace_sampling: 1.0 };
+        let args = Tracing { otlp_endpoint: None, sampling_percent: 1.0 };
         let identity = TraceIdentity { workload: "w".into(), namespace: "n".into() };
         let counters = ExportCounters { dropped: c("d"), exported: c("e"), failed: c("f") };
         assert!(Tracer::start(&args, identity, counters).unwrap().is_none());
