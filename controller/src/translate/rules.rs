@@ -21,7 +21,7 @@
 
 use super::clusters::check_policy;
 use super::visibility::{self, Allowed, ROOT_NAMESPACE};
-use crate::diagnostics::{codes, Diagnostic};
+use crate::diagnostics::{codes, Diagnostic, ObjectRef};
 use crate::schema::istio::{DestinationRuleSpec, Subset};
 use crate::schema::{CompactString, Kind};
 use crate::store::{Resource, Store};
@@ -301,15 +301,16 @@ impl<'a> Merging<'a> {
 /// scopes the same way.
 #[derive(Default)]
 struct Reported {
-    seen: HashSet<(String, String, String)>,
+    /// (rule, field, message) of each warning given.
+    seen: HashSet<(ObjectRef, String, String)>,
     list: Vec<Diagnostic>,
 }
 
 impl Reported {
     fn add(&mut self, dr: &Resource<DestinationRuleSpec>, d: Diagnostic) {
-        let key = (format!("{}/{}", dr.namespace(), dr.meta.name), d.field.clone(), d.message.clone());
-        if self.seen.insert(key) {
-            self.list.push(d.at(&dr.origin, Some(dr.reference(Kind::DestinationRule))));
+        let rule = dr.reference(Kind::DestinationRule);
+        if self.seen.insert((rule.clone(), d.field.clone(), d.message.clone())) {
+            self.list.push(d.at(&dr.origin, Some(rule)));
         }
     }
 }
