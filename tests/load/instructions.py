@@ -6,9 +6,13 @@ and /proc CPU figures drown in noise (see docs/benchmarks.md, "Instructions per 
     python3 tests/load/instructions.py                     # bare-pingora meshgate meshgate-realistic
     python3 tests/load/instructions.py meshgate -n 5000 --top 30
     python3 tests/load/instructions.py bare-pingora meshgate-realistic-log   # the issue's target
+    python3 tests/load/instructions.py meshgate meshgate-trace --gateway /tmp/main-gateway
 
 Targets: bare-pingora, meshgate (1 route), meshgate-realistic (10 hosts / 50 routes), and either
-meshgate target with `-log` appended for the access log on (written to a file).
+meshgate target with `-log` appended for the access log on (written to a file) and/or `-trace`
+for tracing on at 100 % sampling, exporting to a collector in this script that accepts every
+POST (so the count covers span building, the queue and the export thread, not a real
+collector's work); e.g. meshgate-realistic-log-trace.
 
 Each target runs under `valgrind --tool=callgrind --instr-atstart=no` behind the same nginx
 upstream as tests/load/run.py; after a warm-up of 200 requests instrumentation is switched on,
@@ -19,6 +23,9 @@ $CARGO_TARGET_DIR/release when set, else target/release) and valgrind (apt).
 """
 import argparse
 import http.client
+import http.server
+import threading
+import time
 import os
 import re
 import shutil
@@ -48,6 +55,32 @@ def drive(port: int, n: int) -> None:
     conn.close()
 
 
+class Collector:
+    """An OTLP/HTTP endpoint that answers 200 to every POST and counts the requests and
+    bytes, so a run shows that spans were exported."""
+
+    def __init__(self) -> None:
+        self.posts = 0
+        self.bytes = 0
+        collector = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                collector.posts += 1
+                collector.bytes += len(body)
+                self.send_response(200)
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 def freeze(tmp: Path) -> Path:
     """Copies of the binaries, so a build finishing during the run changes nothing measured."""
     frozen = tmp / "bin"
@@ -58,7 +91,8 @@ def freeze(tmp: Path) -> Path:
     return frozen
 
 
-def start(name: str, work: Path, upstream_port: int, out: Path, bins: Path) -> tuple[subprocess.Popen, int]:
+def start(name: str, work: Path, upstream_port: int, out: Path, bins: Path,
+          collector: Collector) -> tuple[subprocess.Popen, int]:
     port = R.free_port()
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no", "--instr-atstart=no"]
     env = dict(os.environ, RUST_LOG="warn")
@@ -68,11 +102,14 @@ def start(name: str, work: Path, upstream_port: int, out: Path, bins: Path) -> t
         realistic = name.startswith("meshgate-realistic")
         (R.meshgate_realistic_config if realistic else R.meshgate_simple_config)(config, upstream_port)
         status = R.free_port()
-        access = str(work / "access.log") if name.endswith("-log") else "off"
+        options = name.split("-")
+        access = str(work / "access.log") if "log" in options else "off"
         argv = vg + [str(bins / "gateway"), "--config", str(config), "--port-map",
                      f"80=127.0.0.1:{port}", "--status-addr", f"127.0.0.1:{status}",
                      "--metrics-addr", f"127.0.0.1:{R.free_port()}", "--admin-addr", f"127.0.0.1:{R.free_port()}",
                      "--access-log", access, "--threads", "1"]
+        if "trace" in options:
+            argv += ["--otlp-endpoint", f"http://127.0.0.1:{collector.port}/v1/traces", "--trace-sampling", "100"]
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, env=env)
         R.wait_until(lambda: R.http_get(status, "/healthz/ready")[0] == 200, name, proc, work / "stderr.log", 120)
     else:
@@ -117,6 +154,8 @@ def main() -> int:
     ap.add_argument("targets", nargs="*", default=["bare-pingora", "meshgate", "meshgate-realistic"])
     ap.add_argument("-n", type=int, default=3000, help="measured requests per target (default 3000)")
     ap.add_argument("--top", type=int, default=20, help="functions listed per comparison")
+    ap.add_argument("--gateway", type=Path, help="gateway binary to count instead of the release build's "
+                    "(e.g. a copy of another branch's, to compare two builds back to back)")
     args = ap.parse_args()
     for tool in ["valgrind", "callgrind_control", "callgrind_annotate", "nginx"]:
         if not shutil.which(tool):
@@ -124,26 +163,35 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-instr-"))
     print(f"binaries from {RELEASE}; callgrind output in {tmp}/<target>/callgrind.out", file=sys.stderr)
     bins = freeze(tmp)
+    if args.gateway:
+        shutil.copy2(args.gateway, bins / "gateway")
     # The runner's upstream also serves HTTPS (and meshgate's configs declare port 443), so the
     # run's certificate comes first.
     R.make_certificate(tmp)
     upstream, ports = R.start_upstream(tmp)
     upstream_port = ports["http"]
+    collector = Collector()
     counts: dict[str, dict[str, int]] = {}
     try:
         for name in args.targets:
             work = tmp / name
             work.mkdir()
             out = work / "callgrind.out"
-            proc, port = start(name, work, upstream_port, out, bins)
+            proc, port = start(name, work, upstream_port, out, bins, collector)
+            posts = collector.posts
             drive(port, WARMUP)
             subprocess.run(["callgrind_control", "-i", "on", str(proc.pid)], check=True, capture_output=True)
             drive(port, args.n)
+            if "trace" in name.split("-"):
+                # Spans wait up to a second for their batch (export.rs FLUSH_INTERVAL): their
+                # export belongs in the count too.
+                time.sleep(2)
             subprocess.run(["callgrind_control", "-i", "off", str(proc.pid)], check=True, capture_output=True)
             proc.terminate()
             proc.wait(timeout=120)
             counts[name] = exclusive_counts(out)
-            print(f"{name:20} {sum(counts[name].values()) / args.n:10,.0f} instructions/request", flush=True)
+            exported = f"  ({collector.posts - posts} OTLP POSTs)" if "trace" in name.split("-") else ""
+            print(f"{name:20} {sum(counts[name].values()) / args.n:10,.0f} instructions/request{exported}", flush=True)
     finally:
         upstream.stop()
     base = counts.get("bare-pingora")

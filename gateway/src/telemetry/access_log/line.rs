@@ -232,21 +232,21 @@ fn optional<T>(out: &mut Vec<u8>, value: Option<T>, write: fn(&mut Vec<u8>, T)) 
     }
 }
 
-fn number(out: &mut Vec<u8>, n: u64) {
+pub(crate) fn number(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A JSON string. Header values and paths almost never need escaping, so they are checked
 /// first and copied whole; the rare one with quotes, backslashes or control bytes goes
 /// through serde_json's escaper.
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     contents(out, s);
     out.push(b'"');
 }
 
 /// The inside of a JSON string: `s` escaped, without the quotes.
-fn contents(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn contents(out: &mut Vec<u8>, s: &str) {
     if needs_escape(s.as_bytes()) {
         let at = out.len();
         let _ = serde_json::to_writer(&mut *out, s);
@@ -287,7 +287,7 @@ fn needs_escape(s: &[u8]) -> bool {
 }
 
 /// A JSON string of the address.
-fn address(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
+pub(crate) fn address(out: &mut Vec<u8>, addr: std::net::SocketAddr) {
     match addr {
         std::net::SocketAddr::V4(v4) => {
             // Built on the stack, quotes included, and appended in one copy: each push onto

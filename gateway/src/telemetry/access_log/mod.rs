@@ -2,7 +2,7 @@
 //! on stdout or disk. Lines are batched per worker thread (`writer.rs`); when the writer
 //! falls behind, lines are dropped and counted.
 
-mod line;
+pub(crate) mod line;
 mod writer;
 
 pub use line::{Entry, Key, Prepared, RequestId, RouteName, UpstreamCluster, UpstreamHost};
