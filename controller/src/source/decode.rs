@@ -7,7 +7,7 @@ use crate::schema::{Kind, ObjectMeta};
 use crate::store::{namespace_of, Object, Store, StoreBuilder};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_norway::{Mapping, Value};
 use std::sync::Arc;
 
 /// Where decoded documents go: straight into a [`Store`] (or a [`StoreBuilder`]), or
@@ -69,7 +69,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
     }
 
     let meta: ObjectMeta = match map.get("metadata") {
-        Some(m) => match serde_yaml::from_value(m.clone()) {
+        Some(m) => match serde_norway::from_value(m.clone()) {
             Ok(meta) => meta,
             Err(e) => {
                 store.diagnostic(
@@ -130,7 +130,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
 
 /// Decodes `spec` of an Istio resource. Unknown fields are warnings (Istio's CRD schema would
 /// prune them, so the resource still applies); wrong shapes reject the resource.
-fn spec<T: DeserializeOwned>(mut map: serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
+fn spec<T: DeserializeOwned>(mut map: Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
     let value = map.remove("spec").unwrap_or(Value::Mapping(Default::default()));
     let mut unknown = Vec::new();
     let mut record = |path: serde_ignored::Path| unknown.push(field_path(&path));
@@ -170,7 +170,7 @@ fn field_path(path: &serde_ignored::Path) -> String {
 }
 
 /// Decodes a whole Kubernetes object with k8s-openapi types.
-fn whole<T: DeserializeOwned>(map: serde_yaml::Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
+fn whole<T: DeserializeOwned>(map: Mapping, prefix: &str, problems: &mut Vec<Diagnostic>) -> Option<T> {
     match serde_path_to_error::deserialize(Value::Mapping(map)) {
         Ok(v) => Some(v),
         Err(e) => {

@@ -220,9 +220,9 @@ pub fn load_text(store: &mut impl Sink, text: &str, file: Option<&Path>) {
 
 /// [`load_text`] with the path every origin shares already allocated.
 pub fn load_shared(store: &mut impl Sink, text: &str, file: Option<std::sync::Arc<Path>>) {
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let origin = Origin { file: file.clone(), document: Some(u32::try_from(index).unwrap_or(u32::MAX)) };
-        match serde_yaml::Value::deserialize(document) {
+        match serde_norway::Value::deserialize(document) {
             Ok(value) => add_document(store, value, &origin),
             Err(e) => {
                 // A syntax error ends the stream: later documents of this file cannot be
