@@ -233,7 +233,7 @@ fn secret_yaml(name: &str, ns: &str, type_: &str, entries: &[(&str, &str)]) -> S
         "type": type_,
         "data": data,
     });
-    serde_yaml::to_string(&v).expect("JSON value serializes to YAML")
+    serde_norway::to_string(&v).expect("JSON value serializes to YAML")
 }
 
 #[cfg(test)]
@@ -319,7 +319,7 @@ mod tests {
         let ca = TestCa::new("ca");
         let leaf = ca.issue_server(&["a.example.com"]);
         let y = tls_secret_yaml("bookinfo-credential", "istio-system", &leaf, Some(&ca.cert_pem()));
-        let v: Value = serde_yaml::from_str(&y).unwrap();
+        let v: Value = serde_norway::from_str(&y).unwrap();
         assert_eq!(v["kind"], "Secret");
         assert_eq!(v["type"], "kubernetes.io/tls");
         assert_eq!(v["metadata"]["namespace"], "istio-system");
@@ -328,11 +328,11 @@ mod tests {
         assert_eq!(field("tls.key"), leaf.key_pem);
         assert_eq!(field("ca.crt"), ca.cert_pem());
 
-        let v: Value = serde_yaml::from_str(&tls_secret_yaml("s", "d", &leaf, None)).unwrap();
+        let v: Value = serde_norway::from_str(&tls_secret_yaml("s", "d", &leaf, None)).unwrap();
         assert!(v["data"].get("ca.crt").is_none());
 
         let v: Value =
-            serde_yaml::from_str(&generic_secret_yaml("s-cacert", "d", &[("cacert", &ca.cert_pem())])).unwrap();
+            serde_norway::from_str(&generic_secret_yaml("s-cacert", "d", &[("cacert", &ca.cert_pem())])).unwrap();
         assert_eq!(v["type"], "Opaque");
         assert_eq!(BASE64.decode(v["data"]["cacert"].as_str().unwrap()).unwrap(), ca.cert_pem().as_bytes());
     }

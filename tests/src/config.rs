@@ -6,7 +6,7 @@
 //! EndpointSlice) is noise with a lot of required fields; the builders here
 //! produce it, pointing at [`Upstream`]s bound to random local ports.
 //!
-//! Builders serialize through `serde_yaml` rather than string templates so
+//! Builders serialize through `serde_norway` rather than string templates so
 //! names and label values are always quoted correctly.
 
 use std::io::Write;
@@ -118,7 +118,7 @@ impl<T: BackendAddr + ?Sized> BackendAddr for &T {
 }
 
 fn to_yaml(v: &Value) -> String {
-    serde_yaml::to_string(v).expect("JSON value serializes to YAML")
+    serde_norway::to_string(v).expect("JSON value serializes to YAML")
 }
 
 fn labels_map(labels: &[(&str, &str)]) -> Map<String, Value> {
@@ -280,7 +280,10 @@ mod tests {
 
     fn parse_all(s: &str) -> Vec<Value> {
         use serde::Deserialize;
-        serde_yaml::Deserializer::from_str(s).map(|d| Value::deserialize(d).unwrap()).filter(|v| !v.is_null()).collect()
+        serde_norway::Deserializer::from_str(s)
+            .map(|d| Value::deserialize(d).unwrap())
+            .filter(|v| !v.is_null())
+            .collect()
     }
 
     #[test]

@@ -61,7 +61,7 @@ pub fn yaml_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
 /// into its `items` and empty documents dropped.
 pub fn parse_objects(yaml: &str) -> Result<Vec<Value>> {
     let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
+    for doc in serde_norway::Deserializer::from_str(yaml) {
         let v = Value::deserialize(doc)?;
         push_object(v, &mut out);
     }

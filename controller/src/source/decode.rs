@@ -4,7 +4,7 @@ use crate::diagnostics::{codes, Diagnostic, ObjectRef, Origin};
 use crate::schema::ObjectMeta;
 use crate::store::{namespace_of, Kind, Object, Store, StoreBuilder};
 use serde::de::DeserializeOwned;
-use serde_yaml::Value;
+use serde_norway::{Mapping, Value};
 use std::sync::Arc;
 
 /// Where decoded documents go: straight into a [`Store`] (or a [`StoreBuilder`]), or
@@ -66,7 +66,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
     }
 
     let meta: ObjectMeta = match map.get("metadata") {
-        Some(m) => match serde_yaml::from_value(m.clone()) {
+        Some(m) => match serde_norway::from_value(m.clone()) {
             Ok(meta) => meta,
             Err(e) => {
                 store.diagnostic(
@@ -106,11 +106,7 @@ pub(crate) type Problems = Vec<Diagnostic>;
 
 /// Decodes `spec` of an Istio resource. Unknown fields are warnings (Istio's CRD schema would
 /// prune them, so the resource still applies); wrong shapes reject the resource.
-pub(crate) fn spec<T: DeserializeOwned>(
-    mut map: serde_yaml::Mapping,
-    prefix: &str,
-    problems: &mut Problems,
-) -> Option<T> {
+pub(crate) fn spec<T: DeserializeOwned>(mut map: Mapping, prefix: &str, problems: &mut Problems) -> Option<T> {
     let value = map.remove("spec").unwrap_or(Value::Mapping(Default::default()));
     let mut unknown = Vec::new();
     let mut record = |path: serde_ignored::Path| unknown.push(field_path(&path));
@@ -150,7 +146,7 @@ fn field_path(path: &serde_ignored::Path) -> String {
 }
 
 /// Decodes a whole Kubernetes object with k8s-openapi types.
-pub(crate) fn whole<T: DeserializeOwned>(map: serde_yaml::Mapping, prefix: &str, problems: &mut Problems) -> Option<T> {
+pub(crate) fn whole<T: DeserializeOwned>(map: Mapping, prefix: &str, problems: &mut Problems) -> Option<T> {
     match serde_path_to_error::deserialize(Value::Mapping(map)) {
         Ok(v) => Some(v),
         Err(e) => {

@@ -3,7 +3,6 @@
 use crate::diagnostics::{codes, Diagnostic, Origin};
 use crate::source::decode::{add_document, Sink};
 use crate::store::Store;
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -220,17 +219,175 @@ pub fn load_text(store: &mut impl Sink, text: &str, file: Option<&Path>) {
 
 /// [`load_text`] with the path every origin shares already allocated.
 pub fn load_shared(store: &mut impl Sink, text: &str, file: Option<std::sync::Arc<Path>>) {
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
+    let mut budget = Budget::for_text(text);
+    for (index, document) in serde_norway::Deserializer::from_str(text).enumerate() {
         let origin = Origin { file: file.clone(), document: Some(u32::try_from(index).unwrap_or(u32::MAX)) };
-        match serde_yaml::Value::deserialize(document) {
+        match budget.value(document) {
             Ok(value) => add_document(store, value, &origin),
             Err(e) => {
                 // A syntax error ends the stream: later documents of this file cannot be
-                // located reliably, so the file's remaining documents are not applied.
+                // located reliably, so the file's remaining documents are not applied. A spent
+                // alias budget ends it too: the budget is the file's.
                 store.diagnostic(Diagnostic::error(codes::SCHEMA, "", format!("invalid YAML: {e}")).at(&origin, None));
                 break;
             }
         }
+    }
+}
+
+/// At least this many values for a file, however small: anchors that a person reuses a few
+/// times in a short file stay far below it, and a million values are ~120 MB at most.
+const MIN_VALUE_BUDGET: usize = 1 << 20;
+
+/// How many YAML values (scalars, sequences, mappings, keys included) one file may expand to.
+///
+/// The YAML library stops exponential alias nesting ("billion laughs": its repetition limit
+/// of 100 alias jumps per event), but not a flat one: a 21 KB file whose 3,000 aliases each
+/// name a 3,000-item anchor expands to 9 million values, 1.1 GB and 3.7 s, and a 200 KB one
+/// to more memory than the machine has. Without aliases a value takes a byte of text or more
+/// (`[a,b,c]` is about the densest YAML gets), so a budget of the file's size in values (or
+/// [`MIN_VALUE_BUDGET`]) does not reject a file without aliases, and bounds one with them to
+/// what a file of its size could cost anyway.
+struct Budget {
+    left: usize,
+    limit: usize,
+}
+
+impl Budget {
+    fn for_text(text: &str) -> Budget {
+        let limit = text.len().max(MIN_VALUE_BUDGET);
+        Budget { left: limit, limit }
+    }
+
+    /// One document as a generic value, counted against the file's budget.
+    fn value<'de, D: serde::Deserializer<'de>>(&mut self, document: D) -> Result<serde_norway::Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(Counted(self), document)
+    }
+
+    fn take<E: serde::de::Error>(&mut self) -> Result<(), E> {
+        match self.left.checked_sub(1) {
+            Some(left) => {
+                self.left = left;
+                Ok(())
+            }
+            None => Err(E::custom(format_args!(
+                "aliases expand the file beyond {} values (the limit is the file's size in bytes, at least {MIN_VALUE_BUDGET})",
+                self.limit
+            ))),
+        }
+    }
+}
+
+/// Builds a `serde_norway::Value` as its own `Deserialize` would, counting every value it
+/// builds: the count has to stop the expansion while it happens, before the memory is spent.
+struct Counted<'a>(&'a mut Budget);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Counted<'_> {
+    type Value = serde_norway::Value;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Counted<'_> {
+    type Value = serde_norway::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Self::Value, E> {
+        self.0.take()?;
+        Ok(serde_norway::Value::Bool(b))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Self::Value, E> {
+        self.0.take()?;
+        Ok(serde_norway::Value::Number(n.into()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Self::Value, E> {
+        self.0.take()?;
+        Ok(serde_norway::Value::Number(n.into()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Self::Value, E> {
+        self.0.take()?;
+        Ok(serde_norway::Value::Number(n.into()))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+        self.visit_string(s.to_owned())
+    }
+
+    fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Self::Value, E> {
+        self.0.take()?;
+        Ok(serde_norway::Value::String(s))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        self.0.take()?;
+        Ok(serde_norway::Value::Null)
+    }
+
+    fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+        self.visit_unit()
+    }
+
+    fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        serde::de::DeserializeSeed::deserialize(self, deserializer)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        self.0.take()?;
+        // The hint is the parser's; capped so that a claimed length cannot allocate ahead.
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(item) = seq.next_element_seed(Counted(&mut *self.0))? {
+            items.push(item);
+        }
+        Ok(serde_norway::Value::Sequence(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde_norway::mapping::Entry;
+        self.0.take()?;
+        let mut mapping = serde_norway::Mapping::new();
+        while let Some(key) = map.next_key_seed(Counted(&mut *self.0))? {
+            match mapping.entry(key) {
+                // The library's own message for a repeated key, so diagnostics read as before.
+                Entry::Occupied(entry) => return Err(serde::de::Error::custom(duplicate(entry.key()))),
+                Entry::Vacant(entry) => {
+                    entry.insert(map.next_value_seed(Counted(&mut *self.0))?);
+                }
+            }
+        }
+        Ok(serde_norway::Value::Mapping(mapping))
+    }
+
+    fn visit_enum<A: serde::de::EnumAccess<'de>>(self, data: A) -> Result<Self::Value, A::Error> {
+        use serde::de::VariantAccess;
+        // A tagged value (`!Tag value`): the library presents its tag as the variant.
+        self.0.take()?;
+        let (tag, contents) = data.variant::<String>()?;
+        if tag.is_empty() {
+            return Err(serde::de::Error::custom("empty YAML tag is not allowed"));
+        }
+        let value = contents.newtype_variant_seed(Counted(&mut *self.0))?;
+        let tag = serde_norway::value::Tag::new(tag);
+        Ok(serde_norway::Value::Tagged(Box::new(serde_norway::value::TaggedValue { tag, value })))
+    }
+}
+
+/// "duplicate entry with key ..." as the YAML library words it.
+fn duplicate(key: &serde_norway::Value) -> String {
+    use serde_norway::Value;
+    match key {
+        Value::Null => "duplicate entry with null key".to_string(),
+        Value::Bool(b) => format!("duplicate entry with key `{b}`"),
+        Value::Number(n) => format!("duplicate entry with key {n}"),
+        Value::String(s) => format!("duplicate entry with key {s:?}"),
+        Value::Sequence(_) | Value::Mapping(_) | Value::Tagged(_) => "duplicate entry in YAML map".to_string(),
     }
 }
 
@@ -254,6 +411,67 @@ mod tests {
     }
 
     const VS: &str = "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: NAME}\nspec: {hosts: [a.example.com]}\n";
+
+    fn yaml_errors(store: &Store) -> Vec<String> {
+        store.diagnostics.iter().filter(|d| d.code == codes::SCHEMA).map(|d| d.message.clone()).collect()
+    }
+
+    #[test]
+    fn nested_aliases_are_rejected_with_a_diagnostic() {
+        // "Billion laughs": ten levels of nine aliases each, 9^10 strings from 500 bytes.
+        let mut text = String::from("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: lol}\ndata:\n  a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..10 {
+            text.push_str(&format!("  a{i}: &a{i} [{}]\n", vec![format!("*a{}", i - 1); 9].join(", ")));
+        }
+        text.push_str("---\n");
+        text.push_str(&VS.replace("NAME", "after"));
+        let started = std::time::Instant::now();
+        let mut store = Store::default();
+        load_text(&mut store, &text, None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+        let errors = yaml_errors(&store);
+        assert_eq!(errors.len(), 1, "{:?}", store.diagnostics);
+        assert!(errors[0].starts_with("invalid YAML: "), "{}", errors[0]);
+        assert_eq!(store.diagnostics.iter().next().unwrap().origin.document, Some(0));
+        // As for any syntax error, the rest of the file is not applied.
+        assert!(store.virtual_services.is_empty());
+    }
+
+    #[test]
+    fn flat_aliases_of_a_large_anchor_are_bounded() {
+        // 2,000 aliases of a 2,000-item anchor: 10 KB that would expand to 4 million values.
+        // The library's repetition limit counts alias uses, not their size, so this one is ours.
+        let n = 2000;
+        let mut text =
+            format!("{}---\nitems: &items [{}]\nuses:\n", VS.replace("NAME", "before"), vec!["x"; n].join(","));
+        text.push_str(&"- *items\n".repeat(n));
+        let started = std::time::Instant::now();
+        let mut store = Store::default();
+        load_text(&mut store, &text, None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+        let errors = yaml_errors(&store);
+        assert_eq!(errors.len(), 1, "{:?}", store.diagnostics);
+        assert!(errors[0].contains("aliases expand the file beyond 1048576 values"), "{}", errors[0]);
+        assert!(errors[0].contains(" at line "), "the library adds the position: {}", errors[0]);
+        assert_eq!(store.diagnostics.iter().next().unwrap().origin.document, Some(1));
+        assert_eq!(store.virtual_services.len(), 1, "documents before the bomb still apply");
+    }
+
+    #[test]
+    fn ordinary_anchors_tags_and_duplicate_keys_read_as_before() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: a, labels: &l {app: a}, annotations: *l}\nspec:\n  hosts: [a.example.com]\n  x-custom: !local {kept: 1}\n  http:\n  - route: &r [{destination: {host: a}}]\n  - route: *r\n---\nmetadata: {name: b, name: c}\n";
+        let mut store = Store::default();
+        load_text(&mut store, text, None);
+        assert_eq!(store.virtual_services.len(), 1);
+        let messages: Vec<_> = store.diagnostics.iter().map(|d| (d.field.as_str(), d.message.as_str())).collect();
+        assert_eq!(
+            messages,
+            [
+                ("spec.x-custom", "unknown field, ignored"),
+                ("", "invalid YAML: metadata: duplicate entry with key \"name\" at line 11 column 11"),
+            ]
+        );
+    }
 
     fn skipped(store: &Store) -> Vec<(PathBuf, String)> {
         let items = store.diagnostics.iter().filter(|d| d.code == codes::FOLDER_SKIPPED);

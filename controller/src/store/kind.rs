@@ -62,7 +62,7 @@ pub trait KindSpec: 'static {
 
     /// Decodes a document (its top-level mapping), pushing problems with field paths under
     /// `prefix`. `None` rejects the object.
-    fn decode(document: serde_yaml::Mapping, prefix: &str, problems: &mut Problems) -> Option<Self::Spec>;
+    fn decode(document: serde_norway::Mapping, prefix: &str, problems: &mut Problems) -> Option<Self::Spec>;
 
     fn objects(store: &Store) -> &Objects<Self::Spec>;
     fn objects_mut(store: &mut Store) -> &mut Objects<Self::Spec>;
@@ -196,7 +196,7 @@ pub mod kinds {
                 const API: Api = $api;
                 type Spec = $spec;
 
-                fn decode($d: serde_yaml::Mapping, $p: &str, $pr: &mut Problems) -> Option<$spec> {
+                fn decode($d: serde_norway::Mapping, $p: &str, $pr: &mut Problems) -> Option<$spec> {
                     $decode
                 }
                 fn objects(store: &Store) -> &Objects<$spec> {
@@ -291,7 +291,7 @@ pub(crate) type Selector<'a> = dyn Fn(&Origin, Kind, &str, &str) -> bool + 'a;
 /// The store operations of one kind, written once for every [`KindSpec`] by [`Ops`].
 pub(crate) trait KindOps: Sync {
     fn api(&self) -> &'static Api;
-    fn decode(&self, document: serde_yaml::Mapping, prefix: &str, problems: &mut Problems) -> Option<Object>;
+    fn decode(&self, document: serde_norway::Mapping, prefix: &str, problems: &mut Problems) -> Option<Object>;
     fn same_content(&self, a: &Object, b: &Object) -> bool;
     fn len(&self, store: &Store) -> usize;
     /// Inserts; when the key was defined already, returns the replaced definition's origin,
@@ -327,7 +327,7 @@ impl<K: KindSpec> KindOps for Ops<K> {
         &K::API
     }
 
-    fn decode(&self, document: serde_yaml::Mapping, prefix: &str, problems: &mut Problems) -> Option<Object> {
+    fn decode(&self, document: serde_norway::Mapping, prefix: &str, problems: &mut Problems) -> Option<Object> {
         K::decode(document, prefix, problems).map(|spec| K::wrap(Arc::new(spec)))
     }
 

@@ -297,7 +297,7 @@ impl FakeApiServer {
     /// `meshgate_e2e::config` builders write them.
     pub fn apply_yaml(&self, yaml: &str) -> Result<()> {
         use serde::Deserialize;
-        for document in serde_yaml::Deserializer::from_str(yaml) {
+        for document in serde_norway::Deserializer::from_str(yaml) {
             let value = Value::deserialize(document).context("parsing YAML")?;
             if !value.is_null() {
                 self.apply(value)?;

@@ -63,10 +63,10 @@ struct Kept {
 impl Kept {
     fn new(json: &Value, fingerprint: u64) -> Kept {
         let mut decoded = Vec::new();
-        match serde_yaml::to_value(json) {
+        match serde_norway::to_value(json) {
             // No file and no document index: diagnostics print the origin as `<api>`.
             Ok(value) => decode::add_document(&mut decoded, value, &Origin::default()),
-            // JSON always maps to YAML; this would be a serde_yaml bug, so it is only logged.
+            // JSON always maps to YAML; this would be a serde_norway bug, so it is only logged.
             Err(e) => tracing::error!(error = %e, "cannot convert an API object to YAML"),
         }
         decoded = crate::memory::exact(decoded);
