@@ -219,7 +219,7 @@ for name in ["default"] + scenarios:
         "/".join(map(str, e.path)) + ": " + e.message for e in errs)))
 print("   values.yaml and %d scenario(s) merged over it pass values.schema.json (%s)" % (len(scenarios), validator_cls.__name__))
 
-metrics_src = open(os.path.join(root, "gateway", "src", "metrics.rs")).read()
+metrics_src = open(os.path.join(root, "gateway", "src", "telemetry", "metrics.rs")).read()
 
 for name in names:
     docs = load(name)
@@ -526,7 +526,7 @@ check(any('reporter="source"' in e and "response_code" in e and "istio_requests_
       "dashboard: istio_requests_total rate by response_code for reporter=source")
 for m in sorted(used):
     base = re.sub(r"_(bucket|sum|count)$", "", m)
-    check('"%s"' % base in metrics_src, "dashboard metric %s is exported by gateway/src/metrics.rs" % m)
+    check('"%s"' % base in metrics_src, "dashboard metric %s is exported by gateway/src/telemetry/metrics.rs" % m)
 ids = [p["id"] for p in dash["panels"]]
 check(len(ids) == len(set(ids)), "dashboard panel ids unique")
 print("   dashboard: %d panels, %d metrics, all exported by the gateway" % (len(dash["panels"]), len(used)))
