@@ -6,7 +6,7 @@
 use controller::source::files::load_text;
 use controller::store::Store;
 use controller::{synth, translate, Options};
-use gateway::compiled::Runtime;
+use gateway::bench::Runtime;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

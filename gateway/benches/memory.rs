@@ -16,7 +16,7 @@ use controller::distribution::wire::{DeltaMessage, SnapshotMessage};
 use controller::publish::Publisher;
 use controller::source::cache::FileCache;
 use controller::{synth, Options};
-use gateway::compiled::Runtime;
+use gateway::bench::Runtime;
 use std::alloc::System;
 use std::alloc::{GlobalAlloc, Layout};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};

@@ -6,8 +6,7 @@ use controller::source::files::load_text;
 use controller::store::Store;
 use controller::{synth, translate, Options};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use gateway::compiled::matcher::RequestView;
-use gateway::compiled::Runtime;
+use gateway::bench::{route, Runtime};
 use std::hint::black_box;
 use std::sync::Arc;
 
@@ -20,7 +19,6 @@ fn store(n: usize) -> Store {
 fn lookup(c: &mut Criterion) {
     let (snapshot, _) = translate(&store(10_000), &Options::default());
     let runtime = Runtime::compile(Arc::new(snapshot), None);
-    let listener = &runtime.listeners[&80];
     let mut headers = http::HeaderMap::new();
     headers.insert("user-agent", "bench".parse().unwrap());
     let mut group = c.benchmark_group("lookup_10k");
@@ -28,17 +26,7 @@ fn lookup(c: &mut Criterion) {
         group.bench_function(name, |b| {
             b.iter(|| {
                 let host = black_box("svc-7321.example.com");
-                let vhost = listener.hosts.find(host).unwrap();
-                let view = RequestView {
-                    path: black_box(path),
-                    method: "GET",
-                    scheme: "http",
-                    authority: host,
-                    headers: &headers,
-                    port: 80,
-                };
-                let route = vhost.routes.iter().find(|r| r.matches(&view)).unwrap();
-                black_box(route.pick_cluster());
+                assert!(black_box(route(&runtime, 80, host, black_box(path), &headers)));
             })
         });
     }

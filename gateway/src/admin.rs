@@ -13,19 +13,19 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     Status,
     Metrics,
     Admin,
 }
 
-pub struct AdminApp {
-    pub role: Role,
-    pub current: Arc<Current>,
-    pub metrics: Arc<Metrics>,
+pub(crate) struct AdminApp {
+    pub(crate) role: Role,
+    pub(crate) current: Arc<Current>,
+    pub(crate) metrics: Arc<Metrics>,
     /// Set once the first snapshot is compiled and its listeners are open.
-    pub serving: Arc<AtomicBool>,
-    pub draining: Arc<AtomicBool>,
+    pub(crate) serving: Arc<AtomicBool>,
+    pub(crate) draining: Arc<AtomicBool>,
 }
 
 impl AdminApp {

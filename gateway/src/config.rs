@@ -2,7 +2,7 @@
 //! command line (`cli::RunArgs::config`), so the data plane, tracing and the config sources
 //! never see clap's types and tests build settings directly.
 
-use crate::telemetry::access_log::Target;
+pub use crate::telemetry::access_log::Target;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -5,7 +5,7 @@ use pingora_http::RequestHeader;
 use std::borrow::Cow;
 
 /// `Host` (HTTP/1) or the URI authority (HTTP/2).
-pub fn authority(req: &RequestHeader) -> Option<&str> {
+pub(crate) fn authority(req: &RequestHeader) -> Option<&str> {
     req.headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
@@ -13,12 +13,12 @@ pub fn authority(req: &RequestHeader) -> Option<&str> {
 }
 
 /// Host without `:port` (IPv6 literals keep their brackets), as Istio gateways match it.
-pub fn host_without_port(req: &RequestHeader) -> &str {
+pub(crate) fn host_without_port(req: &RequestHeader) -> &str {
     let host = authority(req).unwrap_or("");
     strip_port(host)
 }
 
-pub fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);
     }
@@ -28,7 +28,7 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
-pub fn lowercase(s: &str) -> Cow<'_, str> {
+pub(crate) fn lowercase(s: &str) -> Cow<'_, str> {
     if s.bytes().any(|b| b.is_ascii_uppercase()) {
         Cow::Owned(s.to_ascii_lowercase())
     } else {
@@ -36,14 +36,14 @@ pub fn lowercase(s: &str) -> Cow<'_, str> {
     }
 }
 
-pub fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+pub(crate) fn query_param<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.uri.query()?.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         (k == name).then_some(v)
     })
 }
 
-pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
         line.split(';').find_map(|c| {
             let (k, v) = c.trim().split_once('=')?;
@@ -53,7 +53,7 @@ pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
 }
 
 /// `request_protocol` label: Istio reports `http` or `grpc`.
-pub fn protocol_label(req: &RequestHeader) -> &'static str {
+pub(crate) fn protocol_label(req: &RequestHeader) -> &'static str {
     let grpc = req
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -67,7 +67,7 @@ pub fn protocol_label(req: &RequestHeader) -> &'static str {
 }
 
 /// Envoy's %PROTOCOL%.
-pub fn protocol_name(req: &RequestHeader) -> &'static str {
+pub(crate) fn protocol_name(req: &RequestHeader) -> &'static str {
     match req.version {
         http::Version::HTTP_10 => "HTTP/1.0",
         http::Version::HTTP_2 => "HTTP/2",

@@ -4,7 +4,7 @@
 
 /// What went wrong with a request or connection, in Envoy's vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum ResponseFlag {
+pub(crate) enum ResponseFlag {
     /// `-`: nothing (or nothing a flag describes).
     #[default]
     None,
@@ -28,7 +28,7 @@ pub enum ResponseFlag {
 }
 
 impl ResponseFlag {
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             ResponseFlag::None => "-",
             ResponseFlag::NoRoute => "NR",

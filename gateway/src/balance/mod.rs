@@ -21,11 +21,11 @@ use maglev::Maglev;
 use ring_hash::Ring;
 
 /// Istio/Envoy default for `ringHash.minimumRingSize` (used when 0 is configured).
-pub const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
+pub(crate) const DEFAULT_MINIMUM_RING_SIZE: u64 = 1024;
 /// Envoy's default `maximum_ring_size`: bounds memory to 8M entries per ring.
-pub const MAXIMUM_RING_SIZE: u64 = 8_388_608;
+pub(crate) const MAXIMUM_RING_SIZE: u64 = 8_388_608;
 /// Istio/Envoy default Maglev table size (a prime).
-pub const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
+pub(crate) const DEFAULT_MAGLEV_TABLE_SIZE: u64 = 65537;
 
 /// Upper bound on the round-robin schedule length (before the one-slot-per-endpoint
 /// minimum). Larger weight sums are scaled down, trading a little precision for a
@@ -38,7 +38,7 @@ const MAX_ENDPOINTS: usize = u32::MAX as usize;
 
 /// Mirrors Istio DestinationRule loadBalancer settings after translation.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Algorithm {
+pub(crate) enum Algorithm {
     RoundRobin,
     /// Envoy's LEAST_REQUEST: power of two random choices on in-flight requests (weighted when weights differ).
     LeastRequest,
@@ -57,7 +57,7 @@ pub enum Algorithm {
 ///
 /// In-flight counters belong to this balancer: one rebuilt for a new endpoint set
 /// starts from zero, while Picks from the old one keep decrementing the old counters.
-pub struct Balancer {
+pub(crate) struct Balancer {
     /// Shared with every outstanding [`Pick`], so a guard can outlive the balancer
     /// (e.g. across an endpoint update) and still decrement the right counter.
     in_flight: Arc<[AtomicU64]>,
@@ -80,7 +80,7 @@ enum Strategy {
 impl Balancer {
     /// `endpoints[i] = (key, weight)`: key is a stable identity such as "10.1.2.3:8080" used to place the endpoint on a ring/table,
     /// weight >= 1 (treat 0 as 1). Index i is the endpoint index returned by pick().
-    pub fn new(algorithm: &Algorithm, endpoints: &[(String, u32)]) -> Balancer {
+    pub(crate) fn new(algorithm: &Algorithm, endpoints: &[(String, u32)]) -> Balancer {
         let endpoints = &endpoints[..endpoints.len().min(MAX_ENDPOINTS)];
         let weights: Vec<u32> = endpoints.iter().map(|(_, w)| (*w).max(1)).collect();
         let cumulative = weights
@@ -113,7 +113,7 @@ impl Balancer {
     /// request as far as in-flight accounting is concerned, so keep it for the
     /// request's whole lifetime.
     #[must_use = "dropping the Pick immediately releases its in-flight slot"]
-    pub fn pick(&self, hash: Option<u64>, exclude: Option<usize>) -> Option<Pick> {
+    pub(crate) fn pick(&self, hash: Option<u64>, exclude: Option<usize>) -> Option<Pick> {
         let exclude = exclude.filter(|&e| e < self.len());
         let eligible = self.len() - usize::from(exclude.is_some());
         if eligible == 0 {
@@ -129,16 +129,12 @@ impl Balancer {
         Some(self.acquire(index))
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.in_flight.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.in_flight.is_empty()
-    }
-
     /// Current in-flight count for endpoint i (for tests/admin). 0 for an unknown index.
-    pub fn in_flight(&self, index: usize) -> u64 {
+    pub(crate) fn in_flight(&self, index: usize) -> u64 {
         self.in_flight.get(index).map_or(0, |c| c.load(Ordering::Relaxed))
     }
 
@@ -229,13 +225,13 @@ impl fmt::Debug for Balancer {
 ///
 /// Owns an `Arc` to the counters rather than borrowing the balancer, so it is
 /// `Send + Sync + 'static` and can live in a per-request context across awaits.
-pub struct Pick {
+pub(crate) struct Pick {
     index: usize,
     in_flight: Arc<[AtomicU64]>,
 }
 
 impl Pick {
-    pub fn index(&self) -> usize {
+    pub(crate) fn index(&self) -> usize {
         self.index
     }
 }
@@ -257,7 +253,7 @@ impl Drop for Pick {
 /// xxHash64 (seed 0) of the bytes: the request hash for consistentHash keys (header value, cookie value, source IP, query param value).
 ///
 /// Seed 0 is what Envoy uses for these keys, keeping hashes comparable with sidecars.
-pub fn hash_key(bytes: &[u8]) -> u64 {
+pub(crate) fn hash_key(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh64::xxh64(bytes, 0)
 }
 
@@ -362,7 +358,7 @@ mod tests {
     fn empty_balancer_picks_nothing() {
         for algorithm in all_algorithms() {
             let b = Balancer::new(&algorithm, &[]);
-            assert!(b.is_empty());
+            assert_eq!(b.len(), 0);
             assert_eq!(b.len(), 0);
             assert!(b.pick(Some(42), None).is_none(), "{algorithm:?}");
             assert!(b.pick(None, Some(0)).is_none(), "{algorithm:?}");

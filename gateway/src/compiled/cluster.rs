@@ -12,34 +12,34 @@ use std::sync::OnceLock;
 
 /// One of the definition's endpoints, at the same index.
 #[derive(Debug)]
-pub struct EndpointRuntime {
-    pub addr: SocketAddr,
+pub(crate) struct EndpointRuntime {
+    pub(crate) addr: SocketAddr,
 }
 
-pub struct ClusterRuntime {
-    pub definition: Shared<Cluster>,
+pub(crate) struct ClusterRuntime {
+    pub(crate) definition: Shared<Cluster>,
     /// The secrets the definition names, to tell a rotated certificate from an unchanged one.
-    pub secrets: Box<[Option<Secret>]>,
+    pub(crate) secrets: Box<[Option<Secret>]>,
     /// TLS origination; `Err` when its material could not be built (requests get 503 rather
     /// than going out in plain text). Boxed like the hash key and the telemetry: most
     /// clusters have no TLS and no hash key, and inline they were most of a 350-byte cluster.
     tls: Option<Box<Result<UpstreamTlsRuntime, String>>>,
-    pub http2: bool,
-    pub endpoints: Box<[EndpointRuntime]>,
-    pub balancer: Balancer,
-    pub hash_key: Option<Box<HashKey>>,
+    pub(crate) http2: bool,
+    pub(crate) endpoints: Box<[EndpointRuntime]>,
+    pub(crate) balancer: Balancer,
+    pub(crate) hash_key: Option<Box<HashKey>>,
     telemetry: OnceLock<Box<ClusterTelemetry>>,
 }
 
 impl ClusterRuntime {
     /// The secrets a cluster definition depends on.
-    pub fn referenced_secrets(def: &Cluster, secrets: &BTreeMap<String, Secret>) -> Box<[Option<Secret>]> {
+    pub(crate) fn referenced_secrets(def: &Cluster, secrets: &BTreeMap<String, Secret>) -> Box<[Option<Secret>]> {
         let Some(tls) = &def.tls else { return Box::default() };
         [&tls.ca, &tls.client_certificate].iter().map(|n| n.as_ref().and_then(|n| secrets.get(n)).cloned()).collect()
     }
 
     /// TLS origination: none (plain text), the compiled settings, or why they are unusable.
-    pub fn tls(&self) -> Result<Option<&UpstreamTlsRuntime>, &str> {
+    pub(crate) fn tls(&self) -> Result<Option<&UpstreamTlsRuntime>, &str> {
         match self.tls.as_deref() {
             None => Ok(None),
             Some(Ok(tls)) => Ok(Some(tls)),
@@ -48,7 +48,7 @@ impl ClusterRuntime {
     }
 
     /// `connection_security_policy` label: `mutual_tls` when we present a client certificate.
-    pub fn security_policy(&self) -> &'static str {
+    pub(crate) fn security_policy(&self) -> &'static str {
         if self.definition.tls.as_ref().is_some_and(|t| t.client_certificate.is_some()) {
             "mutual_tls"
         } else {
@@ -56,7 +56,7 @@ impl ClusterRuntime {
         }
     }
 
-    pub fn compile(def: &Shared<Cluster>, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
+    pub(crate) fn compile(def: &Shared<Cluster>, secrets: &BTreeMap<String, Secret>) -> ClusterRuntime {
         let tls = def.tls.as_ref().map(|t| {
             Box::new(UpstreamTlsRuntime::compile(t, &def.service.host, secrets).map_err(|e| {
                 tracing::error!(cluster = &*def.name, error = %e, "upstream TLS unusable; requests to this cluster get 503");
@@ -94,7 +94,7 @@ impl ClusterRuntime {
     }
 
     /// Labels and log fields, built on first use (a lock-free load after that).
-    pub fn telemetry(&self) -> &ClusterTelemetry {
+    pub(crate) fn telemetry(&self) -> &ClusterTelemetry {
         self.telemetry.get_or_init(|| {
             let addresses = self.endpoints.iter().map(|e| e.addr);
             Box::new(ClusterTelemetry::build(&self.definition, addresses))

@@ -77,18 +77,7 @@ impl Runtime {
                     destinations: Destinations::compile(&r.destinations, &clusters),
                 })
                 .collect();
-            listeners.insert(
-                l.port,
-                Listener {
-                    port: l.port,
-                    name: l.name.clone(),
-                    protocol: l.protocol,
-                    hosts,
-                    virtual_hosts,
-                    tls,
-                    l4_routes,
-                },
-            );
+            listeners.insert(l.port, Listener { port: l.port, hosts, virtual_hosts, tls, l4_routes });
         }
         Runtime { snapshot, listeners, clusters, deny: None }
     }

@@ -7,7 +7,7 @@ use meshgate_model::snapshot::Snapshot;
 use std::sync::Arc;
 
 /// The currently served runtime, swapped atomically.
-pub struct Current {
+pub(crate) struct Current {
     inner: ArcSwap<Runtime>,
     /// Whether unenforced security policies deny (`--unenforced-policy deny`).
     deny_unenforced: bool,
@@ -15,20 +15,20 @@ pub struct Current {
 
 impl Current {
     /// Fails closed on unenforced security policies (see [`Current::with_unenforced_policy`]).
-    pub fn new() -> Current {
+    pub(crate) fn new() -> Current {
         Current::with_unenforced_policy(true)
     }
 
-    pub fn with_unenforced_policy(deny: bool) -> Current {
+    pub(crate) fn with_unenforced_policy(deny: bool) -> Current {
         Current { inner: ArcSwap::from_pointee(Runtime::empty()), deny_unenforced: deny }
     }
 
-    pub fn load(&self) -> Arc<Runtime> {
+    pub(crate) fn load(&self) -> Arc<Runtime> {
         self.inner.load_full()
     }
 
     /// Compiles and publishes a snapshot; returns the new version.
-    pub fn swap(&self, snapshot: Arc<Snapshot>) -> u64 {
+    pub(crate) fn swap(&self, snapshot: Arc<Snapshot>) -> u64 {
         let previous = self.inner.load_full();
         let version = snapshot.version;
         let mut next = Runtime::compile(snapshot, Some(&previous));
@@ -52,10 +52,6 @@ impl Current {
         tracing::warn!(policies = ?names, "security policies select this gateway and meshgate cannot enforce them: every request is denied (403 RBAC: access denied)");
         let first = &policies[0];
         Some(format!("rbac_access_denied_unenforced_policy[ns[{}]-policy[{}]]", first.namespace, first.name).into())
-    }
-
-    pub fn version(&self) -> u64 {
-        self.inner.load().snapshot.version
     }
 }
 

@@ -8,18 +8,18 @@ use regex::Regex;
 use std::sync::Arc;
 
 /// What a route match looks at, borrowed from the request.
-pub struct RequestView<'a> {
+pub(crate) struct RequestView<'a> {
     /// `:path` as received, query included.
-    pub path: &'a str,
-    pub method: &'a str,
-    pub scheme: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) method: &'a str,
+    pub(crate) scheme: &'a str,
     /// `Host` (HTTP/1) or `:authority` (HTTP/2) as the client sent it, port and case kept:
     /// Istio turns an `authority` match into an Envoy header match on `:authority`, which sees
     /// the raw value (only virtual host selection ignores the port).
-    pub authority: &'a str,
-    pub headers: &'a HeaderMap,
+    pub(crate) authority: &'a str,
+    pub(crate) headers: &'a HeaderMap,
     /// The Gateway server port the request arrived on.
-    pub port: u16,
+    pub(crate) port: u16,
 }
 
 impl RequestView<'_> {
@@ -52,7 +52,7 @@ enum Matcher {
 /// Shared by `Arc` rather than `Regex::clone`, which shares the program but builds a new
 /// matching-cache pool (about 2 KB) per clone: 20 MB for 10k routes with the same pattern.
 #[derive(Default)]
-pub struct RegexCache(std::collections::HashMap<String, Arc<Regex>>);
+pub(crate) struct RegexCache(std::collections::HashMap<String, Arc<Regex>>);
 
 impl RegexCache {
     fn get(&mut self, pattern: String) -> Result<Arc<Regex>, regex::Error> {
@@ -121,7 +121,7 @@ impl Keyed {
 /// fields, and a struct with a slot for each was ~160 bytes per match (6 MB of a 10k-service
 /// runtime, docs/benchmarks.md "Fifth round").
 #[derive(Debug)]
-pub struct CompiledMatch {
+pub(crate) struct CompiledMatch {
     conditions: Box<[Condition]>,
 }
 
@@ -139,7 +139,7 @@ enum Condition {
 }
 
 impl CompiledMatch {
-    pub fn compile(m: &RouteMatch, cache: &mut RegexCache) -> Result<CompiledMatch, regex::Error> {
+    pub(crate) fn compile(m: &RouteMatch, cache: &mut RegexCache) -> Result<CompiledMatch, regex::Error> {
         let mut conditions = Vec::new();
         if let Some(port) = m.port {
             conditions.push(Condition::Port(port));
@@ -166,7 +166,7 @@ impl CompiledMatch {
         Ok(CompiledMatch { conditions: conditions.into_boxed_slice() })
     }
 
-    pub fn matches(&self, req: &RequestView) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView) -> bool {
         self.conditions.iter().all(|c| match c {
             Condition::Port(p) => *p == req.port,
             // Envoy: prefix matches the raw :path; exact and regex ignore the query string.

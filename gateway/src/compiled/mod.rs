@@ -2,19 +2,19 @@
 //! and clusters with load-balancer state. Built once per snapshot, published with one
 //! `ArcSwap::store`; requests only `load()`.
 
-pub mod cluster;
+pub(crate) mod cluster;
 mod compile;
 mod current;
-pub mod matcher;
+pub(crate) mod matcher;
 
-pub use current::Current;
+pub(crate) use current::Current;
 
 use crate::telemetry::access_log::{Prepared, RouteName};
 use cluster::ClusterRuntime;
 use matcher::{CompiledMatch, RegexCache, RequestView};
 use meshgate_model::by_name::{ByName, Named};
 use meshgate_model::host::HostMap;
-use meshgate_model::snapshot::{Protocol, RouteAction, ServerTls, ServerTlsMode, Shared, Snapshot, WeightedCluster};
+use meshgate_model::snapshot::{RouteAction, ServerTls, ServerTlsMode, Shared, Snapshot, WeightedCluster};
 // foldhash, not SipHash: these maps are rebuilt on every compile (20k clusters, 10k hosts at
 // scale) and the host table is looked up on every request; their keys come from the config.
 use foldhash::HashMap;
@@ -24,7 +24,7 @@ use std::time::Duration;
 /// Weighted destinations: (cluster, cumulative weight) for a binary search over one random
 /// number.
 #[derive(Default)]
-pub struct Destinations {
+pub(crate) struct Destinations {
     clusters: Vec<(Arc<ClusterRuntime>, u32)>,
     total_weight: u32,
 }
@@ -60,7 +60,7 @@ impl Destinations {
     }
 
     /// Weighted choice among the destinations.
-    pub fn pick(&self) -> Option<&Arc<ClusterRuntime>> {
+    pub(crate) fn pick(&self) -> Option<&Arc<ClusterRuntime>> {
         match self.clusters.len() {
             0 => None,
             1 => Some(&self.clusters[0].0),
@@ -73,7 +73,7 @@ impl Destinations {
     }
 }
 
-pub struct Route {
+pub(crate) struct Route {
     /// The snapshot's route: its names are not copied (they were ~4 MB of a 10k-service runtime).
     definition: Shared<meshgate_model::snapshot::Route>,
     /// A boxed slice, and the timeout read from the definition: 40k routes at 10k services,
@@ -85,44 +85,40 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn name(&self) -> &str {
-        &self.definition.name
-    }
-
     /// The upstream response timeout.
-    pub fn timeout(&self) -> Option<Duration> {
+    pub(crate) fn timeout(&self) -> Option<Duration> {
         self.definition.timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)))
     }
 
     /// `route_name` of access log lines.
-    pub fn log_name(&self) -> &Prepared<RouteName> {
+    pub(crate) fn log_name(&self) -> &Prepared<RouteName> {
         self.log_name.get_or_init(|| Prepared::string(&self.definition.name))
     }
 
-    pub fn matches(&self, req: &RequestView) -> bool {
+    pub(crate) fn matches(&self, req: &RequestView) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
     }
 
-    pub fn pick_cluster(&self) -> Option<&Arc<ClusterRuntime>> {
+    pub(crate) fn pick_cluster(&self) -> Option<&Arc<ClusterRuntime>> {
         self.destinations.pick()
     }
 }
 
 /// A tcp or tls (passthrough) route.
-pub struct L4Route {
-    pub name: String,
-    pub passthrough: bool,
+pub(crate) struct L4Route {
+    pub(crate) name: String,
+    pub(crate) passthrough: bool,
     sni: HostPatterns,
     port: Option<u16>,
     /// The TLS-terminating server a tcp route belongs to (`ServerTls::server`).
     server: Option<String>,
-    pub destinations: Destinations,
+    pub(crate) destinations: Destinations,
 }
 
 impl L4Route {
     /// `server`: the terminating TLS server the connection was handed to, `None` on a TCP port
     /// and for passthrough.
-    pub fn matches(&self, passthrough: bool, sni: Option<&str>, server: Option<&str>, port: u16) -> bool {
+    pub(crate) fn matches(&self, passthrough: bool, sni: Option<&str>, server: Option<&str>, port: u16) -> bool {
         self.passthrough == passthrough
             && self.server.as_deref() == server
             && self.port.is_none_or(|p| p == port)
@@ -131,25 +127,25 @@ impl L4Route {
 }
 
 /// Exact names, `*.suffix` wildcards and `*`, for SNI and 421 checks.
-pub type HostPatterns = HostMap<()>;
+pub(crate) type HostPatterns = HostMap<()>;
 
 /// A TLS server of a listener, ready for handshakes.
-pub struct TlsServer {
-    pub def: ServerTls,
-    pub hosts: HostPatterns,
+pub(crate) struct TlsServer {
+    pub(crate) def: ServerTls,
+    pub(crate) hosts: HostPatterns,
     /// `None` for passthrough servers.
-    pub acceptor: Option<Arc<pingora_core::listeners::tls::Acceptor>>,
+    pub(crate) acceptor: Option<Arc<pingora_core::listeners::tls::Acceptor>>,
     /// The certificates this server serves (none for passthrough).
-    pub served: Vec<crate::tls::serving::Served>,
+    pub(crate) served: Vec<crate::tls::serving::Served>,
 }
 
-pub struct VirtualHost {
+pub(crate) struct VirtualHost {
     /// The snapshot's host, to tell it unchanged on the next compile (by pointer, as the
     /// translation shares unchanged hosts between versions).
     definition: Shared<meshgate_model::snapshot::VirtualHost>,
-    pub routes: Box<[Arc<Route>]>,
+    pub(crate) routes: Box<[Arc<Route>]>,
     /// `tls.httpsRedirect`: answer every request with a 301 to https.
-    pub https_redirect: bool,
+    pub(crate) https_redirect: bool,
 }
 
 /// By `domain:port`.
@@ -160,25 +156,23 @@ impl Named for VirtualHost {
 }
 
 /// Host → virtual host: exact names, then the longest `*.suffix`, then `*` (Envoy's order).
-pub type HostTable = HostMap<Arc<VirtualHost>>;
+pub(crate) type HostTable = HostMap<Arc<VirtualHost>>;
 
-pub struct Listener {
-    pub port: u16,
-    pub name: String,
-    pub protocol: Protocol,
-    pub hosts: HostTable,
+pub(crate) struct Listener {
+    pub(crate) port: u16,
+    pub(crate) hosts: HostTable,
     /// Compiled virtual hosts by name, so the next compile can reuse each one whose
     /// definition and clusters did not change.
     virtual_hosts: ByName<Arc<VirtualHost>>,
     /// TLS servers (HTTPS listeners), chosen by SNI.
-    pub tls: Vec<Arc<TlsServer>>,
-    pub l4_routes: Vec<L4Route>,
+    pub(crate) tls: Vec<Arc<TlsServer>>,
+    pub(crate) l4_routes: Vec<L4Route>,
 }
 
 impl Listener {
     /// The TLS server for a ClientHello's SNI: exact name, then the longest wildcard, then a
     /// server for `*` (which also takes clients that send no SNI).
-    pub fn select_tls(&self, sni: Option<&str>) -> Option<&Arc<TlsServer>> {
+    pub(crate) fn select_tls(&self, sni: Option<&str>) -> Option<&Arc<TlsServer>> {
         let sni = sni.unwrap_or("");
         self.tls
             .iter()
@@ -191,23 +185,23 @@ impl Listener {
     }
 
     /// The first tcp or tls route for a connection; see [`L4Route::matches`].
-    pub fn l4_route(&self, passthrough: bool, sni: Option<&str>, server: Option<&str>) -> Option<&L4Route> {
+    pub(crate) fn l4_route(&self, passthrough: bool, sni: Option<&str>, server: Option<&str>) -> Option<&L4Route> {
         self.l4_routes.iter().find(|r| r.matches(passthrough, sni, server, self.port))
     }
 }
 
 pub struct Runtime {
-    pub snapshot: Arc<Snapshot>,
-    pub listeners: HashMap<u16, Listener>,
-    pub clusters: Clusters,
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) listeners: HashMap<u16, Listener>,
+    pub(crate) clusters: Clusters,
     /// Set while a security policy meshgate cannot enforce selects this gateway (and
     /// `--unenforced-policy deny`): every request is answered 403 and every TCP connection
     /// closed. Holds the access log's `response_code_details`.
-    pub deny: Option<Box<str>>,
+    pub(crate) deny: Option<Box<str>>,
 }
 
 /// The compiled clusters, looked up by the name their definition holds.
-pub type Clusters = ByName<Arc<ClusterRuntime>>;
+pub(crate) type Clusters = ByName<Arc<ClusterRuntime>>;
 
 impl Named for ClusterRuntime {
     fn name(&self) -> &str {
@@ -216,14 +210,14 @@ impl Named for ClusterRuntime {
 }
 
 /// By name, for listings.
-pub fn sorted(clusters: &Clusters) -> Vec<&Arc<ClusterRuntime>> {
+pub(crate) fn sorted(clusters: &Clusters) -> Vec<&Arc<ClusterRuntime>> {
     let mut all: Vec<_> = clusters.iter().collect();
     all.sort_by(|a, b| a.definition.name.cmp(&b.definition.name));
     all
 }
 
 impl Runtime {
-    pub fn empty() -> Runtime {
+    pub(crate) fn empty() -> Runtime {
         Runtime {
             snapshot: Arc::new(Snapshot::default()),
             listeners: HashMap::default(),

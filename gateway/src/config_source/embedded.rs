@@ -16,7 +16,7 @@ use tokio::sync::watch;
 /// file within a few milliseconds; a longer wait only delays every change.
 const FILE_DEBOUNCE: Duration = Duration::from_millis(10);
 
-pub async fn start(
+pub(super) async fn start(
     source: &run::SourceArgs,
     identity: &Identity,
     metrics: Arc<Metrics>,

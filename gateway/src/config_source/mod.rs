@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 /// Starts the configured source. `applied` follows the version the data plane serves (the
 /// remote source reports it to the controller as its acknowledgement).
-pub async fn start(
+pub(crate) async fn start(
     config: &Config,
     metrics: Arc<Metrics>,
     applied: watch::Receiver<u64>,

@@ -19,7 +19,7 @@ use tracing::debug;
 /// rustls refuses handshake messages larger than 64 KiB anyway, so a client that has sent this much
 /// without completing a hello can never be served; the cap also bounds the memory a slow or hostile
 /// client can pin per connection before any routing decision is made.
-pub const MAX_HELLO_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_HELLO_BYTES: usize = 64 * 1024;
 
 /// Size of a single read from the stream. Real ClientHellos are a few hundred bytes to ~2 KiB
 /// (post-quantum key shares), so one read normally suffices without over-reading much.
@@ -34,12 +34,12 @@ const RECORD_VERSION_MAJOR: u8 = 0x03;
 
 /// What the gateway needs from a TLS ClientHello before deciding how to handle the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientHelloInfo {
+pub(crate) struct ClientHelloInfo {
     /// SNI host name, ASCII-lowercased (DNS names are case-insensitive, and routing tables are keyed
     /// in lowercase). `None` when the client sent no SNI, e.g. because it connected by IP address.
-    pub server_name: Option<String>,
+    pub(crate) server_name: Option<String>,
     /// ALPN protocol identifiers in the client's preference order; empty when the extension is absent.
-    pub alpn: Vec<Vec<u8>>,
+    pub(crate) alpn: Vec<Vec<u8>>,
 }
 
 impl ClientHelloInfo {
@@ -54,7 +54,7 @@ impl ClientHelloInfo {
 /// Why no ClientHello could be obtained. The bytes consumed so far are returned alongside, never
 /// inside, so every variant leaves the caller able to replay them.
 #[derive(Debug, thiserror::Error)]
-pub enum HelloError {
+pub(crate) enum HelloError {
     /// The bytes are not a TLS ClientHello (wrong record type, malformed hello, or larger than
     /// [`MAX_HELLO_BYTES`]). Callers typically fall back to plain-text handling or close.
     #[error("not a TLS handshake")]
@@ -86,7 +86,7 @@ pub enum HelloError {
 ///
 /// Bounded: at most [`MAX_HELLO_BYTES`] are read, and `timeout` bounds the whole wait (not each
 /// read), so a client trickling one byte at a time cannot hold the connection open indefinitely.
-pub async fn read_client_hello<S: AsyncRead + Unpin>(
+pub(crate) async fn read_client_hello<S: AsyncRead + Unpin>(
     stream: &mut S,
     timeout: Duration,
 ) -> (Vec<u8>, Result<ClientHelloInfo, HelloError>) {

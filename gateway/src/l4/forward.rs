@@ -15,15 +15,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Istio's default TCP connect timeout (DestinationRule connectionPool.tcp.connectTimeout).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Envoy's default tcp_proxy idle timeout in Istio.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// What the access log says about one TCP connection.
-pub struct ConnectionInfo<'a> {
+pub(crate) struct ConnectionInfo<'a> {
     /// The Gateway server port it came in on.
-    pub port: u16,
-    pub downstream: Option<std::net::SocketAddr>,
+    pub(crate) port: u16,
+    pub(crate) downstream: Option<std::net::SocketAddr>,
     /// SNI of passthrough and terminated TLS connections (logged as the authority).
-    pub sni: Option<&'a str>,
+    pub(crate) sni: Option<&'a str>,
 }
 
 /// Connects to an endpoint of the route's weighted destination and splices. Failures are
@@ -31,7 +31,7 @@ pub struct ConnectionInfo<'a> {
 /// failure), and every connection gets one access log line, as Envoy's tcp_proxy logs.
 /// `runtime` is the one `route` was looked up in, so the denial below and the route come from
 /// the same snapshot.
-pub async fn forward<S>(
+pub(crate) async fn forward<S>(
     shared: &Shared,
     runtime: &Runtime,
     route: Option<&L4Route>,

@@ -11,9 +11,6 @@
 //! * [`splice::splice`] shovels bytes between the downstream and upstream connections once a
 //!   route is chosen, honouring half-close and an idle timeout.
 
-pub mod client_hello;
-pub mod forward;
-pub mod splice;
-
-pub use client_hello::{read_client_hello, ClientHelloInfo, HelloError};
-pub use splice::{splice, Direction, SpliceStats};
+pub(crate) mod client_hello;
+pub(crate) mod forward;
+pub(crate) mod splice;

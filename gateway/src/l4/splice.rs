@@ -29,16 +29,16 @@ const FAR_FUTURE: Duration = Duration::from_secs(60 * 60 * 24 * 365 * 30);
 /// Bytes delivered in each direction (counted when written to the receiving side, so bytes read but
 /// never delivered because the splice ended early are not included).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct SpliceStats {
+pub(crate) struct SpliceStats {
     /// Bytes written to the upstream that came from the downstream (client → server).
-    pub downstream_to_upstream: u64,
+    pub(crate) downstream_to_upstream: u64,
     /// Bytes written to the downstream that came from the upstream (server → client).
-    pub upstream_to_downstream: u64,
+    pub(crate) upstream_to_downstream: u64,
 }
 
 /// Which way bytes moved, as reported to the `on_bytes` callback of [`splice`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Direction {
+pub(crate) enum Direction {
     /// Client → server.
     DownstreamToUpstream,
     /// Server → client.
@@ -61,7 +61,12 @@ pub enum Direction {
 ///
 /// "Closed" means the streams are dropped when this returns, which closes them because they are
 /// owned here; callers passing `&mut` references close the streams themselves.
-pub async fn splice<A, B, F>(mut downstream: A, mut upstream: B, idle_timeout: Duration, on_bytes: F) -> SpliceStats
+pub(crate) async fn splice<A, B, F>(
+    mut downstream: A,
+    mut upstream: B,
+    idle_timeout: Duration,
+    on_bytes: F,
+) -> SpliceStats
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,

@@ -41,7 +41,7 @@ const WRITE_BUFFER: usize = 1460;
 const READ_AHEAD: usize = 4096;
 
 #[derive(Debug)]
-pub struct Buffered {
+pub(super) struct Buffered {
     inner: BufWriter<L4Stream>,
     /// Bytes a peek read from the socket, from `taken` on not yet returned by a read.
     ahead: Vec<u8>,
@@ -52,21 +52,21 @@ pub struct Buffered {
 }
 
 /// Turns buffering on for the [`Buffered`] stream it came with.
-pub struct BufferSwitch(Arc<AtomicBool>);
+pub(super) struct BufferSwitch(Arc<AtomicBool>);
 
 impl BufferSwitch {
-    pub fn on(self) {
+    pub(super) fn on(self) {
         self.0.store(true, Ordering::Release);
     }
 }
 
 impl Buffered {
-    pub fn new(stream: L4Stream) -> Buffered {
+    pub(super) fn new(stream: L4Stream) -> Buffered {
         Buffered { inner: BufWriter::with_capacity(WRITE_BUFFER, stream), ahead: Vec::new(), taken: 0, deferred: None }
     }
 
     /// A stream that writes through until the switch is turned on, then buffers.
-    pub fn deferred(stream: L4Stream) -> (Buffered, BufferSwitch) {
+    pub(super) fn deferred(stream: L4Stream) -> (Buffered, BufferSwitch) {
         let switch = Arc::new(AtomicBool::new(false));
         (Buffered { deferred: Some(switch.clone()), ..Buffered::new(stream) }, BufferSwitch(switch))
     }

@@ -5,8 +5,8 @@
 //! (a port moving from HTTP to HTTPS keeps its listening socket).
 
 mod buffered;
-pub mod tcp;
-pub mod tls;
+pub(crate) mod tcp;
+pub(crate) mod tls;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 /// Counts open downstream connections so shutdown can wait for them.
 #[derive(Clone)]
-pub struct Connections {
+pub(crate) struct Connections {
     inner: Arc<ConnectionsInner>,
 }
 
@@ -34,7 +34,7 @@ struct ConnectionsInner {
 }
 
 /// Decrements the open count on drop, whichever way the connection ends.
-pub struct ConnectionGuard(Connections);
+pub(crate) struct ConnectionGuard(Connections);
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
@@ -47,7 +47,7 @@ impl Drop for ConnectionGuard {
 }
 
 impl Connections {
-    pub fn new(active_gauge: prometheus::IntGauge, total: prometheus::IntCounter) -> Connections {
+    pub(crate) fn new(active_gauge: prometheus::IntGauge, total: prometheus::IntCounter) -> Connections {
         Connections {
             inner: Arc::new(ConnectionsInner { open: AtomicUsize::new(0), idle: Notify::new(), active_gauge, total }),
         }
@@ -60,12 +60,12 @@ impl Connections {
         ConnectionGuard(self.clone())
     }
 
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.inner.open.load(Ordering::Acquire)
     }
 
     /// Resolves once no connection is open.
-    pub async fn wait_idle(&self) {
+    pub(crate) async fn wait_idle(&self) {
         loop {
             let notified = self.inner.idle.notified();
             if self.count() == 0 {
@@ -78,7 +78,7 @@ impl Connections {
 
 /// What to do with an accepted connection.
 #[async_trait]
-pub trait ConnectionHandler: Send + Sync + 'static {
+pub(crate) trait ConnectionHandler: Send + Sync + 'static {
     async fn handle(&self, stream: L4Stream, shutdown: &ShutdownWatch);
 
     /// Closes idle keep-alive connections at shutdown.
@@ -86,7 +86,7 @@ pub trait ConnectionHandler: Send + Sync + 'static {
 }
 
 /// Hands connections to a pingora app (HTTP proxy or the admin servers).
-pub struct AppHandler<A>(pub Arc<A>);
+pub(crate) struct AppHandler<A>(pub Arc<A>);
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ConnectionHandler for AppHandler<A> {
@@ -100,32 +100,32 @@ impl<A: ServerApp + Send + Sync + 'static> ConnectionHandler for AppHandler<A> {
 }
 
 /// A running accept loop; dropping `stop` or sending `true` ends accepting.
-pub struct Acceptor {
-    pub addr: SocketAddr,
+pub(crate) struct Acceptor {
+    pub(crate) addr: SocketAddr,
     handler: Arc<ArcSwap<Arc<dyn ConnectionHandler>>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
 
 impl Acceptor {
-    pub fn handler(&self) -> Arc<dyn ConnectionHandler> {
+    pub(crate) fn handler(&self) -> Arc<dyn ConnectionHandler> {
         self.handler.load_full().as_ref().clone()
     }
 
     /// New connections go to `handler`; connections already accepted stay where they are.
-    pub fn set_handler(&self, handler: Arc<dyn ConnectionHandler>) {
+    pub(crate) fn set_handler(&self, handler: Arc<dyn ConnectionHandler>) {
         self.handler.store(Arc::new(handler));
     }
 
     /// Stops accepting; connections already accepted keep running to completion.
-    pub fn stop(self) {
+    pub(crate) fn stop(self) {
         let _ = self.stop.send(true);
         drop(self.task);
     }
 }
 
 /// Binds `addr` now (so errors surface to the caller) and starts accepting into `handler`.
-pub fn start(
+pub(crate) fn start(
     addr: SocketAddr,
     handler: Arc<dyn ConnectionHandler>,
     shutdown: ShutdownWatch,

@@ -10,9 +10,9 @@ use pingora_core::server::ShutdownWatch;
 use std::sync::Arc;
 
 /// Forwards a connection along the first tcp route of the port's TCP server.
-pub struct TcpHandler {
-    pub port: u16,
-    pub shared: Arc<Shared>,
+pub(crate) struct TcpHandler {
+    pub(crate) port: u16,
+    pub(crate) shared: Arc<Shared>,
 }
 
 #[async_trait]
@@ -27,7 +27,7 @@ impl ConnectionHandler for TcpHandler {
 }
 
 /// The client address of an accepted connection, from pingora's socket digest.
-pub fn peer_addr(stream: &L4Stream) -> Option<std::net::SocketAddr> {
+pub(crate) fn peer_addr(stream: &L4Stream) -> Option<std::net::SocketAddr> {
     use pingora_core::protocols::GetSocketDigest;
     stream.get_socket_digest()?.peer_addr()?.as_inet().copied()
 }

@@ -30,11 +30,11 @@ use std::time::Duration;
 /// A client gets this long to send its ClientHello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub type Proxy = HttpProxy<MeshProxy>;
+pub(crate) type Proxy = HttpProxy<MeshProxy>;
 
-pub struct TlsHandler {
-    pub port: u16,
-    pub shared: Arc<Shared>,
+pub(crate) struct TlsHandler {
+    pub(crate) port: u16,
+    pub(crate) shared: Arc<Shared>,
     conf: Arc<ServerConf>,
     /// One pingora proxy per terminating HTTP server (keyed by server name), so a request
     /// knows which certificate its connection got (for 421). Rebuilt on sync, never locked.
@@ -42,13 +42,13 @@ pub struct TlsHandler {
 }
 
 impl TlsHandler {
-    pub fn new(port: u16, shared: Arc<Shared>, conf: Arc<ServerConf>) -> TlsHandler {
+    pub(crate) fn new(port: u16, shared: Arc<Shared>, conf: Arc<ServerConf>) -> TlsHandler {
         TlsHandler { port, shared, conf, proxies: ArcSwap::from_pointee(HashMap::new()) }
     }
 
     /// Makes sure every HTTP server of the listener has a proxy; keeps existing ones (and
     /// their upstream connection pools).
-    pub fn sync(&self) {
+    pub(crate) fn sync(&self) {
         let runtime = self.shared.current.load();
         let Some(listener) = runtime.listeners.get(&self.port) else { return };
         let old = self.proxies.load();

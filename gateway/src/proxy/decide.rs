@@ -21,32 +21,32 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 /// What the decision reads of a request.
-pub struct Incoming<'a> {
+pub(super) struct Incoming<'a> {
     /// The Gateway server port (Service port) the request arrived on.
-    pub port: u16,
+    pub(crate) port: u16,
     /// For TLS-terminated connections, the server whose certificate the client got.
-    pub tls_server: Option<&'a str>,
-    pub head: &'a RequestHeader,
+    pub(crate) tls_server: Option<&'a str>,
+    pub(crate) head: &'a RequestHeader,
     /// For `consistentHash.useSourceIp`.
-    pub client_ip: Option<IpAddr>,
+    pub(crate) client_ip: Option<IpAddr>,
 }
 
 /// Where the request goes.
-pub struct Decision {
-    pub route: Arc<Route>,
-    pub cluster: Arc<ClusterRuntime>,
+pub(super) struct Decision {
+    pub(crate) route: Arc<Route>,
+    pub(crate) cluster: Arc<ClusterRuntime>,
     /// The endpoint, holding its in-flight count until dropped.
-    pub pick: Pick,
+    pub(crate) pick: Pick,
     /// A consistent-hash cookie to set on the response: the request had none.
-    pub set_cookie: Option<String>,
+    pub(crate) set_cookie: Option<String>,
 }
 
 /// What the gateway answers itself, with the route and cluster when they were known (for
 /// metrics and the access log).
-pub struct Refusal {
-    pub reply: LocalReply,
-    pub route: Option<Arc<Route>>,
-    pub cluster: Option<Arc<ClusterRuntime>>,
+pub(super) struct Refusal {
+    pub(crate) reply: LocalReply,
+    pub(crate) route: Option<Arc<Route>>,
+    pub(crate) cluster: Option<Arc<ClusterRuntime>>,
 }
 
 impl From<LocalReply> for Refusal {
@@ -56,7 +56,7 @@ impl From<LocalReply> for Refusal {
 }
 
 /// Decides where `request` goes.
-pub fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decision, Refusal> {
+pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decision, Refusal> {
     if runtime.deny.is_some() {
         return Err(LocalReply::rbac_denied().into());
     }

@@ -15,7 +15,7 @@ use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 /// Sets `headers` on the upstream request, replacing any it already has under those names.
-pub fn insert_request<const N: usize>(
+pub(super) fn insert_request<const N: usize>(
     req: &mut RequestHeader,
     headers: [Option<(HeaderName, HeaderValue)>; N],
 ) -> Result<()> {
@@ -39,7 +39,10 @@ pub fn insert_request<const N: usize>(
 
 /// Sets `headers` on the response, replacing any it already has under those names; a reason
 /// phrase other than the status code's standard one is kept.
-pub fn insert_response<const N: usize>(resp: &mut ResponseHeader, headers: [Option<(HeaderName, HeaderValue)>; N]) {
+pub(super) fn insert_response<const N: usize>(
+    resp: &mut ResponseHeader,
+    headers: [Option<(HeaderName, HeaderValue)>; N],
+) {
     let reason = resp.get_reason_phrase();
     let custom_reason = (reason != resp.status.canonical_reason()).then(|| reason.map(str::to_owned));
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);

@@ -7,55 +7,55 @@ use pingora_proxy::Session;
 
 use crate::response_flag::ResponseFlag;
 
-pub struct LocalReply {
-    pub code: u16,
-    pub flags: ResponseFlag,
-    pub body: &'static str,
+pub(super) struct LocalReply {
+    pub(crate) code: u16,
+    pub(crate) flags: ResponseFlag,
+    pub(crate) body: &'static str,
     /// `location` header of a redirect.
-    pub location: Option<String>,
+    pub(crate) location: Option<String>,
 }
 
 impl LocalReply {
     /// Envoy's RBAC filter denial: 403 with its body.
-    pub fn rbac_denied() -> LocalReply {
+    pub(super) fn rbac_denied() -> LocalReply {
         LocalReply { code: 403, flags: ResponseFlag::UnenforcedPolicy, body: "RBAC: access denied", location: None }
     }
 
     /// No virtual host or route matched (Envoy: 404, flag NR, empty body).
-    pub fn no_route() -> LocalReply {
+    pub(super) fn no_route() -> LocalReply {
         LocalReply { code: 404, flags: ResponseFlag::NoRoute, body: "", location: None }
     }
 
     /// The route's destinations all have weight 0, or the picked one names a cluster Envoy
     /// would not have (unknown host or subset): Envoy's `NC`, cluster not found, which its
     /// router answers with `cluster_not_found_response_code` (503) and no body.
-    pub fn no_cluster() -> LocalReply {
+    pub(super) fn no_cluster() -> LocalReply {
         LocalReply { code: 503, flags: ResponseFlag::NoClusterFound, body: "", location: None }
     }
 
     /// The cluster has no ready endpoint (Envoy: UH).
-    pub fn no_healthy_upstream() -> LocalReply {
+    pub(super) fn no_healthy_upstream() -> LocalReply {
         LocalReply { code: 503, flags: ResponseFlag::NoHealthyUpstream, body: "no healthy upstream", location: None }
     }
 
-    pub fn internal() -> LocalReply {
+    pub(super) fn internal() -> LocalReply {
         LocalReply { code: 500, flags: ResponseFlag::None, body: "internal error", location: None }
     }
 
     /// `tls.httpsRedirect` (Envoy's `require_tls: ALL`): `https://` + the `Host` as the client
     /// sent it (port included) + the path, as Envoy's `createSslRedirectPath` writes it.
-    pub fn https_redirect(host: &str, path: &str) -> LocalReply {
+    pub(super) fn https_redirect(host: &str, path: &str) -> LocalReply {
         LocalReply { code: 301, flags: ResponseFlag::None, body: "", location: Some(format!("https://{host}{path}")) }
     }
 
     /// HTTP/2 connection coalescing sent a request for a host this connection's certificate
     /// (server) does not serve, while another server on the port does.
-    pub fn misdirected() -> LocalReply {
+    pub(super) fn misdirected() -> LocalReply {
         LocalReply { code: 421, flags: ResponseFlag::NoRoute, body: "misdirected request", location: None }
     }
 
     /// TLS origination is configured but its material is unusable.
-    pub fn upstream_tls_unusable() -> LocalReply {
+    pub(super) fn upstream_tls_unusable() -> LocalReply {
         LocalReply {
             code: 503,
             flags: ResponseFlag::UpstreamConnectionFailure,
@@ -66,7 +66,7 @@ impl LocalReply {
 
     /// Connect failures → 503 UF; timeouts waiting for the response → 504 UT; a reset after
     /// connecting → 503 UC.
-    pub fn upstream_failure(e: &Error, flags: ResponseFlag) -> LocalReply {
+    pub(super) fn upstream_failure(e: &Error, flags: ResponseFlag) -> LocalReply {
         use ErrorType::*;
         match e.etype() {
             ReadTimedout | WriteTimedout => LocalReply {
@@ -99,7 +99,7 @@ impl LocalReply {
 
     /// Writes the reply. gRPC requests get Envoy's gRPC form: HTTP 200 with `grpc-status`
     /// (mapped from the HTTP status) and `grpc-message`, headers only.
-    pub async fn send(&self, session: &mut Session) -> Result<()> {
+    pub(super) async fn send(&self, session: &mut Session) -> Result<()> {
         if is_grpc(session) && self.location.is_none() {
             let mut resp = ResponseHeader::build(200, Some(5))?;
             resp.insert_header("content-type", "application/grpc")?;

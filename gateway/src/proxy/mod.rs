@@ -54,25 +54,25 @@ const HTTP: HeaderValue = HeaderValue::from_static("http");
 const ISTIO_ENVOY: HeaderValue = HeaderValue::from_static("istio-envoy");
 
 /// Shared by every listener's proxy.
-pub struct Shared {
-    pub current: Arc<Current>,
-    pub metrics: Arc<Metrics>,
-    pub access_log: AccessLog,
+pub(crate) struct Shared {
+    pub(crate) current: Arc<Current>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) access_log: AccessLog,
     /// `None` when tracing is off: then each hook pays one branch for it.
-    pub tracer: Option<Arc<Tracer>>,
+    pub(crate) tracer: Option<Arc<Tracer>>,
 }
 
-pub struct MeshProxy {
+pub(crate) struct MeshProxy {
     /// The Gateway server port (Service port) this listener serves.
-    pub port: u16,
-    pub shared: Arc<Shared>,
+    pub(crate) port: u16,
+    pub(crate) shared: Arc<Shared>,
     /// For TLS-terminated connections: the name of the Gateway server whose certificate the
     /// client got (`ServerTls::server`); requests for hosts of other servers get 421.
-    pub tls_server: Option<String>,
+    pub(crate) tls_server: Option<String>,
 }
 
 /// Per-request state (pingora `CTX`).
-pub struct Ctx {
+pub(crate) struct Ctx {
     start: Instant,
     runtime: Option<Arc<Runtime>>,
     route: Option<Arc<Route>>,

@@ -2,7 +2,7 @@
 
 /// Random (version 4) UUID, as Envoy generates for x-request-id. Bytes, not a `String`: it
 /// lives in the request context and goes into a header value, neither of which needs a heap copy.
-pub fn uuid_v4() -> [u8; 36] {
+pub(crate) fn uuid_v4() -> [u8; 36] {
     let mut b = fastrand::u128(..).to_be_bytes();
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
@@ -28,7 +28,7 @@ static HEX_PAIRS: [[u8; 2]; 256] = {
 };
 
 /// Appends `v` in decimal: three compares instead of a formatter (addresses, per request).
-pub fn push_u8(out: &mut Vec<u8>, v: u8) {
+pub(crate) fn push_u8(out: &mut Vec<u8>, v: u8) {
     if v >= 100 {
         out.push(b'0' + v / 100);
     }
@@ -41,7 +41,7 @@ pub fn push_u8(out: &mut Vec<u8>, v: u8) {
 /// The x-forwarded-for value sent upstream: the client address appended to what came in.
 /// IPv4 addresses are written by hand; `Ipv4Addr`'s `Display` goes through `core::fmt` and was
 /// a visible part of the per-request cost.
-pub fn forwarded_for(existing: Option<&[u8]>, ip: std::net::IpAddr) -> http::HeaderValue {
+pub(crate) fn forwarded_for(existing: Option<&[u8]>, ip: std::net::IpAddr) -> http::HeaderValue {
     let mut out = Vec::with_capacity(existing.map_or(0, |e| e.len() + 2) + 15);
     if let Some(existing) = existing.filter(|e| !e.is_empty()) {
         out.extend_from_slice(existing);

@@ -13,17 +13,17 @@ use std::sync::Arc;
 /// allocated once for all its endpoints, and "unknown" once for all clusters. Eight owned
 /// strings per endpoint were a quarter of a 10k-service runtime.
 #[derive(Debug)]
-pub struct DestinationLabels {
-    pub service: Arc<str>,
-    pub service_name: Arc<str>,
-    pub service_namespace: Arc<str>,
-    pub workload: Arc<str>,
-    pub workload_namespace: Arc<str>,
-    pub app: Arc<str>,
-    pub version: Arc<str>,
-    pub cluster: Arc<str>,
+pub(crate) struct DestinationLabels {
+    pub(crate) service: Arc<str>,
+    pub(crate) service_name: Arc<str>,
+    pub(crate) service_namespace: Arc<str>,
+    pub(crate) workload: Arc<str>,
+    pub(crate) workload_namespace: Arc<str>,
+    pub(crate) app: Arc<str>,
+    pub(crate) version: Arc<str>,
+    pub(crate) cluster: Arc<str>,
     /// Resolved metric series for requests to this destination.
-    pub series: super::metrics::SeriesCache,
+    pub(crate) series: super::metrics::SeriesCache,
 }
 
 /// `"unknown"`, the value of a label nothing provides.
@@ -96,25 +96,25 @@ impl<'a> LabelSets<'a> {
 /// these were ~12 MB for clusters most of which had not been requested yet
 /// (docs/benchmarks.md, "Fifth round"). A cluster reused across snapshot swaps keeps it.
 #[derive(Debug)]
-pub struct ClusterTelemetry {
+pub(crate) struct ClusterTelemetry {
     /// Labels used when the cluster has no endpoint to name (503 no healthy upstream).
-    pub service_labels: Arc<DestinationLabels>,
+    pub(crate) service_labels: Arc<DestinationLabels>,
     /// `upstream_cluster` of access log lines, encoded once.
-    pub log_name: Prepared<UpstreamCluster>,
+    pub(crate) log_name: Prepared<UpstreamCluster>,
     /// By the runtime endpoint's index.
     endpoints: Vec<EndpointTelemetry>,
 }
 
 #[derive(Debug)]
-pub struct EndpointTelemetry {
-    pub labels: Arc<DestinationLabels>,
+pub(crate) struct EndpointTelemetry {
+    pub(crate) labels: Arc<DestinationLabels>,
     /// `upstream_host` of access log lines, encoded once.
-    pub log_host: Prepared<UpstreamHost>,
+    pub(crate) log_host: Prepared<UpstreamHost>,
 }
 
 impl ClusterTelemetry {
     /// For the cluster `def` whose endpoints are at `addresses` (the runtime's, in order).
-    pub fn build(def: &Cluster, addresses: impl ExactSizeIterator<Item = SocketAddr>) -> ClusterTelemetry {
+    pub(crate) fn build(def: &Cluster, addresses: impl ExactSizeIterator<Item = SocketAddr>) -> ClusterTelemetry {
         let mut labels = LabelSets::new(def);
         let mut telemetry = Vec::with_capacity(addresses.len());
         for (addr, definition) in addresses.zip(def.endpoints.iter()) {
@@ -125,7 +125,7 @@ impl ClusterTelemetry {
     }
 
     /// The runtime endpoint `index`'s labels and log field.
-    pub fn endpoint(&self, index: usize) -> &EndpointTelemetry {
+    pub(crate) fn endpoint(&self, index: usize) -> &EndpointTelemetry {
         &self.endpoints[index]
     }
 }

@@ -53,14 +53,14 @@ fn label_names(extra: &[&'static str]) -> Vec<&'static str> {
 
 /// Per-connection TCP counters, resolved once when the connection opens so byte updates do
 /// not hash label sets.
-pub struct TcpCounters {
-    pub sent: prometheus::IntCounter,
-    pub received: prometheus::IntCounter,
+pub(crate) struct TcpCounters {
+    pub(crate) sent: prometheus::IntCounter,
+    pub(crate) received: prometheus::IntCounter,
     closed: prometheus::IntCounter,
 }
 
 impl TcpCounters {
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closed.inc();
     }
 }
@@ -82,7 +82,7 @@ type SeriesKey = (u16, &'static str, &'static str, &'static str);
 /// request: most of a large config's destinations never see one, and an empty list would
 /// still be an allocation per destination.
 #[derive(Default)]
-pub struct SeriesCache {
+pub(crate) struct SeriesCache {
     entries: arc_swap::ArcSwapOption<Vec<(SeriesKey, Arc<Series>)>>,
 }
 
@@ -123,43 +123,48 @@ fn trace_counters() -> crate::trace::export::ExportCounters {
 
 /// Who the gateway is, as the `source_*` labels say.
 #[derive(Debug, Clone)]
-pub struct SourceIdentity {
-    pub workload: String,
-    pub namespace: String,
-    pub app: String,
-    pub version: String,
+pub(crate) struct SourceIdentity {
+    pub(crate) workload: String,
+    pub(crate) namespace: String,
+    pub(crate) app: String,
+    pub(crate) version: String,
 }
 
-pub struct Metrics {
-    pub registry: Registry,
+pub(crate) struct Metrics {
+    pub(crate) registry: Registry,
     source: SourceIdentity,
     requests: IntCounterVec,
     duration: HistogramVec,
     request_bytes: HistogramVec,
     response_bytes: HistogramVec,
-    pub config_version: IntGauge,
-    pub config_rejected: IntGauge,
-    pub config_swaps: IntCounter,
-    pub config_reloads: IntCounterVec,
-    pub downstream_active: IntGauge,
-    pub downstream_total: IntCounter,
-    pub listeners: IntGauge,
-    pub access_log_dropped: IntCounter,
+    pub(crate) config_version: IntGauge,
+    /// Set by the embedded controller; a replica exports it as registered (the dashboards
+    /// query it), never set.
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    pub(crate) config_rejected: IntGauge,
+    pub(crate) config_swaps: IntCounter,
+    /// Reloads by result, counted by the embedded controller (see `config_rejected`).
+    #[cfg_attr(not(feature = "embedded"), allow(dead_code))]
+    pub(crate) config_reloads: IntCounterVec,
+    pub(crate) downstream_active: IntGauge,
+    pub(crate) downstream_total: IntCounter,
+    pub(crate) listeners: IntGauge,
+    pub(crate) access_log_dropped: IntCounter,
     tcp_sent: IntCounterVec,
     tcp_received: IntCounterVec,
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
-    pub tls_handshake_failures: IntCounterVec,
+    pub(crate) tls_handshake_failures: IntCounterVec,
     /// `notAfter` of each served certificate, by secret (`kubernetes://ns/name`, `file://...`).
-    pub certificate_expiry: prometheus::IntGaugeVec,
+    pub(crate) certificate_expiry: prometheus::IntGaugeVec,
     /// Span export (`meshgate_trace_spans_*_total`), registered whether or not tracing is on.
-    pub trace: crate::trace::export::ExportCounters,
+    pub(crate) trace: crate::trace::export::ExportCounters,
     /// Series of requests that reached no destination (404 NR and the like).
     no_destination: SeriesCache,
 }
 
 impl Metrics {
-    pub fn new(source: SourceIdentity) -> Metrics {
+    pub(crate) fn new(source: SourceIdentity) -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new("istio_requests_total", "Requests processed by the gateway"),
@@ -319,7 +324,7 @@ impl Metrics {
     }
 
     /// Counts an opened TCP connection and returns its byte/close counters.
-    pub fn tcp_open(
+    pub(crate) fn tcp_open(
         &self,
         destination: Option<&DestinationLabels>,
         flags: crate::response_flag::ResponseFlag,
@@ -335,7 +340,7 @@ impl Metrics {
     }
 
     /// Istio's request metrics for one finished HTTP request.
-    pub fn record(&self, x: &Exchange) {
+    pub(crate) fn record(&self, x: &Exchange) {
         let key = (x.code, x.flags.as_str(), x.protocol_label(), x.security_policy());
         let destination = x.destination_labels();
         let cache = destination.map_or(&self.no_destination, |d| &d.series);
@@ -360,7 +365,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of everything registered.
-    pub fn render(&self) -> Vec<u8> {
+    pub(crate) fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out

@@ -14,10 +14,10 @@
 //! `destination` holds what telemetry keeps per compiled cluster (label sets with their
 //! series caches, pre-encoded log fields), built on a cluster's first request.
 
-pub mod access_log;
-pub mod destination;
-pub mod metrics;
-pub mod timestamp;
+pub(crate) mod access_log;
+pub(crate) mod destination;
+pub(crate) mod metrics;
+pub(crate) mod timestamp;
 
 use crate::compiled::cluster::ClusterRuntime;
 use crate::head;
@@ -30,60 +30,60 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// x-request-id, Envoy's request id header.
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// One finished request (HTTP) or connection (TCP), borrowed from the state that served it.
-pub struct Exchange<'a> {
+pub(crate) struct Exchange<'a> {
     /// From the first byte of the request (or the accepted connection) to the end.
-    pub duration: Duration,
+    pub(crate) duration: Duration,
     /// The request's head; `None` for TCP connections.
-    pub head: Option<&'a RequestHeader>,
+    pub(crate) head: Option<&'a RequestHeader>,
     /// The Gateway server port it came in on.
-    pub port: u16,
+    pub(crate) port: u16,
     /// Whether the gateway terminated TLS for it (`https` in the span's URL).
-    pub tls: bool,
+    pub(crate) tls: bool,
     /// SNI of a TCP connection over TLS (the access log's authority for TCP).
-    pub sni: Option<&'a str>,
+    pub(crate) sni: Option<&'a str>,
     /// Status sent downstream (0 when none was, and for TCP).
-    pub code: u16,
-    pub flags: ResponseFlag,
+    pub(crate) code: u16,
+    pub(crate) flags: ResponseFlag,
     /// Why the gateway answered itself where the flag alone does not say
     /// (`%RESPONSE_CODE_DETAILS%`).
-    pub details: Option<&'a str>,
+    pub(crate) details: Option<&'a str>,
     /// The route's access-log name, when a route matched.
-    pub route_name: Option<&'a Prepared<RouteName>>,
+    pub(crate) route_name: Option<&'a Prepared<RouteName>>,
     /// The destination cluster, when one was chosen, and the endpoint picked in it.
-    pub cluster: Option<&'a ClusterRuntime>,
-    pub endpoint: Option<usize>,
+    pub(crate) cluster: Option<&'a ClusterRuntime>,
+    pub(crate) endpoint: Option<usize>,
     /// Body bytes (HTTP) or stream bytes (TCP) from and to downstream.
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
+    pub(crate) bytes_received: u64,
+    pub(crate) bytes_sent: u64,
     /// Milliseconds from sending upstream to the upstream's response head.
-    pub upstream_service_time: Option<u64>,
+    pub(crate) upstream_service_time: Option<u64>,
     /// The id the gateway generated for a request that came without one.
-    pub generated_id: Option<&'a [u8; 36]>,
+    pub(crate) generated_id: Option<&'a [u8; 36]>,
     /// Known when the request was forwarded: it carried no x-forwarded-for, so the access log
     /// need not look for one.
-    pub no_forwarded_for: bool,
-    pub downstream: Option<SocketAddr>,
+    pub(crate) no_forwarded_for: bool,
+    pub(crate) downstream: Option<SocketAddr>,
 }
 
 impl<'a> Exchange<'a> {
     /// Labels and log fields of the destination cluster.
-    pub fn cluster_telemetry(&self) -> Option<&'a ClusterTelemetry> {
+    pub(crate) fn cluster_telemetry(&self) -> Option<&'a ClusterTelemetry> {
         self.cluster.map(ClusterRuntime::telemetry)
     }
 
     /// Labels and log fields of the picked endpoint.
-    pub fn endpoint_telemetry(&self) -> Option<&'a EndpointTelemetry> {
+    pub(crate) fn endpoint_telemetry(&self) -> Option<&'a EndpointTelemetry> {
         self.cluster_telemetry().zip(self.endpoint).map(|(t, i)| t.endpoint(i))
     }
 
     /// Istio's destination labels: the endpoint's, or the service's when no endpoint was
     /// picked (503 no healthy upstream).
-    pub fn destination_labels(&self) -> Option<&'a DestinationLabels> {
+    pub(crate) fn destination_labels(&self) -> Option<&'a DestinationLabels> {
         let telemetry = self.cluster_telemetry()?;
         Some(match self.endpoint {
             Some(i) => &telemetry.endpoint(i).labels,
@@ -92,34 +92,34 @@ impl<'a> Exchange<'a> {
     }
 
     /// The endpoint's address.
-    pub fn upstream_address(&self) -> Option<SocketAddr> {
+    pub(crate) fn upstream_address(&self) -> Option<SocketAddr> {
         self.cluster.zip(self.endpoint).map(|(c, i)| c.endpoints[i].addr)
     }
 
     /// `connection_security_policy`: `mutual_tls` when the upstream connection presents a
     /// client certificate, `unknown` without a destination.
-    pub fn security_policy(&self) -> &'static str {
+    pub(crate) fn security_policy(&self) -> &'static str {
         self.cluster.map_or("unknown", ClusterRuntime::security_policy)
     }
 
     /// A request header's value, when it is text.
-    pub fn header(&self, name: &HeaderName) -> Option<&'a str> {
+    pub(crate) fn header(&self, name: &HeaderName) -> Option<&'a str> {
         self.head?.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    pub fn method(&self) -> &'a str {
+    pub(crate) fn method(&self) -> &'a str {
         self.head.map_or("-", |h| h.method.as_str())
     }
 
     /// The authority as sent (the SNI for TCP over TLS).
-    pub fn authority(&self) -> &'a str {
+    pub(crate) fn authority(&self) -> &'a str {
         match self.head {
             Some(h) => head::authority(h).unwrap_or_default(),
             None => self.sni.unwrap_or("-"),
         }
     }
 
-    pub fn path(&self) -> &'a str {
+    pub(crate) fn path(&self) -> &'a str {
         match self.head {
             Some(h) => h.uri.path_and_query().map_or("", |p| p.as_str()),
             None => "-",
@@ -127,41 +127,41 @@ impl<'a> Exchange<'a> {
     }
 
     /// Envoy's `%PROTOCOL%`: `HTTP/1.1`, `HTTP/2`… or `TCP`.
-    pub fn protocol_name(&self) -> &'static str {
+    pub(crate) fn protocol_name(&self) -> &'static str {
         self.head.map_or("TCP", head::protocol_name)
     }
 
     /// The `request_protocol` label of Istio's HTTP metrics: `http` or `grpc`.
-    pub fn protocol_label(&self) -> &'static str {
+    pub(crate) fn protocol_label(&self) -> &'static str {
         self.head.map_or("tcp", head::protocol_label)
     }
 
     /// The request's own x-request-id, or the one generated for it.
-    pub fn request_id(&self) -> Option<RequestId<'a>> {
+    pub(crate) fn request_id(&self) -> Option<RequestId<'a>> {
         match self.generated_id {
             Some(id) => Some(RequestId::Generated(id)),
             None => self.header(&X_REQUEST_ID).map(RequestId::Header),
         }
     }
 
-    pub fn x_forwarded_for(&self) -> Option<&'a str> {
+    pub(crate) fn x_forwarded_for(&self) -> Option<&'a str> {
         if self.no_forwarded_for {
             return None;
         }
         self.header(&X_FORWARDED_FOR)
     }
 
-    pub fn user_agent(&self) -> Option<&'a str> {
+    pub(crate) fn user_agent(&self) -> Option<&'a str> {
         self.header(&http::header::USER_AGENT)
     }
 
-    pub fn tracestate(&self) -> Option<&'a str> {
+    pub(crate) fn tracestate(&self) -> Option<&'a str> {
         self.header(&TRACESTATE)
     }
 }
 
 impl<'a> RequestId<'a> {
-    pub fn as_str(self) -> &'a str {
+    pub(crate) fn as_str(self) -> &'a str {
         match self {
             RequestId::Header(id) => id,
             // Generated ids are hex digits and dashes.

@@ -1,17 +1,17 @@
 //! Start times of requests and connections as RFC 3339 text, as access log lines carry them.
 
 /// An RFC 3339 UTC timestamp with milliseconds, kept inline (24 bytes, no allocation).
-pub struct Timestamp([u8; 24]);
+pub(crate) struct Timestamp([u8; 24]);
 
 impl Timestamp {
     /// The text (ASCII) as bytes: what the access log copies, with no UTF-8 check on the way.
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 }
 
 /// Start time of a request that has run for `elapsed`.
-pub fn rfc3339_now_minus(elapsed: std::time::Duration) -> Timestamp {
+pub(crate) fn rfc3339_now_minus(elapsed: std::time::Duration) -> Timestamp {
     let start = std::time::SystemTime::now() - elapsed;
     rfc3339(start)
 }

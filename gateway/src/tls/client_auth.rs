@@ -23,7 +23,7 @@ use x509_parser::x509::X509Version;
 const MAX_DEPTH: usize = 8;
 
 #[derive(Debug)]
-pub struct ClientVerifier {
+pub(crate) struct ClientVerifier {
     webpki: Arc<dyn ClientCertVerifier>,
     /// The configured CA certificates, kept as DER and parsed only on the rare v1 path.
     anchors: Vec<CertificateDer<'static>>,
@@ -32,7 +32,7 @@ pub struct ClientVerifier {
 
 impl ClientVerifier {
     /// Wraps webpki's verifier for the CA certificates `anchors`.
-    pub fn wrap(
+    pub(crate) fn wrap(
         webpki: Arc<dyn ClientCertVerifier>,
         anchors: Vec<CertificateDer<'static>>,
         algorithms: WebPkiSupportedAlgorithms,

@@ -5,13 +5,12 @@
 //! Everything here is built when a snapshot is compiled, never per connection. A server whose
 //! material fails to build is reported and left out; the other servers keep serving.
 
-pub mod client_auth;
-pub mod san;
-pub mod serving;
-pub mod upstream;
+pub(crate) mod client_auth;
+pub(crate) mod san;
+pub(crate) mod serving;
+pub(crate) mod upstream;
 
 use meshgate_model::snapshot::{Secret, ServerTls, ServerTlsMode, TlsVersion};
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
@@ -20,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TlsError {
+pub(crate) enum TlsError {
     #[error("secret {0:?} is missing from the snapshot")]
     MissingSecret(String),
     #[error("secret {0:?} has no {1}")]
@@ -38,14 +37,14 @@ pub enum TlsError {
 }
 
 /// A terminating server's rustls config and the certificates it serves.
-pub struct ServerTlsConfig {
-    pub config: Arc<ServerConfig>,
-    pub served: Vec<serving::Served>,
+pub(crate) struct ServerTlsConfig {
+    pub(crate) config: Arc<ServerConfig>,
+    pub(crate) served: Vec<serving::Served>,
 }
 
 /// Sets `meshgate_certificate_expiry_seconds` to the certificates `runtime` serves (a removed
 /// certificate's series goes away).
-pub fn report_expiry(runtime: &crate::compiled::Runtime, gauge: &prometheus::IntGaugeVec) {
+pub(crate) fn report_expiry(runtime: &crate::compiled::Runtime, gauge: &prometheus::IntGaugeVec) {
     gauge.reset();
     for server in runtime.listeners.values().flat_map(|l| &l.tls) {
         for served in &server.served {
@@ -54,12 +53,7 @@ pub fn report_expiry(runtime: &crate::compiled::Runtime, gauge: &prometheus::Int
     }
 }
 
-/// The process-wide crypto provider (ring, as pingora's rustls build uses).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-pub fn certs(pem: &str, name: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+pub(crate) fn certs(pem: &str, name: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::BadPem(name.to_string(), e.to_string()))?;
@@ -73,7 +67,7 @@ pub fn certs(pem: &str, name: &str) -> Result<Vec<CertificateDer<'static>>, TlsE
     Ok(certs)
 }
 
-pub fn key(pem: &str, name: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
+pub(crate) fn key(pem: &str, name: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| TlsError::BadPem(name.to_string(), e.to_string()))
 }
 
@@ -81,7 +75,7 @@ fn secret<'a>(secrets: &'a BTreeMap<String, Secret>, name: &str) -> Result<&'a S
     secrets.get(name).ok_or_else(|| TlsError::MissingSecret(name.to_string()))
 }
 
-pub fn roots(pem: &str, name: &str) -> Result<RootCertStore, TlsError> {
+pub(crate) fn roots(pem: &str, name: &str) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
     for c in certs(pem, name)? {
         store.add(c)?;
@@ -90,7 +84,7 @@ pub fn roots(pem: &str, name: &str) -> Result<RootCertStore, TlsError> {
 }
 
 /// Builds the rustls config of one terminating Gateway server.
-pub fn server_config(def: &ServerTls, secrets: &BTreeMap<String, Secret>) -> Result<ServerTlsConfig, TlsError> {
+pub(crate) fn server_config(def: &ServerTls, secrets: &BTreeMap<String, Secret>) -> Result<ServerTlsConfig, TlsError> {
     let mut provider = rustls::crypto::ring::default_provider();
     if !def.cipher_suites.is_empty() {
         // TLS 1.3 suites are kept unless named: Envoy's cipherSuites applies to TLS <= 1.2 only.

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use x509_parser::extensions::GeneralName;
 
 #[derive(Debug)]
-pub struct SanCheckingVerifier {
+pub(crate) struct SanCheckingVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     allowed: Vec<String>,
 }
 
 impl SanCheckingVerifier {
     /// Returns `inner` unchanged when there is nothing to check.
-    pub fn wrap(inner: Arc<dyn ClientCertVerifier>, allowed: &[String]) -> Arc<dyn ClientCertVerifier> {
+    pub(crate) fn wrap(inner: Arc<dyn ClientCertVerifier>, allowed: &[String]) -> Arc<dyn ClientCertVerifier> {
         if allowed.is_empty() {
             return inner;
         }
@@ -25,7 +25,7 @@ impl SanCheckingVerifier {
 }
 
 /// DNS names, URIs and IP addresses of a certificate's subjectAltName extension.
-pub fn subject_alt_names(cert: &[u8]) -> Vec<String> {
+pub(crate) fn subject_alt_names(cert: &[u8]) -> Vec<String> {
     let Ok((_, parsed)) = x509_parser::parse_x509_certificate(cert) else { return Vec::new() };
     let Ok(Some(san)) = parsed.subject_alternative_name() else { return Vec::new() };
     san.value

@@ -20,15 +20,15 @@ use std::sync::Arc;
 
 /// What a served certificate reports besides itself (for `meshgate_certificate_expiry_seconds`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Served {
+pub(crate) struct Served {
     /// The snapshot's secret key (`kubernetes://ns/name` or `file://path`).
-    pub secret: String,
+    pub(crate) secret: String,
     /// The leaf's `notAfter`, in seconds since the Unix epoch.
-    pub not_after: i64,
+    pub(crate) not_after: i64,
 }
 
 /// A chain and its key, checked to belong together. `name` names the secret in errors.
-pub fn certified_key(
+pub(crate) fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     provider: &CryptoProvider,
@@ -53,12 +53,12 @@ pub fn certified_key(
 
 /// Picks one of a server's certificates for each ClientHello.
 #[derive(Debug)]
-pub struct ByClientSchemes {
+pub(crate) struct ByClientSchemes {
     keys: Vec<Arc<CertifiedKey>>,
 }
 
 impl ByClientSchemes {
-    pub fn new(keys: Vec<Arc<CertifiedKey>>) -> ByClientSchemes {
+    pub(crate) fn new(keys: Vec<Arc<CertifiedKey>>) -> ByClientSchemes {
         ByClientSchemes { keys }
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 /// Built once per cluster; applied to each peer.
 #[derive(Clone)]
-pub struct UpstreamTlsRuntime {
-    pub sni: String,
+pub(crate) struct UpstreamTlsRuntime {
+    pub(crate) sni: String,
     ca: Option<Arc<[WrappedX509]>>,
     client: Option<Arc<CertKey>>,
     verify: bool,
@@ -19,7 +19,7 @@ pub struct UpstreamTlsRuntime {
 
 impl UpstreamTlsRuntime {
     /// `host` is the destination host, the SNI when neither `sni` nor a DNS SAN is given.
-    pub fn compile(
+    pub(crate) fn compile(
         def: &UpstreamTls,
         host: &str,
         secrets: &BTreeMap<String, Secret>,
@@ -63,7 +63,7 @@ impl UpstreamTlsRuntime {
         })
     }
 
-    pub fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
+    pub(crate) fn peer(&self, addr: std::net::SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, true, self.sni.clone());
         peer.options.verify_cert = self.verify;
         peer.options.verify_hostname = self.verify_hostname;

@@ -11,7 +11,7 @@ use pingora_http::RequestHeader;
 /// The B3 header family a request arrived with; we answer in the same one (Envoy's Zipkin
 /// tracer rewrites the B3 headers it received, so B3-only applications keep their trace).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum B3Style {
+pub(crate) enum B3Style {
     /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-parentspanid`, `x-b3-sampled`, `x-b3-flags`.
     Multi,
     /// One `b3: {trace}-{span}-{sampling}-{parent}` header.
@@ -20,26 +20,26 @@ pub enum B3Style {
 
 /// What the downstream request says about its trace, before the sampling decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Extracted {
+pub(crate) struct Extracted {
     /// Trace id and the caller's span id, when a well-formed context arrived.
-    pub ids: Option<(u128, u64)>,
+    pub(crate) ids: Option<(u128, u64)>,
     /// Whether the ids came from `traceparent` (then `tracestate` belongs to them).
-    pub from_traceparent: bool,
+    pub(crate) from_traceparent: bool,
     /// The caller's sampling decision, if it made one.
-    pub sampled: Option<bool>,
+    pub(crate) sampled: Option<bool>,
     /// B3 debug (`x-b3-flags: 1` or `b3: …-d`): sample regardless of the ratio.
-    pub debug: bool,
+    pub(crate) debug: bool,
     /// B3 headers present (even with only a sampling decision): they are rewritten upstream.
-    pub b3: Option<B3Style>,
+    pub(crate) b3: Option<B3Style>,
     /// The B3 trace id had 16 hex digits; 64-bit ids are written back at that width so
     /// older Zipkin clients recognise their trace.
-    pub b3_short_trace_id: bool,
+    pub(crate) b3_short_trace_id: bool,
 }
 
 /// Reads the incoming context. `traceparent` wins over B3 when both are valid (it is the
 /// format Istio's OpenTelemetry provider uses); single `b3` wins over the multi headers, as the
 /// B3 specification says.
-pub fn extract(headers: &HeaderMap) -> Extracted {
+pub(crate) fn extract(headers: &HeaderMap) -> Extracted {
     let mut out = Extracted::default();
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
 
@@ -179,18 +179,18 @@ fn parse_hex(s: &str, allow_upper: bool) -> Option<u128> {
 
 /// The gateway's span as seen on the wire: what the upstream request carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpanContext {
-    pub trace_id: u128,
-    pub span_id: u64,
+pub(crate) struct SpanContext {
+    pub(crate) trace_id: u128,
+    pub(crate) span_id: u64,
     /// The caller's span, when the trace continues one.
-    pub parent_id: Option<u64>,
-    pub sampled: bool,
-    pub debug: bool,
-    pub b3: Option<B3Style>,
-    pub b3_short_trace_id: bool,
+    pub(crate) parent_id: Option<u64>,
+    pub(crate) sampled: bool,
+    pub(crate) debug: bool,
+    pub(crate) b3: Option<B3Style>,
+    pub(crate) b3_short_trace_id: bool,
     /// The trace is new or came from B3 while a `tracestate` describing something else may
     /// be present.
-    pub drop_tracestate: bool,
+    pub(crate) drop_tracestate: bool,
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -205,7 +205,7 @@ pub(crate) fn write_hex(out: &mut [u8], value: u128, digits: usize) {
 impl SpanContext {
     /// Writes the context on the upstream request: `traceparent` always, the B3 headers in
     /// the style they arrived in. Each value is built on the stack; the header map copies it.
-    pub fn inject(&self, upstream: &mut RequestHeader) -> pingora_error::Result<()> {
+    pub(crate) fn inject(&self, upstream: &mut RequestHeader) -> pingora_error::Result<()> {
         let mut buf = [0u8; 55];
         upstream.insert_header("traceparent", header_value(self.traceparent(&mut buf)))?;
         if self.drop_tracestate {
@@ -257,7 +257,7 @@ impl SpanContext {
     }
 
     /// `00-{trace}-{span}-{flags}`.
-    pub fn traceparent<'a>(&self, buf: &'a mut [u8; 55]) -> &'a [u8] {
+    pub(crate) fn traceparent<'a>(&self, buf: &'a mut [u8; 55]) -> &'a [u8] {
         buf[..3].copy_from_slice(b"00-");
         write_hex(&mut buf[3..], self.trace_id, 32);
         buf[35] = b'-';

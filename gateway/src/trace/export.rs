@@ -23,15 +23,15 @@ use std::time::{Duration, Instant};
 /// a gateway sees bursts, so more headroom).
 const QUEUE_CAPACITY: usize = 8192;
 /// Spans per POST (the OTel SDK batch default).
-pub const MAX_BATCH: usize = 512;
+pub(crate) const MAX_BATCH: usize = 512;
 /// How long a span may wait for its batch to fill. Shorter than the SDK's 5 s so traces show
 /// up promptly; one POST per second at most when traffic is light.
-pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-pub enum EndpointError {
+pub(crate) enum EndpointError {
     #[error("--otlp-endpoint {0:?}: only http:// URLs are supported (point it at a local collector for TLS)")]
     Scheme(String),
     #[error("--otlp-endpoint {0:?}: no host")]
@@ -41,7 +41,7 @@ pub enum EndpointError {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+pub(crate) enum ExportError {
     #[error("resolving {0}: {1}")]
     Resolve(String, std::io::Error),
     #[error("{0} resolves to no address")]
@@ -56,10 +56,10 @@ pub enum ExportError {
 
 /// Where spans go: `http://host[:port][/path]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub path: String,
+pub(crate) struct Endpoint {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) path: String,
 }
 
 impl std::str::FromStr for Endpoint {
@@ -102,14 +102,14 @@ enum Message {
 
 /// Counters the exporter keeps (registered in [`crate::telemetry::metrics::Metrics`]).
 #[derive(Clone)]
-pub struct ExportCounters {
-    pub dropped: prometheus::IntCounter,
-    pub exported: prometheus::IntCounter,
-    pub failed: prometheus::IntCounter,
+pub(crate) struct ExportCounters {
+    pub(crate) dropped: prometheus::IntCounter,
+    pub(crate) exported: prometheus::IntCounter,
+    pub(crate) failed: prometheus::IntCounter,
 }
 
 /// The request side of the exporter: a bounded queue into the export thread.
-pub struct Exporter {
+pub(crate) struct Exporter {
     tx: SyncSender<Message>,
     dropped: prometheus::IntCounter,
 }
@@ -123,7 +123,7 @@ struct Resource<'a> {
 
 impl Exporter {
     /// Starts the export thread. `resource` are the OTLP resource attributes (service.name…).
-    pub fn start(
+    pub(crate) fn start(
         endpoint: Endpoint,
         resource: &[(&'static str, &str)],
         counters: ExportCounters,
@@ -148,14 +148,14 @@ impl Exporter {
     }
 
     /// Queues one encoded span; never waits.
-    pub fn send(&self, span: Vec<u8>) {
+    pub(crate) fn send(&self, span: Vec<u8>) {
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(Message::Span(span)) {
             self.dropped.inc();
         }
     }
 
     /// Exports everything queued so far; waits at most `timeout` (for shutdown).
-    pub fn flush(&self, timeout: Duration) -> bool {
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let deadline = Instant::now() + timeout;
         let mut msg = Message::Flush(done_tx);

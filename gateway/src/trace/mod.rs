@@ -12,20 +12,20 @@
 //! tracing on, an unsampled request pays the header parse, two random ids and the upstream
 //! header values; no span is built or queued.
 
-pub mod context;
-pub mod export;
-pub mod span;
+pub(crate) mod context;
+pub(crate) mod export;
+pub(crate) mod span;
 
 use crate::config::Tracing;
 use context::SpanContext;
 use export::{Endpoint, EndpointError, ExportCounters, Exporter};
 use pingora_http::RequestHeader;
 use span::GatewayTags;
-pub use span::RequestFacts;
+pub(crate) use span::RequestFacts;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
-pub enum TraceError {
+pub(crate) enum TraceError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
     #[error("starting the span export thread: {0}")]
@@ -36,30 +36,30 @@ pub enum TraceError {
 /// the id compared with a threshold, so every gateway replica decides the same for one trace
 /// and no extra random number is drawn.
 #[derive(Debug, Clone, Copy)]
-pub struct Sampler {
+pub(crate) struct Sampler {
     /// Sampled when `low64(trace_id) < threshold`; 2^64 samples everything.
     threshold: u128,
 }
 
 impl Sampler {
-    pub fn from_percent(percent: f64) -> Sampler {
+    pub(crate) fn from_percent(percent: f64) -> Sampler {
         let fraction = (percent / 100.0).clamp(0.0, 1.0);
         Sampler { threshold: (fraction * 18_446_744_073_709_551_616.0) as u128 }
     }
 
-    pub fn sample(&self, trace_id: u128) -> bool {
+    pub(crate) fn sample(&self, trace_id: u128) -> bool {
         u128::from(trace_id as u64) < self.threshold
     }
 }
 
 /// Who the gateway is in traces.
-pub struct TraceIdentity {
+pub(crate) struct TraceIdentity {
     /// `service.name` and `istio.canonical_service` (the `--workload-name`).
-    pub workload: String,
-    pub namespace: String,
+    pub(crate) workload: String,
+    pub(crate) namespace: String,
 }
 
-pub struct Tracer {
+pub(crate) struct Tracer {
     sampler: Sampler,
     exporter: Exporter,
     tags: GatewayTags,
@@ -67,7 +67,7 @@ pub struct Tracer {
 
 impl Tracer {
     /// `None` when no `--otlp-endpoint` is set: tracing and propagation are off.
-    pub fn start(
+    pub(crate) fn start(
         settings: &Tracing,
         identity: TraceIdentity,
         counters: ExportCounters,
@@ -95,7 +95,7 @@ impl Tracer {
     }
 
     /// The gateway's span for a new request: continues the incoming trace or starts one.
-    pub fn begin(&self, req: &RequestHeader) -> SpanContext {
+    pub(crate) fn begin(&self, req: &RequestHeader) -> SpanContext {
         let incoming = context::extract(&req.headers);
         let (trace_id, parent_id) = match incoming.ids {
             Some((trace, parent)) => (trace, Some(parent)),
@@ -117,7 +117,7 @@ impl Tracer {
     }
 
     /// Encodes and queues the span of a finished request if it is sampled.
-    pub fn finish(&self, span: &SpanContext, exchange: &crate::telemetry::Exchange) {
+    pub(crate) fn finish(&self, span: &SpanContext, exchange: &crate::telemetry::Exchange) {
         if span.sampled {
             let downstream = exchange.downstream.map(|a| a.to_string());
             let facts = RequestFacts::of(exchange, downstream.as_deref());
@@ -126,7 +126,7 @@ impl Tracer {
     }
 
     /// Exports what is queued (shutdown), waiting at most `timeout`.
-    pub fn flush(&self, timeout: Duration) -> bool {
+    pub(crate) fn flush(&self, timeout: Duration) -> bool {
         self.exporter.flush(timeout)
     }
 }

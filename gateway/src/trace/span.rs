@@ -17,32 +17,32 @@ const KIND_SERVER: u8 = 2;
 const STATUS_ERROR: u8 = 2;
 
 /// What a span says about a finished request, taken from its exchange record.
-pub struct RequestFacts<'a> {
-    pub method: &'a str,
-    pub scheme: &'static str,
-    pub authority: &'a str,
-    pub path: &'a str,
-    pub protocol: &'static str,
-    pub status_code: u16,
-    pub response_flags: &'static str,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-    pub duration: Duration,
+pub(crate) struct RequestFacts<'a> {
+    pub(crate) method: &'a str,
+    pub(crate) scheme: &'static str,
+    pub(crate) authority: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) protocol: &'static str,
+    pub(crate) status_code: u16,
+    pub(crate) response_flags: &'static str,
+    pub(crate) request_bytes: u64,
+    pub(crate) response_bytes: u64,
+    pub(crate) duration: Duration,
     /// Gateway server port the request came in on.
-    pub port: u16,
+    pub(crate) port: u16,
     /// The destination service host and port, e.g. `reviews.default.svc.cluster.local`, 9080.
-    pub destination: Option<(&'a str, u16)>,
+    pub(crate) destination: Option<(&'a str, u16)>,
     /// Envoy-style cluster name, e.g. `outbound|9080|v1|reviews.default.svc.cluster.local`.
-    pub upstream_cluster: Option<&'a str>,
-    pub upstream_address: Option<SocketAddr>,
-    pub request_id: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
-    pub downstream_address: Option<&'a str>,
-    pub tracestate: Option<&'a str>,
+    pub(crate) upstream_cluster: Option<&'a str>,
+    pub(crate) upstream_address: Option<SocketAddr>,
+    pub(crate) request_id: Option<&'a str>,
+    pub(crate) user_agent: Option<&'a str>,
+    pub(crate) downstream_address: Option<&'a str>,
+    pub(crate) tracestate: Option<&'a str>,
 }
 
 impl<'a> RequestFacts<'a> {
-    pub fn of(x: &crate::telemetry::Exchange<'a>, downstream_address: Option<&'a str>) -> RequestFacts<'a> {
+    pub(crate) fn of(x: &crate::telemetry::Exchange<'a>, downstream_address: Option<&'a str>) -> RequestFacts<'a> {
         let cluster = x.cluster.map(|c| &*c.definition);
         RequestFacts {
             method: x.method(),
@@ -68,10 +68,10 @@ impl<'a> RequestFacts<'a> {
 }
 
 /// Span attributes the same for every request of this gateway (Envoy sets these as tags).
-pub struct GatewayTags {
-    pub node_id: String,
-    pub canonical_service: String,
-    pub namespace: String,
+pub(crate) struct GatewayTags {
+    pub(crate) node_id: String,
+    pub(crate) canonical_service: String,
+    pub(crate) namespace: String,
 }
 
 /// Serialises one span as OTLP JSON into a fresh buffer.
@@ -81,7 +81,7 @@ pub struct GatewayTags {
 /// and request text is checked eight bytes at a time and copied whole unless it needs
 /// escaping. Through serde_json, escaping every string byte by byte was 14,000 of the ~35,000
 /// instructions tracing added to a sampled request (docs/benchmarks.md, "Tracing").
-pub fn encode(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTags) -> Vec<u8> {
+pub(crate) fn encode(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTags) -> Vec<u8> {
     let end = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let start = end.saturating_sub(facts.duration);
     let mut out = Vec::with_capacity(1024);
@@ -220,8 +220,8 @@ impl Attributes<'_> {
 /// once at startup.
 #[derive(serde::Serialize)]
 pub(crate) struct Attr<'a> {
-    pub key: &'static str,
-    pub value: Value<'a>,
+    pub(crate) key: &'static str,
+    pub(crate) value: Value<'a>,
 }
 
 /// OTLP `AnyValue`: the variant name is the JSON key.

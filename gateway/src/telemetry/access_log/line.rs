@@ -6,36 +6,36 @@
 /// The fields that describe the route, cluster and endpoint come pre-encoded ([`Prepared`]),
 /// built once when the configuration is compiled.
 #[derive(Debug)]
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     /// RFC 3339 text (ASCII, see `telemetry::timestamp::Timestamp::as_bytes`); written without escaping,
     /// like `method` (a token: no quotes, backslashes or control bytes), `protocol` and
     /// `response_flags` (the gateway's own vocabulary).
-    pub start_time: &'a [u8],
-    pub method: &'a str,
-    pub authority: &'a str,
-    pub path: &'a str,
-    pub protocol: &'static str,
-    pub response_code: u16,
-    pub response_flags: &'static str,
+    pub(crate) start_time: &'a [u8],
+    pub(crate) method: &'a str,
+    pub(crate) authority: &'a str,
+    pub(crate) path: &'a str,
+    pub(crate) protocol: &'static str,
+    pub(crate) response_code: u16,
+    pub(crate) response_flags: &'static str,
     /// Why the gateway answered itself where a flag alone does not say (Envoy's
     /// `%RESPONSE_CODE_DETAILS%`); the field is left out when unset.
-    pub response_code_details: Option<&'a str>,
-    pub bytes_received: u64,
-    pub bytes_sent: u64,
-    pub duration: u64,
-    pub upstream_service_time: Option<u64>,
-    pub upstream_host: Option<&'a Prepared<UpstreamHost>>,
-    pub upstream_cluster: Option<&'a Prepared<UpstreamCluster>>,
-    pub route_name: Option<&'a Prepared<RouteName>>,
-    pub request_id: Option<RequestId<'a>>,
-    pub x_forwarded_for: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
-    pub downstream_remote_address: Option<std::net::SocketAddr>,
+    pub(crate) response_code_details: Option<&'a str>,
+    pub(crate) bytes_received: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) duration: u64,
+    pub(crate) upstream_service_time: Option<u64>,
+    pub(crate) upstream_host: Option<&'a Prepared<UpstreamHost>>,
+    pub(crate) upstream_cluster: Option<&'a Prepared<UpstreamCluster>>,
+    pub(crate) route_name: Option<&'a Prepared<RouteName>>,
+    pub(crate) request_id: Option<RequestId<'a>>,
+    pub(crate) x_forwarded_for: Option<&'a str>,
+    pub(crate) user_agent: Option<&'a str>,
+    pub(crate) downstream_remote_address: Option<std::net::SocketAddr>,
 }
 
 /// `request_id`: the request's own header, or the id the gateway generated for it.
 #[derive(Debug, Clone, Copy)]
-pub enum RequestId<'a> {
+pub(crate) enum RequestId<'a> {
     Header(&'a str),
     /// Lower-case hex and dashes: nothing to check or escape.
     Generated(&'a [u8; 36]),
@@ -45,7 +45,7 @@ pub enum RequestId<'a> {
 /// the route's names): its key, punctuation and escaped value encoded once, when the runtime is
 /// compiled, and copied into each line whole. `K` names the field, so one cannot be passed
 /// where another belongs.
-pub struct Prepared<K> {
+pub(crate) struct Prepared<K> {
     /// `,"key":value` exactly as the line carries it.
     encoded: Box<[u8]>,
     key: std::marker::PhantomData<K>,
@@ -58,7 +58,7 @@ impl<K> std::fmt::Debug for Prepared<K> {
 }
 
 /// The key of a [`Prepared`] field.
-pub trait Key {
+pub(crate) trait Key {
     /// `,"key":`
     const KEY: &'static [u8];
     /// `,"key":null`, for requests without the field.
@@ -69,7 +69,7 @@ macro_rules! keys {
     ($($(#[$doc:meta])* $name:ident = $key:literal;)*) => {$(
         $(#[$doc])*
         #[derive(Debug)]
-        pub enum $name {}
+        pub(crate) enum $name {}
         impl Key for $name {
             const KEY: &'static [u8] = concat!(",\"", $key, "\":").as_bytes();
             const NULL: &'static [u8] = concat!(",\"", $key, "\":null").as_bytes();
@@ -94,12 +94,12 @@ impl<K: Key> Prepared<K> {
     }
 
     /// The field with a string value (escaped here, once).
-    pub fn string(value: &str) -> Prepared<K> {
+    pub(crate) fn string(value: &str) -> Prepared<K> {
         Self::encode(|out| string(out, value))
     }
 
     /// The field with an address value.
-    pub fn address(value: std::net::SocketAddr) -> Prepared<K> {
+    pub(crate) fn address(value: std::net::SocketAddr) -> Prepared<K> {
         Self::encode(|out| address(out, value))
     }
 
@@ -114,7 +114,10 @@ impl<K: Key> Prepared<K> {
 
 impl<'a> Entry<'a> {
     /// The line's fields for an exchange that started at `start_time`.
-    pub fn of(x: &crate::telemetry::Exchange<'a>, start_time: &'a crate::telemetry::timestamp::Timestamp) -> Entry<'a> {
+    pub(crate) fn of(
+        x: &crate::telemetry::Exchange<'a>,
+        start_time: &'a crate::telemetry::timestamp::Timestamp,
+    ) -> Entry<'a> {
         Entry {
             start_time: start_time.as_bytes(),
             method: x.method(),
@@ -142,7 +145,7 @@ impl<'a> Entry<'a> {
     /// the same bytes at about twice the instructions: it escapes strings byte by byte and
     /// formats numbers and addresses through `core::fmt`. The unit tests hold the output equal
     /// to serde_json's.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         // One reservation for the whole line, so the copies below do not each check for room
         // to grow (they still check, but never take the slow path).
         out.reserve(LINE_OVERHEAD + self.variable_len());

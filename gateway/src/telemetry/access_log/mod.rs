@@ -5,8 +5,8 @@
 pub(crate) mod line;
 mod writer;
 
-pub use line::{Entry, Key, Prepared, RequestId, RouteName, UpstreamCluster, UpstreamHost};
-pub use writer::AccessLog;
+pub(crate) use line::{Entry, Prepared, RequestId, RouteName, UpstreamCluster, UpstreamHost};
+pub(crate) use writer::AccessLog;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

@@ -88,12 +88,12 @@ impl Drop for Writer {
 }
 
 #[derive(Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     writer: Option<Arc<Writer>>,
 }
 
 impl AccessLog {
-    pub fn start(target: &Target, dropped: prometheus::IntCounter) -> std::io::Result<AccessLog> {
+    pub(crate) fn start(target: &Target, dropped: prometheus::IntCounter) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match target {
             Target::Off => return Ok(AccessLog { writer: None }),
             Target::Stdout => Box::new(std::io::stdout()),
@@ -111,12 +111,12 @@ impl AccessLog {
         Ok(AccessLog { writer: Some(Arc::new(Writer { queue, thread: Mutex::new(Some(thread)) })) })
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.writer.is_some()
     }
 
     /// Queues the exchange's line (nothing when the log is off).
-    pub fn log(&self, exchange: &crate::telemetry::Exchange) {
+    pub(crate) fn log(&self, exchange: &crate::telemetry::Exchange) {
         if self.writer.is_none() {
             return;
         }
@@ -154,7 +154,7 @@ impl AccessLog {
     }
 
     /// Writes every line logged so far before returning (used at shutdown).
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         if let Some(writer) = &self.writer {
             writer.queue.drain(&mut Vec::new());
         }
