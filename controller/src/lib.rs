@@ -1,5 +1,6 @@
 //! meshgate controller: Istio and Kubernetes resources in, one immutable routing snapshot out.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod analyze;
 pub mod distribution;

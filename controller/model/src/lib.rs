@@ -5,6 +5,7 @@
 //! Depends on neither kube nor pingora: a gateway replica that takes its snapshots from a
 //! controller needs this crate and nothing of the controller's.
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod admin;
 pub mod by_name;

@@ -88,28 +88,28 @@ pub(super) struct Cache {
 }
 
 impl Cache {
-    pub fn add_stream(&mut self, kind: Kind) -> usize {
+    pub(super) fn add_stream(&mut self, kind: Kind) -> usize {
         self.streams.push(Stream { kind, ready: false, listed: false, objects: BTreeMap::new() });
         self.streams.len() - 1
     }
 
-    pub fn all_ready(&self) -> bool {
+    pub(super) fn all_ready(&self) -> bool {
         self.streams.iter().all(|s| s.ready)
     }
 
     /// True when every watch of `kind` has completed a list.
-    pub fn kind_synced(&self, kind: Kind) -> bool {
+    pub(super) fn kind_synced(&self, kind: Kind) -> bool {
         self.streams.iter().filter(|s| s.kind == kind).all(|s| s.listed)
     }
 
-    pub fn kind_of(&self, stream: usize) -> Kind {
+    pub(super) fn kind_of(&self, stream: usize) -> Kind {
         self.streams[stream].kind
     }
 
     /// Applies one update; returns whether the visible contents (or readiness) changed, so an
     /// event that changes nothing (a relist with the same objects, a status heartbeat we
     /// stripped) does not cause a publication.
-    pub fn apply(&mut self, update: Update) -> bool {
+    pub(super) fn apply(&mut self, update: Update) -> bool {
         match update {
             Update::Listed { stream, objects } => {
                 let s = &mut self.streams[stream];
@@ -153,7 +153,7 @@ impl Cache {
     /// One Store from everything the watches see. Secrets are kept only when a Gateway or
     /// DestinationRule names them by `credentialName` (or as its `<name>-cacert` companion), so
     /// unrelated credentials in the gateway namespace never reach translation or snapshots.
-    pub fn build(&self, gateway_namespace: &str) -> Store {
+    pub(super) fn build(&self, gateway_namespace: &str) -> Store {
         let mut builder = StoreBuilder::default();
         for stream in self.streams.iter().filter(|s| s.kind != Kind::Secret) {
             for kept in stream.objects.values() {

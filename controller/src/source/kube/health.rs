@@ -52,7 +52,7 @@ struct KindState {
 /// kube's watcher resumes a watch without emitting anything (no event marks a successful
 /// restart), so without this a quiet kind would report failing forever after an outage. A
 /// watch that keeps failing errs again within kube's backoff cap (30 s), well inside this.
-pub const FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(65);
+pub(super) const FAILING_FOR: std::time::Duration = std::time::Duration::from_secs(65);
 
 /// Shared between the watch tasks (writers) and whoever reports on the source (readers).
 #[derive(Debug, Default)]
