@@ -20,7 +20,7 @@ pub enum Level {
 /// Where a resource came from: a file and the document's index inside it (0-based, as
 /// `kubectl` counts `---` separated documents), or the Kubernetes API.
 /// The file is shared by every document and diagnostic from it (and between the file cache and
-/// the store): a path per resource was 6 MB at 10k services.
+/// the store).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Origin {
     pub file: Option<Arc<Path>>,

@@ -9,9 +9,8 @@ use std::sync::Arc;
 /// entries, and there are tens of thousands of them at scale (see the Cargo.toml note).
 pub type Labels = litemap::LiteMap<CompactString, CompactString>;
 
-/// A Pod's labels, shared by its metadata and the workload of every endpoint it backs (one
-/// copy instead of one per registry entry: 2 MB at 10k services). One pointer, and no
-/// allocation when empty, as most resources' labels are.
+/// A Pod's labels, shared by its metadata and the workload of every endpoint it backs. One
+/// pointer, and no allocation when empty, as most resources' labels are.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct SharedLabels(Option<Arc<Labels>>);
 

@@ -115,11 +115,16 @@ impl AccessLog {
         self.writer.is_some()
     }
 
-    /// Queues the exchange's line (nothing when the log is off).
+    /// Queues the exchange's line (nothing when the log is off). Inline, so a request with
+    /// the log off pays one test here rather than a call.
+    #[inline]
     pub(crate) fn log(&self, exchange: &crate::telemetry::Exchange) {
-        if self.writer.is_none() {
-            return;
+        if self.writer.is_some() {
+            self.log_exchange(exchange);
         }
+    }
+
+    fn log_exchange(&self, exchange: &crate::telemetry::Exchange) {
         let start_time = crate::telemetry::timestamp::rfc3339_now_minus(exchange.duration);
         self.log_entry(&Entry::of(exchange, &start_time));
     }
