@@ -5,8 +5,19 @@
 //! Everything here runs per request when tracing is on, sampled or not, so it works on the
 //! header bytes in place: no allocation except the header values written upstream.
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use pingora_http::RequestHeader;
+
+// Names built once: a `&str` name is parsed (and lower-cased) on every lookup, and a
+// non-standard one copied into a new allocation on every insert.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+const B3: HeaderName = HeaderName::from_static("b3");
+const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
+const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
+const X_B3_PARENTSPANID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+const X_B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+const X_B3_FLAGS: HeaderName = HeaderName::from_static("x-b3-flags");
 
 /// The B3 header family a request arrived with; we answer in the same one (Envoy's Zipkin
 /// tracer rewrites the B3 headers it received, so B3-only applications keep their trace).
@@ -41,9 +52,9 @@ pub(crate) struct Extracted {
 /// B3 specification says.
 pub(crate) fn extract(headers: &HeaderMap) -> Extracted {
     let mut out = Extracted::default();
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
 
-    if let Some(single) = text("b3") {
+    if let Some(single) = text(&B3) {
         if let Some(b3) = parse_b3_single(single) {
             out.b3 = Some(B3Style::Single);
             out.ids = b3.ids;
@@ -53,10 +64,10 @@ pub(crate) fn extract(headers: &HeaderMap) -> Extracted {
         }
     }
     if out.b3.is_none() {
-        let trace = text("x-b3-traceid");
-        let span = text("x-b3-spanid");
-        let sampled = text("x-b3-sampled");
-        let flags = text("x-b3-flags");
+        let trace = text(&X_B3_TRACEID);
+        let span = text(&X_B3_SPANID);
+        let sampled = text(&X_B3_SAMPLED);
+        let flags = text(&X_B3_FLAGS);
         if trace.is_some() || span.is_some() || sampled.is_some() || flags.is_some() {
             out.b3 = Some(B3Style::Multi);
             if let (Some(trace), Some(span)) = (trace, span) {
@@ -73,7 +84,7 @@ pub(crate) fn extract(headers: &HeaderMap) -> Extracted {
             };
         }
     }
-    if let Some(tp) = text("traceparent").and_then(parse_traceparent) {
+    if let Some(tp) = text(&TRACEPARENT).and_then(parse_traceparent) {
         out.ids = Some((tp.trace_id, tp.parent_id));
         out.from_traceparent = true;
         out.sampled = Some(tp.sampled);
@@ -207,29 +218,29 @@ impl SpanContext {
     /// the style they arrived in. Each value is built on the stack; the header map copies it.
     pub(crate) fn inject(&self, upstream: &mut RequestHeader) -> pingora_error::Result<()> {
         let mut buf = [0u8; 55];
-        upstream.insert_header("traceparent", header_value(self.traceparent(&mut buf)))?;
+        upstream.insert_header(TRACEPARENT, header_value(self.traceparent(&mut buf)))?;
         if self.drop_tracestate {
-            upstream.remove_header("tracestate");
+            upstream.remove_header(&TRACESTATE);
         }
         match self.b3 {
             None => {}
             Some(B3Style::Multi) => {
                 let mut trace = [0u8; 32];
                 let mut span = [0u8; 16];
-                upstream.insert_header("x-b3-traceid", header_value(self.b3_trace_id(&mut trace)))?;
+                upstream.insert_header(X_B3_TRACEID, header_value(self.b3_trace_id(&mut trace)))?;
                 write_hex(&mut span, u128::from(self.span_id), 16);
-                upstream.insert_header("x-b3-spanid", header_value(&span))?;
+                upstream.insert_header(X_B3_SPANID, header_value(&span))?;
                 match self.parent_id {
                     Some(parent) => {
                         write_hex(&mut span, u128::from(parent), 16);
-                        upstream.insert_header("x-b3-parentspanid", header_value(&span))?;
+                        upstream.insert_header(X_B3_PARENTSPANID, header_value(&span))?;
                     }
                     None => {
-                        upstream.remove_header("x-b3-parentspanid");
+                        upstream.remove_header(&X_B3_PARENTSPANID);
                     }
                 }
                 // Debug implies sampled; x-b3-flags stays as it came.
-                upstream.insert_header("x-b3-sampled", if self.sampled { "1" } else { "0" })?;
+                upstream.insert_header(X_B3_SAMPLED, if self.sampled { "1" } else { "0" })?;
             }
             Some(B3Style::Single) => {
                 // trace(≤32) - span(16) - sampling(1) - parent(16)
@@ -250,7 +261,7 @@ impl SpanContext {
                     write_hex(&mut buf[len + 1..], u128::from(parent), 16);
                     len += 17;
                 }
-                upstream.insert_header("b3", header_value(&buf[..len]))?;
+                upstream.insert_header(B3, header_value(&buf[..len]))?;
             }
         }
         Ok(())
