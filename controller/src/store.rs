@@ -230,10 +230,9 @@ pub(crate) fn duplicate_warning(previous: &Origin, origin: &Origin, reference: O
 impl Store {
     /// Inserts or replaces an object. A second definition of the same kind/namespace/name in
     /// one load replaces the first with a warning, as a later `kubectl apply` would.
-    pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        debug_assert_eq!(kind, object.kind());
+    pub fn insert(&mut self, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
         let seq = self.take_seq();
-        if let Some((previous, origin, reference)) = kind.ops().insert(self, meta, origin, seq, &object) {
+        if let Some((previous, origin, reference)) = object.kind().ops().insert(self, meta, origin, seq, &object) {
             self.diagnostics.push(duplicate_warning(&previous, &origin, reference));
         }
     }

@@ -37,8 +37,7 @@ impl Sink for Vec<Decoded> {
         self.push(Decoded::Diagnostic(Box::new(diagnostic)));
     }
 
-    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        debug_assert_eq!(kind, object.kind());
+    fn object(&mut self, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
         self.push(Decoded::Object { meta, document: origin.document, object });
     }
 }
@@ -129,7 +128,7 @@ pub(crate) fn replay(decoded: &[Decoded], file: Option<&Arc<Path>>, store: &mut 
             Decoded::Diagnostic(d) => store.diagnostic((**d).clone()),
             Decoded::Object { meta, document, object } => {
                 let origin = Origin { file: file.cloned(), document: *document };
-                store.object(object.kind(), meta.clone(), origin, object.clone())
+                store.object(meta.clone(), origin, object.clone())
             }
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 /// again (`source::cache`, whose replay feeds the same trait).
 pub trait Sink {
     fn diagnostic(&mut self, diagnostic: Diagnostic);
-    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object);
+    fn object(&mut self, meta: Arc<ObjectMeta>, origin: Origin, object: Object);
 }
 
 impl Sink for Store {
@@ -20,8 +20,8 @@ impl Sink for Store {
         self.diagnostics.push(diagnostic);
     }
 
-    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        self.insert(kind, meta, origin, object);
+    fn object(&mut self, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
+        self.insert(meta, origin, object);
     }
 }
 
@@ -30,8 +30,8 @@ impl Sink for StoreBuilder {
         self.push_diagnostic(diagnostic);
     }
 
-    fn object(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        self.insert(kind, meta, origin, object);
+    fn object(&mut self, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
+        self.insert(meta, origin, object);
     }
 }
 
@@ -97,7 +97,7 @@ fn add_value(store: &mut impl Sink, value: Value, origin: &Origin, prefix: &str)
         store.diagnostic(p.at(origin, Some(reference.clone())));
     }
     if let Some(object) = object {
-        store.object(kind, Arc::new(meta), origin.clone(), object);
+        store.object(Arc::new(meta), origin.clone(), object);
     }
 }
 

@@ -81,7 +81,7 @@ impl<K: KindSpec> PendingObjects for Pending<K> {
         seq: u64,
         object: Object,
     ) -> Option<(Origin, Origin, ObjectRef)> {
-        let spec = K::unwrap(&object).unwrap_or_else(|| panic!("a {} object given as {}", object.kind(), K::KIND));
+        let spec = K::spec_of(&object);
         let key = MetaKey::new(&meta);
         let resource = Resource { meta, origin, seq, spec: Arc::clone(spec) };
         self.put(key, resource).map(|(previous, now)| (previous, now.origin.clone(), now.reference(K::KIND)))
@@ -113,11 +113,11 @@ impl StoreBuilder {
         self.store.diagnostics.push(diagnostic);
     }
 
-    pub fn insert(&mut self, kind: Kind, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
-        debug_assert_eq!(kind, object.kind());
+    pub fn insert(&mut self, meta: Arc<ObjectMeta>, origin: Origin, object: Object) {
         let seq = self.store.take_seq();
         // `Kind::ALL` lists the kinds in declaration order, so a kind's number is its place.
-        if let Some((previous, origin, reference)) = self.pending[kind as usize].put(meta, origin, seq, object) {
+        if let Some((previous, origin, reference)) = self.pending[object.kind() as usize].put(meta, origin, seq, object)
+        {
             self.store.diagnostics.push(super::duplicate_warning(&previous, &origin, reference));
         }
     }

@@ -70,6 +70,11 @@ pub trait KindSpec: 'static {
     /// The object as the store's decoded form, and back (the variant of [`Object`]).
     fn wrap(spec: Arc<Self::Spec>) -> Object;
     fn unwrap(object: &Object) -> Option<&Arc<Self::Spec>>;
+
+    /// The spec of an object known to be of this kind (the store dispatched on its kind).
+    fn spec_of(object: &Object) -> &Arc<Self::Spec> {
+        Self::unwrap(object).unwrap_or_else(|| panic!("a {} object given as {}", object.kind(), Self::KIND))
+    }
 }
 
 /// Generates [`Kind`], [`Object`] and the dispatch from a kind to its [`KindOps`] from one list.
@@ -316,10 +321,6 @@ pub(crate) struct Ops<K>(std::marker::PhantomData<fn() -> K>);
 
 impl<K: KindSpec> Ops<K> {
     const NEW: Self = Ops(std::marker::PhantomData);
-
-    fn spec(object: &Object) -> &Arc<K::Spec> {
-        K::unwrap(object).unwrap_or_else(|| panic!("a {} object given to {}'s store", object.kind(), K::KIND))
-    }
 }
 
 impl<K: KindSpec> KindOps for Ops<K> {
@@ -332,7 +333,7 @@ impl<K: KindSpec> KindOps for Ops<K> {
     }
 
     fn same_content(&self, a: &Object, b: &Object) -> bool {
-        Self::spec(a) == Self::spec(b)
+        K::spec_of(a) == K::spec_of(b)
     }
 
     fn len(&self, store: &Store) -> usize {
@@ -348,7 +349,7 @@ impl<K: KindSpec> KindOps for Ops<K> {
         object: &Object,
     ) -> Option<(Origin, Origin, ObjectRef)> {
         let key = MetaKey::new(&meta);
-        let resource = Resource { meta, origin, seq, spec: Arc::clone(Self::spec(object)) };
+        let resource = Resource { meta, origin, seq, spec: Arc::clone(K::spec_of(object)) };
         match Arc::make_mut(K::objects_mut(store)).entry(key) {
             std::collections::btree_map::Entry::Vacant(v) => {
                 v.insert(resource);
@@ -364,7 +365,7 @@ impl<K: KindSpec> KindOps for Ops<K> {
     }
 
     fn update_in_place(&self, store: &mut Store, meta: &Arc<ObjectMeta>, origin: &Origin, object: &Object) {
-        let spec = Self::spec(object);
+        let spec = K::spec_of(object);
         let key = (namespace_of(meta), meta.name.as_str());
         let key = &key as &dyn Key;
         let map = K::objects_mut(store);

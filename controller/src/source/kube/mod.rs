@@ -93,16 +93,12 @@ pub enum Error {
     WatchesEnded,
 }
 
-/// A kind and where the API serves it.
+/// One watch: a kind (its group and plural from [`Kind::api`]) in one namespace or all.
 struct Target {
     kind: Kind,
-    group: &'static str,
     /// Versions to try, in order (more than one only for the Istio fallback).
     versions: Vec<String>,
-    plural: &'static str,
     namespace: Option<String>,
-    /// Whether the revision filter applies (Istio config kinds).
-    istio: bool,
 }
 
 /// Watches the cluster and calls `on_change` with a complete Store after the initial lists and
@@ -152,7 +148,8 @@ where
     for target in targets(&options) {
         health.register(target.kind);
         let stream = cache.add_stream(target.kind);
-        let revision = if target.istio { options.revision.clone() } else { None };
+        // The revision filter applies to Istio's own kinds.
+        let revision = if target.kind.api().istio { options.revision.clone() } else { None };
         tasks.spawn(watch(client.clone(), target, stream, revision, tx.clone(), health.clone()));
     }
     drop(tx);
@@ -228,14 +225,7 @@ fn targets(options: &KubeOptions) -> Vec<Target> {
             Scope::Gateway => &gateway_scope,
         };
         for namespace in namespaces {
-            out.push(Target {
-                kind,
-                group: api.group,
-                versions: versions.clone(),
-                plural: api.plural,
-                namespace: namespace.clone(),
-                istio: api.istio,
-            });
+            out.push(Target { kind, versions: versions.clone(), namespace: namespace.clone() });
         }
     }
     out
@@ -255,8 +245,9 @@ async fn watch(
     let scope = target.namespace.as_deref().unwrap_or("<all>");
     let mut version = 0;
     loop {
-        let gvk = GroupVersionKind::gvk(target.group, &target.versions[version], kind.as_str());
-        let resource = ApiResource::from_gvk_with_plural(&gvk, target.plural);
+        let api = kind.api();
+        let gvk = GroupVersionKind::gvk(api.group, &target.versions[version], kind.as_str());
+        let resource = ApiResource::from_gvk_with_plural(&gvk, api.plural);
         let api: Api<DynamicObject> = match &target.namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
             None => Api::all_with(client.clone(), &resource),
