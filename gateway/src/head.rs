@@ -1,8 +1,15 @@
 //! Readers over the request head, allocation-free where the request path needs it: routing
 //! and telemetry both read the head through these.
 
+use http::HeaderName;
 use pingora_http::RequestHeader;
 use std::borrow::Cow;
+
+// Names the proxy writes and telemetry reads, built once: a `&str` name is parsed (and
+// lower-cased) on every lookup, and copied into a new allocation on every insert.
+/// Envoy's request id header.
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// `Host` (HTTP/1) or the URI authority (HTTP/2).
 pub(crate) fn authority(req: &RequestHeader) -> Option<&str> {

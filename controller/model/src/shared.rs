@@ -53,12 +53,6 @@ impl<T> std::ops::Deref for Shared<T> {
     }
 }
 
-impl<T> From<T> for Shared<T> {
-    fn from(value: T) -> Self {
-        Shared::new(value)
-    }
-}
-
 /// `ptr_eq || eq`: see the type's documentation.
 impl<T: PartialEq> PartialEq for Shared<T> {
     fn eq(&self, other: &Shared<T>) -> bool {

@@ -22,10 +22,11 @@ pub(crate) mod request;
 use crate::balance::Pick;
 use crate::compiled::cluster::ClusterRuntime;
 use crate::compiled::{Current, Route, Runtime};
+use crate::head::{X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::response_flag::ResponseFlag;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::{Exchange, X_REQUEST_ID};
+use crate::telemetry::Exchange;
 use crate::trace::context::SpanContext;
 use crate::trace::Tracer;
 use async_trait::async_trait;
@@ -45,7 +46,6 @@ const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 // Names built once: a `&str` name is parsed (and lower-cased) on every lookup, and copied
 // into a new allocation on every insert of a non-standard header.
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
 // Fixed values built once: a `&str` value is validated and copied on every request.

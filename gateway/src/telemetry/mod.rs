@@ -20,7 +20,7 @@ pub(crate) mod metrics;
 pub(crate) mod timestamp;
 
 use crate::compiled::cluster::ClusterRuntime;
-use crate::head;
+use crate::head::{self, X_FORWARDED_FOR, X_REQUEST_ID};
 use crate::response_flag::ResponseFlag;
 use access_log::{Prepared, RequestId, RouteName};
 use destination::{ClusterTelemetry, DestinationLabels, EndpointTelemetry};
@@ -28,11 +28,6 @@ use http::header::HeaderName;
 use pingora_http::RequestHeader;
 use std::net::SocketAddr;
 use std::time::Duration;
-
-/// x-request-id, Envoy's request id header.
-pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// One finished request (HTTP) or connection (TCP), borrowed from the state that served it.
 pub(crate) struct Exchange<'a> {
@@ -156,7 +151,7 @@ impl<'a> Exchange<'a> {
     }
 
     pub(crate) fn tracestate(&self) -> Option<&'a str> {
-        self.header(&TRACESTATE)
+        self.header(&crate::trace::context::TRACESTATE)
     }
 }
 

@@ -11,7 +11,7 @@ use pingora_http::RequestHeader;
 // Names built once: a `&str` name is parsed (and lower-cased) on every lookup, and a
 // non-standard one copied into a new allocation on every insert.
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+pub(crate) const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 const B3: HeaderName = HeaderName::from_static("b3");
 const X_B3_TRACEID: HeaderName = HeaderName::from_static("x-b3-traceid");
 const X_B3_SPANID: HeaderName = HeaderName::from_static("x-b3-spanid");
