@@ -10,31 +10,60 @@
 //! writes the few standard names in its table in title case (`Host`, `Content-Length`, `Server`,
 //! …) and every other name in lower case (docs/compatibility.md, "Header name case").
 
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use super::request::forwarded_for;
+use crate::head::X_FORWARDED_FOR;
+use http::header::{Entry, HeaderName, HeaderValue};
 use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::net::IpAddr;
 
-/// Sets `headers` on the upstream request, replacing any it already has under those names.
+/// Sets `headers` on the upstream request, replacing any it already has under those names,
+/// and appends `client` to its x-forwarded-for (Envoy's `use_remote_address`). Returns whether
+/// the request came with an x-forwarded-for.
 pub(super) fn insert_request<const N: usize>(
     req: &mut RequestHeader,
+    client: Option<IpAddr>,
     headers: [Option<(HeaderName, HeaderValue)>; N],
-) -> Result<()> {
+) -> Result<bool> {
     if !target_from_uri(req) {
         // An absolute-form or CONNECT target (or one that is not UTF-8) lives beside the URI
         // in the header, and the case-less conversion would drop it: rare, so the slow path.
+        let had = req.headers.contains_key(&X_FORWARDED_FOR);
+        if let Some(ip) = client {
+            let value = forwarded_for(req.headers.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes), ip);
+            req.insert_header(X_FORWARDED_FOR, value)?;
+        }
         for (name, value) in headers.into_iter().flatten() {
             req.insert_header(name, value)?;
         }
-        return Ok(());
+        return Ok(had);
     }
     let end_stream = req.send_end_stream();
     let mut parts = http::request::Parts::from(std::mem::replace(req, empty_request()));
-    insert_all(&mut parts.headers, headers);
+    let map = &mut parts.headers;
+    // Room for all of them at once: one reallocation instead of one per growth step.
+    map.reserve(N + 1);
+    // One lookup for x-forwarded-for's read and write: the entry keeps the slot.
+    let had = match (map.entry(X_FORWARDED_FOR), client) {
+        (Entry::Occupied(mut e), Some(ip)) => {
+            let value = forwarded_for(Some(e.get().as_bytes()), ip);
+            e.insert(value);
+            true
+        }
+        (Entry::Vacant(e), Some(ip)) => {
+            e.insert(forwarded_for(None, ip));
+            false
+        }
+        (e, None) => matches!(e, Entry::Occupied(_)),
+    };
+    for (name, value) in headers.into_iter().flatten() {
+        map.insert(name, value);
+    }
     *req = RequestHeader::from(parts);
     if let Some(end_stream) = end_stream {
         req.set_send_end_stream(end_stream);
     }
-    Ok(())
+    Ok(had)
 }
 
 /// Sets `headers` on the response, replacing any it already has under those names; a reason
@@ -47,19 +76,14 @@ pub(super) fn insert_response<const N: usize>(
     let custom_reason = (reason != resp.status.canonical_reason()).then(|| reason.map(str::to_owned));
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
-    insert_all(&mut parts.headers, headers);
+    parts.headers.reserve(N);
+    for (name, value) in headers.into_iter().flatten() {
+        parts.headers.insert(name, value);
+    }
     *resp = ResponseHeader::from(parts);
     if let Some(reason) = custom_reason {
         // Only fails for a phrase it could not store; it stored this one before.
         let _ = resp.set_reason_phrase(reason.as_deref());
-    }
-}
-
-fn insert_all<const N: usize>(map: &mut HeaderMap, headers: [Option<(HeaderName, HeaderValue)>; N]) {
-    // Room for all of them at once: one reallocation instead of one per growth step.
-    map.reserve(N);
-    for (name, value) in headers.into_iter().flatten() {
-        map.insert(name, value);
     }
 }
 
@@ -98,8 +122,9 @@ mod tests {
         req.append_header("Accept-Encoding", "identity").unwrap();
         req.append_header("X-Custom", "1").unwrap();
         req.append_header("X-Custom", "2").unwrap();
-        insert_request(
+        let had = insert_request(
             &mut req,
+            None,
             [
                 Some((XFP, HeaderValue::from_static("http"))),
                 None,
@@ -107,6 +132,7 @@ mod tests {
             ],
         )
         .unwrap();
+        assert!(!had);
         assert!(!req.has_case());
         assert_eq!(req.raw_path(), b"/a?b=c");
         assert_eq!(req.headers.get_all(&XFP).iter().collect::<Vec<_>>(), ["http"], "replaced, not appended");
@@ -123,9 +149,31 @@ mod tests {
     fn a_target_beside_the_uri_is_kept() {
         let mut req = RequestHeader::build("GET", b"http://example.com/a", None).unwrap();
         let before = req.raw_path().to_vec();
-        insert_request(&mut req, [Some((XFP, HeaderValue::from_static("http")))]).unwrap();
+        insert_request(&mut req, None, [Some((XFP, HeaderValue::from_static("http")))]).unwrap();
         assert_eq!(req.raw_path(), before);
         assert_eq!(req.headers.get(&XFP).unwrap(), "http");
+    }
+
+    #[test]
+    fn the_client_is_appended_to_x_forwarded_for() {
+        let client: IpAddr = "203.0.113.9".parse().unwrap();
+        for target in [&b"/a"[..], b"http://example.com/a"] {
+            let mut req = RequestHeader::build("GET", target, None).unwrap();
+            assert!(!insert_request(&mut req, Some(client), [None]).unwrap());
+            assert_eq!(req.headers.get(&X_FORWARDED_FOR).unwrap(), "203.0.113.9");
+
+            let mut req = RequestHeader::build("GET", target, None).unwrap();
+            req.append_header("X-Forwarded-For", "10.0.0.1").unwrap();
+            req.append_header("X-Forwarded-For", "10.0.0.2").unwrap();
+            assert!(insert_request(&mut req, Some(client), [None]).unwrap());
+            let all: Vec<_> = req.headers.get_all(&X_FORWARDED_FOR).iter().collect();
+            assert_eq!(all, ["10.0.0.1, 203.0.113.9"], "{target:?}: first value extended, one header line");
+
+            let mut req = RequestHeader::build("GET", target, None).unwrap();
+            req.append_header("x-forwarded-for", "10.0.0.1").unwrap();
+            assert!(insert_request(&mut req, None, [None]).unwrap(), "no client address: left alone");
+            assert_eq!(req.headers.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1");
+        }
     }
 
     #[test]
@@ -133,7 +181,7 @@ mod tests {
         let mut req = RequestHeader::build("POST", b"/", None).unwrap();
         req.set_version(http::Version::HTTP_2);
         req.set_send_end_stream(false);
-        insert_request(&mut req, [Some((XFP, HeaderValue::from_static("http")))]).unwrap();
+        insert_request(&mut req, None, [Some((XFP, HeaderValue::from_static("http")))]).unwrap();
         assert_eq!(req.send_end_stream(), Some(false));
     }
 

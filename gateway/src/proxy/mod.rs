@@ -22,7 +22,7 @@ pub(crate) mod request;
 use crate::balance::Pick;
 use crate::compiled::cluster::ClusterRuntime;
 use crate::compiled::{Current, Route, Runtime};
-use crate::head::{X_FORWARDED_FOR, X_REQUEST_ID};
+use crate::head::X_REQUEST_ID;
 use crate::response_flag::ResponseFlag;
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
@@ -192,17 +192,14 @@ impl ProxyHttp for MeshProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        let forwarded_for = session.client_addr().and_then(|a| a.as_inet()).map(|a| {
-            let existing = upstream.headers.get(&X_FORWARDED_FOR);
-            ctx.no_forwarded_for = existing.is_none();
-            (X_FORWARDED_FOR, request::forwarded_for(existing.map(|v| v.as_bytes()), a.ip()))
-        });
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let proto = (X_FORWARDED_PROTO, if self.tls_server.is_some() { HTTPS } else { HTTP });
         let id = match &ctx.generated_id {
             Some(id) => Some((X_REQUEST_ID, HeaderValue::from_bytes(id).map_err(invalid_header)?)),
             None => None,
         };
-        headers::insert_request(upstream, [forwarded_for, Some(proto), id])?;
+        let had_forwarded_for = headers::insert_request(upstream, client, [Some(proto), id])?;
+        ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
         }
