@@ -80,7 +80,9 @@ pub struct RunArgs {
     /// (logged as an error at every reload).
     #[arg(long, value_enum, default_value_t = UnenforcedPolicy::Deny)]
     pub unenforced_policy: UnenforcedPolicy,
-    /// Worker threads (default: one per CPU).
+    /// Data-plane worker threads, each a single-threaded runtime with its own listening
+    /// sockets and upstream pools (default: one per CPU the process may use, within its
+    /// cgroup CPU limit).
     #[arg(long)]
     pub threads: Option<usize>,
     /// `source_workload` label of the metrics (Istio names the ingress gateway this way).

@@ -23,3 +23,4 @@ pub mod server;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub(crate) mod trace;
+pub(crate) mod workers;

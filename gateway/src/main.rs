@@ -82,26 +82,16 @@ fn main() -> Result<()> {
             std::process::exit(2);
         }
         None => {
-            // One thread: a current-thread runtime, which polls tasks where they are woken
-            // instead of going through the work-stealing queues and worker wake-ups of the
-            // multi-thread scheduler (~500 instructions per proxied request, for nothing when
-            // there is no other worker to steal from).
+            // The control runtime: config source, snapshot swaps and the admin ports. The data
+            // plane runs on worker threads of its own (`workers.rs`), so one thread is enough
+            // here and keeps config work off the workers.
             let config = cli.run.config();
-            let mut builder = match config.threads {
-                Some(n) if n <= 1 => tokio::runtime::Builder::new_current_thread(),
-                Some(n) => {
-                    let mut builder = tokio::runtime::Builder::new_multi_thread();
-                    builder.worker_threads(n);
-                    builder
-                }
-                None => tokio::runtime::Builder::new_multi_thread(),
-            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             // Pingora times upstream reads (a route `timeout`) with its own timer wheel: one
             // global B-tree of 10 ms slots under a lock, a clock thread, and two clock reads
             // per armed read. Timeouts of a second or more go to tokio's timer instead, which
             // each worker arms and disarms on its own (docs/benchmarks.md, "Features are free?").
             pingora_timeout::fast_timeout::set_fast_timeout_to_tokio_threshold(Some(std::time::Duration::ZERO));
-            let rt = builder.enable_all().thread_name("meshgate-worker").build()?;
             rt.block_on(gateway::server::run(config))?;
             // Do not wait for lingering connections past the drain deadline.
             rt.shutdown_timeout(std::time::Duration::from_millis(100));

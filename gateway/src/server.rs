@@ -12,6 +12,7 @@ use crate::proxy::{MeshProxy, Shared};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{Metrics, SourceIdentity};
 use crate::trace::{TraceIdentity, Tracer};
+use crate::workers::{self, WorkerRef, Workers};
 use anyhow::{Context, Result};
 use meshgate_model::snapshot::{Protocol, Snapshot};
 use pingora_core::apps::HttpServerOptions;
@@ -25,25 +26,40 @@ use tokio::sync::watch;
 
 type Proxy = HttpProxy<MeshProxy>;
 
-/// What runs on one port: the accept loop and the handler for the listener's protocol.
+/// What runs on one port: each worker's accept loop and handler for the listener's protocol.
 struct Running {
     acceptor: Acceptor,
     protocol: Protocol,
-    tls: Option<Arc<TlsHandler>>,
+    /// The workers' TLS handlers (HTTPS ports), re-synced when certificates change.
+    tls: Vec<Arc<TlsHandler>>,
 }
 
-/// The data-plane listeners: one accept loop per Gateway port, with a handler that follows
-/// the port's protocol (HTTP proxy, TLS by SNI, TCP).
+/// The data-plane listeners: per Gateway port, one accept loop on every worker, with a
+/// handler that follows the port's protocol (HTTP proxy, TLS by SNI, TCP).
 struct DataPlane {
     config: Arc<Config>,
     conf: Arc<ServerConf>,
     shared: Arc<Shared>,
     shutdown: watch::Receiver<bool>,
     connections: Connections,
+    workers: Vec<WorkerRef>,
     running: BTreeMap<u16, Running>,
 }
 
 impl DataPlane {
+    /// One handler per worker: each worker gets its own Pingora proxies, and so its own
+    /// upstream connection pools, which no other thread touches.
+    fn handlers(&self, port: u16, protocol: Protocol) -> (Vec<Arc<dyn ConnectionHandler>>, Vec<Arc<TlsHandler>>) {
+        let mut handlers = Vec::with_capacity(self.workers.len());
+        let mut tls = Vec::new();
+        for _ in &self.workers {
+            let (handler, worker_tls) = self.handler(port, protocol);
+            handlers.push(handler);
+            tls.extend(worker_tls);
+        }
+        (handlers, tls)
+    }
+
     fn handler(&self, port: u16, protocol: Protocol) -> (Arc<dyn ConnectionHandler>, Option<Arc<TlsHandler>>) {
         match protocol {
             Protocol::Http => {
@@ -83,24 +99,25 @@ impl DataPlane {
         for (&port, &protocol) in &wanted {
             if let Some(r) = self.running.get_mut(&port) {
                 if r.protocol == protocol {
-                    if let Some(tls) = &r.tls {
+                    for tls in &r.tls {
                         tls.sync();
                     }
                     continue;
                 }
             }
-            let (handler, tls) = self.handler(port, protocol);
+            let (handlers, tls) = self.handlers(port, protocol);
             if let Some(r) = self.running.get_mut(&port) {
                 tracing::info!(port, ?protocol, "listener protocol changed");
-                r.acceptor.set_handler(handler);
+                r.acceptor.set_handlers(handlers);
                 r.protocol = protocol;
                 r.tls = tls;
                 continue;
             }
             let addr = self.config.listen_addr(port);
-            match listeners::start(addr, handler, self.shutdown.clone(), self.connections.clone()) {
+            let (shutdown, connections) = (self.shutdown.clone(), self.connections.clone());
+            match listeners::start_on_workers(addr, &self.workers, handlers, shutdown, connections) {
                 Ok(acceptor) => {
-                    tracing::info!(port, ?protocol, addr = %acceptor.addr, "listener open");
+                    tracing::info!(port, ?protocol, addr = %acceptor.addr, workers = self.workers.len(), "listener open");
                     self.running.insert(port, Running { acceptor, protocol, tls });
                 }
                 // A port we cannot bind must not take the others down; it is retried every
@@ -115,9 +132,11 @@ impl DataPlane {
     /// Stops accepting everywhere and tells idle keep-alive connections to close.
     async fn stop_accepting(&mut self) {
         for (_, r) in std::mem::take(&mut self.running) {
-            let handler = r.acceptor.handler();
+            let handlers = r.acceptor.handlers();
             r.acceptor.stop();
-            handler.cleanup().await;
+            for handler in handlers {
+                handler.cleanup().await;
+            }
         }
     }
 }
@@ -176,12 +195,16 @@ pub async fn run(config: Config) -> Result<()> {
     // Pingora's max_retries counts attempts (1 = no retry). Retries come from VirtualService
     // policy, not from a blanket count.
     let conf = ServerConf { max_retries: 1, ..Default::default() };
+    let workers = Workers::start(config.threads.unwrap_or_else(workers::default_count), &metrics.worker_connections)
+        .context("starting worker threads")?;
+    tracing::info!(workers = workers.len(), "data-plane workers started");
     let mut data = DataPlane {
         config: config.clone(),
         conf: Arc::new(conf),
         shared,
         shutdown: shutdown_rx.clone(),
         connections: connections.clone(),
+        workers: workers.refs(),
         running: BTreeMap::new(),
     };
 
@@ -239,6 +262,8 @@ pub async fn run(config: Config) -> Result<()> {
     for s in side {
         s.stop();
     }
+    // Connections still open past the drain deadline end with their worker.
+    let _ = tokio::task::spawn_blocking(move || workers.stop()).await;
     // Access log lines wait in per-thread buffers for the writer's next tick; write them now.
     let access_log = data.shared.access_log.clone();
     let _ = tokio::task::spawn_blocking(move || access_log.flush()).await;

@@ -119,3 +119,62 @@ async fn transparent_huge_pages_are_off_unless_allowed() {
         GatewayProcess::builder().config(cfg.path()).ports(&[80]).env("MIMALLOC_ALLOW_THP", "1").start().await.unwrap();
     assert_eq!(thp_enabled(allowed.pid()).as_deref(), Some("1"));
 }
+
+/// Names of the process's threads, from /proc.
+fn thread_names(pid: u32) -> Vec<String> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    let mut names: Vec<String> = tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[tokio::test]
+async fn every_worker_accepts_and_serves_the_current_config() {
+    let (_up, cfg) = setup().await;
+    let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).arg("--threads").arg("3").start().await.unwrap();
+    let workers: Vec<String> = thread_names(gw.pid()).into_iter().filter(|n| n.starts_with("meshgate-w")).collect();
+    assert_eq!(workers, ["meshgate-w0", "meshgate-w1", "meshgate-w2"]);
+
+    // The kernel hashes each new connection to one worker's socket: with 30 connections, a
+    // worker left without one would mean its socket is not in the port's group (odds of that
+    // by chance: 3 × (2/3)^30, about 1 in 70,000).
+    let at = gw.addr(80);
+    for _ in 0..30 {
+        assert_eq!(get(at, "/").send().await.unwrap().status, StatusCode::OK);
+    }
+    let text = metrics(gw.metrics_addr()).await.unwrap();
+    for w in ["0", "1", "2"] {
+        let n = metric_value(&text, "meshgate_worker_connections_total", &[("worker", w)]).unwrap_or(0.0);
+        assert!(n >= 1.0, "worker {w} accepted no connection:\n{text}");
+    }
+    assert_eq!(metric_sum(&text, "meshgate_worker_connections_total", &[]), 30.0);
+
+    // A swap reaches every worker: no new connection, whichever worker takes it, sees the old route.
+    cfg.write(
+        "vs.yaml",
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {name: app, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: ["istio-system/gw"]
+  http:
+  - route: [{destination: {host: app}}]
+    match: [{uri: {prefix: /v2}}]
+"#,
+    )
+    .unwrap();
+    let _ = assert_eventually!(
+        Duration::from_secs(10),
+        get(at, "/").send().await.map(|r| r.status),
+        |s| matches!(s, Ok(s) if *s == StatusCode::NOT_FOUND),
+        "the new config (no route for /) is served"
+    );
+    for _ in 0..30 {
+        assert_eq!(get(at, "/").send().await.unwrap().status, StatusCode::NOT_FOUND, "a worker kept the old config");
+        assert_eq!(get(at, "/v2").send().await.unwrap().status, StatusCode::OK);
+    }
+}

@@ -149,6 +149,8 @@ pub(crate) struct Metrics {
     pub(crate) downstream_active: IntGauge,
     pub(crate) downstream_total: IntCounter,
     pub(crate) listeners: IntGauge,
+    /// Downstream connections each worker accepted: how evenly the kernel spreads them.
+    pub(crate) worker_connections: IntCounterVec,
     pub(crate) access_log_dropped: IntCounter,
     tcp_sent: IntCounterVec,
     tcp_received: IntCounterVec,
@@ -206,6 +208,11 @@ impl Metrics {
                 .expect("static metric definition");
         let listeners =
             IntGauge::new("meshgate_listeners", "Listening data-plane ports").expect("static metric definition");
+        let worker_connections = IntCounterVec::new(
+            Opts::new("meshgate_worker_connections_total", "Downstream connections accepted, by worker thread"),
+            &["worker"],
+        )
+        .expect("static metric definition");
         let tcp = |name: &str, help: &str| {
             IntCounterVec::new(Opts::new(name, help), &label_names(&TCP_LABELS)).expect("static metric definition")
         };
@@ -250,6 +257,7 @@ impl Metrics {
             Box::new(downstream_active.clone()),
             Box::new(downstream_total.clone()),
             Box::new(listeners.clone()),
+            Box::new(worker_connections.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(tcp_sent.clone()),
             Box::new(tcp_received.clone()),
@@ -277,6 +285,7 @@ impl Metrics {
             downstream_active,
             downstream_total,
             listeners,
+            worker_connections,
             access_log_dropped,
             tcp_sent,
             tcp_received,
