@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Parser, Debug)]
 #[command(name = "gateway", version, about = "meshgate: an istio-ingressgateway replacement on Pingora")]
@@ -90,6 +91,42 @@ pub struct RunArgs {
     pub workload_name: String,
     #[command(flatten)]
     pub tracing: TraceArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// What the data-plane listeners allow a client (docs/configuration.md, "Edge limits").
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Downstream connections open at once on the data ports; past it, accepting pauses until
+    /// one closes. Default: half the descriptor limit (raised to its hard limit at start)
+    /// after a reserve, since each proxied request also holds an upstream connection.
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a whole request head, from its first byte (from accept for
+    /// a connection's first request); past it, 408 and the connection closes.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub request_header_timeout: Duration,
+    /// Time a keep-alive connection may wait for its next request before it is closed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time a request body may go without a byte arriving; past it, 408.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers) in KiB, as Envoy's
+    /// `max_request_headers_kb`; past it, 431 and the connection closes.
+    #[arg(long, value_name = "KIB", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_request_headers_kb: u32,
+}
+
+/// A duration as Istio writes them (`10s`, `500ms`, `2m`); zero is refused (a timeout of
+/// nothing would close every connection).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    match meshgate_model::duration::parse_duration_ms(s) {
+        Some(0) => Err(format!("{s:?}: must be more than zero")),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Err(format!("{s:?} is not a duration like 10s, 500ms or 2m")),
+    }
 }
 
 /// Distributed tracing (docs/configuration.md#tracing). Off unless `--otlp-endpoint` is set.
@@ -150,6 +187,13 @@ impl RunArgs {
                 otlp_endpoint: self.tracing.otlp_endpoint,
                 sampling_percent: self.tracing.trace_sampling,
             },
+            limits: config::Limits {
+                max_connections: self.limits.max_connections,
+                request_header_timeout: self.limits.request_header_timeout,
+                idle_timeout: self.limits.idle_timeout,
+                body_read_timeout: self.limits.body_read_timeout,
+                max_request_header_bytes: self.limits.max_request_headers_kb as usize * 1024,
+            },
         }
     }
 }
@@ -185,6 +229,35 @@ mod tests {
         let cli = Cli::parse_from(["gateway", "--controller", "c:15010", "--name", "gw-1"]);
         let Source::Controller { url, replica, .. } = cli.run.config().source else { panic!("a controller source") };
         assert_eq!((url.as_str(), replica.as_str()), ("c:15010", "gw-1"));
+    }
+
+    #[test]
+    fn edge_limits() {
+        let limits = Cli::parse_from(["gateway", "--config", "x"]).run.config().limits;
+        assert_eq!(limits.request_header_timeout, Duration::from_secs(10));
+        assert_eq!(limits.max_request_header_bytes, 60 * 1024);
+        assert_eq!(limits.max_connections, None);
+        let cli = Cli::parse_from([
+            "gateway",
+            "--config",
+            "x",
+            "--request-header-timeout",
+            "500ms",
+            "--idle-timeout",
+            "2m",
+            "--max-request-headers-kb",
+            "8",
+            "--max-connections",
+            "100",
+        ]);
+        let limits = cli.run.config().limits;
+        assert_eq!(limits.request_header_timeout, Duration::from_millis(500));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(120));
+        assert_eq!(limits.max_request_header_bytes, 8 * 1024);
+        assert_eq!(limits.max_connections, Some(100));
+        for bad in [["--idle-timeout", "0s"], ["--request-header-timeout", "10"], ["--max-request-headers-kb", "0"]] {
+            assert!(Cli::try_parse_from(["gateway", "--config", "x", bad[0], bad[1]]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -26,6 +26,37 @@ pub struct Config {
     /// Worker threads; `None` is one per CPU.
     pub threads: Option<usize>,
     pub tracing: Tracing,
+    pub limits: Limits,
+}
+
+/// What the data-plane listeners allow a client: connections, time and header size
+/// (docs/configuration.md, "Edge limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Downstream connections open at once on the data ports; `None` derives it from the
+    /// descriptor limit.
+    pub max_connections: Option<usize>,
+    /// How long a request head may take, from its first byte (from accept for a connection's
+    /// first request) to its last.
+    pub request_header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
+    /// How long a request body may go without a byte arriving.
+    pub body_read_timeout: Duration,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_request_header_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: None,
+            request_header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(60),
+            max_request_header_bytes: 60 * 1024,
+        }
+    }
 }
 
 /// Who this gateway is: which Gateways select it and how its metrics and spans name it.

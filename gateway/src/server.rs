@@ -165,7 +165,14 @@ pub async fn run(config: Config) -> Result<()> {
     let draining = Arc::new(AtomicBool::new(false));
     let serving = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let connections = Connections::new(metrics.downstream_active.clone(), metrics.downstream_total.clone());
+    let limit = connection_limit(&config.limits);
+    metrics.connection_limit.set(limit as i64);
+    let connections = Connections::new(
+        metrics.downstream_active.clone(),
+        metrics.downstream_total.clone(),
+        limit,
+        Some(metrics.overload.clone()),
+    );
 
     // Status, metrics and admin servers come up first so probes answer (503) while loading.
     let mut side = Vec::new();
@@ -179,9 +186,13 @@ pub async fn run(config: Config) -> Result<()> {
             serving: serving.clone(),
             draining: draining.clone(),
         });
+        // Not limited: the descriptors the data ports' limit leaves in reserve serve these, so
+        // probes and scrapes answer while the data ports are full.
         let side_conns = Connections::new(
             prometheus::IntGauge::new("side_active", "-")?,
             prometheus::IntCounter::new("side_total", "-")?,
+            usize::MAX,
+            None,
         );
         let acceptor = listeners::start(addr, Arc::new(AppHandler(app)), shutdown_rx.clone(), side_conns)
             .with_context(|| format!("listening on {addr} for {role:?}"))?;
@@ -272,4 +283,28 @@ pub async fn run(config: Config) -> Result<()> {
         let _ = tokio::task::spawn_blocking(move || tracer.flush(Duration::from_secs(2))).await;
     }
     Ok(())
+}
+
+/// Descriptors kept out of the data ports' connection limit: the admin ports, config files,
+/// the controller or API server, log files and pooled upstream connections.
+const DESCRIPTOR_RESERVE: u64 = 256;
+
+/// The data ports' connection limit: `--max-connections`, else half of what the descriptor
+/// limit leaves after the reserve (256, or a quarter of a smaller limit) (a proxied request holds an upstream connection too). The
+/// soft descriptor limit is raised to the hard one first, as Go's runtime and Envoy's
+/// deployments do: the soft limit of 1024 most shells start with would otherwise cap the
+/// gateway at a few hundred clients.
+fn connection_limit(limits: &crate::config::Limits) -> usize {
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the descriptor limit; assuming 1024");
+            1024
+        }
+    };
+    let reserve = DESCRIPTOR_RESERVE.min(nofile / 4);
+    let derived = (nofile.saturating_sub(reserve) / 2).max(1);
+    let limit = limits.max_connections.unwrap_or(usize::try_from(derived).unwrap_or(usize::MAX));
+    tracing::info!(descriptors = nofile, max_connections = limit, "downstream connection limit");
+    limit
 }

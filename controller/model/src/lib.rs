@@ -11,6 +11,7 @@ pub mod admin;
 pub mod by_name;
 pub mod diagnostics;
 pub mod distribution;
+pub mod duration;
 pub mod host;
 pub mod labels;
 pub mod memory;

@@ -111,26 +111,7 @@ pub fn load_balancer(lb: &LoadBalancerSettings, field: &str, problems: &mut Vec<
     }
 }
 
-/// Protobuf duration text as Istio accepts it: `1s`, `0.5s`, `100ms`, `1m`, `1h`.
-pub fn parse_duration_ms(text: &str) -> Option<u64> {
-    let text = text.trim();
-    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = text.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = text.strip_suffix('m') {
-        (n, 60_000.0)
-    } else if let Some(n) = text.strip_suffix('h') {
-        (n, 3_600_000.0)
-    } else {
-        return None;
-    };
-    let value: f64 = number.parse().ok()?;
-    if !value.is_finite() || value < 0.0 {
-        return None;
-    }
-    Some((value * unit_ms).round() as u64)
-}
+pub use meshgate_model::duration::parse_duration_ms;
 
 /// The policy for one cluster: most specific setting wins.
 fn effective_lb(dr: Option<&DestinationRuleSpec>, subset: Option<&str>, port: u16) -> LoadBalancer {

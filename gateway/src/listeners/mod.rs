@@ -5,76 +5,21 @@
 //! (a port moving from HTTP to HTTPS keeps its listening socket).
 
 mod buffered;
+mod connections;
 pub(crate) mod tcp;
 pub(crate) mod tls;
 
 use crate::workers::WorkerRef;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+pub(crate) use connections::{Connections, Overload};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::listener::Listener as L4Listener;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use tokio::sync::{watch, Notify};
-
-/// Counts open downstream connections so shutdown can wait for them.
-#[derive(Clone)]
-pub(crate) struct Connections {
-    inner: Arc<ConnectionsInner>,
-}
-
-struct ConnectionsInner {
-    open: AtomicUsize,
-    idle: Notify,
-    active_gauge: prometheus::IntGauge,
-    total: prometheus::IntCounter,
-}
-
-/// Decrements the open count on drop, whichever way the connection ends.
-pub(crate) struct ConnectionGuard(Connections);
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        let inner = &self.0.inner;
-        inner.active_gauge.dec();
-        if inner.open.fetch_sub(1, Ordering::AcqRel) == 1 {
-            inner.idle.notify_waiters();
-        }
-    }
-}
-
-impl Connections {
-    pub(crate) fn new(active_gauge: prometheus::IntGauge, total: prometheus::IntCounter) -> Connections {
-        Connections {
-            inner: Arc::new(ConnectionsInner { open: AtomicUsize::new(0), idle: Notify::new(), active_gauge, total }),
-        }
-    }
-
-    fn open(&self) -> ConnectionGuard {
-        self.inner.open.fetch_add(1, Ordering::AcqRel);
-        self.inner.active_gauge.inc();
-        self.inner.total.inc();
-        ConnectionGuard(self.clone())
-    }
-
-    pub(crate) fn count(&self) -> usize {
-        self.inner.open.load(Ordering::Acquire)
-    }
-
-    /// Resolves once no connection is open.
-    pub(crate) async fn wait_idle(&self) {
-        loop {
-            let notified = self.inner.idle.notified();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
+use tokio::sync::watch;
 
 /// What to do with an accepted connection.
 #[async_trait]
@@ -217,30 +162,37 @@ async fn accept_loop(
         }
     };
     loop {
-        tokio::select! {
-            _ = stopped.changed() => break,
-            result = listener.accept() => {
-                let mut stream = match result {
-                    Ok(s) => s,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(?bound, error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay();
-                let guard = connections.open();
-                if let Some(counter) = &accepted {
-                    counter.inc();
-                }
-                let handler = handler.load_full();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    let _guard = guard;
-                    handler.handle(stream, &shutdown).await;
-                });
+        // At the connection limit, wait for a connection to close before accepting: new
+        // clients wait in the kernel's backlog instead of costing a descriptor each.
+        if connections.full() {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                _ = connections.admit() => continue,
             }
         }
+        let result = tokio::select! {
+            _ = stopped.changed() => break,
+            result = listener.accept() => result,
+        };
+        let mut stream = match result {
+            Ok(s) => s,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(?bound, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay();
+        let guard = connections.open();
+        if let Some(counter) = &accepted {
+            counter.inc();
+        }
+        let handler = handler.load_full();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            handler.handle(stream, &shutdown).await;
+        });
     }
 }

@@ -151,6 +151,9 @@ pub(crate) struct Metrics {
     pub(crate) listeners: IntGauge,
     /// Downstream connections each worker accepted: how evenly the kernel spreads them.
     pub(crate) worker_connections: IntCounterVec,
+    /// The data ports' connection limit, whether accepting is paused at it, and how often.
+    pub(crate) connection_limit: IntGauge,
+    pub(crate) overload: crate::listeners::Overload,
     pub(crate) access_log_dropped: IntCounter,
     tcp_sent: IntCounterVec,
     tcp_received: IntCounterVec,
@@ -213,6 +216,23 @@ impl Metrics {
             &["worker"],
         )
         .expect("static metric definition");
+        let connection_limit = IntGauge::new(
+            "meshgate_downstream_connections_limit",
+            "Downstream connections the data ports keep open at once",
+        )
+        .expect("static metric definition");
+        let overload = crate::listeners::Overload {
+            active: IntGauge::new(
+                "meshgate_downstream_overloaded",
+                "1 while the data ports are at their connection limit and accepting is paused",
+            )
+            .expect("static metric definition"),
+            paused: IntCounter::new(
+                "meshgate_downstream_accept_paused_total",
+                "Times accepting paused at the connection limit",
+            )
+            .expect("static metric definition"),
+        };
         let tcp = |name: &str, help: &str| {
             IntCounterVec::new(Opts::new(name, help), &label_names(&TCP_LABELS)).expect("static metric definition")
         };
@@ -258,6 +278,9 @@ impl Metrics {
             Box::new(downstream_total.clone()),
             Box::new(listeners.clone()),
             Box::new(worker_connections.clone()),
+            Box::new(connection_limit.clone()),
+            Box::new(overload.active.clone()),
+            Box::new(overload.paused.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(tcp_sent.clone()),
             Box::new(tcp_received.clone()),
@@ -286,6 +309,8 @@ impl Metrics {
             downstream_total,
             listeners,
             worker_connections,
+            connection_limit,
+            overload,
             access_log_dropped,
             tcp_sent,
             tcp_received,
