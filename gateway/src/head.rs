@@ -20,11 +20,6 @@ pub(crate) fn authority(req: &RequestHeader) -> Option<&str> {
 }
 
 /// Host without `:port` (IPv6 literals keep their brackets), as Istio gateways match it.
-pub(crate) fn host_without_port(req: &RequestHeader) -> &str {
-    let host = authority(req).unwrap_or("");
-    strip_port(host)
-}
-
 pub(crate) fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.find(']').map_or(host, |i| &host[..=i]);

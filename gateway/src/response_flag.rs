@@ -22,6 +22,8 @@ pub(crate) enum ResponseFlag {
     UpstreamConnectionTermination,
     /// `DC`: the downstream connection ended.
     DownstreamConnectionTermination,
+    /// Envoy's `DPE`: the request was malformed (no Host, a bad target, a head too large).
+    DownstreamProtocolError,
     /// `RBAC`: denied because a security policy meshgate cannot enforce selects the gateway
     /// (meshgate's own flag; Envoy's RBAC filter sets none).
     UnenforcedPolicy,
@@ -38,6 +40,7 @@ impl ResponseFlag {
             ResponseFlag::UpstreamRequestTimeout => "UT",
             ResponseFlag::UpstreamConnectionTermination => "UC",
             ResponseFlag::DownstreamConnectionTermination => "DC",
+            ResponseFlag::DownstreamProtocolError => "DPE",
             ResponseFlag::UnenforcedPolicy => "RBAC",
         }
     }

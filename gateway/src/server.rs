@@ -7,7 +7,8 @@ use crate::config::Config;
 use crate::config_source;
 use crate::listeners::tcp::TcpHandler;
 use crate::listeners::tls::TlsHandler;
-use crate::listeners::{self, Acceptor, AppHandler, ConnectionHandler, Connections};
+use crate::listeners::http::{server_options, Edge, HttpHandler};
+use crate::listeners::{self, Acceptor, AppHandler, ConnectionHandler, Connections, HeadLimits};
 use crate::proxy::{MeshProxy, Shared};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::{Metrics, SourceIdentity};
@@ -15,7 +16,6 @@ use crate::trace::{TraceIdentity, Tracer};
 use crate::workers::{self, WorkerRef, Workers};
 use anyhow::{Context, Result};
 use meshgate_model::snapshot::{Protocol, Snapshot};
-use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use pingora_proxy::HttpProxy;
 use std::collections::BTreeMap;
@@ -43,8 +43,10 @@ struct DataPlane {
     shutdown: watch::Receiver<bool>,
     connections: Connections,
     workers: Vec<WorkerRef>,
+    edge: Edge,
     running: BTreeMap<u16, Running>,
 }
+
 
 impl DataPlane {
     /// One handler per worker: each worker gets its own Pingora proxies, and so its own
@@ -69,14 +71,15 @@ impl DataPlane {
                 );
                 // Envoy's codec is AUTO on gateways: HTTP/2 with prior knowledge works on
                 // plain ports too (h2c, for gRPC without TLS).
-                let mut options = HttpServerOptions::default();
+                let mut options = server_options(&self.edge);
                 options.h2c = true;
                 proxy.server_options = Some(options);
                 let proxy: Arc<Proxy> = Arc::new(proxy);
-                (Arc::new(AppHandler(proxy)), None)
+                (Arc::new(HttpHandler { proxy, edge: self.edge.clone() }), None)
             }
             Protocol::Https => {
-                let tls = Arc::new(TlsHandler::new(port, self.shared.clone(), self.conf.clone()));
+                let tls =
+                    Arc::new(TlsHandler::new(port, self.shared.clone(), self.conf.clone(), self.edge.clone()));
                 tls.sync();
                 (tls.clone(), Some(tls))
             }
@@ -160,8 +163,13 @@ pub async fn run(config: Config) -> Result<()> {
     )
     .context("starting tracing")?
     .map(Arc::new);
-    let shared =
-        Arc::new(Shared { current: current.clone(), metrics: metrics.clone(), access_log, tracer: tracer.clone() });
+    let shared = Arc::new(Shared {
+        current: current.clone(),
+        metrics: metrics.clone(),
+        access_log,
+        tracer: tracer.clone(),
+        max_request_header_bytes: config.limits.max_request_header_bytes,
+    });
     let draining = Arc::new(AtomicBool::new(false));
     let serving = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -216,6 +224,15 @@ pub async fn run(config: Config) -> Result<()> {
         shutdown: shutdown_rx.clone(),
         connections: connections.clone(),
         workers: workers.refs(),
+        edge: Edge {
+            head: HeadLimits {
+                header_timeout: config.limits.request_header_timeout,
+                idle_timeout: config.limits.idle_timeout,
+                max_head_bytes: config.limits.max_request_header_bytes,
+            },
+            counters: metrics.guard.clone(),
+            body_read_timeout: config.limits.body_read_timeout,
+        },
         running: BTreeMap::new(),
     };
 

@@ -190,6 +190,29 @@ impl GetSocketDigest for Buffered {
     }
 }
 
+impl Buffered {
+    /// Whether the stream starts with `prefix`, reading only as far as it takes to tell: the
+    /// first byte that differs decides, so a short HTTP/1 request is not held waiting for as
+    /// many bytes as an HTTP/2 preface has. What was read stays for the reads that follow.
+    /// An end of stream before it is decided is `UnexpectedEof`.
+    pub(super) async fn starts_with(&mut self, prefix: &[u8]) -> io::Result<bool> {
+        loop {
+            let have = &self.ahead[self.taken..];
+            let n = have.len().min(prefix.len());
+            if have[..n] != prefix[..n] {
+                return Ok(false);
+            }
+            if n == prefix.len() {
+                return Ok(true);
+            }
+            self.ahead.reserve(READ_AHEAD);
+            if self.inner.get_mut().read_buf(&mut self.ahead).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Peek for Buffered {
     /// Fills `buf` from the start of what reads will return, waiting for that much as
@@ -218,6 +241,24 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         (Buffered::new(L4Stream::from(server)), client)
+    }
+
+    #[tokio::test]
+    async fn a_prefix_is_decided_by_the_first_byte_that_differs() {
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        // 18 bytes, fewer than the preface's 24: decided without waiting for more.
+        assert!(!server.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap());
+        let mut got = [0u8; 18];
+        server.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"GET / HTTP/1.0\r\n\r\n", "the bytes read to decide are read again");
+
+        let (mut server, mut client) = pair().await;
+        client.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let decide = tokio::spawn(async move { server.starts_with(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await });
+        tokio::task::yield_now().await;
+        client.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+        assert!(decide.await.unwrap().unwrap(), "the whole preface, in two segments");
     }
 
     #[tokio::test]

@@ -6,6 +6,8 @@
 
 mod buffered;
 mod connections;
+mod guard;
+pub(crate) mod http;
 pub(crate) mod tcp;
 pub(crate) mod tls;
 
@@ -13,6 +15,7 @@ use crate::workers::WorkerRef;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 pub(crate) use connections::{Connections, Overload};
+pub(crate) use guard::{GuardCounters, HeadLimits};
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::listener::Listener as L4Listener;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;

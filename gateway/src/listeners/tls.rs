@@ -8,14 +8,15 @@
 //! ```
 
 use super::buffered::Buffered;
+use super::http::{serve_tls, server_options, Edge};
 use super::tcp::peer_addr;
 use super::ConnectionHandler;
 use crate::l4::client_hello::read_client_hello;
 use crate::l4::forward::{forward, ConnectionInfo};
 use crate::proxy::{MeshProxy, Shared};
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
+use async_trait::async_trait;
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::tls::TlsStream;
@@ -25,10 +26,6 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-
-/// A client gets this long to send its ClientHello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(crate) type Proxy = HttpProxy<MeshProxy>;
 
@@ -36,14 +33,15 @@ pub(crate) struct TlsHandler {
     pub(crate) port: u16,
     pub(crate) shared: Arc<Shared>,
     conf: Arc<ServerConf>,
+    edge: Edge,
     /// One pingora proxy per terminating HTTP server (keyed by server name), so a request
     /// knows which certificate its connection got (for 421). Rebuilt on sync, never locked.
     proxies: ArcSwap<HashMap<String, Arc<Proxy>>>,
 }
 
 impl TlsHandler {
-    pub(crate) fn new(port: u16, shared: Arc<Shared>, conf: Arc<ServerConf>) -> TlsHandler {
-        TlsHandler { port, shared, conf, proxies: ArcSwap::from_pointee(HashMap::new()) }
+    pub(crate) fn new(port: u16, shared: Arc<Shared>, conf: Arc<ServerConf>, edge: Edge) -> TlsHandler {
+        TlsHandler { port, shared, conf, edge, proxies: ArcSwap::from_pointee(HashMap::new()) }
     }
 
     /// Makes sure every HTTP server of the listener has a proxy; keeps existing ones (and
@@ -57,7 +55,9 @@ impl TlsHandler {
             let name = server.def.server.clone();
             let proxy = old.get(&name).cloned().unwrap_or_else(|| {
                 let app = MeshProxy { port: self.port, shared: self.shared.clone(), tls_server: Some(name.clone()) };
-                Arc::new(pingora_proxy::http_proxy(&self.conf, app))
+                let mut proxy = pingora_proxy::http_proxy(&self.conf, app);
+                proxy.server_options = Some(server_options(&self.edge));
+                Arc::new(proxy)
             });
             next.insert(name, proxy);
         }
@@ -71,9 +71,16 @@ impl TlsHandler {
         stream: S,
         sni: Option<&str>,
     ) -> Option<TlsStream<S>> {
-        match acceptor.tls_handshake(stream).await {
-            Ok(tls) => Some(tls),
-            Err(e) => {
+        // The handshake gets the header timeout too: a client that starts one and stalls holds
+        // a connection as a slow head does.
+        match tokio::time::timeout(self.edge.head.header_timeout, acceptor.tls_handshake(stream)).await {
+            Ok(Ok(tls)) => Some(tls),
+            Err(_) => {
+                tracing::debug!(port = self.port, sni, "TLS handshake timed out");
+                self.failed("handshake_timeout");
+                None
+            }
+            Ok(Err(e)) => {
                 tracing::debug!(port = self.port, sni, error = %e, "TLS handshake failed");
                 self.failed("handshake");
                 None
@@ -90,7 +97,7 @@ impl TlsHandler {
 impl ConnectionHandler for TlsHandler {
     async fn handle(&self, mut stream: L4Stream, shutdown: &ShutdownWatch) {
         let downstream = peer_addr(&stream);
-        let (consumed, hello) = read_client_hello(&mut stream, HELLO_TIMEOUT).await;
+        let (consumed, hello) = read_client_hello(&mut stream, self.edge.head.header_timeout).await;
         stream.rewind(&consumed);
         let hello = match hello {
             Ok(h) => h,
@@ -125,7 +132,7 @@ impl ConnectionHandler for TlsHandler {
             match proxy {
                 Some(proxy) => {
                     drop(runtime);
-                    proxy.process_new(Box::new(tls), shutdown).await;
+                    serve_tls(&proxy, Box::new(tls), shutdown, &self.edge).await;
                 }
                 None => tracing::warn!(server = server.def.server, "no proxy for server yet"),
             }

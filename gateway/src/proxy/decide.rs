@@ -27,6 +27,9 @@ pub(super) struct Incoming<'a> {
     /// For TLS-terminated connections, the server whose certificate the client got.
     pub(crate) tls_server: Option<&'a str>,
     pub(crate) head: &'a RequestHeader,
+    /// The authority as sent (Host, else the absolute-form target's), read once by
+    /// `validate::check`.
+    pub(crate) authority: Option<&'a str>,
     /// For `consistentHash.useSourceIp`.
     pub(crate) client_ip: Option<IpAddr>,
 }
@@ -62,7 +65,7 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
     }
     let listener = runtime.listeners.get(&request.port).ok_or_else(LocalReply::no_route)?;
     let req = request.head;
-    let host = head::lowercase(head::host_without_port(req));
+    let host = head::lowercase(head::strip_port(request.authority.unwrap_or("")));
     if let Some(server) = request.tls_server {
         let mine = listener.tls.iter().find(|t| t.def.server == server);
         let served_here = mine.is_some_and(|t| t.hosts.find(&host).is_some());
@@ -73,7 +76,7 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
     let vhost = listener.hosts.find(&host).ok_or_else(LocalReply::no_route)?;
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
     // As sent: port and case kept (Envoy's `:authority`).
-    let authority = head::authority(req).unwrap_or(&host);
+    let authority = request.authority.unwrap_or(&host);
     if vhost.https_redirect {
         return Err(LocalReply::https_redirect(authority, path).into());
     }
@@ -216,7 +219,7 @@ spec:
 
     fn decide_on(runtime: &Runtime, port: u16, path: &str, host: &str) -> Result<Decision, Refusal> {
         let h = head(path, host, None);
-        decide(runtime, &Incoming { port, tls_server: None, head: &h, client_ip: None })
+        decide(runtime, &Incoming { port, tls_server: None, head: &h, authority: head::authority(&h), client_ip: None })
     }
 
     fn refused(r: Result<Decision, Refusal>) -> (u16, ResponseFlag) {
@@ -246,7 +249,7 @@ spec:
     fn a_hash_cookie_sent_back_keeps_the_endpoint_and_sets_nothing() {
         let rt = runtime();
         let h = head("/reviews", "a.example.com", Some("user=\"00000000000000ab\""));
-        let d = decide(&rt, &Incoming { port: 80, tls_server: None, head: &h, client_ip: None }).ok().unwrap();
+        let d = decide(&rt, &Incoming { port: 80, tls_server: None, head: &h, authority: head::authority(&h), client_ip: None }).ok().unwrap();
         assert!(d.set_cookie.is_none());
     }
 

@@ -38,6 +38,24 @@ impl LocalReply {
         LocalReply { code: 503, flags: ResponseFlag::NoHealthyUpstream, body: "no healthy upstream", location: None }
     }
 
+    /// A malformed request (no Host in HTTP/1.1, a request-target of no allowed form): Envoy's
+    /// 400 with flag DPE; the connection closes after it.
+    pub(super) fn bad_request() -> LocalReply {
+        LocalReply { code: 400, flags: ResponseFlag::DownstreamProtocolError, body: "", location: None }
+    }
+
+    /// A request head over the size limit (Envoy's `max_request_headers_kb`): 431, flag DPE;
+    /// the connection closes after it.
+    pub(super) fn headers_too_large() -> LocalReply {
+        LocalReply { code: 431, flags: ResponseFlag::DownstreamProtocolError, body: "", location: None }
+    }
+
+    /// The request body stopped arriving (`--body-read-timeout`): Envoy's 408 for a request
+    /// that was not received in time.
+    pub(super) fn request_timeout() -> LocalReply {
+        LocalReply { code: 408, flags: ResponseFlag::DownstreamProtocolError, body: "request timeout", location: None }
+    }
+
     pub(super) fn internal() -> LocalReply {
         LocalReply { code: 500, flags: ResponseFlag::None, body: "internal error", location: None }
     }

@@ -18,6 +18,7 @@ mod decide;
 mod headers;
 mod local_reply;
 pub(crate) mod request;
+mod validate;
 
 use crate::balance::Pick;
 use crate::compiled::cluster::ClusterRuntime;
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) access_log: AccessLog,
     /// `None` when tracing is off: then each hook pays one branch for it.
     pub(crate) tracer: Option<Arc<Tracer>>,
+    /// `--max-request-headers-kb`, in bytes.
+    pub(crate) max_request_header_bytes: usize,
 }
 
 pub(crate) struct MeshProxy {
@@ -125,11 +128,29 @@ impl ProxyHttp for MeshProxy {
         if let Some(tracer) = &self.shared.tracer {
             ctx.trace = Some(tracer.begin(session.req_header()));
         }
+        // The head is parsed: body reads from here on are not timed as the head's.
+        let done = crate::listeners::http::head_done();
+        let head_len = match done.oversized {
+            true => session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes().len()),
+            false => None,
+        };
+        let authority = match validate::check(session.req_header(), head_len, self.shared.max_request_header_bytes) {
+            Ok(authority) => authority,
+            Err(reply) => {
+                // A malformed request ends its connection (what follows it cannot be trusted).
+                session.set_keepalive(None);
+                ctx.flags = reply.flags;
+                ctx.local_code = Some(reply.code);
+                reply.send(session).await?;
+                return Ok(true);
+            }
+        };
         let runtime = self.shared.current.load();
         let incoming = decide::Incoming {
             port: self.port,
             tls_server: self.tls_server.as_deref(),
             head: session.req_header(),
+            authority,
             client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
         };
         let decision = match decide::decide(&runtime, &incoming) {
@@ -255,14 +276,25 @@ impl ProxyHttp for MeshProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
         let reply = match e.esource() {
             pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, ctx.flags)),
-            pingora_error::ErrorSource::Downstream => {
-                ctx.flags = ResponseFlag::DownstreamConnectionTermination;
-                None
-            }
+            pingora_error::ErrorSource::Downstream => match e.etype() {
+                // A body that breaks its framing (Pingora's `InvalidChunk`), or a head Pingora
+                // refused late: 400, as Envoy's codec answers, if nothing went down yet.
+                ErrorType::Custom("InvalidChunk") | ErrorType::InvalidHTTPHeader => Some(LocalReply::bad_request()),
+                // A body that stopped arriving (--body-read-timeout): Envoy's 408.
+                ErrorType::ReadTimedout => Some(LocalReply::request_timeout()),
+                _ => {
+                    ctx.flags = ResponseFlag::DownstreamConnectionTermination;
+                    None
+                }
+            },
             _ => Some(LocalReply::internal()),
         };
         let mut code = 0;
         if let Some(reply) = reply {
+            if reply.flags == ResponseFlag::DownstreamProtocolError {
+                // After a malformed or stalled request the connection cannot be trusted.
+                session.set_keepalive(None);
+            }
             ctx.flags = reply.flags;
             code = reply.code;
             ctx.local_code = Some(code);

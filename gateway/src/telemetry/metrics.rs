@@ -154,6 +154,8 @@ pub(crate) struct Metrics {
     /// The data ports' connection limit, whether accepting is paused at it, and how often.
     pub(crate) connection_limit: IntGauge,
     pub(crate) overload: crate::listeners::Overload,
+    /// Connections the request-head guard closed or refused.
+    pub(crate) guard: crate::listeners::GuardCounters,
     pub(crate) access_log_dropped: IntCounter,
     tcp_sent: IntCounterVec,
     tcp_received: IntCounterVec,
@@ -233,6 +235,21 @@ impl Metrics {
             )
             .expect("static metric definition"),
         };
+        let counter = |name: &str, help: &str| IntCounter::new(name, help).expect("static metric definition");
+        let guard = crate::listeners::GuardCounters {
+            idle: counter(
+                "meshgate_downstream_idle_timeouts_total",
+                "Connections closed idle: no request within the header timeout of accept, or none within the idle timeout on keep-alive",
+            ),
+            header_timeout: counter(
+                "meshgate_downstream_header_timeouts_total",
+                "Requests whose head was not complete within the header timeout (408)",
+            ),
+            too_large: counter(
+                "meshgate_downstream_headers_too_large_total",
+                "Requests whose head was over the size limit (431)",
+            ),
+        };
         let tcp = |name: &str, help: &str| {
             IntCounterVec::new(Opts::new(name, help), &label_names(&TCP_LABELS)).expect("static metric definition")
         };
@@ -281,6 +298,9 @@ impl Metrics {
             Box::new(connection_limit.clone()),
             Box::new(overload.active.clone()),
             Box::new(overload.paused.clone()),
+            Box::new(guard.idle.clone()),
+            Box::new(guard.header_timeout.clone()),
+            Box::new(guard.too_large.clone()),
             Box::new(access_log_dropped.clone()),
             Box::new(tcp_sent.clone()),
             Box::new(tcp_received.clone()),
@@ -311,6 +331,7 @@ impl Metrics {
             worker_connections,
             connection_limit,
             overload,
+            guard,
             access_log_dropped,
             tcp_sent,
             tcp_received,

@@ -1,0 +1,360 @@
+//! Deadlines and a size cap on an HTTP/1 connection's request heads, enforced where the bytes
+//! arrive: below Pingora, which times each read on its own (a client sending one byte every
+//! 59 seconds kept a head open for ever) and allows heads of up to 1 MiB.
+//!
+//! ```text
+//!            first byte                head parsed (request_filter: `head_done`)
+//!  Idle ───────────────────► Head ─────────────────────────────────────► Body
+//!   ▲  deadline: accept +      deadline: first stall +                     no deadline here:
+//!   │  header timeout (first   header timeout; bytes                      body reads are Pingora's
+//!   │  request), else idle     capped at the head limit                   (--body-read-timeout)
+//!   └──────────────────── the connection loop, when a response is done (`idle`) ◄──┘
+//! ```
+//!
+//! An idle connection past its deadline reads as closed (Pingora then closes it quietly, as
+//! nginx and Envoy close idle connections); a head past its deadline or its size gets 408 or
+//! 431, written here, and the read fails. The timer is armed lazily: one `Sleep` per
+//! connection, moved only when a deadline earlier than the armed one is needed or the armed
+//! one fires early, so a keep-alive request costs a clock read, not a timer registration.
+
+use async_trait::async_trait;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::SslDigest;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream, TimingDigest,
+    UniqueID, UniqueIDType, ALPN,
+};
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Waiting for the connection's first request (its deadline counts from accept).
+const FIRST: u8 = 0;
+const IDLE: u8 = 1;
+const HEAD: u8 = 2;
+const BODY: u8 = 3;
+
+/// Bytes a head may take past the limit within the read that completes it: that read may
+/// carry the start of a body too. The exact head size is checked once it is parsed.
+const READ_SLACK: usize = 4096;
+
+/// Where the connection is: shared by the stream, the connection loop and the request hooks
+/// (all on the connection's task; atomics only because Pingora wants streams `Sync`).
+#[derive(Debug, Default)]
+pub(crate) struct Phase {
+    state: AtomicU8,
+    /// Set when the head's reads passed the size limit (but not the slack): the hook that
+    /// sees the parsed head then checks its exact size.
+    oversized: AtomicBool,
+}
+
+/// What [`Phase::head_done`] tells the request hook.
+pub(crate) struct HeadDone {
+    /// The head's reads passed the size limit: its exact size is worth checking.
+    pub(crate) oversized: bool,
+}
+
+impl Phase {
+    /// The request's head was parsed: reads are body reads now. Returns whether the head
+    /// may be over the size limit (its exact size is then worth checking).
+    pub(crate) fn head_done(&self) -> HeadDone {
+        self.state.store(BODY, Ordering::Relaxed);
+        HeadDone { oversized: self.oversized.swap(false, Ordering::Relaxed) }
+    }
+
+    /// The response is done: the connection waits for its next request.
+    pub(crate) fn idle(&self) {
+        self.state.store(IDLE, Ordering::Relaxed);
+    }
+
+    fn get(&self) -> u8 {
+        self.state.load(Ordering::Relaxed)
+    }
+
+    fn set(&self, phase: u8) {
+        self.state.store(phase, Ordering::Relaxed);
+    }
+}
+
+/// The limits a guarded connection enforces.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadLimits {
+    pub(crate) header_timeout: Duration,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) max_head_bytes: usize,
+}
+
+/// Counters of what the guard refused.
+#[derive(Clone)]
+pub(crate) struct GuardCounters {
+    /// Idle connections closed at their deadline (never sent a byte, or kept alive too long).
+    pub(crate) idle: prometheus::IntCounter,
+    /// Heads not complete at their deadline (408).
+    pub(crate) header_timeout: prometheus::IntCounter,
+    /// Heads over the size limit (431).
+    pub(crate) too_large: prometheus::IntCounter,
+}
+
+/// A downstream HTTP/1 stream with head deadlines and a head size cap.
+pub(crate) struct Guarded {
+    inner: Stream,
+    phase: Arc<Phase>,
+    limits: HeadLimits,
+    counters: GuardCounters,
+    /// The current wait's deadline, once known: the first request's is set at accept and
+    /// covers its idle wait and its head alike; later ones are fixed at a phase's first stall.
+    deadline: Option<Instant>,
+    /// The phase `deadline` belongs to; another phase means it is stale.
+    deadline_phase: u8,
+    /// Bytes read in the current head.
+    head_bytes: usize,
+    timer: Pin<Box<Sleep>>,
+    /// A refusal being written before the read fails.
+    refusal: Option<Refusal>,
+}
+
+struct Refusal {
+    bytes: &'static [u8],
+    written: usize,
+    error: io::ErrorKind,
+}
+
+const REQUEST_TIMEOUT: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\nserver: istio-envoy\r\n\r\n";
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\nconnection: close\r\nserver: istio-envoy\r\n\r\n";
+
+impl Guarded {
+    /// Guards `inner` from now on: its first request head must be complete within the header
+    /// timeout.
+    pub(crate) fn new(inner: Stream, phase: Arc<Phase>, limits: HeadLimits, counters: GuardCounters) -> Guarded {
+        let deadline = Instant::now() + limits.header_timeout;
+        Guarded {
+            inner,
+            phase,
+            limits,
+            counters,
+            deadline: Some(deadline),
+            deadline_phase: FIRST,
+            head_bytes: 0,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
+            refusal: None,
+        }
+    }
+
+    /// The deadline of the current wait, fixed at the first stall of each phase.
+    fn deadline(&mut self, phase: u8, now: Instant) -> Instant {
+        if self.deadline_phase != phase || self.deadline.is_none() {
+            // (FIRST always has its deadline: it is set at accept.)
+            let after = match phase {
+                IDLE => self.limits.idle_timeout,
+                _ => self.limits.header_timeout,
+            };
+            self.deadline = Some(now + after);
+            self.deadline_phase = phase;
+        }
+        self.deadline.unwrap_or(now)
+    }
+
+    /// Waits for `deadline` on the connection's one timer; true once it has passed.
+    fn expired(&mut self, cx: &mut Context<'_>, deadline: Instant, now: Instant) -> bool {
+        if now >= deadline {
+            return true;
+        }
+        loop {
+            // A timer armed later than needed must move; one armed earlier fires, finds the
+            // deadline not reached and moves then (at most once per wait).
+            if self.timer.deadline() > deadline || self.timer.is_elapsed() {
+                self.timer.as_mut().reset(deadline);
+            }
+            match self.timer.as_mut().poll(cx) {
+                Poll::Pending => return false,
+                Poll::Ready(()) if Instant::now() >= deadline => return true,
+                Poll::Ready(()) => continue,
+            }
+        }
+    }
+
+    fn refuse(&mut self, cx: &mut Context<'_>, bytes: &'static [u8], error: io::ErrorKind) -> Poll<io::Result<()>> {
+        self.refusal = Some(Refusal { bytes, written: 0, error });
+        self.write_refusal(cx)
+    }
+
+    /// Writes the refusal without waiting on the client (a few bytes into an empty send
+    /// buffer), then fails the read so Pingora closes the connection.
+    fn write_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(refusal) = &mut self.refusal else { return Poll::Ready(Err(io::ErrorKind::Other.into())) };
+        while refusal.written < refusal.bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &refusal.bytes[refusal.written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => refusal.written += n,
+                _ => break,
+            }
+        }
+        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        Poll::Ready(Err(refusal.error.into()))
+    }
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.refusal.is_some() {
+            return this.write_refusal(cx);
+        }
+        let phase = this.phase.get();
+        if phase == BODY {
+            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len() - before;
+                if n == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                if phase != HEAD {
+                    this.phase.set(HEAD);
+                    this.head_bytes = 0;
+                    if phase == FIRST {
+                        // The first head keeps the deadline counted from accept.
+                        this.deadline_phase = HEAD;
+                    } else {
+                        // Its own deadline is fixed at its first stall, if it stalls.
+                        this.deadline = None;
+                    }
+                }
+                this.head_bytes += n;
+                if this.head_bytes > this.limits.max_head_bytes {
+                    this.phase.oversized.store(true, Ordering::Relaxed);
+                }
+                if this.head_bytes > this.limits.max_head_bytes + READ_SLACK {
+                    this.counters.too_large.inc();
+                    buf.set_filled(before);
+                    return this.refuse(cx, TOO_LARGE, io::ErrorKind::InvalidData);
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let now = Instant::now();
+                let deadline = this.deadline(phase, now);
+                if !this.expired(cx, deadline, now) {
+                    return Poll::Pending;
+                }
+                if phase != HEAD {
+                    // Nothing sent: the connection ends as if the client had closed it.
+                    this.counters.idle.inc();
+                    return Poll::Ready(Ok(()));
+                }
+                this.counters.header_timeout.inc();
+                this.refuse(cx, REQUEST_TIMEOUT, io::ErrorKind::TimedOut)
+            }
+            ready_err => ready_err,
+        }
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl fmt::Debug for Guarded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Guarded").field("inner", &self.inner).field("phase", &self.phase).finish()
+    }
+}
+
+#[async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[async_trait]
+impl Peek for Guarded {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
