@@ -723,7 +723,7 @@ and the same route with the feature configured, one after the other in the same 
   This is the `totals:` line of the callgrind file, which counts every function;
   `instructions.py` sums the functions `callgrind_annotate` lists, which stop at 99 % of the
   total, so its figures read ~1 % (~900 instructions) lower for the same build. Differences
-  within ~±400 are noise: which allocations take mimalloc's slow path and how often Pingora's
+  within ~±500 are noise: which allocations take mimalloc's slow path and how often Pingora's
   wall-clock timers fire move by a few hundred between configurations and runs.
 - **CPU µs/request**: the gateway's utime+stime over `wrk -t1 -c16` divided by the requests,
   gateway on CPU 0, wrk and upstream on CPU 1 (run.py's pinning); median of 3 interleaved
