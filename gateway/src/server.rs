@@ -5,9 +5,9 @@ use crate::admin::{AdminApp, Role};
 use crate::compiled::Current;
 use crate::config::Config;
 use crate::config_source;
+use crate::listeners::http::{server_options, Edge, HttpHandler};
 use crate::listeners::tcp::TcpHandler;
 use crate::listeners::tls::TlsHandler;
-use crate::listeners::http::{server_options, Edge, HttpHandler};
 use crate::listeners::{self, Acceptor, AppHandler, ConnectionHandler, Connections, HeadLimits};
 use crate::proxy::{MeshProxy, Shared};
 use crate::telemetry::access_log::AccessLog;
@@ -47,7 +47,6 @@ struct DataPlane {
     running: BTreeMap<u16, Running>,
 }
 
-
 impl DataPlane {
     /// One handler per worker: each worker gets its own Pingora proxies, and so its own
     /// upstream connection pools, which no other thread touches.
@@ -78,8 +77,7 @@ impl DataPlane {
                 (Arc::new(HttpHandler { proxy, edge: self.edge.clone() }), None)
             }
             Protocol::Https => {
-                let tls =
-                    Arc::new(TlsHandler::new(port, self.shared.clone(), self.conf.clone(), self.edge.clone()));
+                let tls = Arc::new(TlsHandler::new(port, self.shared.clone(), self.conf.clone(), self.edge.clone()));
                 tls.sync();
                 (tls.clone(), Some(tls))
             }

@@ -249,7 +249,12 @@ spec:
     fn a_hash_cookie_sent_back_keeps_the_endpoint_and_sets_nothing() {
         let rt = runtime();
         let h = head("/reviews", "a.example.com", Some("user=\"00000000000000ab\""));
-        let d = decide(&rt, &Incoming { port: 80, tls_server: None, head: &h, authority: head::authority(&h), client_ip: None }).ok().unwrap();
+        let d = decide(
+            &rt,
+            &Incoming { port: 80, tls_server: None, head: &h, authority: head::authority(&h), client_ip: None },
+        )
+        .ok()
+        .unwrap();
         assert!(d.set_cookie.is_none());
     }
 

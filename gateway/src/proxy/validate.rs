@@ -32,7 +32,8 @@ pub(super) fn check(
     if head.version <= Version::HTTP_11 && !target_form_allowed(&head.method, head.raw_path()) {
         return Err(LocalReply::bad_request());
     }
-    Ok(host.or_else(|| absolute_authority(head.raw_path())))
+    // HTTP/2 carries the authority in the URI (`:authority`), HTTP/1 absolute form beside it.
+    Ok(host.or_else(|| head.uri.authority().map(|a| a.as_str())).or_else(|| absolute_authority(head.raw_path())))
 }
 
 /// The authority of an absolute-form target (`http://a.example:8080/x` → `a.example:8080`),
@@ -124,6 +125,9 @@ mod tests {
         assert_eq!(check(&h, None, 1024).ok().flatten(), Some("b.example"));
         let h = head("GET", b"/", Version::HTTP_10, &[]);
         assert_eq!(check(&h, None, 1024).ok().flatten(), None);
+        let mut h2 = head("GET", b"/", Version::HTTP_2, &[]);
+        h2.set_uri("https://c.example/x".parse().unwrap());
+        assert_eq!(check(&h2, None, 1024).ok().flatten(), Some("c.example"), ":authority");
     }
 
     #[test]
