@@ -2,6 +2,8 @@
 //!
 //! ```text
 //!  request_filter ── trace context (when tracing is on; see crate::trace)
+//!       │            → head parsed: the connection guard stops timing it (listeners::http)
+//!       │            → validate::check (pure: 400 no Host / bad target, 431 head too large)
 //!       │            → decide::decide (pure: 403 RBAC, 421, host, 301, route, cluster, endpoint)
 //!       │            → the decision into ctx (LB guard held there), or its local reply sent
 //!  upstream_peer ─── HttpPeer for the picked endpoint (pool reuse keyed by address)
