@@ -79,9 +79,17 @@ pub struct GatewayBuilder {
     otlp_endpoint: Option<String>,
     trace_sampling: Option<f64>,
     workload_name: Option<String>,
+    descriptor_limit: Option<u64>,
 }
 
 impl GatewayBuilder {
+    /// Starts the gateway with this descriptor limit (soft and hard `RLIMIT_NOFILE`), as a
+    /// container runtime or `ulimit -n` would set it.
+    pub fn descriptor_limit(mut self, limit: u64) -> Self {
+        self.descriptor_limit = Some(limit);
+        self
+    }
+
     /// Use this binary instead of [`gateway_bin`].
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.bin = Some(path.into());
@@ -254,6 +262,20 @@ impl GatewayBuilder {
             cmd.env(k, v);
         }
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(limit) = self.descriptor_limit {
+            use std::os::unix::process::CommandExt;
+            let rlim = libc::rlimit { rlim_cur: limit as libc::rlim_t, rlim_max: limit as libc::rlim_t };
+            // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+            // calls are allowed; setrlimit is a plain system call on a value copied in.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
 
         let command_line = format!("{cmd:?}");
         let mut child = cmd.spawn().with_context(|| {

@@ -313,3 +313,32 @@ async fn request_smuggling_probes_never_desync() {
     }
     assert_eq!(get(gw.addr(80), "/").send().await.unwrap().status, StatusCode::OK, "still serving");
 }
+
+#[tokio::test]
+async fn more_idle_connections_than_descriptors_do_not_starve_the_gateway() {
+    let (_up, cfg) = setup().await;
+    // 256 descriptors: the gateway keeps a reserve of 64 and takes (256 - 64) / 2 = 96 clients.
+    let gw = GatewayProcess::builder()
+        .config(cfg.path())
+        .ports(&[80])
+        .descriptor_limit(256)
+        .args(["--request-header-timeout", "1s"])
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(metric(&gw, "meshgate_downstream_connections_limit").await, 96.0);
+    let at = gw.addr(80);
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(TcpStream::connect(at).await.unwrap());
+    }
+    // The probe answers from the reserve while the data port is full…
+    assert_eq!(gw.ready_status().await, Some(200));
+    let text = metrics(gw.metrics_addr()).await.unwrap();
+    assert!(text.contains("meshgate_downstream_overloaded 1"), "{text}");
+    // …and normal traffic returns once the idle connections reach their deadline.
+    let r = get(at, "/").timeout(Duration::from_secs(30)).send().await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(!gw.stderr().contains("Too many open files"), "{}", gw.stderr());
+    drop(idle);
+}
