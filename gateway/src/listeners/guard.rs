@@ -7,15 +7,15 @@
 //!  Idle ───────────────────► Head ─────────────────────────────────────► Body
 //!   ▲  deadline: accept +      deadline: first stall +                     no deadline here:
 //!   │  header timeout (first   header timeout; bytes                      body reads are Pingora's
-//!   │  request), else idle     capped at the head limit                   (--body-read-timeout)
+//!   │  request), else ~idle    capped at the head limit                   (--body-read-timeout)
 //!   └──────────────────── the connection loop, when a response is done (`idle`) ◄──┘
 //! ```
 //!
 //! An idle connection past its deadline reads as closed (Pingora then closes it quietly, as
 //! nginx and Envoy close idle connections); a head past its deadline or its size gets 408 or
-//! 431, written here, and the read fails. The timer is armed lazily: one `Sleep` per
-//! connection, moved only when a deadline earlier than the armed one is needed or the armed
-//! one fires early, so a keep-alive request costs a clock read, not a timer registration.
+//! 431, written here, and the read fails. One `Sleep` per connection, polled only when it has
+//! fired or was moved: a keep-alive request costs an atomic load here, not a clock read or a
+//! timer call (idle waits are timed coarsely, see [`Guarded::timed_out`]).
 
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -45,8 +45,9 @@ const BODY: u8 = 3;
 /// carry the start of a body too. The exact head size is checked once it is parsed.
 const READ_SLACK: usize = 4096;
 
-/// Where the connection is: shared by the stream, the connection loop and the request hooks
-/// (all on the connection's task; atomics only because Pingora wants streams `Sync`).
+/// Where the connection is: set by the connection loop and the request hook, which reach it
+/// through the stream Pingora holds ([`phase_of`]); atomics only because Pingora wants streams
+/// `Sync` (everything runs on the connection's task).
 #[derive(Debug, Default)]
 pub(crate) struct Phase {
     state: AtomicU8,
@@ -105,17 +106,23 @@ pub(crate) struct GuardCounters {
 /// A downstream HTTP/1 stream with head deadlines and a head size cap.
 pub(crate) struct Guarded {
     inner: Stream,
-    phase: Arc<Phase>,
+    phase: Phase,
     limits: HeadLimits,
     counters: GuardCounters,
-    /// The current wait's deadline, once known: the first request's is set at accept and
-    /// covers its idle wait and its head alike; later ones are fixed at a phase's first stall.
-    deadline: Option<Instant>,
-    /// The phase `deadline` belongs to; another phase means it is stale.
-    deadline_phase: u8,
+    /// The current head's deadline, once known: the first request's is set at accept (and
+    /// covers its idle wait too); a later head's is fixed at its first stall.
+    head_deadline: Option<Instant>,
     /// Bytes read in the current head.
     head_bytes: usize,
+    /// Heads started on this connection: an idle timer that fires after this moved saw
+    /// activity, and is moved on instead of closing the connection.
+    heads: u64,
+    /// `heads` when the timer was last armed for an idle wait.
+    heads_at_arming: u64,
+    /// The connection's one timer, and whether it has been polled (so holds this task's
+    /// waker) since it was last armed.
     timer: Pin<Box<Sleep>>,
+    timer_polled: bool,
     /// A refusal being written before the read fails.
     refusal: Option<Refusal>,
 }
@@ -133,51 +140,80 @@ const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nconte
 impl Guarded {
     /// Guards `inner` from now on: its first request head must be complete within the header
     /// timeout.
-    pub(crate) fn new(inner: Stream, phase: Arc<Phase>, limits: HeadLimits, counters: GuardCounters) -> Guarded {
+    pub(crate) fn new(inner: Stream, limits: HeadLimits, counters: GuardCounters) -> Guarded {
         let deadline = Instant::now() + limits.header_timeout;
         Guarded {
             inner,
-            phase,
+            phase: Phase::default(),
             limits,
             counters,
-            deadline: Some(deadline),
-            deadline_phase: FIRST,
+            head_deadline: Some(deadline),
             head_bytes: 0,
+            heads: 0,
+            heads_at_arming: 0,
             timer: Box::pin(tokio::time::sleep_until(deadline)),
+            timer_polled: false,
             refusal: None,
         }
     }
 
-    /// The deadline of the current wait, fixed at the first stall of each phase.
-    fn deadline(&mut self, phase: u8, now: Instant) -> Instant {
-        if self.deadline_phase != phase || self.deadline.is_none() {
-            // (FIRST always has its deadline: it is set at accept.)
-            let after = match phase {
-                IDLE => self.limits.idle_timeout,
-                _ => self.limits.header_timeout,
-            };
-            self.deadline = Some(now + after);
-            self.deadline_phase = phase;
-        }
-        self.deadline.unwrap_or(now)
+    fn arm(&mut self, deadline: Instant) {
+        self.timer.as_mut().reset(deadline);
+        self.timer_polled = false;
     }
 
-    /// Waits for `deadline` on the connection's one timer; true once it has passed.
-    fn expired(&mut self, cx: &mut Context<'_>, deadline: Instant, now: Instant) -> bool {
-        if now >= deadline {
-            return true;
+    /// Polls the timer unless it already holds this task's waker and has not fired: then
+    /// there is nothing to learn (an atomic load, no clock read, no timer call).
+    fn fired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timer_polled && !self.timer.is_elapsed() {
+            return false;
         }
-        loop {
-            // A timer armed later than needed must move; one armed earlier fires, finds the
-            // deadline not reached and moves then (at most once per wait).
-            if self.timer.deadline() > deadline || self.timer.is_elapsed() {
-                self.timer.as_mut().reset(deadline);
+        self.timer_polled = true;
+        self.timer.as_mut().poll(cx).is_ready()
+    }
+
+    /// A read found nothing to read in `phase`: whether the wait is over its deadline. Idle
+    /// waits are timed coarsely so that a keep-alive request costs no clock read: the timer,
+    /// once fired, closes the connection only if no head started since it was armed, and is
+    /// otherwise moved a whole idle timeout on (an idle connection closes between one and two
+    /// idle timeouts after its last request). Heads are timed from their first stall.
+    fn timed_out(&mut self, cx: &mut Context<'_>, phase: u8) -> bool {
+        match phase {
+            HEAD => {
+                let deadline = match self.head_deadline {
+                    Some(d) => d,
+                    None => {
+                        let d = Instant::now() + self.limits.header_timeout;
+                        self.head_deadline = Some(d);
+                        if self.timer.deadline() > d || self.timer.is_elapsed() {
+                            self.arm(d);
+                        }
+                        d
+                    }
+                };
+                loop {
+                    if !self.fired(cx) {
+                        return false;
+                    }
+                    if Instant::now() >= deadline {
+                        return true;
+                    }
+                    // An idle wait's timer, armed earlier: on to the head's deadline.
+                    self.arm(deadline);
+                }
             }
-            match self.timer.as_mut().poll(cx) {
-                Poll::Pending => return false,
-                Poll::Ready(()) if Instant::now() >= deadline => return true,
-                Poll::Ready(()) => continue,
-            }
+            // The first request: its deadline counts from accept.
+            FIRST => self.fired(cx),
+            _ => loop {
+                if !self.fired(cx) {
+                    return false;
+                }
+                if self.heads == self.heads_at_arming {
+                    return true;
+                }
+                self.heads_at_arming = self.heads;
+                self.arm(Instant::now() + self.limits.idle_timeout);
+            },
         }
     }
 
@@ -201,6 +237,13 @@ impl Guarded {
     }
 }
 
+/// The phase of a guarded HTTP/1 connection, from the stream Pingora holds (a downcast: a
+/// type comparison, where a task-local cost a thread-local swap on every poll of the
+/// connection). `None` for streams without a guard.
+pub(crate) fn phase_of(stream: &Stream) -> Option<&Phase> {
+    stream.as_any().downcast_ref::<Guarded>().map(|g| &g.phase)
+}
+
 impl AsyncRead for Guarded {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
@@ -221,12 +264,11 @@ impl AsyncRead for Guarded {
                 if phase != HEAD {
                     this.phase.set(HEAD);
                     this.head_bytes = 0;
-                    if phase == FIRST {
-                        // The first head keeps the deadline counted from accept.
-                        this.deadline_phase = HEAD;
-                    } else {
-                        // Its own deadline is fixed at its first stall, if it stalls.
-                        this.deadline = None;
+                    this.heads += 1;
+                    if phase != FIRST {
+                        // Its deadline is fixed at its first stall, if it stalls (the first
+                        // head keeps the one counted from accept).
+                        this.head_deadline = None;
                     }
                 }
                 this.head_bytes += n;
@@ -241,9 +283,7 @@ impl AsyncRead for Guarded {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let now = Instant::now();
-                let deadline = this.deadline(phase, now);
-                if !this.expired(cx, deadline, now) {
+                if !this.timed_out(cx, phase) {
                     return Poll::Pending;
                 }
                 if phase != HEAD {

@@ -8,7 +8,7 @@
 //! request stalls), and drops the connection when a client pipelines.
 
 use super::buffered::Buffered;
-use super::guard::{GuardCounters, Guarded, HeadDone, HeadLimits, Phase};
+use super::guard::{phase_of, GuardCounters, Guarded, HeadDone, HeadLimits, Phase};
 use super::ConnectionHandler;
 use crate::proxy::MeshProxy;
 use async_trait::async_trait;
@@ -26,16 +26,11 @@ type Proxy = HttpProxy<MeshProxy>;
 /// HTTP/2's connection preface, which an h2c client sends first.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-tokio::task_local! {
-    /// The HTTP/1 connection's phase, for the request hooks on the connection's task.
-    static PHASE: Arc<Phase>;
-}
-
-/// Called when a request's head has been parsed (the first request hook): the connection's
-/// reads are body reads from now on. Tells whether the head may be over the size limit.
-/// A no-op for HTTP/2 streams, which run on tasks of their own.
-pub(crate) fn head_done() -> HeadDone {
-    PHASE.try_with(|p| p.head_done()).unwrap_or(HeadDone { oversized: false })
+/// Called when a request's head has been parsed (the first request hook) with the session's
+/// stream: the connection's reads are body reads from now on. Tells whether the head may be
+/// over the size limit. A no-op for HTTP/2, whose streams have no guard.
+pub(crate) fn head_done(stream: Option<&Stream>) -> HeadDone {
+    stream.and_then(phase_of).map_or(HeadDone { oversized: false }, Phase::head_done)
 }
 
 /// What the data ports allow a client, as the connection code needs it.
@@ -98,24 +93,21 @@ pub(crate) async fn serve_tls(proxy: &Arc<Proxy>, stream: Stream, shutdown: &Shu
 /// HTTP/1 requests on one connection, one session after another, as Pingora's own loop runs
 /// them, with the connection behind a [`Guarded`] stream.
 async fn serve_h1(proxy: &Arc<Proxy>, stream: Stream, shutdown: &ShutdownWatch, edge: &Edge) {
-    let phase = Arc::new(Phase::default());
-    let stream: Stream = Box::new(Guarded::new(stream, phase.clone(), edge.head, edge.counters.clone()));
-    PHASE
-        .scope(phase.clone(), async move {
-            let mut session = ServerSession::new_http1(stream);
-            configure(&mut session, shutdown, edge);
-            let mut result = proxy.process_new_http(session, shutdown).await;
-            while let Some((stream, settings)) = result.map(|r| r.consume()) {
-                phase.idle();
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(settings) = settings {
-                    settings.apply_to_session(&mut session);
-                }
-                configure(&mut session, shutdown, edge);
-                result = proxy.process_new_http(session, shutdown).await;
-            }
-        })
-        .await;
+    let stream: Stream = Box::new(Guarded::new(stream, edge.head, edge.counters.clone()));
+    let mut session = ServerSession::new_http1(stream);
+    configure(&mut session, shutdown, edge);
+    let mut result = proxy.process_new_http(session, shutdown).await;
+    while let Some((stream, settings)) = result.map(|r| r.consume()) {
+        if let Some(phase) = phase_of(&stream) {
+            phase.idle();
+        }
+        let mut session = ServerSession::new_http1(stream);
+        if let Some(settings) = settings {
+            settings.apply_to_session(&mut session);
+        }
+        configure(&mut session, shutdown, edge);
+        result = proxy.process_new_http(session, shutdown).await;
+    }
 }
 
 fn configure(session: &mut ServerSession, shutdown: &ShutdownWatch, edge: &Edge) {

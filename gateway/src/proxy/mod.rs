@@ -131,7 +131,7 @@ impl ProxyHttp for MeshProxy {
             ctx.trace = Some(tracer.begin(session.req_header()));
         }
         // The head is parsed: body reads from here on are not timed as the head's.
-        let done = crate::listeners::http::head_done();
+        let done = crate::listeners::http::head_done(session.as_downstream().stream());
         let head_len = match done.oversized {
             true => session.as_downstream().as_http1().map(|h1| h1.get_headers_raw_bytes().len()),
             false => None,
