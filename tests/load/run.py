@@ -238,9 +238,10 @@ def build() -> None:
 
 def pingap_build_deps_missing() -> list[str]:
     """Debian packages pingap's build needs (openssl-sys: headers and pkg-config; cmake for
-    C dependencies built from source) that are not installed."""
+    C dependencies built from source; protoc for etcd-client's generated code) that are not
+    installed."""
     missing = []
-    for pkg in ["libssl-dev", "pkg-config", "cmake"]:
+    for pkg in ["libssl-dev", "pkg-config", "cmake", "protobuf-compiler"]:
         r = subprocess.run(["dpkg-query", "-W", "-f", "${Status}", pkg], capture_output=True, text=True)
         if "install ok installed" not in r.stdout:
             missing.append(pkg)
@@ -269,6 +270,7 @@ def ensure_pingap(args) -> tuple[str | None, str | None]:
         log(f"installing pingap's build dependencies with apt: {' '.join(missing)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run(sudo + ["apt-get", "update", "-qq"], env=env, stdout=sys.stderr)
         subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *missing], env=env, stdout=sys.stderr)
     root.mkdir(parents=True, exist_ok=True)
     build_log, target_dir = root / "build.log", root / "build"
