@@ -1514,7 +1514,7 @@ def tool_versions(targets: list[str], bins: dict) -> dict:
     if "caddy" in targets and which("caddy"):
         out["caddy"] = first_line([which("caddy"), "version"]).split()[0]
     if "pingap" in targets and bins.get("pingap"):
-        out["pingap"] = first_line([bins["pingap"], "--version"]).split()[-1]
+        out["pingap"] = first_line([bins["pingap"], "--version"]).split()[1]  # "pingap 0.13.1 (git sha)"
     return out
 
 
