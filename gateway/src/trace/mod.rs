@@ -119,8 +119,7 @@ impl Tracer {
     /// Encodes and queues the span of a finished request if it is sampled.
     pub(crate) fn finish(&self, span: &SpanContext, exchange: &crate::telemetry::Exchange) {
         if span.sampled {
-            let downstream = exchange.downstream.map(|a| a.to_string());
-            let facts = RequestFacts::of(exchange, downstream.as_deref());
+            let facts = RequestFacts::of(exchange);
             self.exporter.send(|out| span::encode(out, span, &facts, &self.tags));
         }
     }

@@ -37,12 +37,12 @@ pub(crate) struct RequestFacts<'a> {
     pub(crate) upstream_address: Option<SocketAddr>,
     pub(crate) request_id: Option<&'a str>,
     pub(crate) user_agent: Option<&'a str>,
-    pub(crate) downstream_address: Option<&'a str>,
+    pub(crate) downstream_address: Option<SocketAddr>,
     pub(crate) tracestate: Option<&'a str>,
 }
 
 impl<'a> RequestFacts<'a> {
-    pub(crate) fn of(x: &crate::telemetry::Exchange<'a>, downstream_address: Option<&'a str>) -> RequestFacts<'a> {
+    pub(crate) fn of(x: &crate::telemetry::Exchange<'a>) -> RequestFacts<'a> {
         let cluster = x.cluster.map(|c| &*c.definition);
         RequestFacts {
             method: x.method(),
@@ -61,7 +61,7 @@ impl<'a> RequestFacts<'a> {
             upstream_address: x.upstream_address(),
             request_id: x.request_id().map(|id| id.as_str()),
             user_agent: x.user_agent(),
-            downstream_address,
+            downstream_address: x.downstream,
             tracestate: x.tracestate(),
         }
     }
@@ -138,7 +138,9 @@ pub(crate) fn encode(out: &mut Vec<u8>, span: &SpanContext, facts: &RequestFacts
     attrs.string("user_agent", facts.user_agent.unwrap_or("-"));
     attrs.plain("http.protocol", facts.protocol);
     if let Some(address) = facts.downstream_address {
-        attrs.string("peer.address", address);
+        attrs.key("peer.address", b"stringValue");
+        json::address(attrs.out, address);
+        attrs.out.extend_from_slice(b"}}");
     }
     attrs.int("request_size", facts.request_bytes);
     if let Some(address) = facts.upstream_address {
@@ -257,7 +259,7 @@ mod tests {
             upstream_address: None,
             request_id: Some("abc"),
             user_agent: None,
-            downstream_address: Some("127.0.0.1:5555"),
+            downstream_address: Some("127.0.0.1:5555".parse().unwrap()),
             tracestate: Some("k=v"),
         }
     }
@@ -293,6 +295,7 @@ mod tests {
         assert_eq!(get("error").unwrap()["stringValue"], "true");
         assert_eq!(get("component").unwrap()["stringValue"], "proxy");
         assert_eq!(get("upstream_address"), None);
+        assert_eq!(get("peer.address").unwrap()["stringValue"], "127.0.0.1:5555");
 
         let root = SpanContext { parent_id: None, drop_tracestate: true, ..ctx };
         let mut ok = facts();
@@ -323,6 +326,7 @@ mod tests {
         f.user_agent = Some("tab\there, é");
         f.tracestate = Some("k=\u{1}");
         f.upstream_address = Some("[::1]:9080".parse().unwrap());
+        f.downstream_address = Some("[2001:db8::7]:5555".parse().unwrap());
         f.destination = Some(("svc\"x", 9080));
         let json: serde_json::Value = serde_json::from_slice(&encoded(&ctx, &f, &tags)).unwrap();
         assert_eq!(json["traceId"], "00000000000000000000000000000001");
@@ -334,6 +338,6 @@ mod tests {
         assert_eq!(get("user_agent").unwrap(), "tab\there, é");
         assert_eq!(get("node_id").unwrap(), "router~\"q\"");
         assert_eq!(get("upstream_address").unwrap(), "[::1]:9080");
-        assert_eq!(get("peer.address").unwrap(), "127.0.0.1:5555");
+        assert_eq!(get("peer.address").unwrap(), "[2001:db8::7]:5555");
     }
 }
