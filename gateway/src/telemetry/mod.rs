@@ -17,6 +17,7 @@
 pub(crate) mod access_log;
 pub(crate) mod destination;
 pub(crate) mod metrics;
+pub(crate) mod per_thread;
 pub(crate) mod timestamp;
 
 use crate::compiled::cluster::ClusterRuntime;

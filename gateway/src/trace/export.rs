@@ -7,26 +7,39 @@
 //! tonic plus a tokio runtime of its own next to Pingora's; see docs/architecture.md,
 //! "Tracing: OpenTelemetry crates". The gateway needs one fixed span shape, so encoding it
 //! directly as OTLP JSON (a stable, documented encoding) and POSTing batches over a plain
-//! socket keeps the request path to one buffer and one channel send.
+//! socket keeps the request path to encoding the span into one buffer.
 //!
-//! The request path never blocks: spans go through a bounded channel (`try_send`); a full
-//! queue drops the span and counts it (`meshgate_trace_spans_dropped_total`). The thread
-//! batches up to [`MAX_BATCH`] spans or [`FLUSH_INTERVAL`], whichever comes first.
+//! The request path never blocks and never wakes the export thread: a sampled request encodes
+//! its span into its worker thread's buffer (`telemetry::per_thread`, as the access log does:
+//! one uncontended lock, no allocation, no channel, no futex call). The export thread collects
+//! every thread's spans each [`TICK`], or early when one thread holds a full batch, and POSTs
+//! batches of up to [`MAX_BATCH`] spans, a partial one once its first span has waited
+//! [`FLUSH_INTERVAL`]. A worker thread that holds [`MAX_QUEUED`] spans (the export thread is
+//! stuck in a slow POST, or cannot keep up) drops new ones and counts them
+//! (`meshgate_trace_spans_dropped_total`).
 
+use crate::telemetry::per_thread::{lock, PerThread, Records};
 use serde::Serialize;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// Spans waiting for export; past this, new spans are dropped (OTel SDKs default to 2048;
-/// a gateway sees bursts, so more headroom).
-const QUEUE_CAPACITY: usize = 8192;
-/// Spans per POST (the OTel SDK batch default).
+/// Spans one worker thread may hold for the export thread; past this, its new spans are
+/// dropped. The OTel SDKs queue 2,048 in all; this is per worker thread, so a burst on one
+/// thread has the same headroom, and memory stays bounded by threads × this.
+const MAX_QUEUED: usize = 2048;
+/// Bytes of spans one worker thread may hold (a span is ~1 KiB; long URLs make it larger).
+const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
+/// Spans per POST (the OTel SDK batch default). A worker thread that holds this many wakes
+/// the export thread rather than waiting for its tick.
 pub(crate) const MAX_BATCH: usize = 512;
-/// How long a span may wait for its batch to fill. Shorter than the SDK's 5 s so traces show
-/// up promptly; one POST per second at most when traffic is light.
+/// How long a batch's first span may wait for the batch to fill, counted from its collection
+/// (so at most this plus a [`TICK`] from the request's end). Shorter than the SDK's 5 s so
+/// traces show up promptly; one POST per second at most when traffic is light.
 pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the export thread collects the worker threads' spans.
+const TICK: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -94,10 +107,63 @@ impl std::str::FromStr for Endpoint {
     }
 }
 
-enum Message {
-    Span(Vec<u8>),
-    /// Export what is queued, then answer.
-    Flush(std::sync::mpsc::Sender<()>),
+/// Encoded spans back to back, span `i` ending at `ends[i]` (and starting where span `i - 1`
+/// ends): a worker thread's queue, and the export thread's batch.
+#[derive(Default)]
+struct Spans {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Spans {
+    fn with_capacity(spans: usize) -> Spans {
+        Spans { bytes: Vec::with_capacity(spans * 1024), ends: Vec::with_capacity(spans) }
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn push(&mut self, span: &[u8]) {
+        self.bytes.extend_from_slice(span);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(self.ends.iter().copied()).map(|(start, end)| &self.bytes[start..end])
+    }
+}
+
+impl Records for Spans {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.ends.clear();
+    }
+}
+
+/// What the request side and the export thread share.
+struct Queue {
+    /// Spans not yet collected, one buffer per worker thread.
+    spans: PerThread<Spans>,
+    control: Mutex<Control>,
+    /// Signalled when the export thread has done a flush.
+    flushed: Condvar,
+    dropped: prometheus::IntCounter,
+}
+
+/// Requests to the export thread, read once per round.
+#[derive(Default)]
+struct Control {
+    /// The [`Exporter`] is gone: export what is left and end.
+    stop: bool,
+    /// Flushes asked for so far, and how many of them the export thread has done.
+    flushes_requested: u64,
+    flushes_done: u64,
 }
 
 /// Counters the exporter keeps (registered in [`crate::telemetry::metrics::Metrics`]).
@@ -108,10 +174,11 @@ pub(crate) struct ExportCounters {
     pub(crate) failed: prometheus::IntCounter,
 }
 
-/// The request side of the exporter: a bounded queue into the export thread.
+/// The request side of the exporter: per-thread span buffers and the export thread's handle.
 pub(crate) struct Exporter {
-    tx: SyncSender<Message>,
-    dropped: prometheus::IntCounter,
+    queue: Arc<Queue>,
+    /// The export thread, to wake it (a full batch, a flush, the stop).
+    thread: std::thread::Thread,
 }
 
 /// The constant head of every export request: resource and scope around the spans.
@@ -139,73 +206,104 @@ impl Exporter {
         head.extend_from_slice(br#","scopeSpans":[{"scope":{"name":"meshgate","version":""#);
         head.extend_from_slice(env!("CARGO_PKG_VERSION").as_bytes());
         head.extend_from_slice(br#""},"spans":["#);
-        let (tx, rx) = sync_channel(QUEUE_CAPACITY);
-        let dropped = counters.dropped.clone();
-        std::thread::Builder::new()
+        let queue = Arc::new(Queue {
+            spans: PerThread::new(|| Spans::with_capacity(64)),
+            control: Mutex::new(Control::default()),
+            flushed: Condvar::new(),
+            dropped: counters.dropped.clone(),
+        });
+        let q = queue.clone();
+        let thread = std::thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || export_loop(rx, &endpoint, &head, &counters))?;
-        Ok(Exporter { tx, dropped })
+            .spawn(move || export_loop(&q, &endpoint, &head, &counters))?;
+        Ok(Exporter { queue, thread: thread.thread().clone() })
     }
 
-    /// Queues one encoded span; never waits.
-    pub(crate) fn send(&self, span: Vec<u8>) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(Message::Span(span)) {
-            self.dropped.inc();
+    /// Queues one span, which `encode` appends to the buffer it is given; never waits. The
+    /// span stays in this worker thread's buffer until the export thread's next tick.
+    pub(crate) fn send(&self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let queue = &*self.queue;
+        let full_batch = queue.spans.with(|spans| {
+            if spans.len() >= MAX_QUEUED || spans.bytes.len() >= MAX_QUEUED_BYTES {
+                queue.dropped.inc();
+                return false;
+            }
+            encode(&mut spans.bytes);
+            spans.ends.push(spans.bytes.len());
+            spans.len() == MAX_BATCH
+        });
+        if full_batch {
+            self.thread.unpark();
         }
     }
 
     /// Exports everything queued so far; waits at most `timeout` (for shutdown).
     pub(crate) fn flush(&self, timeout: Duration) -> bool {
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let deadline = Instant::now() + timeout;
-        let mut msg = Message::Flush(done_tx);
-        loop {
-            match self.tx.try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
-                    msg = m;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err(_) => return false,
-            }
-        }
-        done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok()
+        let mut control = lock(&self.queue.control);
+        control.flushes_requested += 1;
+        let ticket = control.flushes_requested;
+        self.thread.unpark();
+        let (control, _) = self
+            .queue
+            .flushed
+            .wait_timeout_while(control, timeout, |c| c.flushes_done < ticket)
+            .unwrap_or_else(|e| e.into_inner());
+        control.flushes_done >= ticket
     }
 }
 
-fn export_loop(rx: Receiver<Message>, endpoint: &Endpoint, head: &[u8], counters: &ExportCounters) {
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(MAX_BATCH);
+impl Drop for Exporter {
+    /// Tells the export thread to export what is left and end; does not wait for it.
+    fn drop(&mut self) {
+        lock(&self.queue.control).stop = true;
+        self.thread.unpark();
+    }
+}
+
+fn export_loop(queue: &Queue, endpoint: &Endpoint, head: &[u8], counters: &ExportCounters) {
+    let mut batch = Spans::with_capacity(MAX_BATCH);
+    let mut spare = Spans::default();
+    // When the batch goes out even if not full; meaningful while it holds spans.
+    let mut deadline = Instant::now();
     let mut last_error: Option<String> = None;
     loop {
-        let mut flushed = None;
-        match rx.recv() {
-            Ok(Message::Span(s)) => batch.push(s),
-            Ok(Message::Flush(done)) => flushed = Some(done),
-            Err(_) => return,
-        }
-        let deadline = Instant::now() + FLUSH_INTERVAL;
-        while flushed.is_none() && batch.len() < MAX_BATCH {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(Message::Span(s)) => batch.push(s),
-                Ok(Message::Flush(done)) => flushed = Some(done),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
+        // Read before collecting, so that spans queued before a flush or the stop was asked
+        // for are collected in this round.
+        let (stop, flush) = {
+            let control = lock(&queue.control);
+            (control.stop, (control.flushes_done < control.flushes_requested).then_some(control.flushes_requested))
+        };
+        queue.spans.drain(&mut spare, |spans| {
+            for span in spans.iter() {
+                if batch.is_empty() {
+                    deadline = Instant::now() + FLUSH_INTERVAL;
+                }
+                batch.push(span);
+                if batch.len() == MAX_BATCH {
                     export(&mut batch, endpoint, head, counters, &mut last_error);
-                    return;
                 }
             }
+        });
+        if stop || flush.is_some() || Instant::now() >= deadline {
+            export(&mut batch, endpoint, head, counters, &mut last_error);
         }
-        export(&mut batch, endpoint, head, counters, &mut last_error);
-        if let Some(done) = flushed {
-            let _ = done.send(());
+        if let Some(ticket) = flush {
+            lock(&queue.control).flushes_done = ticket;
+            queue.flushed.notify_all();
         }
+        if stop {
+            return;
+        }
+        // Sleep until the next tick, or the batch's deadline if sooner; `unpark` ends it early.
+        let wait = if batch.is_empty() { TICK } else { TICK.min(deadline.saturating_duration_since(Instant::now())) };
+        std::thread::park_timeout(wait);
     }
 }
 
 /// POSTs the batch; failures are counted and logged once per distinct error (a collector
 /// that is down must not flood the log at the span rate).
 fn export(
-    batch: &mut Vec<Vec<u8>>,
+    batch: &mut Spans,
     endpoint: &Endpoint,
     head: &[u8],
     counters: &ExportCounters,
@@ -235,8 +333,8 @@ fn export(
     }
 }
 
-fn request_body(head: &[u8], spans: &[Vec<u8>]) -> Vec<u8> {
-    let len = head.len() + spans.iter().map(|s| s.len() + 1).sum::<usize>() + 8;
+fn request_body(head: &[u8], spans: &Spans) -> Vec<u8> {
+    let len = head.len() + spans.bytes.len() + spans.len() + 8;
     let mut body = Vec::with_capacity(len);
     body.extend_from_slice(head);
     for (i, s) in spans.iter().enumerate() {
@@ -327,31 +425,50 @@ mod tests {
         ExportCounters { dropped: c("d"), exported: c("e"), failed: c("f") }
     }
 
-    /// A one-shot collector: answers `status` to one POST and hands back the body.
-    fn collector(status: u16) -> (Endpoint, std::thread::JoinHandle<String>) {
+    /// A collector that answers `status` to POSTs until it has `spans` spans (at least one
+    /// POST), and hands back the bodies.
+    fn collector_of(status: u16, spans: usize) -> (Endpoint, std::thread::JoinHandle<Vec<String>>) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let handle = std::thread::spawn(move || {
-            let (s, _) = l.accept().unwrap();
-            let mut r = BufReader::new(s);
-            let mut len = 0;
-            loop {
-                let mut line = String::new();
-                r.read_line(&mut line).unwrap();
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
+            let mut bodies = Vec::new();
+            let mut got = 0;
+            while bodies.is_empty() || got < spans {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s);
+                let mut len = 0;
+                loop {
+                    let mut line = String::new();
+                    r.read_line(&mut line).unwrap();
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
                 }
-                if line == "\r\n" {
-                    break;
-                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let mut s = r.into_inner();
+                write!(s, "HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\n{{}}").unwrap();
+                let body = String::from_utf8(body).unwrap();
+                got += spans_of(&body).len();
+                bodies.push(body);
             }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            let mut s = r.into_inner();
-            write!(s, "HTTP/1.1 {status} X\r\ncontent-length: 2\r\n\r\n{{}}").unwrap();
-            String::from_utf8(body).unwrap()
+            bodies
         });
         (Endpoint { host: "127.0.0.1".into(), port, path: "/v1/traces".into() }, handle)
+    }
+
+    /// A one-shot collector: answers `status` to one POST and hands back the body.
+    fn collector(status: u16) -> (Endpoint, std::thread::JoinHandle<String>) {
+        let (endpoint, bodies) = collector_of(status, 0);
+        (endpoint, std::thread::spawn(move || bodies.join().unwrap().remove(0)))
+    }
+
+    fn spans_of(body: &str) -> Vec<serde_json::Value> {
+        let body: serde_json::Value = serde_json::from_str(body).unwrap();
+        body["resourceSpans"][0]["scopeSpans"][0]["spans"].as_array().unwrap().clone()
     }
 
     #[test]
@@ -359,8 +476,8 @@ mod tests {
         let (endpoint, got) = collector(200);
         let c = counters();
         let exporter = Exporter::start(endpoint, &[("service.name", "gw")], c.clone()).unwrap();
-        exporter.send(br#"{"name":"a"}"#.to_vec());
-        exporter.send(br#"{"name":"b"}"#.to_vec());
+        exporter.send(|out| out.extend_from_slice(br#"{"name":"a"}"#));
+        exporter.send(|out| out.extend_from_slice(br#"{"name":"b"}"#));
         assert!(exporter.flush(Duration::from_secs(10)));
         let body: serde_json::Value = serde_json::from_str(&got.join().unwrap()).unwrap();
         let rs = &body["resourceSpans"][0];
@@ -376,9 +493,82 @@ mod tests {
         let (endpoint, got) = collector(503);
         let c = counters();
         let exporter = Exporter::start(endpoint, &[], c.clone()).unwrap();
-        exporter.send(b"{}".to_vec());
+        exporter.send(|out| out.extend_from_slice(b"{}"));
         assert!(exporter.flush(Duration::from_secs(10)));
         got.join().unwrap();
         assert_eq!((c.exported.get(), c.failed.get()), (0, 1));
+    }
+
+    #[test]
+    fn spans_of_every_thread_are_exported_once_in_batches() {
+        const THREADS: u64 = 4;
+        const PER_THREAD: u64 = 300;
+        let (endpoint, got) = collector_of(200, (THREADS * PER_THREAD) as usize);
+        let c = counters();
+        let exporter = Exporter::start(endpoint, &[], c.clone()).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..THREADS {
+                let exporter = &exporter;
+                s.spawn(move || {
+                    for i in 0..PER_THREAD {
+                        exporter.send(|out| write!(out, r#"{{"t":{t},"i":{i}}}"#).unwrap());
+                    }
+                });
+            }
+        });
+        assert!(exporter.flush(Duration::from_secs(10)));
+        let bodies = got.join().unwrap();
+        assert!(bodies.len() >= 3, "{} spans in batches of at most {MAX_BATCH}", THREADS * PER_THREAD);
+        let mut next = [0; THREADS as usize];
+        for body in &bodies {
+            let spans = spans_of(body);
+            assert!(spans.len() <= MAX_BATCH);
+            for span in spans {
+                let t = span["t"].as_u64().unwrap() as usize;
+                assert_eq!(span["i"], next[t], "each span once, a thread's spans in order");
+                next[t] += 1;
+            }
+        }
+        assert_eq!(next, [PER_THREAD; THREADS as usize]);
+        assert_eq!((c.exported.get(), c.dropped.get()), (THREADS * PER_THREAD, 0));
+    }
+
+    #[test]
+    fn spans_go_out_on_the_tick_and_when_the_exporter_stops() {
+        let (endpoint, got) = collector_of(200, 2);
+        let c = counters();
+        let exporter = Exporter::start(endpoint, &[], c.clone()).unwrap();
+        exporter.send(|out| out.extend_from_slice(br#"{"name":"tick"}"#));
+        // No flush: the export thread collects it on a tick and posts it after FLUSH_INTERVAL.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.exported.get() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(c.exported.get(), 1);
+        // Dropping the exporter exports what is left.
+        exporter.send(|out| out.extend_from_slice(br#"{"name":"stop"}"#));
+        drop(exporter);
+        let bodies = got.join().unwrap();
+        let names: Vec<_> =
+            bodies.iter().map(|b| spans_of(b).iter().map(|s| s["name"].clone()).collect::<Vec<_>>()).collect();
+        assert_eq!(names, [["tick"], ["stop"]]);
+    }
+
+    #[test]
+    fn a_thread_past_its_queue_drops_and_counts() {
+        // A collector that takes the connection and never answers: the export thread waits in
+        // its POST, so nothing is collected meanwhile.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint { host: "127.0.0.1".into(), port: l.local_addr().unwrap().port(), path: "/".into() };
+        let c = counters();
+        let exporter = Exporter::start(endpoint, &[], c.clone()).unwrap();
+        exporter.send(|out| out.extend_from_slice(b"{}"));
+        exporter.flush(Duration::ZERO);
+        let (stuck, _) = l.accept().unwrap();
+        for _ in 0..MAX_QUEUED + 5 {
+            exporter.send(|out| out.extend_from_slice(b"{}"));
+        }
+        assert_eq!(c.dropped.get(), 5);
+        drop((stuck, l));
     }
 }

@@ -4,8 +4,8 @@
 //! ```text
 //!  request_filter ─────────── Tracer::begin: read headers, ids, sampling decision → ctx
 //!  upstream_request_filter ── SpanContext::inject: traceparent (+ B3 if it came in)
-//!  logging ────────────────── Tracer::finish: sampled only → encode → bounded queue
-//!  otlp-export thread ─────── batch → POST /v1/traces
+//!  logging ────────────────── Tracer::finish: sampled only → encode into the worker thread's buffer
+//!  otlp-export thread ─────── collect every 100 ms → batch → POST /v1/traces
 //! ```
 //!
 //! Cost model: with tracing off the proxy holds `None` and each hook pays one branch. With
@@ -119,9 +119,8 @@ impl Tracer {
     /// Encodes and queues the span of a finished request if it is sampled.
     pub(crate) fn finish(&self, span: &SpanContext, exchange: &crate::telemetry::Exchange) {
         if span.sampled {
-            let downstream = exchange.downstream.map(|a| a.to_string());
-            let facts = RequestFacts::of(exchange, downstream.as_deref());
-            self.exporter.send(span::encode(span, &facts, &self.tags));
+            let facts = RequestFacts::of(exchange);
+            self.exporter.send(|out| span::encode(out, span, &facts, &self.tags));
         }
     }
 

@@ -37,12 +37,12 @@ pub(crate) struct RequestFacts<'a> {
     pub(crate) upstream_address: Option<SocketAddr>,
     pub(crate) request_id: Option<&'a str>,
     pub(crate) user_agent: Option<&'a str>,
-    pub(crate) downstream_address: Option<&'a str>,
+    pub(crate) downstream_address: Option<SocketAddr>,
     pub(crate) tracestate: Option<&'a str>,
 }
 
 impl<'a> RequestFacts<'a> {
-    pub(crate) fn of(x: &crate::telemetry::Exchange<'a>, downstream_address: Option<&'a str>) -> RequestFacts<'a> {
+    pub(crate) fn of(x: &crate::telemetry::Exchange<'a>) -> RequestFacts<'a> {
         let cluster = x.cluster.map(|c| &*c.definition);
         RequestFacts {
             method: x.method(),
@@ -61,7 +61,7 @@ impl<'a> RequestFacts<'a> {
             upstream_address: x.upstream_address(),
             request_id: x.request_id().map(|id| id.as_str()),
             user_agent: x.user_agent(),
-            downstream_address,
+            downstream_address: x.downstream,
             tracestate: x.tracestate(),
         }
     }
@@ -74,17 +74,16 @@ pub(crate) struct GatewayTags {
     pub(crate) namespace: String,
 }
 
-/// Serialises one span as OTLP JSON into a fresh buffer.
+/// Serialises one span as OTLP JSON, appended to `out` (the worker thread's span buffer).
 ///
 /// Written field by field like the access log line (`access_log::line`): keys and the
 /// gateway's own vocabulary (method, protocol, flags, hex ids, numbers) are copied as they are,
 /// and request text is checked eight bytes at a time and copied whole unless it needs
 /// escaping. Through serde_json, escaping every string byte by byte was 14,000 of the ~35,000
 /// instructions tracing added to a sampled request (docs/benchmarks.md, "Tracing").
-pub(crate) fn encode(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTags) -> Vec<u8> {
+pub(crate) fn encode(out: &mut Vec<u8>, span: &SpanContext, facts: &RequestFacts, tags: &GatewayTags) {
     let end = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let start = end.saturating_sub(facts.duration);
-    let mut out = Vec::with_capacity(1024);
     let mut hex = [0u8; 32];
     out.extend_from_slice(b"{\"traceId\":\"");
     write_hex(&mut hex, span.trace_id, 32);
@@ -101,7 +100,7 @@ pub(crate) fn encode(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTag
     }
     if let Some(state) = facts.tracestate.filter(|_| !span.drop_tracestate) {
         out.extend_from_slice(b",\"traceState\":");
-        json::string(&mut out, state);
+        json::string(out, state);
     }
     // Envoy's operation name for Istio routes: `<destination host>:<port>/*`. Without a
     // destination (404, 503 before routing) it uses the request's authority.
@@ -110,19 +109,19 @@ pub(crate) fn encode(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTag
         Some(destination) => destination,
         None => (crate::head::strip_port(facts.authority), facts.port),
     };
-    json::contents(&mut out, host);
+    json::contents(out, host);
     out.push(b':');
-    json::number(&mut out, u64::from(port));
+    json::number(out, u64::from(port));
     out.extend_from_slice(b"/*\",\"kind\":");
-    json::number(&mut out, u64::from(KIND_SERVER));
+    json::number(out, u64::from(KIND_SERVER));
     // 64-bit integers are JSON strings in OTLP (JSON numbers lose precision past 2^53).
     out.extend_from_slice(b",\"startTimeUnixNano\":\"");
-    json::number(&mut out, start.as_nanos() as u64);
+    json::number(out, start.as_nanos() as u64);
     out.extend_from_slice(b"\",\"endTimeUnixNano\":\"");
-    json::number(&mut out, end.as_nanos() as u64);
+    json::number(out, end.as_nanos() as u64);
     out.extend_from_slice(b"\",\"attributes\":[");
     let error = facts.status_code >= 500;
-    let mut attrs = Attributes { out: &mut out, first: true };
+    let mut attrs = Attributes { out: &mut *out, first: true };
     attrs.string("node_id", &tags.node_id);
     if let Some(id) = facts.request_id {
         attrs.string("guid:x-request-id", id);
@@ -139,7 +138,9 @@ pub(crate) fn encode(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTag
     attrs.string("user_agent", facts.user_agent.unwrap_or("-"));
     attrs.plain("http.protocol", facts.protocol);
     if let Some(address) = facts.downstream_address {
-        attrs.string("peer.address", address);
+        attrs.key("peer.address", b"stringValue");
+        json::address(attrs.out, address);
+        attrs.out.extend_from_slice(b"}}");
     }
     attrs.int("request_size", facts.request_bytes);
     if let Some(address) = facts.upstream_address {
@@ -163,11 +164,10 @@ pub(crate) fn encode(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTag
     out.push(b']');
     if error {
         out.extend_from_slice(b",\"status\":{\"code\":");
-        json::number(&mut out, u64::from(STATUS_ERROR));
+        json::number(out, u64::from(STATUS_ERROR));
         out.push(b'}');
     }
     out.push(b'}');
-    out
 }
 
 /// The span's `attributes` array, written in place: `{"key":"…","value":{"<kind>":…}}`.
@@ -235,6 +235,12 @@ pub(crate) enum Value<'a> {
 mod tests {
     use super::*;
 
+    fn encoded(span: &SpanContext, facts: &RequestFacts, tags: &GatewayTags) -> Vec<u8> {
+        let mut out = b"<earlier span>".to_vec();
+        encode(&mut out, span, facts, tags);
+        out.split_off(b"<earlier span>".len())
+    }
+
     fn facts() -> RequestFacts<'static> {
         RequestFacts {
             method: "GET",
@@ -253,7 +259,7 @@ mod tests {
             upstream_address: None,
             request_id: Some("abc"),
             user_agent: None,
-            downstream_address: Some("127.0.0.1:5555"),
+            downstream_address: Some("127.0.0.1:5555".parse().unwrap()),
             tracestate: Some("k=v"),
         }
     }
@@ -271,7 +277,7 @@ mod tests {
             drop_tracestate: false,
         };
         let tags = GatewayTags { node_id: "router~x".into(), canonical_service: "gw".into(), namespace: "ns".into() };
-        let json: serde_json::Value = serde_json::from_slice(&encode(&ctx, &facts(), &tags)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&encoded(&ctx, &facts(), &tags)).unwrap();
         assert_eq!(json["traceId"], "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(json["spanId"], "00000000000000ab");
         assert_eq!(json["parentSpanId"], "00f067aa0ba902b7");
@@ -289,11 +295,12 @@ mod tests {
         assert_eq!(get("error").unwrap()["stringValue"], "true");
         assert_eq!(get("component").unwrap()["stringValue"], "proxy");
         assert_eq!(get("upstream_address"), None);
+        assert_eq!(get("peer.address").unwrap()["stringValue"], "127.0.0.1:5555");
 
         let root = SpanContext { parent_id: None, drop_tracestate: true, ..ctx };
         let mut ok = facts();
         (ok.status_code, ok.destination) = (200, None);
-        let json: serde_json::Value = serde_json::from_slice(&encode(&root, &ok, &tags)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&encoded(&root, &ok, &tags)).unwrap();
         assert_eq!(json.get("parentSpanId"), None);
         assert_eq!(json.get("traceState"), None);
         assert_eq!(json.get("status"), None);
@@ -319,8 +326,9 @@ mod tests {
         f.user_agent = Some("tab\there, é");
         f.tracestate = Some("k=\u{1}");
         f.upstream_address = Some("[::1]:9080".parse().unwrap());
+        f.downstream_address = Some("[2001:db8::7]:5555".parse().unwrap());
         f.destination = Some(("svc\"x", 9080));
-        let json: serde_json::Value = serde_json::from_slice(&encode(&ctx, &f, &tags)).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(&encoded(&ctx, &f, &tags)).unwrap();
         assert_eq!(json["traceId"], "00000000000000000000000000000001");
         assert_eq!(json["name"], "svc\"x:9080/*");
         assert_eq!(json["traceState"], "k=\u{1}");
@@ -330,6 +338,6 @@ mod tests {
         assert_eq!(get("user_agent").unwrap(), "tab\there, é");
         assert_eq!(get("node_id").unwrap(), "router~\"q\"");
         assert_eq!(get("upstream_address").unwrap(), "[::1]:9080");
-        assert_eq!(get("peer.address").unwrap(), "127.0.0.1:5555");
+        assert_eq!(get("peer.address").unwrap(), "[2001:db8::7]:5555");
     }
 }

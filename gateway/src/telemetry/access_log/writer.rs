@@ -2,6 +2,7 @@
 //! fills, written to stdout or a file; dropped and counted when the writer falls behind.
 
 use super::{Entry, Target};
+use crate::telemetry::per_thread::{lock, PerThread};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,59 +17,27 @@ const MAX_BUFFERED: usize = 8 * 1024 * 1024;
 /// log buffers every second; a tenth of that keeps `tail -f` lively.
 const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Ids of [`Queue`]s, so a thread's buffer of one log is never mistaken for another's (tests
-/// and embedders may start several logs in one process).
-static NEXT_QUEUE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// One worker thread's unwritten lines.
-type Buffer = Arc<Mutex<Vec<u8>>>;
-
-thread_local! {
-    /// This thread's buffer per log it has written to (by [`Queue`] id); usually exactly one.
-    static LOCAL: std::cell::RefCell<Vec<(u64, Buffer)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Lines are encoded straight into a buffer owned by the worker thread and collected by the
-/// writer thread on a timer or when a buffer fills. A request therefore takes one uncontended
-/// lock of its own thread's buffer: no allocation, no channel, and no wake-up (a futex call
-/// on both sides) per line. Lines of one thread stay in order; lines of different worker
-/// threads written within one tick may interleave out of order.
+/// Lines are encoded straight into their worker thread's buffer (`telemetry::per_thread`):
+/// one uncontended lock per line, no allocation, no channel, no wake-up.
 struct Queue {
-    id: u64,
-    /// Every worker thread's buffer; locked when a thread writes its first line and by the
-    /// writer, never on the request path.
-    buffers: Mutex<Vec<Buffer>>,
+    lines: PerThread<Vec<u8>>,
     out: Mutex<Box<dyn Write + Send>>,
     stop: AtomicBool,
     dropped: prometheus::IntCounter,
 }
 
 impl Queue {
-    fn buffer(&self) -> Buffer {
-        let buffer = Arc::new(Mutex::new(Vec::with_capacity(WAKE_AT + 4096)));
-        lock(&self.buffers).push(buffer.clone());
-        buffer
-    }
-
     /// Writes out everything buffered so far. `spare` is swapped in for each full buffer, so
     /// buffers keep their capacity and nothing allocates in steady state.
     fn drain(&self, spare: &mut Vec<u8>) {
-        let buffers = lock(&self.buffers).clone();
         let mut out = lock(&self.out);
-        for buffer in buffers {
-            std::mem::swap(&mut *lock(&buffer), spare);
-            if !spare.is_empty() {
-                let _ = out.write_all(spare);
-                spare.clear();
+        self.lines.drain(spare, |lines| {
+            if !lines.is_empty() {
+                let _ = out.write_all(lines);
             }
-        }
+        });
         let _ = out.flush();
     }
-}
-
-/// A poisoned lock only means a thread panicked while holding it; the bytes are still usable.
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Stops the writer when the last [`AccessLog`] clone goes: it writes what is left first.
@@ -100,8 +69,7 @@ impl AccessLog {
             Target::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let queue = Arc::new(Queue {
-            id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
-            buffers: Mutex::new(Vec::new()),
+            lines: PerThread::new(|| Vec::with_capacity(WAKE_AT + 4096)),
             out: Mutex::new(out),
             stop: AtomicBool::new(false),
             dropped,
@@ -133,22 +101,13 @@ impl AccessLog {
     fn log_entry(&self, entry: &Entry) {
         let Some(writer) = &self.writer else { return };
         let queue = &writer.queue;
-        let wake = LOCAL.with(|local| {
-            let mut local = local.borrow_mut();
-            let buffer = match local.iter().find(|(id, _)| *id == queue.id) {
-                Some((_, buffer)) => buffer,
-                None => {
-                    local.push((queue.id, queue.buffer()));
-                    &local[local.len() - 1].1
-                }
-            };
-            let mut buffer = lock(buffer);
+        let wake = queue.lines.with(|buffer| {
             if buffer.len() >= MAX_BUFFERED {
                 queue.dropped.inc();
                 return false;
             }
             let before = buffer.len();
-            entry.encode(&mut buffer);
+            entry.encode(buffer);
             before < WAKE_AT && buffer.len() >= WAKE_AT
         });
         if wake {
