@@ -9,27 +9,6 @@ use meshgate_e2e::prelude::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn setup() -> (Upstream, ConfigDir) {
-    let up = Upstream::new("app").start().await;
-    let cfg = ConfigDir::new().unwrap();
-    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    cfg.write("svc.yaml", &backends("app", &[&up])).unwrap();
-    cfg.write(
-        "vs.yaml",
-        r#"apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: app, namespace: default}
-spec:
-  hosts: ["*"]
-  gateways: ["istio-system/gw"]
-  http:
-  - route: [{destination: {host: app}}]
-"#,
-    )
-    .unwrap();
-    (up, cfg)
-}
-
 async fn metric(gw: &GatewayProcess, name: &str) -> f64 {
     let text = metrics(gw.metrics_addr()).await.unwrap();
     metric_value(&text, name, &[]).unwrap_or(f64::NAN)
@@ -37,7 +16,7 @@ async fn metric(gw: &GatewayProcess, name: &str) -> f64 {
 
 #[tokio::test]
 async fn at_the_connection_limit_accepting_pauses_and_probes_still_answer() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     let gw = GatewayProcess::builder()
         .config(cfg.path())
         .ports(&[80])
@@ -114,7 +93,7 @@ async fn edge_gateway(cfg: &ConfigDir, extra: &[&str]) -> GatewayProcess {
 
 #[tokio::test]
 async fn silent_and_idle_connections_are_closed() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     let gw = edge_gateway(&cfg, &[]).await;
     let at = gw.addr(80);
     // Never sends a byte: closed at the header timeout, without a response.
@@ -130,7 +109,7 @@ async fn silent_and_idle_connections_are_closed() {
 
 #[tokio::test]
 async fn slowloris_gets_408_at_the_header_timeout() {
-    let (up, cfg) = setup().await;
+    let (up, cfg) = app_behind_gateway().await;
     let gw = edge_gateway(&cfg, &[]).await;
     // A byte every 100 ms: each read is quick, the head never completes within 1 s.
     let head = b"GET /slow HTTP/1.1\r\nHost: a\r\nX-1: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
@@ -144,7 +123,7 @@ async fn slowloris_gets_408_at_the_header_timeout() {
 
 #[tokio::test]
 async fn a_stalled_body_gets_408() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     let gw = edge_gateway(&cfg, &[]).await;
     let out = exchange(
         gw.addr(80),
@@ -159,7 +138,7 @@ async fn a_stalled_body_gets_408() {
 
 #[tokio::test]
 async fn more_idle_connections_than_the_limit_pass_once_they_time_out() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     let gw = edge_gateway(&cfg, &["--max-connections", "20"]).await;
     let at = gw.addr(80);
     let mut idle = Vec::new();
@@ -177,7 +156,7 @@ async fn more_idle_connections_than_the_limit_pass_once_they_time_out() {
 
 #[tokio::test]
 async fn malformed_requests_get_400_and_the_connection_closes() {
-    let (up, cfg) = setup().await;
+    let (up, cfg) = app_behind_gateway().await;
     let gw = edge_gateway(&cfg, &[]).await;
     let cases: &[(&str, &[u8], &str)] = &[
         ("no Host in HTTP/1.1", b"GET /bad HTTP/1.1\r\n\r\n", "HTTP/1.1 400"),
@@ -204,7 +183,7 @@ async fn malformed_requests_get_400_and_the_connection_closes() {
 
 #[tokio::test]
 async fn heads_over_the_limit_get_431() {
-    let (up, cfg) = setup().await;
+    let (up, cfg) = app_behind_gateway().await;
     let gw = edge_gateway(&cfg, &[]).await;
     for size in [61 * 1024, 100 * 1024, 2 * 1024 * 1024] {
         let head = format!("GET /big HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(size));
@@ -221,7 +200,7 @@ async fn heads_over_the_limit_get_431() {
 
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
-    let (up, cfg) = setup().await;
+    let (up, cfg) = app_behind_gateway().await;
     let gw = edge_gateway(&cfg, &[]).await;
     let bytes = b"GET /one HTTP/1.1\r\nHost: a\r\n\r\nGET /two HTTP/1.1\r\nHost: a\r\n\r\nGET /three HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n";
     let out = exchange(gw.addr(80), bytes, None, Duration::from_secs(10)).await.unwrap();
@@ -243,7 +222,7 @@ async fn pipelined_requests_are_answered_in_order() {
 /// malformed after its head went up, as with any streaming proxy: it is left out.)
 #[tokio::test]
 async fn request_smuggling_probes_never_desync() {
-    let (up, cfg) = setup().await;
+    let (up, cfg) = app_behind_gateway().await;
     let gw = edge_gateway(&cfg, &[]).await;
     const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
     let chunked_smuggle = format!("0\r\n\r\n{SMUGGLED}");
@@ -316,7 +295,7 @@ async fn request_smuggling_probes_never_desync() {
 
 #[tokio::test]
 async fn more_idle_connections_than_descriptors_do_not_starve_the_gateway() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     // 256 descriptors: the gateway keeps a reserve of 64 and takes (256 - 64) / 2 = 96 clients.
     let gw = GatewayProcess::builder()
         .config(cfg.path())

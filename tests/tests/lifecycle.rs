@@ -6,30 +6,9 @@ mod common;
 use common::*;
 use meshgate_e2e::prelude::*;
 
-async fn setup() -> (Upstream, ConfigDir) {
-    let up = Upstream::new("app").start().await;
-    let cfg = ConfigDir::new().unwrap();
-    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    cfg.write("svc.yaml", &backends("app", &[&up])).unwrap();
-    cfg.write(
-        "vs.yaml",
-        r#"apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: app, namespace: default}
-spec:
-  hosts: ["*"]
-  gateways: ["istio-system/gw"]
-  http:
-  - route: [{destination: {host: app}}]
-"#,
-    )
-    .unwrap();
-    (up, cfg)
-}
-
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
-    let (up, cfg) = setup().await;
+    let (up, cfg) = app_behind_gateway().await;
     let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).drain_seconds(5).start().await.unwrap();
     let at = gw.addr(80);
     let in_flight = tokio::spawn(async move { get(at, "/delay/700").send().await });
@@ -56,7 +35,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
 
 #[tokio::test]
 async fn drain_deadline_bounds_shutdown() {
-    let (up, cfg) = setup().await;
+    let (up, cfg) = app_behind_gateway().await;
     let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).drain_seconds(1).start().await.unwrap();
     let at = gw.addr(80);
     let stuck = tokio::spawn(async move { get(at, "/delay/30000").timeout(Duration::from_secs(40)).send().await });
@@ -71,7 +50,7 @@ async fn drain_deadline_bounds_shutdown() {
 
 #[tokio::test]
 async fn idle_keep_alive_connections_do_not_hold_shutdown() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).drain_seconds(20).start().await.unwrap();
     let client = HttpClient::pooled();
     assert_eq!(client.get(gw.addr(80), "/").send().await.unwrap().status, 200);
@@ -85,7 +64,7 @@ async fn idle_keep_alive_connections_do_not_hold_shutdown() {
 
 #[tokio::test]
 async fn not_ready_until_every_listener_is_open() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     let addr = free_addr();
     let squatter = std::net::TcpListener::bind(addr).unwrap();
     let gw = GatewayProcess::builder().config(cfg.path()).port_addr(80, addr).start_unready().await.unwrap();
@@ -111,7 +90,7 @@ fn thp_enabled(pid: u32) -> Option<String> {
 
 #[tokio::test]
 async fn transparent_huge_pages_are_off_unless_allowed() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).start().await.unwrap();
     let Some(flag) = thp_enabled(gw.pid()) else { return };
     assert_eq!(flag, "0", "mimalloc's MADV_HUGEPAGE would back sparse regions with 2 MiB pages");
@@ -133,7 +112,7 @@ fn thread_names(pid: u32) -> Vec<String> {
 
 #[tokio::test]
 async fn every_worker_accepts_and_serves_the_current_config() {
-    let (_up, cfg) = setup().await;
+    let (_up, cfg) = app_behind_gateway().await;
     let gw = GatewayProcess::builder().config(cfg.path()).ports(&[80]).arg("--threads").arg("3").start().await.unwrap();
     let workers: Vec<String> = thread_names(gw.pid()).into_iter().filter(|n| n.starts_with("meshgate-w")).collect();
     assert_eq!(workers, ["meshgate-w0", "meshgate-w1", "meshgate-w2"]);
@@ -153,20 +132,7 @@ async fn every_worker_accepts_and_serves_the_current_config() {
     assert_eq!(metric_sum(&text, "meshgate_worker_connections_total", &[]), 30.0);
 
     // A swap reaches every worker: no new connection, whichever worker takes it, sees the old route.
-    cfg.write(
-        "vs.yaml",
-        r#"apiVersion: networking.istio.io/v1beta1
-kind: VirtualService
-metadata: {name: app, namespace: default}
-spec:
-  hosts: ["*"]
-  gateways: ["istio-system/gw"]
-  http:
-  - route: [{destination: {host: app}}]
-    match: [{uri: {prefix: /v2}}]
-"#,
-    )
-    .unwrap();
+    cfg.write("vs.yaml", &app_route(Some("/v2"))).unwrap();
     let _ = assert_eventually!(
         Duration::from_secs(10),
         get(at, "/").send().await.map(|r| r.status),

@@ -125,3 +125,30 @@ pub fn istio_docs(path: &str) -> String {
     let file = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/compat/istio.io")).join(path);
     std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))
 }
+
+/// A VirtualService `app` on the `gw` Gateway for every host, sending requests (those under
+/// `prefix` when given) to the Service `app`.
+pub fn app_route(prefix: Option<&str>) -> String {
+    let when = prefix.map(|p| format!("\n    match: [{{uri: {{prefix: {p}}}}}]")).unwrap_or_default();
+    format!(
+        r#"apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata: {{name: app, namespace: default}}
+spec:
+  hosts: ["*"]
+  gateways: ["istio-system/gw"]
+  http:
+  - route: [{{destination: {{host: app}}}}]{when}
+"#
+    )
+}
+
+/// One upstream `app` behind a Gateway on port 80 for every host, every path routed to it.
+pub async fn app_behind_gateway() -> (Upstream, ConfigDir) {
+    let up = Upstream::new("app").start().await;
+    let cfg = ConfigDir::new().unwrap();
+    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
+    cfg.write("svc.yaml", &backends("app", &[&up])).unwrap();
+    cfg.write("vs.yaml", &app_route(None)).unwrap();
+    (up, cfg)
+}
