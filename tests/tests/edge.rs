@@ -56,7 +56,11 @@ async fn at_the_connection_limit_accepting_pauses_and_probes_still_answer() {
 async fn exchange(at: std::net::SocketAddr, bytes: &[u8], gap: Option<Duration>, within: Duration) -> Result<String> {
     let mut s = TcpStream::connect(at).await?;
     match gap {
-        None => s.write_all(bytes).await?,
+        // The gateway may answer and close before it has read everything (a head over the
+        // limit): a failed write is not the end, what it answered is still there to read.
+        None => {
+            let _ = s.write_all(bytes).await;
+        }
         Some(gap) => {
             for b in bytes {
                 // The gateway may close mid-way (that is the point): stop writing then.
