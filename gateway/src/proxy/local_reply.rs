@@ -118,6 +118,11 @@ impl LocalReply {
     /// Writes the reply. gRPC requests get Envoy's gRPC form: HTTP 200 with `grpc-status`
     /// (mapped from the HTTP status) and `grpc-message`, headers only.
     pub(super) async fn send(&self, session: &mut Session) -> Result<()> {
+        if self.flags == ResponseFlag::DownstreamProtocolError {
+            // After a malformed or stalled request the connection cannot be trusted: this
+            // reply is its last.
+            session.set_keepalive(None);
+        }
         if is_grpc(session) && self.location.is_none() {
             let mut resp = ResponseHeader::build(200, Some(5))?;
             resp.insert_header("content-type", "application/grpc")?;

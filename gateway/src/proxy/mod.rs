@@ -138,14 +138,7 @@ impl ProxyHttp for MeshProxy {
         };
         let authority = match validate::check(session.req_header(), head_len, self.shared.max_request_header_bytes) {
             Ok(authority) => authority,
-            Err(reply) => {
-                // A malformed request ends its connection (what follows it cannot be trusted).
-                session.set_keepalive(None);
-                ctx.flags = reply.flags;
-                ctx.local_code = Some(reply.code);
-                reply.send(session).await?;
-                return Ok(true);
-            }
+            Err(reply) => return answer(session, ctx, reply).await,
         };
         let runtime = self.shared.current.load();
         let incoming = decide::Incoming {
@@ -175,12 +168,7 @@ impl ProxyHttp for MeshProxy {
         }
         match decision {
             Ok(()) => Ok(false),
-            Err(reply) => {
-                ctx.flags = reply.flags;
-                ctx.local_code = Some(reply.code);
-                reply.send(session).await?;
-                Ok(true)
-            }
+            Err(reply) => answer(session, ctx, reply).await,
         }
     }
 
@@ -293,10 +281,6 @@ impl ProxyHttp for MeshProxy {
         };
         let mut code = 0;
         if let Some(reply) = reply {
-            if reply.flags == ResponseFlag::DownstreamProtocolError {
-                // After a malformed or stalled request the connection cannot be trusted.
-                session.set_keepalive(None);
-            }
             ctx.flags = reply.flags;
             code = reply.code;
             ctx.local_code = Some(code);
@@ -339,6 +323,15 @@ impl ProxyHttp for MeshProxy {
         }
         ctx.pick = None;
     }
+}
+
+/// Answers the request locally from `request_filter` (which then returns `Ok(true)`: the
+/// request goes no further), recording the reply for metrics and the access log.
+async fn answer(session: &mut Session, ctx: &mut Ctx, reply: LocalReply) -> Result<bool> {
+    ctx.flags = reply.flags;
+    ctx.local_code = Some(reply.code);
+    reply.send(session).await?;
+    Ok(true)
 }
 
 fn invalid_header(e: http::header::InvalidHeaderValue) -> Box<Error> {
