@@ -59,8 +59,10 @@ struct ServeArgs {
 /// edits should become one version.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 
+// Transparent huge pages off before std's first allocation (see the function).
+meshgate_model::run_before_main!(meshgate_model::memory::disable_transparent_huge_pages);
+
 fn main() -> Result<()> {
-    controller::memory::disable_transparent_huge_pages();
     // Once a reload settles, give back what it freed (the previous store, parsing and
     // translation garbage): without it the controller grew by ~40 MiB over ten edits of a
     // 10k-service folder (docs/benchmarks.md, "Sixth round").

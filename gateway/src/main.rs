@@ -55,8 +55,10 @@ unsafe impl std::alloc::GlobalAlloc for Mimalloc {
     }
 }
 
+// Transparent huge pages off before std's first allocation (see the function).
+meshgate_model::run_before_main!(meshgate_model::memory::disable_transparent_huge_pages);
+
 fn main() -> Result<()> {
-    meshgate_model::memory::disable_transparent_huge_pages();
     // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
     meshgate_model::memory::set_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
     let cli = Cli::parse();

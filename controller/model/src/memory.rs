@@ -5,13 +5,31 @@
 /// `always`) mode a 2 MiB page backs every region that holds even one live block: a 10k-service
 /// config cost the gateway 13 MiB more RSS for the same live heap (docs/benchmarks.md, "Fifth
 /// round"). The request path's working set is small enough that huge pages buy it nothing
-/// measurable. Call it first thing in `main`, before the allocator maps its arena.
-pub fn disable_transparent_huge_pages() {
+/// measurable.
+///
+/// Call it before the first allocation, which is before `main`: std allocates while it sets up
+/// the main thread, and that alone faulted two huge pages in (4 MiB of an idle gateway's
+/// 19.7 MiB). The binaries run it from their `.init_array` ([`run_before_main!`]). It
+/// allocates nothing itself: the lookup of an unset variable copies nothing.
+pub extern "C" fn disable_transparent_huge_pages() {
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none_or(|v| v == "0") {
         // Failure (kernels before 3.15) leaves THP as it was.
         let _ = nix::sys::prctl::set_thp_disable(true);
     }
+}
+
+/// Runs `$f` (an `extern "C" fn()`) from the ELF `.init_array`, before std's runtime set-up
+/// and so before any allocation. In the binary's own crate: a library's unused object file,
+/// constructor and all, may be left out by the linker.
+#[macro_export]
+macro_rules! run_before_main {
+    ($f:path) => {
+        #[cfg(target_os = "linux")]
+        #[used]
+        #[link_section = ".init_array"]
+        static RUN_BEFORE_MAIN: extern "C" fn() = $f;
+    };
 }
 
 /// The allocator's "give freed memory back to the system" call, registered once by the binary
