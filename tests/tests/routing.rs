@@ -199,6 +199,11 @@ spec:
     let r = get(at, "/slow/delay/3000").send().await.unwrap();
     assert_eq!(r.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(r.text(), "upstream request timeout");
+    // The connection closes after these replies, and the replies say so.
+    for path in ["/closed", "/slow/delay/3000"] {
+        let raw = raw_http(at, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")).await.unwrap();
+        assert!(raw.to_ascii_lowercase().contains("\r\nconnection: close\r\n"), "{path}: {raw}");
+    }
     let r = get(at, "/slow/delay/10").send().await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "under the timeout");
     // Timeouts of a second or more run on tokio's timer rather than Pingora's (src/main.rs).

@@ -264,6 +264,11 @@ impl ProxyHttp for MeshProxy {
 
     /// Envoy-compatible status and body for upstream failures.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
+        // Pingora closes the downstream connection after a failure once an upstream was
+        // chosen (it honours `can_reuse_downstream` only before): the reply says so, rather
+        // than `connection: keep-alive` on a connection about to close. Envoy keeps it open;
+        // docs/compatibility.md.
+        session.set_keepalive(None);
         let reply = match e.esource() {
             pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, ctx.flags)),
             pingora_error::ErrorSource::Downstream => match e.etype() {
