@@ -202,6 +202,37 @@ async fn heads_over_the_limit_get_431() {
     assert!(metric(&gw, "meshgate_downstream_headers_too_large_total").await >= 2.0);
 }
 
+/// A client still sending when the gateway refuses its head gets the refusal and a clean
+/// close: the gateway reads and drops the rest (a lingering close) instead of closing with
+/// unread input, which makes the kernel reset the connection and can lose the reply.
+#[tokio::test]
+async fn a_refused_client_still_sending_gets_a_clean_close() {
+    let (_up, cfg) = app_behind_gateway().await;
+    let gw = edge_gateway(&cfg, &[]).await;
+    let mut s = TcpStream::connect(gw.addr(80)).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\nX-Big: ").await.unwrap();
+    let filler = vec![b'a'; 16 * 1024];
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Past the 60 KiB limit, until the 431 arrives.
+    while !String::from_utf8_lossy(&reply).contains("\r\n\r\n") {
+        s.write_all(&filler).await.unwrap();
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            reply.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(status_line(&String::from_utf8_lossy(&reply)).starts_with("HTTP/1.1 431"));
+    // The client goes on writing for a while: every write lands (no reset)…
+    for _ in 0..16 {
+        s.write_all(&filler).await.expect("the gateway drains input after refusing");
+    }
+    s.shutdown().await.unwrap();
+    // …and the connection ends with the gateway's close, not a reset.
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await.expect("closed");
+    assert!(end.is_ok(), "clean close expected, got {end:?}");
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let (up, cfg) = app_behind_gateway().await;

@@ -125,6 +125,8 @@ pub(crate) struct Guarded {
     timer_polled: bool,
     /// A refusal being written before the read fails.
     refusal: Option<Refusal>,
+    /// Closing: the write side is shut and input is being drained (`poll_shutdown`).
+    lingering: bool,
 }
 
 struct Refusal {
@@ -154,6 +156,7 @@ impl Guarded {
             timer: Box::pin(tokio::time::sleep_until(deadline)),
             timer_polled: false,
             refusal: None,
+            lingering: false,
         }
     }
 
@@ -320,8 +323,30 @@ impl AsyncWrite for Guarded {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
+    /// Pingora's close, after a response that ends the connection or a failed read (our
+    /// 408/431, a malformed head, a 400 of ours): the write side closes, then what the client
+    /// is still sending is read and dropped until it closes too, for up to [`LINGER`].
+    /// Closing with unread input makes the kernel reset the connection, and a reset can
+    /// discard the reply before the client read it (nginx's lingering close, for the same
+    /// reason).
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if !this.lingering {
+            std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.lingering = true;
+            this.arm(Instant::now() + LINGER);
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            let mut discard = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut this.inner).poll_read(cx, &mut discard) {
+                Poll::Ready(Ok(())) if !discard.filled().is_empty() => continue,
+                // The client closed (or the connection broke): done.
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending if this.fired(cx) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }
 
@@ -337,6 +362,10 @@ impl Shutdown for Guarded {
         self.inner.shutdown().await
     }
 }
+
+/// How long a closing connection keeps reading what the client still sends (nginx's
+/// `lingering_timeout` is 5 s; a client that got its reply closes at once).
+const LINGER: Duration = Duration::from_secs(2);
 
 impl UniqueID for Guarded {
     fn id(&self) -> UniqueIDType {
