@@ -352,3 +352,69 @@ async fn http1_get(conn: &mut TlsConn) -> String {
         }
     }
 }
+
+/// Reads until the gateway closes the connection (EOF or reset); panics if it is still open
+/// after `within`.
+async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        while let Ok(n) = s.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("the gateway closes a stalled TLS handshake");
+}
+
+/// A client that starts a TLS handshake and stalls, before or after its ClientHello, holds
+/// its connection only for the request-header timeout; the stall is counted, and other
+/// clients are served meanwhile.
+#[tokio::test]
+async fn stalled_tls_handshakes_are_closed_at_the_header_timeout() {
+    use meshgate_e2e::tls::{client_config, server_name, Verify};
+    use tokio::io::AsyncWriteExt;
+    let ca = TestCa::new("test ca");
+    let cert = ca.issue_server(&[HOST]);
+    let cfg = ConfigDir::new().unwrap();
+    let _up = app_config(&cfg).await;
+    cfg.write("secret.yaml", &tls_secret_yaml("bookinfo-cred", "istio-system", &cert, None)).unwrap();
+    cfg.write(
+        "gw.yaml",
+        &https_gateway(&server(443, "https", &format!("\"{HOST}\""), "{mode: SIMPLE, credentialName: bookinfo-cred}")),
+    )
+    .unwrap();
+    let gw = GatewayProcess::builder()
+        .config(cfg.path())
+        .ports(&[443])
+        .args(["--request-header-timeout", "1s"])
+        .start()
+        .await
+        .unwrap();
+    let at = gw.addr(443);
+
+    // Half a ClientHello: a record header announcing 512 bytes, then nothing.
+    let mut partial = tokio::net::TcpStream::connect(at).await.unwrap();
+    partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
+    // A whole ClientHello from a real TLS client, which then never answers the server's
+    // flight (no Finished).
+    let config = client_config(Verify::Ca(ca.cert_pem().as_bytes()), None, &[&TLS13], &["http/1.1"]).unwrap();
+    let mut client =
+        meshgate_e2e::rustls::ClientConnection::new(std::sync::Arc::new(config), server_name(HOST).unwrap()).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    let mut stalled = tokio::net::TcpStream::connect(at).await.unwrap();
+    stalled.write_all(&hello).await.unwrap();
+
+    // Meanwhile a normal client is served.
+    let r = get(at, "/x").https().host(HOST).ca_pem(ca.cert_pem()).send().await.unwrap();
+    assert_eq!(r.status, 200);
+
+    closed_within(&mut partial, Duration::from_secs(10)).await;
+    closed_within(&mut stalled, Duration::from_secs(10)).await;
+    let text = metrics(gw.metrics_addr()).await.unwrap();
+    let timeouts = metric_value(&text, "meshgate_tls_handshake_failures_total", &[("reason", "handshake_timeout")]);
+    assert_eq!(timeouts, Some(1.0), "the stall after the ClientHello is a handshake timeout:\n{text}");
+}
