@@ -292,6 +292,12 @@ for name in names:
     check(argmap.get("--admin-addr") == [g["adminAddr"]], where + "--admin-addr")
     if g.get("threads"):
         check(argmap.get("--threads") == [str(g["threads"])], where + "--threads")
+    limits = g.get("limits") or {}
+    for key, flag in [("maxConnections", "--max-connections"), ("requestHeaderTimeout", "--request-header-timeout"),
+                      ("idleTimeout", "--idle-timeout"), ("bodyReadTimeout", "--body-read-timeout"),
+                      ("maxRequestHeadersKb", "--max-request-headers-kb")]:
+        want = None if limits.get(key) is None else [str(limits[key])]
+        check(argmap.get(flag) == want, where + flag)
     for port, addr in (g.get("portMap") or {}).items():
         check("%s=%s" % (port, addr) in argmap.get("--port-map", []), where + "--port-map %s" % port)
     ports = {p["containerPort"] for p in c["ports"]}
@@ -554,6 +560,7 @@ refuse() { # description expected-error-pattern helm-args...
 log "values the chart must refuse"
 refuse "an unknown Service type" "/service/type" --set service.type=External
 refuse "an unknown key" "additional properties 'replicas'" --set gateway.replicas=3
+refuse "a timeout without a unit" "/gateway/limits/idleTimeout" --set-string gateway.limits.idleTimeout=60
 refuse "a grace period not above preStop + drain" "must exceed" --set gateway.terminationGracePeriodSeconds=10
 refuse "a config file name that is not YAML" "routes.txt" --set-string 'config.routes\.txt=x'
 refuse "minReplicas above maxReplicas" "exceeds maxReplicas" --set gateway.autoscaling.minReplicas=9
