@@ -401,3 +401,66 @@ async fn upstream_connections_are_reused() {
     assert_eq!(v1.hits(), 30);
     assert!(v1.connections() <= 2, "30 sequential requests used {} upstream connections", v1.connections());
 }
+
+/// `redirect` and `directResponse` from the VirtualService reference: the gateway answers
+/// itself, the upstream sees nothing, and the next route still serves what these do not match.
+#[tokio::test]
+async fn redirect_and_direct_response_routes_answer_at_the_gateway() {
+    let (v1, _v2, cfg) = reviews_setup().await;
+    cfg.write(
+        "vs.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings-route, namespace: default}
+spec:
+  hosts: ["bookinfo.example.com"]
+  gateways: ["istio-system/gw"]
+  http:
+  - match:
+    - uri:
+        exact: /v1/getProductRatings
+    redirect:
+      uri: /v1/bookRatings
+      authority: newratings.default.svc.cluster.local
+  - match:
+    - uri:
+        prefix: /v1/secure
+    redirect:
+      scheme: https
+      derivePort: FROM_PROTOCOL_DEFAULT
+      redirectCode: 308
+  - match:
+    - uri:
+        exact: /v1/unknown
+    directResponse:
+      status: 503
+      body:
+        string: "unknown error"
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#,
+    )
+    .unwrap();
+    let gw = start(&cfg, &[80]).await;
+    let at = gw.addr(80);
+
+    let r = get(at, "/v1/getProductRatings?user=jason").host("bookinfo.example.com").send().await.unwrap();
+    assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(r.header("location"), Some("http://newratings.default.svc.cluster.local/v1/bookRatings?user=jason"));
+    let r = get(at, "/v1/secure/x").host("bookinfo.example.com:8080").send().await.unwrap();
+    assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
+    assert_eq!(r.header("location"), Some("https://bookinfo.example.com/v1/secure/x"));
+    let r = get(at, "/v1/unknown").host("bookinfo.example.com").send().await.unwrap();
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.text(), "unknown error");
+    assert_eq!(r.header("content-type"), Some("text/plain"));
+    assert!(v1.requests().is_empty(), "nothing went upstream");
+
+    let r = get(at, "/v1/reviews").host("bookinfo.example.com").send().await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(v1.requests().len(), 1);
+    let log = gw
+        .wait_for_log(|l| l.contains("\"response_code\":503") && l.contains("ratings-route"), Duration::from_secs(5))
+        .await;
+    assert!(log.is_some_and(|l| l.contains("\"response_flags\":\"-\"")), "a direct response is logged without flags");
+}

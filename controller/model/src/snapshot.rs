@@ -265,6 +265,61 @@ pub enum RouteAction {
         #[serde(deserialize_with = "crate::memory::exact_slice")]
         destinations: Box<[WeightedCluster]>,
     },
+    /// `redirect`: the gateway answers with a 3xx and a `location`.
+    Redirect(Box<Redirect>),
+    /// `directResponse`: the gateway answers with a fixed status and body.
+    DirectResponse(Box<DirectResponse>),
+}
+
+impl RouteAction {
+    /// Where the route sends requests; empty when the gateway answers them itself.
+    pub fn destinations(&self) -> &[WeightedCluster] {
+        match self {
+            RouteAction::Route { destinations } => destinations,
+            RouteAction::Redirect(_) | RouteAction::DirectResponse(_) => &[],
+        }
+    }
+
+    /// [`destinations`](Self::destinations), to edit.
+    pub fn destinations_mut(&mut self) -> &mut [WeightedCluster] {
+        match self {
+            RouteAction::Route { destinations } => destinations,
+            RouteAction::Redirect(_) | RouteAction::DirectResponse(_) => &mut [],
+        }
+    }
+}
+
+/// Istio's `HTTPRedirect`: each part of the request's URL that is set is replaced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Redirect {
+    /// The new path (with a query of its own, or the request's query is kept).
+    pub path: Option<CompactString>,
+    /// The new host (`authority`), possibly with a port.
+    pub authority: Option<CompactString>,
+    pub port: RedirectPort,
+    pub scheme: Option<CompactString>,
+    /// 301 unless `redirectCode` says otherwise.
+    pub code: u16,
+}
+
+/// The port of a redirect's `location`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedirectPort {
+    /// The request's, as its Host carried it (none when it had none); dropped when the
+    /// scheme changes and it was the old scheme's default (Envoy's behaviour).
+    Request,
+    /// None in the URL: the scheme's default (`derivePort: FROM_PROTOCOL_DEFAULT`).
+    SchemeDefault,
+    Port(u16),
+}
+
+/// Istio's `HTTPDirectResponse`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DirectResponse {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Box<[u8]>>,
 }
 
 /// A cluster's name, shared by the cluster, the snapshot's and the gateway's cluster maps and
@@ -473,8 +528,7 @@ impl Snapshot {
                 for route in &mut Shared::make_mut(host).routes {
                     let route = Shared::make_mut(route);
                     route.virtual_service = first_of(&mut virtual_services, &route.virtual_service);
-                    let RouteAction::Route { destinations } = &mut route.action;
-                    share(destinations);
+                    share(route.action.destinations_mut());
                 }
             }
             for route in &mut listener.l4_routes {

@@ -94,7 +94,7 @@ mod delta {
         let sibling = decoded.clusters.values().skip(1).find(|c| c.service == first.service).unwrap();
         assert!(Arc::ptr_eq(&first.service, &sibling.service));
         let route = &decoded.listeners[0].virtual_hosts[0].routes[0];
-        let crate::snapshot::RouteAction::Route { destinations } = &route.action;
+        let destinations = route.action.destinations();
         let (key, _) = decoded.clusters.get_key_value(&destinations[0].cluster).unwrap();
         assert!(Arc::ptr_eq(key, &destinations[0].cluster));
         let routes = &decoded.listeners[0].virtual_hosts[0].routes;

@@ -4,7 +4,7 @@
 use super::table::Table;
 use super::{CertificateInfo, EndpointStatus};
 use crate::snapshot::{
-    Cluster, HashAlgorithm, Listener, LoadBalancer, Protocol, Route, RouteAction, ServerTlsMode, Snapshot, StringMatch,
+    Cluster, HashAlgorithm, Listener, LoadBalancer, Protocol, Route, ServerTlsMode, Snapshot, StringMatch,
     WeightedCluster,
 };
 
@@ -81,14 +81,13 @@ pub fn routes(snapshot: &Snapshot, filter: &Filter) -> Table {
                 t.row(whole_host("404"));
             }
             for r in &vh.routes {
-                let RouteAction::Route { destinations } = &r.action;
                 t.row(vec![
                     l.name.clone(),
                     vh.name.to_string(),
                     domains.clone(),
                     route_match(r),
                     r.virtual_service.to_string(),
-                    clusters(destinations),
+                    action(&r.action),
                 ]);
             }
         }
@@ -179,6 +178,16 @@ fn domains(d: &[crate::schema::CompactString]) -> String {
         [] => "-".into(),
         [one] => one.to_string(),
         [first, rest @ ..] => format!("{first} + {} more...", rest.len()),
+    }
+}
+
+/// The destination column: clusters, or what the gateway answers itself.
+fn action(action: &meshgate_model::snapshot::RouteAction) -> String {
+    use meshgate_model::snapshot::RouteAction;
+    match action {
+        RouteAction::Route { destinations } => clusters(destinations),
+        RouteAction::Redirect(r) => format!("{} redirect", r.code),
+        RouteAction::DirectResponse(d) => format!("{} direct response", d.status),
     }
 }
 

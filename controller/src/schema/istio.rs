@@ -182,12 +182,13 @@ pub struct HttpRoute {
     pub route: Vec<HttpRouteDestination>,
     /// Route timeout, protobuf Duration text such as "2s" or "0.5s".
     pub timeout: Option<Box<str>>,
-    pub not_implemented: Option<Box<NotImplementedHttp>>,
+    /// The fields a route rarely sets, behind one pointer.
+    pub rest: Option<Box<HttpRouteRest>>,
 }
 
 impl HttpRoute {
-    pub fn not_implemented(&self) -> &NotImplementedHttp {
-        static NONE: NotImplementedHttp = NotImplementedHttp {
+    pub fn rest(&self) -> &HttpRouteRest {
+        static NONE: HttpRouteRest = HttpRouteRest {
             redirect: None,
             direct_response: None,
             delegate: None,
@@ -201,16 +202,16 @@ impl HttpRoute {
             cors_policy: None,
             headers: None,
         };
-        self.not_implemented.as_deref().unwrap_or(&NONE)
+        self.rest.as_deref().unwrap_or(&NONE)
     }
 }
 
-/// `HTTPRoute` fields that are recognised (so a warning says "not supported yet") but not
-/// implemented.
+/// `HTTPRoute` fields a route rarely sets: typed where implemented, [`Opaque`] where only
+/// recognised (a warning says "not supported yet").
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct NotImplementedHttp {
-    pub redirect: Option<Opaque>,
-    pub direct_response: Option<Opaque>,
+pub struct HttpRouteRest {
+    pub redirect: Option<HttpRedirect>,
+    pub direct_response: Option<HttpDirectResponse>,
     pub delegate: Option<Opaque>,
     pub rewrite: Option<Opaque>,
     pub retries: Option<Opaque>,
@@ -223,9 +224,55 @@ pub struct NotImplementedHttp {
     pub headers: Option<Opaque>,
 }
 
+/// Istio's `HTTPRedirect`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRedirect {
+    #[serde(default)]
+    pub uri: Option<Box<str>>,
+    #[serde(default)]
+    pub authority: Option<Box<str>>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub derive_port: Option<DerivePort>,
+    #[serde(default)]
+    pub scheme: Option<Box<str>>,
+    #[serde(default)]
+    pub redirect_code: Option<u32>,
+}
+
+/// `HTTPRedirect.derivePort`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DerivePort {
+    FromProtocolDefault,
+    FromRequestPort,
+}
+
+/// Istio's `HTTPDirectResponse`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpDirectResponse {
+    #[serde(default)]
+    pub status: u32,
+    #[serde(default)]
+    pub body: Option<HttpBody>,
+}
+
+/// `HTTPBody`: text, or base64 bytes.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpBody {
+    #[serde(default)]
+    pub string: Option<String>,
+    #[serde(default)]
+    pub bytes: Option<String>,
+}
+
 impl From<written::HttpRoute> for HttpRoute {
     fn from(w: written::HttpRoute) -> HttpRoute {
-        let rest = NotImplementedHttp {
+        let rest = HttpRouteRest {
             redirect: w.redirect,
             direct_response: w.direct_response,
             delegate: w.delegate,
@@ -244,7 +291,7 @@ impl From<written::HttpRoute> for HttpRoute {
             matches: w.matches,
             route: w.route,
             timeout: w.timeout,
-            not_implemented: (rest != NotImplementedHttp::default()).then(|| Box::new(rest)),
+            rest: (rest != HttpRouteRest::default()).then(|| Box::new(rest)),
         }
     }
 }
@@ -340,9 +387,9 @@ mod written {
         #[serde(default)]
         pub timeout: Option<Box<str>>,
         #[serde(default)]
-        pub redirect: Option<Opaque>,
+        pub redirect: Option<super::HttpRedirect>,
         #[serde(default)]
-        pub direct_response: Option<Opaque>,
+        pub direct_response: Option<super::HttpDirectResponse>,
         #[serde(default)]
         pub delegate: Option<Opaque>,
         #[serde(default)]

@@ -7,6 +7,7 @@
 //! ```
 //! A resource with an error is left out whole; warnings leave it in.
 
+mod actions;
 pub mod clusters;
 pub mod credentials;
 pub mod hosts;

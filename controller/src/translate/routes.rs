@@ -1,5 +1,6 @@
 //! VirtualService → routes bound to gateway servers.
 
+use super::actions;
 use super::clusters::{parse_duration_ms, resolve};
 use super::credentials::Credentials;
 use super::hosts::{covers, intersect, resolve_short_name};
@@ -138,8 +139,7 @@ pub(super) fn translate_virtual_service(
         }
         // Routes name their clusters with the kept cluster's name: each resolution made its
         // own copy, and routes often repeat a destination (a canary's v1 in two rules).
-        let RouteAction::Route { destinations } = &mut route.action;
-        for d in destinations {
+        for d in route.action.destinations_mut() {
             if let Some(kept) = seen_clusters.get(&d.cluster) {
                 d.cluster = kept.clone();
             }
@@ -239,10 +239,8 @@ fn http_route(
 ) -> Option<HttpTranslation> {
     let (registry, rules, options) = (ctx.registry, ctx.rules, ctx.options);
     let ns = vs.namespace();
-    let rest = http.not_implemented();
+    let rest = http.rest();
     let unsupported = [
-        ("redirect", rest.redirect.is_some()),
-        ("directResponse", rest.direct_response.is_some()),
         ("delegate", rest.delegate.is_some()),
         ("rewrite", rest.rewrite.is_some()),
         ("retries", rest.retries.is_some()),
@@ -268,18 +266,46 @@ fn http_route(
             "not supported yet, ignored",
         ));
     }
-    if http.route.is_empty() {
-        if rest.redirect.is_some() || rest.direct_response.is_some() || rest.delegate.is_some() {
-            // Reported above as unsupported; without a destination the route cannot apply.
+    // One of route, redirect, directResponse and delegate, as Istio's validation requires.
+    let actions: Vec<&str> = [
+        ("route", !http.route.is_empty()),
+        ("redirect", rest.redirect.is_some()),
+        ("directResponse", rest.direct_response.is_some()),
+        ("delegate", rest.delegate.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(name, set)| set.then_some(name))
+    .collect();
+    let local_action = match actions.as_slice() {
+        [] => {
+            problems.push(Diagnostic::error(
+                codes::SCHEMA,
+                format!("{field}.route"),
+                "at least one destination is required (or a redirect, directResponse or delegate)",
+            ));
             return None;
         }
-        problems.push(Diagnostic::error(
-            codes::SCHEMA,
-            format!("{field}.route"),
-            "at least one destination is required",
-        ));
-        return None;
-    }
+        // Reported above as unsupported; without a destination the route cannot apply.
+        ["delegate"] => return None,
+        ["route"] => None,
+        ["redirect"] => Some(actions::redirect(rest.redirect.as_ref()?, &format!("{field}.redirect"), problems)?),
+        ["directResponse"] => Some(actions::direct_response(
+            rest.direct_response.as_ref()?,
+            &format!("{field}.directResponse"),
+            problems,
+        )?),
+        several => {
+            problems.push(Diagnostic::error(
+                codes::SCHEMA,
+                field.to_string(),
+                format!(
+                    "a route has only one of route, redirect, directResponse and delegate; this one has {}",
+                    several.join(", ")
+                ),
+            ));
+            return None;
+        }
+    };
 
     let mut matches = Vec::new();
     let mut match_gateways = Vec::new();
@@ -323,6 +349,22 @@ fn http_route(
             }
         },
     };
+
+    let name = http
+        .name
+        .as_deref()
+        .map(crate::schema::CompactString::from)
+        .unwrap_or_else(|| compact_str::format_compact!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
+    if let Some(action) = local_action {
+        let route = Route {
+            name,
+            virtual_service: vs_name.clone(),
+            matches: crate::memory::boxed(matches),
+            action,
+            timeout_ms,
+        };
+        return Some((route, match_gateways, Vec::new()));
+    }
 
     let mut destinations = Vec::new();
     let mut clusters = Vec::new();
@@ -378,11 +420,6 @@ fn http_route(
         }
     }
 
-    let name = http
-        .name
-        .as_deref()
-        .map(crate::schema::CompactString::from)
-        .unwrap_or_else(|| compact_str::format_compact!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
     let route = Route {
         name,
         virtual_service: vs_name.clone(),

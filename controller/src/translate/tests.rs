@@ -1,7 +1,7 @@
 //! Translation as a pure function: YAML objects in, snapshot and diagnostics out.
 
 use super::*;
-use crate::snapshot::{HashAlgorithm, HashKey, LoadBalancer, RouteAction, Shared, StringMatch};
+use crate::snapshot::{HashAlgorithm, HashKey, LoadBalancer, Shared, StringMatch};
 use crate::source::files::load_text;
 
 fn run(yaml: &str) -> (Snapshot, Diagnostics) {
@@ -96,7 +96,7 @@ fn bookinfo_translates_to_one_listener_with_ordered_routes() {
     assert_eq!(routes.len(), 2);
     assert_eq!(routes[0].matches[0].headers[0].value, Some(StringMatch::Exact("jason".into())));
     assert_eq!(routes[1].matches.len(), 2, "match blocks are kept as alternatives");
-    let RouteAction::Route { destinations } = &routes[1].action;
+    let destinations = routes[1].action.destinations();
     assert_eq!(destinations.iter().map(|d| d.weight).collect::<Vec<_>>(), [50, 50]);
     assert_eq!(&*destinations[0].cluster, "outbound|9080|v1|reviews.default.svc.cluster.local");
 }

@@ -89,10 +89,11 @@ impl VirtualHost {
     fn uses_clusters_of(&self, def: &meshgate_model::snapshot::VirtualHost, clusters: &Clusters) -> bool {
         // A route that did not compile was left out; then the pairing below does not hold.
         self.routes.len() == def.routes.len()
-            && self.routes.iter().zip(&def.routes).all(|(compiled, route)| {
-                let meshgate_model::snapshot::RouteAction::Route { destinations } = &route.action;
-                compiled.destinations.same_as(destinations, clusters)
-            })
+            && self
+                .routes
+                .iter()
+                .zip(&def.routes)
+                .all(|(compiled, route)| compiled.destinations.same_as(route.action.destinations(), clusters))
     }
 }
 
@@ -109,11 +110,10 @@ fn compile_route(
             return None;
         }
     };
-    let RouteAction::Route { destinations } = &r.action;
     Some(Route {
         definition: r.clone(),
         matches: meshgate_model::memory::boxed(matches),
-        destinations: Destinations::compile(destinations, clusters),
+        destinations: Destinations::compile(r.action.destinations(), clusters),
         log_name: OnceLock::new(),
     })
 }

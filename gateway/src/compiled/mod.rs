@@ -14,7 +14,7 @@ use cluster::ClusterRuntime;
 use matcher::{CompiledMatch, RegexCache, RequestView};
 use meshgate_model::by_name::{ByName, Named};
 use meshgate_model::host::HostMap;
-use meshgate_model::snapshot::{RouteAction, ServerTls, ServerTlsMode, Shared, Snapshot, WeightedCluster};
+use meshgate_model::snapshot::{ServerTls, ServerTlsMode, Shared, Snapshot, WeightedCluster};
 // foldhash, not SipHash: these maps are rebuilt on every compile (20k clusters, 10k hosts at
 // scale) and the host table is looked up on every request; their keys come from the config.
 use foldhash::HashMap;
@@ -88,6 +88,11 @@ impl Route {
     /// The upstream response timeout.
     pub(crate) fn timeout(&self) -> Option<Duration> {
         self.definition.timeout_ms.map(|ms| Duration::from_millis(u64::from(ms)))
+    }
+
+    /// What the route does: proxy to its destinations, or answer itself.
+    pub(crate) fn action(&self) -> &meshgate_model::snapshot::RouteAction {
+        &self.definition.action
     }
 
     /// `route_name` of access log lines.

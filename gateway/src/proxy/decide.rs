@@ -5,17 +5,20 @@
 //! ```text
 //!  unenforced policy? ─► 403 RBAC
 //!  listener(port) ─► TLS server mismatch? 421 ─► virtual host(Host) or 404 NR ─► httpsRedirect? 301
-//!  ─► first matching route or 404 NR ─► cluster (weights) or 503 NC ─► TLS settings or 503 UF
+//!  ─► first matching route or 404 NR ─► its redirect or direct response, if it has one
+//!  ─► cluster (weights) or 503 NC ─► TLS settings or 503 UF
 //!  ─► endpoint (LB, hash key) or 503 UH
 //! ```
 
 use super::local_reply::LocalReply;
+use super::redirect::{self, RequestUrl};
 use crate::balance::{hash_key, Pick};
 use crate::compiled::cluster::ClusterRuntime;
 use crate::compiled::matcher::RequestView;
 use crate::compiled::{Route, Runtime};
 use crate::head;
-use meshgate_model::snapshot::HashKey;
+use bytes::Bytes;
+use meshgate_model::snapshot::{HashKey, RouteAction};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -89,6 +92,18 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
         port: request.port,
     };
     let route = vhost.routes.iter().find(|r| r.matches(&view)).ok_or_else(LocalReply::no_route)?.clone();
+    match route.action() {
+        RouteAction::Route { .. } => {}
+        RouteAction::Redirect(redirect) => {
+            let url = RequestUrl { scheme: view.scheme, authority, path_and_query: path };
+            let reply = LocalReply::redirect(redirect.code, redirect::location(redirect, &url));
+            return Err(Refusal { reply, route: Some(route), cluster: None });
+        }
+        RouteAction::DirectResponse(direct) => {
+            let body = direct.body.as_deref().map_or_else(Bytes::new, Bytes::copy_from_slice);
+            return Err(Refusal { reply: LocalReply::direct(direct.status, body), route: Some(route), cluster: None });
+        }
+    }
     // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
     let Some(cluster) = route.pick_cluster().filter(|c| !c.definition.not_found).cloned() else {
         return Err(Refusal { reply: LocalReply::no_cluster(), route: Some(route), cluster: None });
@@ -198,6 +213,10 @@ spec:
     route: [{destination: {host: empty}}]
   - match: [{uri: {prefix: /unknown}}]
     route: [{destination: {host: nowhere.example.org}}]
+  - match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, scheme: https, redirectCode: 302}
+  - match: [{uri: {exact: /gone}}]
+    directResponse: {status: 410, body: {string: "gone for good"}}
 "#;
 
     fn runtime() -> Runtime {
@@ -243,6 +262,19 @@ spec:
         // httpsRedirect keeps the Host as sent, port included.
         let r = decide_on(&rt, 8080, "/x?y=1", "Secure.example.com:8080").err().expect("redirected");
         assert_eq!((r.reply.code, r.reply.location.as_deref()), (301, Some("https://Secure.example.com:8080/x?y=1")));
+    }
+
+    #[test]
+    fn redirect_and_direct_response_routes_answer_themselves() {
+        let rt = runtime();
+        let r = decide_on(&rt, 80, "/old/x?q=1", "a.example.com:8080").err().expect("redirected");
+        assert_eq!((r.reply.code, r.reply.flags), (302, ResponseFlag::None));
+        assert_eq!(r.reply.location.as_deref(), Some("https://a.example.com:8080/new?q=1"));
+        assert!(r.route.is_some() && r.cluster.is_none(), "the route is known for telemetry, no cluster");
+        let r = decide_on(&rt, 80, "/gone", "a.example.com").err().expect("answered");
+        assert_eq!((r.reply.code, &r.reply.body[..], r.reply.verbatim), (410, &b"gone for good"[..], true));
+        // Matching still decides: the next path is not the direct response's.
+        assert_eq!(refused(decide_on(&rt, 80, "/gone/x", "a.example.com")), (404, ResponseFlag::NoRoute));
     }
 
     #[test]

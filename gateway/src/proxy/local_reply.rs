@@ -10,66 +10,133 @@ use crate::response_flag::ResponseFlag;
 pub(super) struct LocalReply {
     pub(crate) code: u16,
     pub(crate) flags: ResponseFlag,
-    pub(crate) body: &'static str,
+    pub(crate) body: Bytes,
     /// `location` header of a redirect.
     pub(crate) location: Option<String>,
+    /// A route's own answer (`directResponse`): sent as configured, also to gRPC clients
+    /// (Envoy maps only its own replies to gRPC statuses).
+    pub(crate) verbatim: bool,
 }
 
 impl LocalReply {
     /// Envoy's RBAC filter denial: 403 with its body.
     pub(super) fn rbac_denied() -> LocalReply {
-        LocalReply { code: 403, flags: ResponseFlag::UnenforcedPolicy, body: "RBAC: access denied", location: None }
+        LocalReply {
+            code: 403,
+            flags: ResponseFlag::UnenforcedPolicy,
+            body: Bytes::from_static(b"RBAC: access denied"),
+            location: None,
+            verbatim: false,
+        }
     }
 
     /// No virtual host or route matched (Envoy: 404, flag NR, empty body).
     pub(super) fn no_route() -> LocalReply {
-        LocalReply { code: 404, flags: ResponseFlag::NoRoute, body: "", location: None }
+        LocalReply { code: 404, flags: ResponseFlag::NoRoute, body: Bytes::new(), location: None, verbatim: false }
     }
 
     /// The route's destinations all have weight 0, or the picked one names a cluster Envoy
     /// would not have (unknown host or subset): Envoy's `NC`, cluster not found, which its
     /// router answers with `cluster_not_found_response_code` (503) and no body.
     pub(super) fn no_cluster() -> LocalReply {
-        LocalReply { code: 503, flags: ResponseFlag::NoClusterFound, body: "", location: None }
+        LocalReply {
+            code: 503,
+            flags: ResponseFlag::NoClusterFound,
+            body: Bytes::new(),
+            location: None,
+            verbatim: false,
+        }
     }
 
     /// The cluster has no ready endpoint (Envoy: UH).
     pub(super) fn no_healthy_upstream() -> LocalReply {
-        LocalReply { code: 503, flags: ResponseFlag::NoHealthyUpstream, body: "no healthy upstream", location: None }
+        LocalReply {
+            code: 503,
+            flags: ResponseFlag::NoHealthyUpstream,
+            body: Bytes::from_static(b"no healthy upstream"),
+            location: None,
+            verbatim: false,
+        }
     }
 
     /// A malformed request (no Host in HTTP/1.1, a request-target of no allowed form): Envoy's
     /// 400 with flag DPE; the connection closes after it.
     pub(super) fn bad_request() -> LocalReply {
-        LocalReply { code: 400, flags: ResponseFlag::DownstreamProtocolError, body: "", location: None }
+        LocalReply {
+            code: 400,
+            flags: ResponseFlag::DownstreamProtocolError,
+            body: Bytes::new(),
+            location: None,
+            verbatim: false,
+        }
     }
 
     /// A request head over the size limit (Envoy's `max_request_headers_kb`): 431, flag DPE;
     /// the connection closes after it.
     pub(super) fn headers_too_large() -> LocalReply {
-        LocalReply { code: 431, flags: ResponseFlag::DownstreamProtocolError, body: "", location: None }
+        LocalReply {
+            code: 431,
+            flags: ResponseFlag::DownstreamProtocolError,
+            body: Bytes::new(),
+            location: None,
+            verbatim: false,
+        }
     }
 
     /// The request body stopped arriving (`--body-read-timeout`): Envoy's 408 for a request
     /// that was not received in time.
     pub(super) fn request_timeout() -> LocalReply {
-        LocalReply { code: 408, flags: ResponseFlag::DownstreamProtocolError, body: "request timeout", location: None }
+        LocalReply {
+            code: 408,
+            flags: ResponseFlag::DownstreamProtocolError,
+            body: Bytes::from_static(b"request timeout"),
+            location: None,
+            verbatim: false,
+        }
     }
 
     pub(super) fn internal() -> LocalReply {
-        LocalReply { code: 500, flags: ResponseFlag::None, body: "internal error", location: None }
+        LocalReply {
+            code: 500,
+            flags: ResponseFlag::None,
+            body: Bytes::from_static(b"internal error"),
+            location: None,
+            verbatim: false,
+        }
     }
 
     /// `tls.httpsRedirect` (Envoy's `require_tls: ALL`): `https://` + the `Host` as the client
     /// sent it (port included) + the path, as Envoy's `createSslRedirectPath` writes it.
     pub(super) fn https_redirect(host: &str, path: &str) -> LocalReply {
-        LocalReply { code: 301, flags: ResponseFlag::None, body: "", location: Some(format!("https://{host}{path}")) }
+        LocalReply {
+            code: 301,
+            flags: ResponseFlag::None,
+            body: Bytes::new(),
+            location: Some(format!("https://{host}{path}")),
+            verbatim: false,
+        }
+    }
+
+    /// A route's `redirect`.
+    pub(super) fn redirect(code: u16, location: String) -> LocalReply {
+        LocalReply { code, flags: ResponseFlag::None, body: Bytes::new(), location: Some(location), verbatim: true }
+    }
+
+    /// A route's `directResponse`.
+    pub(super) fn direct(code: u16, body: Bytes) -> LocalReply {
+        LocalReply { code, flags: ResponseFlag::None, body, location: None, verbatim: true }
     }
 
     /// HTTP/2 connection coalescing sent a request for a host this connection's certificate
     /// (server) does not serve, while another server on the port does.
     pub(super) fn misdirected() -> LocalReply {
-        LocalReply { code: 421, flags: ResponseFlag::NoRoute, body: "misdirected request", location: None }
+        LocalReply {
+            code: 421,
+            flags: ResponseFlag::NoRoute,
+            body: Bytes::from_static(b"misdirected request"),
+            location: None,
+            verbatim: false,
+        }
     }
 
     /// TLS origination is configured but its material is unusable.
@@ -77,8 +144,9 @@ impl LocalReply {
         LocalReply {
             code: 503,
             flags: ResponseFlag::UpstreamConnectionFailure,
-            body: "upstream TLS settings are unusable",
+            body: Bytes::from_static(b"upstream TLS settings are unusable"),
             location: None,
+            verbatim: false,
         }
     }
 
@@ -90,27 +158,37 @@ impl LocalReply {
             ReadTimedout | WriteTimedout => LocalReply {
                 code: 504,
                 flags: ResponseFlag::UpstreamRequestTimeout,
-                body: "upstream request timeout",
+                body: Bytes::from_static(b"upstream request timeout"),
                 location: None,
+                verbatim: false,
             },
             ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
             | BindError => LocalReply {
                 code: 503,
                 flags: ResponseFlag::UpstreamConnectionFailure,
-                body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                body: Bytes::from_static(
+                    b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                ),
                 location: None,
+                verbatim: false,
             },
             _ if flags == ResponseFlag::UpstreamConnectionFailure => LocalReply {
                 code: 503,
                 flags: ResponseFlag::UpstreamConnectionFailure,
-                body: "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                body: Bytes::from_static(
+                    b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                ),
                 location: None,
+                verbatim: false,
             },
             _ => LocalReply {
                 code: 503,
                 flags: ResponseFlag::UpstreamConnectionTermination,
-                body: "upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                body: Bytes::from_static(
+                    b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
+                ),
                 location: None,
+                verbatim: false,
             },
         }
     }
@@ -123,11 +201,12 @@ impl LocalReply {
             // reply is its last.
             session.set_keepalive(None);
         }
-        if is_grpc(session) && self.location.is_none() {
+        if !self.verbatim && self.location.is_none() && is_grpc(session) {
             let mut resp = ResponseHeader::build(200, Some(5))?;
             resp.insert_header("content-type", "application/grpc")?;
             resp.insert_header("grpc-status", grpc_status(self.code).to_string())?;
-            resp.insert_header("grpc-message", if self.body.is_empty() { "route not found" } else { self.body })?;
+            let message = std::str::from_utf8(&self.body).unwrap_or_default();
+            resp.insert_header("grpc-message", if message.is_empty() { "route not found" } else { message })?;
             resp.insert_header("server", "istio-envoy")?;
             resp.insert_header("content-length", "0")?;
             session.write_response_header(Box::new(resp), true).await?;
@@ -145,7 +224,7 @@ impl LocalReply {
         resp.insert_header("date", httpdate_now())?;
         session.write_response_header(Box::new(resp), self.body.is_empty()).await?;
         if !self.body.is_empty() {
-            session.write_response_body(Some(Bytes::from_static(self.body.as_bytes())), true).await?;
+            session.write_response_body(Some(self.body.clone()), true).await?;
         }
         Ok(())
     }

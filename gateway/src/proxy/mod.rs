@@ -19,6 +19,7 @@
 mod decide;
 mod headers;
 mod local_reply;
+mod redirect;
 pub(crate) mod request;
 mod validate;
 

@@ -158,7 +158,7 @@ async fn initial_lists_publish_one_store_that_translates_to_the_route() {
     assert_eq!(diagnostics.errors(), 0, "{:?}", diagnostics.items);
     let route = &snapshot.listeners[0].virtual_hosts[0].routes[0];
     assert_eq!(&*route.virtual_service, "bookinfo/reviews");
-    let crate::snapshot::RouteAction::Route { destinations } = &route.action;
+    let destinations = route.action.destinations();
     let cluster = &snapshot.clusters[&destinations[0].cluster];
     assert_eq!(&*cluster.name, "outbound|9080||reviews.bookinfo.svc.cluster.local");
     assert_eq!((cluster.endpoints[0].address.to_string().as_str(), cluster.endpoints[0].port), ("10.0.0.7", 9080));

@@ -1,0 +1,189 @@
+//! Route actions the gateway answers itself: `redirect` and `directResponse`, checked as
+//! Istio's validation checks them (`validateHTTPRedirect`, `validateHTTPDirectResponse`).
+
+use crate::diagnostics::{codes, Diagnostic};
+use crate::schema::istio::{DerivePort, HttpDirectResponse, HttpRedirect};
+use crate::snapshot::{DirectResponse, Redirect, RedirectPort, RouteAction};
+use base64::Engine;
+
+/// Envoy refuses direct-response bodies past its `max_direct_response_body_size_bytes`; Istio
+/// raises that to 1 MiB.
+const MAX_DIRECT_BODY: usize = 1024 * 1024;
+
+/// `redirect` at `field`, or `None` with the problem reported.
+pub(super) fn redirect(r: &HttpRedirect, field: &str, problems: &mut Vec<Diagnostic>) -> Option<RouteAction> {
+    let mut error = |at: &str, message: String| {
+        problems.push(Diagnostic::error(codes::SCHEMA, format!("{field}{at}"), message));
+    };
+    if r.uri.is_none() && r.authority.is_none() && r.scheme.is_none() && r.port.is_none() && r.derive_port.is_none() {
+        error("", "a redirect must set uri, authority, scheme, port or derivePort".into());
+        return None;
+    }
+    let code = match r.redirect_code {
+        None | Some(0) => 301,
+        Some(c @ 300..=399) => c as u16,
+        Some(c) => {
+            error(".redirectCode", format!("{c} is not a redirect code (3xx)"));
+            return None;
+        }
+    };
+    let port = match (r.port, r.derive_port) {
+        (Some(_), Some(_)) => {
+            error("", "port and derivePort are alternatives: set one".into());
+            return None;
+        }
+        (Some(p), None) => match u16::try_from(p) {
+            Ok(p) if p > 0 => RedirectPort::Port(p),
+            _ => {
+                error(".port", format!("{p} is not a port"));
+                return None;
+            }
+        },
+        (None, Some(DerivePort::FromProtocolDefault)) => RedirectPort::SchemeDefault,
+        (None, Some(DerivePort::FromRequestPort)) | (None, None) => RedirectPort::Request,
+    };
+    if let Some(uri) = r.uri.as_deref() {
+        if !uri.starts_with('/') || uri.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            error(".uri", format!("{uri:?} is not a path (it starts with / and has no spaces)"));
+            return None;
+        }
+    }
+    if let Some(authority) = r.authority.as_deref() {
+        if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b"/?#@".contains(&b)) {
+            error(".authority", format!("{authority:?} is not a host[:port]"));
+            return None;
+        }
+    }
+    if let Some(scheme) = r.scheme.as_deref() {
+        let valid = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+            && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
+        if !valid {
+            error(".scheme", format!("{scheme:?} is not a URL scheme"));
+            return None;
+        }
+    }
+    Some(RouteAction::Redirect(Box::new(Redirect {
+        path: r.uri.as_deref().map(Into::into),
+        authority: r.authority.as_deref().map(Into::into),
+        port,
+        scheme: r.scheme.as_deref().map(|s| s.to_ascii_lowercase().into()),
+        code,
+    })))
+}
+
+/// `directResponse` at `field`, or `None` with the problem reported.
+pub(super) fn direct_response(
+    d: &HttpDirectResponse,
+    field: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<RouteAction> {
+    let mut error = |at: &str, message: String| {
+        problems.push(Diagnostic::error(codes::SCHEMA, format!("{field}{at}"), message));
+    };
+    let status = match d.status {
+        s @ 200..=599 => s as u16,
+        s => {
+            error(".status", format!("{s} is not a status a direct response may have (200 to 599)"));
+            return None;
+        }
+    };
+    let body = match d.body.as_ref().map(|b| (b.string.as_deref(), b.bytes.as_deref())) {
+        None | Some((None, None)) => None,
+        Some((Some(_), Some(_))) => {
+            error(".body", "string and bytes are alternatives: set one".into());
+            return None;
+        }
+        Some((Some(text), None)) => Some(text.as_bytes().to_vec()),
+        Some((None, Some(encoded))) => match base64::engine::general_purpose::STANDARD.decode(encoded.trim()) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                error(".body.bytes", format!("not base64: {e}"));
+                return None;
+            }
+        },
+    };
+    if let Some(body) = &body {
+        if body.len() > MAX_DIRECT_BODY {
+            error(".body", format!("{} bytes is more than a direct response may carry (1 MiB)", body.len()));
+            return None;
+        }
+    }
+    Some(RouteAction::DirectResponse(Box::new(DirectResponse { status, body: body.map(Vec::into_boxed_slice) })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml<T: serde::de::DeserializeOwned>(text: &str) -> T {
+        serde_norway::from_str(text).unwrap()
+    }
+
+    fn errors(problems: &[Diagnostic]) -> Vec<String> {
+        problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect()
+    }
+
+    #[test]
+    fn redirects_as_istio_validates_them() {
+        let mut problems = Vec::new();
+        let ok =
+            redirect(&yaml("{uri: /v1/bookinfo, authority: newratings.default.svc.cluster.local}"), "r", &mut problems);
+        let Some(RouteAction::Redirect(r)) = ok else { panic!("{problems:?}") };
+        assert_eq!((r.code, r.port), (301, RedirectPort::Request));
+        let Some(RouteAction::Redirect(r)) = redirect(
+            &yaml("{scheme: HTTPS, derivePort: FROM_PROTOCOL_DEFAULT, redirectCode: 308}"),
+            "r",
+            &mut problems,
+        ) else {
+            panic!("{problems:?}")
+        };
+        assert_eq!((r.code, r.port, r.scheme.as_deref()), (308, RedirectPort::SchemeDefault, Some("https")));
+        assert!(problems.is_empty());
+        for (bad, field) in [
+            ("{redirectCode: 302}", "r"),
+            ("{uri: /a, redirectCode: 200}", "r.redirectCode"),
+            ("{uri: /a, port: 70000}", "r.port"),
+            ("{uri: /a, port: 8443, derivePort: FROM_REQUEST_PORT}", "r"),
+            ("{uri: no-slash}", "r.uri"),
+            ("{authority: 'a.com/x'}", "r.authority"),
+            ("{scheme: 'ht tp'}", "r.scheme"),
+        ] {
+            let mut problems = Vec::new();
+            assert!(redirect(&yaml(bad), "r", &mut problems).is_none(), "{bad}");
+            assert_eq!(problems.len(), 1, "{bad}: {:?}", errors(&problems));
+            assert_eq!(problems[0].field, field, "{bad}: {:?}", errors(&problems));
+        }
+    }
+
+    #[test]
+    fn direct_responses_as_istio_validates_them() {
+        let mut problems = Vec::new();
+        let Some(RouteAction::DirectResponse(d)) =
+            direct_response(&yaml("{status: 503, body: {string: unknown path}}"), "d", &mut problems)
+        else {
+            panic!("{problems:?}")
+        };
+        assert_eq!((d.status, d.body.as_deref()), (503, Some(&b"unknown path"[..])));
+        let Some(RouteAction::DirectResponse(d)) =
+            direct_response(&yaml("{status: 200, body: {bytes: aGVsbG8=}}"), "d", &mut problems)
+        else {
+            panic!("{problems:?}")
+        };
+        assert_eq!(d.body.as_deref(), Some(&b"hello"[..]));
+        let Some(RouteAction::DirectResponse(d)) = direct_response(&yaml("{status: 204}"), "d", &mut problems) else {
+            panic!("{problems:?}")
+        };
+        assert_eq!(d.body, None);
+        assert!(problems.is_empty());
+        for (bad, field) in [
+            ("{status: 100}", "d.status"),
+            ("{status: 600}", "d.status"),
+            ("{status: 200, body: {string: a, bytes: YQ==}}", "d.body"),
+            ("{status: 200, body: {bytes: '!!'}}", "d.body.bytes"),
+        ] {
+            let mut problems = Vec::new();
+            assert!(direct_response(&yaml(bad), "d", &mut problems).is_none(), "{bad}");
+            assert_eq!(problems[0].field, field, "{bad}: {:?}", errors(&problems));
+        }
+    }
+}
