@@ -464,3 +464,69 @@ spec:
         .await;
     assert!(log.is_some_and(|l| l.contains("\"response_flags\":\"-\"")), "a direct response is logged without flags");
 }
+
+/// `rewrite` from the VirtualService reference: the matched prefix (or the whole path of an
+/// exact match) becomes `uri`, `uriRegexRewrite` substitutes RE2 groups, `authority` replaces
+/// the Host; the query stays and the original path goes up in `x-envoy-original-path`.
+#[tokio::test]
+async fn rewrites_change_what_the_upstream_is_asked() {
+    let (v1, _v2, cfg) = reviews_setup().await;
+    cfg.write(
+        "vs.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings-route, namespace: default}
+spec:
+  hosts: ["bookinfo.example.com"]
+  gateways: ["istio-system/gw"]
+  http:
+  - match:
+    - uri:
+        prefix: /ratings
+    rewrite:
+      uri: /v1/bookRatings
+    route:
+    - destination: {host: reviews, subset: v1}
+  - match:
+    - uri:
+        exact: /old
+    rewrite:
+      uri: /new
+      authority: internal.example.com
+    route:
+    - destination: {host: reviews, subset: v1}
+  - match:
+    - uri:
+        prefix: /service
+    rewrite:
+      uriRegexRewrite:
+        match: ^/service/([^/]+)(/.*)$
+        rewrite: \2/instance/\1
+    route:
+    - destination: {host: reviews, subset: v1}
+  - route:
+    - destination: {host: reviews, subset: v1}
+"#,
+    )
+    .unwrap();
+    let gw = start(&cfg, &[80]).await;
+    let at = gw.addr(80);
+    let ask = |path: &'static str| async move {
+        let r = get(at, path).host("bookinfo.example.com").send().await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+        r.echo().unwrap()
+    };
+
+    let e = ask("/ratings/0?user=jason").await;
+    assert_eq!(e.path, "/v1/bookRatings/0?user=jason");
+    assert_eq!(e.header("x-envoy-original-path"), Some("/ratings/0?user=jason"));
+    assert_eq!(e.host, "bookinfo.example.com");
+    let e = ask("/old?x=1").await;
+    assert_eq!((e.path.as_str(), e.host.as_str()), ("/new?x=1", "internal.example.com"));
+    let e = ask("/service/foo/v1/api").await;
+    assert_eq!(e.path, "/v1/api/instance/foo");
+    let e = ask("/untouched").await;
+    assert_eq!(e.path, "/untouched");
+    assert_eq!(e.header("x-envoy-original-path"), None);
+    assert_eq!(v1.requests().len(), 4);
+}

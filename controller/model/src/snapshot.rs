@@ -221,6 +221,30 @@ pub struct Route {
     /// Upstream response timeout; `None` means none (Istio's default). Longer than 49 days
     /// is capped there.
     pub timeout_ms: Option<u32>,
+    /// `rewrite`: what the upstream request's path and authority become.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<Box<Rewrite>>,
+}
+
+/// Istio's `HTTPRewrite`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rewrite {
+    /// Replaces the matched prefix (a prefix match), or the whole path (an exact or regex
+    /// match); with no uri match, the leading `/` (Envoy's behaviour for a route matching `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<CompactString>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<CompactString>,
+    /// `uriRegexRewrite`: every match of `pattern` in the path is replaced by `substitution`
+    /// (RE2 syntax, `\1` for a capture group).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri_regex: Option<RegexRewrite>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegexRewrite {
+    pub pattern: CompactString,
+    pub substitution: CompactString,
 }
 
 /// One match block: every field that is set must match.

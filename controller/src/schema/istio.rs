@@ -213,7 +213,7 @@ pub struct HttpRouteRest {
     pub redirect: Option<HttpRedirect>,
     pub direct_response: Option<HttpDirectResponse>,
     pub delegate: Option<Opaque>,
-    pub rewrite: Option<Opaque>,
+    pub rewrite: Option<HttpRewrite>,
     pub retries: Option<Opaque>,
     pub fault: Option<Opaque>,
     pub mirror: Option<Opaque>,
@@ -240,6 +240,28 @@ pub struct HttpRedirect {
     pub scheme: Option<Box<str>>,
     #[serde(default)]
     pub redirect_code: Option<u32>,
+}
+
+/// Istio's `HTTPRewrite`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRewrite {
+    #[serde(default)]
+    pub uri: Option<Box<str>>,
+    #[serde(default)]
+    pub authority: Option<Box<str>>,
+    #[serde(default)]
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+/// `RegexRewrite`: every match of `match` in the path is replaced by `rewrite` (RE2 syntax,
+/// `\1` for a capture group).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RegexRewrite {
+    #[serde(default, rename = "match")]
+    pub pattern: String,
+    #[serde(default)]
+    pub rewrite: String,
 }
 
 /// `HTTPRedirect.derivePort`.
@@ -393,7 +415,7 @@ mod written {
         #[serde(default)]
         pub delegate: Option<Opaque>,
         #[serde(default)]
-        pub rewrite: Option<Opaque>,
+        pub rewrite: Option<super::HttpRewrite>,
         #[serde(default)]
         pub retries: Option<Opaque>,
         #[serde(default)]

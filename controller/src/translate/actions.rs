@@ -1,9 +1,11 @@
-//! Route actions the gateway answers itself: `redirect` and `directResponse`, checked as
-//! Istio's validation checks them (`validateHTTPRedirect`, `validateHTTPDirectResponse`).
+//! Route actions: `redirect` and `directResponse`, which the gateway answers itself, and
+//! `rewrite`, checked as Istio's validation checks them (`validateHTTPRedirect`,
+//! `validateHTTPDirectResponse`, `validateHTTPRewrite`).
 
+use super::routes::RegexChecks;
 use crate::diagnostics::{codes, Diagnostic};
-use crate::schema::istio::{DerivePort, HttpDirectResponse, HttpRedirect};
-use crate::snapshot::{DirectResponse, Redirect, RedirectPort, RouteAction};
+use crate::schema::istio::{DerivePort, HttpDirectResponse, HttpRedirect, HttpRewrite};
+use crate::snapshot::{DirectResponse, Redirect, RedirectPort, RegexRewrite, Rewrite, RouteAction};
 use base64::Engine;
 
 /// Envoy refuses direct-response bodies past its `max_direct_response_body_size_bytes`; Istio
@@ -111,6 +113,57 @@ pub(super) fn direct_response(
     Some(RouteAction::DirectResponse(Box::new(DirectResponse { status, body: body.map(Vec::into_boxed_slice) })))
 }
 
+/// `rewrite` at `field`, or `None` with the problem reported.
+pub(super) fn rewrite(
+    r: &HttpRewrite,
+    field: &str,
+    regexes: &RegexChecks,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<Rewrite> {
+    let mut error = |at: &str, message: String| {
+        problems.push(Diagnostic::error(codes::SCHEMA, format!("{field}{at}"), message));
+    };
+    if r.uri.is_none() && r.authority.is_none() && r.uri_regex_rewrite.is_none() {
+        error("", "a rewrite must set uri, uriRegexRewrite or authority".into());
+        return None;
+    }
+    if r.uri.is_some() && r.uri_regex_rewrite.is_some() {
+        error("", "uri and uriRegexRewrite are alternatives: set one".into());
+        return None;
+    }
+    if let Some(authority) = r.authority.as_deref() {
+        if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b"/?#@".contains(&b)) {
+            error(".authority", format!("{authority:?} is not a host[:port]"));
+            return None;
+        }
+    }
+    if let Some(uri) = r.uri.as_deref() {
+        if uri.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#') {
+            error(".uri", format!("{uri:?} is not a path"));
+            return None;
+        }
+    }
+    let uri_regex = match &r.uri_regex_rewrite {
+        None => None,
+        Some(rr) => {
+            if rr.pattern.is_empty() {
+                error(".uriRegexRewrite.match", "a pattern is required".into());
+                return None;
+            }
+            if let Err(e) = regexes.check(&rr.pattern) {
+                error(".uriRegexRewrite.match", format!("invalid regex: {e}"));
+                return None;
+            }
+            Some(RegexRewrite { pattern: rr.pattern.as_str().into(), substitution: rr.rewrite.as_str().into() })
+        }
+    };
+    Some(Rewrite {
+        uri: r.uri.as_deref().map(Into::into),
+        authority: r.authority.as_deref().map(Into::into),
+        uri_regex,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +204,33 @@ mod tests {
             let mut problems = Vec::new();
             assert!(redirect(&yaml(bad), "r", &mut problems).is_none(), "{bad}");
             assert_eq!(problems.len(), 1, "{bad}: {:?}", errors(&problems));
+            assert_eq!(problems[0].field, field, "{bad}: {:?}", errors(&problems));
+        }
+    }
+
+    #[test]
+    fn rewrites_as_istio_validates_them() {
+        let regexes = RegexChecks::default();
+        let mut problems = Vec::new();
+        let r = rewrite(
+            &yaml("{uriRegexRewrite: {match: '^/service/([^/]+)(/.*)$', rewrite: '\\2/instance/\\1'}}"),
+            "w",
+            &regexes,
+            &mut problems,
+        );
+        let r = r.unwrap_or_else(|| panic!("{problems:?}"));
+        assert_eq!(r.uri_regex.unwrap().substitution.as_str(), "\\2/instance/\\1");
+        assert!(rewrite(&yaml("{uri: /, authority: b.example.com}"), "w", &regexes, &mut problems).is_some());
+        assert!(problems.is_empty());
+        for (bad, field) in [
+            ("{}", "w"),
+            ("{uri: /a, uriRegexRewrite: {match: a, rewrite: b}}", "w"),
+            ("{uriRegexRewrite: {match: '(', rewrite: b}}", "w.uriRegexRewrite.match"),
+            ("{authority: 'a b'}", "w.authority"),
+            ("{uri: '/a?b'}", "w.uri"),
+        ] {
+            let mut problems = Vec::new();
+            assert!(rewrite(&yaml(bad), "w", &regexes, &mut problems).is_none(), "{bad}");
             assert_eq!(problems[0].field, field, "{bad}: {:?}", errors(&problems));
         }
     }

@@ -46,10 +46,10 @@ pub(super) struct Context<'a> {
 
 /// Outcome of checking each distinct regex (the error message when it is invalid).
 #[derive(Default)]
-pub(super) struct RegexChecks(std::cell::RefCell<HashMap<String, Result<(), String>>>);
+pub(crate) struct RegexChecks(std::cell::RefCell<HashMap<String, Result<(), String>>>);
 
 impl RegexChecks {
-    fn check(&self, pattern: &str) -> Result<(), String> {
+    pub(crate) fn check(&self, pattern: &str) -> Result<(), String> {
         if let Some(known) = self.0.borrow().get(pattern) {
             return known.clone();
         }
@@ -242,7 +242,6 @@ fn http_route(
     let rest = http.rest();
     let unsupported = [
         ("delegate", rest.delegate.is_some()),
-        ("rewrite", rest.rewrite.is_some()),
         ("retries", rest.retries.is_some()),
         ("fault", rest.fault.is_some()),
         ("mirror", rest.mirror.is_some() || rest.mirrors.is_some()),
@@ -276,6 +275,18 @@ fn http_route(
     .into_iter()
     .filter_map(|(name, set)| set.then_some(name))
     .collect();
+    if rest.rewrite.is_some() && (rest.redirect.is_some() || rest.direct_response.is_some()) {
+        problems.push(Diagnostic::error(
+            codes::SCHEMA,
+            format!("{field}.rewrite"),
+            "a rewrite applies to requests the route forwards; this route answers them itself",
+        ));
+        return None;
+    }
+    let rewrite = match &rest.rewrite {
+        None => None,
+        Some(r) => Some(Box::new(actions::rewrite(r, &format!("{field}.rewrite"), &ctx.regexes, problems)?)),
+    };
     let local_action = match actions.as_slice() {
         [] => {
             problems.push(Diagnostic::error(
@@ -362,6 +373,7 @@ fn http_route(
             matches: crate::memory::boxed(matches),
             action,
             timeout_ms,
+            rewrite: None,
         };
         return Some((route, match_gateways, Vec::new()));
     }
@@ -426,6 +438,7 @@ fn http_route(
         matches: crate::memory::boxed(matches),
         action: RouteAction::Route { destinations: crate::memory::boxed(destinations) },
         timeout_ms,
+        rewrite,
     };
     Some((route, match_gateways, clusters))
 }

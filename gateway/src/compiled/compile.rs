@@ -1,6 +1,7 @@
 //! Snapshot → runtime: host tables, compiled routes and TLS servers, and clusters whose
 //! load-balancer state survives the swap when their definition did not change.
 
+use super::rewrite::CompiledRewrite;
 use super::*;
 
 impl Runtime {
@@ -110,10 +111,18 @@ fn compile_route(
             return None;
         }
     };
+    let rewrite = match r.rewrite.as_deref().map(|rw| CompiledRewrite::compile(rw, regexes)).transpose() {
+        Ok(rw) => rw.map(Box::new),
+        Err(e) => {
+            tracing::error!(route = r.name.as_str(), error = %e, "route dropped: rewrite does not compile");
+            return None;
+        }
+    };
     Some(Route {
         definition: r.clone(),
         matches: meshgate_model::memory::boxed(matches),
         destinations: Destinations::compile(r.action.destinations(), clusters),
+        rewrite,
         log_name: OnceLock::new(),
     })
 }

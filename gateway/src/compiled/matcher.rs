@@ -55,7 +55,7 @@ enum Matcher {
 pub(crate) struct RegexCache(std::collections::HashMap<String, Arc<Regex>>);
 
 impl RegexCache {
-    fn get(&mut self, pattern: String) -> Result<Arc<Regex>, regex::Error> {
+    pub(crate) fn get(&mut self, pattern: String) -> Result<Arc<Regex>, regex::Error> {
         if let Some(r) = self.0.get(&pattern) {
             return Ok(r.clone());
         }
@@ -164,6 +164,19 @@ impl CompiledMatch {
             conditions.push(Condition::QueryParam(Box::new(Keyed::compile(k, cache)?)));
         }
         Ok(CompiledMatch { conditions: conditions.into_boxed_slice() })
+    }
+
+    /// What a `rewrite.uri` replaces when this block matched.
+    pub(crate) fn uri_part(&self) -> super::rewrite::UriPart {
+        use super::rewrite::UriPart;
+        self.conditions
+            .iter()
+            .find_map(|c| match c {
+                Condition::Uri(Matcher::Prefix(p) | Matcher::PrefixNoCase(p)) => Some(UriPart::Prefix(p.len())),
+                Condition::Uri(_) => Some(UriPart::Whole),
+                _ => None,
+            })
+            .unwrap_or(UriPart::Root)
     }
 
     pub(crate) fn matches(&self, req: &RequestView) -> bool {

@@ -6,6 +6,7 @@ pub(crate) mod cluster;
 mod compile;
 mod current;
 pub(crate) mod matcher;
+pub(crate) mod rewrite;
 
 pub(crate) use current::Current;
 
@@ -80,6 +81,8 @@ pub(crate) struct Route {
     /// each in a 96-byte block instead of 128.
     matches: Box<[CompiledMatch]>,
     destinations: Destinations,
+    /// `rewrite`, when the route has one.
+    rewrite: Option<Box<rewrite::CompiledRewrite>>,
     /// `route_name` of access log lines, encoded on first use (see `cluster::Telemetry`).
     log_name: OnceLock<Prepared<RouteName>>,
 }
@@ -102,6 +105,18 @@ impl Route {
 
     pub(crate) fn matches(&self, req: &RequestView) -> bool {
         self.matches.is_empty() || self.matches.iter().any(|m| m.matches(req))
+    }
+
+    /// The route's `rewrite` for a request it matched: the new path and query (`None` when
+    /// the path stays) and authority. Evaluates the match blocks again to learn which one
+    /// matched (only routes with a rewrite pay for it).
+    pub(crate) fn rewrite(&self, req: &RequestView) -> Option<(Option<String>, Option<http::HeaderValue>)> {
+        let rewrite = self.rewrite.as_deref()?;
+        let part = match self.matches.iter().find(|m| m.matches(req)) {
+            Some(m) => m.uri_part(),
+            None => rewrite::UriPart::Root,
+        };
+        Some((rewrite.path(req.path, part), rewrite.authority.clone()))
     }
 
     pub(crate) fn pick_cluster(&self) -> Option<&Arc<ClusterRuntime>> {

@@ -7,7 +7,7 @@
 //!  listener(port) ─► TLS server mismatch? 421 ─► virtual host(Host) or 404 NR ─► httpsRedirect? 301
 //!  ─► first matching route or 404 NR ─► its redirect or direct response, if it has one
 //!  ─► cluster (weights) or 503 NC ─► TLS settings or 503 UF
-//!  ─► endpoint (LB, hash key) or 503 UH
+//!  ─► endpoint (LB, hash key) or 503 UH ─► its rewrite (path, authority), if it has one
 //! ```
 
 use super::local_reply::LocalReply;
@@ -45,6 +45,15 @@ pub(super) struct Decision {
     pub(crate) pick: Pick,
     /// A consistent-hash cookie to set on the response: the request had none.
     pub(crate) set_cookie: Option<String>,
+    /// The route's `rewrite` for this request.
+    pub(crate) rewrite: Option<Box<Rewritten>>,
+}
+
+/// What the upstream request's path and authority become (`rewrite`).
+pub(crate) struct Rewritten {
+    /// Path and query; `None` when only the authority changes.
+    pub(crate) path: Option<String>,
+    pub(crate) authority: Option<http::HeaderValue>,
 }
 
 /// What the gateway answers itself, with the route and cluster when they were known (for
@@ -113,8 +122,9 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
         return refuse(LocalReply::upstream_tls_unusable(), route, cluster);
     }
     let (hash, set_cookie) = request_hash(&cluster, request);
+    let rewrite = route.rewrite(&view).map(|(path, authority)| Box::new(Rewritten { path, authority }));
     match cluster.balancer.pick(hash, None) {
-        Some(pick) => Ok(Decision { route, cluster, pick, set_cookie }),
+        Some(pick) => Ok(Decision { route, cluster, pick, set_cookie, rewrite }),
         None => refuse(LocalReply::no_healthy_upstream(), route, cluster),
     }
 }

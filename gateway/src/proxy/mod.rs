@@ -52,6 +52,7 @@ const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 // into a new allocation on every insert of a non-standard header.
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_ENVOY_UPSTREAM_SERVICE_TIME: HeaderName = HeaderName::from_static("x-envoy-upstream-service-time");
+const X_ENVOY_ORIGINAL_PATH: HeaderName = HeaderName::from_static("x-envoy-original-path");
 // Fixed values built once: a `&str` value is validated and copied on every request.
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const HTTP: HeaderValue = HeaderValue::from_static("http");
@@ -99,6 +100,8 @@ pub(crate) struct Ctx {
     upstream_time_ms: Option<u64>,
     /// The gateway's span ids and sampling decision (tracing on only).
     trace: Option<SpanContext>,
+    /// The route's `rewrite` for this request, applied to the upstream request.
+    rewrite: Option<Box<decide::Rewritten>>,
 }
 
 #[async_trait]
@@ -123,6 +126,7 @@ impl ProxyHttp for MeshProxy {
             upstream_start: None,
             upstream_time_ms: None,
             trace: None,
+            rewrite: None,
         })
     }
 
@@ -152,8 +156,8 @@ impl ProxyHttp for MeshProxy {
         let decision = match decide::decide(&runtime, &incoming) {
             Ok(d) => {
                 ctx.endpoint = Some(d.pick.index());
-                (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie) =
-                    (Some(d.route), Some(d.cluster), Some(d.pick), d.set_cookie);
+                (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie, ctx.rewrite) =
+                    (Some(d.route), Some(d.cluster), Some(d.pick), d.set_cookie, d.rewrite);
                 Ok(())
             }
             Err(refusal) => {
@@ -214,6 +218,9 @@ impl ProxyHttp for MeshProxy {
         ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
+        }
+        if let Some(rewrite) = ctx.rewrite.take() {
+            apply_rewrite(upstream, *rewrite)?;
         }
         ctx.upstream_start = Some(Instant::now());
         Ok(())
@@ -338,6 +345,22 @@ async fn answer(session: &mut Session, ctx: &mut Ctx, reply: LocalReply) -> Resu
     ctx.local_code = Some(reply.code);
     reply.send(session).await?;
     Ok(true)
+}
+
+/// A route's `rewrite` on the upstream request: the new path (the original goes up in
+/// `x-envoy-original-path`, as Envoy sends it) and `Host`.
+fn apply_rewrite(upstream: &mut RequestHeader, rewrite: decide::Rewritten) -> Result<()> {
+    if let Some(path) = rewrite.path {
+        let uri = http::Uri::try_from(path).map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+        let original = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
+        let original = HeaderValue::from_str(original).map_err(invalid_header)?;
+        upstream.insert_header(X_ENVOY_ORIGINAL_PATH, original)?;
+        upstream.set_uri(uri);
+    }
+    if let Some(authority) = rewrite.authority {
+        upstream.insert_header(http::header::HOST, authority)?;
+    }
+    Ok(())
 }
 
 fn invalid_header(e: http::header::InvalidHeaderValue) -> Box<Error> {
