@@ -530,3 +530,67 @@ spec:
     assert_eq!(e.header("x-envoy-original-path"), None);
     assert_eq!(v1.requests().len(), 4);
 }
+
+/// `headers` at route and destination level, from the VirtualService reference: the request
+/// going up and the response coming down are edited (remove, then set, then add), the
+/// destination's edits first and the route's last.
+#[tokio::test]
+async fn header_edits_at_route_and_destination_level() {
+    let (v1, _v2, cfg) = reviews_setup().await;
+    cfg.write(
+        "vs.yaml",
+        r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews-route, namespace: default}
+spec:
+  hosts: ["bookinfo.example.com"]
+  gateways: ["istio-system/gw"]
+  http:
+  - headers:
+      request:
+        set:
+          test: "true"
+        add:
+          x-team: reviews
+        remove:
+        - cookie
+      response:
+        set:
+          cache-control: no-store
+        add:
+          x-route: reviews-route
+    route:
+    - destination:
+        host: reviews
+        subset: v1
+      headers:
+        request:
+          set:
+            test: "from-destination"
+            x-destination: v1
+        response:
+          remove:
+          - x-upstream
+"#,
+    )
+    .unwrap();
+    let gw = start(&cfg, &[80]).await;
+    let r = get(gw.addr(80), "/reviews/1")
+        .host("bookinfo.example.com")
+        .header("cookie", "session=secret")
+        .header("x-team", "client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let e = r.echo().unwrap();
+    assert_eq!(e.header("test"), Some("true"), "the route's set applies after the destination's");
+    assert_eq!(e.header("x-destination"), Some("v1"));
+    assert_eq!(e.header("x-team"), Some("client, reviews"), "add appends");
+    assert_eq!(e.header("cookie"), None);
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-route"), Some("reviews-route"));
+    assert_eq!(r.header("x-upstream"), None, "removed by the destination");
+    assert_eq!(r.header("server"), Some("istio-envoy"));
+    assert_eq!(v1.requests().len(), 1);
+}

@@ -224,6 +224,36 @@ pub struct Route {
     /// `rewrite`: what the upstream request's path and authority become.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Box<Rewrite>>,
+    /// `headers`: edits of every request and response of the route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Box<HeaderEdits>>,
+}
+
+/// Istio's `Headers`, for a route or one of its destinations.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeaderEdits {
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub request: HeaderOps,
+    #[serde(default, skip_serializing_if = "HeaderOps::is_empty")]
+    pub response: HeaderOps,
+}
+
+/// Applied in this order, as Envoy applies them: `remove`, then `set` (replacing every value),
+/// then `add` (appending). Names are lowercase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeaderOps {
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub remove: Box<[CompactString]>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub set: Box<[(CompactString, CompactString)]>,
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub add: Box<[(CompactString, CompactString)]>,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
 }
 
 /// Istio's `HTTPRewrite`.
@@ -354,6 +384,9 @@ pub type ClusterName = Arc<str>;
 pub struct WeightedCluster {
     pub cluster: ClusterName,
     pub weight: u32,
+    /// The destination's own `headers`, applied before the route's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Box<HeaderEdits>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

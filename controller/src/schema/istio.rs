@@ -221,7 +221,7 @@ pub struct HttpRouteRest {
     pub mirror_percentage: Option<Opaque>,
     pub mirror_percent: Option<Opaque>,
     pub cors_policy: Option<Opaque>,
-    pub headers: Option<Opaque>,
+    pub headers: Option<Box<Headers>>,
 }
 
 /// Istio's `HTTPRedirect`.
@@ -431,7 +431,7 @@ mod written {
         #[serde(default)]
         pub cors_policy: Option<Opaque>,
         #[serde(default)]
-        pub headers: Option<Opaque>,
+        pub headers: Option<Box<super::Headers>>,
     }
 
     #[derive(Deserialize)]
@@ -530,7 +530,29 @@ pub struct HttpRouteDestination {
     #[serde(default)]
     pub weight: Option<i32>,
     #[serde(default)]
-    pub headers: Option<Opaque>,
+    pub headers: Option<Box<Headers>>,
+}
+
+/// Istio's `Headers`: edits of the request going up and of the response coming down.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Headers {
+    #[serde(default)]
+    pub request: Option<HeaderOperations>,
+    #[serde(default)]
+    pub response: Option<HeaderOperations>,
+}
+
+/// `Headers.HeaderOperations`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeaderOperations {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]

@@ -1,12 +1,15 @@
 //! Route actions: `redirect` and `directResponse`, which the gateway answers itself, and
-//! `rewrite`, checked as Istio's validation checks them (`validateHTTPRedirect`,
-//! `validateHTTPDirectResponse`, `validateHTTPRewrite`).
+//! `rewrite` and `headers`, checked as Istio's validation checks them (`validateHTTPRedirect`,
+//! `validateHTTPDirectResponse`, `validateHTTPRewrite`, `validateHTTPHeaderOperations`).
 
 use super::routes::RegexChecks;
 use crate::diagnostics::{codes, Diagnostic};
-use crate::schema::istio::{DerivePort, HttpDirectResponse, HttpRedirect, HttpRewrite};
-use crate::snapshot::{DirectResponse, Redirect, RedirectPort, RegexRewrite, Rewrite, RouteAction};
+use crate::schema::istio::{DerivePort, HeaderOperations, Headers, HttpDirectResponse, HttpRedirect, HttpRewrite};
+use crate::snapshot::{
+    DirectResponse, HeaderEdits, HeaderOps, Redirect, RedirectPort, RegexRewrite, Rewrite, RouteAction,
+};
 use base64::Engine;
+use compact_str::CompactString;
 
 /// Envoy refuses direct-response bodies past its `max_direct_response_body_size_bytes`; Istio
 /// raises that to 1 MiB.
@@ -164,6 +167,60 @@ pub(super) fn rewrite(
     })
 }
 
+/// `headers` (of a route or a destination) at `field`, or `None` with the problem reported.
+/// `:authority` is `host` (Istio turns a request `set` of either into the authority).
+pub(super) fn headers(h: &Headers, field: &str, problems: &mut Vec<Diagnostic>) -> Option<Option<Box<HeaderEdits>>> {
+    let edits = HeaderEdits {
+        request: header_ops(h.request.as_ref(), &format!("{field}.request"), problems)?,
+        response: header_ops(h.response.as_ref(), &format!("{field}.response"), problems)?,
+    };
+    Some((!edits.request.is_empty() || !edits.response.is_empty()).then(|| Box::new(edits)))
+}
+
+fn header_ops(ops: Option<&HeaderOperations>, field: &str, problems: &mut Vec<Diagnostic>) -> Option<HeaderOps> {
+    let Some(ops) = ops else { return Some(HeaderOps::default()) };
+    let name_of = |name: &str, at: String, problems: &mut Vec<Diagnostic>| -> Option<CompactString> {
+        let lower = name.to_ascii_lowercase();
+        let lower = if lower == ":authority" { "host".to_string() } else { lower };
+        if lower.starts_with(':') || http::HeaderName::from_bytes(lower.as_bytes()).is_err() {
+            problems.push(Diagnostic::error(
+                codes::SCHEMA,
+                at,
+                format!("{name:?} is not a header name that may be edited"),
+            ));
+            return None;
+        }
+        Some(lower.into())
+    };
+    let pairs = |map: &std::collections::BTreeMap<String, String>, kind: &str, problems: &mut Vec<Diagnostic>| {
+        let mut out = Vec::with_capacity(map.len());
+        for (name, value) in map {
+            let at = format!("{field}.{kind}.{name}");
+            let name = name_of(name, at.clone(), problems)?;
+            if http::HeaderValue::from_str(value).is_err() {
+                problems.push(Diagnostic::error(codes::SCHEMA, at, "not a valid header value"));
+                return None;
+            }
+            if value.contains('%') {
+                problems.push(Diagnostic::warning(
+                    codes::UNSUPPORTED,
+                    at,
+                    "Envoy's %…% header formatters are not expanded: the value is sent as written",
+                ));
+            }
+            out.push((name, CompactString::from(value.as_str())));
+        }
+        Some(crate::memory::boxed(out))
+    };
+    let set = pairs(&ops.set, "set", problems)?;
+    let add = pairs(&ops.add, "add", problems)?;
+    let mut remove = Vec::with_capacity(ops.remove.len());
+    for (i, name) in ops.remove.iter().enumerate() {
+        remove.push(name_of(name, format!("{field}.remove[{i}]"), problems)?);
+    }
+    Some(HeaderOps { remove: crate::memory::boxed(remove), set, add })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +290,35 @@ mod tests {
             assert!(rewrite(&yaml(bad), "w", &regexes, &mut problems).is_none(), "{bad}");
             assert_eq!(problems[0].field, field, "{bad}: {:?}", errors(&problems));
         }
+    }
+
+    #[test]
+    fn header_edits_as_istio_validates_them() {
+        let mut problems = Vec::new();
+        let h = headers(
+            &yaml("{request: {set: {X-Env: prod, ':authority': a.example.com}, remove: [Cookie]}, response: {add: {x-served-by: mg}}}"),
+            "h",
+            &mut problems,
+        );
+        let h = h.unwrap().unwrap();
+        assert!(problems.is_empty(), "{:?}", errors(&problems));
+        let set: Vec<_> = h.request.set.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+        assert_eq!(set, [("host", "a.example.com"), ("x-env", "prod")]);
+        assert_eq!(&*h.request.remove, ["cookie"]);
+        assert_eq!(h.response.add.len(), 1);
+        assert!(headers(&yaml("{request: {}}"), "h", &mut problems).unwrap().is_none(), "nothing to do");
+        for (bad, field) in [
+            ("{request: {set: {'bad name': x}}}", "h.request.set.bad name"),
+            ("{request: {remove: [':path']}}", "h.request.remove[0]"),
+            ("{response: {add: {x: \"a\\nb\"}}}", "h.response.add.x"),
+        ] {
+            let mut problems = Vec::new();
+            assert!(headers(&yaml(bad), "h", &mut problems).is_none(), "{bad}");
+            assert_eq!(problems[0].field, field, "{bad}: {:?}", errors(&problems));
+        }
+        let mut problems = Vec::new();
+        headers(&yaml("{request: {set: {x-client: '%DOWNSTREAM_REMOTE_ADDRESS%'}}}"), "h", &mut problems).unwrap();
+        assert_eq!(problems[0].code, codes::UNSUPPORTED);
     }
 
     #[test]

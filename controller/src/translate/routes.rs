@@ -247,7 +247,6 @@ fn http_route(
         ("mirror", rest.mirror.is_some() || rest.mirrors.is_some()),
         ("mirrorPercentage", rest.mirror_percentage.is_some() || rest.mirror_percent.is_some()),
         ("corsPolicy", rest.cors_policy.is_some()),
-        ("headers", rest.headers.is_some()),
     ];
     for (name, set) in unsupported {
         if set {
@@ -258,13 +257,10 @@ fn http_route(
             ));
         }
     }
-    for (i, _) in http.route.iter().enumerate().filter(|(_, d)| d.headers.is_some()) {
-        problems.push(Diagnostic::warning(
-            codes::UNSUPPORTED,
-            format!("{field}.route[{i}].headers"),
-            "not supported yet, ignored",
-        ));
-    }
+    let headers = match &rest.headers {
+        None => None,
+        Some(h) => actions::headers(h, &format!("{field}.headers"), problems)?,
+    };
     // One of route, redirect, directResponse and delegate, as Istio's validation requires.
     let actions: Vec<&str> = [
         ("route", !http.route.is_empty()),
@@ -374,6 +370,7 @@ fn http_route(
             action,
             timeout_ms,
             rewrite: None,
+            headers,
         };
         return Some((route, match_gateways, Vec::new()));
     }
@@ -414,7 +411,11 @@ fn http_route(
         };
         let resolved =
             resolve(registry, rules, creds, &host, port, dest.destination.subset.as_deref(), &dfield, problems)?;
-        destinations.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight });
+        let headers = match &dest.headers {
+            None => None,
+            Some(h) => actions::headers(h, &format!("{field}.route[{k}].headers"), problems)?,
+        };
+        destinations.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight, headers });
         clusters.push(resolved.cluster);
     }
     if http.route.len() > 1 && weights.iter().any(Option::is_some) {
@@ -439,6 +440,7 @@ fn http_route(
         action: RouteAction::Route { destinations: crate::memory::boxed(destinations) },
         timeout_ms,
         rewrite,
+        headers,
     };
     Some((route, match_gateways, clusters))
 }
@@ -581,7 +583,7 @@ fn l4_routes<'a>(
                 None if all_unweighted => 1,
                 None => 0,
             };
-            dests.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight });
+            dests.push(WeightedCluster { cluster: resolved.cluster.name.clone(), weight, headers: None });
             if seen_clusters.insert(resolved.cluster.name.clone()) {
                 out.clusters.push(Shared::new(resolved.cluster));
             }

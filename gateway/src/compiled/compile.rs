@@ -1,6 +1,7 @@
 //! Snapshot → runtime: host tables, compiled routes and TLS servers, and clusters whose
 //! load-balancer state survives the swap when their definition did not change.
 
+use super::headers::CompiledEdits;
 use super::rewrite::CompiledRewrite;
 use super::*;
 
@@ -118,8 +119,16 @@ fn compile_route(
             return None;
         }
     };
+    let headers = match r.headers.as_deref().map(CompiledEdits::compile).transpose() {
+        Ok(h) => h.map(Arc::new),
+        Err(e) => {
+            tracing::error!(route = r.name.as_str(), error = %e, "route dropped: headers do not compile");
+            return None;
+        }
+    };
     Some(Route {
         definition: r.clone(),
+        headers,
         matches: meshgate_model::memory::boxed(matches),
         destinations: Destinations::compile(r.action.destinations(), clusters),
         rewrite,

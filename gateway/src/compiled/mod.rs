@@ -5,6 +5,7 @@
 pub(crate) mod cluster;
 mod compile;
 mod current;
+pub(crate) mod headers;
 pub(crate) mod matcher;
 pub(crate) mod rewrite;
 
@@ -28,6 +29,9 @@ use std::time::Duration;
 pub(crate) struct Destinations {
     clusters: Vec<(Arc<ClusterRuntime>, u32)>,
     total_weight: u32,
+    /// Each destination's own `headers`, parallel to `clusters`; `None` when no destination
+    /// has any (nearly every route).
+    headers: Option<Box<[Option<Arc<headers::CompiledEdits>>]>>,
 }
 
 impl Destinations {
@@ -36,13 +40,22 @@ impl Destinations {
         // Exact size: kept for as long as the route serves (pushed into an empty vector, one or
         // two destinations took room for four, 1 MB at 10k services).
         let mut out = Vec::with_capacity(destinations.len());
+        let mut edits = Vec::new();
         for d in destinations.iter().filter(|d| d.weight > 0) {
             let Some(c) = clusters.get(&d.cluster) else { continue };
             cumulative = cumulative.saturating_add(d.weight);
             out.push((c.clone(), cumulative));
+            edits.push(d.headers.as_deref().and_then(|h| match headers::CompiledEdits::compile(h) {
+                Ok(compiled) => Some(Arc::new(compiled)),
+                Err(e) => {
+                    tracing::error!(cluster = &*d.cluster, error = %e, "destination headers ignored: they do not compile");
+                    None
+                }
+            }));
         }
         out = meshgate_model::memory::exact(out);
-        Destinations { clusters: out, total_weight: cumulative }
+        let headers = edits.iter().any(Option::is_some).then(|| edits.into_boxed_slice());
+        Destinations { clusters: out, total_weight: cumulative, headers }
     }
 
     /// True when compiling `destinations` against `clusters` would give these destinations:
@@ -62,13 +75,23 @@ impl Destinations {
 
     /// Weighted choice among the destinations.
     pub(crate) fn pick(&self) -> Option<&Arc<ClusterRuntime>> {
+        self.pick_index().map(|i| &self.clusters[i].0)
+    }
+
+    /// [`pick`](Self::pick), with the destination's own `headers`.
+    pub(crate) fn pick_with_headers(&self) -> Option<(&Arc<ClusterRuntime>, Option<&Arc<headers::CompiledEdits>>)> {
+        let i = self.pick_index()?;
+        Some((&self.clusters[i].0, self.headers.as_ref().and_then(|h| h[i].as_ref())))
+    }
+
+    fn pick_index(&self) -> Option<usize> {
         match self.clusters.len() {
             0 => None,
-            1 => Some(&self.clusters[0].0),
+            1 => Some(0),
             _ => {
                 let r = fastrand::u32(0..self.total_weight.max(1));
                 let i = self.clusters.partition_point(|(_, cum)| *cum <= r);
-                self.clusters.get(i).map(|(c, _)| c)
+                (i < self.clusters.len()).then_some(i)
             }
         }
     }
@@ -83,6 +106,8 @@ pub(crate) struct Route {
     destinations: Destinations,
     /// `rewrite`, when the route has one.
     rewrite: Option<Box<rewrite::CompiledRewrite>>,
+    /// `headers`, when the route has them.
+    headers: Option<Arc<headers::CompiledEdits>>,
     /// `route_name` of access log lines, encoded on first use (see `cluster::Telemetry`).
     log_name: OnceLock<Prepared<RouteName>>,
 }
@@ -119,8 +144,14 @@ impl Route {
         Some((rewrite.path(req.path, part), rewrite.authority.clone()))
     }
 
-    pub(crate) fn pick_cluster(&self) -> Option<&Arc<ClusterRuntime>> {
-        self.destinations.pick()
+    /// A destination by weight, with its own `headers`.
+    pub(crate) fn pick_cluster(&self) -> Option<(&Arc<ClusterRuntime>, Option<&Arc<headers::CompiledEdits>>)> {
+        self.destinations.pick_with_headers()
+    }
+
+    /// The route's own `headers`.
+    pub(crate) fn headers(&self) -> Option<&Arc<headers::CompiledEdits>> {
+        self.headers.as_ref()
     }
 }
 
@@ -343,7 +374,7 @@ spec:
         assert!(!same_routes(&again, &moved, "reviews.example.com"));
         assert!(same_routes(&again, &moved, "ratings.example.com"));
         let route = &vhost(&moved, "reviews.example.com").routes[0];
-        let cluster = route.pick_cluster().expect("a destination");
+        let (cluster, _) = route.pick_cluster().expect("a destination");
         assert_eq!(cluster.endpoints[0].addr.to_string(), "10.0.0.8:80");
     }
 }

@@ -14,6 +14,7 @@ use super::local_reply::LocalReply;
 use super::redirect::{self, RequestUrl};
 use crate::balance::{hash_key, Pick};
 use crate::compiled::cluster::ClusterRuntime;
+use crate::compiled::headers::CompiledEdits;
 use crate::compiled::matcher::RequestView;
 use crate::compiled::{Route, Runtime};
 use crate::head;
@@ -47,6 +48,8 @@ pub(super) struct Decision {
     pub(crate) set_cookie: Option<String>,
     /// The route's `rewrite` for this request.
     pub(crate) rewrite: Option<Box<Rewritten>>,
+    /// The picked destination's own `headers` (the route's are on the route).
+    pub(crate) destination_headers: Option<Arc<CompiledEdits>>,
 }
 
 /// What the upstream request's path and authority become (`rewrite`).
@@ -114,7 +117,8 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
         }
     }
     // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
-    let Some(cluster) = route.pick_cluster().filter(|c| !c.definition.not_found).cloned() else {
+    let picked = route.pick_cluster().filter(|(c, _)| !c.definition.not_found).map(|(c, h)| (c.clone(), h.cloned()));
+    let Some((cluster, destination_headers)) = picked else {
         return Err(Refusal { reply: LocalReply::no_cluster(), route: Some(route), cluster: None });
     };
     let refuse = |reply, route, cluster| Err(Refusal { reply, route: Some(route), cluster: Some(cluster) });
@@ -124,7 +128,7 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
     let (hash, set_cookie) = request_hash(&cluster, request);
     let rewrite = route.rewrite(&view).map(|(path, authority)| Box::new(Rewritten { path, authority }));
     match cluster.balancer.pick(hash, None) {
-        Some(pick) => Ok(Decision { route, cluster, pick, set_cookie, rewrite }),
+        Some(pick) => Ok(Decision { route, cluster, pick, set_cookie, rewrite, destination_headers }),
         None => refuse(LocalReply::no_healthy_upstream(), route, cluster),
     }
 }

@@ -7,9 +7,11 @@
 //!       │            → decide::decide (pure: 403 RBAC, 421, host, 301, route, cluster, endpoint)
 //!       │            → the decision into ctx (LB guard held there), or its local reply sent
 //!  upstream_peer ─── HttpPeer for the picked endpoint (pool reuse keyed by address)
-//!  upstream_request_filter ── x-forwarded-for/-proto, x-request-id, traceparent/B3; start upstream timer
+//!  upstream_request_filter ── x-forwarded-for/-proto, x-request-id, traceparent/B3, the route's
+//!                             rewrite and header edits; start upstream timer
 //!  upstream_response_filter ─ upstream service time (for x-envoy-upstream-service-time)
-//!  response_filter ── server, x-envoy-upstream-service-time, consistent-hash cookie
+//!  response_filter ── the route's header edits, server, x-envoy-upstream-service-time,
+//!                     consistent-hash cookie
 //!  (header edits leave Pingora's case-preserving name maps behind: see headers.rs)
 //!  fail_to_connect / fail_to_proxy ── UF → 503, UT → 504, Envoy-style bodies
 //!  logging ───────── one telemetry::Exchange → istio_* metrics, access log line, span (if sampled);
@@ -25,6 +27,7 @@ mod validate;
 
 use crate::balance::Pick;
 use crate::compiled::cluster::ClusterRuntime;
+use crate::compiled::headers::CompiledEdits;
 use crate::compiled::{Current, Route, Runtime};
 use crate::head::X_REQUEST_ID;
 use crate::response_flag::ResponseFlag;
@@ -102,6 +105,8 @@ pub(crate) struct Ctx {
     trace: Option<SpanContext>,
     /// The route's `rewrite` for this request, applied to the upstream request.
     rewrite: Option<Box<decide::Rewritten>>,
+    /// The picked destination's own `headers` (the route's are on `route`).
+    destination_headers: Option<Arc<CompiledEdits>>,
 }
 
 #[async_trait]
@@ -127,6 +132,7 @@ impl ProxyHttp for MeshProxy {
             upstream_time_ms: None,
             trace: None,
             rewrite: None,
+            destination_headers: None,
         })
     }
 
@@ -156,8 +162,8 @@ impl ProxyHttp for MeshProxy {
         let decision = match decide::decide(&runtime, &incoming) {
             Ok(d) => {
                 ctx.endpoint = Some(d.pick.index());
-                (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie, ctx.rewrite) =
-                    (Some(d.route), Some(d.cluster), Some(d.pick), d.set_cookie, d.rewrite);
+                (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie, ctx.rewrite, ctx.destination_headers) =
+                    (Some(d.route), Some(d.cluster), Some(d.pick), d.set_cookie, d.rewrite, d.destination_headers);
                 Ok(())
             }
             Err(refusal) => {
@@ -222,6 +228,14 @@ impl ProxyHttp for MeshProxy {
         if let Some(rewrite) = ctx.rewrite.take() {
             apply_rewrite(upstream, *rewrite)?;
         }
+        // The destination's `headers`, then the route's (Envoy's order: the enclosing level
+        // applies last, so its `set` wins).
+        if let Some(edits) = &ctx.destination_headers {
+            edits.apply_request(upstream)?;
+        }
+        if let Some(edits) = ctx.route.as_ref().and_then(|r| r.headers()) {
+            edits.apply_request(upstream)?;
+        }
         ctx.upstream_start = Some(Instant::now());
         Ok(())
     }
@@ -249,7 +263,14 @@ impl ProxyHttp for MeshProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        // Envoy overwrites the server header by default; scripts that look for it keep working.
+        if let Some(edits) = &ctx.destination_headers {
+            edits.apply_response(resp)?;
+        }
+        if let Some(edits) = ctx.route.as_ref().and_then(|r| r.headers()) {
+            edits.apply_response(resp)?;
+        }
+        // Envoy overwrites the server header by default (after the route's edits too); scripts
+        // that look for it keep working.
         let service_time = ctx.upstream_time_ms.map(|ms| (X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms)));
         headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time]);
         if let Some(cookie) = ctx.set_cookie.take() {
