@@ -2,10 +2,10 @@
 //! values, and applied to the upstream request and the downstream response as Envoy applies
 //! them: `remove`, then `set`, then `add`.
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use meshgate_model::snapshot::{HeaderEdits, HeaderOps};
 use pingora_error::Result;
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_http::RequestHeader;
 
 #[derive(Debug, Default)]
 pub(crate) struct CompiledEdits {
@@ -21,7 +21,7 @@ struct CompiledOps {
 }
 
 impl CompiledEdits {
-    /// `None` when a name or value does not parse (the controller checked them; a snapshot
+    /// An error when a name or value does not parse (the controller checked them; a snapshot
     /// from elsewhere may not have).
     pub(crate) fn compile(edits: &HeaderEdits) -> Result<CompiledEdits, String> {
         Ok(CompiledEdits {
@@ -30,6 +30,29 @@ impl CompiledEdits {
         })
     }
 
+    /// The request edits on a header map with no case-preserving twin (see
+    /// `proxy::headers`): plain map operations on names parsed at compile time.
+    pub(crate) fn edit_request_map(&self, map: &mut HeaderMap) {
+        self.request.edit_map(map);
+    }
+
+    /// The response edits, likewise.
+    pub(crate) fn edit_response_map(&self, map: &mut HeaderMap) {
+        self.response.edit_map(map);
+    }
+
+    /// Headers the request edits may add, to reserve room for.
+    pub(crate) fn request_additions(&self) -> usize {
+        self.request.set.len() + self.request.add.len()
+    }
+
+    /// Headers the response edits may add.
+    pub(crate) fn response_additions(&self) -> usize {
+        self.response.set.len() + self.response.add.len()
+    }
+
+    /// On a request that keeps its header names' case (Pingora's methods keep both maps;
+    /// responses never keep it, see `proxy::headers::insert_response`).
     pub(crate) fn apply_request(&self, req: &mut RequestHeader) -> Result<()> {
         let ops = &self.request;
         for name in &ops.remove {
@@ -43,23 +66,21 @@ impl CompiledEdits {
         }
         Ok(())
     }
-
-    pub(crate) fn apply_response(&self, resp: &mut ResponseHeader) -> Result<()> {
-        let ops = &self.response;
-        for name in &ops.remove {
-            resp.remove_header(name);
-        }
-        for (name, value) in &ops.set {
-            resp.insert_header(name.clone(), value.clone())?;
-        }
-        for (name, value) in &ops.add {
-            resp.append_header(name.clone(), value.clone())?;
-        }
-        Ok(())
-    }
 }
 
 impl CompiledOps {
+    fn edit_map(&self, map: &mut HeaderMap) {
+        for name in &self.remove {
+            map.remove(name);
+        }
+        for (name, value) in &self.set {
+            map.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            map.append(name.clone(), value.clone());
+        }
+    }
+
     fn compile(ops: &HeaderOps) -> Result<CompiledOps, String> {
         let name = |n: &str| HeaderName::from_bytes(n.as_bytes()).map_err(|e| format!("header {n:?}: {e}"));
         let pairs = |pairs: &[(meshgate_model::CompactString, meshgate_model::CompactString)]| {
@@ -100,9 +121,16 @@ mod tests {
         let env: Vec<_> = req.headers.get_all("x-env").iter().map(|v| v.to_str().unwrap()).collect();
         assert_eq!(env, ["prod", "eu"], "set replaced, add appended");
         assert_eq!(req.headers.get("x-new").unwrap(), "1");
-        let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.insert_header("server", "upstream").unwrap();
-        compiled.apply_response(&mut resp).unwrap();
-        assert!(resp.headers.get("server").is_none());
+        let mut resp = HeaderMap::new();
+        resp.insert("server", HeaderValue::from_static("upstream"));
+        compiled.edit_response_map(&mut resp);
+        assert!(resp.get("server").is_none());
+        // The same on a bare map.
+        let mut map = HeaderMap::new();
+        map.insert("cookie", HeaderValue::from_static("a=b"));
+        map.insert("x-env", HeaderValue::from_static("dev"));
+        compiled.edit_request_map(&mut map);
+        let env: Vec<_> = map.get_all("x-env").iter().map(|v| v.to_str().unwrap()).collect();
+        assert_eq!((env, map.contains_key("cookie")), (vec!["prod", "eu"], false));
     }
 }

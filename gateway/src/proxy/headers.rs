@@ -11,6 +11,7 @@
 //! …) and every other name in lower case (docs/compatibility.md, "Header name case").
 
 use super::request::forwarded_for;
+use crate::compiled::headers::CompiledEdits;
 use crate::head::X_FORWARDED_FOR;
 use http::header::{Entry, HeaderName, HeaderValue};
 use pingora_error::Result;
@@ -24,6 +25,7 @@ pub(super) fn insert_request<const N: usize>(
     req: &mut RequestHeader,
     client: Option<IpAddr>,
     headers: [Option<(HeaderName, HeaderValue)>; N],
+    edits: [Option<&CompiledEdits>; 2],
 ) -> Result<bool> {
     if !target_from_uri(req) {
         // An absolute-form or CONNECT target (or one that is not UTF-8) lives beside the URI
@@ -36,13 +38,16 @@ pub(super) fn insert_request<const N: usize>(
         for (name, value) in headers.into_iter().flatten() {
             req.insert_header(name, value)?;
         }
+        for e in edits.into_iter().flatten() {
+            e.apply_request(req)?;
+        }
         return Ok(had);
     }
     let end_stream = req.send_end_stream();
     let mut parts = http::request::Parts::from(std::mem::replace(req, empty_request()));
     let map = &mut parts.headers;
     // Room for all of them at once: one reallocation instead of one per growth step.
-    map.reserve(N + 1);
+    map.reserve(N + 1 + edits.iter().flatten().map(|e| e.request_additions()).sum::<usize>());
     // One lookup for x-forwarded-for's read and write: the entry keeps the slot.
     let had = match (map.entry(X_FORWARDED_FOR), client) {
         (Entry::Occupied(mut e), Some(ip)) => {
@@ -59,6 +64,11 @@ pub(super) fn insert_request<const N: usize>(
     for (name, value) in headers.into_iter().flatten() {
         map.insert(name, value);
     }
+    // The route's edits (a destination's, then the route's) come last, as Envoy's router
+    // applies them after the connection manager's headers.
+    for e in edits.into_iter().flatten() {
+        e.edit_request_map(map);
+    }
     *req = RequestHeader::from(parts);
     if let Some(end_stream) = end_stream {
         req.set_send_end_stream(end_stream);
@@ -71,12 +81,17 @@ pub(super) fn insert_request<const N: usize>(
 pub(super) fn insert_response<const N: usize>(
     resp: &mut ResponseHeader,
     headers: [Option<(HeaderName, HeaderValue)>; N],
+    edits: [Option<&CompiledEdits>; 2],
 ) {
     let reason = resp.get_reason_phrase();
     let custom_reason = (reason != resp.status.canonical_reason()).then(|| reason.map(str::to_owned));
     let empty = ResponseHeader::from(http::Response::new(()).into_parts().0);
     let mut parts = http::response::Parts::from(std::mem::replace(resp, empty));
-    parts.headers.reserve(N);
+    parts.headers.reserve(N + edits.iter().flatten().map(|e| e.response_additions()).sum::<usize>());
+    // The route's edits first: the gateway's own headers (`server`) win, as in Envoy.
+    for e in edits.into_iter().flatten() {
+        e.edit_response_map(&mut parts.headers);
+    }
     for (name, value) in headers.into_iter().flatten() {
         parts.headers.insert(name, value);
     }
@@ -130,6 +145,7 @@ mod tests {
                 None,
                 Some((HeaderName::from_static("x-request-id"), HeaderValue::from_static("id"))),
             ],
+            [None, None],
         )
         .unwrap();
         assert!(!had);
@@ -149,7 +165,7 @@ mod tests {
     fn a_target_beside_the_uri_is_kept() {
         let mut req = RequestHeader::build("GET", b"http://example.com/a", None).unwrap();
         let before = req.raw_path().to_vec();
-        insert_request(&mut req, None, [Some((XFP, HeaderValue::from_static("http")))]).unwrap();
+        insert_request(&mut req, None, [Some((XFP, HeaderValue::from_static("http")))], [None, None]).unwrap();
         assert_eq!(req.raw_path(), before);
         assert_eq!(req.headers.get(&XFP).unwrap(), "http");
     }
@@ -159,19 +175,19 @@ mod tests {
         let client: IpAddr = "203.0.113.9".parse().unwrap();
         for target in [&b"/a"[..], b"http://example.com/a"] {
             let mut req = RequestHeader::build("GET", target, None).unwrap();
-            assert!(!insert_request(&mut req, Some(client), [None]).unwrap());
+            assert!(!insert_request(&mut req, Some(client), [None], [None, None]).unwrap());
             assert_eq!(req.headers.get(&X_FORWARDED_FOR).unwrap(), "203.0.113.9");
 
             let mut req = RequestHeader::build("GET", target, None).unwrap();
             req.append_header("X-Forwarded-For", "10.0.0.1").unwrap();
             req.append_header("X-Forwarded-For", "10.0.0.2").unwrap();
-            assert!(insert_request(&mut req, Some(client), [None]).unwrap());
+            assert!(insert_request(&mut req, Some(client), [None], [None, None]).unwrap());
             let all: Vec<_> = req.headers.get_all(&X_FORWARDED_FOR).iter().collect();
             assert_eq!(all, ["10.0.0.1, 203.0.113.9"], "{target:?}: first value extended, one header line");
 
             let mut req = RequestHeader::build("GET", target, None).unwrap();
             req.append_header("x-forwarded-for", "10.0.0.1").unwrap();
-            assert!(insert_request(&mut req, None, [None]).unwrap(), "no client address: left alone");
+            assert!(insert_request(&mut req, None, [None], [None, None]).unwrap(), "no client address: left alone");
             assert_eq!(req.headers.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1");
         }
     }
@@ -181,7 +197,7 @@ mod tests {
         let mut req = RequestHeader::build("POST", b"/", None).unwrap();
         req.set_version(http::Version::HTTP_2);
         req.set_send_end_stream(false);
-        insert_request(&mut req, None, [Some((XFP, HeaderValue::from_static("http")))]).unwrap();
+        insert_request(&mut req, None, [Some((XFP, HeaderValue::from_static("http")))], [None, None]).unwrap();
         assert_eq!(req.send_end_stream(), Some(false));
     }
 
@@ -190,12 +206,16 @@ mod tests {
         let mut resp = ResponseHeader::build(200, Some(1)).unwrap();
         resp.append_header("Content-Length", "0").unwrap();
         resp.set_reason_phrase(Some("Fine")).unwrap();
-        insert_response(&mut resp, [Some((http::header::SERVER, HeaderValue::from_static("istio-envoy")))]);
+        insert_response(
+            &mut resp,
+            [Some((http::header::SERVER, HeaderValue::from_static("istio-envoy")))],
+            [None, None],
+        );
         assert_eq!(resp.get_reason_phrase(), Some("Fine"));
         assert_eq!(resp.headers.get("server").unwrap(), "istio-envoy");
         assert_eq!(resp.headers.get("content-length").unwrap(), "0");
         let mut plain = ResponseHeader::build(404, None).unwrap();
-        insert_response(&mut plain, [None]);
+        insert_response(&mut plain, [None], [None, None]);
         assert_eq!(plain.get_reason_phrase(), Some("Not Found"));
     }
 }

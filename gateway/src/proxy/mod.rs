@@ -220,21 +220,18 @@ impl ProxyHttp for MeshProxy {
             Some(id) => Some((X_REQUEST_ID, HeaderValue::from_bytes(id).map_err(invalid_header)?)),
             None => None,
         };
-        let had_forwarded_for = headers::insert_request(upstream, client, [Some(proto), id])?;
+        let (original_path, host) = match ctx.rewrite.take() {
+            Some(rewrite) => apply_rewrite(upstream, *rewrite)?,
+            None => (None, None),
+        };
+        // The destination's `headers`, then the route's (Envoy's order: the enclosing level
+        // applies last, so its `set` wins).
+        let edits = [ctx.destination_headers.as_deref(), ctx.route.as_ref().and_then(|r| r.headers()).map(|e| &**e)];
+        let had_forwarded_for =
+            headers::insert_request(upstream, client, [Some(proto), id, original_path, host], edits)?;
         ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
-        }
-        if let Some(rewrite) = ctx.rewrite.take() {
-            apply_rewrite(upstream, *rewrite)?;
-        }
-        // The destination's `headers`, then the route's (Envoy's order: the enclosing level
-        // applies last, so its `set` wins).
-        if let Some(edits) = &ctx.destination_headers {
-            edits.apply_request(upstream)?;
-        }
-        if let Some(edits) = ctx.route.as_ref().and_then(|r| r.headers()) {
-            edits.apply_request(upstream)?;
         }
         ctx.upstream_start = Some(Instant::now());
         Ok(())
@@ -263,16 +260,11 @@ impl ProxyHttp for MeshProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        if let Some(edits) = &ctx.destination_headers {
-            edits.apply_response(resp)?;
-        }
-        if let Some(edits) = ctx.route.as_ref().and_then(|r| r.headers()) {
-            edits.apply_response(resp)?;
-        }
         // Envoy overwrites the server header by default (after the route's edits too); scripts
         // that look for it keep working.
         let service_time = ctx.upstream_time_ms.map(|ms| (X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms)));
-        headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time]);
+        let edits = [ctx.destination_headers.as_deref(), ctx.route.as_ref().and_then(|r| r.headers()).map(|e| &**e)];
+        headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time], edits);
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header("set-cookie", cookie)?;
         }
@@ -368,21 +360,21 @@ async fn answer(session: &mut Session, ctx: &mut Ctx, reply: LocalReply) -> Resu
     Ok(true)
 }
 
-/// A route's `rewrite` on the upstream request: the new path (the original goes up in
-/// `x-envoy-original-path`, as Envoy sends it) and `Host`.
-fn apply_rewrite(upstream: &mut RequestHeader, rewrite: decide::Rewritten) -> Result<()> {
+/// A route's `rewrite` on the upstream request: sets the new path, and returns the headers
+/// that go with it, for `headers::insert_request` to set: the original path in
+/// `x-envoy-original-path` (as Envoy sends it) and the new `Host`.
+fn apply_rewrite(upstream: &mut RequestHeader, rewrite: decide::Rewritten) -> Result<(HeaderPair, HeaderPair)> {
+    let mut original_path = None;
     if let Some(path) = rewrite.path {
         let uri = http::Uri::try_from(path).map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
         let original = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
-        let original = HeaderValue::from_str(original).map_err(invalid_header)?;
-        upstream.insert_header(X_ENVOY_ORIGINAL_PATH, original)?;
+        original_path = Some((X_ENVOY_ORIGINAL_PATH, HeaderValue::from_str(original).map_err(invalid_header)?));
         upstream.set_uri(uri);
     }
-    if let Some(authority) = rewrite.authority {
-        upstream.insert_header(http::header::HOST, authority)?;
-    }
-    Ok(())
+    Ok((original_path, rewrite.authority.map(|a| (http::header::HOST, a))))
 }
+
+type HeaderPair = Option<(HeaderName, HeaderValue)>;
 
 fn invalid_header(e: http::header::InvalidHeaderValue) -> Box<Error> {
     Error::because(ErrorType::InvalidHTTPHeader, "generated header value", e)
