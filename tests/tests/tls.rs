@@ -36,18 +36,24 @@ async fn app_config(cfg: &ConfigDir) -> Upstream {
     up
 }
 
-#[tokio::test]
-async fn https_simple_from_a_secret_with_h1_and_h2() {
+/// The app behind an HTTPS server for HOST (`SIMPLE`, certificate from a Secret), with its CA.
+async fn simple_https() -> (TestCa, ConfigDir, Upstream) {
     let ca = TestCa::new("test ca");
     let cert = ca.issue_server(&[HOST]);
     let cfg = ConfigDir::new().unwrap();
-    let _up = app_config(&cfg).await;
+    let up = app_config(&cfg).await;
     cfg.write("secret.yaml", &tls_secret_yaml("bookinfo-cred", "istio-system", &cert, None)).unwrap();
     cfg.write(
         "gw.yaml",
         &https_gateway(&server(443, "https", &format!("\"{HOST}\""), "{mode: SIMPLE, credentialName: bookinfo-cred}")),
     )
     .unwrap();
+    (ca, cfg, up)
+}
+
+#[tokio::test]
+async fn https_simple_from_a_secret_with_h1_and_h2() {
+    let (ca, cfg, _up) = simple_https().await;
     let gw = start(&cfg, &[443]).await;
 
     let r = get(gw.addr(443), "/x").https().host(HOST).ca_pem(ca.cert_pem()).send().await.unwrap();
@@ -376,16 +382,7 @@ async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) {
 async fn stalled_tls_handshakes_are_closed_at_the_header_timeout() {
     use meshgate_e2e::tls::{client_config, server_name, Verify};
     use tokio::io::AsyncWriteExt;
-    let ca = TestCa::new("test ca");
-    let cert = ca.issue_server(&[HOST]);
-    let cfg = ConfigDir::new().unwrap();
-    let _up = app_config(&cfg).await;
-    cfg.write("secret.yaml", &tls_secret_yaml("bookinfo-cred", "istio-system", &cert, None)).unwrap();
-    cfg.write(
-        "gw.yaml",
-        &https_gateway(&server(443, "https", &format!("\"{HOST}\""), "{mode: SIMPLE, credentialName: bookinfo-cred}")),
-    )
-    .unwrap();
+    let (ca, cfg, _up) = simple_https().await;
     let gw = GatewayProcess::builder()
         .config(cfg.path())
         .ports(&[443])
