@@ -68,10 +68,6 @@ fn main() -> Result<()> {
     // 10k-service folder (docs/benchmarks.md, "Sixth round").
     // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
     controller::memory::set_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
-    // SAFETY: as in the gateway's `main`: the calling thread's nice value only goes up.
-    meshgate_model::priority::set_background(|| unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, meshgate_model::priority::BACKGROUND_NICE);
-    });
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))

@@ -61,11 +61,6 @@ meshgate_model::run_before_main!(meshgate_model::memory::disable_transparent_hug
 fn main() -> Result<()> {
     // SAFETY: `mi_collect` has no preconditions; it touches only mimalloc's own state.
     meshgate_model::memory::set_release(|| unsafe { libmimalloc_sys::mi_collect(true) });
-    // SAFETY: `setpriority` on the calling thread (PRIO_PROCESS with 0 is the thread on Linux)
-    // only raises its nice value, which needs no privilege; failure leaves it as it was.
-    meshgate_model::priority::set_background(|| unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, meshgate_model::priority::BACKGROUND_NICE);
-    });
     let cli = Cli::parse();
     // Logs go to stderr: stdout carries the access log.
     tracing_subscriber::fmt()

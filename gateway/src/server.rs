@@ -215,9 +215,6 @@ pub async fn run(config: Config) -> Result<()> {
     let workers = Workers::start(config.threads.unwrap_or_else(workers::default_count), &metrics.worker_connections)
         .context("starting worker threads")?;
     tracing::info!(workers = workers.len(), "data-plane workers started");
-    // This thread runs the control runtime (snapshot compiles and swaps, admin ports): behind
-    // the workers from now on (they were spawned at the normal priority).
-    meshgate_model::priority::background_thread();
     let mut data = DataPlane {
         config: config.clone(),
         conf: Arc::new(conf),

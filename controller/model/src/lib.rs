@@ -15,7 +15,6 @@ pub mod duration;
 pub mod host;
 pub mod labels;
 pub mod memory;
-pub mod priority;
 pub mod shared;
 pub mod snapshot;
 

@@ -222,35 +222,32 @@ pub fn spawn_loop(
         }
     };
     let mut cache = super::cache::FileCache::new(options);
-    std::thread::Builder::new().name("config".into()).spawn(move || {
-        meshgate_model::priority::background_thread();
-        loop {
-            // The config paths again: a symlink among them may point elsewhere now (a Kubernetes
-            // volume's `..data` swap). Before loading, so a change during the load is seen.
-            if let Some(w) = watcher.as_mut() {
-                if let Err(e) = w.watch(&paths) {
-                    tracing::warn!(error = %e, "cannot watch config paths");
-                }
+    std::thread::Builder::new().name("config".into()).spawn(move || loop {
+        // The config paths again: a symlink among them may point elsewhere now (a Kubernetes
+        // volume's `..data` swap). Before loading, so a change during the load is seen.
+        if let Some(w) = watcher.as_mut() {
+            if let Err(e) = w.watch(&paths) {
+                tracing::warn!(error = %e, "cannot watch config paths");
             }
-            let started = std::time::Instant::now();
-            let store = cache.load(&paths);
-            tracing::debug!(
-                files = cache.len(),
-                parsed = cache.parsed(),
-                patched = cache.patched(),
-                ms = started.elapsed().as_millis() as u64,
-                "config files loaded"
-            );
-            if let Some(w) = watcher.as_mut() {
-                if let Err(e) = w.watch(&store.referenced_files()) {
-                    tracing::warn!(error = %e, "cannot watch certificate files");
-                }
+        }
+        let started = std::time::Instant::now();
+        let store = cache.load(&paths);
+        tracing::debug!(
+            files = cache.len(),
+            parsed = cache.parsed(),
+            patched = cache.patched(),
+            ms = started.elapsed().as_millis() as u64,
+            "config files loaded"
+        );
+        if let Some(w) = watcher.as_mut() {
+            if let Err(e) = w.watch(&store.referenced_files()) {
+                tracing::warn!(error = %e, "cannot watch certificate files");
             }
-            on_store(store);
-            match &watcher {
-                Some(w) if w.wait(quiet, &mut on_idle) => continue,
-                _ => break,
-            }
+        }
+        on_store(store);
+        match &watcher {
+            Some(w) if w.wait(quiet, &mut on_idle) => continue,
+            _ => break,
         }
     })
 }

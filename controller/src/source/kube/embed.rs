@@ -34,7 +34,6 @@ pub async fn start(
 
     let (tx, rx) = std::sync::mpsc::channel::<Store>();
     std::thread::Builder::new().name("translate".into()).spawn(move || {
-        meshgate_model::priority::background_thread();
         while let Ok(first) = rx.recv() {
             let newest = rx.try_iter().last().unwrap_or(first);
             apply(newest);
