@@ -283,6 +283,14 @@ impl ProxyHttp for MeshProxy {
         e
     }
 
+    /// A failed request is in the access log and the metrics with its response flag, as Envoy
+    /// reports it; Pingora would also log an ERROR line for each (a dead upstream under load,
+    /// or clients that go away, would fill the gateway's log). Kept at debug level.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Box<Ctx>, error: &Error) -> bool {
+        tracing::debug!(%error, "request failed");
+        true
+    }
+
     /// Envoy-compatible status and body for upstream failures.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
         // Pingora closes the downstream connection after a failure once an upstream was
