@@ -27,6 +27,7 @@ mod tests {
 
     #[test]
     fn istio_duration_text() {
+        assert_eq!(parse_duration_ms("1s"), Some(1000));
         assert_eq!(parse_duration_ms("10s"), Some(10_000));
         assert_eq!(parse_duration_ms("0.5s"), Some(500));
         assert_eq!(parse_duration_ms("250ms"), Some(250));

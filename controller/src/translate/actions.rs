@@ -15,6 +15,11 @@ use compact_str::CompactString;
 /// raises that to 1 MiB.
 const MAX_DIRECT_BODY: usize = 1024 * 1024;
 
+/// Whether `text` can stand as a URL's `host[:port]` (no path, query, fragment or user).
+fn is_authority(text: &str) -> bool {
+    !text.is_empty() && !text.bytes().any(|b| b.is_ascii_whitespace() || b"/?#@".contains(&b))
+}
+
 /// `redirect` at `field`, or `None` with the problem reported.
 pub(super) fn redirect(r: &HttpRedirect, field: &str, problems: &mut Vec<Diagnostic>) -> Option<RouteAction> {
     let mut error = |at: &str, message: String| {
@@ -54,7 +59,7 @@ pub(super) fn redirect(r: &HttpRedirect, field: &str, problems: &mut Vec<Diagnos
         }
     }
     if let Some(authority) = r.authority.as_deref() {
-        if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b"/?#@".contains(&b)) {
+        if !is_authority(authority) {
             error(".authority", format!("{authority:?} is not a host[:port]"));
             return None;
         }
@@ -135,7 +140,7 @@ pub(super) fn rewrite(
         return None;
     }
     if let Some(authority) = r.authority.as_deref() {
-        if authority.is_empty() || authority.bytes().any(|b| b.is_ascii_whitespace() || b"/?#@".contains(&b)) {
+        if !is_authority(authority) {
             error(".authority", format!("{authority:?} is not a host[:port]"));
             return None;
         }

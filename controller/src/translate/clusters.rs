@@ -350,17 +350,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration_ms("1s"), Some(1000));
-        assert_eq!(parse_duration_ms("0.5s"), Some(500));
-        assert_eq!(parse_duration_ms("250ms"), Some(250));
-        assert_eq!(parse_duration_ms("2m"), Some(120_000));
-        assert_eq!(parse_duration_ms("1h"), Some(3_600_000));
-        assert_eq!(parse_duration_ms("abc"), None);
-        assert_eq!(parse_duration_ms("-1s"), None);
-    }
-
-    #[test]
     fn simple_policies() {
         let mut p = Vec::new();
         let lb = |s: &str, p: &mut Vec<Diagnostic>| {

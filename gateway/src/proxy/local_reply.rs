@@ -13,8 +13,8 @@ pub(super) struct LocalReply {
     pub(crate) body: Bytes,
     /// `location` header of a redirect.
     pub(crate) location: Option<String>,
-    /// A route's own answer (`directResponse`): sent as configured, also to gRPC clients
-    /// (Envoy maps only its own replies to gRPC statuses).
+    /// Sent as it is, also to gRPC clients: a route's own answer (`directResponse`) and
+    /// redirects (Envoy maps only its own error replies to gRPC statuses).
     pub(crate) verbatim: bool,
 }
 
@@ -113,7 +113,7 @@ impl LocalReply {
             flags: ResponseFlag::None,
             body: Bytes::new(),
             location: Some(format!("https://{host}{path}")),
-            verbatim: false,
+            verbatim: true,
         }
     }
 
@@ -201,7 +201,7 @@ impl LocalReply {
             // reply is its last.
             session.set_keepalive(None);
         }
-        if !self.verbatim && self.location.is_none() && is_grpc(session) {
+        if !self.verbatim && is_grpc(session) {
             let mut resp = ResponseHeader::build(200, Some(5))?;
             resp.insert_header("content-type", "application/grpc")?;
             resp.insert_header("grpc-status", grpc_status(self.code).to_string())?;

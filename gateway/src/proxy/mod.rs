@@ -109,6 +109,14 @@ pub(crate) struct Ctx {
     destination_headers: Option<Arc<CompiledEdits>>,
 }
 
+impl Ctx {
+    /// The header edits for this request: the destination's `headers`, then the route's
+    /// (Envoy's order: the enclosing level applies last, so its `set` wins).
+    fn edits(&self) -> [Option<&CompiledEdits>; 2] {
+        [self.destination_headers.as_deref(), self.route.as_ref().and_then(|r| r.headers()).map(|e| &**e)]
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for MeshProxy {
     /// Boxed: Pingora moves the context through its per-request futures, and each move of an
@@ -224,11 +232,8 @@ impl ProxyHttp for MeshProxy {
             Some(rewrite) => apply_rewrite(upstream, *rewrite)?,
             None => (None, None),
         };
-        // The destination's `headers`, then the route's (Envoy's order: the enclosing level
-        // applies last, so its `set` wins).
-        let edits = [ctx.destination_headers.as_deref(), ctx.route.as_ref().and_then(|r| r.headers()).map(|e| &**e)];
         let had_forwarded_for =
-            headers::insert_request(upstream, client, [Some(proto), id, original_path, host], edits)?;
+            headers::insert_request(upstream, client, [Some(proto), id, original_path, host], ctx.edits())?;
         ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
@@ -263,8 +268,7 @@ impl ProxyHttp for MeshProxy {
         // Envoy overwrites the server header by default (after the route's edits too); scripts
         // that look for it keep working.
         let service_time = ctx.upstream_time_ms.map(|ms| (X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms)));
-        let edits = [ctx.destination_headers.as_deref(), ctx.route.as_ref().and_then(|r| r.headers()).map(|e| &**e)];
-        headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time], edits);
+        headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time], ctx.edits());
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header("set-cookie", cookie)?;
         }

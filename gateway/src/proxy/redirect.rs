@@ -17,14 +17,10 @@ pub(super) struct RequestUrl<'a> {
 /// Where `redirect` sends a request for `url`.
 pub(super) fn location(redirect: &Redirect, url: &RequestUrl<'_>) -> String {
     let scheme = redirect.scheme.as_deref().unwrap_or(url.scheme);
-    let request_host = head::strip_port(url.authority);
-    let request_port = url.authority[request_host.len()..].strip_prefix(':').filter(|p| !p.is_empty());
+    let (request_host, request_port) = split_port(url.authority);
     // An authority with its own port replaces both.
     let (host, authority_port) = match redirect.authority.as_deref() {
-        Some(a) => {
-            let h = head::strip_port(a);
-            (h, a[h.len()..].strip_prefix(':').filter(|p| !p.is_empty()))
-        }
+        Some(a) => split_port(a),
         None => (request_host, None),
     };
     let port = match redirect.port {
@@ -60,6 +56,12 @@ pub(super) fn location(redirect: &Redirect, url: &RequestUrl<'_>) -> String {
         }
     }
     out
+}
+
+/// `host[:port]` as host (IPv6 literals keep their brackets) and port, if it has one.
+fn split_port(authority: &str) -> (&str, Option<&str>) {
+    let host = head::strip_port(authority);
+    (host, authority[host.len()..].strip_prefix(':').filter(|p| !p.is_empty()))
 }
 
 fn default_port(scheme: &str) -> &'static str {
