@@ -209,9 +209,10 @@ pub async fn run(config: Config) -> Result<()> {
     let (applied, applied_rx) = watch::channel(0u64);
     let mut snapshots = config_source::start(&config, metrics.clone(), applied_rx).await?;
 
-    // Pingora's max_retries counts attempts (1 = no retry). Retries come from VirtualService
-    // policy, not from a blanket count.
-    let conf = ServerConf { max_retries: 1, ..Default::default() };
+    // Pingora's max_retries counts attempts. Retries are decided by the route's policy (see
+    // proxy/retry.rs); this only bounds them, with room for Pingora's retries of requests
+    // that failed on a stale pooled connection.
+    let conf = ServerConf { max_retries: 64, ..Default::default() };
     let workers = Workers::start(config.threads.unwrap_or_else(workers::default_count), &metrics.worker_connections)
         .context("starting worker threads")?;
     tracing::info!(workers = workers.len(), "data-plane workers started");

@@ -227,6 +227,154 @@ pub struct Route {
     /// `headers`: edits of every request and response of the route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Box<HeaderEdits>>,
+    /// `retries`: Istio's default policy unless the route has its own.
+    #[serde(default, skip_serializing_if = "Retries::is_istio_default")]
+    pub retries: Retries,
+    /// `fault`: delays and aborts injected before the upstream is chosen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<Box<Fault>>,
+}
+
+/// A route's retry policy.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retries {
+    /// No `retries` on the route: Istio's default, 2 retries on
+    /// `connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes` with no
+    /// retriable status (Istio 1.24 took 503 out; docs/compatibility.md), another endpoint for
+    /// each retry unless the cluster hashes consistently. No allocation: most routes have it.
+    #[default]
+    IstioDefault,
+    /// `attempts: 0`.
+    Off,
+    Policy(Box<RetryPolicy>),
+}
+
+impl Retries {
+    pub fn is_istio_default(&self) -> bool {
+        matches!(self, Retries::IstioDefault)
+    }
+}
+
+/// Istio's `HTTPRetry`, as Envoy's `RetryPolicy` gets it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RetryPolicy {
+    /// Retries after the first try (Envoy's `num_retries`).
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout_ms: Option<u32>,
+    pub retry_on: Box<[RetryOn]>,
+    /// For [`RetryOn::RetriableStatusCodes`].
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub status_codes: Box<[u16]>,
+    /// The backoff's base interval; Envoy's 25 ms when `None`. The cap is ten times it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff_base_ms: Option<u32>,
+    /// Each retry goes to an endpoint not tried yet (Envoy's `previous_hosts` predicate);
+    /// never under consistent hashing, as Istio leaves it out there.
+    pub other_endpoint: bool,
+}
+
+/// Envoy's retry conditions (`x-envoy-retry-on`, `x-envoy-retry-grpc-on`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RetryOn {
+    #[serde(rename = "5xx")]
+    FiveXx,
+    GatewayError,
+    Reset,
+    ResetBeforeRequest,
+    ConnectFailure,
+    #[serde(rename = "retriable-4xx")]
+    Retriable4xx,
+    RefusedStream,
+    RetriableStatusCodes,
+    RetriableHeaders,
+    EnvoyRatelimited,
+    Http3PostConnectFailure,
+    Cancelled,
+    DeadlineExceeded,
+    Internal,
+    ResourceExhausted,
+    Unavailable,
+}
+
+impl RetryOn {
+    pub const ALL: [RetryOn; 16] = [
+        RetryOn::FiveXx,
+        RetryOn::GatewayError,
+        RetryOn::Reset,
+        RetryOn::ResetBeforeRequest,
+        RetryOn::ConnectFailure,
+        RetryOn::Retriable4xx,
+        RetryOn::RefusedStream,
+        RetryOn::RetriableStatusCodes,
+        RetryOn::RetriableHeaders,
+        RetryOn::EnvoyRatelimited,
+        RetryOn::Http3PostConnectFailure,
+        RetryOn::Cancelled,
+        RetryOn::DeadlineExceeded,
+        RetryOn::Internal,
+        RetryOn::ResourceExhausted,
+        RetryOn::Unavailable,
+    ];
+
+    /// The name Envoy and Istio's `retryOn` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            RetryOn::FiveXx => "5xx",
+            RetryOn::GatewayError => "gateway-error",
+            RetryOn::Reset => "reset",
+            RetryOn::ResetBeforeRequest => "reset-before-request",
+            RetryOn::ConnectFailure => "connect-failure",
+            RetryOn::Retriable4xx => "retriable-4xx",
+            RetryOn::RefusedStream => "refused-stream",
+            RetryOn::RetriableStatusCodes => "retriable-status-codes",
+            RetryOn::RetriableHeaders => "retriable-headers",
+            RetryOn::EnvoyRatelimited => "envoy-ratelimited",
+            RetryOn::Http3PostConnectFailure => "http3-post-connect-failure",
+            RetryOn::Cancelled => "cancelled",
+            RetryOn::DeadlineExceeded => "deadline-exceeded",
+            RetryOn::Internal => "internal",
+            RetryOn::ResourceExhausted => "resource-exhausted",
+            RetryOn::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<RetryOn> {
+        RetryOn::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+/// Istio's `HTTPFaultInjection`: Envoy's fault filter, before the router.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<FaultDelay>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultDelay {
+    pub fixed_delay_ms: u32,
+    /// Share of requests delayed, per million (Envoy's `FractionalPercent`).
+    pub per_million: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultAbort {
+    pub status: AbortStatus,
+    /// Share of requests aborted, per million.
+    pub per_million: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AbortStatus {
+    Http(u16),
+    /// A gRPC status code (`grpcStatus` by name in Istio).
+    Grpc(u8),
 }
 
 /// Istio's `Headers`, for a route or one of its destinations.

@@ -214,8 +214,8 @@ pub struct HttpRouteRest {
     pub direct_response: Option<HttpDirectResponse>,
     pub delegate: Option<Opaque>,
     pub rewrite: Option<HttpRewrite>,
-    pub retries: Option<Opaque>,
-    pub fault: Option<Opaque>,
+    pub retries: Option<HttpRetry>,
+    pub fault: Option<HttpFaultInjection>,
     pub mirror: Option<Opaque>,
     pub mirrors: Option<Opaque>,
     pub mirror_percentage: Option<Opaque>,
@@ -270,6 +270,72 @@ pub struct RegexRewrite {
 pub enum DerivePort {
     FromProtocolDefault,
     FromRequestPort,
+}
+
+/// Istio's `HTTPRetry`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRetry {
+    #[serde(default)]
+    pub attempts: i32,
+    #[serde(default)]
+    pub per_try_timeout: Option<Box<str>>,
+    /// Envoy's `x-envoy-retry-on` / `x-envoy-retry-grpc-on` conditions and status codes,
+    /// comma-separated.
+    #[serde(default)]
+    pub retry_on: Option<Box<str>>,
+    #[serde(default)]
+    pub retry_remote_localities: Option<bool>,
+    #[serde(default)]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    #[serde(default)]
+    pub backoff: Option<Box<str>>,
+}
+
+/// Istio's `HTTPFaultInjection`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpFaultInjection {
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+/// `HTTPFaultInjection.Delay`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    #[serde(default)]
+    pub fixed_delay: Option<Box<str>>,
+    #[serde(default)]
+    pub exponential_delay: Option<Box<str>>,
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+    /// The deprecated integer percentage, used when `percentage` is absent.
+    #[serde(default)]
+    pub percent: Option<i32>,
+}
+
+/// `HTTPFaultInjection.Abort`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    #[serde(default)]
+    pub http_status: Option<i32>,
+    #[serde(default)]
+    pub grpc_status: Option<Box<str>>,
+    #[serde(default)]
+    pub http2_error: Option<Box<str>>,
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+}
+
+/// Istio's `Percent`: a double in 0..=100.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq)]
+pub struct Percent {
+    #[serde(default)]
+    pub value: f64,
 }
 
 /// Istio's `HTTPDirectResponse`.
@@ -417,9 +483,9 @@ mod written {
         #[serde(default)]
         pub rewrite: Option<super::HttpRewrite>,
         #[serde(default)]
-        pub retries: Option<Opaque>,
+        pub retries: Option<super::HttpRetry>,
         #[serde(default)]
-        pub fault: Option<Opaque>,
+        pub fault: Option<super::HttpFaultInjection>,
         #[serde(default)]
         pub mirror: Option<Opaque>,
         #[serde(default)]

@@ -10,8 +10,10 @@
 mod actions;
 pub mod clusters;
 pub mod credentials;
+pub mod faults;
 pub mod hosts;
 pub mod policies;
+pub mod retries;
 mod routes;
 pub mod rules;
 pub mod servers;

@@ -242,8 +242,6 @@ fn http_route(
     let rest = http.rest();
     let unsupported = [
         ("delegate", rest.delegate.is_some()),
-        ("retries", rest.retries.is_some()),
-        ("fault", rest.fault.is_some()),
         ("mirror", rest.mirror.is_some() || rest.mirrors.is_some()),
         ("mirrorPercentage", rest.mirror_percentage.is_some() || rest.mirror_percent.is_some()),
         ("corsPolicy", rest.cors_policy.is_some()),
@@ -357,6 +355,12 @@ fn http_route(
         },
     };
 
+    let retries = super::retries::retries(rest.retries.as_ref(), timeout_ms, &format!("{field}.retries"), problems)?;
+    let fault = match &rest.fault {
+        None => None,
+        Some(f) => super::faults::fault(f, &format!("{field}.fault"), problems)?,
+    };
+
     let name = http
         .name
         .as_deref()
@@ -371,6 +375,8 @@ fn http_route(
             timeout_ms,
             rewrite: None,
             headers,
+            retries,
+            fault,
         };
         return Some((route, match_gateways, Vec::new()));
     }
@@ -441,6 +447,8 @@ fn http_route(
         timeout_ms,
         rewrite,
         headers,
+        retries,
+        fault,
     };
     Some((route, match_gateways, clusters))
 }

@@ -132,6 +132,7 @@ fn compile_route(
         matches: meshgate_model::memory::boxed(matches),
         destinations: Destinations::compile(r.action.destinations(), clusters),
         rewrite,
+        retry: super::retry_policy::CompiledRetry::compile(&r.retries),
         log_name: OnceLock::new(),
     })
 }

@@ -7,6 +7,7 @@ mod compile;
 mod current;
 pub(crate) mod headers;
 pub(crate) mod matcher;
+pub(crate) mod retry_policy;
 pub(crate) mod rewrite;
 
 pub(crate) use current::Current;
@@ -108,6 +109,9 @@ pub(crate) struct Route {
     rewrite: Option<Box<rewrite::CompiledRewrite>>,
     /// `headers`, when the route has them.
     headers: Option<Arc<headers::CompiledEdits>>,
+    /// `retries`, when the route has a policy of its own (the default and `attempts: 0` are
+    /// shared statics).
+    retry: Option<Box<retry_policy::CompiledRetry>>,
     /// `route_name` of access log lines, encoded on first use (see `cluster::Telemetry`).
     log_name: OnceLock<Prepared<RouteName>>,
 }
@@ -152,6 +156,16 @@ impl Route {
     /// The route's own `headers`.
     pub(crate) fn headers(&self) -> Option<&Arc<headers::CompiledEdits>> {
         self.headers.as_ref()
+    }
+
+    /// The route's retry policy: its own, Istio's default, or none (`attempts: 0`).
+    pub(crate) fn retry_policy(&self) -> &retry_policy::CompiledRetry {
+        retry_policy::CompiledRetry::of(&self.definition.retries, self.retry.as_deref())
+    }
+
+    /// The route's `fault`, when it has one.
+    pub(crate) fn fault(&self) -> Option<&meshgate_model::snapshot::Fault> {
+        self.definition.fault.as_deref()
     }
 }
 

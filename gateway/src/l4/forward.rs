@@ -53,7 +53,7 @@ pub(crate) async fn forward<S>(
             tls: info.sni.is_some(),
             sni: info.sni,
             code: 0,
-            flags: log.flags,
+            flags: log.flags.into(),
             details: None,
             route_name: route_name.as_ref(),
             cluster: log.cluster.as_deref(),

@@ -44,6 +44,8 @@ pub(super) struct Decision {
     pub(crate) cluster: Arc<ClusterRuntime>,
     /// The endpoint, holding its in-flight count until dropped.
     pub(crate) pick: Pick,
+    /// The consistent-hash key, for a retry's pick.
+    pub(crate) hash: Option<u64>,
     /// A consistent-hash cookie to set on the response: the request had none.
     pub(crate) set_cookie: Option<String>,
     /// The route's `rewrite` for this request.
@@ -73,8 +75,22 @@ impl From<LocalReply> for Refusal {
     }
 }
 
-/// Decides where `request` goes.
+/// Decides where `request` goes: [`route`], then [`upstream`] (the request path runs the
+/// route's `fault` between the two, as Envoy's fault filter runs before its router).
+#[cfg(test)]
 pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decision, Refusal> {
+    upstream(route(runtime, request)?, request)
+}
+
+/// The route a request matched, with what the upstream step reads of the request again.
+pub(super) struct Routed<'a> {
+    pub(crate) route: Arc<Route>,
+    view: RequestView<'a>,
+}
+
+/// The first half of the decision: the route, or the gateway's own answer (403, 421, 404,
+/// 301, a redirect or direct response).
+pub(super) fn route<'a>(runtime: &Runtime, request: &Incoming<'a>) -> Result<Routed<'a>, Refusal> {
     if runtime.deny.is_some() {
         return Err(LocalReply::rbac_denied().into());
     }
@@ -90,8 +106,8 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
     }
     let vhost = listener.hosts.find(&host).ok_or_else(LocalReply::no_route)?;
     let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    // As sent: port and case kept (Envoy's `:authority`).
-    let authority = request.authority.unwrap_or(&host);
+    // As sent: port and case kept (Envoy's `:authority`); `host` is empty when it is absent.
+    let authority = request.authority.unwrap_or("");
     if vhost.https_redirect {
         return Err(LocalReply::https_redirect(authority, path).into());
     }
@@ -116,7 +132,12 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
             return Err(Refusal { reply: LocalReply::direct(direct.status, body), route: Some(route), cluster: None });
         }
     }
-    // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
+    Ok(Routed { route, view })
+}
+
+/// The second half: the destination cluster and its endpoint, or 503 (NC, UF, UH).
+pub(super) fn upstream(routed: Routed<'_>, request: &Incoming<'_>) -> Result<Decision, Refusal> {
+    let Routed { route, view } = routed; // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
     let picked = route.pick_cluster().filter(|(c, _)| !c.definition.not_found).map(|(c, h)| (c.clone(), h.cloned()));
     let Some((cluster, destination_headers)) = picked else {
         return Err(Refusal { reply: LocalReply::no_cluster(), route: Some(route), cluster: None });
@@ -128,7 +149,7 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
     let (hash, set_cookie) = request_hash(&cluster, request);
     let rewrite = route.rewrite(&view).map(|(path, authority)| Box::new(Rewritten { path, authority }));
     match cluster.balancer.pick(hash, None) {
-        Some(pick) => Ok(Decision { route, cluster, pick, set_cookie, rewrite, destination_headers }),
+        Some(pick) => Ok(Decision { route, cluster, pick, hash, set_cookie, rewrite, destination_headers }),
         None => refuse(LocalReply::no_healthy_upstream(), route, cluster),
     }
 }

@@ -16,6 +16,9 @@ pub(super) struct LocalReply {
     /// Sent as it is, also to gRPC clients: a route's own answer (`directResponse`) and
     /// redirects (Envoy maps only its own error replies to gRPC statuses).
     pub(crate) verbatim: bool,
+    /// The `grpc-status` a gRPC client gets, when not the one mapped from `code` (a fault
+    /// abort with `grpcStatus`).
+    pub(crate) grpc_status: Option<u8>,
 }
 
 impl LocalReply {
@@ -27,12 +30,20 @@ impl LocalReply {
             body: Bytes::from_static(b"RBAC: access denied"),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
     /// No virtual host or route matched (Envoy: 404, flag NR, empty body).
     pub(super) fn no_route() -> LocalReply {
-        LocalReply { code: 404, flags: ResponseFlag::NoRoute, body: Bytes::new(), location: None, verbatim: false }
+        LocalReply {
+            code: 404,
+            flags: ResponseFlag::NoRoute,
+            body: Bytes::new(),
+            location: None,
+            verbatim: false,
+            grpc_status: None,
+        }
     }
 
     /// The route's destinations all have weight 0, or the picked one names a cluster Envoy
@@ -45,6 +56,7 @@ impl LocalReply {
             body: Bytes::new(),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
@@ -56,6 +68,7 @@ impl LocalReply {
             body: Bytes::from_static(b"no healthy upstream"),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
@@ -68,6 +81,7 @@ impl LocalReply {
             body: Bytes::new(),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
@@ -80,6 +94,7 @@ impl LocalReply {
             body: Bytes::new(),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
@@ -92,6 +107,7 @@ impl LocalReply {
             body: Bytes::from_static(b"request timeout"),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
@@ -102,6 +118,7 @@ impl LocalReply {
             body: Bytes::from_static(b"internal error"),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
@@ -114,17 +131,55 @@ impl LocalReply {
             body: Bytes::new(),
             location: Some(format!("https://{host}{path}")),
             verbatim: true,
+            grpc_status: None,
         }
     }
 
     /// A route's `redirect`.
     pub(super) fn redirect(code: u16, location: String) -> LocalReply {
-        LocalReply { code, flags: ResponseFlag::None, body: Bytes::new(), location: Some(location), verbatim: true }
+        LocalReply {
+            code,
+            flags: ResponseFlag::None,
+            body: Bytes::new(),
+            location: Some(location),
+            verbatim: true,
+            grpc_status: None,
+        }
     }
 
     /// A route's `directResponse`.
     pub(super) fn direct(code: u16, body: Bytes) -> LocalReply {
-        LocalReply { code, flags: ResponseFlag::None, body, location: None, verbatim: true }
+        LocalReply { code, flags: ResponseFlag::None, body, location: None, verbatim: true, grpc_status: None }
+    }
+
+    /// The route's `fault` aborted the request (Envoy's fault filter: its body, flag FI).
+    /// A `grpcStatus` abort gives gRPC clients that status, others its HTTP equivalent.
+    pub(super) fn fault_abort(status: meshgate_model::snapshot::AbortStatus) -> LocalReply {
+        use meshgate_model::snapshot::AbortStatus;
+        let (code, grpc_status) = match status {
+            AbortStatus::Http(code) => (code, None),
+            AbortStatus::Grpc(g) => (http_status_of_grpc(g), Some(g)),
+        };
+        LocalReply {
+            code,
+            flags: ResponseFlag::FaultInjected,
+            body: Bytes::from_static(b"fault filter abort"),
+            location: None,
+            verbatim: false,
+            grpc_status,
+        }
+    }
+
+    /// The route timeout passed (Envoy's router: 504, flag UT).
+    pub(super) fn route_timeout() -> LocalReply {
+        LocalReply {
+            code: 504,
+            flags: ResponseFlag::UpstreamRequestTimeout,
+            body: Bytes::from_static(b"upstream request timeout"),
+            location: None,
+            verbatim: false,
+            grpc_status: None,
+        }
     }
 
     /// HTTP/2 connection coalescing sent a request for a host this connection's certificate
@@ -136,6 +191,7 @@ impl LocalReply {
             body: Bytes::from_static(b"misdirected request"),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
@@ -147,6 +203,7 @@ impl LocalReply {
             body: Bytes::from_static(b"upstream TLS settings are unusable"),
             location: None,
             verbatim: false,
+            grpc_status: None,
         }
     }
 
@@ -161,6 +218,7 @@ impl LocalReply {
                 body: Bytes::from_static(b"upstream request timeout"),
                 location: None,
                 verbatim: false,
+                grpc_status: None,
             },
             ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
             | BindError => LocalReply {
@@ -171,6 +229,7 @@ impl LocalReply {
                 ),
                 location: None,
                 verbatim: false,
+                grpc_status: None,
             },
             _ if flags == ResponseFlag::UpstreamConnectionFailure => LocalReply {
                 code: 503,
@@ -180,6 +239,7 @@ impl LocalReply {
                 ),
                 location: None,
                 verbatim: false,
+                grpc_status: None,
             },
             _ => LocalReply {
                 code: 503,
@@ -189,6 +249,7 @@ impl LocalReply {
                 ),
                 location: None,
                 verbatim: false,
+                grpc_status: None,
             },
         }
     }
@@ -204,7 +265,7 @@ impl LocalReply {
         if !self.verbatim && is_grpc(session) {
             let mut resp = ResponseHeader::build(200, Some(5))?;
             resp.insert_header("content-type", "application/grpc")?;
-            resp.insert_header("grpc-status", grpc_status(self.code).to_string())?;
+            resp.insert_header("grpc-status", self.grpc_status.unwrap_or(grpc_status(self.code)).to_string())?;
             let message = std::str::from_utf8(&self.body).unwrap_or_default();
             resp.insert_header("grpc-message", if message.is_empty() { "route not found" } else { message })?;
             resp.insert_header("server", "istio-envoy")?;
@@ -241,6 +302,25 @@ fn is_grpc(session: &Session) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"))
+}
+
+/// gRPC's status → HTTP mapping (grpc/doc/http-grpc-status-mapping.md, the reverse way, as
+/// Envoy's `grpcToHttpStatus`).
+fn http_status_of_grpc(code: u8) -> u16 {
+    match code {
+        0 => 200,
+        1 => 499,
+        3 | 9 | 11 => 400,
+        4 => 504,
+        5 => 404,
+        6 | 10 => 409,
+        7 => 403,
+        8 => 429,
+        12 => 501,
+        14 => 503,
+        16 => 401,
+        _ => 500,
+    }
 }
 
 /// Envoy's HTTP → gRPC status mapping for locally generated replies.

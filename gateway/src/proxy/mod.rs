@@ -19,18 +19,21 @@
 //! ```
 
 mod decide;
+mod fault;
 mod headers;
 mod local_reply;
 mod redirect;
 pub(crate) mod request;
+mod retry;
 mod validate;
 
 use crate::balance::Pick;
 use crate::compiled::cluster::ClusterRuntime;
 use crate::compiled::headers::CompiledEdits;
+use crate::compiled::retry_policy::Failure;
 use crate::compiled::{Current, Route, Runtime};
 use crate::head::X_REQUEST_ID;
-use crate::response_flag::ResponseFlag;
+use crate::response_flag::{Flags, ResponseFlag};
 use crate::telemetry::access_log::AccessLog;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::Exchange;
@@ -40,7 +43,7 @@ use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue};
 use local_reply::LocalReply;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
+use pingora_error::{Error, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::Arc;
@@ -90,7 +93,13 @@ pub(crate) struct Ctx {
     endpoint: Option<usize>,
     /// Holds the endpoint's in-flight count until the request ends.
     pick: Option<Pick>,
+    /// The consistent-hash key, for a retry's pick.
+    hash: Option<u64>,
+    /// The tries against the route's retry policy and timeout.
+    tries: retry::Tries,
     flags: ResponseFlag,
+    /// The route's `fault` delayed the request (flag DI).
+    delay_injected: bool,
     local_code: Option<u16>,
     /// The x-request-id generated for a request that came without one (inline: no
     /// allocation); added to the upstream request. A request's own id stays in its header.
@@ -131,7 +140,10 @@ impl ProxyHttp for MeshProxy {
             cluster: None,
             endpoint: None,
             pick: None,
+            hash: None,
+            tries: retry::Tries::default(),
             flags: ResponseFlag::None,
+            delay_injected: false,
             local_code: None,
             generated_id: None,
             no_forwarded_for: false,
@@ -167,11 +179,35 @@ impl ProxyHttp for MeshProxy {
             authority,
             client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
         };
-        let decision = match decide::decide(&runtime, &incoming) {
+        let decided = match decide::route(&runtime, &incoming) {
+            Ok(routed) => match routed.route.fault().map(fault::draw) {
+                None => decide::upstream(routed, &incoming),
+                // Envoy's fault filter, before the router: wait, then abort or route on.
+                Some(injection) => {
+                    if let Some(delay) = injection.delay {
+                        ctx.delay_injected = true;
+                        tokio::time::sleep(delay).await;
+                    }
+                    match injection.abort {
+                        Some(reply) => Err(decide::Refusal { reply, route: Some(routed.route), cluster: None }),
+                        None => decide::upstream(routed, &incoming),
+                    }
+                }
+            },
+            Err(refusal) => Err(refusal),
+        };
+        let decision = match decided {
             Ok(d) => {
                 ctx.endpoint = Some(d.pick.index());
-                (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie, ctx.rewrite, ctx.destination_headers) =
-                    (Some(d.route), Some(d.cluster), Some(d.pick), d.set_cookie, d.rewrite, d.destination_headers);
+                (ctx.route, ctx.cluster, ctx.pick, ctx.hash, ctx.set_cookie, ctx.rewrite, ctx.destination_headers) = (
+                    Some(d.route),
+                    Some(d.cluster),
+                    Some(d.pick),
+                    d.hash,
+                    d.set_cookie,
+                    d.rewrite,
+                    d.destination_headers,
+                );
                 Ok(())
             }
             Err(refusal) => {
@@ -191,11 +227,27 @@ impl ProxyHttp for MeshProxy {
         }
     }
 
-    /// The endpoint picked in `request_filter`.
+    /// The endpoint picked in `request_filter`; for a retry, another one after a backoff
+    /// (see retry.rs). Each try reads for its per-try timeout or the time the route has left.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<Ctx>) -> Result<Box<HttpPeer>> {
-        let (Some(cluster), Some(i)) = (&ctx.cluster, ctx.endpoint) else {
+        let (Some(route), Some(cluster), Some(mut i)) = (ctx.route.clone(), ctx.cluster.clone(), ctx.endpoint) else {
             return Err(Error::explain(ErrorType::InternalError, "no endpoint picked"));
         };
+        let policy = route.retry_policy();
+        if ctx.tries.retry_pending() {
+            let wait = policy.backoff(ctx.tries.started());
+            if ctx.tries.deadline().is_some_and(|d| Instant::now() + wait >= d) {
+                return Err(route_timeout());
+            }
+            tokio::time::sleep(wait).await;
+            // A new pick replaces the old one (its in-flight count is released).
+            if let Some(pick) = ctx.tries.pick(&cluster.balancer, ctx.hash, i, policy) {
+                i = pick.index();
+                (ctx.pick, ctx.endpoint) = (Some(pick), Some(i));
+            }
+            self.shared.metrics.upstream_retry(&cluster.definition.name);
+        }
+        let read_timeout = ctx.tries.start(i, Instant::now(), route.timeout(), policy);
         let endpoint = &cluster.endpoints[i];
         let mut peer = match cluster.tls() {
             Ok(None) => HttpPeer::new(endpoint.addr, false, String::new()),
@@ -209,9 +261,7 @@ impl ProxyHttp for MeshProxy {
         }
         peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
-        if let Some(timeout) = ctx.route.as_ref().and_then(|r| r.timeout()) {
-            peer.options.read_timeout = Some(timeout);
-        }
+        peer.options.read_timeout = read_timeout;
         Ok(Box::new(peer))
     }
 
@@ -242,13 +292,32 @@ impl ProxyHttp for MeshProxy {
         Ok(())
     }
 
-    /// Takes the upstream service time when the upstream's response header arrives.
+    /// Takes the upstream service time when the upstream's response header arrives, and
+    /// turns a response the retry policy retries into an error Pingora retries on (nothing
+    /// of it has gone downstream yet: Pingora writes the header after the filters).
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
+        let status = resp.status.as_u16();
+        if let Some(route) = ctx.route.clone() {
+            let policy = route.retry_policy();
+            if policy.may_retry_status(status) {
+                // gRPC statuses come in the headers of a trailers-only response, over h2.
+                let grpc_status = match status == 200 && ctx.cluster.as_ref().is_some_and(|c| c.http2) {
+                    true => resp.headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()),
+                    false => None,
+                };
+                let failure = Failure::Response { status, grpc_status };
+                if ctx.tries.judge(policy, failure, replayable(session), Instant::now()) == retry::Verdict::Retry {
+                    let mut e = Error::explain(ErrorType::HTTPStatus(status), "retriable response");
+                    e.set_retry(true);
+                    return Err(e.into_up());
+                }
+            }
+        }
         // The header itself goes in with `server` in `response_filter`, which follows for the
         // same response: one pass over the response's header map instead of two.
         if let Some(start) = ctx.upstream_start {
@@ -275,15 +344,76 @@ impl ProxyHttp for MeshProxy {
         Ok(())
     }
 
-    fn fail_to_connect(
+    /// The route timeout also covers the body: past the deadline the response is cut (504
+    /// UT if nothing went down yet). Routes without a timeout pay one branch per chunk.
+    fn upstream_response_body_filter(
         &self,
         _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Option<Duration>> {
+        if ctx.tries.deadline().is_some() && ctx.tries.deadline_passed(Instant::now()) {
+            return Err(route_timeout());
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut Box<Ctx>,
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.flags = ResponseFlag::UpstreamConnectionFailure;
+        let retry = match &ctx.route {
+            Some(route) => ctx.tries.judge(route.retry_policy(), Failure::Connect, replayable(session), Instant::now()),
+            None => retry::Verdict::NotRetriable,
+        };
+        e.set_retry(retry == retry::Verdict::Retry);
+        e
+    }
+
+    /// A failure after the connection was made: a retriable response (from
+    /// `upstream_response_filter`), a reset, a per-try timeout. Pingora's own retry of a
+    /// failure on a reused pooled connection is kept: same endpoint, not a policy retry.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Box<Ctx>,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.tries.retry_pending() {
+            return e; // decided in upstream_response_filter
+        }
+        let stale_pooled = matches!(e.retry, RetryType::ReusedOnly)
+            && client_reused
+            && session.req_header().method.is_idempotent()
+            && replayable(session);
+        if stale_pooled {
+            e.set_retry(true);
+            return e;
+        }
         e.set_retry(false);
+        let failure = match (e.esource(), e.etype()) {
+            (pingora_error::ErrorSource::Upstream, ErrorType::ReadTimedout) => {
+                if ctx.tries.deadline_passed(Instant::now()) {
+                    return e; // the route timeout: 504 UT
+                }
+                Failure::PerTryTimeout
+            }
+            (pingora_error::ErrorSource::Upstream, ErrorType::H2Error) if refused_stream(&e) => Failure::RefusedStream,
+            (pingora_error::ErrorSource::Upstream, _) => Failure::Reset,
+            _ => return e,
+        };
+        if let Some(route) = &ctx.route {
+            let verdict = ctx.tries.judge(route.retry_policy(), failure, replayable(session), Instant::now());
+            e.set_retry(verdict == retry::Verdict::Retry);
+        }
         e
     }
 
@@ -295,6 +425,20 @@ impl ProxyHttp for MeshProxy {
         true
     }
 
+    /// A retried failure is counted (`meshgate_upstream_rq_retry_total`) and, when its
+    /// retries run out, logged with `URX`; Pingora's WARN line per retry would fill the log
+    /// whenever an endpoint dies. Kept at debug level.
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &Box<Ctx>,
+        error: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        tracing::debug!(%error, "retrying");
+        true
+    }
+
     /// Envoy-compatible status and body for upstream failures.
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
         // Pingora closes the downstream connection after a failure once an upstream was
@@ -303,6 +447,7 @@ impl ProxyHttp for MeshProxy {
         // docs/compatibility.md.
         session.set_keepalive(None);
         let reply = match e.esource() {
+            _ if e.etype() == &ROUTE_TIMEOUT => Some(LocalReply::route_timeout()),
             pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, ctx.flags)),
             pingora_error::ErrorSource::Downstream => match e.etype() {
                 // A body that breaks its framing (Pingora's `InvalidChunk`), or a head Pingora
@@ -339,7 +484,11 @@ impl ProxyHttp for MeshProxy {
             tls: self.tls_server.is_some(),
             sni: None,
             code: session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0),
-            flags: ctx.flags,
+            flags: Flags {
+                outcome: ctx.flags,
+                delay_injected: ctx.delay_injected,
+                retry_limit_exceeded: ctx.tries.exhausted,
+            },
             details: match ctx.flags {
                 ResponseFlag::UnenforcedPolicy => ctx.runtime.as_ref().and_then(|r| r.deny.as_deref()),
                 _ => None,
@@ -355,12 +504,35 @@ impl ProxyHttp for MeshProxy {
             downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
         };
         self.shared.metrics.record(&exchange);
+        if let (Some(cluster), true) = (&ctx.cluster, ctx.tries.started() > 1 || ctx.tries.exhausted) {
+            if ctx.tries.exhausted || ctx.flags == ResponseFlag::None {
+                self.shared.metrics.retried_request_done(&cluster.definition.name, ctx.tries.exhausted);
+            }
+        }
         self.shared.access_log.log(&exchange);
         if let (Some(tracer), Some(trace)) = (&self.shared.tracer, &ctx.trace) {
             tracer.finish(trace, &exchange);
         }
         ctx.pick = None;
     }
+}
+
+/// The error for a request past its route timeout (504 UT in `fail_to_proxy`).
+const ROUTE_TIMEOUT: ErrorType = ErrorType::Custom("RouteTimeout");
+
+fn route_timeout() -> Box<Error> {
+    Error::explain(ROUTE_TIMEOUT, "route timeout").into_up()
+}
+
+/// Whether the request can be sent again: nothing of the response went downstream and the
+/// body (if any) is still whole in Pingora's replay buffer (64 KiB).
+fn replayable(session: &Session) -> bool {
+    session.response_written().is_none() && !session.as_ref().retry_buffer_truncated()
+}
+
+/// An HTTP/2 stream the upstream refused (`REFUSED_STREAM`): it never processed it.
+fn refused_stream(e: &Error) -> bool {
+    e.root_cause().downcast_ref::<h2::Error>().and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM)
 }
 
 /// Answers the request locally from `request_filter` (which then returns `Ok(true)`: the

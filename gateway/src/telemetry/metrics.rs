@@ -162,6 +162,12 @@ pub(crate) struct Metrics {
     tcp_opened: IntCounterVec,
     tcp_closed: IntCounterVec,
     pub(crate) tls_handshake_failures: IntCounterVec,
+    /// Retries by cluster (Envoy's `upstream_rq_retry`), and requests whose retries ran out
+    /// (`upstream_rq_retry_limit_exceeded`) or whose retry got a response the policy took
+    /// (`upstream_rq_retry_success`).
+    upstream_rq_retry: IntCounterVec,
+    upstream_rq_retry_limit_exceeded: IntCounterVec,
+    upstream_rq_retry_success: IntCounterVec,
     /// `notAfter` of each served certificate, by secret (`kubernetes://ns/name`, `file://...`).
     pub(crate) certificate_expiry: prometheus::IntGaugeVec,
     /// Span export (`meshgate_trace_spans_*_total`), registered whether or not tracing is on.
@@ -276,6 +282,19 @@ impl Metrics {
             &["secret"],
         )
         .expect("static metric definition");
+        let retry = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["cluster_name"]).expect("static metric definition")
+        };
+        let upstream_rq_retry =
+            retry("meshgate_upstream_rq_retry_total", "Retries sent upstream, by cluster (Envoy's upstream_rq_retry)");
+        let upstream_rq_retry_limit_exceeded = retry(
+            "meshgate_upstream_rq_retry_limit_exceeded_total",
+            "Requests whose retries ran out with a retriable outcome (flag URX)",
+        );
+        let upstream_rq_retry_success = retry(
+            "meshgate_upstream_rq_retry_success_total",
+            "Retried requests that got a response their retry policy accepts",
+        );
         let access_log_dropped = IntCounter::new(
             "meshgate_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
@@ -308,6 +327,9 @@ impl Metrics {
             Box::new(tcp_closed.clone()),
             Box::new(tls_handshake_failures.clone()),
             Box::new(certificate_expiry.clone()),
+            Box::new(upstream_rq_retry.clone()),
+            Box::new(upstream_rq_retry_limit_exceeded.clone()),
+            Box::new(upstream_rq_retry_success.clone()),
             Box::new(trace.dropped.clone()),
             Box::new(trace.exported.clone()),
             Box::new(trace.failed.clone()),
@@ -339,6 +361,9 @@ impl Metrics {
             tcp_closed,
             tls_handshake_failures,
             certificate_expiry,
+            upstream_rq_retry,
+            upstream_rq_retry_limit_exceeded,
+            upstream_rq_retry_success,
             trace,
             no_destination: SeriesCache::default(),
         }
@@ -417,6 +442,17 @@ impl Metrics {
             request_bytes: self.request_bytes.with_label_values(&values),
             response_bytes: self.response_bytes.with_label_values(&values),
         }
+    }
+
+    /// A retry was sent to `cluster`.
+    pub(crate) fn upstream_retry(&self, cluster: &str) {
+        self.upstream_rq_retry.with_label_values(&[cluster]).inc();
+    }
+
+    /// The end of a request that was retried: its retries ran out, or one succeeded.
+    pub(crate) fn retried_request_done(&self, cluster: &str, exhausted: bool) {
+        let counter = if exhausted { &self.upstream_rq_retry_limit_exceeded } else { &self.upstream_rq_retry_success };
+        counter.with_label_values(&[cluster]).inc();
     }
 
     /// Prometheus text exposition of everything registered.

@@ -22,7 +22,7 @@ pub(crate) mod timestamp;
 
 use crate::compiled::cluster::ClusterRuntime;
 use crate::head::{self, X_FORWARDED_FOR, X_REQUEST_ID};
-use crate::response_flag::ResponseFlag;
+use crate::response_flag::Flags;
 use access_log::{Prepared, RequestId, RouteName};
 use destination::{ClusterTelemetry, DestinationLabels, EndpointTelemetry};
 use http::header::HeaderName;
@@ -44,7 +44,7 @@ pub(crate) struct Exchange<'a> {
     pub(crate) sni: Option<&'a str>,
     /// Status sent downstream (0 when none was, and for TCP).
     pub(crate) code: u16,
-    pub(crate) flags: ResponseFlag,
+    pub(crate) flags: Flags,
     /// Why the gateway answered itself where the flag alone does not say
     /// (`%RESPONSE_CODE_DETAILS%`).
     pub(crate) details: Option<&'a str>,
