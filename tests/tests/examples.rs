@@ -202,6 +202,44 @@ async fn bookinfo_and_scenarios() {
         assert_eq!(status(&gw, "bookinfo.example.com", "/other").await, StatusCode::NOT_FOUND);
     }
 
+    // fault-injection: jason's /ratings calls wait 7 s, or are aborted with 500 at the gateway.
+    let faults = example("fault-injection");
+    {
+        let delay = faults.join("ratings-test-delay.yaml");
+        assert_analyze_clean(&[&base, &delay]);
+        let gw = start_gateway(&[&base, &delay]).await;
+        let t = std::time::Instant::now();
+        let e = echo(&gw, "bookinfo.example.com", "/ratings/0", &[("end-user", "jason")]).await;
+        let took = t.elapsed();
+        assert_eq!((e.service.as_str(), e.version.as_str()), ("ratings", "v1"));
+        assert!(took >= Duration::from_secs(7) && took < Duration::from_secs(12), "{took:?}");
+        let t = std::time::Instant::now();
+        assert_eq!(echo(&gw, "bookinfo.example.com", "/ratings/0", &[]).await.service, "ratings");
+        assert!(t.elapsed() < Duration::from_secs(5), "only jason is delayed: {:?}", t.elapsed());
+    }
+    {
+        let abort = faults.join("ratings-test-abort.yaml");
+        assert_analyze_clean(&[&base, &abort]);
+        let gw = start_gateway(&[&base, &abort]).await;
+        let r = get(gw.addr(80), "/ratings/0").header("end-user", "jason").send().await.unwrap();
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (500, "fault filter abort"));
+        assert_eq!(echo(&gw, "bookinfo.example.com", "/ratings/0", &[]).await.version, "v1");
+    }
+
+    // request-timeouts: reviews v2 within 0.5 s, or 504 after 0.5 s.
+    {
+        let timeout = example("request-timeouts").join("reviews-timeout.yaml");
+        assert_analyze_clean(&[&base, &timeout]);
+        let gw = start_gateway(&[&base, &timeout]).await;
+        let t = std::time::Instant::now();
+        let r = get(gw.addr(80), "/reviews/delay/2000").send().await.unwrap();
+        let took = t.elapsed();
+        assert_eq!((r.status.as_u16(), r.text().as_str()), (504, "upstream request timeout"));
+        assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(1900), "{took:?}");
+        let e = echo(&gw, "bookinfo.example.com", "/reviews/0", &[]).await;
+        assert_eq!((e.service.as_str(), e.version.as_str()), ("reviews", "v2"));
+    }
+
     // shift-50-v3: /reviews split evenly between v1 and v3.
     {
         let gw = start_gateway(&[&base, &shift]).await;
