@@ -272,7 +272,7 @@ def _hosts(c: Cfg) -> None:
     c.check(expect(404, "an unknown host must find no virtual host", host="unknown.bench.local"))
 
 
-@feature("route-timeout", "route `timeout: 5s` (Pingora's per-read upstream timeout); a second host whose route "
+@feature("route-timeout", "route `timeout: 5s` (an overall deadline, checked per body chunk); a second host whose route "
          "has `timeout: 1s` to an upstream that never answers proves timeouts are enforced (504)")
 def _timeout(c: Cfg) -> None:
     c.route["timeout"] = "5s"
@@ -289,6 +289,24 @@ def _timeout(c: Cfg) -> None:
             raise Inactive(f"a route with timeout 1s to an upstream that never answers got {got}, not 504")
         live.note(f"stalled upstream: 504 after {time.monotonic() - t0:.1f} s")
     c.check(stalls)
+
+
+@feature("retries-off", "route `retries: {attempts: 0}`: no retry policy; compare with the plain route, which "
+         "has Istio's default policy (2 retries on connect-failure, refused-stream, gRPC unavailable/cancelled)")
+def _retries_off(c: Cfg) -> None:
+    c.route["retries"] = {"attempts": 0}
+
+
+@feature("retries-5xx", "route `retries: {attempts: 3, perTryTimeout: 5s, retryOn: 5xx}` (every 200 is checked "
+         "against the policy)")
+def _retries_5xx(c: Cfg) -> None:
+    c.route["retries"] = {"attempts": 3, "perTryTimeout": "5s", "retryOn": "5xx"}
+
+
+@feature("fault-unfired", "route `fault: {delay: {fixedDelay: 1ms, percentage: {value: 0.0001}}}`: a draw per "
+         "request that (nearly) never delays")
+def _fault_unfired(c: Cfg) -> None:
+    c.route["fault"] = {"delay": {"fixedDelay": "1ms", "percentage": {"value": 0.0001}}}
 
 
 @feature("rewrite-uri", "route `match: [{uri: {prefix: /1}}]` with `rewrite: {uri: /1}`: the path comes out the "

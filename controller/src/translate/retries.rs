@@ -16,6 +16,9 @@ pub const ISTIO_DEFAULT_RETRY_ON: [RetryOn; 5] = [
     RetryOn::RetriableStatusCodes,
 ];
 
+/// The gateway's bound on tries per request (Pingora's `max_retries`, 64) less the first.
+const MAX_RETRIES: u32 = 63;
+
 /// The route's retry policy, or `None` with the problem reported. `timeout_ms` is the route's
 /// own timeout, for the warning about a per-try timeout that can never fire.
 pub(super) fn retries(
@@ -107,8 +110,15 @@ pub(super) fn retries(
             ));
         }
     }
+    if r.attempts > MAX_RETRIES as i32 {
+        problems.push(Diagnostic::warning(
+            codes::UNSUPPORTED,
+            format!("{field}.attempts"),
+            format!("{} retries asked, meshgate makes at most {MAX_RETRIES}", r.attempts),
+        ));
+    }
     Some(Retries::Policy(Box::new(RetryPolicy {
-        attempts: r.attempts.unsigned_abs(),
+        attempts: r.attempts.unsigned_abs().min(MAX_RETRIES),
         per_try_timeout_ms,
         retry_on: crate::memory::boxed(retry_on),
         status_codes: crate::memory::boxed(status_codes),
