@@ -152,9 +152,10 @@ impl CompiledRetry {
     }
 
     /// Whether a response with this status could be retried at all: the request path reads
-    /// `grpc-status` only then, and most responses (2xx) are decided by this one test.
-    pub(crate) fn may_retry_status(&self, status: u16) -> bool {
-        self.retries > 0 && (status >= 400 || (self.on.0 & GRPC_BITS.0 != 0 && status == 200))
+    /// `grpc-status` only then, and most responses (2xx) are decided by this one test. `grpc`
+    /// says the upstream speaks HTTP/2, the only way a gRPC status comes back.
+    pub(crate) fn may_retry_status(&self, status: u16, grpc: bool) -> bool {
+        self.retries > 0 && (status >= 400 || (grpc && status == 200 && self.on.0 & GRPC_BITS.0 != 0))
     }
 
     /// The wait before retry `n` (1 for the first): Envoy's fully jittered exponential
@@ -207,7 +208,8 @@ mod tests {
         assert!(p.retries(Failure::Response { status: 200, grpc_status: Some(14) }));
         assert!(p.retries(Failure::Response { status: 200, grpc_status: Some(1) }));
         assert!(!p.retries(Failure::Response { status: 200, grpc_status: Some(13) }));
-        assert!(p.may_retry_status(200) && !CompiledRetry::off().may_retry_status(503));
+        assert!(p.may_retry_status(200, true) && !p.may_retry_status(200, false));
+        assert!(p.may_retry_status(503, false) && !CompiledRetry::off().may_retry_status(503, false));
     }
 
     #[test]

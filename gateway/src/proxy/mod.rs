@@ -308,9 +308,10 @@ impl ProxyHttp for MeshProxy {
         let Ctx { route, cluster, tries, .. } = &mut **ctx;
         if let Some(route) = route {
             let policy = route.retry_policy();
-            if policy.may_retry_status(status) {
-                // gRPC statuses come in the headers of a trailers-only response, over h2.
-                let grpc_status = match status == 200 && cluster.as_ref().is_some_and(|c| c.http2) {
+            // gRPC statuses come in the headers of a trailers-only response, over h2.
+            let h2 = cluster.as_ref().is_some_and(|c| c.http2);
+            if policy.may_retry_status(status, h2) {
+                let grpc_status = match status == 200 && h2 {
                     true => resp.headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()),
                     false => None,
                 };
