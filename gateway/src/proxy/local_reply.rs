@@ -170,7 +170,7 @@ impl LocalReply {
         }
     }
 
-    /// The route timeout passed (Envoy's router: 504, flag UT).
+    /// The route timeout (or a try's read timeout) passed: Envoy's router's 504, flag UT.
     pub(super) fn route_timeout() -> LocalReply {
         LocalReply {
             code: 504,
@@ -212,14 +212,7 @@ impl LocalReply {
     pub(super) fn upstream_failure(e: &Error, flags: ResponseFlag) -> LocalReply {
         use ErrorType::*;
         match e.etype() {
-            ReadTimedout | WriteTimedout => LocalReply {
-                code: 504,
-                flags: ResponseFlag::UpstreamRequestTimeout,
-                body: Bytes::from_static(b"upstream request timeout"),
-                location: None,
-                verbatim: false,
-                grpc_status: None,
-            },
+            ReadTimedout | WriteTimedout => LocalReply::route_timeout(),
             ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
             | BindError => LocalReply {
                 code: 503,
