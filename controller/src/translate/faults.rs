@@ -5,7 +5,6 @@
 use crate::diagnostics::{codes, Diagnostic};
 use crate::schema::istio::{HttpFaultInjection, Percent};
 use crate::snapshot::{AbortStatus, Fault, FaultAbort, FaultDelay};
-use meshgate_model::duration::parse_duration_ms;
 
 /// gRPC status names, by code (Istio's `SupportedGRPCStatus`).
 const GRPC_STATUS: [&str; 17] = [
@@ -57,13 +56,9 @@ pub(super) fn fault(f: &HttpFaultInjection, field: &str, problems: &mut Vec<Diag
             }
         }
         match (&d.fixed_delay, &d.exponential_delay) {
-            (Some(t), _) => match parse_duration_ms(t) {
-                Some(ms) if ms >= 1 => {
-                    delay =
-                        Some(FaultDelay { fixed_delay_ms: u32::try_from(ms).unwrap_or(u32::MAX), per_million: share })
-                }
-                Some(_) => error(".delay.fixedDelay".into(), "duration must be at least 1ms".into()),
-                None => error(".delay.fixedDelay".into(), format!("invalid duration {t:?}; write e.g. \"5s\"")),
+            (Some(t), _) => match super::duration_ms(t, 1) {
+                Ok(ms) => delay = Some(FaultDelay { fixed_delay_ms: ms, per_million: share }),
+                Err(message) => error(".delay.fixedDelay".into(), message),
             },
             (None, Some(_)) => error(".delay.exponentialDelay".into(), "exponentialDelay not supported yet".into()),
             (None, None) => error(".delay.fixedDelay".into(), "a delay needs fixedDelay".into()),

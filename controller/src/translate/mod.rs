@@ -439,6 +439,17 @@ impl HostList {
 
 /// A part of the translation kept from the previous one with the problems building it
 /// reported, or built now.
+/// An Istio duration field (`2s`, `0.5s`, `250ms`) in milliseconds, at least `min_ms`; a
+/// duration past 49 days counts as 49 days (`u32` milliseconds). The error is the message
+/// for the field's diagnostic.
+pub(super) fn duration_ms(text: &str, min_ms: u64) -> Result<u32, String> {
+    match meshgate_model::duration::parse_duration_ms(text) {
+        Some(ms) if ms >= min_ms => Ok(u32::try_from(ms).unwrap_or(u32::MAX)),
+        Some(_) => Err(format!("duration must be at least {min_ms}ms")),
+        None => Err(format!("invalid duration {text:?}; write e.g. \"2s\" or \"500ms\"")),
+    }
+}
+
 fn kept_or_built<T>(
     kept: Option<(Arc<T>, Vec<Diagnostic>)>,
     build: impl FnOnce(&mut Vec<Diagnostic>) -> T,

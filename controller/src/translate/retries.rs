@@ -5,7 +5,6 @@
 use crate::diagnostics::{codes, Diagnostic};
 use crate::schema::istio::HttpRetry;
 use crate::snapshot::{Retries, RetryOn, RetryPolicy};
-use meshgate_model::duration::parse_duration_ms;
 
 /// Istio's default `retryOn` (pilot's `defaultRetryOn`).
 pub const ISTIO_DEFAULT_RETRY_ON: [RetryOn; 5] = [
@@ -39,19 +38,8 @@ pub(super) fn retries(
     if r.attempts == 0 && (r.per_try_timeout.is_some() || r.retry_on.is_some() || r.retry_remote_localities.is_some()) {
         error("", "http retry policy configured when attempts are set to 0 (disabled)".into());
     }
-    let duration = |at: &str, text: &Option<Box<str>>, error: &mut dyn FnMut(&str, String)| match text {
-        None => None,
-        Some(t) => match parse_duration_ms(t) {
-            Some(ms) if ms >= 1 => Some(u32::try_from(ms).unwrap_or(u32::MAX)),
-            Some(_) => {
-                error(at, "duration must be at least 1ms".into());
-                None
-            }
-            None => {
-                error(at, format!("invalid duration {t:?}; write e.g. \"2s\" or \"500ms\""));
-                None
-            }
-        },
+    let duration = |at: &str, text: &Option<Box<str>>, error: &mut dyn FnMut(&str, String)| {
+        super::duration_ms(text.as_deref()?, 1).map_err(|message| error(at, message)).ok()
     };
     let per_try_timeout_ms = duration(".perTryTimeout", &r.per_try_timeout, &mut error);
     let backoff_base_ms = duration(".backoff", &r.backoff, &mut error);

@@ -1,7 +1,7 @@
 //! VirtualService → routes bound to gateway servers.
 
 use super::actions;
-use super::clusters::{parse_duration_ms, resolve};
+use super::clusters::resolve;
 use super::credentials::Credentials;
 use super::hosts::{covers, intersect, resolve_short_name};
 use super::rules::Rules;
@@ -341,15 +341,11 @@ fn http_route(
 
     let timeout_ms = match &http.timeout {
         None => None,
-        Some(t) => match parse_duration_ms(t) {
-            Some(0) => None,
-            Some(ms) => Some(u32::try_from(ms).unwrap_or(u32::MAX)),
-            None => {
-                problems.push(Diagnostic::error(
-                    codes::SCHEMA,
-                    format!("{field}.timeout"),
-                    format!("invalid duration {t:?}; write e.g. \"2s\" or \"500ms\""),
-                ));
+        Some(t) => match super::duration_ms(t, 0) {
+            Ok(0) => None,
+            Ok(ms) => Some(ms),
+            Err(message) => {
+                problems.push(Diagnostic::error(codes::SCHEMA, format!("{field}.timeout"), message));
                 return None;
             }
         },
