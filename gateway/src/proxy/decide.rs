@@ -137,7 +137,8 @@ pub(super) fn route<'a>(runtime: &Runtime, request: &Incoming<'a>) -> Result<Rou
 
 /// The second half: the destination cluster and its endpoint, or 503 (NC, UF, UH).
 pub(super) fn upstream(routed: Routed<'_>, request: &Incoming<'_>) -> Result<Decision, Refusal> {
-    let Routed { route, view } = routed; // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
+    let Routed { route, view } = routed;
+    // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
     let picked = route.pick_cluster().filter(|(c, _)| !c.definition.not_found).map(|(c, h)| (c.clone(), h.cloned()));
     let Some((cluster, destination_headers)) = picked else {
         return Err(Refusal { reply: LocalReply::no_cluster(), route: Some(route), cluster: None });

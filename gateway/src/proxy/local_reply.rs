@@ -22,104 +22,54 @@ pub(super) struct LocalReply {
 }
 
 impl LocalReply {
+    /// One of the gateway's own error replies: Envoy's status, flag and body, mapped to a
+    /// `grpc-status` for gRPC clients.
+    const fn error(code: u16, flags: ResponseFlag, body: &'static [u8]) -> LocalReply {
+        LocalReply { code, flags, body: Bytes::from_static(body), location: None, verbatim: false, grpc_status: None }
+    }
+
     /// Envoy's RBAC filter denial: 403 with its body.
     pub(super) fn rbac_denied() -> LocalReply {
-        LocalReply {
-            code: 403,
-            flags: ResponseFlag::UnenforcedPolicy,
-            body: Bytes::from_static(b"RBAC: access denied"),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(403, ResponseFlag::UnenforcedPolicy, b"RBAC: access denied")
     }
 
     /// No virtual host or route matched (Envoy: 404, flag NR, empty body).
     pub(super) fn no_route() -> LocalReply {
-        LocalReply {
-            code: 404,
-            flags: ResponseFlag::NoRoute,
-            body: Bytes::new(),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(404, ResponseFlag::NoRoute, b"")
     }
 
     /// The route's destinations all have weight 0, or the picked one names a cluster Envoy
     /// would not have (unknown host or subset): Envoy's `NC`, cluster not found, which its
     /// router answers with `cluster_not_found_response_code` (503) and no body.
     pub(super) fn no_cluster() -> LocalReply {
-        LocalReply {
-            code: 503,
-            flags: ResponseFlag::NoClusterFound,
-            body: Bytes::new(),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(503, ResponseFlag::NoClusterFound, b"")
     }
 
     /// The cluster has no ready endpoint (Envoy: UH).
     pub(super) fn no_healthy_upstream() -> LocalReply {
-        LocalReply {
-            code: 503,
-            flags: ResponseFlag::NoHealthyUpstream,
-            body: Bytes::from_static(b"no healthy upstream"),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(503, ResponseFlag::NoHealthyUpstream, b"no healthy upstream")
     }
 
     /// A malformed request (no Host in HTTP/1.1, a request-target of no allowed form): Envoy's
     /// 400 with flag DPE; the connection closes after it.
     pub(super) fn bad_request() -> LocalReply {
-        LocalReply {
-            code: 400,
-            flags: ResponseFlag::DownstreamProtocolError,
-            body: Bytes::new(),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(400, ResponseFlag::DownstreamProtocolError, b"")
     }
 
     /// A request head over the size limit (Envoy's `max_request_headers_kb`): 431, flag DPE;
     /// the connection closes after it.
     pub(super) fn headers_too_large() -> LocalReply {
-        LocalReply {
-            code: 431,
-            flags: ResponseFlag::DownstreamProtocolError,
-            body: Bytes::new(),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(431, ResponseFlag::DownstreamProtocolError, b"")
     }
 
     /// The request body stopped arriving (`--body-read-timeout`): Envoy's 408 for a request
     /// that was not received in time.
     pub(super) fn request_timeout() -> LocalReply {
-        LocalReply {
-            code: 408,
-            flags: ResponseFlag::DownstreamProtocolError,
-            body: Bytes::from_static(b"request timeout"),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(408, ResponseFlag::DownstreamProtocolError, b"request timeout")
     }
 
     pub(super) fn internal() -> LocalReply {
-        LocalReply {
-            code: 500,
-            flags: ResponseFlag::None,
-            body: Bytes::from_static(b"internal error"),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(500, ResponseFlag::None, b"internal error")
     }
 
     /// `tls.httpsRedirect` (Envoy's `require_tls: ALL`): `https://` + the `Host` as the client
@@ -160,90 +110,41 @@ impl LocalReply {
             AbortStatus::Http(code) => (code, None),
             AbortStatus::Grpc(g) => (http_status_of_grpc(g), Some(g)),
         };
-        LocalReply {
-            code,
-            flags: ResponseFlag::FaultInjected,
-            body: Bytes::from_static(b"fault filter abort"),
-            location: None,
-            verbatim: false,
-            grpc_status,
-        }
+        LocalReply { grpc_status, ..LocalReply::error(code, ResponseFlag::FaultInjected, b"fault filter abort") }
     }
 
     /// The route timeout (or a try's read timeout) passed: Envoy's router's 504, flag UT.
     pub(super) fn route_timeout() -> LocalReply {
-        LocalReply {
-            code: 504,
-            flags: ResponseFlag::UpstreamRequestTimeout,
-            body: Bytes::from_static(b"upstream request timeout"),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(504, ResponseFlag::UpstreamRequestTimeout, b"upstream request timeout")
     }
 
     /// HTTP/2 connection coalescing sent a request for a host this connection's certificate
     /// (server) does not serve, while another server on the port does.
     pub(super) fn misdirected() -> LocalReply {
-        LocalReply {
-            code: 421,
-            flags: ResponseFlag::NoRoute,
-            body: Bytes::from_static(b"misdirected request"),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(421, ResponseFlag::NoRoute, b"misdirected request")
     }
 
     /// TLS origination is configured but its material is unusable.
     pub(super) fn upstream_tls_unusable() -> LocalReply {
-        LocalReply {
-            code: 503,
-            flags: ResponseFlag::UpstreamConnectionFailure,
-            body: Bytes::from_static(b"upstream TLS settings are unusable"),
-            location: None,
-            verbatim: false,
-            grpc_status: None,
-        }
+        LocalReply::error(503, ResponseFlag::UpstreamConnectionFailure, b"upstream TLS settings are unusable")
     }
 
     /// Connect failures → 503 UF; timeouts waiting for the response → 504 UT; a reset after
     /// connecting → 503 UC.
     pub(super) fn upstream_failure(e: &Error, flags: ResponseFlag) -> LocalReply {
         use ErrorType::*;
+        const CONNECTION_FAILURE: &[u8] =
+            b"upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+        const CONNECTION_TERMINATION: &[u8] =
+            b"upstream connect error or disconnect/reset before headers. reset reason: connection termination";
         match e.etype() {
             ReadTimedout | WriteTimedout => LocalReply::route_timeout(),
             ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
-            | BindError => LocalReply {
-                code: 503,
-                flags: ResponseFlag::UpstreamConnectionFailure,
-                body: Bytes::from_static(
-                    b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                ),
-                location: None,
-                verbatim: false,
-                grpc_status: None,
-            },
-            _ if flags == ResponseFlag::UpstreamConnectionFailure => LocalReply {
-                code: 503,
-                flags: ResponseFlag::UpstreamConnectionFailure,
-                body: Bytes::from_static(
-                    b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
-                ),
-                location: None,
-                verbatim: false,
-                grpc_status: None,
-            },
-            _ => LocalReply {
-                code: 503,
-                flags: ResponseFlag::UpstreamConnectionTermination,
-                body: Bytes::from_static(
-                    b"upstream connect error or disconnect/reset before headers. reset reason: connection termination",
-                ),
-                location: None,
-                verbatim: false,
-                grpc_status: None,
-            },
+            | BindError => LocalReply::error(503, ResponseFlag::UpstreamConnectionFailure, CONNECTION_FAILURE),
+            _ if flags == ResponseFlag::UpstreamConnectionFailure => {
+                LocalReply::error(503, ResponseFlag::UpstreamConnectionFailure, CONNECTION_FAILURE)
+            }
+            _ => LocalReply::error(503, ResponseFlag::UpstreamConnectionTermination, CONNECTION_TERMINATION),
         }
     }
 

@@ -124,6 +124,13 @@ impl Ctx {
     fn edits(&self) -> [Option<&CompiledEdits>; 2] {
         [self.destination_headers.as_deref(), self.route.as_ref().and_then(|r| r.headers()).map(|e| &**e)]
     }
+
+    /// Whether `failure` is retried: the route's policy takes it, a retry is left, and the
+    /// request can still be sent again (see retry.rs).
+    fn retries(&mut self, failure: Failure, session: &Session) -> bool {
+        let Some(route) = &self.route else { return false };
+        self.tries.judge(route.retry_policy(), failure, replayable(session), Instant::now()) == retry::Verdict::Retry
+    }
 }
 
 #[async_trait]
@@ -305,22 +312,17 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         let status = resp.status.as_u16();
-        let Ctx { route, cluster, tries, .. } = &mut **ctx;
-        if let Some(route) = route {
-            let policy = route.retry_policy();
-            // gRPC statuses come in the headers of a trailers-only response, over h2.
-            let h2 = cluster.as_ref().is_some_and(|c| c.http2);
-            if policy.may_retry_status(status, h2) {
-                let grpc_status = match status == 200 && h2 {
-                    true => resp.headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()),
-                    false => None,
-                };
-                let failure = Failure::Response { status, grpc_status };
-                if tries.judge(policy, failure, replayable(session), Instant::now()) == retry::Verdict::Retry {
-                    let mut e = Error::explain(ErrorType::HTTPStatus(status), "retriable response");
-                    e.set_retry(true);
-                    return Err(e.into_up());
-                }
+        // gRPC statuses come in the headers of a trailers-only response, over h2.
+        let h2 = ctx.cluster.as_ref().is_some_and(|c| c.http2);
+        if ctx.route.as_ref().is_some_and(|r| r.retry_policy().may_retry_status(status, h2)) {
+            let grpc_status = match status == 200 && h2 {
+                true => resp.headers.get("grpc-status").and_then(|v| v.to_str().ok()?.parse().ok()),
+                false => None,
+            };
+            if ctx.retries(Failure::Response { status, grpc_status }, session) {
+                let mut e = Error::explain(ErrorType::HTTPStatus(status), "retriable response");
+                e.set_retry(true);
+                return Err(e.into_up());
             }
         }
         // The header itself goes in with `server` in `response_filter`, which follows for the
@@ -372,11 +374,7 @@ impl ProxyHttp for MeshProxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         ctx.flags = ResponseFlag::UpstreamConnectionFailure;
-        let retry = match &ctx.route {
-            Some(route) => ctx.tries.judge(route.retry_policy(), Failure::Connect, replayable(session), Instant::now()),
-            None => retry::Verdict::NotRetriable,
-        };
-        e.set_retry(retry == retry::Verdict::Retry);
+        e.set_retry(ctx.retries(Failure::Connect, session));
         e
     }
 
@@ -415,10 +413,7 @@ impl ProxyHttp for MeshProxy {
             (pingora_error::ErrorSource::Upstream, _) => Failure::Reset,
             _ => return e,
         };
-        if let Some(route) = &ctx.route {
-            let verdict = ctx.tries.judge(route.retry_policy(), failure, replayable(session), Instant::now());
-            e.set_retry(verdict == retry::Verdict::Retry);
-        }
+        e.set_retry(ctx.retries(failure, session));
         e
     }
 
@@ -509,10 +504,10 @@ impl ProxyHttp for MeshProxy {
             downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
         };
         self.shared.metrics.record(&exchange);
-        if let (Some(cluster), true) = (&ctx.cluster, ctx.tries.started() > 1 || ctx.tries.exhausted) {
-            if ctx.tries.exhausted || ctx.flags == ResponseFlag::None {
-                self.shared.metrics.retried_request_done(&cluster.definition.name, ctx.tries.exhausted);
-            }
+        // A retried request ends as Envoy's retry_limit_exceeded or retry_success.
+        let retried = ctx.tries.exhausted || (ctx.tries.started() > 1 && ctx.flags == ResponseFlag::None);
+        if let (Some(cluster), true) = (&ctx.cluster, retried) {
+            self.shared.metrics.retried_request_done(&cluster.definition.name, ctx.tries.exhausted);
         }
         self.shared.access_log.log(&exchange);
         if let (Some(tracer), Some(trace)) = (&self.shared.tracer, &ctx.trace) {

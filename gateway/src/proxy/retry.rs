@@ -115,7 +115,8 @@ impl Tries {
     }
 
     /// The endpoint for a retry: with `other_endpoint` (and no hash), one not tried yet if
-    /// one turns up in a few picks; under consistent hashing, the hash's.
+    /// one turns up in a few picks, else another one; under consistent hashing, the hash's.
+    /// `None` when there is no other endpoint: the retry stays on this one.
     pub(super) fn pick(
         &self,
         balancer: &Balancer,
@@ -126,16 +127,14 @@ impl Tries {
         if hash.is_some() || !policy.other_endpoint {
             return balancer.pick(hash, None);
         }
-        let mut candidate = None;
-        for _ in 0..HOST_SELECTION_ATTEMPTS {
-            let pick = balancer.pick(None, Some(last))?;
-            let fresh = pick.index() >= 64 || self.tried & (1 << pick.index()) == 0;
-            candidate = Some(pick);
-            if fresh {
+        let mut pick = balancer.pick(None, Some(last))?;
+        for _ in 1..HOST_SELECTION_ATTEMPTS {
+            if pick.index() >= 64 || self.tried & (1 << pick.index()) == 0 {
                 break;
             }
+            pick = balancer.pick(None, Some(last))?;
         }
-        candidate.or_else(|| balancer.pick(None, None))
+        Some(pick)
     }
 }
 
