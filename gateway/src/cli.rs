@@ -117,6 +117,11 @@ pub struct LimitArgs {
     /// `max_request_headers_kb`; past it, 431 and the connection closes.
     #[arg(long, value_name = "KIB", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub max_request_headers_kb: u32,
+    /// Mirrored requests (`mirror`, `mirrors`) in flight at once; past it, copies are dropped
+    /// and counted (`meshgate_mirror_requests_total{outcome="dropped"}`), so a slow or dead
+    /// mirror target cannot grow the gateway's memory.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_mirrors_in_flight: usize,
 }
 
 /// A duration as Istio writes them (`10s`, `500ms`, `2m`); zero is refused (a timeout of
@@ -193,6 +198,7 @@ impl RunArgs {
                 idle_timeout: self.limits.idle_timeout,
                 body_read_timeout: self.limits.body_read_timeout,
                 max_request_header_bytes: self.limits.max_request_headers_kb as usize * 1024,
+                max_mirrors_in_flight: self.limits.max_mirrors_in_flight,
             },
         }
     }

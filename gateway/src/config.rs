@@ -45,6 +45,8 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Largest request head (request line and headers), in bytes.
     pub max_request_header_bytes: usize,
+    /// Mirrored requests in flight at once; past it, copies are dropped (and counted).
+    pub max_mirrors_in_flight: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +57,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(60),
             max_request_header_bytes: 60 * 1024,
+            max_mirrors_in_flight: 1024,
         }
     }
 }

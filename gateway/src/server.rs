@@ -167,6 +167,7 @@ pub async fn run(config: Config) -> Result<()> {
         access_log,
         tracer: tracer.clone(),
         max_request_header_bytes: config.limits.max_request_header_bytes,
+        mirroring: crate::proxy::mirror::Mirroring::new(config.limits.max_mirrors_in_flight),
     });
     let draining = Arc::new(AtomicBool::new(false));
     let serving = Arc::new(AtomicBool::new(false));

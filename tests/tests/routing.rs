@@ -450,9 +450,13 @@ spec:
     let r = get(at, "/v1/getProductRatings?user=jason").host("bookinfo.example.com").send().await.unwrap();
     assert_eq!(r.status, StatusCode::MOVED_PERMANENTLY);
     assert_eq!(r.header("location"), Some("http://newratings.default.svc.cluster.local/v1/bookRatings?user=jason"));
-    let r = get(at, "/v1/secure/x").host("bookinfo.example.com:8080").send().await.unwrap();
+    // FROM_PROTOCOL_DEFAULT is no port setting in Istio's Envoy: http's :80 goes with the
+    // change to https, another port stays.
+    let r = get(at, "/v1/secure/x").host("bookinfo.example.com:80").send().await.unwrap();
     assert_eq!(r.status, StatusCode::PERMANENT_REDIRECT);
     assert_eq!(r.header("location"), Some("https://bookinfo.example.com/v1/secure/x"));
+    let r = get(at, "/v1/secure/x").host("bookinfo.example.com:8080").send().await.unwrap();
+    assert_eq!(r.header("location"), Some("https://bookinfo.example.com:8080/v1/secure/x"));
     let r = get(at, "/v1/unknown").host("bookinfo.example.com").send().await.unwrap();
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(r.text(), "unknown error");

@@ -233,6 +233,40 @@ pub struct Route {
     /// `fault`: delays and aborts injected before the upstream is chosen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fault: Option<Box<Fault>>,
+    /// `mirror` / `mirrors`: fire-and-forget copies of the route's requests.
+    #[serde(default, skip_serializing_if = "<[_]>::is_empty")]
+    pub mirrors: Box<[Mirror]>,
+    /// `corsPolicy`: preflights answered by the gateway, CORS headers on responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<Box<Cors>>,
+}
+
+/// One of a route's mirrors (Envoy's `RequestMirrorPolicy`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Mirror {
+    pub cluster: ClusterName,
+    /// Share of requests copied, per million; never 0 (Istio drops a 0 % mirror).
+    pub per_million: u32,
+}
+
+/// Istio's `CorsPolicy`, as Envoy's CORS filter gets it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cors {
+    /// The origins allowed; a matcher that matches `*` allows every origin (Envoy's rule).
+    pub allow_origins: Box<[StringMatch]>,
+    /// Header values as sent (lists joined with `,`); empty ones are not sent.
+    pub allow_methods: CompactString,
+    pub allow_headers: CompactString,
+    pub expose_headers: CompactString,
+    /// `access-control-max-age`, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_seconds: Option<u64>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_credentials: bool,
+    /// `unmatchedPreflights: IGNORE`: a preflight from an origin not allowed gets an empty 200
+    /// instead of going upstream (Istio's default forwards it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub answer_unmatched_preflights: bool,
 }
 
 /// A route's retry policy.
@@ -496,7 +530,11 @@ impl RouteAction {
 pub struct Redirect {
     /// The new path (with a query of its own, or the request's query is kept).
     pub path: Option<CompactString>,
-    /// The new host (`authority`), possibly with a port.
+    /// `prefixRewrite`: what replaces the prefix the route matched (the rest of the path and
+    /// the query stay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_rewrite: Option<CompactString>,
+    /// The new host (`authority`), taken as written: the request's port goes.
     pub authority: Option<CompactString>,
     pub port: RedirectPort,
     pub scheme: Option<CompactString>,
@@ -508,11 +546,14 @@ pub struct Redirect {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RedirectPort {
-    /// The request's, as its Host carried it (none when it had none); dropped when the
-    /// scheme changes and it was the old scheme's default (Envoy's behaviour).
-    Request,
-    /// None in the URL: the scheme's default (`derivePort: FROM_PROTOCOL_DEFAULT`).
-    SchemeDefault,
+    /// No `port`, or `derivePort: FROM_PROTOCOL_DEFAULT` (which Istio sends Envoy as no port
+    /// setting): the request's port stays, unless the scheme changes and it was the old
+    /// scheme's default (Envoy's `processRequestHost`).
+    Unset,
+    /// `derivePort: FROM_REQUEST_PORT`: the port of the Gateway server the request came in on
+    /// (Istio writes that listener's port into the route).
+    Listener,
+    /// `port`. Like the listener's, left out of the URL when it is the scheme's default.
     Port(u16),
 }
 

@@ -212,15 +212,16 @@ impl HttpRoute {
 pub struct HttpRouteRest {
     pub redirect: Option<HttpRedirect>,
     pub direct_response: Option<HttpDirectResponse>,
-    pub delegate: Option<Opaque>,
+    pub delegate: Option<Delegate>,
     pub rewrite: Option<HttpRewrite>,
     pub retries: Option<HttpRetry>,
     pub fault: Option<HttpFaultInjection>,
-    pub mirror: Option<Opaque>,
-    pub mirrors: Option<Opaque>,
-    pub mirror_percentage: Option<Opaque>,
-    pub mirror_percent: Option<Opaque>,
-    pub cors_policy: Option<Opaque>,
+    pub mirror: Option<Destination>,
+    pub mirrors: Option<Vec<HttpMirrorPolicy>>,
+    pub mirror_percentage: Option<Percent>,
+    /// The deprecated integer percentage, used when `mirrorPercentage` is absent.
+    pub mirror_percent: Option<u32>,
+    pub cors_policy: Option<Box<CorsPolicy>>,
     pub headers: Option<Box<Headers>>,
 }
 
@@ -240,6 +241,8 @@ pub struct HttpRedirect {
     pub scheme: Option<Box<str>>,
     #[serde(default)]
     pub redirect_code: Option<u32>,
+    #[serde(default)]
+    pub prefix_rewrite: Option<Box<str>>,
 }
 
 /// Istio's `HTTPRewrite`.
@@ -329,6 +332,50 @@ pub struct FaultAbort {
     pub http2_error: Option<Box<str>>,
     #[serde(default)]
     pub percentage: Option<Percent>,
+}
+
+/// Istio's `HTTPMirrorPolicy`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMirrorPolicy {
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+}
+
+/// Istio's `Delegate`: the VirtualService whose routes this route's matches lead to.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Delegate {
+    #[serde(default)]
+    pub name: Box<str>,
+    #[serde(default)]
+    pub namespace: Option<Box<str>>,
+}
+
+/// Istio's `CorsPolicy`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    /// The deprecated exact origins, used when `allowOrigins` is empty.
+    #[serde(default)]
+    pub allow_origin: Vec<Box<str>>,
+    #[serde(default)]
+    pub allow_methods: Vec<Box<str>>,
+    #[serde(default)]
+    pub allow_headers: Vec<Box<str>>,
+    #[serde(default)]
+    pub expose_headers: Vec<Box<str>>,
+    #[serde(default)]
+    pub max_age: Option<Box<str>>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    /// `UNSPECIFIED` (forward), `FORWARD` or `IGNORE`.
+    #[serde(default)]
+    pub unmatched_preflights: Option<Box<str>>,
 }
 
 /// Istio's `Percent`: a double in 0..=100.
@@ -459,7 +506,7 @@ impl From<written::HttpMatchRequest> for HttpMatchRequest {
 /// `HTTPRoute` and `HTTPMatchRequest` as written, field for field: what decoding (with its
 /// unknown-field warnings and error paths) sees, converted at once to the compact forms above.
 mod written {
-    use super::{HttpMatchRequest as Match, HttpRouteDestination, KeyedMatches, Opaque, StringMatch};
+    use super::{HttpMatchRequest as Match, HttpRouteDestination, KeyedMatches, StringMatch};
     use serde::Deserialize;
     use std::collections::BTreeMap;
 
@@ -479,7 +526,7 @@ mod written {
         #[serde(default)]
         pub direct_response: Option<super::HttpDirectResponse>,
         #[serde(default)]
-        pub delegate: Option<Opaque>,
+        pub delegate: Option<super::Delegate>,
         #[serde(default)]
         pub rewrite: Option<super::HttpRewrite>,
         #[serde(default)]
@@ -487,15 +534,15 @@ mod written {
         #[serde(default)]
         pub fault: Option<super::HttpFaultInjection>,
         #[serde(default)]
-        pub mirror: Option<Opaque>,
+        pub mirror: Option<super::Destination>,
         #[serde(default)]
-        pub mirrors: Option<Opaque>,
+        pub mirrors: Option<Vec<super::HttpMirrorPolicy>>,
         #[serde(default)]
-        pub mirror_percentage: Option<Opaque>,
+        pub mirror_percentage: Option<super::Percent>,
         #[serde(default)]
-        pub mirror_percent: Option<Opaque>,
+        pub mirror_percent: Option<u32>,
         #[serde(default)]
-        pub cors_policy: Option<Opaque>,
+        pub cors_policy: Option<Box<super::CorsPolicy>>,
         #[serde(default)]
         pub headers: Option<Box<super::Headers>>,
     }

@@ -21,12 +21,33 @@ fn is_authority(text: &str) -> bool {
 }
 
 /// `redirect` at `field`, or `None` with the problem reported.
-pub(super) fn redirect(r: &HttpRedirect, field: &str, problems: &mut Vec<Diagnostic>) -> Option<RouteAction> {
+/// `redirect` at `field`; `prefix_matches_only` says whether every match block of the route
+/// that has a uri condition matches a prefix (`prefixRewrite` needs it).
+pub(super) fn redirect(
+    r: &HttpRedirect,
+    prefix_matches_only: bool,
+    field: &str,
+    problems: &mut Vec<Diagnostic>,
+) -> Option<RouteAction> {
     let mut error = |at: &str, message: String| {
         problems.push(Diagnostic::error(codes::SCHEMA, format!("{field}{at}"), message));
     };
-    if r.uri.is_none() && r.authority.is_none() && r.scheme.is_none() && r.port.is_none() && r.derive_port.is_none() {
-        error("", "a redirect must set uri, authority, scheme, port or derivePort".into());
+    if r.uri.is_none()
+        && r.prefix_rewrite.is_none()
+        && r.authority.is_none()
+        && r.scheme.is_none()
+        && r.port.is_none()
+        && r.derive_port.is_none()
+    {
+        error("", "a redirect must set uri, prefixRewrite, authority, scheme, port or derivePort".into());
+        return None;
+    }
+    if r.uri.is_some() && r.prefix_rewrite.is_some() {
+        error(".prefixRewrite", "redirect may only specify one of uri or prefix_rewrite".into());
+        return None;
+    }
+    if r.prefix_rewrite.is_some() && !prefix_matches_only {
+        error(".prefixRewrite", "redirect prefix_rewrite requires all URI matches to use prefix match type".into());
         return None;
     }
     let code = match r.redirect_code {
@@ -49,8 +70,8 @@ pub(super) fn redirect(r: &HttpRedirect, field: &str, problems: &mut Vec<Diagnos
                 return None;
             }
         },
-        (None, Some(DerivePort::FromProtocolDefault)) => RedirectPort::SchemeDefault,
-        (None, Some(DerivePort::FromRequestPort)) | (None, None) => RedirectPort::Request,
+        (None, Some(DerivePort::FromProtocolDefault)) | (None, None) => RedirectPort::Unset,
+        (None, Some(DerivePort::FromRequestPort)) => RedirectPort::Listener,
     };
     if let Some(uri) = r.uri.as_deref() {
         if !uri.starts_with('/') || uri.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
@@ -65,18 +86,23 @@ pub(super) fn redirect(r: &HttpRedirect, field: &str, problems: &mut Vec<Diagnos
         }
     }
     if let Some(scheme) = r.scheme.as_deref() {
-        let valid = scheme.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
-            && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
-        if !valid {
-            error(".scheme", format!("{scheme:?} is not a URL scheme"));
+        if scheme != "http" && scheme != "https" {
+            error(".scheme", format!("invalid redirect scheme {scheme:?}, must be \"http\" or \"https\""));
+            return None;
+        }
+    }
+    if let Some(prefix) = r.prefix_rewrite.as_deref() {
+        if prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
+            error(".prefixRewrite", format!("{prefix:?} is not a path prefix (no spaces)"));
             return None;
         }
     }
     Some(RouteAction::Redirect(Box::new(Redirect {
         path: r.uri.as_deref().map(Into::into),
+        prefix_rewrite: r.prefix_rewrite.as_deref().map(Into::into),
         authority: r.authority.as_deref().map(Into::into),
         port,
-        scheme: r.scheme.as_deref().map(|s| s.to_ascii_lowercase().into()),
+        scheme: r.scheme.as_deref().map(Into::into),
         code,
     })))
 }
@@ -241,18 +267,23 @@ mod tests {
     #[test]
     fn redirects_as_istio_validates_them() {
         let mut problems = Vec::new();
-        let ok =
-            redirect(&yaml("{uri: /v1/bookinfo, authority: newratings.default.svc.cluster.local}"), "r", &mut problems);
+        let ok = redirect(
+            &yaml("{uri: /v1/bookinfo, authority: newratings.default.svc.cluster.local}"),
+            true,
+            "r",
+            &mut problems,
+        );
         let Some(RouteAction::Redirect(r)) = ok else { panic!("{problems:?}") };
-        assert_eq!((r.code, r.port), (301, RedirectPort::Request));
+        assert_eq!((r.code, r.port), (301, RedirectPort::Unset));
         let Some(RouteAction::Redirect(r)) = redirect(
-            &yaml("{scheme: HTTPS, derivePort: FROM_PROTOCOL_DEFAULT, redirectCode: 308}"),
+            &yaml("{scheme: https, derivePort: FROM_PROTOCOL_DEFAULT, redirectCode: 308}"),
+            true,
             "r",
             &mut problems,
         ) else {
             panic!("{problems:?}")
         };
-        assert_eq!((r.code, r.port, r.scheme.as_deref()), (308, RedirectPort::SchemeDefault, Some("https")));
+        assert_eq!((r.code, r.port, r.scheme.as_deref()), (308, RedirectPort::Unset, Some("https")));
         assert!(problems.is_empty());
         for (bad, field) in [
             ("{redirectCode: 302}", "r"),
@@ -261,13 +292,29 @@ mod tests {
             ("{uri: /a, port: 8443, derivePort: FROM_REQUEST_PORT}", "r"),
             ("{uri: no-slash}", "r.uri"),
             ("{authority: 'a.com/x'}", "r.authority"),
-            ("{scheme: 'ht tp'}", "r.scheme"),
+            ("{scheme: HTTPS}", "r.scheme"),
+            ("{scheme: ftp}", "r.scheme"),
+            ("{uri: /a, prefixRewrite: /b}", "r.prefixRewrite"),
         ] {
             let mut problems = Vec::new();
-            assert!(redirect(&yaml(bad), "r", &mut problems).is_none(), "{bad}");
+            assert!(redirect(&yaml(bad), true, "r", &mut problems).is_none(), "{bad}");
             assert_eq!(problems.len(), 1, "{bad}: {:?}", errors(&problems));
             assert_eq!(problems[0].field, field, "{bad}: {:?}", errors(&problems));
         }
+    }
+
+    #[test]
+    fn a_prefix_rewrite_needs_prefix_matches() {
+        let mut problems = Vec::new();
+        let Some(RouteAction::Redirect(r)) = redirect(&yaml("{prefixRewrite: /bar}"), true, "r", &mut problems) else {
+            panic!("{problems:?}")
+        };
+        assert_eq!(r.prefix_rewrite.as_deref(), Some("/bar"));
+        assert!(redirect(&yaml("{prefixRewrite: /bar}"), false, "r", &mut problems).is_none());
+        assert_eq!(
+            errors(&problems),
+            ["r.prefixRewrite: redirect prefix_rewrite requires all URI matches to use prefix match type"]
+        );
     }
 
     #[test]

@@ -40,11 +40,10 @@ pub(super) fn fault(f: &HttpFaultInjection, field: &str, problems: &mut Vec<Diag
     }
     let per_million = |p: Option<Percent>, at: &str, error: &mut dyn FnMut(String, String)| match p {
         None => 0,
-        Some(p) if (0.0..=100.0).contains(&p.value) => (p.value * 10_000.0).round() as u32,
-        Some(p) => {
-            error(format!("{at}.percentage.value"), format!("percentage {} is not in range 0..100", p.value));
+        Some(p) => super::per_million(p).unwrap_or_else(|m| {
+            error(format!("{at}.percentage.value"), format!("percentage {m}"));
             0
-        }
+        }),
     };
     let mut delay = None;
     if let Some(d) = &f.delay {

@@ -9,9 +9,11 @@
 
 mod actions;
 pub mod clusters;
+mod cors;
 pub mod credentials;
 pub mod faults;
 pub mod hosts;
+mod mirrors;
 pub mod policies;
 pub mod retries;
 mod routes;
@@ -447,6 +449,14 @@ pub(super) fn duration_ms(text: &str, min_ms: u64) -> Result<u32, String> {
         Some(ms) if ms >= min_ms => Ok(u32::try_from(ms).unwrap_or(u32::MAX)),
         Some(_) => Err(format!("duration must be at least {min_ms}ms")),
         None => Err(format!("invalid duration {text:?}; write e.g. \"2s\" or \"500ms\"")),
+    }
+}
+
+/// Istio's `Percent` as Envoy's fraction per million; the error completes "… percentage".
+pub(super) fn per_million(p: crate::schema::istio::Percent) -> Result<u32, String> {
+    match (0.0..=100.0).contains(&p.value) {
+        true => Ok((p.value * 10_000.0).round() as u32),
+        false => Err(format!("{} is not in range 0..100", p.value)),
     }
 }
 

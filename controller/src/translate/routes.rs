@@ -11,10 +11,12 @@ use super::visibility::{self, Allowed};
 use super::{BoundServer, Options};
 use crate::diagnostics::{codes, Diagnostic};
 use crate::schema::istio::{
-    HttpMatchRequest, HttpRoute, KeyedMatches, RouteDestination, StringMatch as WireMatch, VirtualServiceSpec,
+    Destination, HttpMatchRequest, HttpRoute, KeyedMatches, RouteDestination, StringMatch as WireMatch,
+    VirtualServiceSpec,
 };
 use crate::snapshot::{
-    Cluster, KeyMatch, L4Route, Route, RouteAction, RouteMatch, Shared, StringMatch, VirtualHost, WeightedCluster,
+    Cluster, KeyMatch, L4Route, Mirror, Route, RouteAction, RouteMatch, Shared, StringMatch, VirtualHost,
+    WeightedCluster,
 };
 use crate::store::Resource;
 use std::collections::{BTreeSet, HashMap};
@@ -144,6 +146,11 @@ pub(super) fn translate_virtual_service(
                 d.cluster = kept.clone();
             }
         }
+        for m in route.mirrors.iter_mut() {
+            if let Some(kept) = seen_clusters.get(&m.cluster) {
+                m.cluster = kept.clone();
+            }
+        }
         candidates.push(Candidate { route, match_gateways });
     }
 
@@ -240,20 +247,12 @@ fn http_route(
     let (registry, rules, options) = (ctx.registry, ctx.rules, ctx.options);
     let ns = vs.namespace();
     let rest = http.rest();
-    let unsupported = [
-        ("delegate", rest.delegate.is_some()),
-        ("mirror", rest.mirror.is_some() || rest.mirrors.is_some()),
-        ("mirrorPercentage", rest.mirror_percentage.is_some() || rest.mirror_percent.is_some()),
-        ("corsPolicy", rest.cors_policy.is_some()),
-    ];
-    for (name, set) in unsupported {
-        if set {
-            problems.push(Diagnostic::warning(
-                codes::UNSUPPORTED,
-                format!("{field}.{name}"),
-                "not supported yet, ignored",
-            ));
-        }
+    if rest.delegate.is_some() {
+        problems.push(Diagnostic::warning(
+            codes::UNSUPPORTED,
+            format!("{field}.delegate"),
+            "not supported yet, ignored",
+        ));
     }
     let headers = match &rest.headers {
         None => None,
@@ -293,7 +292,16 @@ fn http_route(
         // Reported above as unsupported; without a destination the route cannot apply.
         ["delegate"] => return None,
         ["route"] => None,
-        ["redirect"] => Some(actions::redirect(rest.redirect.as_ref()?, &format!("{field}.redirect"), problems)?),
+        ["redirect"] => {
+            let prefix_matches_only =
+                http.matches.iter().filter_map(|m| m.uri.as_deref()).all(|u| u.exact.is_none() && u.regex.is_none());
+            Some(actions::redirect(
+                rest.redirect.as_ref()?,
+                prefix_matches_only,
+                &format!("{field}.redirect"),
+                problems,
+            )?)
+        }
         ["directResponse"] => Some(actions::direct_response(
             rest.direct_response.as_ref()?,
             &format!("{field}.directResponse"),
@@ -356,6 +364,11 @@ fn http_route(
         None => None,
         Some(f) => super::faults::fault(f, &format!("{field}.fault"), problems)?,
     };
+    let cors = match &rest.cors_policy {
+        None => None,
+        Some(c) => Some(super::cors::cors(c, &format!("{field}.corsPolicy"), &ctx.regexes, problems)?),
+    };
+    let mirror_targets = super::mirrors::targets(rest, field, problems)?;
 
     let name = http
         .name
@@ -363,6 +376,13 @@ fn http_route(
         .map(crate::schema::CompactString::from)
         .unwrap_or_else(|| compact_str::format_compact!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
     if let Some(action) = local_action {
+        if !mirror_targets.is_empty() {
+            problems.push(Diagnostic::warning(
+                codes::SCHEMA,
+                mirror_targets[0].field.clone(),
+                "a mirror copies requests the route forwards; this route answers them itself, so nothing is mirrored",
+            ));
+        }
         let route = Route {
             name,
             virtual_service: vs_name.clone(),
@@ -373,6 +393,8 @@ fn http_route(
             headers,
             retries,
             fault,
+            mirrors: Box::default(),
+            cors,
         };
         return Some((route, match_gateways, Vec::new()));
     }
@@ -380,12 +402,27 @@ fn http_route(
     let mut destinations = Vec::new();
     let mut clusters = Vec::new();
     let weights: Vec<Option<i32>> = http.route.iter().map(|d| d.weight).collect();
-    for (k, dest) in http.route.iter().enumerate() {
-        let dfield = format!("{field}.route[{k}].destination");
-        if dest.destination.host.is_empty() {
+    let resolve_destination = |d: &Destination,
+                               dfield: &str,
+                               creds: &mut Credentials,
+                               problems: &mut Vec<Diagnostic>| {
+        if d.host.is_empty() {
             problems.push(Diagnostic::error(codes::SCHEMA, format!("{dfield}.host"), "host is required"));
             return None;
         }
+        let host = resolve_short_name(&d.host, ns);
+        let port = match d.port.as_ref().map(|p| u16::try_from(p.number)) {
+            None => None,
+            Some(Ok(p)) => Some(p),
+            Some(Err(_)) => {
+                problems.push(Diagnostic::error(codes::SCHEMA, format!("{dfield}.port.number"), "not a valid port"));
+                return None;
+            }
+        };
+        resolve(registry, rules, creds, &host, port, d.subset.as_deref(), dfield, problems)
+    };
+    for (k, dest) in http.route.iter().enumerate() {
+        let dfield = format!("{field}.route[{k}].destination");
         let weight = match dest.weight {
             Some(w) if w < 0 => {
                 problems.push(Diagnostic::error(
@@ -402,17 +439,7 @@ fn http_route(
             None if weights.iter().all(Option::is_none) => 1,
             None => 0,
         };
-        let host = resolve_short_name(&dest.destination.host, ns);
-        let port = match dest.destination.port.as_ref().map(|p| u16::try_from(p.number)) {
-            None => None,
-            Some(Ok(p)) => Some(p),
-            Some(Err(_)) => {
-                problems.push(Diagnostic::error(codes::SCHEMA, format!("{dfield}.port.number"), "not a valid port"));
-                return None;
-            }
-        };
-        let resolved =
-            resolve(registry, rules, creds, &host, port, dest.destination.subset.as_deref(), &dfield, problems)?;
+        let resolved = resolve_destination(&dest.destination, &dfield, creds, problems)?;
         let headers = match &dest.headers {
             None => None,
             Some(h) => actions::headers(h, &format!("{field}.route[{k}].headers"), problems)?,
@@ -435,6 +462,13 @@ fn http_route(
         }
     }
 
+    let mut mirrors = Vec::with_capacity(mirror_targets.len());
+    for t in &mirror_targets {
+        let resolved = resolve_destination(t.destination, &t.field, creds, problems)?;
+        mirrors.push(Mirror { cluster: resolved.cluster.name.clone(), per_million: t.per_million });
+        clusters.push(resolved.cluster);
+    }
+
     let route = Route {
         name,
         virtual_service: vs_name.clone(),
@@ -445,6 +479,8 @@ fn http_route(
         headers,
         retries,
         fault,
+        mirrors: crate::memory::boxed(mirrors),
+        cors,
     };
     Some((route, match_gateways, clusters))
 }
@@ -518,7 +554,7 @@ fn route_match(
 /// `header`: the match becomes an Envoy header or query parameter match (everything but `uri`),
 /// where Istio reads `regex: "*"` as "present" (`canBeConvertedToPresentMatch`: `*` is not an
 /// RE2 regex; istio/istio#20629).
-fn string_match(
+pub(super) fn string_match(
     w: &WireMatch,
     field: &str,
     header: bool,

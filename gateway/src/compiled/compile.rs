@@ -91,11 +91,15 @@ impl VirtualHost {
     fn uses_clusters_of(&self, def: &meshgate_model::snapshot::VirtualHost, clusters: &Clusters) -> bool {
         // A route that did not compile was left out; then the pairing below does not hold.
         self.routes.len() == def.routes.len()
-            && self
-                .routes
-                .iter()
-                .zip(&def.routes)
-                .all(|(compiled, route)| compiled.destinations.same_as(route.action.destinations(), clusters))
+            && self.routes.iter().zip(&def.routes).all(|(compiled, route)| {
+                compiled.destinations.same_as(route.action.destinations(), clusters)
+                    && compiled.mirrors.len() == route.mirrors.len()
+                    && compiled
+                        .mirrors
+                        .iter()
+                        .zip(&route.mirrors)
+                        .all(|(c, m)| clusters.get(&m.cluster).is_some_and(|now| Arc::ptr_eq(now, &c.cluster)))
+            })
     }
 }
 
@@ -126,8 +130,26 @@ fn compile_route(
             return None;
         }
     };
+    let cors = match r.cors.as_deref().map(|c| super::cors::CompiledCors::compile(c, regexes)).transpose() {
+        Ok(c) => c.map(Box::new),
+        Err(e) => {
+            tracing::error!(route = r.name.as_str(), error = %e, "route dropped: corsPolicy does not compile");
+            return None;
+        }
+    };
+    // A mirror whose cluster is not in the snapshot cannot be sent; the translation always
+    // adds it, so this only guards the contract.
+    let mirrors = r
+        .mirrors
+        .iter()
+        .filter_map(|m| {
+            clusters.get(&m.cluster).map(|c| MirrorRuntime { cluster: c.clone(), per_million: m.per_million })
+        })
+        .collect();
     Some(Route {
         definition: r.clone(),
+        mirrors,
+        cors,
         headers,
         matches: meshgate_model::memory::boxed(matches),
         destinations: Destinations::compile(r.action.destinations(), clusters),

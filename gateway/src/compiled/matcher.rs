@@ -39,7 +39,7 @@ impl RequestView<'_> {
 }
 
 #[derive(Debug)]
-enum Matcher {
+pub(crate) enum Matcher {
     Exact(Box<str>),
     Prefix(Box<str>),
     /// Case-insensitive variants hold the lowercase pattern.
@@ -66,7 +66,7 @@ impl RegexCache {
 }
 
 impl Matcher {
-    fn compile(m: &StringMatch, ignore_case: bool, cache: &mut RegexCache) -> Result<Matcher, regex::Error> {
+    pub(crate) fn compile(m: &StringMatch, ignore_case: bool, cache: &mut RegexCache) -> Result<Matcher, regex::Error> {
         Ok(match (m, ignore_case) {
             (StringMatch::Exact(s), false) => Matcher::Exact(s.as_str().into()),
             (StringMatch::Prefix(s), false) => Matcher::Prefix(s.as_str().into()),
@@ -80,7 +80,7 @@ impl Matcher {
         })
     }
 
-    fn matches(&self, value: &str) -> bool {
+    pub(crate) fn matches(&self, value: &str) -> bool {
         match self {
             Matcher::Exact(s) => value == &**s,
             Matcher::Prefix(s) => value.starts_with(&**s),

@@ -4,6 +4,7 @@
 
 pub(crate) mod cluster;
 mod compile;
+pub(crate) mod cors;
 mod current;
 pub(crate) mod headers;
 pub(crate) mod matcher;
@@ -112,8 +113,19 @@ pub(crate) struct Route {
     /// `retries`, when the route has a policy of its own (the default and `attempts: 0` are
     /// shared statics).
     retry: Option<Box<retry_policy::CompiledRetry>>,
+    /// `mirror` / `mirrors`, empty for nearly every route.
+    mirrors: Box<[MirrorRuntime]>,
+    /// `corsPolicy`, when the route has one.
+    cors: Option<Box<cors::CompiledCors>>,
     /// `route_name` of access log lines, encoded on first use (see `cluster::Telemetry`).
     log_name: OnceLock<Prepared<RouteName>>,
+}
+
+/// One of a route's mirrors, its cluster compiled.
+pub(crate) struct MirrorRuntime {
+    pub(crate) cluster: Arc<ClusterRuntime>,
+    /// Share of requests copied, per million.
+    pub(crate) per_million: u32,
 }
 
 impl Route {
@@ -141,11 +153,12 @@ impl Route {
     /// matched (only routes with a rewrite pay for it).
     pub(crate) fn rewrite(&self, req: &RequestView) -> Option<(Option<String>, Option<http::HeaderValue>)> {
         let rewrite = self.rewrite.as_deref()?;
-        let part = match self.matches.iter().find(|m| m.matches(req)) {
-            Some(m) => m.uri_part(),
-            None => rewrite::UriPart::Root,
-        };
-        Some((rewrite.path(req.path, part), rewrite.authority.clone()))
+        Some((rewrite.path(req.path, self.matched_uri_part(req)), rewrite.authority.clone()))
+    }
+
+    /// What the first match block that matches `req` matched of its path.
+    pub(crate) fn matched_uri_part(&self, req: &RequestView) -> rewrite::UriPart {
+        self.matches.iter().find(|m| m.matches(req)).map_or(rewrite::UriPart::Root, |m| m.uri_part())
     }
 
     /// A destination by weight, with its own `headers`.
@@ -166,6 +179,16 @@ impl Route {
     /// The route's `fault`, when it has one.
     pub(crate) fn fault(&self) -> Option<&meshgate_model::snapshot::Fault> {
         self.definition.fault.as_deref()
+    }
+
+    /// The route's mirrors (usually none).
+    pub(crate) fn mirrors(&self) -> &[MirrorRuntime] {
+        &self.mirrors
+    }
+
+    /// The route's `corsPolicy`, when it has one.
+    pub(crate) fn cors(&self) -> Option<&cors::CompiledCors> {
+        self.cors.as_deref()
     }
 }
 

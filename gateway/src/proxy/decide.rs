@@ -5,7 +5,8 @@
 //! ```text
 //!  unenforced policy? ─► 403 RBAC
 //!  listener(port) ─► TLS server mismatch? 421 ─► virtual host(Host) or 404 NR ─► httpsRedirect? 301
-//!  ─► first matching route or 404 NR ─► its redirect or direct response, if it has one
+//!  ─► first matching route or 404 NR ─► its CORS preflight answer, if it is one
+//!  ─► its redirect or direct response, if it has one
 //!  ─► cluster (weights) or 503 NC ─► TLS settings or 503 UF
 //!  ─► endpoint (LB, hash key) or 503 UH ─► its rewrite (path, authority), if it has one
 //! ```
@@ -14,6 +15,7 @@ use super::local_reply::LocalReply;
 use super::redirect::{self, RequestUrl};
 use crate::balance::{hash_key, Pick};
 use crate::compiled::cluster::ClusterRuntime;
+use crate::compiled::cors;
 use crate::compiled::headers::CompiledEdits;
 use crate::compiled::matcher::RequestView;
 use crate::compiled::{Route, Runtime};
@@ -86,6 +88,9 @@ pub(super) fn decide(runtime: &Runtime, request: &Incoming<'_>) -> Result<Decisi
 pub(super) struct Routed<'a> {
     pub(crate) route: Arc<Route>,
     view: RequestView<'a>,
+    /// The `Origin` of a CORS request the route's `corsPolicy` allows: its response gets the
+    /// policy's headers.
+    pub(crate) cors_origin: Option<http::HeaderValue>,
 }
 
 /// The first half of the decision: the route, or the gateway's own answer (403, 421, 404,
@@ -120,24 +125,42 @@ pub(super) fn route<'a>(runtime: &Runtime, request: &Incoming<'a>) -> Result<Rou
         port: request.port,
     };
     let route = vhost.routes.iter().find(|r| r.matches(&view)).ok_or_else(LocalReply::no_route)?.clone();
-    match route.action() {
-        RouteAction::Route { .. } => {}
+    // Envoy's CORS filter runs before the fault filter and the router.
+    let mut cors_origin = None;
+    if let Some(cors) = route.cors() {
+        match cors.judge(&req.method, &req.headers) {
+            cors::Verdict::Pass => {}
+            cors::Verdict::Allowed(origin) => cors_origin = Some(origin.clone()),
+            cors::Verdict::Preflight(headers) => {
+                return Err(Refusal { reply: LocalReply::cors_preflight(headers), route: Some(route), cluster: None });
+            }
+        }
+    }
+    let mut reply = match route.action() {
+        RouteAction::Route { .. } => return Ok(Routed { route, view, cors_origin }),
         RouteAction::Redirect(redirect) => {
-            let url = RequestUrl { scheme: view.scheme, authority, path_and_query: path };
-            let reply = LocalReply::redirect(redirect.code, redirect::location(redirect, &url));
-            return Err(Refusal { reply, route: Some(route), cluster: None });
+            let matched = match redirect.prefix_rewrite {
+                Some(_) => route.matched_uri_part(&view),
+                None => crate::compiled::rewrite::UriPart::Root,
+            };
+            let url =
+                RequestUrl { scheme: view.scheme, authority, path_and_query: path, server_port: request.port, matched };
+            LocalReply::redirect(redirect.code, redirect::location(redirect, &url))
         }
         RouteAction::DirectResponse(direct) => {
             let body = direct.body.as_deref().map_or_else(Bytes::new, Bytes::copy_from_slice);
-            return Err(Refusal { reply: LocalReply::direct(direct.status, body), route: Some(route), cluster: None });
+            LocalReply::direct(direct.status, body)
         }
+    };
+    if let (Some(cors), Some(origin)) = (route.cors(), cors_origin) {
+        reply.headers.extend(cors.response_headers(origin));
     }
-    Ok(Routed { route, view })
+    Err(Refusal { reply, route: Some(route), cluster: None })
 }
 
 /// The second half: the destination cluster and its endpoint, or 503 (NC, UF, UH).
 pub(super) fn upstream(routed: Routed<'_>, request: &Incoming<'_>) -> Result<Decision, Refusal> {
-    let Routed { route, view } = routed;
+    let Routed { route, view, .. } = routed;
     // No cluster (all weights 0) or one Envoy would not have (unknown host or subset): NC.
     let picked = route.pick_cluster().filter(|(c, _)| !c.definition.not_found).map(|(c, h)| (c.clone(), h.cloned()));
     let Some((cluster, destination_headers)) = picked else {

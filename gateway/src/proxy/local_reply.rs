@@ -19,13 +19,23 @@ pub(super) struct LocalReply {
     /// The `grpc-status` a gRPC client gets, when not the one mapped from `code` (a fault
     /// abort with `grpcStatus`).
     pub(crate) grpc_status: Option<u8>,
+    /// More headers: a CORS preflight's answer, or the CORS headers of an allowed origin.
+    pub(crate) headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl LocalReply {
     /// One of the gateway's own error replies: Envoy's status, flag and body, mapped to a
     /// `grpc-status` for gRPC clients.
     const fn error(code: u16, flags: ResponseFlag, body: &'static [u8]) -> LocalReply {
-        LocalReply { code, flags, body: Bytes::from_static(body), location: None, verbatim: false, grpc_status: None }
+        LocalReply {
+            code,
+            flags,
+            body: Bytes::from_static(body),
+            location: None,
+            verbatim: false,
+            grpc_status: None,
+            headers: Vec::new(),
+        }
     }
 
     /// Envoy's RBAC filter denial: 403 with its body.
@@ -82,6 +92,7 @@ impl LocalReply {
             location: Some(format!("https://{host}{path}")),
             verbatim: true,
             grpc_status: None,
+            headers: Vec::new(),
         }
     }
 
@@ -94,12 +105,26 @@ impl LocalReply {
             location: Some(location),
             verbatim: true,
             grpc_status: None,
+            headers: Vec::new(),
         }
     }
 
     /// A route's `directResponse`.
     pub(super) fn direct(code: u16, body: Bytes) -> LocalReply {
-        LocalReply { code, flags: ResponseFlag::None, body, location: None, verbatim: true, grpc_status: None }
+        LocalReply {
+            code,
+            flags: ResponseFlag::None,
+            body,
+            location: None,
+            verbatim: true,
+            grpc_status: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// A CORS preflight the route's `corsPolicy` answers: 200 with the policy's headers.
+    pub(super) fn cors_preflight(headers: Vec<(http::HeaderName, http::HeaderValue)>) -> LocalReply {
+        LocalReply { headers, ..LocalReply::direct(200, Bytes::new()) }
     }
 
     /// The route's `fault` aborted the request (Envoy's fault filter: its body, flag FI).
@@ -164,6 +189,9 @@ impl LocalReply {
             resp.insert_header("grpc-message", if message.is_empty() { "route not found" } else { message })?;
             resp.insert_header("server", "istio-envoy")?;
             resp.insert_header("content-length", "0")?;
+            for (name, value) in &self.headers {
+                resp.insert_header(name.clone(), value.clone())?;
+            }
             session.write_response_header(Box::new(resp), true).await?;
             return Ok(());
         }
@@ -177,6 +205,9 @@ impl LocalReply {
             resp.insert_header("content-type", "text/plain")?;
         }
         resp.insert_header("date", httpdate_now())?;
+        for (name, value) in &self.headers {
+            resp.insert_header(name.clone(), value.clone())?;
+        }
         session.write_response_header(Box::new(resp), self.body.is_empty()).await?;
         if !self.body.is_empty() {
             session.write_response_body(Some(self.body.clone()), true).await?;

@@ -22,6 +22,7 @@ mod decide;
 mod fault;
 mod headers;
 mod local_reply;
+pub(crate) mod mirror;
 mod redirect;
 pub(crate) mod request;
 mod retry;
@@ -73,6 +74,8 @@ pub(crate) struct Shared {
     pub(crate) tracer: Option<Arc<Tracer>>,
     /// `--max-request-headers-kb`, in bytes.
     pub(crate) max_request_header_bytes: usize,
+    /// Mirrored requests in flight, under `--max-mirrors-in-flight`.
+    pub(crate) mirroring: mirror::Mirroring,
 }
 
 pub(crate) struct MeshProxy {
@@ -116,6 +119,10 @@ pub(crate) struct Ctx {
     rewrite: Option<Box<decide::Rewritten>>,
     /// The picked destination's own `headers` (the route's are on `route`).
     destination_headers: Option<Arc<CompiledEdits>>,
+    /// The route's mirrors, taking the request body (mirrored routes only).
+    mirror: Option<mirror::Feed>,
+    /// The `Origin` the route's `corsPolicy` allowed: the response gets its CORS headers.
+    cors_origin: Option<HeaderValue>,
 }
 
 impl Ctx {
@@ -123,6 +130,14 @@ impl Ctx {
     /// (Envoy's order: the enclosing level applies last, so its `set` wins).
     fn edits(&self) -> [Option<&CompiledEdits>; 2] {
         [self.destination_headers.as_deref(), self.route.as_ref().and_then(|r| r.headers()).map(|e| &**e)]
+    }
+
+    /// The CORS headers of an allowed origin's response (once: the origin is taken).
+    fn cors_headers(&mut self) -> Vec<(HeaderName, HeaderValue)> {
+        match (self.cors_origin.take(), self.route.as_ref().and_then(|r| r.cors())) {
+            (Some(origin), Some(cors)) => cors.response_headers(origin).collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Whether `failure` is retried: the route's policy takes it, a retry is left, and the
@@ -160,6 +175,8 @@ impl ProxyHttp for MeshProxy {
             trace: None,
             rewrite: None,
             destination_headers: None,
+            mirror: None,
+            cors_origin: None,
         })
     }
 
@@ -187,20 +204,23 @@ impl ProxyHttp for MeshProxy {
             client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
         };
         let decided = match decide::route(&runtime, &incoming) {
-            Ok(routed) => match routed.route.fault().map(fault::draw) {
-                None => decide::upstream(routed, &incoming),
-                // Envoy's fault filter, before the router: wait, then abort or route on.
-                Some(injection) => {
-                    if let Some(delay) = injection.delay {
-                        ctx.delay_injected = true;
-                        tokio::time::sleep(delay).await;
-                    }
-                    match injection.abort {
-                        Some(reply) => Err(decide::Refusal { reply, route: Some(routed.route), cluster: None }),
-                        None => decide::upstream(routed, &incoming),
+            Ok(mut routed) => {
+                ctx.cors_origin = routed.cors_origin.take();
+                match routed.route.fault().map(fault::draw) {
+                    None => decide::upstream(routed, &incoming),
+                    // Envoy's fault filter, before the router: wait, then abort or route on.
+                    Some(injection) => {
+                        if let Some(delay) = injection.delay {
+                            ctx.delay_injected = true;
+                            tokio::time::sleep(delay).await;
+                        }
+                        match injection.abort {
+                            Some(reply) => Err(decide::Refusal { reply, route: Some(routed.route), cluster: None }),
+                            None => decide::upstream(routed, &incoming),
+                        }
                     }
                 }
-            },
+            }
             Err(refusal) => Err(refusal),
         };
         let decision = match decided {
@@ -229,9 +249,28 @@ impl ProxyHttp for MeshProxy {
             ctx.generated_id = Some(request::uuid_v4());
         }
         match decision {
-            Ok(()) => Ok(false),
+            Ok(()) => {
+                if ctx.route.as_ref().is_some_and(|r| !r.mirrors().is_empty()) {
+                    self.start_mirrors(session, ctx)?;
+                }
+                Ok(false)
+            }
             Err(reply) => answer(session, ctx, reply).await,
         }
+    }
+
+    /// Hands each body chunk to the route's mirrors, if it has any.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
+        if let Some(feed) = &mut ctx.mirror {
+            feed.push(ctx.tries.started(), body.as_ref(), end_of_stream);
+        }
+        Ok(())
     }
 
     /// The endpoint picked in `request_filter`; for a retry, another one after a backoff
@@ -258,19 +297,7 @@ impl ProxyHttp for MeshProxy {
         }
         let i = *i;
         let read_timeout = tries.start(i, Instant::now(), route.timeout(), policy);
-        let endpoint = &cluster.endpoints[i];
-        let mut peer = match cluster.tls() {
-            Ok(None) => HttpPeer::new(endpoint.addr, false, String::new()),
-            Ok(Some(tls)) => tls.peer(endpoint.addr),
-            Err(_) => return Err(Error::explain(ErrorType::InternalError, "upstream TLS unusable")),
-        };
-        if cluster.http2 {
-            // h2 over TLS by ALPN, or h2c with prior knowledge in plain text (Istio's choice
-            // for grpc/http2 ports).
-            peer.options.set_http_version(2, 2);
-        }
-        peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
-        peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+        let mut peer = peer_for(cluster, i)?;
         peer.options.read_timeout = read_timeout;
         Ok(Box::new(peer))
     }
@@ -283,17 +310,7 @@ impl ProxyHttp for MeshProxy {
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let proto = (X_FORWARDED_PROTO, if self.tls_server.is_some() { HTTPS } else { HTTP });
-        let id = match &ctx.generated_id {
-            Some(id) => Some((X_REQUEST_ID, HeaderValue::from_bytes(id).map_err(invalid_header)?)),
-            None => None,
-        };
-        let (original_path, host) = match ctx.rewrite.take() {
-            Some(rewrite) => apply_rewrite(upstream, *rewrite)?,
-            None => (None, None),
-        };
-        let had_forwarded_for =
-            headers::insert_request(upstream, client, [Some(proto), id, original_path, host], ctx.edits())?;
+        let had_forwarded_for = self.upstream_head(upstream, client, ctx)?;
         ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
@@ -347,6 +364,11 @@ impl ProxyHttp for MeshProxy {
         headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time], ctx.edits());
         if let Some(cookie) = ctx.set_cookie.take() {
             resp.append_header("set-cookie", cookie)?;
+        }
+        if ctx.cors_origin.is_some() {
+            for (name, value) in ctx.cors_headers() {
+                resp.insert_header(name, value)?;
+            }
         }
         Ok(())
     }
@@ -463,7 +485,8 @@ impl ProxyHttp for MeshProxy {
             _ => Some(LocalReply::internal()),
         };
         let mut code = 0;
-        if let Some(reply) = reply {
+        if let Some(mut reply) = reply {
+            reply.headers.extend(ctx.cors_headers());
             ctx.flags = reply.flags;
             code = reply.code;
             ctx.local_code = Some(code);
@@ -535,9 +558,41 @@ fn refused_stream(e: &Error) -> bool {
     e.root_cause().downcast_ref::<h2::Error>().and_then(h2::Error::reason) == Some(h2::Reason::REFUSED_STREAM)
 }
 
+impl MeshProxy {
+    /// Builds the upstream request's head from the client's: Envoy's forwarding headers
+    /// (use_remote_address, as Istio configures), the request id, the route's rewrite and
+    /// header edits. Returns whether the client sent an x-forwarded-for.
+    fn upstream_head(&self, upstream: &mut RequestHeader, client: Option<std::net::IpAddr>, ctx: &Ctx) -> Result<bool> {
+        let proto = (X_FORWARDED_PROTO, if self.tls_server.is_some() { HTTPS } else { HTTP });
+        let id = match &ctx.generated_id {
+            Some(id) => Some((X_REQUEST_ID, HeaderValue::from_bytes(id).map_err(invalid_header)?)),
+            None => None,
+        };
+        let (original_path, host) = match &ctx.rewrite {
+            Some(rewrite) => apply_rewrite(upstream, rewrite)?,
+            None => (None, None),
+        };
+        headers::insert_request(upstream, client, [Some(proto), id, original_path, host], ctx.edits())
+    }
+
+    /// Starts the copies of the route's mirrors with the head the upstream gets (`-shadow`
+    /// on its host); the body follows in `request_body_filter`.
+    fn start_mirrors(&self, session: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        let Some(route) = ctx.route.clone() else { return Ok(()) };
+        let mut head = session.req_header().clone();
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        self.upstream_head(&mut head, client, ctx)?;
+        let has_body = !session.as_downstream_mut().is_body_empty();
+        let request = mirror::Request { head: &head, has_body, timeout: route.timeout() };
+        ctx.mirror = mirror::start(&self.shared.mirroring, &self.shared.metrics, route.mirrors(), request);
+        Ok(())
+    }
+}
+
 /// Answers the request locally from `request_filter` (which then returns `Ok(true)`: the
 /// request goes no further), recording the reply for metrics and the access log.
-async fn answer(session: &mut Session, ctx: &mut Ctx, reply: LocalReply) -> Result<bool> {
+async fn answer(session: &mut Session, ctx: &mut Ctx, mut reply: LocalReply) -> Result<bool> {
+    reply.headers.extend(ctx.cors_headers());
     ctx.flags = reply.flags;
     ctx.local_code = Some(reply.code);
     reply.send(session).await?;
@@ -547,15 +602,34 @@ async fn answer(session: &mut Session, ctx: &mut Ctx, reply: LocalReply) -> Resu
 /// A route's `rewrite` on the upstream request: sets the new path, and returns the headers
 /// that go with it, for `headers::insert_request` to set: the original path in
 /// `x-envoy-original-path` (as Envoy sends it) and the new `Host`.
-fn apply_rewrite(upstream: &mut RequestHeader, rewrite: decide::Rewritten) -> Result<(HeaderPair, HeaderPair)> {
+fn apply_rewrite(upstream: &mut RequestHeader, rewrite: &decide::Rewritten) -> Result<(HeaderPair, HeaderPair)> {
     let mut original_path = None;
-    if let Some(path) = rewrite.path {
-        let uri = http::Uri::try_from(path).map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
+    if let Some(path) = &rewrite.path {
+        let uri =
+            http::Uri::try_from(path.as_str()).map_err(|e| Error::explain(ErrorType::InternalError, e.to_string()))?;
         let original = upstream.uri.path_and_query().map_or("/", |p| p.as_str());
         original_path = Some((X_ENVOY_ORIGINAL_PATH, HeaderValue::from_str(original).map_err(invalid_header)?));
         upstream.set_uri(uri);
     }
-    Ok((original_path, rewrite.authority.map(|a| (http::header::HOST, a))))
+    Ok((original_path, rewrite.authority.clone().map(|a| (http::header::HOST, a))))
+}
+
+/// The peer for endpoint `i` of `cluster`, without a read timeout (the caller's to set).
+fn peer_for(cluster: &ClusterRuntime, i: usize) -> Result<HttpPeer> {
+    let endpoint = &cluster.endpoints[i];
+    let mut peer = match cluster.tls() {
+        Ok(None) => HttpPeer::new(endpoint.addr, false, String::new()),
+        Ok(Some(tls)) => tls.peer(endpoint.addr),
+        Err(_) => return Err(Error::explain(ErrorType::InternalError, "upstream TLS unusable")),
+    };
+    if cluster.http2 {
+        // h2 over TLS by ALPN, or h2c with prior knowledge in plain text (Istio's choice for
+        // grpc/http2 ports).
+        peer.options.set_http_version(2, 2);
+    }
+    peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+    peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
+    Ok(peer)
 }
 
 type HeaderPair = Option<(HeaderName, HeaderValue)>;

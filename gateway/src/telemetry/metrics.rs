@@ -168,6 +168,10 @@ pub(crate) struct Metrics {
     upstream_rq_retry: IntCounterVec,
     upstream_rq_retry_limit_exceeded: IntCounterVec,
     upstream_rq_retry_success: IntCounterVec,
+    /// Mirrored requests by mirror cluster and outcome: `sent` (a response came back),
+    /// `failed` (no response: connect failure, reset, timeout, the original request's body
+    /// broke off) and `dropped` (not sent: the in-flight cap was reached).
+    mirror_requests: IntCounterVec,
     /// `notAfter` of each served certificate, by secret (`kubernetes://ns/name`, `file://...`).
     pub(crate) certificate_expiry: prometheus::IntGaugeVec,
     /// Span export (`meshgate_trace_spans_*_total`), registered whether or not tracing is on.
@@ -295,6 +299,14 @@ impl Metrics {
             "meshgate_upstream_rq_retry_success_total",
             "Retried requests that got a response their retry policy accepts",
         );
+        let mirror_requests = IntCounterVec::new(
+            Opts::new(
+                "meshgate_mirror_requests_total",
+                "Mirrored requests by mirror cluster and outcome (sent, failed, dropped at the in-flight cap)",
+            ),
+            &["cluster_name", "outcome"],
+        )
+        .expect("static metric definition");
         let access_log_dropped = IntCounter::new(
             "meshgate_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
@@ -330,6 +342,7 @@ impl Metrics {
             Box::new(upstream_rq_retry.clone()),
             Box::new(upstream_rq_retry_limit_exceeded.clone()),
             Box::new(upstream_rq_retry_success.clone()),
+            Box::new(mirror_requests.clone()),
             Box::new(trace.dropped.clone()),
             Box::new(trace.exported.clone()),
             Box::new(trace.failed.clone()),
@@ -364,6 +377,7 @@ impl Metrics {
             upstream_rq_retry,
             upstream_rq_retry_limit_exceeded,
             upstream_rq_retry_success,
+            mirror_requests,
             trace,
             no_destination: SeriesCache::default(),
         }
@@ -453,6 +467,11 @@ impl Metrics {
     pub(crate) fn retried_request_done(&self, cluster: &str, exhausted: bool) {
         let counter = if exhausted { &self.upstream_rq_retry_limit_exceeded } else { &self.upstream_rq_retry_success };
         counter.with_label_values(&[cluster]).inc();
+    }
+
+    /// A mirrored request to `cluster` ended (`sent`, `failed`) or was not sent (`dropped`).
+    pub(crate) fn mirror(&self, cluster: &str, outcome: &str) {
+        self.mirror_requests.with_label_values(&[cluster, outcome]).inc();
     }
 
     /// Prometheus text exposition of everything registered.
