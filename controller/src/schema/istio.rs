@@ -606,6 +606,19 @@ impl KeyedMatches {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    pub fn get(&self, key: &str) -> Option<&StringMatch> {
+        self.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+    }
+
+    /// `base`'s conditions with `over`'s added, replacing those of the same key (Istio's
+    /// `maps.MergeCopy`).
+    pub fn merged(base: &KeyedMatches, over: &KeyedMatches) -> KeyedMatches {
+        let mut pairs: Vec<(CompactString, StringMatch)> =
+            base.iter().filter(|(k, _)| over.get(k).is_none()).map(|(k, v)| (k.clone(), v.clone())).collect();
+        pairs.extend(over.iter().map(|(k, v)| (k.clone(), v.clone())));
+        KeyedMatches((!pairs.is_empty()).then(|| pairs.into_boxed_slice()))
+    }
 }
 
 impl<'a> IntoIterator for &'a KeyedMatches {

@@ -11,6 +11,7 @@ mod actions;
 pub mod clusters;
 mod cors;
 pub mod credentials;
+mod delegates;
 pub mod faults;
 pub mod hosts;
 mod mirrors;
@@ -321,6 +322,20 @@ pub fn translate_reusing(
     for s in &servers {
         servers_by_gateway.entry(s.gateway_key.clone()).or_default().push(s);
     }
+    // Delegates (VirtualServices without hosts) and the ones roots name.
+    let mut delegates = HashMap::new();
+    let mut delegated = std::collections::HashSet::new();
+    for vs in store.virtual_services.values() {
+        if vs.spec.hosts.is_empty() {
+            delegates.insert((vs.namespace(), vs.meta.name.as_str()), vs);
+        }
+        for http in vs.spec.http.iter() {
+            if let Some(d) = &http.rest().delegate {
+                let ns = d.namespace.as_deref().unwrap_or(vs.namespace());
+                delegated.insert((ns.to_string(), d.name.to_string()));
+            }
+        }
+    }
     let ctx = routes::Context {
         servers_by_gateway,
         known_gateways: &known_gateways,
@@ -328,6 +343,8 @@ pub fn translate_reusing(
         rules: &rules,
         options,
         regexes: Default::default(),
+        delegates,
+        delegated,
     };
     for vs in virtual_services {
         let key = Arc::as_ptr(&vs.meta) as usize;
@@ -344,7 +361,8 @@ pub fn translate_reusing(
                 let mut local = Vec::new();
                 let uses = creds.uses;
                 let translated = routes::translate_virtual_service(vs, &ctx, &mut creds, &mut local);
-                let pure = creds.uses == uses;
+                // A root's routes depend on its delegates, a delegate's warning on the roots.
+                let pure = creds.uses == uses && !translated.uses_delegates && !vs.spec.hosts.is_empty();
                 (Arc::new(translated), local, pure)
             }
         };

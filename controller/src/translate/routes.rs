@@ -32,6 +32,9 @@ pub(super) struct Translated {
     /// (listener port, tcp or tls route)
     pub l4_routes: Vec<(u16, L4Route)>,
     pub clusters: Vec<Shared<Cluster>>,
+    /// Routes came from delegate VirtualServices: the translation depends on more than this
+    /// VirtualService and cannot be reused as it is.
+    pub uses_delegates: bool,
 }
 
 /// What every VirtualService is translated against.
@@ -44,6 +47,10 @@ pub(super) struct Context<'a> {
     pub options: &'a Options,
     /// Regex syntax checks by pattern: the same pattern in 10k VirtualServices is parsed once.
     pub regexes: RegexChecks,
+    /// VirtualServices without hosts (delegates) by (namespace, name).
+    pub delegates: HashMap<(&'a str, &'a str), &'a Resource<VirtualServiceSpec>>,
+    /// The delegates some root's route names, as (namespace, name).
+    pub delegated: std::collections::HashSet<(String, String)>,
 }
 
 /// Outcome of checking each distinct regex (the error message when it is invalid).
@@ -80,10 +87,12 @@ pub(super) fn translate_virtual_service(
     let known_gateways = ctx.known_gateways;
     let spec = &vs.spec;
     let ns = vs.namespace();
-    let mut out = Translated { bindings: Vec::new(), l4_routes: Vec::new(), clusters: Vec::new() };
+    let mut out =
+        Translated { bindings: Vec::new(), l4_routes: Vec::new(), clusters: Vec::new(), uses_delegates: false };
 
     if spec.hosts.is_empty() {
-        problems.push(Diagnostic::error(codes::SCHEMA, "spec.hosts", "at least one host is required"));
+        // A delegate: its routes serve under the roots that name it.
+        super::delegates::check_delegate(vs, ctx, problems);
         return out;
     }
     let gateway_keys: Vec<String> =
@@ -128,9 +137,19 @@ pub(super) fn translate_virtual_service(
     let mut seen_clusters = BTreeSet::new();
     // One copy of `namespace/name` for all the VirtualService's routes.
     let vs_name: Arc<str> = format!("{ns}/{}", vs.meta.name).into();
+    let mut routes = Vec::with_capacity(spec.http.len());
     for (i, http) in spec.http.iter().enumerate() {
         let field = format!("spec.http[{i}]");
-        let translated = http_route(vs, &vs_name, http, &field, ctx, creds, problems);
+        match &http.rest().delegate {
+            None => routes.push((std::borrow::Cow::Borrowed(http), field, ns)),
+            Some(delegate) => {
+                out.uses_delegates = true;
+                routes.extend(super::delegates::expand(vs, http, delegate, &field, ctx, problems));
+            }
+        }
+    }
+    for (http, field, route_ns) in &routes {
+        let translated = http_route(vs, &vs_name, http, field, route_ns, ctx, creds, problems);
         let Some((mut route, match_gateways, clusters)) = translated else {
             continue;
         };
@@ -235,25 +254,21 @@ fn for_gateway(c: &Candidate, gateway: &str) -> Option<Route> {
 
 type HttpTranslation = (Route, Vec<Vec<String>>, Vec<Cluster>);
 
+/// One http route: `ns` is the namespace its short names resolve in (a delegate's own for
+/// routes merged from a delegate).
+#[allow(clippy::too_many_arguments)]
 fn http_route(
     vs: &Resource<VirtualServiceSpec>,
     vs_name: &Arc<str>,
     http: &HttpRoute,
     field: &str,
+    ns: &str,
     ctx: &Context,
     creds: &mut Credentials,
     problems: &mut Vec<Diagnostic>,
 ) -> Option<HttpTranslation> {
     let (registry, rules, options) = (ctx.registry, ctx.rules, ctx.options);
-    let ns = vs.namespace();
     let rest = http.rest();
-    if rest.delegate.is_some() {
-        problems.push(Diagnostic::warning(
-            codes::UNSUPPORTED,
-            format!("{field}.delegate"),
-            "not supported yet, ignored",
-        ));
-    }
     let headers = match &rest.headers {
         None => None,
         Some(h) => actions::headers(h, &format!("{field}.headers"), problems)?,
@@ -289,7 +304,7 @@ fn http_route(
             ));
             return None;
         }
-        // Reported above as unsupported; without a destination the route cannot apply.
+        // Expanded into the delegate's routes before (delegates::expand); not reached.
         ["delegate"] => return None,
         ["route"] => None,
         ["redirect"] => {
@@ -370,11 +385,9 @@ fn http_route(
     };
     let mirror_targets = super::mirrors::targets(rest, field, problems)?;
 
-    let name = http
-        .name
-        .as_deref()
-        .map(crate::schema::CompactString::from)
-        .unwrap_or_else(|| compact_str::format_compact!("{}/{}.http[{}]", ns, vs.meta.name, field_index(field)));
+    let name = http.name.as_deref().map(crate::schema::CompactString::from).unwrap_or_else(|| {
+        compact_str::format_compact!("{}/{}.http[{}]", vs.namespace(), vs.meta.name, field_index(field))
+    });
     if let Some(action) = local_action {
         if !mirror_targets.is_empty() {
             problems.push(Diagnostic::warning(
