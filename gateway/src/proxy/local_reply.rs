@@ -181,9 +181,9 @@ impl LocalReply {
             // reply is its last.
             session.set_keepalive(None);
         }
-        if !self.verbatim && is_grpc(session) {
+        if let Some(content_type) = grpc_content_type(session).filter(|_| !self.verbatim) {
             let mut resp = ResponseHeader::build(200, Some(5))?;
-            resp.insert_header("content-type", "application/grpc")?;
+            resp.insert_header("content-type", content_type)?;
             resp.insert_header("grpc-status", self.grpc_status.unwrap_or(grpc_status(self.code)).to_string())?;
             let message = std::str::from_utf8(&self.body).unwrap_or_default();
             resp.insert_header("grpc-message", if message.is_empty() { "route not found" } else { message })?;
@@ -220,13 +220,15 @@ fn httpdate_now() -> String {
     httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
-fn is_grpc(session: &Session) -> bool {
-    session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+/// For a gRPC (or gRPC-Web) request, the content type of a reply in its form.
+fn grpc_content_type(session: &Session) -> Option<&'static str> {
+    let content_type = session.req_header().headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+    let rest = content_type.strip_prefix(b"application/grpc")?;
+    Some(match rest {
+        _ if rest.starts_with(b"-web-text") => "application/grpc-web-text+proto",
+        _ if rest.starts_with(b"-web") => "application/grpc-web+proto",
+        _ => "application/grpc",
+    })
 }
 
 /// gRPC's status → HTTP mapping (grpc/doc/http-grpc-status-mapping.md, the reverse way, as

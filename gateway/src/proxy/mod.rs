@@ -20,6 +20,7 @@
 
 mod decide;
 mod fault;
+mod grpc_web;
 mod headers;
 mod local_reply;
 pub(crate) mod mirror;
@@ -123,6 +124,8 @@ pub(crate) struct Ctx {
     mirror: Option<mirror::Feed>,
     /// The `Origin` the route's `corsPolicy` allowed: the response gets its CORS headers.
     cors_origin: Option<HeaderValue>,
+    /// A gRPC-Web request, translated to gRPC and back.
+    grpc_web: Option<Box<grpc_web::GrpcWeb>>,
 }
 
 impl Ctx {
@@ -177,6 +180,7 @@ impl ProxyHttp for MeshProxy {
             destination_headers: None,
             mirror: None,
             cors_origin: None,
+            grpc_web: None,
         })
     }
 
@@ -250,6 +254,7 @@ impl ProxyHttp for MeshProxy {
         }
         match decision {
             Ok(()) => {
+                ctx.grpc_web = grpc_web::GrpcWeb::detect(session.req_header()).map(Box::new);
                 if ctx.route.as_ref().is_some_and(|r| !r.mirrors().is_empty()) {
                     self.start_mirrors(session, ctx)?;
                 }
@@ -259,7 +264,8 @@ impl ProxyHttp for MeshProxy {
         }
     }
 
-    /// Hands each body chunk to the route's mirrors, if it has any.
+    /// Decodes a gRPC-Web-text body, and hands each body chunk to the route's mirrors, if it
+    /// has any.
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -267,8 +273,12 @@ impl ProxyHttp for MeshProxy {
         end_of_stream: bool,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        if let Some(feed) = &mut ctx.mirror {
-            feed.push(ctx.tries.started(), body.as_ref(), end_of_stream);
+        let Ctx { grpc_web, mirror, tries, .. } = &mut **ctx;
+        if let Some(g) = grpc_web {
+            g.request_body(tries.started(), body, end_of_stream)?;
+        }
+        if let Some(feed) = mirror {
+            feed.push(tries.started(), body.as_ref(), end_of_stream);
         }
         Ok(())
     }
@@ -312,6 +322,9 @@ impl ProxyHttp for MeshProxy {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         let had_forwarded_for = self.upstream_head(upstream, client, ctx)?;
         ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
+        if let Some(g) = &ctx.grpc_web {
+            g.upstream_request(upstream)?;
+        }
         if let Some(trace) = &ctx.trace {
             trace.inject(upstream)?;
         }
@@ -370,7 +383,35 @@ impl ProxyHttp for MeshProxy {
                 resp.insert_header(name, value)?;
             }
         }
+        if let Some(g) = &mut ctx.grpc_web {
+            g.response_header(resp)?;
+        }
         Ok(())
+    }
+
+    /// gRPC-Web-text responses are base64 (other responses pay one branch per chunk).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Option<Duration>> {
+        if let Some(g) = &mut ctx.grpc_web {
+            g.response_body(body, end_of_stream);
+        }
+        Ok(None)
+    }
+
+    /// gRPC-Web carries the upstream's trailers in the body (Pingora writes what this returns
+    /// as the body's last bytes).
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Option<bytes::Bytes>> {
+        Ok(ctx.grpc_web.as_mut().and_then(|g| g.trailers(trailers)))
     }
 
     /// The route timeout also covers the body: past the deadline the response is cut (504
