@@ -1,14 +1,17 @@
-//! The route-action examples applied on top of `examples/bookinfo`:
-//! `examples/traffic-shifting` (weighted routes, shifted by editing a watched
-//! file while traffic flows) and `examples/redirects` (`redirect`).
+//! The route-action examples: `examples/traffic-shifting` (weighted routes,
+//! shifted by editing a watched file while traffic flows), `examples/redirects`
+//! (`redirect`) and `examples/cors` (`corsPolicy`), applied on top of
+//! `examples/bookinfo`, and `examples/mirroring` (`mirror`), an app of its own.
 //!
 //! Like `examples.rs`, each test starts what its README runs: the echo
 //! upstreams at the pods' `status.podIP` and the real gateway on the
-//! example's files, Gateway port 80 on a free loopback port. Only
-//! `traffic_shifting_by_live_edits` binds bookinfo's pod addresses
-//! (127.0.0.31–36); everything needing them stays in that one test, so the
-//! tests of this file run in parallel. `examples.rs` binds the same
-//! addresses; `cargo test` runs the two binaries one after the other.
+//! example's files, Gateway port 80 on a free loopback port. bookinfo's pod
+//! addresses (127.0.0.31–36) are bound by `traffic_shifting_by_live_edits`
+//! and `cors` one after the other (each holds [`BOOKINFO_PODS`] while its
+//! upstreams run); mirroring's (127.0.0.81–82) by `mirroring` alone; the
+//! other tests of this file run in parallel with them. `examples.rs` binds
+//! bookinfo's addresses too; `cargo test` runs the two binaries one after
+//! the other.
 //!
 //! Build the gateway first: `cargo build -p gateway`.
 
@@ -20,6 +23,10 @@ use std::sync::Arc;
 use meshgate_e2e::manifest::{load_objects, upstream_specs};
 use meshgate_e2e::prelude::*;
 use serde_json::{json, Value};
+
+/// Held by each test of this file that binds bookinfo's pod addresses, for as long as its
+/// upstreams run: one socket cannot be two pods.
+static BOOKINFO_PODS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// `examples/NAME` of this workspace.
 fn example(name: &str) -> PathBuf {
@@ -42,18 +49,27 @@ async fn start_upstreams(dir: &Path) -> Vec<Upstream> {
     assert!(!specs.is_empty(), "{} declares no pods", dir.display());
     let mut running = Vec::with_capacity(specs.len());
     for spec in specs {
-        let mut b = Upstream::new(spec.service.clone()).version(spec.version.clone()).bind(spec.addr);
-        if let Some(pod) = &spec.pod {
-            b = b.pod(pod.clone());
-        }
-        let up = b.try_start().await.unwrap_or_else(|e| {
-            panic!(
-                "cannot bind {} for pod {:?} of {}: {e} (is `examples/run.sh` or `upstreams` running this example?)",
-                spec.addr,
-                spec.pod,
-                dir.display()
-            )
-        });
+        // The upstreams of a test that just ended may still hold the address for a moment:
+        // their accept tasks are aborted, not yet dropped.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let up = loop {
+            let mut b = Upstream::new(spec.service.clone()).version(spec.version.clone()).bind(spec.addr);
+            if let Some(pod) = &spec.pod {
+                b = b.pod(pod.clone());
+            }
+            match b.try_start().await {
+                Ok(up) => break up,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!(
+                    "cannot bind {} for pod {:?} of {}: {e} (is `examples/run.sh` or `upstreams` running this example?)",
+                    spec.addr,
+                    spec.pod,
+                    dir.display()
+                ),
+            }
+        };
         running.push(up);
     }
     running
@@ -204,6 +220,7 @@ async fn traffic_shifting_by_live_edits() {
     for (file, _) in SHIFTS {
         assert_analyze_clean(&[&base, &shifting.join(file)]);
     }
+    let _pods = BOOKINFO_PODS.lock().await;
     let _ups = start_upstreams(&base).await;
     // The README's copy: one watched file, rewritten in place.
     let copy = ConfigDir::new().unwrap();
@@ -366,4 +383,307 @@ async fn redirects() {
         (&json!(301), &json!("-"), &json!("admin"), &Value::Null),
         "{line}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// mirroring
+
+/// The mirror cluster of `examples/mirroring`: subset v2 of httpbin, port 8000.
+const HTTPBIN_V2: &str = "outbound|8000|v2|httpbin.default.svc.cluster.local";
+
+/// `meshgate_mirror_requests_total` of the copies to httpbin v2 that ended with `outcome`.
+async fn mirrored(gw: &GatewayProcess, outcome: &str) -> u64 {
+    let Ok(text) = metrics(gw.metrics_addr()).await else { return 0 };
+    let labels = [("cluster_name", HTTPBIN_V2), ("outcome", outcome)];
+    metric_value(&text, "meshgate_mirror_requests_total", &labels).unwrap_or(0.0) as u64
+}
+
+/// What a request and its copy must have in common, keyed by the request id.
+#[derive(Debug, PartialEq, Eq)]
+struct Sent {
+    method: String,
+    path: String,
+    body: String,
+    host: String,
+}
+
+/// Istio's "Mirroring" task at the ingress gateway (README "Try it"): every request is
+/// answered by httpbin v1, and v2 gets exactly one copy of each: the same method, path, body
+/// and request id, with `-shadow` on its host. With v2 gone, every request still succeeds
+/// from v1 and the copies count as failed.
+#[tokio::test]
+async fn mirroring() {
+    let dir = example("mirroring");
+    assert_analyze_clean(&[&dir]);
+    let mut ups = start_upstreams(&dir).await;
+    assert_eq!(ups.len(), 2, "two httpbin pods");
+    let v2 = ups.remove(ups.iter().position(|u| u.version() == "v2").expect("a v2 pod"));
+    let v1 = ups.pop().unwrap();
+    assert_eq!((v1.version(), v1.addr()), ("v1", "127.0.0.81:8080".parse().unwrap()));
+    assert_eq!(v2.addr(), "127.0.0.82:8080".parse().unwrap());
+    let gw = start_gateway(&[&dir]).await;
+
+    // Host sent -> Host of the copy: `-shadow` goes before the port, as Envoy puts it.
+    let hosts = [("httpbin.example.com", "httpbin.example.com-shadow"), ("localhost:8080", "localhost-shadow:8080")];
+    let client = HttpClient::pooled();
+    let mut sent = BTreeMap::new();
+    let n = 50;
+    for i in 0..n {
+        let (host, shadow) = hosts[i % hosts.len()];
+        let (method, path, body) = if i % 2 == 0 {
+            (Method::GET, "/headers".to_string(), String::new())
+        } else {
+            (Method::POST, format!("/anything/{i}"), format!("n={i}"))
+        };
+        let mut req = client.request(method.clone(), gw.addr(80), &path).host(host);
+        if method == Method::POST {
+            req = req.header("content-type", "application/x-www-form-urlencoded").body(body.clone());
+        }
+        let r = req.send().await.unwrap_or_else(|e| panic!("{method} {host}{path}: {e:#}"));
+        assert_eq!(r.status, StatusCode::OK, "{method} {host}{path}: {}", r.text());
+        let e = r.echo().unwrap();
+        assert_eq!((e.service.as_str(), e.version.as_str()), ("httpbin", "v1"), "{method} {host}{path}");
+        assert_eq!(e.pod.as_deref(), Some("httpbin-v1-7d8c9b5f4d-6xq2p"));
+        assert_eq!((e.host.as_str(), e.body.as_str()), (host, body.as_str()));
+        let id = e.header("x-request-id").expect("a request id").to_string();
+        sent.insert(id, Sent { method: method.to_string(), path, body, host: shadow.to_string() });
+    }
+    assert_eq!(v1.hits(), n as u64);
+
+    // Fire and forget: the copies arrive after the client had its answers, each counted `sent`
+    // once v2's answer has been read (and discarded).
+    assert!(v2.wait_for_hits(n as u64, Duration::from_secs(10)).await, "v2 got {} of {n} copies", v2.hits());
+    assert_eventually!(Duration::from_secs(10), mirrored(&gw, "sent").await, |c| *c == n as u64, "copies sent");
+    assert_eq!(v2.hits(), n as u64, "one copy per request");
+    let copies: BTreeMap<String, Sent> = v2
+        .requests()
+        .into_iter()
+        .map(|c| {
+            let id = c.header("x-request-id").expect("the copy keeps the request id").to_string();
+            (id, Sent { method: c.method, path: c.path, body: c.body, host: c.host })
+        })
+        .collect();
+    assert_eq!(copies, sent, "each copy is its request with the host suffixed -shadow");
+
+    // One access log line per request, for the original only.
+    let lines = assert_eventually!(
+        Duration::from_secs(5),
+        gw.access_log_json(),
+        |l: &Vec<Value>| l.len() >= n,
+        "an access log line per request"
+    );
+    assert_eq!(lines.len(), n, "{lines:?}");
+    for l in &lines {
+        assert_eq!(
+            (&l["response_code"], &l["upstream_host"], &l["upstream_cluster"]),
+            (&json!(200), &json!("127.0.0.81:8080"), &json!("outbound|8000|v1|httpbin.default.svc.cluster.local")),
+            "{l}"
+        );
+    }
+
+    // v2 goes away: the requests do not notice; their copies fail.
+    let v2_addr = v2.addr();
+    drop(v2);
+    assert_eventually!(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(v2_addr).await.is_err(),
+        |refused| *refused,
+        "v2 stops listening"
+    );
+    let m = 20;
+    for i in 0..m {
+        let r = client.get(gw.addr(80), "/headers").send().await.unwrap_or_else(|e| panic!("request {i}: {e:#}"));
+        assert_eq!(r.status, StatusCode::OK, "request {i} with v2 gone: {}", r.text());
+        assert_eq!(r.echo().unwrap().version, "v1");
+    }
+    assert_eq!(v1.hits(), (n + m) as u64);
+    assert_eventually!(Duration::from_secs(10), mirrored(&gw, "failed").await, |c| *c == m as u64, "copies failed");
+    assert_eq!(mirrored(&gw, "sent").await, n as u64);
+}
+
+// ---------------------------------------------------------------------------
+// cors
+
+/// The page's origin that `examples/cors` allows, and one it does not.
+const ALLOWED: &str = "https://example.com";
+const OTHER: &str = "https://evil.example";
+
+/// The `access-control-*` headers of a response, sorted by name.
+fn cors_headers(r: &Response) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(name, _)| name.as_str().starts_with("access-control-"))
+        .map(|(name, value)| (name.as_str().to_string(), value.to_str().unwrap_or("?").to_string()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// `(name, value)` pairs as [`cors_headers`] gives them.
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = list.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    out.sort();
+    out
+}
+
+/// A request as a browser sends it to the gateway.
+async fn browser(gw: &GatewayProcess, method: Method, path: &str, headers: &[(&str, &str)], body: &str) -> Response {
+    let mut req = request(method.clone(), gw.addr(80), path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if !body.is_empty() {
+        req = req.body(body.to_string());
+    }
+    req.send().await.unwrap_or_else(|e| panic!("{method} {path} {headers:?}: {e:#}"))
+}
+
+/// A preflight from `origin` for a POST with `X-Foo-Bar`, as a browser sends it before the
+/// page's `fetch(url, {method: "POST", headers: {"X-Foo-Bar": "1"}, body: "…"})`: a string
+/// body is `text/plain`, a safelisted type, so `x-foo-bar` is the only header it asks for
+/// (browsers send the names in lower case).
+async fn preflight(gw: &GatewayProcess, path: &str, origin: &str) -> Response {
+    let headers = [
+        ("origin", origin),
+        ("access-control-request-method", "POST"),
+        ("access-control-request-headers", "x-foo-bar"),
+    ];
+    browser(gw, Method::OPTIONS, path, &headers, "").await
+}
+
+/// The answer the gateway gives a preflight itself: 200, no body; ratings never sees it.
+#[track_caller]
+fn assert_answered(r: &Response, cors: &[(&str, &str)], what: &str) {
+    assert_eq!(r.status, StatusCode::OK, "{what}: {:?}", r.headers);
+    assert_eq!(r.header("content-length"), Some("0"), "{what}");
+    assert!(r.body.is_empty(), "{what}: {}", r.text());
+    assert_eq!(r.header("x-upstream"), None, "{what}: answered by an upstream");
+    assert_eq!(cors_headers(r), pairs(cors), "{what}");
+}
+
+/// Forwarded to `service`: its echo, the method as sent, and the CORS headers on the response.
+#[track_caller]
+fn assert_forwarded(r: &Response, service: &str, method: &Method, cors: &[(&str, &str)], what: &str) -> Echo {
+    assert_eq!(r.status, StatusCode::OK, "{what}: {}", r.text());
+    let e = r.echo().unwrap_or_else(|err| panic!("{what}: {err:#}"));
+    assert_eq!((e.service.as_str(), e.method.as_str()), (service, method.as_str()), "{what}");
+    assert_eq!(cors_headers(r), pairs(cors), "{what}");
+    e
+}
+
+/// The CorsPolicy of Istio's API reference on bookinfo's ratings (README "Try it"), each
+/// request as a browser sends it: preflights from the allowed origin answered by the gateway
+/// with the policy's headers and never forwarded; actual requests from it forwarded, their
+/// responses given `access-control-allow-origin`; other origins' requests and preflights
+/// forwarded untouched (`unmatchedPreflights` FORWARD, the default), or, with
+/// `ratings-cors-ignore.yaml`, their preflights answered without `allow-origin`.
+#[tokio::test]
+async fn cors() {
+    let base = example("bookinfo");
+    let forward = example("cors").join("ratings-cors.yaml");
+    let ignore = example("cors").join("ratings-cors-ignore.yaml");
+    assert_analyze_clean(&[&base, &forward]);
+    assert_analyze_clean(&[&base, &ignore]);
+    let _pods = BOOKINFO_PODS.lock().await;
+    let ups = start_upstreams(&base).await;
+    let hits = || ups.iter().map(Upstream::hits).sum::<u64>();
+    let ratings = ups.iter().find(|u| u.service() == "ratings").expect("a ratings pod");
+    let policy = [
+        ("access-control-allow-origin", ALLOWED),
+        ("access-control-allow-methods", "POST,GET"),
+        ("access-control-allow-headers", "X-Foo-Bar"),
+        ("access-control-max-age", "86400"),
+    ];
+    let allow_origin = [("access-control-allow-origin", ALLOWED)];
+
+    {
+        let gw = start_gateway(&[&base, &forward]).await;
+
+        // The preflight: answered by the gateway, nothing upstream.
+        let r = preflight(&gw, "/ratings/0", ALLOWED).await;
+        assert_answered(&r, &policy, "preflight from the allowed origin");
+        assert_eq!(hits(), 0, "the preflight reached an upstream");
+
+        // The actual request it allows: forwarded as sent; its response gets allow-origin only
+        // (no credentials, no expose headers in this policy).
+        let headers = [("origin", ALLOWED), ("x-foo-bar", "1"), ("content-type", "text/plain;charset=UTF-8")];
+        let r = browser(&gw, Method::POST, "/ratings/0", &headers, r#"{"rating":5}"#).await;
+        let e = assert_forwarded(&r, "ratings", &Method::POST, &allow_origin, "POST from the allowed origin");
+        assert_eq!((e.version.as_str(), e.path.as_str(), e.body.as_str()), ("v1", "/ratings/0", r#"{"rating":5}"#));
+        assert_eq!((e.header("origin"), e.header("x-foo-bar")), (Some(ALLOWED), Some("1")));
+        let r = browser(&gw, Method::GET, "/ratings/0", &[("origin", ALLOWED)], "").await;
+        assert_forwarded(&r, "ratings", &Method::GET, &allow_origin, "GET from the allowed origin");
+        // An OPTIONS without Access-Control-Request-Method is an actual request, not a preflight.
+        let r = browser(&gw, Method::OPTIONS, "/ratings/0", &[("origin", ALLOWED)], "").await;
+        assert_forwarded(&r, "ratings", &Method::OPTIONS, &allow_origin, "OPTIONS without a requested method");
+        assert_eq!(ratings.hits(), 3);
+
+        // Not CORS (no Origin) and other origins: forwarded, no CORS headers on the response.
+        let r = browser(&gw, Method::GET, "/ratings/0", &[], "").await;
+        assert_forwarded(&r, "ratings", &Method::GET, &[], "GET without Origin");
+        for origin in [OTHER, "http://example.com", "https://example.com:8443", "https://EXAMPLE.com"] {
+            let r = browser(&gw, Method::GET, "/ratings/0", &[("origin", origin)], "").await;
+            assert_forwarded(&r, "ratings", &Method::GET, &[], &format!("GET from {origin}"));
+            // Its preflight goes to ratings as it is: unmatchedPreflights FORWARD.
+            let r = preflight(&gw, "/ratings/0", origin).await;
+            let e = assert_forwarded(&r, "ratings", &Method::OPTIONS, &[], &format!("preflight from {origin}"));
+            assert_eq!(
+                (
+                    e.header("origin"),
+                    e.header("access-control-request-method"),
+                    e.header("access-control-request-headers")
+                ),
+                (Some(origin), Some("POST"), Some("x-foo-bar")),
+                "the preflight from {origin} as sent"
+            );
+        }
+        assert_eq!(ratings.hits(), 4 + 8);
+
+        // Only the route with the policy has it: a preflight for the product page is its own.
+        let r = preflight(&gw, "/productpage", ALLOWED).await;
+        assert_forwarded(&r, "productpage", &Method::OPTIONS, &[], "preflight for /productpage");
+        assert_eq!(hits(), 4 + 8 + 1);
+
+        // The answered preflight's access log line: the route, no upstream.
+        let line = gw
+            .wait_for_log(|l| l.contains(r#""method":"OPTIONS""#), Duration::from_secs(5))
+            .await
+            .expect("an access log line for the preflight");
+        let entry: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            (&entry["response_code"], &entry["response_flags"], &entry["route_name"], &entry["upstream_host"]),
+            (&json!(200), &json!("-"), &json!("default/ratings-route.http[0]"), &Value::Null),
+            "{line}"
+        );
+    }
+
+    // unmatchedPreflights: IGNORE: other origins' preflights are answered too, without
+    // allow-origin, so the browser refuses the actual request; nothing else changes.
+    let gw = start_gateway(&[&base, &ignore]).await;
+    let before = hits();
+    let r = preflight(&gw, "/ratings/0", OTHER).await;
+    assert_answered(&r, &policy[1..], "preflight from another origin, IGNORE");
+    let r = preflight(&gw, "/ratings/0", ALLOWED).await;
+    assert_answered(&r, &policy, "preflight from the allowed origin, IGNORE");
+    assert_eq!(hits(), before, "an answered preflight reached an upstream");
+    let r = browser(&gw, Method::GET, "/ratings/0", &[("origin", OTHER)], "").await;
+    assert_forwarded(&r, "ratings", &Method::GET, &[], "GET from another origin, IGNORE");
+    let r = browser(&gw, Method::GET, "/ratings/0", &[("origin", ALLOWED)], "").await;
+    assert_forwarded(&r, "ratings", &Method::GET, &allow_origin, "GET from the allowed origin, IGNORE");
+    assert_eq!(hits(), before + 2);
+
+    // The gateway's own replies to an allowed origin carry allow-origin too, so the page can
+    // read them: ratings gone, its 503.
+    let ratings_addr = ratings.addr();
+    drop(ups);
+    assert_eventually!(
+        Duration::from_secs(5),
+        tokio::net::TcpStream::connect(ratings_addr).await.is_err(),
+        |refused| *refused,
+        "ratings stops listening"
+    );
+    let r = browser(&gw, Method::GET, "/ratings/0", &[("origin", ALLOWED)], "").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert_eq!(cors_headers(&r), pairs(&allow_origin));
 }
