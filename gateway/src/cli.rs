@@ -81,6 +81,11 @@ pub struct RunArgs {
     /// (logged as an error at every reload).
     #[arg(long, value_enum, default_value_t = UnenforcedPolicy::Deny)]
     pub unenforced_policy: UnenforcedPolicy,
+    /// Which request loop serves plain HTTP/1 connections: Pingora's `ProxyHttp` path, or the
+    /// prototype of meshgate's own loop on pingora-core's sessions (for measurements; it
+    /// answers 501 to routes using what it does not have yet, see docs/architecture.md).
+    #[arg(long, value_enum, default_value_t = RequestLoop::Pingora, env = "MESHGATE_REQUEST_LOOP")]
+    pub request_loop: RequestLoop,
     /// Data-plane worker threads, each a single-threaded runtime with its own listening
     /// sockets and upstream pools (default: one per CPU the process may use, within its
     /// cgroup CPU limit).
@@ -187,6 +192,7 @@ impl RunArgs {
             access_log: self.access_log,
             drain: std::time::Duration::from_secs(self.drain_seconds),
             deny_unenforced_policies: self.unenforced_policy == UnenforcedPolicy::Deny,
+            own_request_loop: self.request_loop == RequestLoop::Own,
             threads: self.threads,
             tracing: config::Tracing {
                 otlp_endpoint: self.tracing.otlp_endpoint,
@@ -271,6 +277,13 @@ mod tests {
         let cli = Cli::parse_from(["gateway", "analyze", "a", "b"]);
         assert!(matches!(cli.command, Some(Command::Analyze { paths, .. }) if paths.len() == 2));
     }
+}
+
+/// `--request-loop`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RequestLoop {
+    Pingora,
+    Own,
 }
 
 /// `--unenforced-policy`: fail closed (the default) or open.

@@ -27,6 +27,9 @@ pub struct Config {
     pub threads: Option<usize>,
     pub tracing: Tracing,
     pub limits: Limits,
+    /// Plain HTTP/1 requests through meshgate's own request loop (a prototype) instead of
+    /// Pingora's `ProxyHttp` path.
+    pub own_request_loop: bool,
 }
 
 /// What the data-plane listeners allow a client: connections, time and header size

@@ -74,7 +74,12 @@ impl DataPlane {
                 options.h2c = true;
                 proxy.server_options = Some(options);
                 let proxy: Arc<Proxy> = Arc::new(proxy);
-                (Arc::new(HttpHandler { proxy, edge: self.edge.clone() }), None)
+                let own = self.config.own_request_loop.then(|| MeshProxy {
+                    port,
+                    shared: self.shared.clone(),
+                    tls_server: None,
+                });
+                (Arc::new(HttpHandler { proxy, edge: self.edge.clone(), own }), None)
             }
             Protocol::Https => {
                 let tls = Arc::new(TlsHandler::new(port, self.shared.clone(), self.conf.clone(), self.edge.clone()));

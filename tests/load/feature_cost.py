@@ -291,22 +291,95 @@ def _timeout(c: Cfg) -> None:
     c.check(stalls)
 
 
+def dead_port() -> int:
+    """A loopback port nothing listens on (bound and released: connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def retries_proved(c: Cfg, retries: dict, expected: int) -> None:
+    """Proof that the gateway acts on the route's retry policy: a second host with the same policy
+    to an endpoint that refuses connections is retried `expected` times (the metric counts them)."""
+    c.add("05-dead.yaml", R.service_objs("dead", dead_port()) + [
+        R.virtual_service("dead", "dead.bench.local", [{"name": "all", "route": [R.dest("dead")],
+                                                        "retries": retries}])])
+
+    def retried(live: Live) -> None:
+        got, _ = live.get(host="dead.bench.local")
+        n = live.metric("meshgate_upstream_rq_retry_total", cluster_name="outbound|80||dead.default.svc.cluster.local")
+        if got != 503 or n != expected:
+            raise Inactive(f"a refused endpoint with retries {retries}: {got} after {n:.0f} retries, not {expected}")
+        live.note(f"refused endpoint: {got} after {n:.0f} retries")
+    c.check(retried)
+
+
 @feature("retries-off", "route `retries: {attempts: 0}`: no retry policy; compare with the plain route, which "
          "has Istio's default policy (2 retries on connect-failure, refused-stream, gRPC unavailable/cancelled)")
 def _retries_off(c: Cfg) -> None:
     c.route["retries"] = {"attempts": 0}
+    retries_proved(c, {"attempts": 0}, 0)
 
 
 @feature("retries-5xx", "route `retries: {attempts: 3, perTryTimeout: 5s, retryOn: 5xx}` (every 200 is checked "
          "against the policy)")
 def _retries_5xx(c: Cfg) -> None:
-    c.route["retries"] = {"attempts": 3, "perTryTimeout": "5s", "retryOn": "5xx"}
+    policy = {"attempts": 3, "perTryTimeout": "5s", "retryOn": "5xx"}
+    c.route["retries"] = policy
+    retries_proved(c, policy, 3)
 
 
 @feature("fault-unfired", "route `fault: {delay: {fixedDelay: 1ms, percentage: {value: 0.0001}}}`: a draw per "
          "request that (nearly) never delays")
 def _fault_unfired(c: Cfg) -> None:
     c.route["fault"] = {"delay": {"fixedDelay": "1ms", "percentage": {"value": 0.0001}}}
+    # Proof faults act in this config: a second host aborts every request.
+    c.add("05-abort.yaml", [R.virtual_service("abort", "abort.bench.local", [
+        {"name": "all", "route": [R.dest("upstream")], "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}}}])])
+
+    def aborts(live: Live) -> None:
+        got, body = live.get(host="abort.bench.local")
+        if (got, body) != (418, b"fault filter abort"):
+            raise Inactive(f"a route aborting 100 % answered {got} {body[:40]!r}")
+    c.check(aborts)
+
+
+@feature("mirror", "route `mirror: {host: mirror}` (100 %): every request also copied to a second Service "
+         "(the second nginx), its response read and discarded")
+def _mirror(c: Cfg) -> None:
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "mirror-0", "namespace": "default", "labels": {"app": "mirror"}},
+           "spec": {"containers": [{"name": "web", "image": "nginx",
+                                    "ports": [{"containerPort": c.env.upstream2, "name": "web"}]}]},
+           "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}}
+    c.add("01-mirror.yaml", [
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "mirror", "namespace": "default"},
+         "spec": {"selector": {"app": "mirror"},
+                  "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": "web"}]}},
+        pod])
+    c.route["mirror"] = {"host": "mirror"}
+
+    def copied(live: Live) -> None:
+        sent = live.metric("meshgate_mirror_requests_total", outcome="sent")
+        if sent < live.requests:
+            raise Inactive(f"{sent:.0f} copies sent for {live.requests} requests")
+        live.note(f"{sent:.0f} copies sent")
+    c.check(copied)
+
+
+@feature("cors", "route `corsPolicy: {allowOrigins: [{exact: https://bench.example}], allowMethods: [GET], "
+         "exposeHeaders: [x-bench]}`; requests carry `Origin: https://bench.example` (an actual request: the "
+         "response gets the CORS headers)")
+def _cors(c: Cfg) -> None:
+    c.route["corsPolicy"] = {"allowOrigins": [{"exact": "https://bench.example"}], "allowMethods": ["GET"],
+                             "exposeHeaders": ["x-bench"]}
+    c.headers["Origin"] = "https://bench.example"
+
+    def decorated(live: Live) -> None:
+        got = live.response_headers().get("access-control-allow-origin")
+        if got != "https://bench.example":
+            raise Inactive(f"access-control-allow-origin is {got!r}")
+    c.check(decorated)
 
 
 @feature("rewrite-uri", "route `match: [{uri: {prefix: /1}}]` with `rewrite: {uri: /1}`: the path comes out the "

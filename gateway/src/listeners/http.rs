@@ -54,6 +54,8 @@ pub(crate) fn server_options(edge: &Edge) -> HttpServerOptions {
 pub(crate) struct HttpHandler {
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) edge: Edge,
+    /// `--request-loop own`: HTTP/1 requests go through meshgate's own loop (prototype).
+    pub(crate) own: Option<MeshProxy>,
 }
 
 #[async_trait]
@@ -72,7 +74,7 @@ impl ConnectionHandler for HttpHandler {
         if h2c {
             self.proxy.process_new(Box::new(stream), shutdown).await;
         } else {
-            serve_h1(&self.proxy, Box::new(stream), shutdown, &self.edge).await;
+            serve_h1(&self.proxy, self.own.as_ref(), Box::new(stream), shutdown, &self.edge).await;
         }
     }
 
@@ -86,17 +88,23 @@ pub(crate) async fn serve_tls(proxy: &Arc<Proxy>, stream: Stream, shutdown: &Shu
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         proxy.process_new(stream, shutdown).await;
     } else {
-        serve_h1(proxy, stream, shutdown, edge).await;
+        serve_h1(proxy, None, stream, shutdown, edge).await;
     }
 }
 
 /// HTTP/1 requests on one connection, one session after another, as Pingora's own loop runs
 /// them, with the connection behind a [`Guarded`] stream.
-async fn serve_h1(proxy: &Arc<Proxy>, stream: Stream, shutdown: &ShutdownWatch, edge: &Edge) {
+async fn serve_h1(proxy: &Arc<Proxy>, own: Option<&MeshProxy>, stream: Stream, shutdown: &ShutdownWatch, edge: &Edge) {
     let stream: Stream = Box::new(Guarded::new(stream, edge.head, edge.counters.clone()));
     let mut session = ServerSession::new_http1(stream);
     configure(&mut session, shutdown, edge);
-    let mut result = proxy.process_new_http(session, shutdown).await;
+    let serve = |session| async move {
+        match own {
+            Some(own) => crate::proxy::own_loop::serve(own, session).await,
+            None => proxy.process_new_http(session, shutdown).await,
+        }
+    };
+    let mut result = serve(session).await;
     while let Some((stream, settings)) = result.map(|r| r.consume()) {
         if let Some(phase) = phase_of(&stream) {
             phase.idle();
@@ -106,7 +114,7 @@ async fn serve_h1(proxy: &Arc<Proxy>, stream: Stream, shutdown: &ShutdownWatch, 
             settings.apply_to_session(&mut session);
         }
         configure(&mut session, shutdown, edge);
-        result = proxy.process_new_http(session, shutdown).await;
+        result = serve(session).await;
     }
 }
 

@@ -1,6 +1,7 @@
 //! Responses the gateway writes itself, with Envoy's status codes, bodies and response flags.
 
 use bytes::Bytes;
+use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
@@ -26,7 +27,7 @@ pub(super) struct LocalReply {
 impl LocalReply {
     /// One of the gateway's own error replies: Envoy's status, flag and body, mapped to a
     /// `grpc-status` for gRPC clients.
-    const fn error(code: u16, flags: ResponseFlag, body: &'static [u8]) -> LocalReply {
+    pub(super) const fn error(code: u16, flags: ResponseFlag, body: &'static [u8]) -> LocalReply {
         LocalReply {
             code,
             flags,
@@ -181,7 +182,29 @@ impl LocalReply {
             // reply is its last.
             session.set_keepalive(None);
         }
-        if let Some(content_type) = grpc_content_type(session).filter(|_| !self.verbatim) {
+        let (head, body) = self.response(grpc_content_type(session.req_header()))?;
+        session.write_response_header(head, body.is_none()).await?;
+        if let Some(body) = body {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
+    /// [`send`](Self::send), straight to a downstream session (meshgate's own request loop).
+    pub(super) async fn send_to(&self, session: &mut ServerSession) -> Result<()> {
+        if self.flags == ResponseFlag::DownstreamProtocolError {
+            session.set_keepalive(None);
+        }
+        let (head, body) = self.response(grpc_content_type(session.req_header()))?;
+        session.write_response_header(head).await?;
+        session.write_response_body(body.unwrap_or_default(), true).await
+    }
+
+    /// The reply's head and body (`None` when it has none). gRPC requests get Envoy's gRPC
+    /// form: HTTP 200 with `grpc-status` (mapped from the HTTP status) and `grpc-message`,
+    /// headers only.
+    fn response(&self, grpc: Option<&'static str>) -> Result<(Box<ResponseHeader>, Option<Bytes>)> {
+        if let Some(content_type) = grpc.filter(|_| !self.verbatim) {
             let mut resp = ResponseHeader::build(200, Some(5))?;
             resp.insert_header("content-type", content_type)?;
             resp.insert_header("grpc-status", self.grpc_status.unwrap_or(grpc_status(self.code)).to_string())?;
@@ -192,8 +215,7 @@ impl LocalReply {
             for (name, value) in &self.headers {
                 resp.insert_header(name.clone(), value.clone())?;
             }
-            session.write_response_header(Box::new(resp), true).await?;
-            return Ok(());
+            return Ok((Box::new(resp), None));
         }
         let mut resp = ResponseHeader::build(self.code, Some(5))?;
         if let Some(location) = &self.location {
@@ -208,11 +230,7 @@ impl LocalReply {
         for (name, value) in &self.headers {
             resp.insert_header(name.clone(), value.clone())?;
         }
-        session.write_response_header(Box::new(resp), self.body.is_empty()).await?;
-        if !self.body.is_empty() {
-            session.write_response_body(Some(self.body.clone()), true).await?;
-        }
-        Ok(())
+        Ok((Box::new(resp), (!self.body.is_empty()).then(|| self.body.clone())))
     }
 }
 
@@ -221,8 +239,8 @@ fn httpdate_now() -> String {
 }
 
 /// For a gRPC (or gRPC-Web) request, the content type of a reply in its form.
-fn grpc_content_type(session: &Session) -> Option<&'static str> {
-    let content_type = session.req_header().headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+fn grpc_content_type(req: &pingora_http::RequestHeader) -> Option<&'static str> {
+    let content_type = req.headers.get(http::header::CONTENT_TYPE)?.as_bytes();
     let rest = content_type.strip_prefix(b"application/grpc")?;
     Some(match rest {
         _ if rest.starts_with(b"-web-text") => "application/grpc-web-text+proto",

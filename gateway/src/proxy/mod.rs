@@ -24,6 +24,7 @@ mod grpc_web;
 mod headers;
 mod local_reply;
 pub(crate) mod mirror;
+pub(crate) mod own_loop;
 mod redirect;
 pub(crate) mod request;
 mod retry;

@@ -1,0 +1,245 @@
+//! A prototype of meshgate's own HTTP/1 request loop on pingora-core's sessions and
+//! connectors, beside Pingora's `ProxyHttp` path (issue 19 item 8). `--request-loop own`
+//! turns it on for plain HTTP/1 connections; the default stays Pingora's.
+//!
+//! ```text
+//!  read the head ─► validate ─► decide::route ─► decide::upstream   (the same pure functions)
+//!  ─► upstream head (MeshProxy::upstream_head) ─► pooled HTTP/1 connection of this worker
+//!  ─► request body, then response head (server, service time, edits) and body, streamed
+//!  ─► connection back to the pool ─► one Exchange: metrics and access log
+//! ```
+//!
+//! What it does not do yet, and answers 501 for instead of doing differently (a setting it
+//! cannot honour must not be ignored): `fault`, mirrors, `corsPolicy`, a retry policy of the
+//! route's own, HTTP/2 or gRPC upstreams, gRPC-Web. The route `timeout` is one deadline over
+//! the whole upstream exchange, as Envoy's. It makes no retries
+//! (not even Istio's default ones), sends the request body before reading the response, and
+//! leaves tracing out. docs/architecture.md, "Request loop", has the measurements and the
+//! decision.
+
+use super::local_reply::LocalReply;
+use super::{decide, peer_for, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
+use crate::response_flag::{Flags, ResponseFlag};
+use crate::telemetry::Exchange;
+use bytes::Bytes;
+use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use pingora_core::connectors::http::v1::Connector;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_core::protocols::http::ServerSession;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_proxy::ProxyHttp;
+use std::sync::Arc;
+use std::time::Instant;
+
+thread_local! {
+    /// Each worker's upstream HTTP/1 connections, as Pingora's proxy keeps one pool per worker.
+    static CONNECTOR: Arc<Connector> = Arc::new(Connector::new(None));
+}
+
+/// Serves one request of `session` (HTTP/1), returning the connection when it can carry the
+/// next one.
+pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Option<ReusedHttpStream> {
+    match session.read_request().await {
+        Ok(true) => {}
+        // Closed, or a head Pingora's parser refused: the connection ends.
+        Ok(false) | Err(_) => return None,
+    }
+    let mut ctx = proxy.new_ctx();
+    let outcome = exchange(proxy, &mut session, &mut ctx).await;
+    if let Err(e) = &outcome {
+        tracing::debug!(error = %e, "request failed");
+        if session.response_written().is_none() {
+            let reply = match e.esource() {
+                _ if e.etype() == &super::ROUTE_TIMEOUT => LocalReply::route_timeout(),
+                pingora_error::ErrorSource::Upstream => LocalReply::upstream_failure(e, ctx.flags),
+                _ => LocalReply::internal(),
+            };
+            (ctx.flags, ctx.local_code) = (reply.flags, Some(reply.code));
+            let _ = reply.send_to(&mut session).await;
+        }
+        session.set_keepalive(None);
+    }
+    log(proxy, &session, &ctx);
+    let settings = HttpPersistentSettings::for_session(&session);
+    match session.finish().await {
+        Ok(Some(reusable)) => Some(ReusedHttpStream::from_reusable_stream(reusable, settings)),
+        _ => None,
+    }
+}
+
+/// Routes and proxies the request; an error is answered by the caller.
+async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx) -> Result<()> {
+    let done = crate::listeners::http::head_done(session.stream());
+    let head_len = match done.oversized {
+        true => session.as_http1().map(|h1| h1.get_headers_raw_bytes().len()),
+        false => None,
+    };
+    let max = proxy.shared.max_request_header_bytes;
+    let authority = match validate::check(session.req_header(), head_len, max) {
+        Ok(authority) => authority,
+        Err(reply) => return answer(session, ctx, reply).await,
+    };
+    let runtime = proxy.shared.current.load();
+    let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+    let incoming = decide::Incoming {
+        port: proxy.port,
+        tls_server: proxy.tls_server.as_deref(),
+        head: session.req_header(),
+        authority,
+        client_ip: client,
+    };
+    let decided = decide::route(&runtime, &incoming).and_then(|routed| match unsupported(&routed.route) {
+        Some(why) => Err(decide::Refusal {
+            reply: LocalReply::error(501, ResponseFlag::None, why),
+            route: Some(routed.route),
+            cluster: None,
+        }),
+        None => decide::upstream(routed, &incoming),
+    });
+    let decision = match decided {
+        Ok(d) => d,
+        Err(refusal) => {
+            (ctx.route, ctx.cluster) = (refusal.route, refusal.cluster);
+            ctx.runtime = Some(runtime);
+            return answer(session, ctx, refusal.reply).await;
+        }
+    };
+    ctx.endpoint = Some(decision.pick.index());
+    let cluster = decision.cluster.clone();
+    (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie, ctx.rewrite, ctx.destination_headers) = (
+        Some(decision.route),
+        Some(decision.cluster),
+        Some(decision.pick),
+        decision.set_cookie,
+        decision.rewrite,
+        decision.destination_headers,
+    );
+    ctx.runtime = Some(runtime);
+    if cluster.http2 {
+        return answer(session, ctx, LocalReply::error(501, ResponseFlag::None, UNSUPPORTED_H2)).await;
+    }
+    if super::grpc_web::GrpcWeb::detect(session.req_header()).is_some() {
+        return answer(session, ctx, LocalReply::error(501, ResponseFlag::None, UNSUPPORTED_GRPC_WEB)).await;
+    }
+    if session.req_header().headers.get(&crate::head::X_REQUEST_ID).and_then(|v| v.to_str().ok()).is_none() {
+        ctx.generated_id = Some(super::request::uuid_v4());
+    }
+
+    let mut head = Box::new(session.req_header().clone());
+    let had_forwarded_for = proxy.upstream_head(&mut head, client, ctx)?;
+    ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
+    // The route timeout: one deadline over the whole upstream exchange, body included, the
+    // way Envoy's is (Pingora's hooks only give per-read timeouts; compatibility.md §12).
+    match ctx.route.as_ref().and_then(|r| r.timeout()) {
+        None => forward(session, ctx, &cluster, head).await,
+        // Boxed: the exchange's future is large, and the timer would move it whole (a 29k
+        // instructions memcpy per request when measured inline).
+        Some(limit) => match pingora_timeout::timeout(limit, Box::pin(forward(session, ctx, &cluster, head))).await {
+            Ok(done) => done,
+            Err(_) => Err(super::route_timeout()),
+        },
+    }
+}
+
+/// The upstream exchange: connect (or reuse), request head and body, response head and body.
+async fn forward(
+    session: &mut ServerSession,
+    ctx: &mut Ctx,
+    cluster: &crate::compiled::cluster::ClusterRuntime,
+    head: Box<pingora_http::RequestHeader>,
+) -> Result<()> {
+    let peer = peer_for(cluster, ctx.endpoint.unwrap_or_default())?;
+    let connector = CONNECTOR.with(Arc::clone);
+    let (mut upstream, _reused) = connector.get_http_session(&peer).await.map_err(|e| {
+        ctx.flags = ResponseFlag::UpstreamConnectionFailure;
+        e.into_up()
+    })?;
+    let started = Instant::now();
+    upstream.write_request_header(head).await.map_err(|e| e.into_up())?;
+    while let Some(chunk) = session.read_request_body().await.map_err(|e| e.into_down())? {
+        upstream.write_body(&chunk).await.map_err(|e| e.into_up())?;
+    }
+    upstream.finish_body().await.map_err(|e| e.into_up())?;
+    upstream.read_response().await.map_err(|e| e.into_up())?;
+    ctx.upstream_time_ms = Some(started.elapsed().as_millis() as u64);
+    let mut resp = Box::new(
+        upstream.resp_header().cloned().ok_or_else(|| Error::explain(ErrorType::ReadError, "no response head"))?,
+    );
+    respond_headers(ctx, &mut resp)?;
+    session.write_response_header(resp).await.map_err(|e| e.into_down())?;
+    while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
+        session.write_response_body(chunk, false).await.map_err(|e| e.into_down())?;
+    }
+    session.write_response_body(Bytes::new(), true).await.map_err(|e| e.into_down())?;
+    release(connector, upstream, peer).await;
+    Ok(())
+}
+
+const UNSUPPORTED_H2: &[u8] = b"the prototype request loop has no HTTP/2 upstreams (--request-loop pingora)";
+const UNSUPPORTED_GRPC_WEB: &[u8] = b"the prototype request loop has no gRPC-Web (--request-loop pingora)";
+
+/// Why the prototype cannot serve a route as configured, if it cannot.
+fn unsupported(route: &crate::compiled::Route) -> Option<&'static [u8]> {
+    let own_retries =
+        !std::ptr::eq(route.retry_policy(), crate::compiled::retry_policy::CompiledRetry::istio_default());
+    match () {
+        _ if route.fault().is_some() => {
+            Some(b"the prototype request loop has no fault injection (--request-loop pingora)")
+        }
+        _ if !route.mirrors().is_empty() => Some(b"the prototype request loop has no mirrors (--request-loop pingora)"),
+        _ if route.cors().is_some() => Some(b"the prototype request loop has no CORS (--request-loop pingora)"),
+        _ if own_retries => Some(b"the prototype request loop has no retry policy (--request-loop pingora)"),
+        _ => None,
+    }
+}
+
+/// Headers Envoy sets on the way down, as `response_filter` does on Pingora's path.
+fn respond_headers(ctx: &mut Ctx, resp: &mut pingora_http::ResponseHeader) -> Result<()> {
+    let service_time =
+        ctx.upstream_time_ms.map(|ms| (super::X_ENVOY_UPSTREAM_SERVICE_TIME, http::HeaderValue::from(ms)));
+    super::headers::insert_response(
+        resp,
+        [Some((http::header::SERVER, super::ISTIO_ENVOY)), service_time],
+        ctx.edits(),
+    );
+    if let Some(cookie) = ctx.set_cookie.take() {
+        resp.append_header("set-cookie", cookie)?;
+    }
+    Ok(())
+}
+
+/// The upstream connection goes back to this worker's pool when its response is complete.
+async fn release(connector: Arc<Connector>, upstream: UpstreamSession, peer: pingora_core::upstreams::peer::HttpPeer) {
+    connector.release_http_session(upstream, &peer, Some(UPSTREAM_IDLE_TIMEOUT)).await;
+}
+
+async fn answer(session: &mut ServerSession, ctx: &mut Ctx, mut reply: LocalReply) -> Result<()> {
+    reply.headers.extend(ctx.cors_headers());
+    (ctx.flags, ctx.local_code) = (reply.flags, Some(reply.code));
+    reply.send_to(session).await.map_err(|e| e.into_down())
+}
+
+/// Metrics and access log, from one exchange record (as `logging` on Pingora's path).
+fn log(proxy: &MeshProxy, session: &ServerSession, ctx: &Ctx) {
+    let exchange = Exchange {
+        duration: ctx.start.elapsed(),
+        head: Some(session.req_header()),
+        port: proxy.port,
+        tls: proxy.tls_server.is_some(),
+        sni: None,
+        code: session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0),
+        flags: Flags { outcome: ctx.flags, delay_injected: false, retry_limit_exceeded: false },
+        details: None,
+        route_name: ctx.route.as_deref().map(crate::compiled::Route::log_name),
+        cluster: ctx.cluster.as_deref(),
+        endpoint: ctx.endpoint,
+        bytes_received: session.body_bytes_read() as u64,
+        bytes_sent: session.body_bytes_sent() as u64,
+        upstream_service_time: ctx.upstream_time_ms,
+        generated_id: ctx.generated_id.as_ref(),
+        no_forwarded_for: ctx.no_forwarded_for,
+        downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
+    };
+    proxy.shared.metrics.record(&exchange);
+    proxy.shared.access_log.log(&exchange);
+}

@@ -1,0 +1,74 @@
+//! The prototype of meshgate's own request loop (`--request-loop own`, issue 19 item 8):
+//! the same routing, headers and telemetry as Pingora's path for what it has, one deadline
+//! over the whole exchange for a route `timeout`, and 501 for what it does not have yet.
+
+mod common;
+
+use common::*;
+use meshgate_e2e::prelude::*;
+use std::time::Instant;
+
+async fn own_loop(http: &str) -> (Upstream, ConfigDir, GatewayProcess) {
+    let (up, cfg) = app_behind_gateway().await;
+    cfg.write(
+        "vs.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [\"istio-system/gw\"]\n  http:\n{http}"
+        ),
+    )
+    .unwrap();
+    let gw = GatewayProcess::builder()
+        .config(cfg.path())
+        .port(80)
+        .args(["--request-loop", "own"])
+        .start()
+        .await
+        .expect("gateway starts");
+    (up, cfg, gw)
+}
+
+#[tokio::test]
+async fn the_own_loop_proxies_with_the_same_headers_and_telemetry() {
+    let http = r#"  - match: [{uri: {prefix: /slow}}]
+    timeout: 0.5s
+    route: [{destination: {host: app}}]
+  - match: [{uri: {prefix: /faulty}}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    route: [{destination: {host: app}}]
+  - match: [{uri: {prefix: /app}}]
+    headers: {request: {set: {x-edited: "yes"}}, response: {set: {cache-control: no-store}}}
+    route: [{destination: {host: app}}]
+"#;
+    let (up, _cfg, gw) = own_loop(http).await;
+    let at = gw.addr(80);
+    let client = HttpClient::pooled();
+    for i in 0..5 {
+        let r = client.post(at, &format!("/app/{i}")).body(pattern_bytes(100_000)).send().await.unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!((r.header("server"), r.header("cache-control")), (Some("istio-envoy"), Some("no-store")));
+        assert!(r.header("x-envoy-upstream-service-time").is_some());
+        let e = r.echo().unwrap();
+        assert_eq!(e.body.len(), 100_000);
+        for h in ["x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
+            assert!(e.headers.contains_key(h), "{h}: {:?}", e.headers);
+        }
+        assert_eq!(e.headers.get("x-edited").map(String::as_str), Some("yes"));
+    }
+    assert!(up.connections() <= 2, "upstream connections are pooled: {}", up.connections());
+    assert_eq!(get(at, "/none").send().await.unwrap().status, StatusCode::NOT_FOUND, "no route: 404 NR");
+
+    // One deadline over the exchange: 504 UT at about the route's 0.5 s.
+    let t0 = Instant::now();
+    let r = get(at, "/slow/delay/3000").send().await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (504, "upstream request timeout"));
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(2500), "{took:?}");
+
+    // What the prototype lacks is refused, not ignored.
+    assert_eq!(get(at, "/faulty").send().await.unwrap().status.as_u16(), 501);
+
+    let text = wait_metric(&gw, "istio_requests_total", &[("response_code", "504")], 1.0).await;
+    assert!(text.contains("response_flags=\"UT\""), "the timeout is counted with UT");
+    let line = gw.wait_for_log(|l| l.contains("/slow/delay/3000"), Duration::from_secs(5)).await.unwrap();
+    assert!(line.contains("\"response_flags\":\"UT\""), "{line}");
+}
