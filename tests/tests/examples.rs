@@ -11,55 +11,11 @@
 //! Build the gateway first: `cargo build -p gateway`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
-use meshgate_e2e::manifest::{load_objects, upstream_specs};
+mod common;
+
+use common::examples::{assert_analyze_clean, example, start_gateway, start_upstreams};
 use meshgate_e2e::prelude::*;
-
-/// `examples/NAME` of this workspace.
-fn example(name: &str) -> PathBuf {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples")).join(name)
-}
-
-/// `gateway analyze` must accept the files (exit 0: no errors).
-fn assert_analyze_clean(paths: &[&Path]) {
-    let (code, stdout, stderr) = run_analyze(paths);
-    assert_eq!(code, 0, "gateway analyze {paths:?} failed:\n{stdout}{stderr}");
-}
-
-/// One echo upstream per Pod container port in `dir`, bound where the Pod
-/// says it runs.
-async fn start_upstreams(dir: &Path) -> Vec<Upstream> {
-    let objects = load_objects(&[dir.to_path_buf()]).expect("example manifests load");
-    let specs = upstream_specs(&objects);
-    assert!(!specs.is_empty(), "{} declares no pods", dir.display());
-    let mut running = Vec::with_capacity(specs.len());
-    for spec in specs {
-        let mut b = Upstream::new(spec.service.clone()).version(spec.version.clone()).bind(spec.addr);
-        if let Some(pod) = &spec.pod {
-            b = b.pod(pod.clone());
-        }
-        let up = b.try_start().await.unwrap_or_else(|e| {
-            panic!(
-                "cannot bind {} for pod {:?} of {}: {e} (is `examples/run.sh` or `upstreams` running this example?)",
-                spec.addr,
-                spec.pod,
-                dir.display()
-            )
-        });
-        running.push(up);
-    }
-    running
-}
-
-/// The gateway serving `configs`, Gateway port 80 on a free loopback port.
-async fn start_gateway(configs: &[&Path]) -> GatewayProcess {
-    let mut b = GatewayProcess::builder().port(80);
-    for c in configs {
-        b = b.config(c);
-    }
-    b.start().await.expect("gateway starts and becomes ready")
-}
 
 /// The upstream answering at `addr`.
 fn at<'a>(ups: &'a [Upstream], addr: &str) -> &'a Upstream {

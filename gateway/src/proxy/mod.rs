@@ -45,6 +45,7 @@ use crate::trace::Tracer;
 use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue};
 use local_reply::LocalReply;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result, RetryType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -141,6 +142,36 @@ impl Ctx {
         match (self.cors_origin.take(), self.route.as_ref().and_then(|r| r.cors())) {
             (Some(origin), Some(cors)) => cors.response_headers(origin).collect(),
             _ => Vec::new(),
+        }
+    }
+
+    /// The request's record for metrics, the access log and the span.
+    fn exchange<'a>(&'a self, proxy: &MeshProxy, session: &'a ServerSession) -> Exchange<'a> {
+        Exchange {
+            duration: self.start.elapsed(),
+            head: Some(session.req_header()),
+            port: proxy.port,
+            tls: proxy.tls_server.is_some(),
+            sni: None,
+            code: session.response_written().map(|r| r.status.as_u16()).or(self.local_code).unwrap_or(0),
+            flags: Flags {
+                outcome: self.flags,
+                delay_injected: self.delay_injected,
+                retry_limit_exceeded: self.tries.exhausted,
+            },
+            details: match self.flags {
+                ResponseFlag::UnenforcedPolicy => self.runtime.as_ref().and_then(|r| r.deny.as_deref()),
+                _ => None,
+            },
+            route_name: self.route.as_deref().map(Route::log_name),
+            cluster: self.cluster.as_deref(),
+            endpoint: self.endpoint,
+            bytes_received: session.body_bytes_read() as u64,
+            bytes_sent: session.body_bytes_sent() as u64,
+            upstream_service_time: self.upstream_time_ms,
+            generated_id: self.generated_id.as_ref(),
+            no_forwarded_for: self.no_forwarded_for,
+            downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
         }
     }
 
@@ -542,32 +573,7 @@ impl ProxyHttp for MeshProxy {
     /// Metrics, access log and span, from one exchange record; the LB guard in `ctx` is
     /// released when ctx drops after this.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<Ctx>) {
-        let exchange = Exchange {
-            duration: ctx.start.elapsed(),
-            head: Some(session.req_header()),
-            port: self.port,
-            tls: self.tls_server.is_some(),
-            sni: None,
-            code: session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0),
-            flags: Flags {
-                outcome: ctx.flags,
-                delay_injected: ctx.delay_injected,
-                retry_limit_exceeded: ctx.tries.exhausted,
-            },
-            details: match ctx.flags {
-                ResponseFlag::UnenforcedPolicy => ctx.runtime.as_ref().and_then(|r| r.deny.as_deref()),
-                _ => None,
-            },
-            route_name: ctx.route.as_deref().map(Route::log_name),
-            cluster: ctx.cluster.as_deref(),
-            endpoint: ctx.endpoint,
-            bytes_received: session.body_bytes_read() as u64,
-            bytes_sent: session.body_bytes_sent() as u64,
-            upstream_service_time: ctx.upstream_time_ms,
-            generated_id: ctx.generated_id.as_ref(),
-            no_forwarded_for: ctx.no_forwarded_for,
-            downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
-        };
+        let exchange = ctx.exchange(self, session.as_downstream());
         self.shared.metrics.record(&exchange);
         // A retried request ends as Envoy's retry_limit_exceeded or retry_success.
         let retried = ctx.tries.exhausted || (ctx.tries.started() > 1 && ctx.flags == ResponseFlag::None);

@@ -19,8 +19,7 @@
 
 use super::local_reply::LocalReply;
 use super::{decide, peer_for, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
-use crate::response_flag::{Flags, ResponseFlag};
-use crate::telemetry::Exchange;
+use crate::response_flag::ResponseFlag;
 use bytes::Bytes;
 use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
 use pingora_core::connectors::http::v1::Connector;
@@ -221,25 +220,7 @@ async fn answer(session: &mut ServerSession, ctx: &mut Ctx, mut reply: LocalRepl
 
 /// Metrics and access log, from one exchange record (as `logging` on Pingora's path).
 fn log(proxy: &MeshProxy, session: &ServerSession, ctx: &Ctx) {
-    let exchange = Exchange {
-        duration: ctx.start.elapsed(),
-        head: Some(session.req_header()),
-        port: proxy.port,
-        tls: proxy.tls_server.is_some(),
-        sni: None,
-        code: session.response_written().map(|r| r.status.as_u16()).or(ctx.local_code).unwrap_or(0),
-        flags: Flags { outcome: ctx.flags, delay_injected: false, retry_limit_exceeded: false },
-        details: None,
-        route_name: ctx.route.as_deref().map(crate::compiled::Route::log_name),
-        cluster: ctx.cluster.as_deref(),
-        endpoint: ctx.endpoint,
-        bytes_received: session.body_bytes_read() as u64,
-        bytes_sent: session.body_bytes_sent() as u64,
-        upstream_service_time: ctx.upstream_time_ms,
-        generated_id: ctx.generated_id.as_ref(),
-        no_forwarded_for: ctx.no_forwarded_for,
-        downstream: session.client_addr().and_then(|a| a.as_inet()).copied(),
-    };
+    let exchange = ctx.exchange(proxy, session);
     proxy.shared.metrics.record(&exchange);
     proxy.shared.access_log.log(&exchange);
 }

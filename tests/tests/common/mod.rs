@@ -3,6 +3,8 @@
 
 use meshgate_e2e::prelude::*;
 
+pub mod examples;
+
 /// A Gateway in istio-system selecting the default ingress gateway labels.
 pub fn gateway(name: &str, port: u16, hosts: &[&str]) -> String {
     let hosts: String = hosts.iter().map(|h| format!("\n    - \"{h}\"")).collect();
