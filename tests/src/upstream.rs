@@ -628,13 +628,12 @@ async fn handle(
         rec.push(echo.clone());
     }
 
-    if grpc {
-        return grpc_response(&echo, shared);
-    }
-
     let directives = parse_directives(parts.uri.path());
     if let Some(delay) = directives.delay {
         tokio::time::sleep(delay).await;
+    }
+    if grpc {
+        return grpc_response(&echo, shared);
     }
     let status = directives.status.unwrap_or(StatusCode::OK);
     let (content_type, payload) = if let Some(n) = directives.bytes {

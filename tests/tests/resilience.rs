@@ -343,3 +343,45 @@ async fn faults_delay_and_abort_before_the_upstream() {
     assert_eq!(reply.grpc_status.as_deref(), Some("14"), "{:?}", reply.headers);
     assert_eq!(get(at, "/grpc").send().await.unwrap().status.as_u16(), 503);
 }
+
+/// A gRPC request's `grpc-timeout` shortens the route's timeout (Istio sets Envoy's
+/// `max_grpc_timeout` to it): 504 in gRPC's form (UNAVAILABLE) at about the header's time.
+#[tokio::test]
+async fn grpc_timeout_header_caps_the_deadline() {
+    let grpc = Upstream::new("greeter").grpc().start().await;
+    let cfg = ConfigDir::new().unwrap();
+    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
+    cfg.write(
+        "svc.yaml",
+        &docs(&[
+            service_named("greeter", "default", "grpc", 50051, 50051),
+            endpoints_for("greeter", "default", Some("grpc"), &[(&grpc, &[][..])]),
+            r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: greeter, namespace: default}
+spec:
+  hosts: ["*"]
+  gateways: ["istio-system/gw"]
+  http:
+  - timeout: 10s
+    route: [{destination: {host: greeter}}]
+"#
+            .to_string(),
+        ]),
+    )
+    .unwrap();
+    let gw = start(&cfg, &[80]).await;
+    let t0 = Instant::now();
+    let r = grpc_request(gw.addr(80), "/delay/3000/helloworld.Greeter/SayHello")
+        .header("grpc-timeout", "300m")
+        .message("hi")
+        .send()
+        .await
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(r.grpc_status.as_deref(), Some("14"), "{r:?}");
+    assert!(took >= Duration::from_millis(280) && took < Duration::from_millis(2500), "{took:?}");
+    // Without the header, the route's 10 s applies: the 300 ms delay is served.
+    let r = grpc_request(gw.addr(80), "/delay/300/helloworld.Greeter/SayHello").message("hi").send().await.unwrap();
+    assert!(r.ok(), "{r:?}");
+}

@@ -150,6 +150,12 @@ fn compile_route(
         definition: r.clone(),
         mirrors,
         cors,
+        direct_body: match &r.action {
+            meshgate_model::snapshot::RouteAction::DirectResponse(d) => {
+                d.body.as_deref().map(bytes::Bytes::copy_from_slice)
+            }
+            _ => None,
+        },
         headers,
         matches: meshgate_model::memory::boxed(matches),
         destinations: Destinations::compile(r.action.destinations(), clusters),

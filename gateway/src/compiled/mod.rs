@@ -117,6 +117,8 @@ pub(crate) struct Route {
     mirrors: Box<[MirrorRuntime]>,
     /// `corsPolicy`, when the route has one.
     cors: Option<Box<cors::CompiledCors>>,
+    /// A `directResponse`'s body, built once: each answer shares it.
+    direct_body: Option<bytes::Bytes>,
     /// `route_name` of access log lines, encoded on first use (see `cluster::Telemetry`).
     log_name: OnceLock<Prepared<RouteName>>,
 }
@@ -189,6 +191,11 @@ impl Route {
     /// The route's `corsPolicy`, when it has one.
     pub(crate) fn cors(&self) -> Option<&cors::CompiledCors> {
         self.cors.as_deref()
+    }
+
+    /// The body of the route's `directResponse` (empty without one).
+    pub(crate) fn direct_body(&self) -> bytes::Bytes {
+        self.direct_body.clone().unwrap_or_default()
     }
 }
 

@@ -155,7 +155,17 @@ impl CompiledRetry {
     /// `grpc-status` only then, and most responses (2xx) are decided by this one test. `grpc`
     /// says the upstream speaks HTTP/2, the only way a gRPC status comes back.
     pub(crate) fn may_retry_status(&self, status: u16, grpc: bool) -> bool {
-        self.retries > 0 && (status >= 400 || (grpc && status == 200 && self.on.0 & GRPC_BITS.0 != 0))
+        self.retries > 0
+            && ((status >= 400 && self.retries_some_status())
+                || (grpc && status == 200 && self.on.0 & GRPC_BITS.0 != 0))
+    }
+
+    /// Whether any HTTP status is retried: Istio's default policy names
+    /// `retriable-status-codes` with no codes, so its error responses need no judgement.
+    fn retries_some_status(&self) -> bool {
+        use RetryOn::*;
+        self.on.any(&[FiveXx, GatewayError, Retriable4xx])
+            || (self.on.any(&[RetriableStatusCodes]) && !self.status_codes.is_empty())
     }
 
     /// The wait before retry `n` (1 for the first): Envoy's fully jittered exponential
@@ -209,7 +219,10 @@ mod tests {
         assert!(p.retries(Failure::Response { status: 200, grpc_status: Some(1) }));
         assert!(!p.retries(Failure::Response { status: 200, grpc_status: Some(13) }));
         assert!(p.may_retry_status(200, true) && !p.may_retry_status(200, false));
-        assert!(p.may_retry_status(503, false) && !CompiledRetry::off().may_retry_status(503, false));
+        // It retries no status: its error responses are not judged at all.
+        assert!(!p.may_retry_status(503, false) && !CompiledRetry::off().may_retry_status(503, false));
+        assert!(policy(&[RetryOn::FiveXx], &[]).may_retry_status(503, false));
+        assert!(policy(&[RetryOn::RetriableStatusCodes], &[418]).may_retry_status(418, false));
     }
 
     #[test]

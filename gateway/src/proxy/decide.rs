@@ -20,7 +20,6 @@ use crate::compiled::headers::CompiledEdits;
 use crate::compiled::matcher::RequestView;
 use crate::compiled::{Route, Runtime};
 use crate::head;
-use bytes::Bytes;
 use meshgate_model::snapshot::{HashKey, RouteAction};
 use pingora_http::RequestHeader;
 use std::net::IpAddr;
@@ -147,10 +146,7 @@ pub(super) fn route<'a>(runtime: &Runtime, request: &Incoming<'a>) -> Result<Rou
                 RequestUrl { scheme: view.scheme, authority, path_and_query: path, server_port: request.port, matched };
             LocalReply::redirect(redirect.code, redirect::location(redirect, &url))
         }
-        RouteAction::DirectResponse(direct) => {
-            let body = direct.body.as_deref().map_or_else(Bytes::new, Bytes::copy_from_slice);
-            LocalReply::direct(direct.status, body)
-        }
+        RouteAction::DirectResponse(direct) => LocalReply::direct(direct.status, route.direct_body()),
     };
     if let (Some(cors), Some(origin)) = (route.cors(), cors_origin) {
         reply.headers.extend(cors.response_headers(origin));

@@ -184,10 +184,10 @@ impl LocalReply {
         }
         let (head, body) = self.response(grpc_content_type(session.req_header()))?;
         session.write_response_header(head, body.is_none()).await?;
-        if let Some(body) = body {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
+        // The end goes down explicitly, also after a headers-only reply: Pingora writes an
+        // HTTP/2 head without its end-of-stream flag, and a stream dropped unended (as after
+        // a failed upstream) is reset, reply and all.
+        session.write_response_body(body, true).await
     }
 
     /// [`send`](Self::send), straight to a downstream session (meshgate's own request loop).

@@ -128,6 +128,9 @@ pub(crate) struct Ctx {
     cors_origin: Option<HeaderValue>,
     /// A gRPC-Web request, translated to gRPC and back.
     grpc_web: Option<Box<grpc_web::GrpcWeb>>,
+    /// The overall deadline's length: the route's `timeout`, or a gRPC request's
+    /// `grpc-timeout` when shorter (Istio sets Envoy's `max_grpc_timeout` to the route timeout).
+    timeout: Option<Duration>,
 }
 
 impl Ctx {
@@ -213,6 +216,7 @@ impl ProxyHttp for MeshProxy {
             mirror: None,
             cors_origin: None,
             grpc_web: None,
+            timeout: None,
         })
     }
 
@@ -287,6 +291,12 @@ impl ProxyHttp for MeshProxy {
         match decision {
             Ok(()) => {
                 ctx.grpc_web = grpc_web::GrpcWeb::detect(session.req_header()).map(Box::new);
+                ctx.timeout = ctx.route.as_ref().and_then(|r| r.timeout());
+                if session.req_header().method == http::Method::POST {
+                    if let Some(grpc) = request::grpc_timeout(session.req_header()) {
+                        ctx.timeout = Some(ctx.timeout.map_or(grpc, |t| t.min(grpc)));
+                    }
+                }
                 if ctx.route.as_ref().is_some_and(|r| !r.mirrors().is_empty()) {
                     self.start_mirrors(session, ctx)?;
                 }
@@ -319,7 +329,7 @@ impl ProxyHttp for MeshProxy {
     /// (see retry.rs). Each try reads for its per-try timeout or the time the route has left.
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Box<Ctx>) -> Result<Box<HttpPeer>> {
         // Borrowed field by field: no reference count taken per request.
-        let Ctx { route, cluster, endpoint, pick, hash, tries, .. } = &mut **ctx;
+        let Ctx { route, cluster, endpoint, pick, hash, tries, timeout, .. } = &mut **ctx;
         let (Some(route), Some(cluster), Some(i)) = (route.as_ref(), cluster.as_ref(), endpoint.as_mut()) else {
             return Err(Error::explain(ErrorType::InternalError, "no endpoint picked"));
         };
@@ -338,7 +348,7 @@ impl ProxyHttp for MeshProxy {
             self.shared.metrics.upstream_retry(&cluster.definition.name);
         }
         let i = *i;
-        let read_timeout = tries.start(i, Instant::now(), route.timeout(), policy);
+        let read_timeout = tries.start(i, Instant::now(), *timeout, policy);
         let mut peer = peer_for(cluster, i)?;
         peer.options.read_timeout = read_timeout;
         Ok(Box::new(peer))

@@ -102,3 +102,60 @@ mod tests {
         assert_eq!(forwarded_for(None, "0.0.0.0".parse().unwrap()), "0.0.0.0");
     }
 }
+
+/// A gRPC request's `grpc-timeout` (1 to 8 digits and a unit: `H`, `M`, `S`, `m`, `u`, `n`),
+/// or `None` when the request is not gRPC or has none (or an unreadable one, which gRPC
+/// servers ignore too).
+pub(crate) fn grpc_timeout(req: &pingora_http::RequestHeader) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let content_type = req.headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+    // gRPC, not gRPC-Web (whose clients send the header for the browser's own use).
+    if !content_type.starts_with(b"application/grpc") || content_type.starts_with(b"application/grpc-web") {
+        return None;
+    }
+    let value = req.headers.get("grpc-timeout")?.as_bytes();
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n: u64 = std::str::from_utf8(digits).ok()?.parse().ok()?;
+    Some(match unit {
+        b"H" => Duration::from_secs(n * 3600),
+        b"M" => Duration::from_secs(n * 60),
+        b"S" => Duration::from_secs(n),
+        b"m" => Duration::from_millis(n),
+        b"u" => Duration::from_micros(n),
+        b"n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod grpc_timeout_tests {
+    use super::grpc_timeout;
+    use std::time::Duration;
+
+    fn req(content_type: &str, timeout: &str) -> pingora_http::RequestHeader {
+        let mut r = pingora_http::RequestHeader::build("POST", b"/pkg.Svc/Call", None).unwrap();
+        r.insert_header("content-type", content_type).unwrap();
+        r.insert_header("grpc-timeout", timeout).unwrap();
+        r
+    }
+
+    #[test]
+    fn units_and_what_is_not_read() {
+        assert_eq!(grpc_timeout(&req("application/grpc", "250m")), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(&req("application/grpc+proto", "2S")), Some(Duration::from_secs(2)));
+        assert_eq!(grpc_timeout(&req("application/grpc", "1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(&req("application/grpc", "100u")), Some(Duration::from_micros(100)));
+        for (ct, t) in [
+            ("application/grpc", "123456789S"),
+            ("application/grpc", "5x"),
+            ("application/grpc", "S"),
+            ("application/grpc-web", "1S"),
+            ("application/json", "1S"),
+        ] {
+            assert_eq!(grpc_timeout(&req(ct, t)), None, "{ct} {t}");
+        }
+    }
+}
