@@ -150,6 +150,7 @@ spec:
     route: [{destination: {host: reviews}}]
   - delegate: {name: missing}
   - delegate: {name: private, namespace: other}
+  - delegate: {name: root}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -181,6 +182,7 @@ spec:
     for expected in [
         "root HTTP route both must not specify route",
         "delegate VirtualService default/missing not found",
+        "VirtualService default/root has hosts, so it is not a delegate",
         "delegate VirtualService other/private is not exported to namespace \"default\"",
         "delegate virtual service must have no gateways specified",
         "delegate HTTP route cannot contain delegate",

@@ -49,14 +49,14 @@ pub(super) fn expand<'a>(
     }
     let ns = delegate.namespace.as_deref().unwrap_or(root.namespace());
     let Some(target) = ctx.delegates.get(&(ns, &*delegate.name)) else {
-        problems.push(Diagnostic::warning(
-            codes::NOT_FOUND,
-            format!("{field}.delegate"),
-            format!(
-                "delegate VirtualService {ns}/{} not found (or it has hosts); this route is left out",
+        let message = match ctx.with_hosts.contains(&(ns, &*delegate.name)) {
+            true => format!(
+                "VirtualService {ns}/{} has hosts, so it is not a delegate (a delegate has none); this route is left out",
                 delegate.name
             ),
-        ));
+            false => format!("delegate VirtualService {ns}/{} not found; this route is left out", delegate.name),
+        };
+        problems.push(Diagnostic::warning(codes::NOT_FOUND, format!("{field}.delegate"), message));
         return Vec::new();
     };
     if !visibility::visible(&target.spec.export_to, ns, root.namespace()) {

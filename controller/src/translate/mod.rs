@@ -325,9 +325,12 @@ pub fn translate_reusing(
     // Delegates (VirtualServices without hosts) and the ones roots name.
     let mut delegates = HashMap::new();
     let mut delegated = std::collections::HashSet::new();
+    let mut with_hosts = std::collections::HashSet::new();
     for vs in store.virtual_services.values() {
         if vs.spec.hosts.is_empty() {
             delegates.insert((vs.namespace(), vs.meta.name.as_str()), vs);
+        } else {
+            with_hosts.insert((vs.namespace(), vs.meta.name.as_str()));
         }
         for http in vs.spec.http.iter() {
             if let Some(d) = &http.rest().delegate {
@@ -345,6 +348,7 @@ pub fn translate_reusing(
         regexes: Default::default(),
         delegates,
         delegated,
+        with_hosts,
     };
     for vs in virtual_services {
         let key = Arc::as_ptr(&vs.meta) as usize;

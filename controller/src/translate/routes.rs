@@ -51,6 +51,9 @@ pub(super) struct Context<'a> {
     pub delegates: HashMap<(&'a str, &'a str), &'a Resource<VirtualServiceSpec>>,
     /// The delegates some root's route names, as (namespace, name).
     pub delegated: std::collections::HashSet<(String, String)>,
+    /// VirtualServices with hosts, by (namespace, name): named as a delegate, one of these is
+    /// not one (istiod takes only VirtualServices without hosts as delegates).
+    pub with_hosts: std::collections::HashSet<(&'a str, &'a str)>,
 }
 
 /// Outcome of checking each distinct regex (the error message when it is invalid).
