@@ -72,3 +72,29 @@ async fn the_own_loop_proxies_with_the_same_headers_and_telemetry() {
     let line = gw.wait_for_log(|l| l.contains("/slow/delay/3000"), Duration::from_secs(5)).await.unwrap();
     assert!(line.contains("\"response_flags\":\"UT\""), "{line}");
 }
+
+/// Between requests the own loop keeps only the stream; pipelined requests (read together
+/// with the one before) are still answered in order.
+#[tokio::test]
+async fn the_own_loop_keeps_pipelined_requests_in_order() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _cfg, gw) = own_loop("  - route: [{destination: {host: app}}]\n").await;
+    let mut conn = tokio::net::TcpStream::connect(gw.addr(80)).await.unwrap();
+    conn.write_all(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\nGET /second HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !(String::from_utf8_lossy(&seen).matches("HTTP/1.1 200").count() == 2
+        && String::from_utf8_lossy(&seen).contains("/second\""))
+    {
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await.expect("responses").unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.find("/first\"").unwrap() < text.find("/second\"").unwrap(), "{text}");
+    // The connection stays usable for a third request after the pipelined pair.
+    conn.write_all(b"GET /third HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+    let n = conn.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).contains("200"), "{}", String::from_utf8_lossy(&buf[..n]));
+    assert_eq!(up.hits(), 3);
+}

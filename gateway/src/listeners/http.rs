@@ -74,7 +74,10 @@ impl ConnectionHandler for HttpHandler {
         if h2c {
             self.proxy.process_new(Box::new(stream), shutdown).await;
         } else {
-            serve_h1(&self.proxy, self.own.as_ref(), Box::new(stream), shutdown, &self.edge).await;
+            match &self.own {
+                Some(own) => serve_h1_own(own, Box::new(stream), shutdown, &self.edge).await,
+                None => serve_h1(&self.proxy, Box::new(stream), shutdown, &self.edge).await,
+            }
         }
     }
 
@@ -88,23 +91,17 @@ pub(crate) async fn serve_tls(proxy: &Arc<Proxy>, stream: Stream, shutdown: &Shu
     if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         proxy.process_new(stream, shutdown).await;
     } else {
-        serve_h1(proxy, None, stream, shutdown, edge).await;
+        serve_h1(proxy, stream, shutdown, edge).await;
     }
 }
 
 /// HTTP/1 requests on one connection, one session after another, as Pingora's own loop runs
 /// them, with the connection behind a [`Guarded`] stream.
-async fn serve_h1(proxy: &Arc<Proxy>, own: Option<&MeshProxy>, stream: Stream, shutdown: &ShutdownWatch, edge: &Edge) {
+async fn serve_h1(proxy: &Arc<Proxy>, stream: Stream, shutdown: &ShutdownWatch, edge: &Edge) {
     let stream: Stream = Box::new(Guarded::new(stream, edge.head, edge.counters.clone()));
     let mut session = ServerSession::new_http1(stream);
     configure(&mut session, shutdown, edge);
-    let serve = |session| async move {
-        match own {
-            Some(own) => crate::proxy::own_loop::serve(own, session).await,
-            None => proxy.process_new_http(session, shutdown).await,
-        }
-    };
-    let mut result = serve(session).await;
+    let mut result = proxy.process_new_http(session, shutdown).await;
     while let Some((stream, settings)) = result.map(|r| r.consume()) {
         if let Some(phase) = phase_of(&stream) {
             phase.idle();
@@ -114,7 +111,43 @@ async fn serve_h1(proxy: &Arc<Proxy>, own: Option<&MeshProxy>, stream: Stream, s
             settings.apply_to_session(&mut session);
         }
         configure(&mut session, shutdown, edge);
-        result = serve(session).await;
+        result = proxy.process_new_http(session, shutdown).await;
+    }
+}
+
+/// `--request-loop own`: HTTP/1 requests through meshgate's own loop (a prototype). Between
+/// requests only the stream is kept: the next request's first bytes are read into a small
+/// buffer before a session (with its 4 KiB read buffer) exists, and each request's future is
+/// boxed, so an idle keep-alive connection holds neither (Pingora's loop keeps ~17 KiB of
+/// both per idle connection; docs/benchmarks.md, "Per idle connection").
+async fn serve_h1_own(own: &MeshProxy, stream: Stream, shutdown: &ShutdownWatch, edge: &Edge) {
+    use tokio::io::AsyncReadExt;
+    let mut stream: Stream = Box::new(Guarded::new(stream, edge.head, edge.counters.clone()));
+    let mut prefix: Option<bytes::BytesMut> = None;
+    let mut shutdown = shutdown.clone();
+    loop {
+        if prefix.is_none() {
+            let mut first = [0u8; 256];
+            let read = tokio::select! {
+                read = stream.read(&mut first) => read,
+                // Draining: a connection waiting for its next request closes now.
+                _ = shutdown.wait_for(|draining| *draining) => return,
+            };
+            match read {
+                Ok(n) if n > 0 => prefix = Some(bytes::BytesMut::from(&first[..n])),
+                _ => return,
+            }
+        }
+        let mut session = ServerSession::new_http1(stream);
+        configure(&mut session, &shutdown, edge);
+        if let Some(prefix) = prefix.take() {
+            session.set_pipelined_prefix(prefix);
+        }
+        let Some((next, pipelined)) = Box::pin(crate::proxy::own_loop::serve(own, session)).await else { return };
+        if let Some(phase) = phase_of(&next) {
+            phase.idle();
+        }
+        (stream, prefix) = (next, pipelined);
     }
 }
 

@@ -20,11 +20,11 @@
 use super::local_reply::LocalReply;
 use super::{decide, peer_for, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
 use crate::response_flag::ResponseFlag;
-use bytes::Bytes;
-use pingora_core::apps::{HttpPersistentSettings, ReusedHttpStream};
+use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::v1::Connector;
 use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_proxy::ProxyHttp;
 use std::sync::Arc;
@@ -36,8 +36,8 @@ thread_local! {
 }
 
 /// Serves one request of `session` (HTTP/1), returning the connection when it can carry the
-/// next one.
-pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Option<ReusedHttpStream> {
+/// next one, with the bytes of a pipelined next request already read.
+pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Option<(Stream, Option<BytesMut>)> {
     match session.read_request().await {
         Ok(true) => {}
         // Closed, or a head Pingora's parser refused: the connection ends.
@@ -59,9 +59,8 @@ pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Opti
         session.set_keepalive(None);
     }
     log(proxy, &session, &ctx);
-    let settings = HttpPersistentSettings::for_session(&session);
     match session.finish().await {
-        Ok(Some(reusable)) => Some(ReusedHttpStream::from_reusable_stream(reusable, settings)),
+        Ok(Some(reusable)) => Some(reusable.into_parts()),
         _ => None,
     }
 }
