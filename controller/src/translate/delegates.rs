@@ -75,7 +75,10 @@ pub(super) fn expand<'a>(
     let nested: Vec<usize> =
         target.spec.http.iter().enumerate().filter(|(_, h)| h.rest().delegate.is_some()).map(|(j, _)| j).collect();
     let usable: Vec<HttpRoute> = target.spec.http.iter().filter(|h| h.rest().delegate.is_none()).cloned().collect();
-    let (merged, conflicts) = merge_routes(http, &usable);
+    // The root's match gateways are the root's short names: written out before the merge, as
+    // istiod resolves each VirtualService's short names in its own namespace first.
+    let root_route = with_gateways_resolved(http, root.namespace());
+    let (merged, conflicts) = merge_routes(&root_route, &usable);
     // Indexes into the delegate's own list, for the field paths.
     let original: Vec<usize> = (0..target.spec.http.len()).filter(|j| !nested.contains(j)).collect();
     for j in conflicts {
@@ -95,6 +98,19 @@ pub(super) fn expand<'a>(
             (Cow::Owned(route), format!("{base}.http[{j}]"), target.namespace())
         })
         .collect()
+}
+
+/// `http` with its match blocks' `gateways` written as `namespace/name`.
+fn with_gateways_resolved(http: &HttpRoute, namespace: &str) -> HttpRoute {
+    let mut out = http.clone();
+    for m in &mut out.matches {
+        if let Some(more) = m.more.as_deref_mut() {
+            for g in &mut more.gateways {
+                *g = super::routes::gateway_key(g, namespace);
+            }
+        }
+    }
+    out
 }
 
 /// Istio's checks of a delegate VirtualService (one without hosts), and a warning when no
@@ -323,6 +339,13 @@ mod tests {
         let (_, last) = &merged[1];
         assert_eq!(last.matches[0].uri.as_ref().unwrap().prefix.as_deref(), Some("/reviews"));
         assert_eq!((last.name.as_deref(), last.timeout.as_deref()), (Some("reviews"), Some("1s")));
+    }
+
+    #[test]
+    fn the_roots_match_gateways_keep_the_roots_namespace() {
+        let root = &routes("[{match: [{uri: {prefix: /a}, gateways: [gw, other/gw2]}]}]")[0];
+        let resolved = with_gateways_resolved(root, "team-a");
+        assert_eq!(resolved.matches[0].more().gateways, ["team-a/gw", "other/gw2"]);
     }
 
     #[test]

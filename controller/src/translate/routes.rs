@@ -227,7 +227,7 @@ pub(super) fn translate_virtual_service(
     out
 }
 
-fn gateway_key(reference: &str, namespace: &str) -> String {
+pub(super) fn gateway_key(reference: &str, namespace: &str) -> String {
     match reference.split_once('/') {
         Some((ns, name)) => format!("{ns}/{name}"),
         None => format!("{namespace}/{reference}"),
