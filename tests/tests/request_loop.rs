@@ -98,3 +98,37 @@ async fn the_own_loop_keeps_pipelined_requests_in_order() {
     assert!(String::from_utf8_lossy(&buf[..n]).contains("200"), "{}", String::from_utf8_lossy(&buf[..n]));
     assert_eq!(up.hits(), 3);
 }
+
+/// Istio's default retries in the own loop: a refused connect goes to another endpoint.
+#[tokio::test]
+async fn the_own_loop_retries_refused_connects_elsewhere() {
+    let up = Upstream::new("app").start().await;
+    let cfg = ConfigDir::new().unwrap();
+    cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
+    let eps: Vec<(SocketAddr, &[(&str, &str)])> =
+        vec![(up.addr(), &[][..]), (free_addr(), &[][..]), (free_addr(), &[][..])];
+    cfg.write(
+        "app.yaml",
+        &docs(&[
+            service_named("app", "default", "http", 9080, 9080),
+            endpoints_for("app", "default", Some("http"), &eps),
+        ]),
+    )
+    .unwrap();
+    cfg.write("vs.yaml", &app_route(None)).unwrap();
+    let gw = GatewayProcess::builder()
+        .config(cfg.path())
+        .port(80)
+        .args(["--request-loop", "own"])
+        .start()
+        .await
+        .expect("gateway starts");
+    for i in 0..30 {
+        let r = get(gw.addr(80), &format!("/r/{i}")).send().await.unwrap();
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());
+    }
+    assert_eq!(up.hits(), 30);
+    let cluster = [("cluster_name", "outbound|9080||app.default.svc.cluster.local")];
+    let text = wait_metric(&gw, "meshgate_upstream_rq_retry_success_total", &cluster, 1.0).await;
+    assert!(metric_value(&text, "meshgate_upstream_rq_retry_total", &cluster).unwrap_or(0.0) >= 10.0, "{text}");
+}

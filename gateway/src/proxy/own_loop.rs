@@ -12,13 +12,14 @@
 //! What it does not do yet, and answers 501 for instead of doing differently (a setting it
 //! cannot honour must not be ignored): `fault`, mirrors, `corsPolicy`, a retry policy of the
 //! route's own, HTTP/2 or gRPC upstreams, gRPC-Web. The route `timeout` is one deadline over
-//! the whole upstream exchange, as Envoy's. It makes no retries
-//! (not even Istio's default ones), sends the request body before reading the response, and
-//! leaves tracing out. docs/architecture.md, "Request loop", has the measurements and the
+//! the whole upstream exchange, as Envoy's; Istio's default retries (a refused connect, on
+//! another endpoint, after Envoy's backoff) are made. It retries nothing after the request
+//! went out, sends the request body before reading the response, and leaves tracing out. docs/architecture.md, "Request loop", has the measurements and the
 //! decision.
 
 use super::local_reply::LocalReply;
-use super::{decide, peer_for, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
+use super::{decide, peer_for, retry, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
+use crate::compiled::retry_policy::Failure;
 use crate::response_flag::ResponseFlag;
 use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::v1::Connector;
@@ -104,6 +105,7 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
     };
     ctx.endpoint = Some(decision.pick.index());
     let cluster = decision.cluster.clone();
+    ctx.hash = decision.hash;
     (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie, ctx.rewrite, ctx.destination_headers) = (
         Some(decision.route),
         Some(decision.cluster),
@@ -129,10 +131,15 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
     // The route timeout: one deadline over the whole upstream exchange, body included, the
     // way Envoy's is (Pingora's hooks only give per-read timeouts; compatibility.md §12).
     match ctx.route.as_ref().and_then(|r| r.timeout()) {
-        None => forward(session, ctx, &cluster, head).await,
+        None => forward(&proxy.shared.metrics, session, ctx, &cluster, head).await,
         // Boxed: the exchange's future is large, and the timer would move it whole (a 29k
         // instructions memcpy per request when measured inline).
-        Some(limit) => match pingora_timeout::timeout(limit, Box::pin(forward(session, ctx, &cluster, head))).await {
+        Some(limit) => match pingora_timeout::timeout(
+            limit,
+            Box::pin(forward(&proxy.shared.metrics, session, ctx, &cluster, head)),
+        )
+        .await
+        {
             Ok(done) => done,
             Err(_) => Err(super::route_timeout()),
         },
@@ -141,17 +148,14 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
 
 /// The upstream exchange: connect (or reuse), request head and body, response head and body.
 async fn forward(
+    metrics: &crate::telemetry::metrics::Metrics,
     session: &mut ServerSession,
     ctx: &mut Ctx,
     cluster: &crate::compiled::cluster::ClusterRuntime,
     head: Box<pingora_http::RequestHeader>,
 ) -> Result<()> {
-    let peer = peer_for(cluster, ctx.endpoint.unwrap_or_default())?;
     let connector = CONNECTOR.with(Arc::clone);
-    let (mut upstream, _reused) = connector.get_http_session(&peer).await.map_err(|e| {
-        ctx.flags = ResponseFlag::UpstreamConnectionFailure;
-        e.into_up()
-    })?;
+    let (mut upstream, peer) = connect(&connector, metrics, ctx, cluster).await?;
     let started = Instant::now();
     upstream.write_request_header(head).await.map_err(|e| e.into_up())?;
     while let Some(chunk) = session.read_request_body().await.map_err(|e| e.into_down())? {
@@ -171,6 +175,41 @@ async fn forward(
     session.write_response_body(Bytes::new(), true).await.map_err(|e| e.into_down())?;
     release(connector, upstream, peer).await;
     Ok(())
+}
+
+/// A connection to the picked endpoint; a refused connect is retried on another endpoint as
+/// the route's policy says (Istio's default: twice, on `connect-failure`), after Envoy's
+/// backoff. Nothing was sent yet, so every connect failure can be retried.
+async fn connect(
+    connector: &Connector,
+    metrics: &crate::telemetry::metrics::Metrics,
+    ctx: &mut Ctx,
+    cluster: &crate::compiled::cluster::ClusterRuntime,
+) -> Result<(UpstreamSession, pingora_core::upstreams::peer::HttpPeer)> {
+    let Some(route) = ctx.route.clone() else { return Err(Error::explain(ErrorType::InternalError, "no route")) };
+    let policy = route.retry_policy();
+    loop {
+        let i = ctx.endpoint.unwrap_or_default();
+        ctx.tries.start(i, Instant::now(), None, policy);
+        let peer = peer_for(cluster, i)?;
+        match connector.get_http_session(&peer).await {
+            Ok((session, _reused)) => return Ok((session, peer)),
+            Err(e) => {
+                ctx.flags = ResponseFlag::UpstreamConnectionFailure;
+                let now = Instant::now();
+                if ctx.tries.judge(policy, Failure::Connect, true, now) != retry::Verdict::Retry {
+                    return Err(e.into_up());
+                }
+                tokio::time::sleep(policy.backoff(ctx.tries.started())).await;
+                if let Some(pick) = ctx.tries.pick(&cluster.balancer, ctx.hash, i, policy) {
+                    ctx.endpoint = Some(pick.index());
+                    ctx.pick = Some(pick);
+                }
+                ctx.flags = ResponseFlag::None;
+                metrics.upstream_retry(&cluster.definition.name);
+            }
+        }
+    }
 }
 
 const UNSUPPORTED_H2: &[u8] = b"the prototype request loop has no HTTP/2 upstreams (--request-loop pingora)";
@@ -221,5 +260,9 @@ async fn answer(session: &mut ServerSession, ctx: &mut Ctx, mut reply: LocalRepl
 fn log(proxy: &MeshProxy, session: &ServerSession, ctx: &Ctx) {
     let exchange = ctx.exchange(proxy, session);
     proxy.shared.metrics.record(&exchange);
+    let retried = ctx.tries.exhausted || (ctx.tries.started() > 1 && ctx.flags == ResponseFlag::None);
+    if let (Some(cluster), true) = (&ctx.cluster, retried) {
+        proxy.shared.metrics.retried_request_done(&cluster.definition.name, ctx.tries.exhausted);
+    }
     proxy.shared.access_log.log(&exchange);
 }
