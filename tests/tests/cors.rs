@@ -42,13 +42,7 @@ const HTTP: &str = r#"  - match: [{uri: {prefix: /api}}]
 
 async fn setup() -> (Upstream, ConfigDir, GatewayProcess) {
     let (up, cfg) = app_behind_gateway().await;
-    cfg.write(
-        "vs.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [\"istio-system/gw\"]\n  http:\n{HTTP}"
-        ),
-    )
-    .unwrap();
+    cfg.write("vs.yaml", &app_vs(HTTP)).unwrap();
     let gw = start(&cfg, &[80]).await;
     (up, cfg, gw)
 }

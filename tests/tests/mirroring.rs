@@ -25,13 +25,7 @@ async fn setup(app: &Upstream, shadow_eps: &[SocketAddr], http: &str, args: &[&s
         ]),
     )
     .unwrap();
-    cfg.write(
-        "vs.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [\"istio-system/gw\"]\n  http:\n{http}"
-        ),
-    )
-    .unwrap();
+    cfg.write("vs.yaml", &app_vs(http)).unwrap();
     let gw = GatewayProcess::builder().config(cfg.path()).port(80).args(args).start().await.expect("gateway starts");
     (cfg, gw)
 }

@@ -8,22 +8,21 @@ use common::*;
 use meshgate_e2e::prelude::*;
 use std::time::Instant;
 
-async fn own_loop(http: &str) -> (Upstream, ConfigDir, GatewayProcess) {
-    let (up, cfg) = app_behind_gateway().await;
-    cfg.write(
-        "vs.yaml",
-        &format!(
-            "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [\"istio-system/gw\"]\n  http:\n{http}"
-        ),
-    )
-    .unwrap();
-    let gw = GatewayProcess::builder()
+/// The gateway on `cfg`, port 80, with `--request-loop own`.
+async fn start_own(cfg: &ConfigDir) -> GatewayProcess {
+    GatewayProcess::builder()
         .config(cfg.path())
         .port(80)
         .args(["--request-loop", "own"])
         .start()
         .await
-        .expect("gateway starts");
+        .expect("gateway starts")
+}
+
+async fn own_loop(http: &str) -> (Upstream, ConfigDir, GatewayProcess) {
+    let (up, cfg) = app_behind_gateway().await;
+    cfg.write("vs.yaml", &app_vs(http)).unwrap();
+    let gw = start_own(&cfg).await;
     (up, cfg, gw)
 }
 
@@ -116,13 +115,7 @@ async fn the_own_loop_retries_refused_connects_elsewhere() {
     )
     .unwrap();
     cfg.write("vs.yaml", &app_route(None)).unwrap();
-    let gw = GatewayProcess::builder()
-        .config(cfg.path())
-        .port(80)
-        .args(["--request-loop", "own"])
-        .start()
-        .await
-        .expect("gateway starts");
+    let gw = start_own(&cfg).await;
     for i in 0..30 {
         let r = get(gw.addr(80), &format!("/r/{i}")).send().await.unwrap();
         assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.text());

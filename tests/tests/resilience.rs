@@ -12,13 +12,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLUSTER: &str = "outbound|9080||app.default.svc.cluster.local";
 
-/// A VirtualService on every host sending `http` routes (YAML, indented for `http:`) to `app`.
-fn app_vs(http: &str) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [\"istio-system/gw\"]\n  http:\n{http}"
-    )
-}
-
 /// The gateway on port 80 in front of service `app` backed by `upstreams` and `extra`
 /// endpoints (addresses nothing listens on, or raw servers of a test).
 async fn setup(upstreams: &[&Upstream], extra: &[SocketAddr], http: &str) -> (ConfigDir, GatewayProcess) {

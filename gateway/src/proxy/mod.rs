@@ -140,6 +140,21 @@ impl Ctx {
         [self.destination_headers.as_deref(), self.route.as_ref().and_then(|r| r.headers()).map(|e| &**e)]
     }
 
+    /// Where the decision sends the request: route, cluster, endpoint (its pick held here).
+    fn take(&mut self, d: decide::Decision) {
+        self.endpoint = Some(d.pick.index());
+        (self.route, self.cluster, self.pick, self.hash, self.set_cookie, self.rewrite, self.destination_headers) =
+            (Some(d.route), Some(d.cluster), Some(d.pick), d.hash, d.set_cookie, d.rewrite, d.destination_headers);
+    }
+
+    /// Like Envoy, a request keeps its own id; one without (or with an unreadable one) gets a
+    /// fresh id, which replaces its header upstream.
+    fn request_id(&mut self, req: &RequestHeader) {
+        if req.headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).is_none() {
+            self.generated_id = Some(request::uuid_v4());
+        }
+    }
+
     /// The CORS headers of an allowed origin's response (once: the origin is taken).
     fn cors_headers(&mut self) -> Vec<(HeaderName, HeaderValue)> {
         match (self.cors_origin.take(), self.route.as_ref().and_then(|r| r.cors())) {
@@ -265,16 +280,7 @@ impl ProxyHttp for MeshProxy {
         };
         let decision = match decided {
             Ok(d) => {
-                ctx.endpoint = Some(d.pick.index());
-                (ctx.route, ctx.cluster, ctx.pick, ctx.hash, ctx.set_cookie, ctx.rewrite, ctx.destination_headers) = (
-                    Some(d.route),
-                    Some(d.cluster),
-                    Some(d.pick),
-                    d.hash,
-                    d.set_cookie,
-                    d.rewrite,
-                    d.destination_headers,
-                );
+                ctx.take(d);
                 Ok(())
             }
             Err(refusal) => {
@@ -283,11 +289,7 @@ impl ProxyHttp for MeshProxy {
             }
         };
         ctx.runtime = Some(runtime);
-        // Like Envoy, a request keeps its own id; one without (or with an unreadable one) gets a
-        // fresh id, which replaces its header upstream.
-        if session.req_header().headers.get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).is_none() {
-            ctx.generated_id = Some(request::uuid_v4());
-        }
+        ctx.request_id(session.req_header());
         match decision {
             Ok(()) => {
                 ctx.grpc_web = grpc_web::GrpcWeb::detect(session.req_header()).map(Box::new);

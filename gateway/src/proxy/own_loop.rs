@@ -103,17 +103,8 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
             return answer(session, ctx, refusal.reply).await;
         }
     };
-    ctx.endpoint = Some(decision.pick.index());
     let cluster = decision.cluster.clone();
-    ctx.hash = decision.hash;
-    (ctx.route, ctx.cluster, ctx.pick, ctx.set_cookie, ctx.rewrite, ctx.destination_headers) = (
-        Some(decision.route),
-        Some(decision.cluster),
-        Some(decision.pick),
-        decision.set_cookie,
-        decision.rewrite,
-        decision.destination_headers,
-    );
+    ctx.take(decision);
     ctx.runtime = Some(runtime);
     if cluster.http2 {
         return answer(session, ctx, LocalReply::error(501, ResponseFlag::None, UNSUPPORTED_H2)).await;
@@ -121,9 +112,7 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
     if super::grpc_web::GrpcWeb::detect(session.req_header()).is_some() {
         return answer(session, ctx, LocalReply::error(501, ResponseFlag::None, UNSUPPORTED_GRPC_WEB)).await;
     }
-    if session.req_header().headers.get(&crate::head::X_REQUEST_ID).and_then(|v| v.to_str().ok()).is_none() {
-        ctx.generated_id = Some(super::request::uuid_v4());
-    }
+    ctx.request_id(session.req_header());
 
     let mut head = Box::new(session.req_header().clone());
     let had_forwarded_for = proxy.upstream_head(&mut head, client, ctx)?;

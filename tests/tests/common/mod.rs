@@ -145,6 +145,14 @@ spec:
     )
 }
 
+/// A VirtualService `app` on the `gw` Gateway for every host with the `http` routes given (YAML,
+/// indented for `http:`).
+pub fn app_vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: app, namespace: default}}\nspec:\n  hosts: [\"*\"]\n  gateways: [\"istio-system/gw\"]\n  http:\n{http}"
+    )
+}
+
 /// One upstream `app` behind a Gateway on port 80 for every host, every path routed to it.
 pub async fn app_behind_gateway() -> (Upstream, ConfigDir) {
     let up = Upstream::new("app").start().await;
