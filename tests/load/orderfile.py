@@ -6,18 +6,24 @@ plus the kernel's fault-around neighbours; spread out, ~2.5 MiB of executed code
 of text resident).
 
     python3 tests/load/orderfile.py              # runs target/release/gateway, writes the list
+    python3 tests/load/orderfile.py --replica target/replica/release/gateway   # and the replica's
     python3 tests/load/orderfile.py --check      # how much of the list the current binary has
 
 Each run starts the release gateway under `valgrind --tool=callgrind --demangle=no` (symbol
-names as the linker knows them) behind run.py's upstream nginx, in the one-process mode at its
-defaults (a worker per CPU, HTTP on port 80 and HTTPS on 443 of run.py's config) and drives what
-a serving gateway does: HTTP/1.1 keep-alive and new connections, HTTPS, h2c and h2 over TLS,
-readiness, a metrics scrape, the admin pages and a config change. It runs twice, once per
-request loop (Pingora's and the own loop), the second on run.py's realistic config (10 hosts, 50
-routes: the matchers). The list is the functions that ran while requests were served, hottest
-first, then those that only ran at start-up or on the change, by name. Symbol names carry hashes
-of the build's settings, so the list is remade when dependencies, features or the profile change;
-a stale list only loses the layout (the `--check` figure drops), never behaviour.
+names as the linker knows them) behind run.py's upstream nginx, at its defaults (a worker per
+CPU, HTTP on port 80 and HTTPS on 443) and drives what a serving gateway does, dumping
+callgrind's counts after each phase: start-up, HTTP/1.1 keep-alive and new connections,
+readiness and metrics probes, HTTPS, h2c, h2 over TLS, the admin pages, a config change. The
+runs (RUNS below) cover both request loops, the access log off, to a file and to stdout,
+run.py's one-route and realistic configs (the matchers), and examples/bookinfo with its
+upstreams. With --replica, one more run has the replica build (`cargo build --release -p
+gateway --no-default-features`, the Helm chart's; build it with CARGO_TARGET_DIR=target/replica
+to keep target/release/gateway the default build) take its snapshots from
+target/release/controller: its `gateway` crate's symbols differ from the default build's, so
+the list carries both. The list's groups (GROUPS below) keep each optional path together.
+Symbol names carry hashes of the dependency graph and its features, not of the source, so the
+list is remade when dependencies or features change; a stale list only loses the layout (the
+`--check` figure drops), never behaviour.
 """
 from __future__ import annotations
 
@@ -117,9 +123,11 @@ RUNS = [("pingora-simple", "simple", "off", "pingora"), ("pingora-realistic", "r
         ("own-simple", "simple", "stdout", "own"), ("bookinfo", "bookinfo", "off", "pingora")]
 
 
-def one_run(work: Path, binary: Path, upstream_port: int, config: str, access: str, loop: str) -> dict[str, Path]:
+def one_run(work: Path, binary: Path, upstream_port: int, config: str, access: str, loop: str,
+            controller: Path | None = None) -> dict[str, Path]:
     """Runs the gateway under callgrind through the phases; returns each phase's callgrind file
-    (callgrind_control dumps one at the end of each)."""
+    (callgrind_control dumps one at the end of each). With `controller`, the gateway is a
+    replica taking its snapshots from that controller binary serving the config folder."""
     folder = work / "config"
     realistic = config == "realistic"
     example = None
@@ -133,8 +141,17 @@ def one_run(work: Path, binary: Path, upstream_port: int, config: str, access: s
     out = work / "callgrind.out"
     env = dict(os.environ, RUST_LOG="warn", MESHGATE_REQUEST_LOOP=loop)
     access = {"file": str(work / "access.log")}.get(access, access)
+    source = ["--config", str(folder)]
+    served = None
+    if controller:
+        listen, token = R.free_port(), "orderfile-" + "t" * 16
+        env["MESHGATE_TOKEN"] = token
+        served = subprocess.Popen([str(controller), "--config", str(folder), "--listen", f"127.0.0.1:{listen}",
+                                   "--token", token], stdout=subprocess.DEVNULL, stderr=open(work / "controller.log", "w"),
+                                  env=dict(os.environ, RUST_LOG="warn"))
+        source = ["--controller", f"http://127.0.0.1:{listen}"]
     argv = ["valgrind", "--tool=callgrind", "--demangle=no", "--dump-instr=no", f"--callgrind-out-file={out}",
-            str(binary), "--config", str(folder), "--port-map", f"80=127.0.0.1:{http}",
+            str(binary), *source, "--port-map", f"80=127.0.0.1:{http}",
             "--port-map", f"443=127.0.0.1:{tls}", "--status-addr", f"127.0.0.1:{status}",
             "--metrics-addr", f"127.0.0.1:{metrics}", "--admin-addr", f"127.0.0.1:{admin}",
             "--access-log", access, "--drain-seconds", "1"]
@@ -197,8 +214,9 @@ def one_run(work: Path, binary: Path, upstream_port: int, config: str, access: s
     finally:
         if proc.poll() is None:
             proc.terminate()
-        if example:
-            example.terminate()
+        for helper in (example, served):
+            if helper:
+                helper.terminate()
     return finish(proc, work, out, phases, example)
 
 
@@ -214,18 +232,29 @@ def finish(proc: subprocess.Popen, work: Path, out: Path, phases: list[str], exa
     return dict(zip(phases, dumps))
 
 
+def is_replica(symbols: set[str]) -> bool:
+    """The replica build has no controller crate in it."""
+    return not any("10controller" in sym for sym in symbols)
+
+
 def check(binary: Path) -> int:
-    listed = [s for s in ORDER.read_text().split() if s]
+    text = ORDER.read_text()
+    listed = [line for line in text.splitlines() if line and not line.startswith("#")]
     have = text_symbols(binary)
-    found = sum(1 for s in listed if s in have)
-    print(f"{ORDER.relative_to(R.ROOT)}: {found} of {len(listed)} symbols are in {binary} "
-          f"({100 * found / max(len(listed), 1):.0f} %)")
+    kind = "replica" if is_replica(have) else "default"
+    m = re.search(rf"^# {kind} build: (\d+)", text, re.M)
+    expected = int(m.group(1)) if m else len(listed)
+    found = sum(1 for sym in listed if sym in have)
+    print(f"{ORDER.relative_to(R.ROOT)}: {binary} ({kind} build) has {found} of the {expected} symbols "
+          f"listed for it ({100 * found / max(expected, 1):.0f} %)")
     return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gateway", type=Path, default=RELEASE / "gateway", help="release gateway binary")
+    ap.add_argument("--replica", type=Path, help="also the replica build (`cargo build --release -p gateway "
+                    "--no-default-features`, e.g. with CARGO_TARGET_DIR=target/replica), fed by target/release/controller")
     ap.add_argument("--check", action="store_true", help="only report how much of the list the binary has")
     args = ap.parse_args()
     if args.check:
@@ -236,22 +265,28 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="meshgate-order-"))
     binary = tmp / "gateway"
     shutil.copy2(args.gateway, binary)
+    runs = [(name, config, access, loop, binary, None) for name, config, access, loop in RUNS]
+    if args.replica:
+        shutil.copy2(args.replica, tmp / "replica-gateway")
+        runs.append(("replica", "simple", "off", "pingora", tmp / "replica-gateway", RELEASE / "controller"))
     R.make_certificate(tmp)
     upstream, ports = R.start_upstream(tmp)
     costs: dict[str, dict[str, int]] = {g: {} for g in GROUPS}
     try:
-        for name, config, access, loop in RUNS:
+        for name, config, access, loop, gateway, controller in runs:
             work = tmp / name
             work.mkdir()
             print(f"orderfile.py: {name} under callgrind in {work}", file=sys.stderr)
-            for phase, path in one_run(work, binary, ports["http"], config, access, loop).items():
+            for phase, path in one_run(work, gateway, ports["http"], config, access, loop, controller).items():
                 group = "own-loop" if loop == "own" and phase not in ("start", "change") else phase
                 for fn, c in exclusive_costs(path).items():
                     if c > 0:
                         costs[group][fn] = costs[group].get(fn, 0) + c
     finally:
         upstream.stop()
-    have = text_symbols(binary)
+    default_syms = text_symbols(binary)
+    replica_syms = text_symbols(tmp / "replica-gateway") if args.replica else set()
+    have = default_syms | replica_syms
     placed: set[str] = set()
     order: list[str] = []
     sizes = []
@@ -262,7 +297,12 @@ def main() -> int:
         order += fns
         sizes.append(f"{group} {len(fns)}")
     ORDER.parent.mkdir(parents=True, exist_ok=True)
-    ORDER.write_text("".join(f"{fn}\n" for fn in order))
+    # lld skips lines starting with '#' (lld/Common/Args.cpp, getLines).
+    header = ["# The release gateway's link order (gateway/build.rs), made by tests/load/orderfile.py.",
+              f"# default build: {sum(1 for fn in order if fn in default_syms)}"]
+    if args.replica:
+        header.append(f"# replica build: {sum(1 for fn in order if fn in replica_syms)}")
+    ORDER.write_text("".join(f"{line}\n" for line in header + order))
     print(f"orderfile.py: wrote {ORDER.relative_to(R.ROOT)}: {len(order)} functions ({', '.join(sizes)})")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
