@@ -98,6 +98,34 @@ async fn the_own_loop_keeps_pipelined_requests_in_order() {
     assert_eq!(up.hits(), 3);
 }
 
+/// A head Pingora's parser refuses and a body that breaks its chunked framing get a 400, as on
+/// Pingora's path, and the connection closes cleanly (lingering, not reset) without the next
+/// pipelined request reaching the upstream.
+#[tokio::test]
+async fn the_own_loop_answers_malformed_requests_with_400_and_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, _cfg, gw) = own_loop("  - route: [{destination: {host: app}}]\n").await;
+    let cases: [(&str, &[u8]); 2] = [
+        ("not a request line", b"HELLO\r\n\r\n"),
+        (
+            "a chunk size that is not hex",
+            b"POST /bad HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        ),
+    ];
+    for (what, bytes) in cases {
+        let mut conn = tokio::net::TcpStream::connect(gw.addr(80)).await.unwrap();
+        conn.write_all(bytes).await.unwrap();
+        conn.write_all(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut out)).await.expect(what);
+        let text = String::from_utf8_lossy(&out);
+        assert!(read.is_ok(), "{what}: a clean close, got {read:?} after {text}");
+        assert!(text.starts_with("HTTP/1.1 400"), "{what}: {text}");
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{what}: one answer, then the close: {text}");
+    }
+    assert!(!up.requests().iter().any(|r| r.path == "/after"), "nothing after a malformed request went upstream");
+}
+
 /// Istio's default retries in the own loop: a refused connect goes to another endpoint.
 #[tokio::test]
 async fn the_own_loop_retries_refused_connects_elsewhere() {

@@ -553,22 +553,7 @@ impl ProxyHttp for MeshProxy {
         // than `connection: keep-alive` on a connection about to close. Envoy keeps it open;
         // docs/compatibility.md.
         session.set_keepalive(None);
-        let reply = match e.esource() {
-            _ if e.etype() == &ROUTE_TIMEOUT => Some(LocalReply::route_timeout()),
-            pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, ctx.flags)),
-            pingora_error::ErrorSource::Downstream => match e.etype() {
-                // A body that breaks its framing (Pingora's `InvalidChunk`), or a head Pingora
-                // refused late: 400, as Envoy's codec answers, if nothing went down yet.
-                ErrorType::Custom("InvalidChunk") | ErrorType::InvalidHTTPHeader => Some(LocalReply::bad_request()),
-                // A body that stopped arriving (--body-read-timeout): Envoy's 408.
-                ErrorType::ReadTimedout => Some(LocalReply::request_timeout()),
-                _ => {
-                    ctx.flags = ResponseFlag::DownstreamConnectionTermination;
-                    None
-                }
-            },
-            _ => Some(LocalReply::internal()),
-        };
+        let reply = failure_reply(e, &mut ctx.flags);
         let mut code = 0;
         if let Some(mut reply) = reply {
             reply.headers.extend(ctx.cors_headers());
@@ -696,4 +681,25 @@ type HeaderPair = Option<(HeaderName, HeaderValue)>;
 
 fn invalid_header(e: http::header::InvalidHeaderValue) -> Box<Error> {
     Error::because(ErrorType::InvalidHTTPHeader, "generated header value", e)
+}
+
+/// The local reply to an exchange that failed with `e`, for both request loops; `None` when the
+/// client went away (nothing to answer; `flags` then says so).
+fn failure_reply(e: &Error, flags: &mut ResponseFlag) -> Option<LocalReply> {
+    match e.esource() {
+        _ if e.etype() == &ROUTE_TIMEOUT => Some(LocalReply::route_timeout()),
+        pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, *flags)),
+        pingora_error::ErrorSource::Downstream => match e.etype() {
+            // A body that breaks its framing (Pingora's `InvalidChunk`), or a head Pingora
+            // refused late: 400, as Envoy's codec answers, if nothing went down yet.
+            ErrorType::Custom("InvalidChunk") | ErrorType::InvalidHTTPHeader => Some(LocalReply::bad_request()),
+            // A body that stopped arriving (--body-read-timeout): Envoy's 408.
+            ErrorType::ReadTimedout => Some(LocalReply::request_timeout()),
+            _ => {
+                *flags = ResponseFlag::DownstreamConnectionTermination;
+                None
+            }
+        },
+        _ => Some(LocalReply::internal()),
+    }
 }

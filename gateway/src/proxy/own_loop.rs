@@ -14,8 +14,8 @@
 //! route's own, HTTP/2 or gRPC upstreams, gRPC-Web. The route `timeout` is one deadline over
 //! the whole upstream exchange, as Envoy's; Istio's default retries (a refused connect, on
 //! another endpoint, after Envoy's backoff) are made. It retries nothing after the request
-//! went out, sends the request body before reading the response, and leaves tracing out. docs/architecture.md, "Request loop", has the measurements and the
-//! decision.
+//! went out, sends the request body before reading the response, and leaves tracing out.
+//! docs/architecture.md, "Request loop", has the measurements and the decision.
 
 use super::local_reply::LocalReply;
 use super::{decide, peer_for, retry, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
@@ -41,21 +41,27 @@ thread_local! {
 pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Option<(Stream, Option<BytesMut>)> {
     match session.read_request().await {
         Ok(true) => {}
-        // Closed, or a head Pingora's parser refused: the connection ends.
-        Ok(false) | Err(_) => return None,
+        Ok(false) => return None,
+        // A head Pingora's parser refused gets a 400, as on Pingora's `ProxyHttp` path; then,
+        // as after any failed read (the guard's 408 or 431), the connection closes lingering
+        // (the guard drains what the client still sends, so the reply is not lost to a reset).
+        Err(e) => {
+            if e.etype() == &ErrorType::InvalidHTTPHeader {
+                let _ = session.respond_error(400).await;
+            }
+            session.shutdown().await;
+            return None;
+        }
     }
     let mut ctx = proxy.new_ctx();
     let outcome = exchange(proxy, &mut session, &mut ctx).await;
     if let Err(e) = &outcome {
         tracing::debug!(error = %e, "request failed");
-        if session.response_written().is_none() {
-            let reply = match e.esource() {
-                _ if e.etype() == &super::ROUTE_TIMEOUT => LocalReply::route_timeout(),
-                pingora_error::ErrorSource::Upstream => LocalReply::upstream_failure(e, ctx.flags),
-                _ => LocalReply::internal(),
-            };
+        if let Some(reply) = super::failure_reply(e, &mut ctx.flags) {
             (ctx.flags, ctx.local_code) = (reply.flags, Some(reply.code));
-            let _ = reply.send_to(&mut session).await;
+            if session.response_written().is_none() {
+                let _ = reply.send_to(&mut session).await;
+            }
         }
         session.set_keepalive(None);
     }
