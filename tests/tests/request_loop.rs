@@ -32,7 +32,10 @@ async fn the_own_loop_proxies_with_the_same_headers_and_telemetry() {
     timeout: 0.5s
     route: [{destination: {host: app}}]
   - match: [{uri: {prefix: /faulty}}]
-    fault: {abort: {httpStatus: 500, percentage: {value: 100}}}
+    fault: {abort: {httpStatus: 500, percentage: {value: 100}}, delay: {fixedDelay: 0.2s, percentage: {value: 100}}}
+    route: [{destination: {host: app}}]
+  - match: [{uri: {prefix: /mirrored}}]
+    mirror: {host: app}
     route: [{destination: {host: app}}]
   - match: [{uri: {prefix: /app}}]
     headers: {request: {set: {x-edited: "yes"}}, response: {set: {cache-control: no-store}}}
@@ -63,8 +66,18 @@ async fn the_own_loop_proxies_with_the_same_headers_and_telemetry() {
     assert_eq!((r.status.as_u16(), r.text().as_str()), (504, "upstream request timeout"));
     assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(2500), "{took:?}");
 
+    // A fault, as Envoy's filter before the router: the delay, then the abort; nothing upstream.
+    let hits = up.hits();
+    let t0 = Instant::now();
+    let r = get(at, "/faulty").send().await.unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(200), "delayed first: {:?}", t0.elapsed());
+    assert_eq!((r.status.as_u16(), r.text().as_str()), (500, "fault filter abort"));
+    assert_eq!(up.hits(), hits, "aborted before any upstream");
+    let line = gw.wait_for_log(|l| l.contains("/faulty"), Duration::from_secs(5)).await.unwrap();
+    assert!(line.contains("\"response_flags\":\"DI,FI\""), "{line}");
+
     // What the prototype lacks is refused, not ignored.
-    assert_eq!(get(at, "/faulty").send().await.unwrap().status.as_u16(), 501);
+    assert_eq!(get(at, "/mirrored").send().await.unwrap().status.as_u16(), 501);
 
     let text = wait_metric(&gw, "istio_requests_total", &[("response_code", "504")], 1.0).await;
     assert!(text.contains("response_flags=\"UT\""), "the timeout is counted with UT");

@@ -261,20 +261,7 @@ impl ProxyHttp for MeshProxy {
         let decided = match decide::route(&runtime, &incoming) {
             Ok(mut routed) => {
                 ctx.cors_origin = routed.cors_origin.take();
-                match routed.route.fault().map(fault::draw) {
-                    None => decide::upstream(routed, &incoming),
-                    // Envoy's fault filter, before the router: wait, then abort or route on.
-                    Some(injection) => {
-                        if let Some(delay) = injection.delay {
-                            ctx.delay_injected = true;
-                            tokio::time::sleep(delay).await;
-                        }
-                        match injection.abort {
-                            Some(reply) => Err(decide::Refusal { reply, route: Some(routed.route), cluster: None }),
-                            None => decide::upstream(routed, &incoming),
-                        }
-                    }
-                }
+                upstream_after_fault(routed, &incoming, ctx).await
             }
             Err(refusal) => Err(refusal),
         };
@@ -681,6 +668,25 @@ type HeaderPair = Option<(HeaderName, HeaderValue)>;
 
 fn invalid_header(e: http::header::InvalidHeaderValue) -> Box<Error> {
     Error::because(ErrorType::InvalidHTTPHeader, "generated header value", e)
+}
+
+/// Envoy's fault filter, before the router: a route with a `fault` draws whether this request
+/// waits and whether it is aborted; then (if not aborted) the upstream is picked. For both
+/// request loops.
+async fn upstream_after_fault(
+    routed: decide::Routed<'_>,
+    incoming: &decide::Incoming<'_>,
+    ctx: &mut Ctx,
+) -> Result<decide::Decision, decide::Refusal> {
+    let Some(injection) = routed.route.fault().map(fault::draw) else { return decide::upstream(routed, incoming) };
+    if let Some(delay) = injection.delay {
+        ctx.delay_injected = true;
+        tokio::time::sleep(delay).await;
+    }
+    match injection.abort {
+        Some(reply) => Err(decide::Refusal { reply, route: Some(routed.route), cluster: None }),
+        None => decide::upstream(routed, incoming),
+    }
 }
 
 /// The local reply to an exchange that failed with `e`, for both request loops; `None` when the

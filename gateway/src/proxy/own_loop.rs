@@ -10,8 +10,8 @@
 //! ```
 //!
 //! What it does not do yet, and answers 501 for instead of doing differently (a setting it
-//! cannot honour must not be ignored): `fault`, mirrors, `corsPolicy`, a retry policy of the
-//! route's own, HTTP/2 or gRPC upstreams, gRPC-Web. The route `timeout` is one deadline over
+//! cannot honour must not be ignored): mirrors, `corsPolicy`, a retry policy of the
+//! route's own (other than `attempts: 0`), HTTP/2 or gRPC upstreams, gRPC-Web. The route `timeout` is one deadline over
 //! the whole upstream exchange, as Envoy's; Istio's default retries (a refused connect, on
 //! another endpoint, after Envoy's backoff) are made. It retries nothing after the request
 //! went out, sends the request body before reading the response, and leaves tracing out.
@@ -93,14 +93,17 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
         authority,
         client_ip: client,
     };
-    let decided = decide::route(&runtime, &incoming).and_then(|routed| match unsupported(&routed.route) {
-        Some(why) => Err(decide::Refusal {
-            reply: LocalReply::error(501, ResponseFlag::None, why),
-            route: Some(routed.route),
-            cluster: None,
-        }),
-        None => decide::upstream(routed, &incoming),
-    });
+    let decided = match decide::route(&runtime, &incoming) {
+        Ok(routed) => match unsupported(&routed.route) {
+            Some(why) => Err(decide::Refusal {
+                reply: LocalReply::error(501, ResponseFlag::None, why),
+                route: Some(routed.route),
+                cluster: None,
+            }),
+            None => super::upstream_after_fault(routed, &incoming, ctx).await,
+        },
+        Err(refusal) => Err(refusal),
+    };
     let decision = match decided {
         Ok(d) => d,
         Err(refusal) => {
@@ -212,12 +215,12 @@ const UNSUPPORTED_GRPC_WEB: &[u8] = b"the prototype request loop has no gRPC-Web
 
 /// Why the prototype cannot serve a route as configured, if it cannot.
 fn unsupported(route: &crate::compiled::Route) -> Option<&'static [u8]> {
+    // Istio's default it makes (on a refused connect), and `attempts: 0` needs nothing.
+    use crate::compiled::retry_policy::CompiledRetry;
+    let policy = route.retry_policy();
     let own_retries =
-        !std::ptr::eq(route.retry_policy(), crate::compiled::retry_policy::CompiledRetry::istio_default());
+        !std::ptr::eq(policy, CompiledRetry::istio_default()) && !std::ptr::eq(policy, CompiledRetry::off());
     match () {
-        _ if route.fault().is_some() => {
-            Some(b"the prototype request loop has no fault injection (--request-loop pingora)")
-        }
         _ if !route.mirrors().is_empty() => Some(b"the prototype request loop has no mirrors (--request-loop pingora)"),
         _ if route.cors().is_some() => Some(b"the prototype request loop has no CORS (--request-loop pingora)"),
         _ if own_retries => Some(b"the prototype request loop has no retry policy (--request-loop pingora)"),
