@@ -139,6 +139,32 @@ async fn the_own_loop_answers_malformed_requests_with_400_and_closes() {
     assert!(!up.requests().iter().any(|r| r.path == "/after"), "nothing after a malformed request went upstream");
 }
 
+/// A route's retry policy in the own loop: a retriable status after the request went out is
+/// tried again with the whole body while nothing went downstream, then the last answer goes
+/// down with URX; `attempts: 0` sends once.
+#[tokio::test]
+async fn the_own_loop_retries_by_the_routes_policy_with_the_body() {
+    let http = r#"  - match: [{uri: {prefix: /off}}]
+    retries: {attempts: 0}
+    route: [{destination: {host: app}}]
+  - retries: {attempts: 2, retryOn: 5xx}
+    route: [{destination: {host: app}}]
+"#;
+    let (up, _cfg, gw) = own_loop(http).await;
+    let at = gw.addr(80);
+    let r = post(at, "/status/503").body(bytes::Bytes::from(vec![b'a'; 1000])).send().await.unwrap();
+    assert_eq!(r.status.as_u16(), 503);
+    assert_eq!(up.hits(), 3, "one try and two retries");
+    assert!(up.requests().iter().all(|e| e.body.len() == 1000), "every try carried the whole body");
+    let line = gw.wait_for_log(|l| l.contains("\"path\":\"/status/503\""), Duration::from_secs(5)).await.unwrap();
+    assert!(line.contains("\"response_flags\":\"URX\""), "{line}");
+    up.reset();
+    assert_eq!(get(at, "/off/status/503").send().await.unwrap().status.as_u16(), 503);
+    assert_eq!(up.hits(), 1);
+    let text = wait_metric(&gw, "meshgate_upstream_rq_retry_total", &[], 2.0).await;
+    assert_eq!(metric_value(&text, "meshgate_upstream_rq_retry_total", &[]), Some(2.0), "{text}");
+}
+
 /// Istio's default retries in the own loop: a refused connect goes to another endpoint.
 #[tokio::test]
 async fn the_own_loop_retries_refused_connects_elsewhere() {

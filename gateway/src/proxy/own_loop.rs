@@ -10,16 +10,18 @@
 //! ```
 //!
 //! What it does not do yet, and answers 501 for instead of doing differently (a setting it
-//! cannot honour must not be ignored): mirrors, `corsPolicy`, a retry policy of the
-//! route's own (other than `attempts: 0`), HTTP/2 or gRPC upstreams, gRPC-Web. The route `timeout` is one deadline over
-//! the whole upstream exchange, as Envoy's; Istio's default retries (a refused connect, on
-//! another endpoint, after Envoy's backoff) are made. It retries nothing after the request
-//! went out, sends the request body before reading the response, and leaves tracing out.
+//! cannot honour must not be ignored): mirrors, `corsPolicy`, HTTP/2 or gRPC upstreams,
+//! gRPC-Web. The route `timeout` is one deadline over the whole upstream exchange, as Envoy's;
+//! retries follow the route's policy (Istio's default: a refused connect, on another endpoint,
+//! after Envoy's backoff), after the request went out too while nothing went downstream and
+//! the body is within the 64 KiB replay buffer; `perTryTimeout` bounds a try until its
+//! response head. It sends the request body before reading the response, and leaves tracing
+//! out.
 //! docs/architecture.md, "Request loop", has the measurements and the decision.
 
 use super::local_reply::LocalReply;
 use super::{decide, peer_for, retry, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
-use crate::compiled::retry_policy::Failure;
+use crate::compiled::retry_policy::{CompiledRetry, Failure};
 use crate::response_flag::ResponseFlag;
 use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::http::v1::Connector;
@@ -57,13 +59,14 @@ pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Opti
     let outcome = exchange(proxy, &mut session, &mut ctx).await;
     if let Err(e) = &outcome {
         tracing::debug!(error = %e, "request failed");
+        // After a failure the connection closes, and the reply says so (as on Pingora's path).
+        session.set_keepalive(None);
         if let Some(reply) = super::failure_reply(e, &mut ctx.flags) {
             (ctx.flags, ctx.local_code) = (reply.flags, Some(reply.code));
             if session.response_written().is_none() {
                 let _ = reply.send_to(&mut session).await;
             }
         }
-        session.set_keepalive(None);
     }
     log(proxy, &session, &ctx);
     match session.finish().await {
@@ -144,7 +147,38 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
     }
 }
 
+/// A request body up to this size is kept for the route's retries (as Pingora's path keeps
+/// 64 KiB); past it the request is sent once.
+const REPLAY_LIMIT: usize = 64 * 1024;
+
+/// The request body as far as a retry needs it again.
+#[derive(Default)]
+struct Replay {
+    chunks: Vec<Bytes>,
+    len: usize,
+    /// The body outgrew [`REPLAY_LIMIT`]: no retry after it started going out.
+    truncated: bool,
+    /// The client's body was read to its end.
+    complete: bool,
+}
+
+impl Replay {
+    fn keep(&mut self, chunk: &Bytes) {
+        if self.truncated {
+            return;
+        }
+        self.len += chunk.len();
+        match self.len <= REPLAY_LIMIT {
+            true => self.chunks.push(chunk.clone()),
+            false => (self.truncated, self.chunks) = (true, Vec::new()),
+        }
+    }
+}
+
 /// The upstream exchange: connect (or reuse), request head and body, response head and body.
+/// A try that fails after the request went out (a reset, the per-try timeout, a status the
+/// policy retries) is made again on another endpoint while nothing went downstream, the body
+/// is still whole in the replay buffer and retries are left, as Envoy's router does.
 async fn forward(
     metrics: &crate::telemetry::metrics::Metrics,
     session: &mut ServerSession,
@@ -153,14 +187,52 @@ async fn forward(
     head: Box<pingora_http::RequestHeader>,
 ) -> Result<()> {
     let connector = CONNECTOR.with(Arc::clone);
-    let (mut upstream, peer) = connect(&connector, metrics, ctx, cluster).await?;
-    let started = Instant::now();
-    upstream.write_request_header(head).await.map_err(|e| e.into_up())?;
-    while let Some(chunk) = session.read_request_body().await.map_err(|e| e.into_down())? {
-        upstream.write_body(&chunk).await.map_err(|e| e.into_up())?;
-    }
-    upstream.finish_body().await.map_err(|e| e.into_up())?;
-    upstream.read_response().await.map_err(|e| e.into_up())?;
+    let Some(route) = ctx.route.clone() else { return Err(Error::explain(ErrorType::InternalError, "no route")) };
+    let policy = route.retry_policy();
+    // Istio's default retries nothing once the request went out (on HTTP/1 upstreams), and
+    // `attempts: 0` nothing at all: such routes keep no copy of the head or the body.
+    let after_send = policy.retries > 0 && !std::ptr::eq(policy, CompiledRetry::istio_default());
+    let mut replay = Replay::default();
+    let mut head = Some(head);
+    let (mut upstream, peer, started) = loop {
+        let (mut upstream, peer) = connect(&connector, metrics, ctx, cluster).await?;
+        let try_head = match after_send {
+            true => head.as_ref().map(|h| Box::new((**h).clone())),
+            false => head.take(),
+        };
+        let try_head = try_head.ok_or_else(|| Error::explain(ErrorType::InternalError, "no request head"))?;
+        let started = Instant::now();
+        let sent = send(session, &mut upstream, try_head, &mut replay, after_send);
+        let outcome = match policy.per_try_timeout.filter(|_| after_send) {
+            None => sent.await,
+            Some(limit) => pingora_timeout::timeout(limit, Box::pin(sent))
+                .await
+                .unwrap_or_else(|_| Err(Error::explain(ErrorType::ReadTimedout, "per-try timeout").into_up())),
+        };
+        let failure = match &outcome {
+            Ok(()) => match upstream.resp_header().map(|r| r.status.as_u16()) {
+                Some(status) if after_send && policy.may_retry_status(status, false) => {
+                    Some(Failure::Response { status, grpc_status: None })
+                }
+                _ => None,
+            },
+            Err(e) if e.esource() == &pingora_error::ErrorSource::Upstream && after_send => Some(match e.etype() {
+                ErrorType::ReadTimedout => Failure::PerTryTimeout,
+                _ => Failure::Reset,
+            }),
+            Err(_) => None,
+        };
+        let retry = failure.is_some_and(|failure| {
+            ctx.tries.judge(policy, failure, !replay.truncated, Instant::now()) == retry::Verdict::Retry
+        });
+        if !retry {
+            outcome?;
+            break (upstream, peer, started);
+        }
+        // This connection carries an unfinished exchange: it is dropped, not pooled.
+        drop(upstream);
+        next_endpoint(ctx, cluster, policy, metrics).await;
+    };
     ctx.upstream_time_ms = Some(started.elapsed().as_millis() as u64);
     let mut resp = Box::new(
         upstream.resp_header().cloned().ok_or_else(|| Error::explain(ErrorType::ReadError, "no response head"))?,
@@ -172,6 +244,33 @@ async fn forward(
     }
     session.write_response_body(Bytes::new(), true).await.map_err(|e| e.into_down())?;
     release(connector, upstream, peer).await;
+    Ok(())
+}
+
+/// One try: the head, the body (what earlier tries read of it first, then the rest from the
+/// client, kept for later tries when `keep`), and the response head.
+async fn send(
+    session: &mut ServerSession,
+    upstream: &mut UpstreamSession,
+    head: Box<pingora_http::RequestHeader>,
+    replay: &mut Replay,
+    keep: bool,
+) -> Result<()> {
+    upstream.write_request_header(head).await.map_err(|e| e.into_up())?;
+    for chunk in &replay.chunks {
+        upstream.write_body(chunk).await.map_err(|e| e.into_up())?;
+    }
+    if !replay.complete {
+        while let Some(chunk) = session.read_request_body().await.map_err(|e| e.into_down())? {
+            if keep {
+                replay.keep(&chunk);
+            }
+            upstream.write_body(&chunk).await.map_err(|e| e.into_up())?;
+        }
+        replay.complete = true;
+    }
+    upstream.finish_body().await.map_err(|e| e.into_up())?;
+    upstream.read_response().await.map_err(|e| e.into_up())?;
     Ok(())
 }
 
@@ -194,20 +293,29 @@ async fn connect(
             Ok((session, _reused)) => return Ok((session, peer)),
             Err(e) => {
                 ctx.flags = ResponseFlag::UpstreamConnectionFailure;
-                let now = Instant::now();
-                if ctx.tries.judge(policy, Failure::Connect, true, now) != retry::Verdict::Retry {
+                if ctx.tries.judge(policy, Failure::Connect, true, Instant::now()) != retry::Verdict::Retry {
                     return Err(e.into_up());
                 }
-                tokio::time::sleep(policy.backoff(ctx.tries.started())).await;
-                if let Some(pick) = ctx.tries.pick(&cluster.balancer, ctx.hash, i, policy) {
-                    ctx.endpoint = Some(pick.index());
-                    ctx.pick = Some(pick);
-                }
-                ctx.flags = ResponseFlag::None;
-                metrics.upstream_retry(&cluster.definition.name);
+                next_endpoint(ctx, cluster, policy, metrics).await;
             }
         }
     }
+}
+
+/// Before a retry: Envoy's backoff, then another endpoint when there is one.
+async fn next_endpoint(
+    ctx: &mut Ctx,
+    cluster: &crate::compiled::cluster::ClusterRuntime,
+    policy: &CompiledRetry,
+    metrics: &crate::telemetry::metrics::Metrics,
+) {
+    tokio::time::sleep(policy.backoff(ctx.tries.started())).await;
+    if let Some(pick) = ctx.tries.pick(&cluster.balancer, ctx.hash, ctx.endpoint.unwrap_or_default(), policy) {
+        ctx.endpoint = Some(pick.index());
+        ctx.pick = Some(pick);
+    }
+    ctx.flags = ResponseFlag::None;
+    metrics.upstream_retry(&cluster.definition.name);
 }
 
 const UNSUPPORTED_H2: &[u8] = b"the prototype request loop has no HTTP/2 upstreams (--request-loop pingora)";
@@ -215,15 +323,9 @@ const UNSUPPORTED_GRPC_WEB: &[u8] = b"the prototype request loop has no gRPC-Web
 
 /// Why the prototype cannot serve a route as configured, if it cannot.
 fn unsupported(route: &crate::compiled::Route) -> Option<&'static [u8]> {
-    // Istio's default it makes (on a refused connect), and `attempts: 0` needs nothing.
-    use crate::compiled::retry_policy::CompiledRetry;
-    let policy = route.retry_policy();
-    let own_retries =
-        !std::ptr::eq(policy, CompiledRetry::istio_default()) && !std::ptr::eq(policy, CompiledRetry::off());
     match () {
         _ if !route.mirrors().is_empty() => Some(b"the prototype request loop has no mirrors (--request-loop pingora)"),
         _ if route.cors().is_some() => Some(b"the prototype request loop has no CORS (--request-loop pingora)"),
-        _ if own_retries => Some(b"the prototype request loop has no retry policy (--request-loop pingora)"),
         _ => None,
     }
 }
