@@ -37,6 +37,9 @@ async fn the_own_loop_proxies_with_the_same_headers_and_telemetry() {
   - match: [{uri: {prefix: /mirrored}}]
     mirror: {host: app}
     route: [{destination: {host: app}}]
+  - match: [{uri: {prefix: /cors}}]
+    corsPolicy: {allowOrigins: [{exact: "https://app.example"}], allowMethods: [PUT]}
+    route: [{destination: {host: app}}]
   - match: [{uri: {prefix: /app}}]
     headers: {request: {set: {x-edited: "yes"}}, response: {set: {cache-control: no-store}}}
     route: [{destination: {host: app}}]
@@ -75,6 +78,21 @@ async fn the_own_loop_proxies_with_the_same_headers_and_telemetry() {
     assert_eq!(up.hits(), hits, "aborted before any upstream");
     let line = gw.wait_for_log(|l| l.contains("/faulty"), Duration::from_secs(5)).await.unwrap();
     assert!(line.contains("\"response_flags\":\"DI,FI\""), "{line}");
+
+    // CORS: the preflight answered at the gateway, the actual request's response decorated.
+    let hits = up.hits();
+    let r = request(Method::OPTIONS, at, "/cors")
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.header("access-control-allow-methods"), Some("PUT"));
+    assert_eq!(up.hits(), hits, "the preflight is answered at the gateway");
+    let r = get(at, "/cors").header("origin", "https://app.example").send().await.unwrap();
+    assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
+    assert_eq!(up.hits(), hits + 1);
 
     // What the prototype lacks is refused, not ignored.
     assert_eq!(get(at, "/mirrored").send().await.unwrap().status.as_u16(), 501);

@@ -402,22 +402,7 @@ impl ProxyHttp for MeshProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        // Envoy overwrites the server header by default (after the route's edits too); scripts
-        // that look for it keep working.
-        let service_time = ctx.upstream_time_ms.map(|ms| (X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms)));
-        headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time], ctx.edits());
-        if let Some(cookie) = ctx.set_cookie.take() {
-            resp.append_header("set-cookie", cookie)?;
-        }
-        if ctx.cors_origin.is_some() {
-            for (name, value) in ctx.cors_headers() {
-                resp.insert_header(name, value)?;
-            }
-        }
-        if let Some(g) = &mut ctx.grpc_web {
-            g.response_header(resp)?;
-        }
-        Ok(())
+        downstream_headers(ctx, resp)
     }
 
     /// gRPC-Web-text responses are base64 (other responses pay one branch per chunk).
@@ -668,6 +653,27 @@ type HeaderPair = Option<(HeaderName, HeaderValue)>;
 
 fn invalid_header(e: http::header::InvalidHeaderValue) -> Box<Error> {
     Error::because(ErrorType::InvalidHTTPHeader, "generated header value", e)
+}
+
+/// Headers Envoy sets on the way down, for both request loops: `server` (overwritten after
+/// the route's edits too, as Envoy does by default: scripts that look for it keep working),
+/// `x-envoy-upstream-service-time`, the route's edits, the consistent-hash cookie when one was
+/// generated, the CORS headers of an allowed origin, and gRPC-Web's translation.
+fn downstream_headers(ctx: &mut Ctx, resp: &mut ResponseHeader) -> Result<()> {
+    let service_time = ctx.upstream_time_ms.map(|ms| (X_ENVOY_UPSTREAM_SERVICE_TIME, HeaderValue::from(ms)));
+    headers::insert_response(resp, [Some((http::header::SERVER, ISTIO_ENVOY)), service_time], ctx.edits());
+    if let Some(cookie) = ctx.set_cookie.take() {
+        resp.append_header("set-cookie", cookie)?;
+    }
+    if ctx.cors_origin.is_some() {
+        for (name, value) in ctx.cors_headers() {
+            resp.insert_header(name, value)?;
+        }
+    }
+    if let Some(g) = &mut ctx.grpc_web {
+        g.response_header(resp)?;
+    }
+    Ok(())
 }
 
 /// Envoy's fault filter, before the router: a route with a `fault` draws whether this request

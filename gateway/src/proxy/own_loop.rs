@@ -10,7 +10,7 @@
 //! ```
 //!
 //! What it does not do yet, and answers 501 for instead of doing differently (a setting it
-//! cannot honour must not be ignored): mirrors, `corsPolicy`, HTTP/2 or gRPC upstreams,
+//! cannot honour must not be ignored): mirrors, HTTP/2 or gRPC upstreams,
 //! gRPC-Web. The route `timeout` is one deadline over the whole upstream exchange, as Envoy's;
 //! retries follow the route's policy (Istio's default: a refused connect, on another endpoint,
 //! after Envoy's backoff), after the request went out too while nothing went downstream and
@@ -61,7 +61,8 @@ pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Opti
         tracing::debug!(error = %e, "request failed");
         // After a failure the connection closes, and the reply says so (as on Pingora's path).
         session.set_keepalive(None);
-        if let Some(reply) = super::failure_reply(e, &mut ctx.flags) {
+        if let Some(mut reply) = super::failure_reply(e, &mut ctx.flags) {
+            reply.headers.extend(ctx.cors_headers());
             (ctx.flags, ctx.local_code) = (reply.flags, Some(reply.code));
             if session.response_written().is_none() {
                 let _ = reply.send_to(&mut session).await;
@@ -97,13 +98,16 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
         client_ip: client,
     };
     let decided = match decide::route(&runtime, &incoming) {
-        Ok(routed) => match unsupported(&routed.route) {
+        Ok(mut routed) => match unsupported(&routed.route) {
             Some(why) => Err(decide::Refusal {
                 reply: LocalReply::error(501, ResponseFlag::None, why),
                 route: Some(routed.route),
                 cluster: None,
             }),
-            None => super::upstream_after_fault(routed, &incoming, ctx).await,
+            None => {
+                ctx.cors_origin = routed.cors_origin.take();
+                super::upstream_after_fault(routed, &incoming, ctx).await
+            }
         },
         Err(refusal) => Err(refusal),
     };
@@ -237,7 +241,7 @@ async fn forward(
     let mut resp = Box::new(
         upstream.resp_header().cloned().ok_or_else(|| Error::explain(ErrorType::ReadError, "no response head"))?,
     );
-    respond_headers(ctx, &mut resp)?;
+    super::downstream_headers(ctx, &mut resp)?;
     session.write_response_header(resp).await.map_err(|e| e.into_down())?;
     while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
         session.write_response_body(chunk, false).await.map_err(|e| e.into_down())?;
@@ -323,26 +327,8 @@ const UNSUPPORTED_GRPC_WEB: &[u8] = b"the prototype request loop has no gRPC-Web
 
 /// Why the prototype cannot serve a route as configured, if it cannot.
 fn unsupported(route: &crate::compiled::Route) -> Option<&'static [u8]> {
-    match () {
-        _ if !route.mirrors().is_empty() => Some(b"the prototype request loop has no mirrors (--request-loop pingora)"),
-        _ if route.cors().is_some() => Some(b"the prototype request loop has no CORS (--request-loop pingora)"),
-        _ => None,
-    }
-}
-
-/// Headers Envoy sets on the way down, as `response_filter` does on Pingora's path.
-fn respond_headers(ctx: &mut Ctx, resp: &mut pingora_http::ResponseHeader) -> Result<()> {
-    let service_time =
-        ctx.upstream_time_ms.map(|ms| (super::X_ENVOY_UPSTREAM_SERVICE_TIME, http::HeaderValue::from(ms)));
-    super::headers::insert_response(
-        resp,
-        [Some((http::header::SERVER, super::ISTIO_ENVOY)), service_time],
-        ctx.edits(),
-    );
-    if let Some(cookie) = ctx.set_cookie.take() {
-        resp.append_header("set-cookie", cookie)?;
-    }
-    Ok(())
+    let why: &[u8] = b"the prototype request loop has no mirrors (--request-loop pingora)";
+    (!route.mirrors().is_empty()).then_some(why)
 }
 
 /// The upstream connection goes back to this worker's pool when its response is complete.
