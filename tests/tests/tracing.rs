@@ -44,12 +44,15 @@ spec:
     (v1, cfg)
 }
 
-async fn start_traced(cfg: &ConfigDir, collector: &Collector, sampling: f64) -> GatewayProcess {
+/// The traced gateway; `request_loop` is `--request-loop`'s value (`pingora`, the default, or
+/// `own`).
+async fn start_traced(cfg: &ConfigDir, collector: &Collector, sampling: f64, request_loop: &str) -> GatewayProcess {
     GatewayProcess::builder()
         .config(cfg.path())
         .port(80)
         .otlp_endpoint(collector.traces_url())
         .trace_sampling(sampling)
+        .args(["--request-loop", request_loop])
         .start()
         .await
         .expect("gateway starts")
@@ -90,7 +93,7 @@ async fn logged(gw: &GatewayProcess, n: f64) {
 async fn spans_continue_incoming_traces_and_reach_the_collector() {
     let Some(collector) = collector().await else { return };
     let (_v1, cfg) = setup().await;
-    let gw = start_traced(&cfg, &collector, 100.0).await;
+    let gw = start_traced(&cfg, &collector, 100.0, "pingora").await;
 
     // An incoming "not sampled" decision is honoured even at 100%: propagated, not exported.
     let unsampled_trace = "0af7651916cd43dd8448eb211c80319c";
@@ -180,9 +183,19 @@ async fn spans_continue_incoming_traces_and_reach_the_collector() {
 
 #[tokio::test]
 async fn sampling_zero_propagates_without_exporting() {
+    sampling_zero("pingora").await;
+}
+
+/// The own request loop makes the same spans and headers.
+#[tokio::test]
+async fn the_own_loop_propagates_and_exports_as_pingoras_path() {
+    sampling_zero("own").await;
+}
+
+async fn sampling_zero(request_loop: &str) {
     let Some(collector) = collector().await else { return };
     let (_v1, cfg) = setup().await;
-    let gw = start_traced(&cfg, &collector, 0.0).await;
+    let gw = start_traced(&cfg, &collector, 0.0, request_loop).await;
 
     // A new trace at 0%: headers still go upstream, marked not sampled, and no span leaves.
     let up = send(&gw, "/reviews", &[]).await;

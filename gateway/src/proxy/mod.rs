@@ -542,17 +542,7 @@ impl ProxyHttp for MeshProxy {
     /// Metrics, access log and span, from one exchange record; the LB guard in `ctx` is
     /// released when ctx drops after this.
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Box<Ctx>) {
-        let exchange = ctx.exchange(self, session.as_downstream());
-        self.shared.metrics.record(&exchange);
-        // A retried request ends as Envoy's retry_limit_exceeded or retry_success.
-        let retried = ctx.tries.exhausted || (ctx.tries.started() > 1 && ctx.flags == ResponseFlag::None);
-        if let (Some(cluster), true) = (&ctx.cluster, retried) {
-            self.shared.metrics.retried_request_done(&cluster.definition.name, ctx.tries.exhausted);
-        }
-        self.shared.access_log.log(&exchange);
-        if let (Some(tracer), Some(trace)) = (&self.shared.tracer, &ctx.trace) {
-            tracer.finish(trace, &exchange);
-        }
+        self.record(session.as_downstream(), ctx);
         ctx.pick = None;
     }
 }
@@ -590,6 +580,21 @@ impl MeshProxy {
             None => (None, None),
         };
         headers::insert_request(upstream, client, [Some(proto), id, original_path, host], ctx.edits())
+    }
+
+    /// Metrics, access log and span of a finished exchange, for both request loops.
+    fn record(&self, session: &ServerSession, ctx: &Ctx) {
+        let exchange = ctx.exchange(self, session);
+        self.shared.metrics.record(&exchange);
+        // A retried request ends as Envoy's retry_limit_exceeded or retry_success.
+        let retried = ctx.tries.exhausted || (ctx.tries.started() > 1 && ctx.flags == ResponseFlag::None);
+        if let (Some(cluster), true) = (&ctx.cluster, retried) {
+            self.shared.metrics.retried_request_done(&cluster.definition.name, ctx.tries.exhausted);
+        }
+        self.shared.access_log.log(&exchange);
+        if let (Some(tracer), Some(trace)) = (&self.shared.tracer, &ctx.trace) {
+            tracer.finish(trace, &exchange);
+        }
     }
 
     /// Starts the copies of the route's mirrors with the head the upstream gets (`-shadow`

@@ -15,8 +15,8 @@
 //! retries follow the route's policy (Istio's default: a refused connect, on another endpoint,
 //! after Envoy's backoff), after the request went out too while nothing went downstream and
 //! the body is within the 64 KiB replay buffer; `perTryTimeout` bounds a try until its
-//! response head. It sends the request body before reading the response, and leaves tracing
-//! out.
+//! response head. Spans are made as on Pingora's path. It sends the request body before
+//! reading the response.
 //! docs/architecture.md, "Request loop", has the measurements and the decision.
 
 use super::local_reply::LocalReply;
@@ -69,7 +69,7 @@ pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Opti
             }
         }
     }
-    log(proxy, &session, &ctx);
+    proxy.record(&session, &ctx);
     match session.finish().await {
         Ok(Some(reusable)) => Some(reusable.into_parts()),
         _ => None,
@@ -78,6 +78,9 @@ pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Opti
 
 /// Routes and proxies the request; an error is answered by the caller.
 async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx) -> Result<()> {
+    if let Some(tracer) = &proxy.shared.tracer {
+        ctx.trace = Some(tracer.begin(session.req_header()));
+    }
     let done = crate::listeners::http::head_done(session.stream());
     let head_len = match done.oversized {
         true => session.as_http1().map(|h1| h1.get_headers_raw_bytes().len()),
@@ -133,6 +136,9 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
     let mut head = Box::new(session.req_header().clone());
     let had_forwarded_for = proxy.upstream_head(&mut head, client, ctx)?;
     ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
+    if let Some(trace) = &ctx.trace {
+        trace.inject(&mut head)?;
+    }
     // The route timeout: one deadline over the whole upstream exchange, body included, the
     // way Envoy's is (Pingora's hooks only give per-read timeouts; compatibility.md §12).
     match ctx.route.as_ref().and_then(|r| r.timeout()) {
@@ -340,15 +346,4 @@ async fn answer(session: &mut ServerSession, ctx: &mut Ctx, mut reply: LocalRepl
     reply.headers.extend(ctx.cors_headers());
     (ctx.flags, ctx.local_code) = (reply.flags, Some(reply.code));
     reply.send_to(session).await.map_err(|e| e.into_down())
-}
-
-/// Metrics and access log, from one exchange record (as `logging` on Pingora's path).
-fn log(proxy: &MeshProxy, session: &ServerSession, ctx: &Ctx) {
-    let exchange = ctx.exchange(proxy, session);
-    proxy.shared.metrics.record(&exchange);
-    let retried = ctx.tries.exhausted || (ctx.tries.started() > 1 && ctx.flags == ResponseFlag::None);
-    if let (Some(cluster), true) = (&ctx.cluster, retried) {
-        proxy.shared.metrics.retried_request_done(&cluster.definition.name, ctx.tries.exhausted);
-    }
-    proxy.shared.access_log.log(&exchange);
 }
