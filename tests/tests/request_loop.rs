@@ -94,8 +94,20 @@ async fn the_own_loop_proxies_with_the_same_headers_and_telemetry() {
     assert_eq!(r.header("access-control-allow-origin"), Some("https://app.example"));
     assert_eq!(up.hits(), hits + 1);
 
+    // A mirror: the copy (host `-shadow`) gets the whole body too.
+    let hits = up.hits();
+    let body = pattern_bytes(100_000);
+    let r = post(at, "/mirrored").body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(up.wait_for_hits(hits + 2, Duration::from_secs(5)).await, "the copy arrives");
+    let copy = up.requests().into_iter().find(|e| e.host.contains("-shadow")).expect("a -shadow copy");
+    assert_eq!(copy.body.as_bytes(), &body[..]);
+
     // What the prototype lacks is refused, not ignored.
-    assert_eq!(get(at, "/mirrored").send().await.unwrap().status.as_u16(), 501);
+    let r = post(at, "/app/grpc-web").header("content-type", "application/grpc-web").send().await.unwrap();
+    // 501 in gRPC's form: HTTP 200, Envoy's mapping of 501 (UNKNOWN), and the reason.
+    assert_eq!((r.status.as_u16(), r.header("grpc-status")), (200, Some("2")));
+    assert!(r.header("grpc-message").is_some_and(|m| m.contains("prototype")), "{:?}", r.header("grpc-message"));
 
     let text = wait_metric(&gw, "istio_requests_total", &[("response_code", "504")], 1.0).await;
     assert!(text.contains("response_flags=\"UT\""), "the timeout is counted with UT");

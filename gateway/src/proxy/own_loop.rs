@@ -10,7 +10,7 @@
 //! ```
 //!
 //! What it does not do yet, and answers 501 for instead of doing differently (a setting it
-//! cannot honour must not be ignored): mirrors, HTTP/2 or gRPC upstreams,
+//! cannot honour must not be ignored): HTTP/2 or gRPC upstreams,
 //! gRPC-Web. The route `timeout` is one deadline over the whole upstream exchange, as Envoy's;
 //! retries follow the route's policy (Istio's default: a refused connect, on another endpoint,
 //! after Envoy's backoff), after the request went out too while nothing went downstream and
@@ -20,7 +20,7 @@
 //! docs/architecture.md, "Request loop", has the measurements and the decision.
 
 use super::local_reply::LocalReply;
-use super::{decide, peer_for, retry, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
+use super::{decide, mirror, peer_for, retry, validate, Ctx, MeshProxy, UPSTREAM_IDLE_TIMEOUT};
 use crate::compiled::retry_policy::{CompiledRetry, Failure};
 use crate::response_flag::ResponseFlag;
 use bytes::{Bytes, BytesMut};
@@ -101,17 +101,10 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
         client_ip: client,
     };
     let decided = match decide::route(&runtime, &incoming) {
-        Ok(mut routed) => match unsupported(&routed.route) {
-            Some(why) => Err(decide::Refusal {
-                reply: LocalReply::error(501, ResponseFlag::None, why),
-                route: Some(routed.route),
-                cluster: None,
-            }),
-            None => {
-                ctx.cors_origin = routed.cors_origin.take();
-                super::upstream_after_fault(routed, &incoming, ctx).await
-            }
-        },
+        Ok(mut routed) => {
+            ctx.cors_origin = routed.cors_origin.take();
+            super::upstream_after_fault(routed, &incoming, ctx).await
+        }
         Err(refusal) => Err(refusal),
     };
     let decision = match decided {
@@ -136,6 +129,12 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
     let mut head = Box::new(session.req_header().clone());
     let had_forwarded_for = proxy.upstream_head(&mut head, client, ctx)?;
     ctx.no_forwarded_for = client.is_some() && !had_forwarded_for;
+    // The route's mirrors get the upstream head as it is here (as on Pingora's path: rewrites
+    // and header edits, no trace context of this request's span); the body follows in `send`.
+    if let Some(route) = ctx.route.as_ref().filter(|r| !r.mirrors().is_empty()) {
+        let request = mirror::Request { head: &head, has_body: !session.is_body_empty(), timeout: route.timeout() };
+        ctx.mirror = mirror::start(&proxy.shared.mirroring, &proxy.shared.metrics, route.mirrors(), request);
+    }
     if let Some(trace) = &ctx.trace {
         trace.inject(&mut head)?;
     }
@@ -212,7 +211,7 @@ async fn forward(
         };
         let try_head = try_head.ok_or_else(|| Error::explain(ErrorType::InternalError, "no request head"))?;
         let started = Instant::now();
-        let sent = send(session, &mut upstream, try_head, &mut replay, after_send);
+        let sent = send(session, &mut upstream, try_head, &mut replay, after_send, ctx.mirror.as_mut());
         let outcome = match policy.per_try_timeout.filter(|_| after_send) {
             None => sent.await,
             Some(limit) => pingora_timeout::timeout(limit, Box::pin(sent))
@@ -258,13 +257,15 @@ async fn forward(
 }
 
 /// One try: the head, the body (what earlier tries read of it first, then the rest from the
-/// client, kept for later tries when `keep`), and the response head.
+/// client, kept for later tries when `keep` and handed to the route's mirrors), and the
+/// response head.
 async fn send(
     session: &mut ServerSession,
     upstream: &mut UpstreamSession,
     head: Box<pingora_http::RequestHeader>,
     replay: &mut Replay,
     keep: bool,
+    mut mirror: Option<&mut mirror::Feed>,
 ) -> Result<()> {
     upstream.write_request_header(head).await.map_err(|e| e.into_up())?;
     for chunk in &replay.chunks {
@@ -275,9 +276,17 @@ async fn send(
             if keep {
                 replay.keep(&chunk);
             }
+            // The copies get each byte once, in order: only what comes from the client, as
+            // one stream (try 1) whichever try carries it.
+            if let Some(feed) = mirror.as_deref_mut() {
+                feed.push(1, Some(&chunk), false);
+            }
             upstream.write_body(&chunk).await.map_err(|e| e.into_up())?;
         }
         replay.complete = true;
+        if let Some(feed) = mirror {
+            feed.push(1, None, true);
+        }
     }
     upstream.finish_body().await.map_err(|e| e.into_up())?;
     upstream.read_response().await.map_err(|e| e.into_up())?;
@@ -330,12 +339,6 @@ async fn next_endpoint(
 
 const UNSUPPORTED_H2: &[u8] = b"the prototype request loop has no HTTP/2 upstreams (--request-loop pingora)";
 const UNSUPPORTED_GRPC_WEB: &[u8] = b"the prototype request loop has no gRPC-Web (--request-loop pingora)";
-
-/// Why the prototype cannot serve a route as configured, if it cannot.
-fn unsupported(route: &crate::compiled::Route) -> Option<&'static [u8]> {
-    let why: &[u8] = b"the prototype request loop has no mirrors (--request-loop pingora)";
-    (!route.mirrors().is_empty()).then_some(why)
-}
 
 /// The upstream connection goes back to this worker's pool when its response is complete.
 async fn release(connector: Arc<Connector>, upstream: UpstreamSession, peer: pingora_core::upstreams::peer::HttpPeer) {
