@@ -47,6 +47,16 @@ async fn websocket_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
 
 #[tokio::test]
 async fn websocket_upgrades_pass_through_both_ways() {
+    upgrade_both_ways(&[]).await;
+}
+
+/// The own request loop tunnels the upgraded connection the same way.
+#[tokio::test]
+async fn the_own_loop_passes_websocket_upgrades_through() {
+    upgrade_both_ways(&["--request-loop", "own"]).await;
+}
+
+async fn upgrade_both_ways(args: &[&str]) {
     let (ws_addr, server) = websocket_server().await;
     let cfg = ConfigDir::new().unwrap();
     cfg.write("gw.yaml", &gateway("gw", 80, &["grafana.example.com"])).unwrap();
@@ -68,7 +78,7 @@ spec:
         ]),
     )
     .unwrap();
-    let gw = start(&cfg, &[80]).await;
+    let gw = GatewayProcess::builder().config(cfg.path()).port(80).args(args.iter().copied()).start().await.unwrap();
 
     let stream = TcpStream::connect(gw.addr(80)).await.unwrap();
     let (mut ws, response) =

@@ -248,11 +248,47 @@ async fn forward(
     );
     super::downstream_headers(ctx, &mut resp)?;
     session.write_response_header(resp).await.map_err(|e| e.into_down())?;
+    if upstream.was_upgraded() {
+        // A 101 to an upgrade request (WebSocket): both sessions now pass bytes through until
+        // each side closes; the upstream connection is not pooled after.
+        return tunnel(session, &mut upstream).await;
+    }
     while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
         session.write_response_body(chunk, false).await.map_err(|e| e.into_down())?;
     }
     session.write_response_body(Bytes::new(), true).await.map_err(|e| e.into_down())?;
     release(connector, upstream, peer).await;
+    Ok(())
+}
+
+/// An upgraded connection: client bytes go up and upstream bytes go down as they come, until
+/// both directions ended (a client that stops sending ends the upstream's side too, as on
+/// Pingora's path).
+async fn tunnel(session: &mut ServerSession, upstream: &mut UpstreamSession) -> Result<()> {
+    upstream.maybe_upgrade_body_writer();
+    let (mut down_done, mut up_done) = (false, false);
+    while !(down_done && up_done) {
+        // Each branch's read is dropped when the other completes: both reads are cancel-safe
+        // (bytes are taken only when a read returns).
+        tokio::select! {
+            chunk = session.read_request_body(), if !down_done => match chunk.map_err(|e| e.into_down())? {
+                Some(chunk) => {
+                    upstream.write_body(&chunk).await.map_err(|e| e.into_up())?;
+                }
+                None => {
+                    down_done = true;
+                    upstream.finish_body().await.map_err(|e| e.into_up())?;
+                }
+            },
+            chunk = upstream.read_body_bytes(), if !up_done => match chunk.map_err(|e| e.into_up())? {
+                Some(chunk) => session.write_response_body(chunk, false).await.map_err(|e| e.into_down())?,
+                None => {
+                    up_done = true;
+                    session.write_response_body(Bytes::new(), true).await.map_err(|e| e.into_down())?;
+                }
+            },
+        }
+    }
     Ok(())
 }
 
