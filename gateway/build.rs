@@ -5,8 +5,9 @@
 //! of functions a serving gateway runs are spread across ~6 MiB of pages and pull ~10.6 MiB of
 //! text into its RSS. `link/order.txt` lists those functions (made by
 //! `tests/load/orderfile.py`); lld places them first and together, so they fill few pages and
-//! their neighbours are each other. A symbol missing from the list (new code, another build's
-//! hash) only keeps its default place: the list never changes behaviour, only the layout.
+//! their neighbours are each other. A listed symbol the build does not have (new code, a
+//! dependency change, ThinLTO's renamed locals) only leaves its function in its default place:
+//! the list never changes behaviour, only the layout.
 //!
 //! Only lld reads `--symbol-ordering-file`, and rustc links with lld on x86_64 Linux (its
 //! default since 1.90); elsewhere, or with `MESHGATE_NO_ORDER_FILE` set, nothing is passed.

@@ -21,9 +21,10 @@ gateway --no-default-features`, the Helm chart's; build it with CARGO_TARGET_DIR
 to keep target/release/gateway the default build) take its snapshots from
 target/release/controller: its `gateway` crate's symbols differ from the default build's, so
 the list carries both. The list's groups (GROUPS below) keep each optional path together.
-Symbol names carry hashes of the dependency graph and its features, not of the source, so the
-list is remade when dependencies or features change; a stale list only loses the layout (the
-`--check` figure drops), never behaviour.
+Symbol names carry hashes of the dependency graph and its features (and ThinLTO's promoted
+locals, `.llvm.<hash>`, one of their module's code), so the list is remade when dependencies or
+features change, or when code changes have worn it down; a stale list only loses the layout
+(the `--check` figure drops), never behaviour.
 """
 from __future__ import annotations
 

@@ -240,7 +240,7 @@ async fn forward(
         }
         // This connection carries an unfinished exchange: it is dropped, not pooled.
         drop(upstream);
-        next_endpoint(ctx, cluster, policy, metrics).await;
+        Box::pin(next_endpoint(ctx, cluster, policy, metrics)).await;
     };
     ctx.upstream_time_ms = Some(started.elapsed().as_millis() as u64);
     let mut resp = Box::new(
@@ -251,7 +251,8 @@ async fn forward(
     if upstream.was_upgraded() {
         // A 101 to an upgrade request (WebSocket): both sessions now pass bytes through until
         // each side closes; the upstream connection is not pooled after.
-        return tunnel(session, &mut upstream).await;
+        // Boxed: a rare path, kept out of every request's future (see `exchange`'s timer).
+        return Box::pin(tunnel(session, &mut upstream)).await;
     }
     while let Some(chunk) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
         session.write_response_body(chunk, false).await.map_err(|e| e.into_down())?;
@@ -351,7 +352,7 @@ async fn connect(
                 if ctx.tries.judge(policy, Failure::Connect, true, Instant::now()) != retry::Verdict::Retry {
                     return Err(e.into_up());
                 }
-                next_endpoint(ctx, cluster, policy, metrics).await;
+                Box::pin(next_endpoint(ctx, cluster, policy, metrics)).await;
             }
         }
     }
