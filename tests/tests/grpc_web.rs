@@ -18,6 +18,11 @@ const CHECK: &str = "/grpc.health.v1.Health/Check";
 /// tonic's health service with `meshgate.Demo` serving, behind the gateway as service
 /// `health` on a `grpc` port (so the upstream speaks h2c).
 async fn setup() -> (ConfigDir, GatewayProcess) {
+    setup_mirrored(None).await
+}
+
+/// As [`setup`]; with `shadow`, the route mirrors to it (service `shadow`, a `grpc` port).
+async fn setup_mirrored(shadow: Option<SocketAddr>) -> (ConfigDir, GatewayProcess) {
     let (reporter, service) = tonic_health::server::health_reporter();
     reporter.set_service_status("meshgate.Demo", ServingStatus::Serving).await;
     let incoming = tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -46,6 +51,21 @@ spec:
         ]),
     )
     .unwrap();
+    if let Some(addr) = shadow {
+        cfg.write(
+            "shadow.yaml",
+            &docs(&[
+                service_named("shadow", "default", "grpc", 9090, addr.port()),
+                endpoints_for("shadow", "default", Some("grpc"), &[(addr, &[][..])]),
+            ]),
+        )
+        .unwrap();
+        let vs = std::fs::read_to_string(cfg.path().join("health.yaml")).unwrap().replace(
+            "  - route: [{destination: {host: health}}]",
+            "  - route: [{destination: {host: health}}]\n    mirror: {host: shadow}",
+        );
+        cfg.write("health.yaml", &vs).unwrap();
+    }
     let gw = start(&cfg, &[80]).await;
     (cfg, gw)
 }
@@ -141,4 +161,28 @@ async fn text_grpc_web_is_base64_both_ways() {
         .unwrap();
     assert_eq!(r.header("grpc-status"), Some("13"), "{:?}", r.headers);
     assert_eq!(r.header("content-type"), Some("application/grpc-web-text+proto"));
+}
+
+/// A mirrored gRPC-Web request's copy is the translated gRPC request, as Envoy's router (after
+/// the grpc_web filter) mirrors it: gRPC's content type and the decoded body.
+#[tokio::test]
+async fn a_mirrored_grpc_web_request_is_copied_as_grpc() {
+    let shadow = Upstream::new("shadow").h2c().start().await;
+    let (_cfg, gw) = setup_mirrored(Some(shadow.addr())).await;
+    let request = check_request("meshgate.Demo");
+    let r = post(gw.addr(80), CHECK)
+        .header("content-type", "application/grpc-web-text")
+        .body(STANDARD.encode(&request))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    if !shadow.wait_for_hits(1, Duration::from_secs(5)).await {
+        let text = metrics(gw.metrics_addr()).await.unwrap_or_default();
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("mirror")).collect();
+        panic!("no copy arrived: {lines:?}");
+    }
+    let copy = shadow.requests().pop().unwrap();
+    assert_eq!(copy.headers.get("content-type").map(String::as_str), Some("application/grpc"), "{:?}", copy.headers);
+    assert_eq!(copy.body.as_bytes(), &request[..], "the decoded frames");
 }

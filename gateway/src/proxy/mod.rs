@@ -604,6 +604,11 @@ impl MeshProxy {
         let mut head = session.req_header().clone();
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
         self.upstream_head(&mut head, client, ctx)?;
+        // Envoy's grpc_web filter runs before the router: its shadow gets the gRPC request,
+        // as the body the copies get (decoded in `request_body_filter`) is.
+        if let Some(g) = &ctx.grpc_web {
+            g.upstream_request(&mut head)?;
+        }
         let has_body = !session.as_downstream_mut().is_body_empty();
         let request = mirror::Request { head: &head, has_body, timeout: route.timeout() };
         ctx.mirror = mirror::start(&self.shared.mirroring, &self.shared.metrics, route.mirrors(), request);
