@@ -29,9 +29,11 @@ features change, or when code changes have worn it down; a stale list only loses
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -96,8 +98,6 @@ def h2load(url: str, n: int) -> None:
 
 
 def keep_alive(port: int, n: int, tls: bool = False) -> None:
-    import http.client
-    import ssl
     conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=120, context=ssl._create_unverified_context())
             if tls else http.client.HTTPConnection("127.0.0.1", port, timeout=120))
     for i in range(n):

@@ -16,15 +16,7 @@ async fn setup(app: &Upstream, shadow_eps: &[SocketAddr], http: &str, args: &[&s
     let cfg = ConfigDir::new().unwrap();
     cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
     cfg.write("app.yaml", &backends("app", &[app])).unwrap();
-    let eps: Vec<(SocketAddr, &[(&str, &str)])> = shadow_eps.iter().map(|a| (*a, &[][..])).collect();
-    cfg.write(
-        "shadow.yaml",
-        &docs(&[
-            service_named("shadow", "default", "http", 9080, 9080),
-            endpoints_for("shadow", "default", Some("http"), &eps),
-        ]),
-    )
-    .unwrap();
+    cfg.write("shadow.yaml", &service_at("shadow", shadow_eps)).unwrap();
     cfg.write("vs.yaml", &app_vs(http)).unwrap();
     let gw = GatewayProcess::builder().config(cfg.path()).port(80).args(args).start().await.expect("gateway starts");
     (cfg, gw)

@@ -201,16 +201,7 @@ async fn the_own_loop_retries_refused_connects_elsewhere() {
     let up = Upstream::new("app").start().await;
     let cfg = ConfigDir::new().unwrap();
     cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    let eps: Vec<(SocketAddr, &[(&str, &str)])> =
-        vec![(up.addr(), &[][..]), (free_addr(), &[][..]), (free_addr(), &[][..])];
-    cfg.write(
-        "app.yaml",
-        &docs(&[
-            service_named("app", "default", "http", 9080, 9080),
-            endpoints_for("app", "default", Some("http"), &eps),
-        ]),
-    )
-    .unwrap();
+    cfg.write("app.yaml", &service_at("app", &[up.addr(), free_addr(), free_addr()])).unwrap();
     cfg.write("vs.yaml", &app_route(None)).unwrap();
     let gw = start_own(&cfg).await;
     for i in 0..30 {

@@ -17,16 +17,8 @@ const CLUSTER: &str = "outbound|9080||app.default.svc.cluster.local";
 async fn setup(upstreams: &[&Upstream], extra: &[SocketAddr], http: &str) -> (ConfigDir, GatewayProcess) {
     let cfg = ConfigDir::new().unwrap();
     cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    let mut eps: Vec<(SocketAddr, &[(&str, &str)])> = upstreams.iter().map(|u| (u.addr(), &[][..])).collect();
-    eps.extend(extra.iter().map(|a| (*a, &[][..])));
-    cfg.write(
-        "app.yaml",
-        &docs(&[
-            service_named("app", "default", "http", 9080, 9080),
-            endpoints_for("app", "default", Some("http"), &eps),
-        ]),
-    )
-    .unwrap();
+    let addrs: Vec<SocketAddr> = upstreams.iter().map(|u| u.addr()).chain(extra.iter().copied()).collect();
+    cfg.write("app.yaml", &service_at("app", &addrs)).unwrap();
     cfg.write("vs.yaml", &app_vs(http)).unwrap();
     let gw = start(&cfg, &[80]).await;
     (cfg, gw)
@@ -244,16 +236,7 @@ async fn the_route_timeout_covers_the_body() {
     let (stall, trickle) = (stalling_body_server(false).await, stalling_body_server(true).await);
     let cfg = ConfigDir::new().unwrap();
     cfg.write("gw.yaml", &gateway("gw", 80, &["*"])).unwrap();
-    cfg.write(
-        "app.yaml",
-        &docs(&[
-            service_named("stall", "default", "http", 9080, 9080),
-            endpoints_for("stall", "default", Some("http"), &[(stall, &[][..])]),
-            service_named("trickle", "default", "http", 9080, 9080),
-            endpoints_for("trickle", "default", Some("http"), &[(trickle, &[][..])]),
-        ]),
-    )
-    .unwrap();
+    cfg.write("app.yaml", &docs(&[service_at("stall", &[stall]), service_at("trickle", &[trickle])])).unwrap();
     let http = "  - match: [{uri: {prefix: /trickle}}]\n    timeout: 0.5s\n    route: [{destination: {host: trickle}}]\n  - timeout: 0.5s\n    route: [{destination: {host: stall}}]\n";
     cfg.write("vs.yaml", &app_vs(http)).unwrap();
     let gw = start(&cfg, &[80]).await;

@@ -155,6 +155,68 @@ impl Ctx {
         }
     }
 
+    /// The request's way, for both request loops: the route (with its CORS verdict), Envoy's
+    /// fault filter before the router (a route with a `fault` draws whether this request waits
+    /// and whether it is aborted), then the upstream. The decision, or the route and cluster of
+    /// a refusal, goes into the context; `Err` is the reply to send instead.
+    async fn decide(&mut self, runtime: &Runtime, incoming: &decide::Incoming<'_>) -> Result<(), LocalReply> {
+        let decided = match decide::route(runtime, incoming) {
+            Ok(mut routed) => {
+                self.cors_origin = routed.cors_origin.take();
+                match routed.route.fault().map(fault::draw) {
+                    None => decide::upstream(routed, incoming),
+                    Some(injection) => {
+                        if let Some(delay) = injection.delay {
+                            self.delay_injected = true;
+                            tokio::time::sleep(delay).await;
+                        }
+                        match injection.abort {
+                            Some(reply) => Err(decide::Refusal { reply, route: Some(routed.route), cluster: None }),
+                            None => decide::upstream(routed, incoming),
+                        }
+                    }
+                }
+            }
+            Err(refusal) => Err(refusal),
+        };
+        match decided {
+            Ok(d) => {
+                self.take(d);
+                Ok(())
+            }
+            Err(refusal) => {
+                (self.route, self.cluster) = (refusal.route, refusal.cluster);
+                Err(refusal.reply)
+            }
+        }
+    }
+
+    /// The local reply to an exchange that failed with `e`, for both request loops, recorded
+    /// as this request's (flags, code, an allowed origin's CORS headers); `None` when the
+    /// client went away (nothing to answer; the flags then say so).
+    fn failure_reply(&mut self, e: &Error) -> Option<LocalReply> {
+        let reply = match e.esource() {
+            _ if e.etype() == &ROUTE_TIMEOUT => LocalReply::route_timeout(),
+            pingora_error::ErrorSource::Upstream => LocalReply::upstream_failure(e, self.flags),
+            pingora_error::ErrorSource::Downstream => match e.etype() {
+                // A body that breaks its framing (Pingora's `InvalidChunk`), or a head Pingora
+                // refused late: 400, as Envoy's codec answers, if nothing went down yet.
+                ErrorType::Custom("InvalidChunk") | ErrorType::InvalidHTTPHeader => LocalReply::bad_request(),
+                // A body that stopped arriving (--body-read-timeout): Envoy's 408.
+                ErrorType::ReadTimedout => LocalReply::request_timeout(),
+                _ => {
+                    self.flags = ResponseFlag::DownstreamConnectionTermination;
+                    return None;
+                }
+            },
+            _ => LocalReply::internal(),
+        };
+        let mut reply = reply;
+        reply.headers.extend(self.cors_headers());
+        (self.flags, self.local_code) = (reply.flags, Some(reply.code));
+        Some(reply)
+    }
+
     /// The CORS headers of an allowed origin's response (once: the origin is taken).
     fn cors_headers(&mut self) -> Vec<(HeaderName, HeaderValue)> {
         match (self.cors_origin.take(), self.route.as_ref().and_then(|r| r.cors())) {
@@ -258,23 +320,7 @@ impl ProxyHttp for MeshProxy {
             authority,
             client_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
         };
-        let decided = match decide::route(&runtime, &incoming) {
-            Ok(mut routed) => {
-                ctx.cors_origin = routed.cors_origin.take();
-                upstream_after_fault(routed, &incoming, ctx).await
-            }
-            Err(refusal) => Err(refusal),
-        };
-        let decision = match decided {
-            Ok(d) => {
-                ctx.take(d);
-                Ok(())
-            }
-            Err(refusal) => {
-                (ctx.route, ctx.cluster) = (refusal.route, refusal.cluster);
-                Err(refusal.reply)
-            }
-        };
+        let decision = ctx.decide(&runtime, &incoming).await;
         ctx.runtime = Some(runtime);
         ctx.request_id(session.req_header());
         match decision {
@@ -525,16 +571,10 @@ impl ProxyHttp for MeshProxy {
         // than `connection: keep-alive` on a connection about to close. Envoy keeps it open;
         // docs/compatibility.md.
         session.set_keepalive(None);
-        let reply = failure_reply(e, &mut ctx.flags);
-        let mut code = 0;
-        if let Some(mut reply) = reply {
-            reply.headers.extend(ctx.cors_headers());
-            ctx.flags = reply.flags;
-            code = reply.code;
-            ctx.local_code = Some(code);
-            if session.response_written().is_none() {
-                let _ = reply.send(session).await;
-            }
+        let reply = ctx.failure_reply(e);
+        let code = reply.as_ref().map_or(0, |r| r.code);
+        if let (Some(reply), None) = (reply, session.response_written()) {
+            let _ = reply.send(session).await;
         }
         FailToProxy { error_code: code, can_reuse_downstream: false }
     }
@@ -684,44 +724,4 @@ fn downstream_headers(ctx: &mut Ctx, resp: &mut ResponseHeader) -> Result<()> {
         g.response_header(resp)?;
     }
     Ok(())
-}
-
-/// Envoy's fault filter, before the router: a route with a `fault` draws whether this request
-/// waits and whether it is aborted; then (if not aborted) the upstream is picked. For both
-/// request loops.
-async fn upstream_after_fault(
-    routed: decide::Routed<'_>,
-    incoming: &decide::Incoming<'_>,
-    ctx: &mut Ctx,
-) -> Result<decide::Decision, decide::Refusal> {
-    let Some(injection) = routed.route.fault().map(fault::draw) else { return decide::upstream(routed, incoming) };
-    if let Some(delay) = injection.delay {
-        ctx.delay_injected = true;
-        tokio::time::sleep(delay).await;
-    }
-    match injection.abort {
-        Some(reply) => Err(decide::Refusal { reply, route: Some(routed.route), cluster: None }),
-        None => decide::upstream(routed, incoming),
-    }
-}
-
-/// The local reply to an exchange that failed with `e`, for both request loops; `None` when the
-/// client went away (nothing to answer; `flags` then says so).
-fn failure_reply(e: &Error, flags: &mut ResponseFlag) -> Option<LocalReply> {
-    match e.esource() {
-        _ if e.etype() == &ROUTE_TIMEOUT => Some(LocalReply::route_timeout()),
-        pingora_error::ErrorSource::Upstream => Some(LocalReply::upstream_failure(e, *flags)),
-        pingora_error::ErrorSource::Downstream => match e.etype() {
-            // A body that breaks its framing (Pingora's `InvalidChunk`), or a head Pingora
-            // refused late: 400, as Envoy's codec answers, if nothing went down yet.
-            ErrorType::Custom("InvalidChunk") | ErrorType::InvalidHTTPHeader => Some(LocalReply::bad_request()),
-            // A body that stopped arriving (--body-read-timeout): Envoy's 408.
-            ErrorType::ReadTimedout => Some(LocalReply::request_timeout()),
-            _ => {
-                *flags = ResponseFlag::DownstreamConnectionTermination;
-                None
-            }
-        },
-        _ => Some(LocalReply::internal()),
-    }
 }

@@ -61,12 +61,8 @@ pub(crate) async fn serve(proxy: &MeshProxy, mut session: ServerSession) -> Opti
         tracing::debug!(error = %e, "request failed");
         // After a failure the connection closes, and the reply says so (as on Pingora's path).
         session.set_keepalive(None);
-        if let Some(mut reply) = super::failure_reply(e, &mut ctx.flags) {
-            reply.headers.extend(ctx.cors_headers());
-            (ctx.flags, ctx.local_code) = (reply.flags, Some(reply.code));
-            if session.response_written().is_none() {
-                let _ = reply.send_to(&mut session).await;
-            }
+        if let (Some(reply), None) = (ctx.failure_reply(e), session.response_written()) {
+            let _ = reply.send_to(&mut session).await;
         }
     }
     proxy.record(&session, &ctx);
@@ -100,24 +96,12 @@ async fn exchange(proxy: &MeshProxy, session: &mut ServerSession, ctx: &mut Ctx)
         authority,
         client_ip: client,
     };
-    let decided = match decide::route(&runtime, &incoming) {
-        Ok(mut routed) => {
-            ctx.cors_origin = routed.cors_origin.take();
-            super::upstream_after_fault(routed, &incoming, ctx).await
-        }
-        Err(refusal) => Err(refusal),
-    };
-    let decision = match decided {
-        Ok(d) => d,
-        Err(refusal) => {
-            (ctx.route, ctx.cluster) = (refusal.route, refusal.cluster);
-            ctx.runtime = Some(runtime);
-            return answer(session, ctx, refusal.reply).await;
-        }
-    };
-    let cluster = decision.cluster.clone();
-    ctx.take(decision);
+    let decision = ctx.decide(&runtime, &incoming).await;
     ctx.runtime = Some(runtime);
+    if let Err(reply) = decision {
+        return answer(session, ctx, reply).await;
+    }
+    let Some(cluster) = ctx.cluster.clone() else { return Err(Error::explain(ErrorType::InternalError, "no cluster")) };
     if cluster.http2 {
         return answer(session, ctx, LocalReply::error(501, ResponseFlag::None, UNSUPPORTED_H2)).await;
     }
@@ -204,7 +188,7 @@ async fn forward(
     let mut replay = Replay::default();
     let mut head = Some(head);
     let (mut upstream, peer, started) = loop {
-        let (mut upstream, peer) = connect(&connector, metrics, ctx, cluster).await?;
+        let (mut upstream, peer) = connect(&connector, metrics, ctx, cluster, policy).await?;
         let try_head = match after_send {
             true => head.as_ref().map(|h| Box::new((**h).clone())),
             false => head.take(),
@@ -331,16 +315,15 @@ async fn send(
 }
 
 /// A connection to the picked endpoint; a refused connect is retried on another endpoint as
-/// the route's policy says (Istio's default: twice, on `connect-failure`), after Envoy's
+/// `policy` (the route's) says (Istio's default: twice, on `connect-failure`), after Envoy's
 /// backoff. Nothing was sent yet, so every connect failure can be retried.
 async fn connect(
     connector: &Connector,
     metrics: &crate::telemetry::metrics::Metrics,
     ctx: &mut Ctx,
     cluster: &crate::compiled::cluster::ClusterRuntime,
+    policy: &CompiledRetry,
 ) -> Result<(UpstreamSession, pingora_core::upstreams::peer::HttpPeer)> {
-    let Some(route) = ctx.route.clone() else { return Err(Error::explain(ErrorType::InternalError, "no route")) };
-    let policy = route.retry_policy();
     loop {
         let i = ctx.endpoint.unwrap_or_default();
         ctx.tries.start(i, Instant::now(), None, policy);

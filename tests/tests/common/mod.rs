@@ -36,6 +36,13 @@ pub fn backends(name: &str, upstreams: &[&Upstream]) -> String {
     docs(&[svc, endpoints_for(name, "default", Some("http"), &refs)])
 }
 
+/// A service `name` in `default` on port 9080 (`http`) with unlabelled endpoints at `addrs`
+/// (upstreams, raw servers of a test, or addresses nothing listens on).
+pub fn service_at(name: &str, addrs: &[SocketAddr]) -> String {
+    let eps: Vec<(SocketAddr, &[(&str, &str)])> = addrs.iter().map(|a| (*a, &[][..])).collect();
+    docs(&[service_named(name, "default", "http", 9080, 9080), endpoints_for(name, "default", Some("http"), &eps)])
+}
+
 /// DestinationRule with subsets v1..vN by `version` label and an optional traffic policy block.
 pub fn destination_rule(host: &str, versions: &[&str], policy: &str) -> String {
     let subsets: String =
